@@ -1,0 +1,99 @@
+"""Switchover's core: conversations, their livechat lifecycle, and the agent desk.
+
+Nothing here opens a socket. Embed it by opening a switchboard with your bots, then submit
+what users and agents do and subscribe sinks to hear what they are told::
+
+    async with open_switchboard({"demo": BotBinding(MyBot())}) as board:
+        state = await board.open_conversation("demo")
+        board.subscribe(state.conversation_id, my_sink)
+        await board.ask(state.conversation_id, UserSays(Content.text("hi")))
+
+See docs/embedding.md for a complete, runnable example.
+"""
+
+from .clock import Clock
+from .content import SESSION_END, SESSION_EXPIRED, SESSION_START, Content
+from .desk import AgentProfile, Desk, UnknownAgent
+from .effects import Accepted, Outcome, Refused
+from .events import (
+    AgentSays,
+    AgentSignsOff,
+    AgentTransfers,
+    AgentTyping,
+    BotSays,
+    Event,
+    UserSays,
+    UserTyping,
+)
+from .lifecycle import IDLE_TIMEOUT, QUEUE_TIMEOUT, USER_ENDED, ConversationState, Lifecycle, Mode
+from .memory_store import MemoryStore
+from .ports import (
+    AgentRequest,
+    Bot,
+    BotEvent,
+    CoreLink,
+    Delivery,
+    DeskStatus,
+    LivechatBackend,
+    Problem,
+    Sink,
+    Store,
+    Transcript,
+    Typing,
+)
+from .records import Entry, Party
+from .routing import Presence
+from .settings import BotSettings
+from .supervision import RestartPolicy
+from .switchboard import BotBinding, Overloaded, Switchboard, UnknownBot, open_switchboard
+
+__all__ = [
+    "IDLE_TIMEOUT",
+    "QUEUE_TIMEOUT",
+    "SESSION_END",
+    "SESSION_EXPIRED",
+    "SESSION_START",
+    "USER_ENDED",
+    "Accepted",
+    "AgentProfile",
+    "AgentRequest",
+    "AgentSays",
+    "AgentSignsOff",
+    "AgentTransfers",
+    "AgentTyping",
+    "Bot",
+    "BotBinding",
+    "BotEvent",
+    "BotSays",
+    "BotSettings",
+    "Clock",
+    "Content",
+    "ConversationState",
+    "CoreLink",
+    "Delivery",
+    "Desk",
+    "DeskStatus",
+    "Entry",
+    "Event",
+    "Lifecycle",
+    "LivechatBackend",
+    "MemoryStore",
+    "Mode",
+    "Outcome",
+    "Overloaded",
+    "Party",
+    "Presence",
+    "Problem",
+    "Refused",
+    "RestartPolicy",
+    "Sink",
+    "Store",
+    "Switchboard",
+    "Transcript",
+    "Typing",
+    "UnknownAgent",
+    "UnknownBot",
+    "UserSays",
+    "UserTyping",
+    "open_switchboard",
+]

@@ -1,0 +1,339 @@
+"""One trio task per conversation: the thin, I/O-doing shell around the lifecycle.
+
+The actor owns its conversation's state and its one deadline, and takes everything that
+happens to the conversation from a single memory channel, in order. For each event it asks
+the lifecycle what must happen, makes the result durable in the store, then carries out the
+effects: deliveries to the user's clients, to the agent through the livechat backend, and to
+the bot.
+
+Two measured costs shape the loop (see bench/README.md):
+
+* Every ``receive()`` on a trio channel yields to the scheduler, so after one blocking
+  receive the actor drains whatever else is waiting with ``receive_nowait``.
+* Every change of a cancel scope's deadline pushes an entry on trio's deadline heap. Activity
+  therefore never touches the timer: the deadline is derived from the state, and when the
+  timer fires early because activity moved the real deadline, the lifecycle says so (no
+  effects) and the timer is re-armed once for the remainder. The timer only moves when the
+  deadline comes *earlier* (a session opening).
+
+Bot deliveries run in a short-lived helper task, so a slow bot never holds up the
+conversation: the user can still reach a human while the bot thinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from . import effects as fx
+from .events import BotSays, BotUnavailable, Event, TimerFired
+from .lifecycle import ConversationState, Lifecycle
+from .ports import BotEvent, Sink, Transcript, Typing
+from .records import Entry, Party
+
+if TYPE_CHECKING:
+    from .switchboard import Switchboard
+
+log = logging.getLogger("switchover.conversation")
+
+Reply = Callable[[fx.Outcome], None]
+
+
+@attrs.frozen
+class Envelope:
+    """A lifecycle event and where to report its outcome."""
+
+    event: Event
+    reply: Reply | None = None
+
+
+@attrs.frozen
+class Subscribe:
+    """Attach a user's client: first the entries after ``after_seq`` (if given), then live."""
+
+    sink: Sink
+    after_seq: int | None
+
+
+@attrs.frozen
+class Unsubscribe:
+    sink: Sink
+
+
+@attrs.frozen
+class Replay:
+    """Send ``sink`` the entries after ``after_seq`` that ``party`` may see, once."""
+
+    sink: Sink
+    after_seq: int
+    party: Party
+    agent_id: str | None = None
+
+
+Inbound = Envelope | Subscribe | Unsubscribe | Replay
+
+_FIRED = Envelope(TimerFired())
+
+
+class UnknownConversation(Exception):
+    pass
+
+
+class ConversationActor:
+    """The task that owns one conversation. Created and supervised by the switchboard."""
+
+    __slots__ = (
+        "_bot_busy",
+        "_bot_queue",
+        "_receive",
+        "board",
+        "conversation_id",
+        "inbox",
+        "last_touch",
+        "lifecycle",
+        "state",
+        "subscribers",
+    )
+
+    def __init__(
+        self, board: Switchboard, conversation_id: str, state: ConversationState | None
+    ) -> None:
+        self.board = board
+        self.conversation_id = conversation_id
+        send, receive = trio.open_memory_channel[Inbound](math.inf)
+        self.inbox = send
+        self._receive = receive
+        self.state = state
+        self.lifecycle: Lifecycle | None = None
+        self.subscribers: list[Sink] = []
+        self._bot_queue: deque[BotEvent] = deque()
+        self._bot_busy = False
+        self.last_touch = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run until the conversation hibernates or the switchboard stops. Supervised: an
+        exception here restarts it from ``self.state``, the last committed state."""
+        board = self.board
+        if self.state is None:
+            with trio.CancelScope(shield=True):
+                self.state = await board.store.load(self.conversation_id)
+            if self.state is None:
+                self.refuse_waiting("unknown_conversation", "No such conversation.")
+                board.forget(self)
+                return
+        lifecycle = self.lifecycle = board.lifecycle_for(self.state.bot_id)
+        to_trio = board.clock.to_trio
+        receive = self._receive
+        self.last_touch = trio.current_time()
+        while True:
+            armed = self._next_wakeup(lifecycle, to_trio)
+            with trio.move_on_at(armed) as timer:
+                while True:
+                    item = await receive.receive()
+                    await self._take(item)
+                    while True:
+                        try:
+                            item = receive.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        await self._take(item)
+                    self.last_touch = trio.current_time()
+                    wall = lifecycle.deadline(self.state)
+                    if wall is not None and to_trio(wall) < timer.deadline:
+                        timer.deadline = to_trio(wall)
+            if self.state.session is not None:
+                await self._take(_FIRED)
+            elif self._may_hibernate():
+                board.forget(self)
+                return
+
+    def _next_wakeup(self, lifecycle: Lifecycle, to_trio: Callable[[float], float]) -> float:
+        assert self.state is not None
+        wall = lifecycle.deadline(self.state)
+        if wall is not None:
+            return to_trio(wall)
+        hibernate_after = self.board.hibernate_after
+        if hibernate_after is None:
+            return math.inf
+        return self.last_touch + hibernate_after
+
+    def _may_hibernate(self) -> bool:
+        hibernate_after = self.board.hibernate_after
+        return (
+            hibernate_after is not None
+            and not self.subscribers
+            and not self._bot_busy
+            and self._receive.statistics().current_buffer_used == 0
+            and trio.current_time() >= self.last_touch + hibernate_after
+        )
+
+    def refuse_waiting(self, code: str, detail: str) -> None:
+        while True:
+            try:
+                item = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                return
+            if isinstance(item, Envelope) and item.reply is not None:
+                item.reply(fx.Refused(code, detail))
+
+    # -- one item ---------------------------------------------------------------------------
+
+    async def _take(self, item: Inbound) -> None:
+        if isinstance(item, Envelope):
+            try:
+                await self._handle(item.event, item.reply)
+            except Exception:
+                if item.reply is not None:
+                    item.reply(fx.Refused("internal_error", "The message could not be handled."))
+                raise
+        elif isinstance(item, Subscribe):
+            if item.after_seq is not None:
+                await self._replay(item.sink, item.after_seq, Party.USER, None)
+            self.subscribers.append(item.sink)
+        elif isinstance(item, Unsubscribe):
+            if item.sink in self.subscribers:
+                self.subscribers.remove(item.sink)
+        else:
+            await self._replay(item.sink, item.after_seq, item.party, item.agent_id)
+
+    async def _handle(self, event: Event, reply: Reply | None) -> None:
+        state = self.state
+        lifecycle = self.lifecycle
+        assert state is not None and lifecycle is not None
+        transition = lifecycle.handle(state, event, self.board.clock.now())
+        effects = transition.effects
+        if transition.state is not state:
+            entries = [effect.entry for effect in effects if isinstance(effect, fx.Emit)]
+            # Durable before anyone hears of it; a timer or shutdown must not cut a write.
+            with trio.CancelScope(shield=True):
+                await self.board.store.record(transition.state, entries)
+            self.state = transition.state
+        for effect in effects:
+            if isinstance(effect, fx.Emit):
+                self._deliver(effect.entry)
+            else:
+                await self._carry_out(effect)
+        if reply is not None:
+            reply(transition.outcome)
+
+    def _deliver(self, entry: Entry) -> None:
+        audience = entry.audience
+        if Party.USER in audience:
+            for sink in self.subscribers:
+                sink.deliver(entry)
+        if Party.AGENT in audience and entry.agent_id is not None:
+            assert self.state is not None
+            self.board.backend_for(self.state).deliver(entry.agent_id, entry)
+        if Party.BOT in audience:
+            self._feed_bot(entry)
+
+    async def _carry_out(self, effect: fx.Effect) -> None:
+        state = self.state
+        assert state is not None
+        backend = self.board.backend_for(state)
+        if isinstance(effect, fx.Signal):
+            typist = Party.AGENT if effect.to is Party.USER else Party.USER
+            typing = Typing(self.conversation_id, typist, effect.agent_id)
+            if effect.to is Party.USER:
+                for sink in self.subscribers:
+                    sink.deliver(typing)
+            elif effect.agent_id is not None:
+                backend.deliver(effect.agent_id, typing)
+        elif isinstance(effect, fx.RequestAgent):
+            backend.request_agent(self.board.agent_request(state, effect.queued_at))
+        elif isinstance(effect, fx.WithdrawRequest):
+            backend.withdraw(self.conversation_id, effect.session_id)
+        elif isinstance(effect, fx.ReleaseAgent):
+            backend.release(self.conversation_id, effect.session_id, effect.agent_id, effect.reason)
+        elif isinstance(effect, fx.TransferChat):
+            backend.transfer(
+                self.conversation_id, effect.session_id, effect.from_agent, effect.to_agent
+            )
+        elif isinstance(effect, fx.ShareTranscript):
+            with trio.CancelScope(shield=True):
+                entries = await self.board.store.entries_after(self.conversation_id, 0)
+            shown = tuple(
+                e for e in entries if e.visible_to(Party.USER) or e.visible_to(Party.AGENT)
+            )
+            backend.deliver(
+                effect.agent_id,
+                Transcript(
+                    self.conversation_id,
+                    effect.session_id,
+                    state.bot_id,
+                    state.user_id,
+                    state.user_metadata,
+                    shown,
+                ),
+            )
+
+    async def _replay(self, sink: Sink, after_seq: int, party: Party, agent_id: str | None) -> None:
+        with trio.CancelScope(shield=True):
+            entries = await self.board.store.entries_after(self.conversation_id, after_seq)
+        for entry in entries:
+            if entry.visible_to(party, agent_id):
+                sink.deliver(entry)
+
+    # -- the bot ----------------------------------------------------------------------------
+
+    def _feed_bot(self, entry: Entry) -> None:
+        state = self.state
+        assert state is not None
+        metadata = {**state.user_metadata, **entry.metadata}
+        self._bot_queue.append(
+            BotEvent(
+                f"{self.conversation_id}:{entry.seq}",
+                self.conversation_id,
+                state.bot_id,
+                state.user_id,
+                entry.content,
+                metadata,
+            )
+        )
+        if not self._bot_busy:
+            self._bot_busy = True
+            self.board.nursery.start_soon(self._talk_to_bot)
+
+    async def _talk_to_bot(self) -> None:
+        """Deliver queued bot events one at a time, in order, and post the replies back into
+        the conversation's own inbox. Exits when the queue is empty."""
+        assert self.state is not None
+        bot = self.board.bot_for(self.state.bot_id)
+        try:
+            while self._bot_queue:
+                event = self._bot_queue.popleft()
+                try:
+                    replies = await bot.on_event(event)
+                except Exception as exc:
+                    log.warning(
+                        "bot %s failed on event %s of conversation %s: %r",
+                        event.bot_id,
+                        event.event_id,
+                        self.conversation_id,
+                        exc,
+                    )
+                    self.inbox.send_nowait(Envelope(BotUnavailable(repr(exc))))
+                    continue
+                if replies:
+                    self.inbox.send_nowait(
+                        Envelope(BotSays(tuple(replies)), self._report_refused_bot_reply)
+                    )
+        finally:
+            self._bot_busy = False
+
+    def _report_refused_bot_reply(self, outcome: fx.Outcome) -> None:
+        if isinstance(outcome, fx.Refused):
+            log.warning(
+                "bot reply dropped in conversation %s: %s (%s)",
+                self.conversation_id,
+                outcome.detail,
+                outcome.code,
+            )

@@ -1,0 +1,222 @@
+"""The built-in agent desk: Switchover's own livechat backend, as an actor.
+
+The desk's queue and agent pool live in :class:`~actors.routing.Routing`, owned by one task
+that takes requests from conversations and from agents' connections on its own channel, and
+owns the one timer that ends agents' grace periods. Deliveries to agents do not pass through
+that task: a conversation hands them straight to the agent's connected sinks, so a live
+message costs no extra hop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+
+import attrs
+import trio
+
+from . import events as ev
+from . import routing as rt
+from .ports import (
+    AgentRequest,
+    CoreLink,
+    Delivery,
+    DeskStatus,
+    HeldChat,
+    Problem,
+    Sink,
+    WaitingItem,
+)
+from .settings import BotSettings
+
+log = logging.getLogger("switchover.desk")
+
+
+@attrs.frozen
+class AgentProfile:
+    """An agent as configured: who, which bots, how many chats at once (``None``: the
+    smallest default among its bots' settings)."""
+
+    agent_id: str
+    name: str
+    bots: frozenset[str]
+    capacity: int | None = None
+
+
+class UnknownAgent(Exception):
+    pass
+
+
+class Desk:
+    """Implements :class:`~actors.ports.LivechatBackend` with a queue and online agents.
+
+    Agents' connections call :meth:`attach`, :meth:`detach`, :meth:`set_presence` and
+    :meth:`claim`; conversations call the backend methods. All of them only post to the
+    desk's channel, so none blocks.
+    """
+
+    def __init__(
+        self, settings: Mapping[str, BotSettings], agents: Iterable[AgentProfile] = ()
+    ) -> None:
+        self.settings = dict(settings)
+        self.profiles: dict[str, AgentProfile] = {}
+        self._sinks: dict[str, list[Sink]] = {}
+        self._routing = rt.Routing([], self.settings)
+        send, receive = trio.open_memory_channel[tuple[str, tuple[object, ...]]](math.inf)
+        self._send = send
+        self._receive = receive
+        self._core: CoreLink | None = None
+        for profile in agents:
+            self.add_agent(profile)
+
+    def add_agent(self, profile: AgentProfile) -> None:
+        unknown = profile.bots - set(self.settings)
+        if unknown:
+            raise ValueError(f"agent {profile.agent_id!r} serves unknown bots {sorted(unknown)}")
+        capacity = profile.capacity or min(
+            (self.settings[b].agent_capacity for b in profile.bots), default=1
+        )
+        self.profiles[profile.agent_id] = profile
+        self._routing.agents[profile.agent_id] = rt.Agent(
+            profile.agent_id, profile.name, profile.bots, capacity
+        )
+
+    # -- the agents' side -------------------------------------------------------------------
+
+    def attach(self, agent_id: str, sink: Sink) -> None:
+        """An agent's client connected."""
+        if agent_id not in self.profiles:
+            raise UnknownAgent(agent_id)
+        self._sinks.setdefault(agent_id, []).append(sink)
+        self._post("connected", agent_id)
+
+    def detach(self, agent_id: str, sink: Sink) -> None:
+        sinks = self._sinks.get(agent_id, [])
+        if sink in sinks:
+            sinks.remove(sink)
+            self._post("disconnected", agent_id)
+
+    def set_presence(self, agent_id: str, presence: rt.Presence) -> None:
+        if agent_id not in self.profiles:
+            raise UnknownAgent(agent_id)
+        self._post("set_presence", agent_id, presence)
+
+    def claim(self, agent_id: str, conversation_id: str) -> None:
+        self._post("claim", agent_id, conversation_id)
+
+    # -- the conversations' side (LivechatBackend) ------------------------------------------
+
+    def request_agent(self, request: AgentRequest) -> None:
+        self._post("request", request)
+
+    def withdraw(self, conversation_id: str, session_id: str) -> None:
+        self._post("withdraw", conversation_id, session_id)
+
+    def release(self, conversation_id: str, session_id: str, agent_id: str, reason: str) -> None:
+        self._post("release", conversation_id, session_id, agent_id)
+
+    def transfer(
+        self, conversation_id: str, session_id: str, from_agent: str, to_agent: str | None
+    ) -> None:
+        self._post("transfer", conversation_id, session_id, from_agent, to_agent)
+
+    def deliver(self, agent_id: str, item: Delivery) -> None:
+        for sink in self._sinks.get(agent_id, ()):
+            sink.deliver(item)
+
+    # -- the actor --------------------------------------------------------------------------
+
+    def _post(self, verb: str, *args: object) -> None:
+        self._send.send_nowait((verb, args))
+
+    async def run(self, core: CoreLink, *, task_status: trio.TaskStatus[None]) -> None:
+        self._core = core
+        task_status.started()
+        routing = self._routing
+        clock = core.clock
+        while True:
+            grace = routing.next_deadline()
+            armed = clock.to_trio(grace) if grace is not None else math.inf
+            changed = False
+            with trio.move_on_at(armed):
+                verb, args = await self._receive.receive()
+                changed = self._apply(verb, args)
+                while True:
+                    try:
+                        verb, args = self._receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    changed = self._apply(verb, args) or changed
+            if grace is not None and clock.now() >= grace:
+                changed = self._carry_out(routing.expire_grace(clock.now())) or changed
+            if changed:
+                self._publish()
+
+    def _apply(self, verb: str, args: tuple[object, ...]) -> bool:
+        assert self._core is not None
+        now = self._core.clock.now()
+        routing = self._routing
+        method = getattr(routing, verb)
+        try:
+            effects: list[rt.RoutingEffect] = method(*args, now)
+        except Exception:
+            # One bad request must not take the desk down with every agent's queue.
+            log.exception("desk: %s%r failed", verb, args)
+            return False
+        return self._carry_out(effects)
+
+    def _carry_out(self, effects: list[rt.RoutingEffect]) -> bool:
+        assert self._core is not None
+        core = self._core
+        changed = False
+        for effect in effects:
+            if isinstance(effect, rt.Assign):
+                core.post(
+                    effect.conversation_id,
+                    ev.AgentAssigned(effect.session_id, effect.agent_id, effect.agent_name),
+                )
+            elif isinstance(effect, rt.Position):
+                core.post(
+                    effect.conversation_id,
+                    ev.QueuePositionChanged(effect.session_id, effect.position),
+                )
+            elif isinstance(effect, rt.Requeued):
+                core.post(
+                    effect.conversation_id,
+                    ev.ReturnedToQueue(effect.session_id, effect.agent_id, effect.reason),
+                )
+            elif isinstance(effect, rt.Refusal):
+                self.deliver(
+                    effect.agent_id, Problem(effect.code, effect.detail, effect.conversation_id)
+                )
+            else:
+                changed = True
+        return changed
+
+    def _publish(self) -> None:
+        """Send each connected agent its view of the desk."""
+        for agent_id, sinks in self._sinks.items():
+            if sinks:
+                status = self.status_of(agent_id)
+                for sink in sinks:
+                    sink.deliver(status)
+
+    def status_of(self, agent_id: str) -> DeskStatus:
+        agent = self._routing.agents[agent_id]
+        queue = tuple(
+            WaitingItem(w.conversation_id, w.bot_id, w.queued_at, w.position or 0)
+            for w in self._routing.queue
+            if w.bot_id in agent.bots
+        )
+        chats = tuple(
+            HeldChat(c.conversation_id, c.session_id, c.bot_id, c.grace_until)
+            for c in agent.chats.values()
+        )
+        return DeskStatus(agent_id, agent.name, agent.presence.value, agent.capacity, chats, queue)
+
+    def holds(self, agent_id: str, conversation_id: str) -> bool:
+        """Whether the agent holds the chat, as the desk last knew it (for access checks in
+        transports; the conversation itself is the final word)."""
+        agent = self._routing.agents.get(agent_id)
+        return agent is not None and conversation_id in agent.chats

@@ -1,0 +1,125 @@
+"""Events that drive a conversation's lifecycle.
+
+Small frozen classes, one per thing that can happen to a conversation, whoever causes it: the
+user, the bot, an agent, the livechat backend (queue positions, assignments) or the clock.
+The lifecycle (:mod:`actors.lifecycle`) takes one of these and the current time and says what
+must happen; nothing here does any I/O.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .content import Content
+
+
+@attrs.frozen
+class UserSays:
+    """The user sent something: text, a button payload, an attachment, any content."""
+
+    content: Content
+
+
+@attrs.frozen
+class UserTyping:
+    """The user is typing. Passed to the agent during a session; never resets the timer."""
+
+
+@attrs.frozen
+class BotSays:
+    """The bot sent messages for the user (a reply to an event, or a later push)."""
+
+    contents: tuple[Content, ...]
+
+
+@attrs.frozen
+class BotUnavailable:
+    """Delivering an event to the bot failed after every retry."""
+
+    detail: str
+
+
+@attrs.frozen
+class AgentSays:
+    """An agent wrote to the user. Text ending with LIVECHAT_SESSION_END also signs off."""
+
+    agent_id: str
+    content: Content
+
+
+@attrs.frozen
+class AgentSignsOff:
+    """The agent's one-click sign-off: the user is offered the end button."""
+
+    agent_id: str
+
+
+@attrs.frozen
+class AgentTyping:
+    agent_id: str
+
+
+@attrs.frozen
+class AgentTransfers:
+    """The agent hands the chat to another agent, or back to the queue when ``to_agent`` is
+    ``None``."""
+
+    agent_id: str
+    to_agent: str | None
+
+
+@attrs.frozen
+class QueuePositionChanged:
+    """From the livechat backend: the session's place in the queue (1 is next)."""
+
+    session_id: str
+    position: int
+
+
+@attrs.frozen
+class AgentAssigned:
+    """From the livechat backend: an agent now holds the session (on pickup or transfer)."""
+
+    session_id: str
+    agent_id: str
+    agent_name: str = ""
+
+
+@attrs.frozen
+class ReturnedToQueue:
+    """From the livechat backend: the agent no longer holds the session and it waits again at
+    the head of the queue (the agent's grace period ran out, or the agent sent it back)."""
+
+    session_id: str
+    agent_id: str
+    reason: str
+
+
+@attrs.frozen
+class TransferFailed:
+    session_id: str
+    agent_id: str
+    reason: str
+
+
+@attrs.frozen
+class TimerFired:
+    """The conversation's deadline passed. The lifecycle checks which deadline, if any,
+    really has: activity may have moved it since it was armed."""
+
+
+Event = (
+    UserSays
+    | UserTyping
+    | BotSays
+    | BotUnavailable
+    | AgentSays
+    | AgentSignsOff
+    | AgentTyping
+    | AgentTransfers
+    | QueuePositionChanged
+    | AgentAssigned
+    | ReturnedToQueue
+    | TransferFailed
+    | TimerFired
+)

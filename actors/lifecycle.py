@@ -1,0 +1,456 @@
+"""The conversation lifecycle: one pure state machine owns every transition.
+
+A conversation is in one of three modes:
+
+* ``BOT``: the default. User events go to the bot, bot messages go to the user.
+* ``QUEUED``: the user sent ``LIVECHAT_SESSION_START``; a session is open and waits for an
+  agent. The bot receives nothing.
+* ``LIVE``: an agent holds the session. User and agent talk; the bot still receives nothing.
+
+:meth:`Lifecycle.handle` takes the current :class:`ConversationState`, one event and the time,
+and returns a :class:`Transition`: the next state, the effects to carry out in order, and the
+outcome to report to whoever sent the event. It reads no clock and does no I/O, which is what
+lets the hypothesis tests drive it through millions of interleavings, and what lets the trio
+actor around it stay thin.
+
+Times are wall-clock seconds supplied by the caller. The session's deadline is derived from
+the state (``last_activity + session_timeout``, and the queue timeout while waiting), so
+activity only has to move a timestamp: the actor re-arms its timer lazily, when it fires.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from . import effects as fx
+from . import events as ev
+from .content import SESSION_END, SESSION_EXPIRED, SESSION_START, Content, split_sign_off
+from .records import Entry, Party
+from .settings import BotSettings
+
+USER_ENDED = "user_ended"
+IDLE_TIMEOUT = "idle_timeout"
+QUEUE_TIMEOUT = "queue_timeout"
+
+_TYPING = Content("typing")
+_USER = frozenset({Party.USER})
+_AGENT = frozenset({Party.AGENT})
+_USER_AND_AGENT = frozenset({Party.USER, Party.AGENT})
+_USER_AND_BOT = frozenset({Party.USER, Party.BOT})
+_BOT = frozenset({Party.BOT})
+
+
+class Mode(enum.Enum):
+    BOT = "bot"
+    QUEUED = "queued"
+    LIVE = "live"
+
+
+@attrs.frozen
+class Session:
+    """An open livechat session. ``agent_id`` is ``None`` while it waits in the queue."""
+
+    session_id: str
+    started_at: float
+    last_activity: float
+    queued_at: float | None
+    agent_id: str | None = None
+    agent_name: str = ""
+    position: int | None = None
+    sign_off_offered: bool = False
+
+
+@attrs.frozen
+class ConversationState:
+    """Everything the lifecycle knows about one conversation; a snapshot is enough to resume
+    it after a crash or a restart."""
+
+    conversation_id: str
+    bot_id: str
+    user_id: str
+    user_metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    next_seq: int = 1
+    session: Session | None = None
+    sessions_opened: int = 0
+
+    @property
+    def mode(self) -> Mode:
+        if self.session is None:
+            return Mode.BOT
+        return Mode.QUEUED if self.session.agent_id is None else Mode.LIVE
+
+
+@attrs.frozen
+class Transition:
+    state: ConversationState
+    effects: tuple[fx.Effect, ...] = ()
+    outcome: fx.Outcome = fx.Accepted()
+
+
+def deadline(state: ConversationState, settings: BotSettings) -> float | None:
+    """When the open session ends unless something happens first; ``None`` in bot mode."""
+    session = state.session
+    if session is None:
+        return None
+    idle = session.last_activity + settings.session_timeout
+    if session.queued_at is not None and settings.queue_timeout is not None:
+        return min(idle, session.queued_at + settings.queue_timeout)
+    return idle
+
+
+class _Keep(enum.Enum):
+    """Marks "leave the session as it is" in :meth:`_Builder.finish`."""
+
+    SESSION = enum.auto()
+
+
+class _Builder:
+    """Collects the effects of one transition and numbers the entries it emits."""
+
+    __slots__ = ("effects", "next_seq", "now", "state")
+
+    def __init__(self, state: ConversationState, now: float) -> None:
+        self.state = state
+        self.now = now
+        self.next_seq = state.next_seq
+        self.effects: list[fx.Effect] = []
+
+    def emit(
+        self,
+        sender: Party,
+        content: Content,
+        audience: frozenset[Party],
+        agent_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        session = self.state.session
+        self.effects.append(
+            fx.Emit(
+                Entry(
+                    self.state.conversation_id,
+                    seq,
+                    self.now,
+                    sender,
+                    content,
+                    audience,
+                    agent_id,
+                    session.session_id if session is not None else None,
+                    metadata or {},
+                )
+            )
+        )
+        return seq
+
+    def finish(
+        self,
+        session: Session | _Keep | None = _Keep.SESSION,
+        outcome: fx.Outcome | None = None,
+        **changes: Any,
+    ) -> Transition:
+        if not isinstance(session, _Keep):
+            changes["session"] = session
+        state = attrs.evolve(self.state, next_seq=self.next_seq, **changes)
+        return Transition(state, tuple(self.effects), outcome or fx.Accepted())
+
+
+def _refuse(state: ConversationState, code: str, detail: str) -> Transition:
+    return Transition(state, (), fx.Refused(code, detail))
+
+
+class Lifecycle:
+    """The transitions of one bot's conversations, under that bot's settings."""
+
+    def __init__(self, settings: BotSettings) -> None:
+        self.settings = settings
+        self._handlers: dict[type[Any], Callable[[ConversationState, Any, float], Transition]] = {
+            ev.UserSays: self._user_says,
+            ev.UserTyping: self._user_typing,
+            ev.BotSays: self._bot_says,
+            ev.BotUnavailable: self._bot_unavailable,
+            ev.AgentSays: self._agent_says,
+            ev.AgentSignsOff: self._agent_signs_off,
+            ev.AgentTyping: self._agent_typing,
+            ev.AgentTransfers: self._agent_transfers,
+            ev.QueuePositionChanged: self._queue_position,
+            ev.AgentAssigned: self._agent_assigned,
+            ev.ReturnedToQueue: self._returned_to_queue,
+            ev.TransferFailed: self._transfer_failed,
+            ev.TimerFired: self._timer_fired,
+        }
+
+    def deadline(self, state: ConversationState) -> float | None:
+        return deadline(state, self.settings)
+
+    def handle(self, state: ConversationState, event: ev.Event, now: float) -> Transition:
+        return self._handlers[type(event)](state, event, now)
+
+    # -- the user ---------------------------------------------------------------------------
+
+    def _user_says(self, state: ConversationState, event: ev.UserSays, now: float) -> Transition:
+        content = event.content
+        session = state.session
+        out = _Builder(state, now)
+        if session is None:
+            if content.is_payload(SESSION_START):
+                return self._open_session(out, content)
+            seq = out.emit(Party.USER, content, _USER_AND_BOT)
+            return out.finish(outcome=fx.Accepted(seq))
+        if content.is_payload(SESSION_END):
+            return self._end_session(out, USER_ENDED, content)
+        if content.is_payload(SESSION_START):
+            return _refuse(state, "session_already_open", "A livechat session is already open.")
+        touched = attrs.evolve(session, last_activity=now, sign_off_offered=False)
+        if session.agent_id is None:
+            seq = out.emit(Party.USER, content, _USER, metadata={"queued": True})
+        else:
+            seq = out.emit(Party.USER, content, _USER_AND_AGENT, agent_id=session.agent_id)
+        return out.finish(touched, fx.Accepted(seq))
+
+    def _open_session(self, out: _Builder, content: Content) -> Transition:
+        state, now = out.state, out.now
+        opened = state.sessions_opened + 1
+        session = Session(f"{state.conversation_id}/{opened}", now, now, queued_at=now)
+        out.state = attrs.evolve(state, session=session)
+        seq = out.emit(Party.USER, content, _USER)
+        out.emit(Party.SYSTEM, Content.notice("session_started"), _USER)
+        out.effects.append(fx.RequestAgent(session.session_id, now))
+        return out.finish(session, fx.Accepted(seq), sessions_opened=opened)
+
+    def _user_typing(
+        self, state: ConversationState, event: ev.UserTyping, now: float
+    ) -> Transition:
+        session = state.session
+        if session is None or session.agent_id is None:
+            return Transition(state)
+        return Transition(state, (fx.Signal(Party.AGENT, _TYPING, session.agent_id),))
+
+    # -- the bot ----------------------------------------------------------------------------
+
+    def _bot_says(self, state: ConversationState, event: ev.BotSays, now: float) -> Transition:
+        if state.session is not None:
+            return _refuse(
+                state,
+                "session_open",
+                "A livechat session is open: a human agent has this conversation, so bot "
+                "messages are not shown until the session ends.",
+            )
+        out = _Builder(state, now)
+        seq = None
+        for content in event.contents:
+            seq = out.emit(Party.BOT, content, _USER)
+        return out.finish(outcome=fx.Accepted(seq))
+
+    def _bot_unavailable(
+        self, state: ConversationState, event: ev.BotUnavailable, now: float
+    ) -> Transition:
+        if state.session is not None:
+            return Transition(state)
+        out = _Builder(state, now)
+        out.emit(
+            Party.SYSTEM,
+            Content.text(self.settings.unavailable_message),
+            _USER,
+            metadata={"code": "bot_unavailable"},
+        )
+        return out.finish()
+
+    # -- agents -----------------------------------------------------------------------------
+
+    def _holding(self, state: ConversationState, agent_id: str) -> Session | Transition:
+        session = state.session
+        if session is None or session.agent_id != agent_id:
+            return _refuse(
+                state,
+                "not_assigned",
+                f"Agent {agent_id!r} does not hold conversation {state.conversation_id!r}.",
+            )
+        return session
+
+    def _agent_says(self, state: ConversationState, event: ev.AgentSays, now: float) -> Transition:
+        session = self._holding(state, event.agent_id)
+        if isinstance(session, Transition):
+            return session
+        message, signs_off = split_sign_off(event.content)
+        out = _Builder(state, now)
+        seq = None
+        if message is not None:
+            seq = out.emit(Party.AGENT, message, _USER_AND_AGENT, agent_id=event.agent_id)
+        if signs_off:
+            seq = self._offer_end(out, event.agent_id)
+        return out.finish(
+            attrs.evolve(session, last_activity=now, sign_off_offered=signs_off),
+            fx.Accepted(seq),
+        )
+
+    def _offer_end(self, out: _Builder, agent_id: str) -> int:
+        settings = self.settings
+        return out.emit(
+            Party.SYSTEM,
+            Content.question(settings.end_message, [(settings.end_button_label, SESSION_END)]),
+            _USER_AND_AGENT,
+            agent_id=agent_id,
+            metadata={"sign_off": True},
+        )
+
+    def _agent_signs_off(
+        self, state: ConversationState, event: ev.AgentSignsOff, now: float
+    ) -> Transition:
+        session = self._holding(state, event.agent_id)
+        if isinstance(session, Transition):
+            return session
+        out = _Builder(state, now)
+        seq = self._offer_end(out, event.agent_id)
+        return out.finish(
+            attrs.evolve(session, last_activity=now, sign_off_offered=True), fx.Accepted(seq)
+        )
+
+    def _agent_typing(
+        self, state: ConversationState, event: ev.AgentTyping, now: float
+    ) -> Transition:
+        session = state.session
+        if session is None or session.agent_id != event.agent_id:
+            return Transition(state)
+        return Transition(state, (fx.Signal(Party.USER, _TYPING, event.agent_id),))
+
+    def _agent_transfers(
+        self, state: ConversationState, event: ev.AgentTransfers, now: float
+    ) -> Transition:
+        session = self._holding(state, event.agent_id)
+        if isinstance(session, Transition):
+            return session
+        if event.to_agent == event.agent_id:
+            return _refuse(state, "transfer_failed", "A chat cannot be transferred to its holder.")
+        return Transition(
+            state, (fx.TransferChat(session.session_id, event.agent_id, event.to_agent),)
+        )
+
+    def _transfer_failed(
+        self, state: ConversationState, event: ev.TransferFailed, now: float
+    ) -> Transition:
+        # The backend tells the agent itself; the lifecycle has nothing to change.
+        return Transition(state)
+
+    # -- the livechat backend ---------------------------------------------------------------
+
+    def _queue_position(
+        self, state: ConversationState, event: ev.QueuePositionChanged, now: float
+    ) -> Transition:
+        session = state.session
+        if (
+            session is None
+            or session.session_id != event.session_id
+            or session.agent_id is not None
+            or session.position == event.position
+        ):
+            return Transition(state)
+        out = _Builder(state, now)
+        out.emit(Party.SYSTEM, Content.notice("queued", position=event.position), _USER)
+        return out.finish(attrs.evolve(session, position=event.position))
+
+    def _agent_assigned(
+        self, state: ConversationState, event: ev.AgentAssigned, now: float
+    ) -> Transition:
+        session = state.session
+        if session is None or session.session_id != event.session_id:
+            # The session ended (or is another one) while the backend was assigning it.
+            release = fx.ReleaseAgent(event.session_id, event.agent_id, "stale_assignment")
+            return Transition(state, (release,))
+        if session.agent_id == event.agent_id:
+            return Transition(state)
+        out = _Builder(state, now)
+        previous = session.agent_id
+        if previous is not None:
+            out.emit(
+                Party.SYSTEM,
+                Content.notice("transferred", to_agent=event.agent_id),
+                _AGENT,
+                agent_id=previous,
+            )
+        joined = Content.notice("agent_joined", agent_id=event.agent_id, name=event.agent_name)
+        out.emit(Party.SYSTEM, joined, _USER_AND_AGENT, agent_id=event.agent_id)
+        out.effects.append(fx.ShareTranscript(session.session_id, event.agent_id))
+        live = attrs.evolve(
+            session,
+            agent_id=event.agent_id,
+            agent_name=event.agent_name,
+            queued_at=None,
+            position=None,
+        )
+        return out.finish(live)
+
+    def _returned_to_queue(
+        self, state: ConversationState, event: ev.ReturnedToQueue, now: float
+    ) -> Transition:
+        session = state.session
+        if (
+            session is None
+            or session.session_id != event.session_id
+            or session.agent_id != event.agent_id
+        ):
+            return Transition(state)
+        out = _Builder(state, now)
+        left = Content.notice("agent_left", agent_id=event.agent_id, reason=event.reason)
+        out.emit(Party.SYSTEM, left, _USER_AND_AGENT, agent_id=event.agent_id)
+        waiting = attrs.evolve(
+            session,
+            agent_id=None,
+            agent_name="",
+            queued_at=now,
+            position=None,
+            sign_off_offered=False,
+        )
+        return out.finish(waiting)
+
+    # -- the clock --------------------------------------------------------------------------
+
+    def _timer_fired(
+        self, state: ConversationState, event: ev.TimerFired, now: float
+    ) -> Transition:
+        session = state.session
+        if session is None:
+            return Transition(state)
+        settings = self.settings
+        out = _Builder(state, now)
+        if (
+            session.queued_at is not None
+            and settings.queue_timeout is not None
+            and now >= session.queued_at + settings.queue_timeout
+        ):
+            return self._end_session(out, QUEUE_TIMEOUT)
+        if now >= session.last_activity + settings.session_timeout:
+            return self._end_session(out, IDLE_TIMEOUT)
+        return Transition(state)
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def _end_session(
+        self, out: _Builder, reason: str, by_user: Content | None = None
+    ) -> Transition:
+        session = out.state.session
+        assert session is not None
+        expired = by_user is None
+        code = "session_expired" if expired else "session_ended"
+        agent_id = session.agent_id
+        seq = None
+        if by_user is not None:
+            seq = out.emit(Party.USER, by_user, _USER)
+        if agent_id is None:
+            out.effects.append(fx.WithdrawRequest(session.session_id))
+        else:
+            out.emit(Party.SYSTEM, Content.notice(code, reason=reason), _AGENT, agent_id=agent_id)
+            out.effects.append(fx.ReleaseAgent(session.session_id, agent_id, reason))
+        out.emit(Party.SYSTEM, Content.notice(code, reason=reason), _USER)
+        payload = SESSION_EXPIRED if expired else SESSION_END
+        out.emit(
+            Party.SYSTEM,
+            Content.payload(payload),
+            _BOT,
+            metadata={"reason": reason, "session_id": session.session_id},
+        )
+        return out.finish(None, fx.Accepted(seq))

@@ -1,0 +1,32 @@
+"""A store that keeps everything in memory: for tests, embedding and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .lifecycle import ConversationState
+from .records import Entry
+
+
+class MemoryStore:
+    """Implements :class:`actors.ports.Store`; nothing survives the process."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, ConversationState] = {}
+        self._entries: dict[str, list[Entry]] = {}
+
+    async def load(self, conversation_id: str) -> ConversationState | None:
+        return self._states.get(conversation_id)
+
+    async def record(self, state: ConversationState, entries: Sequence[Entry]) -> None:
+        self._states[state.conversation_id] = state
+        if entries:
+            self._entries.setdefault(state.conversation_id, []).extend(entries)
+
+    async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]:
+        entries = self._entries.get(conversation_id, [])
+        # Sequence numbers start at 1 and have no gaps, so the list index is seq - 1.
+        return entries[max(after_seq, 0) :]
+
+    async def open_sessions(self) -> list[ConversationState]:
+        return [state for state in self._states.values() if state.session is not None]

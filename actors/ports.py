@@ -1,0 +1,176 @@
+"""The interfaces between the core and the world around it.
+
+The core never opens a socket. Bots, livechat backends, stores and the clients that watch a
+conversation plug in through these protocols; ``transport/`` implements them for HTTP bots,
+WebSocket clients and SQLite, and an embedding application can implement them itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from .clock import Clock
+from .content import Content
+from .events import Event
+from .lifecycle import ConversationState
+from .records import Entry, Party
+
+
+@attrs.frozen
+class BotEvent:
+    """One event a bot must see. ``event_id`` is stable across retries, so a bot can
+    de-duplicate a delivery it has already handled."""
+
+    event_id: str
+    conversation_id: str
+    bot_id: str
+    user_id: str
+    content: Content
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class Bot(Protocol):
+    """A chatbot. ``on_event`` returns the messages to show the user.
+
+    Raising any exception means the event could not be delivered; the user is told the
+    assistant is unavailable, and the conversation stays usable. Adapters that talk to a
+    remote bot own their retries and circuit breaker.
+    """
+
+    async def on_event(self, event: BotEvent) -> Sequence[Content]: ...
+
+
+@attrs.frozen
+class Typing:
+    """Someone in the conversation is typing (ephemeral: not numbered, not stored)."""
+
+    conversation_id: str
+    party: Party
+    agent_id: str | None = None
+
+
+@attrs.frozen
+class Transcript:
+    """What an agent sees on pickup: the conversation so far and who the user is."""
+
+    conversation_id: str
+    session_id: str
+    bot_id: str
+    user_id: str
+    user_metadata: Mapping[str, Any]
+    entries: tuple[Entry, ...]
+
+
+@attrs.frozen
+class Problem:
+    """An error for one client: a stable ``code`` and words for a person."""
+
+    code: str
+    detail: str
+    conversation_id: str | None = None
+
+
+@attrs.frozen
+class WaitingItem:
+    conversation_id: str
+    bot_id: str
+    queued_at: float
+    position: int
+
+
+@attrs.frozen
+class HeldChat:
+    conversation_id: str
+    session_id: str
+    bot_id: str
+    grace_until: float | None
+
+
+@attrs.frozen
+class DeskStatus:
+    """An agent's view of the desk: presence, the chats it holds, and the waiting queue of
+    the bots it serves. Sent whenever any of it changes."""
+
+    agent_id: str
+    name: str
+    presence: str
+    capacity: int
+    chats: tuple[HeldChat, ...]
+    queue: tuple[WaitingItem, ...]
+
+
+Delivery = Entry | Typing | Transcript | Problem | DeskStatus
+
+
+class Sink(Protocol):
+    """Where a client's deliveries go. ``deliver`` must never block: a sink that cannot keep
+    up closes its client (who resumes by sequence number) rather than stall the sender."""
+
+    def deliver(self, item: Delivery) -> None: ...
+
+
+class CoreLink(Protocol):
+    """How a livechat backend speaks to conversations, and reads the core's clock."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def post(self, conversation_id: str, event: Event) -> None: ...
+
+
+@attrs.frozen
+class AgentRequest:
+    """A session asking for a human. ``held_by`` is set when a restarted server hands a
+    session back to the agent who held it."""
+
+    conversation_id: str
+    session_id: str
+    bot_id: str
+    queued_at: float
+    held_by: str | None = None
+
+
+class LivechatBackend(Protocol):
+    """Where the humans are: the built-in desk, or an external livechat platform.
+
+    Calls from conversations never block (a backend queues work for its own tasks). The
+    backend answers through the :class:`CoreLink` it is given in :meth:`run`, with
+    ``QueuePositionChanged``, ``AgentAssigned``, ``ReturnedToQueue`` and ``TransferFailed``
+    events, and agents' messages as ``AgentSays`` and the like.
+    """
+
+    async def run(self, core: CoreLink, *, task_status: trio.TaskStatus[None]) -> None: ...
+
+    def request_agent(self, request: AgentRequest) -> None: ...
+
+    def withdraw(self, conversation_id: str, session_id: str) -> None: ...
+
+    def release(
+        self, conversation_id: str, session_id: str, agent_id: str, reason: str
+    ) -> None: ...
+
+    def transfer(
+        self, conversation_id: str, session_id: str, from_agent: str, to_agent: str | None
+    ) -> None: ...
+
+    def deliver(self, agent_id: str, item: Delivery) -> None: ...
+
+
+class Store(Protocol):
+    """Where conversations are kept.
+
+    ``record`` returns only once the state and entries are durable: the core acknowledges a
+    message to its sender after that and never before.
+    """
+
+    async def load(self, conversation_id: str) -> ConversationState | None: ...
+
+    async def record(self, state: ConversationState, entries: Sequence[Entry]) -> None: ...
+
+    async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]: ...
+
+    async def open_sessions(self) -> list[ConversationState]: ...

@@ -1,0 +1,67 @@
+"""The transcript: every message a conversation emits, numbered.
+
+Each conversation numbers what it emits with a gap-free sequence. An :class:`Entry` records who
+sent it, which parties may see it, and when. Clients resume by asking for the entries after
+the last sequence number they saw; the store keeps entries, and the agent who picks a session
+up is shown them as the transcript so far.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .content import Content
+
+
+class Party(enum.Enum):
+    """Who takes part in a conversation. ``SYSTEM`` is Switchover itself."""
+
+    USER = "user"
+    BOT = "bot"
+    AGENT = "agent"
+    SYSTEM = "system"
+
+
+@attrs.frozen
+class Entry:
+    """One numbered message of one conversation.
+
+    ``audience`` lists the parties it is delivered to. ``agent_id`` names the agent it goes to
+    (or came from) when the agent is in the audience.
+    """
+
+    conversation_id: str
+    seq: int
+    at: float
+    sender: Party
+    content: Content
+    audience: frozenset[Party]
+    agent_id: str | None = None
+    session_id: str | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def visible_to(self, party: Party, agent_id: str | None = None) -> bool:
+        if party not in self.audience:
+            return False
+        return party is not Party.AGENT or agent_id is None or agent_id == self.agent_id
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "conversation_id": self.conversation_id,
+            "seq": self.seq,
+            "at": self.at,
+            "sender": self.sender.value,
+            "content_type": self.content.content_type,
+            "content": dict(self.content.content),
+        }
+        if self.agent_id is not None:
+            data["agent_id"] = self.agent_id
+        if self.session_id is not None:
+            data["session_id"] = self.session_id
+        if self.metadata:
+            data["metadata"] = dict(self.metadata)
+        return data

@@ -1,0 +1,326 @@
+"""Who gets which chat: the built-in desk's queue and agent pool, as a pure state machine.
+
+Like the lifecycle, :class:`Routing` does no I/O and reads no clock: each method takes the
+time when it needs it and returns the :data:`RoutingEffect` list for the desk actor to carry
+out. The rules:
+
+* One queue, first come first served; a session an agent gave up (grace period over, or sent
+  back) goes to the head.
+* A waiting session is offered to the least busy agent who serves its bot, is online and
+  connected, and has a free slot (fewest chats first, then whoever waited longest since
+  their last pickup).
+* An agent who disconnects or goes offline while holding chats keeps them for the bot's
+  grace period; after it they go back to the head of the queue.
+* Every waiting session knows its position among the sessions of its bot; a change of
+  position is reported, an unchanged one is not.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from .ports import AgentRequest
+from .settings import BotSettings
+
+
+class Presence(enum.Enum):
+    ONLINE = "online"
+    AWAY = "away"
+    OFFLINE = "offline"
+
+
+@attrs.define
+class Chat:
+    conversation_id: str
+    session_id: str
+    bot_id: str
+    grace_until: float | None = None
+
+
+@attrs.define
+class Agent:
+    agent_id: str
+    name: str
+    bots: frozenset[str]
+    capacity: int
+    presence: Presence = Presence.OFFLINE
+    connections: int = 0
+    last_pickup: float = float("-inf")
+    chats: dict[str, Chat] = attrs.field(factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return self.presence is Presence.ONLINE and self.connections > 0
+
+    @property
+    def away(self) -> bool:
+        return self.connections == 0 or self.presence is Presence.OFFLINE
+
+
+@attrs.define
+class Waiting:
+    conversation_id: str
+    session_id: str
+    bot_id: str
+    queued_at: float
+    not_agent: str | None = None
+    position: int | None = None
+
+
+@attrs.frozen
+class Assign:
+    conversation_id: str
+    session_id: str
+    agent_id: str
+    agent_name: str
+
+
+@attrs.frozen
+class Position:
+    conversation_id: str
+    session_id: str
+    position: int
+
+
+@attrs.frozen
+class Requeued:
+    conversation_id: str
+    session_id: str
+    agent_id: str
+    reason: str
+
+
+@attrs.frozen
+class Refusal:
+    """A request from an agent (transfer, pickup) that could not be done."""
+
+    agent_id: str
+    conversation_id: str
+    code: str
+    detail: str
+
+
+@attrs.frozen
+class DeskChanged:
+    """The queue or some agent's chats changed: the desk refreshes the agents' views."""
+
+
+RoutingEffect = Assign | Position | Requeued | Refusal | DeskChanged
+
+_CHANGED = DeskChanged()
+
+
+class Routing:
+    """The queue and the agents of the built-in desk."""
+
+    def __init__(self, agents: Iterable[Agent], settings: Mapping[str, BotSettings]) -> None:
+        self.agents: dict[str, Agent] = {agent.agent_id: agent for agent in agents}
+        self.settings = dict(settings)
+        self.queue: list[Waiting] = []
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def holder_of(self, conversation_id: str) -> Agent | None:
+        for agent in self.agents.values():
+            if conversation_id in agent.chats:
+                return agent
+        return None
+
+    def waiting(self, conversation_id: str) -> Waiting | None:
+        for waiting in self.queue:
+            if waiting.conversation_id == conversation_id:
+                return waiting
+        return None
+
+    def next_deadline(self) -> float | None:
+        deadlines = [
+            chat.grace_until
+            for agent in self.agents.values()
+            for chat in agent.chats.values()
+            if chat.grace_until is not None
+        ]
+        return min(deadlines, default=None)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def request(self, request: AgentRequest, now: float) -> list[RoutingEffect]:
+        if self.waiting(request.conversation_id) or self.holder_of(request.conversation_id):
+            return []
+        holder = self.agents.get(request.held_by) if request.held_by else None
+        if holder is not None:
+            # A restarted server gives the session back to its agent, who is not connected
+            # yet: the grace period starts now.
+            holder.chats[request.conversation_id] = Chat(
+                request.conversation_id, request.session_id, request.bot_id
+            )
+            self._update_grace(holder, now)
+            return [_CHANGED]
+        self.queue.append(
+            Waiting(request.conversation_id, request.session_id, request.bot_id, request.queued_at)
+        )
+        return self._settle(now)
+
+    def withdraw(self, conversation_id: str, session_id: str, now: float) -> list[RoutingEffect]:
+        waiting = self.waiting(conversation_id)
+        if waiting is None or waiting.session_id != session_id:
+            return []
+        self.queue.remove(waiting)
+        return self._settle(now)
+
+    def release(
+        self, conversation_id: str, session_id: str, agent_id: str, now: float
+    ) -> list[RoutingEffect]:
+        agent = self.agents.get(agent_id)
+        chat = agent.chats.get(conversation_id) if agent else None
+        if agent is None or chat is None or chat.session_id != session_id:
+            return []
+        del agent.chats[conversation_id]
+        return self._settle(now)
+
+    def transfer(
+        self,
+        conversation_id: str,
+        session_id: str,
+        from_agent: str,
+        to_agent: str | None,
+        now: float,
+    ) -> list[RoutingEffect]:
+        source = self.agents.get(from_agent)
+        chat = source.chats.get(conversation_id) if source else None
+        if source is None or chat is None or chat.session_id != session_id:
+            return [Refusal(from_agent, conversation_id, "not_assigned", "You do not hold it.")]
+        if to_agent is None:
+            del source.chats[conversation_id]
+            self.queue.insert(
+                0, Waiting(conversation_id, session_id, chat.bot_id, now, not_agent=from_agent)
+            )
+            requeued = Requeued(conversation_id, session_id, from_agent, "transferred")
+            return [requeued, *self._settle(now)]
+        target = self.agents.get(to_agent)
+        problem = self._cannot_take(target, chat.bot_id)
+        if target is None or problem is not None:
+            detail = problem or f"There is no agent {to_agent!r}."
+            return [Refusal(from_agent, conversation_id, "transfer_failed", detail)]
+        del source.chats[conversation_id]
+        target.chats[conversation_id] = Chat(conversation_id, session_id, chat.bot_id)
+        target.last_pickup = now
+        return [
+            Assign(conversation_id, session_id, target.agent_id, target.name),
+            *self._settle(now),
+        ]
+
+    def claim(self, agent_id: str, conversation_id: str, now: float) -> list[RoutingEffect]:
+        """An agent picks a waiting session out of the queue by hand."""
+        agent = self.agents.get(agent_id)
+        waiting = self.waiting(conversation_id)
+        if agent is None or waiting is None:
+            return [Refusal(agent_id, conversation_id, "not_waiting", "That chat is not waiting.")]
+        problem = self._cannot_take(agent, waiting.bot_id)
+        if problem is not None:
+            return [Refusal(agent_id, conversation_id, "cannot_claim", problem)]
+        return [self._assign(waiting, agent, now), *self._settle(now)]
+
+    # -- agents -----------------------------------------------------------------------------
+
+    def set_presence(self, agent_id: str, presence: Presence, now: float) -> list[RoutingEffect]:
+        agent = self.agents[agent_id]
+        agent.presence = presence
+        self._update_grace(agent, now)
+        return self._settle(now)
+
+    def connected(self, agent_id: str, now: float) -> list[RoutingEffect]:
+        agent = self.agents[agent_id]
+        agent.connections += 1
+        self._update_grace(agent, now)
+        return self._settle(now)
+
+    def disconnected(self, agent_id: str, now: float) -> list[RoutingEffect]:
+        agent = self.agents[agent_id]
+        agent.connections = max(0, agent.connections - 1)
+        self._update_grace(agent, now)
+        return self._settle(now)
+
+    def expire_grace(self, now: float) -> list[RoutingEffect]:
+        effects: list[RoutingEffect] = []
+        for agent in self.agents.values():
+            for chat in list(agent.chats.values()):
+                if chat.grace_until is not None and chat.grace_until <= now:
+                    del agent.chats[chat.conversation_id]
+                    self.queue.insert(
+                        0, Waiting(chat.conversation_id, chat.session_id, chat.bot_id, now)
+                    )
+                    effects.append(
+                        Requeued(
+                            chat.conversation_id, chat.session_id, agent.agent_id, "agent_left"
+                        )
+                    )
+        return [*effects, *self._settle(now)] if effects else []
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _cannot_take(self, agent: Agent | None, bot_id: str) -> str | None:
+        if agent is None:
+            return "No such agent."
+        if bot_id not in agent.bots:
+            return f"{agent.name} does not serve this bot."
+        if not agent.available:
+            return f"{agent.name} is not online."
+        if len(agent.chats) >= agent.capacity:
+            return f"{agent.name} has no free slot."
+        return None
+
+    def _update_grace(self, agent: Agent, now: float) -> None:
+        if agent.away:
+            for chat in agent.chats.values():
+                if chat.grace_until is None:
+                    chat.grace_until = now + self.settings[chat.bot_id].grace_period
+        else:
+            for chat in agent.chats.values():
+                chat.grace_until = None
+
+    def _assign(self, waiting: Waiting, agent: Agent, now: float) -> Assign:
+        self.queue.remove(waiting)
+        agent.chats[waiting.conversation_id] = Chat(
+            waiting.conversation_id, waiting.session_id, waiting.bot_id
+        )
+        agent.last_pickup = now
+        return Assign(waiting.conversation_id, waiting.session_id, agent.agent_id, agent.name)
+
+    def _best_agent(self, waiting: Waiting) -> Agent | None:
+        best: Agent | None = None
+        for agent in self.agents.values():
+            if (
+                agent.available
+                and waiting.bot_id in agent.bots
+                and len(agent.chats) < agent.capacity
+                and agent.agent_id != waiting.not_agent
+                and (
+                    best is None
+                    or (len(agent.chats), agent.last_pickup) < (len(best.chats), best.last_pickup)
+                )
+            ):
+                best = agent
+        return best
+
+    def _settle(self, now: float) -> list[RoutingEffect]:
+        """Hand out what can be handed out, first come first served, then report the
+        positions that changed."""
+        effects: list[RoutingEffect] = []
+        for waiting in list(self.queue):
+            if not any(a.available and len(a.chats) < a.capacity for a in self.agents.values()):
+                break
+            agent = self._best_agent(waiting)
+            if agent is not None:
+                effects.append(self._assign(waiting, agent, now))
+        counters: dict[str, itertools.count[int]] = {}
+        for waiting in self.queue:
+            position = next(counters.setdefault(waiting.bot_id, itertools.count(1)))
+            if waiting.position != position:
+                waiting.position = position
+                effects.append(Position(waiting.conversation_id, waiting.session_id, position))
+        effects.append(_CHANGED)
+        return effects

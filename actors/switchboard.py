@@ -1,0 +1,298 @@
+"""The switchboard: starts, finds and supervises conversation actors.
+
+It is the core's public face. A transport (or an embedding application) opens conversations,
+submits what users, bots and agents do, and subscribes clients; the switchboard routes each
+call to the one actor that owns that conversation, starting it (from the store) when it is
+not in memory. It holds no conversation state itself: its registry only maps ids to actors,
+and it is only touched synchronously from trio's one thread, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from . import effects as fx
+from .clock import Clock
+from .conversation import (
+    ConversationActor,
+    Envelope,
+    Inbound,
+    Replay,
+    Reply,
+    Subscribe,
+    Unsubscribe,
+)
+from .events import Event
+from .lifecycle import ConversationState, Lifecycle
+from .memory_store import MemoryStore
+from .ports import AgentRequest, Bot, LivechatBackend, Sink, Store
+from .records import Party
+from .settings import BotSettings
+from .supervision import Escalated, RestartPolicy, supervise
+
+log = logging.getLogger("switchover.switchboard")
+
+
+@attrs.frozen
+class BotBinding:
+    """A bot served by this switchboard: the bot itself, its settings and the name of the
+    livechat backend its sessions go to."""
+
+    bot: Bot
+    settings: BotSettings = BotSettings()
+    backend: str = "desk"
+
+
+class Overloaded(Exception):
+    """A conversation's inbox is full: the sender should slow down."""
+
+
+class UnknownBot(Exception):
+    pass
+
+
+@attrs.define
+class Stats:
+    restarts: int = 0
+    escalations: int = 0
+    started: int = 0
+    hibernated: int = 0
+
+
+class Switchboard:
+    """Routes events to conversation actors and supervises them.
+
+    Use :func:`open_switchboard` to run one. ``hibernate_after``: seconds a conversation in
+    bot mode with no connected client stays in memory before it leaves (it is rebuilt from the
+    store on its next event); ``None`` keeps every conversation in memory.
+    ``inbox_limit``: how many events may wait for one conversation before :meth:`submit`
+    refuses more with :class:`Overloaded`.
+    """
+
+    def __init__(
+        self,
+        bots: Mapping[str, BotBinding],
+        backends: Mapping[str, LivechatBackend],
+        store: Store | None = None,
+        *,
+        clock: Clock | None = None,
+        restart_policy: RestartPolicy = RestartPolicy(),
+        hibernate_after: float | None = 600.0,
+        inbox_limit: int = 256,
+    ) -> None:
+        missing = {b.backend for b in bots.values()} - set(backends)
+        if missing:
+            raise ValueError(f"bots name unknown livechat backends: {sorted(missing)}")
+        self.bots = dict(bots)
+        self.backends = dict(backends)
+        self.store: Store = store if store is not None else MemoryStore()
+        self.clock = clock or Clock()
+        self.restart_policy = restart_policy
+        self.hibernate_after = hibernate_after
+        self.inbox_limit = inbox_limit
+        self.stats = Stats()
+        self._lifecycles = {bot_id: Lifecycle(b.settings) for bot_id, b in bots.items()}
+        self._actors: dict[str, ConversationActor] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # -- running ----------------------------------------------------------------------------
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError("the switchboard is not running")
+        return self._nursery
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the backends, restore open sessions from the store, then serve until
+        cancelled."""
+        self.clock.start()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for backend in self.backends.values():
+                await nursery.start(backend.run, self)
+            await self._restore()
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _restore(self) -> None:
+        """Bring back every conversation with an open session: waiting ones re-join their
+        queue in their original order, live ones go back to their agent. Deadlines that
+        passed while we were down fire as soon as their actor starts."""
+        states = await self.store.open_sessions()
+        states.sort(key=lambda s: s.session.started_at if s.session else 0.0)
+        for state in states:
+            session = state.session
+            if session is None or state.bot_id not in self.bots:
+                continue
+            self._start(state.conversation_id, state)
+            queued_at = session.queued_at if session.queued_at is not None else session.started_at
+            request = self.agent_request(state, queued_at)
+            self.backend_for(state).request_agent(attrs.evolve(request, held_by=session.agent_id))
+
+    # -- lookups used by actors -------------------------------------------------------------
+
+    def lifecycle_for(self, bot_id: str) -> Lifecycle:
+        return self._lifecycles[bot_id]
+
+    def bot_for(self, bot_id: str) -> Bot:
+        return self.bots[bot_id].bot
+
+    def backend_for(self, state: ConversationState) -> LivechatBackend:
+        return self.backends[self.bots[state.bot_id].backend]
+
+    def agent_request(self, state: ConversationState, queued_at: float) -> AgentRequest:
+        assert state.session is not None
+        return AgentRequest(
+            state.conversation_id, state.session.session_id, state.bot_id, queued_at
+        )
+
+    def forget(self, actor: ConversationActor) -> None:
+        if self._actors.get(actor.conversation_id) is actor:
+            del self._actors[actor.conversation_id]
+            if actor.state is not None and actor.state.session is None:
+                self.stats.hibernated += 1
+
+    def is_in_memory(self, conversation_id: str) -> bool:
+        return conversation_id in self._actors
+
+    @property
+    def active_conversations(self) -> int:
+        return len(self._actors)
+
+    # -- the public API ---------------------------------------------------------------------
+
+    async def open_conversation(
+        self,
+        bot_id: str,
+        *,
+        user_id: str | None = None,
+        metadata: Mapping[str, object] | None = None,
+        conversation_id: str | None = None,
+    ) -> ConversationState:
+        """Create a conversation with ``bot_id`` and return its first state."""
+        if bot_id not in self.bots:
+            raise UnknownBot(bot_id)
+        conversation_id = conversation_id or secrets.token_hex(12)
+        state = ConversationState(
+            conversation_id, bot_id, user_id or conversation_id, dict(metadata or {})
+        )
+        await self.store.record(state, [])
+        self._start(conversation_id, state)
+        return state
+
+    def submit(self, conversation_id: str, event: Event, reply: Reply | None = None) -> None:
+        """Hand an event from a user, bot or agent to its conversation, without waiting.
+
+        ``reply`` is called with the outcome once the event is durable (or refused).
+        Raises :class:`Overloaded` when the conversation already has ``inbox_limit`` events
+        waiting.
+        """
+        actor = self._actor(conversation_id)
+        if actor.inbox.statistics().current_buffer_used >= self.inbox_limit:
+            raise Overloaded(conversation_id)
+        actor.inbox.send_nowait(Envelope(event, reply))
+
+    def post(self, conversation_id: str, event: Event) -> None:
+        """Like :meth:`submit`, for the core's own parts (backends): never refused."""
+        self._send(conversation_id, Envelope(event))
+
+    async def ask(self, conversation_id: str, event: Event) -> fx.Outcome:
+        """Submit and wait for the outcome."""
+        done = trio.Event()
+        result: list[fx.Outcome] = []
+
+        def reply(outcome: fx.Outcome) -> None:
+            result.append(outcome)
+            done.set()
+
+        self.submit(conversation_id, event, reply)
+        await done.wait()
+        return result[0]
+
+    def subscribe(self, conversation_id: str, sink: Sink, after_seq: int | None = None) -> None:
+        """Deliver the user's side of the conversation to ``sink``: the entries after
+        ``after_seq`` first (when given), then everything live."""
+        self._send(conversation_id, Subscribe(sink, after_seq))
+
+    def unsubscribe(self, conversation_id: str, sink: Sink) -> None:
+        if conversation_id in self._actors:
+            self._send(conversation_id, Unsubscribe(sink))
+
+    def replay(
+        self,
+        conversation_id: str,
+        sink: Sink,
+        after_seq: int,
+        party: Party,
+        agent_id: str | None = None,
+    ) -> None:
+        """Send ``sink`` the entries after ``after_seq`` that ``party`` may see."""
+        self._send(conversation_id, Replay(sink, after_seq, party, agent_id))
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _send(self, conversation_id: str, item: Inbound) -> None:
+        self._actor(conversation_id).inbox.send_nowait(item)
+
+    def _actor(self, conversation_id: str) -> ConversationActor:
+        actor = self._actors.get(conversation_id)
+        if actor is None:
+            actor = self._start(conversation_id, None)
+        return actor
+
+    def _start(self, conversation_id: str, state: ConversationState | None) -> ConversationActor:
+        actor = ConversationActor(self, conversation_id, state)
+        self._actors[conversation_id] = actor
+        self.stats.started += 1
+        self.nursery.start_soon(self._supervised, actor)
+        return actor
+
+    async def _supervised(self, actor: ConversationActor) -> None:
+        def counted(exc: BaseException) -> None:
+            self.stats.restarts += 1
+
+        try:
+            await supervise(
+                f"conversation {actor.conversation_id}", actor.serve, self.restart_policy, counted
+            )
+        except Escalated:
+            # Restarting did not help: take the conversation out of memory. Its state is in
+            # the store; the next event rebuilds it from there.
+            self.stats.escalations += 1
+            self.forget(actor)
+            actor.refuse_waiting("conversation_failed", "The conversation failed; try again.")
+
+
+@asynccontextmanager
+async def open_switchboard(
+    bots: Mapping[str, BotBinding],
+    backends: Mapping[str, LivechatBackend] | None = None,
+    store: Store | None = None,
+    **options: object,
+) -> AsyncIterator[Switchboard]:
+    """Run a switchboard for the duration of the ``async with`` block.
+
+    With no ``backends``, every bot's sessions go to a built-in :class:`~actors.desk.Desk`
+    named ``"desk"``, reachable as ``board.backends["desk"]``.
+    """
+    from .desk import Desk
+
+    if backends is None:
+        backends = {"desk": Desk(settings={k: b.settings for k, b in bots.items()})}
+    board = Switchboard(bots, backends, store, **options)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(board.run)
+        try:
+            yield board
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+__all__ = ["BotBinding", "Overloaded", "Switchboard", "UnknownBot", "open_switchboard"]

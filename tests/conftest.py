@@ -1,0 +1,92 @@
+"""Shared fixtures: a recording sink and a switchboard with a desk and an echo bot."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+import trio
+
+from actors import (
+    AgentProfile,
+    BotBinding,
+    BotEvent,
+    BotSettings,
+    Content,
+    Delivery,
+    Desk,
+    Entry,
+    Switchboard,
+    open_switchboard,
+)
+
+
+class RecordingSink:
+    """Keeps what it is given and lets a test wait for a matching item."""
+
+    def __init__(self) -> None:
+        self.items: list[Delivery] = []
+        self._changed = trio.Event()
+
+    def deliver(self, item: Delivery) -> None:
+        self.items.append(item)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def entries(self) -> list[Entry]:
+        return [item for item in self.items if isinstance(item, Entry)]
+
+    async def wait_for(self, predicate: object, *, timeout: float = 5.0) -> Delivery:
+        check = predicate if callable(predicate) else (lambda item: item == predicate)
+        seen = 0
+        with trio.fail_after(timeout):
+            while True:
+                for item in self.items[seen:]:
+                    if check(item):
+                        return item
+                seen = len(self.items)
+                await self._changed.wait()
+
+
+def notice(code: str) -> object:
+    def check(item: Delivery) -> bool:
+        return (
+            isinstance(item, Entry)
+            and item.content.content_type == "notice"
+            and item.content.content.get("code") == code
+        )
+
+    return check
+
+
+class EchoBot:
+    """Replies ``echo: <text>`` and records every event it receives."""
+
+    def __init__(self) -> None:
+        self.events: list[BotEvent] = []
+
+    async def on_event(self, event: BotEvent) -> Sequence[Content]:
+        self.events.append(event)
+        text = event.content.text_value
+        return [Content.text(f"echo: {text}")] if text is not None else []
+
+
+@pytest.fixture
+def echo_bot() -> EchoBot:
+    return EchoBot()
+
+
+@pytest.fixture
+async def board(echo_bot: EchoBot) -> AsyncIterator[Switchboard]:
+    settings = BotSettings(session_timeout=3600, grace_period=30)
+    desk = Desk(
+        {"demo": settings},
+        [
+            AgentProfile("alice", "Alice", frozenset({"demo"}), capacity=2),
+            AgentProfile("bob", "Bob", frozenset({"demo"}), capacity=2),
+        ],
+    )
+    async with open_switchboard(
+        {"demo": BotBinding(echo_bot, settings)}, {"desk": desk}
+    ) as board:
+        yield board

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from actors import (
+    SESSION_END,
+    SESSION_START,
+    Accepted,
+    AgentSays,
+    Content,
+    Desk,
+    Entry,
+    Party,
+    Presence,
+    Switchboard,
+    Transcript,
+    UserSays,
+)
+
+from .conftest import EchoBot, RecordingSink, notice
+
+
+async def test_a_whole_session(board: Switchboard, echo_bot: EchoBot, autojump_clock: object) -> None:
+    desk = board.backends["desk"]
+    assert isinstance(desk, Desk)
+    state = await board.open_conversation("demo", metadata={"name": "Uma"})
+    conv = state.conversation_id
+    user = RecordingSink()
+    board.subscribe(conv, user)
+    outcome = await board.ask(conv, UserSays(Content.text("hello")))
+    assert outcome == Accepted(1)
+    await user.wait_for(lambda i: isinstance(i, Entry) and i.content.text_value == "echo: hello")
+
+    await board.ask(conv, UserSays(Content.payload(SESSION_START)))
+    await user.wait_for(notice("queued"))
+    await board.ask(conv, UserSays(Content.text("anyone?")))
+
+    agent = RecordingSink()
+    desk.attach("alice", agent)
+    desk.set_presence("alice", Presence.ONLINE)
+    transcript = await agent.wait_for(lambda i: isinstance(i, Transcript))
+    assert isinstance(transcript, Transcript)
+    assert "anyone?" in [e.content.text_value for e in transcript.entries]
+    assert transcript.user_metadata == {"name": "Uma"}
+    await user.wait_for(notice("agent_joined"))
+
+    await board.ask(conv, AgentSays("alice", Content.text("Hi, Alice here")))
+    await user.wait_for(lambda i: isinstance(i, Entry) and i.content.text_value == "Hi, Alice here")
+    await board.ask(conv, AgentSays("alice", Content.text("Bye LIVECHAT_SESSION_END")))
+    await user.wait_for(lambda i: isinstance(i, Entry) and i.metadata.get("sign_off"))
+    await board.ask(conv, UserSays(Content.text("wait, one more thing")))
+    await agent.wait_for(
+        lambda i: isinstance(i, Entry) and i.content.text_value == "wait, one more thing"
+    )
+    await board.ask(conv, UserSays(Content.payload(SESSION_END)))
+    await user.wait_for(notice("session_ended"))
+    await agent.wait_for(notice("session_ended"))
+    # The bot saw hello, then END, and nothing in between.
+    while len(echo_bot.events) < 2:
+        await user.wait_for(lambda i: False, timeout=0.01) if False else None
+        import trio
+
+        await trio.sleep(0.001)
+    assert [e.content.content for e in echo_bot.events] == [
+        {"text": "hello"},
+        {"payload": SESSION_END},
+    ]
+    seqs = [e.seq for e in user.entries()]
+    assert seqs == sorted(seqs)
+    assert all(Party.BOT not in e.audience for e in user.entries() if e.sender is Party.USER and e.content.text_value in ("anyone?", "wait, one more thing"))

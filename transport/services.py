@@ -1,0 +1,40 @@
+"""What a running server is made of, gathered in one object the listeners share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from actors import Desk, Switchboard
+
+
+@attrs.frozen
+class Limits:
+    """Per-connection protection. ``max_frame_bytes``: larger frames are refused.
+    ``rate``/``burst``: a token bucket of frames per second per connection.
+    ``max_buffered``: deliveries queued for a slow client before it is disconnected (it can
+    resume by sequence number)."""
+
+    max_frame_bytes: int = 64 * 1024
+    rate: float = 20.0
+    burst: int = 40
+    max_buffered: int = 1000
+    hello_timeout: float = 10.0
+
+
+@attrs.define
+class Services:
+    """The core and the credentials every listener needs.
+
+    ``agent_tokens`` maps a secret token to an agent id; ``bot_tokens`` maps a secret token to
+    a bot id (for bots that connect or push). ``secret`` signs users' resume tokens.
+    """
+
+    board: Switchboard
+    desk: Desk
+    secret: str
+    agent_tokens: Mapping[str, str] = attrs.field(factory=dict)
+    bot_tokens: Mapping[str, str] = attrs.field(factory=dict)
+    limits: Limits = Limits()
+    default_bot: str = "demo"
