@@ -64,9 +64,18 @@ class EchoBot:
 
     def __init__(self) -> None:
         self.events: list[BotEvent] = []
+        self._arrived = trio.Event()
+
+    async def wait_for_events(self, count: int, *, timeout: float = 5.0) -> list[BotEvent]:
+        with trio.fail_after(timeout):
+            while len(self.events) < count:
+                await self._arrived.wait()
+        return self.events
 
     async def on_event(self, event: BotEvent) -> Sequence[Content]:
         self.events.append(event)
+        self._arrived.set()
+        self._arrived = trio.Event()
         text = event.content.text_value
         return [Content.text(f"echo: {text}")] if text is not None else []
 
@@ -86,7 +95,5 @@ async def board(echo_bot: EchoBot) -> AsyncIterator[Switchboard]:
             AgentProfile("bob", "Bob", frozenset({"demo"}), capacity=2),
         ],
     )
-    async with open_switchboard(
-        {"demo": BotBinding(echo_bot, settings)}, {"desk": desk}
-    ) as board:
+    async with open_switchboard({"demo": BotBinding(echo_bot, settings)}, {"desk": desk}) as board:
         yield board

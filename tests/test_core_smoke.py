@@ -18,7 +18,9 @@ from actors import (
 from .conftest import EchoBot, RecordingSink, notice
 
 
-async def test_a_whole_session(board: Switchboard, echo_bot: EchoBot, autojump_clock: object) -> None:
+async def test_a_whole_session(
+    board: Switchboard, echo_bot: EchoBot, autojump_clock: object
+) -> None:
     desk = board.backends["desk"]
     assert isinstance(desk, Desk)
     state = await board.open_conversation("demo", metadata={"name": "Uma"})
@@ -54,15 +56,16 @@ async def test_a_whole_session(board: Switchboard, echo_bot: EchoBot, autojump_c
     await user.wait_for(notice("session_ended"))
     await agent.wait_for(notice("session_ended"))
     # The bot saw hello, then END, and nothing in between.
-    while len(echo_bot.events) < 2:
-        await user.wait_for(lambda i: False, timeout=0.01) if False else None
-        import trio
-
-        await trio.sleep(0.001)
-    assert [e.content.content for e in echo_bot.events] == [
+    events = await echo_bot.wait_for_events(2)
+    assert [e.content.content for e in events] == [
         {"text": "hello"},
         {"payload": SESSION_END},
     ]
     seqs = [e.seq for e in user.entries()]
     assert seqs == sorted(seqs)
-    assert all(Party.BOT not in e.audience for e in user.entries() if e.sender is Party.USER and e.content.text_value in ("anyone?", "wait, one more thing"))
+    during_session = ("anyone?", "wait, one more thing")
+    assert all(
+        Party.BOT not in e.audience
+        for e in user.entries()
+        if e.content.text_value in during_session
+    )
