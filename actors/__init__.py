@@ -38,6 +38,7 @@ from .ports import (
     Problem,
     Sink,
     Store,
+    StoreUnavailable,
     Transcript,
     Typing,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "RestartPolicy",
     "Sink",
     "Store",
+    "StoreUnavailable",
     "Switchboard",
     "Transcript",
     "Typing",

@@ -1,20 +1,20 @@
 """One trio task per conversation: the thin, I/O-doing shell around the lifecycle.
 
-The actor owns its conversation's state and its one deadline, and takes everything that
-happens to the conversation from a single memory channel, in order. For each event it asks
-the lifecycle what must happen, makes the result durable in the store, then carries out the
-effects: deliveries to the user's clients, to the agent through the livechat backend, and to
-the bot.
+The actor owns its conversation's state and takes everything that happens to the
+conversation from a single memory channel, in order. For each event it asks the lifecycle
+what must happen, makes the result durable in the store, then carries out the effects:
+deliveries to the user's clients, to the agent through the livechat backend, and to the bot.
 
-Two measured costs shape the loop (see bench/README.md):
+Measured costs shape the loop (see bench/README.md):
 
 * Every ``receive()`` on a trio channel yields to the scheduler, so after one blocking
   receive the actor drains whatever else is waiting with ``receive_nowait``.
-* Every change of a cancel scope's deadline pushes an entry on trio's deadline heap. Activity
-  therefore never touches the timer: the deadline is derived from the state, and when the
-  timer fires early because activity moved the real deadline, the lifecycle says so (no
-  effects) and the timer is re-armed once for the remainder. The timer only moves when the
-  deadline comes *earlier* (a session opening).
+* The deadline pattern: the session's deadline is derived from the state, so activity only
+  moves a timestamp. The actor holds no cancel scope: it asks the switchboard's
+  :class:`~actors.alarms.Alarms` to post it a wake-up, and only when its next deadline comes
+  *earlier* than the wake-up it already asked for (a session opening). A wake-up that comes
+  before the real deadline (activity moved it) is answered by asking again for the
+  remainder. The same wake-ups drive hibernation in bot mode.
 
 Bot deliveries run in a short-lived helper task, so a slow bot never holds up the
 conversation: the user can still reach a human while the bot thinks.
@@ -34,7 +34,7 @@ import trio
 from . import effects as fx
 from .events import BotSays, BotUnavailable, Event, TimerFired
 from .lifecycle import ConversationState, Lifecycle
-from .ports import BotEvent, Sink, Transcript, Typing
+from .ports import BotEvent, Sink, StoreUnavailable, Transcript, Typing
 from .records import Entry, Party
 
 if TYPE_CHECKING:
@@ -78,7 +78,8 @@ class Replay:
 
 Inbound = Envelope | Subscribe | Unsubscribe | Replay
 
-_FIRED = Envelope(TimerFired())
+_ALARM = Envelope(TimerFired())
+"""Posted by :meth:`ConversationActor.wake`: one of the actor's wake-ups came due."""
 
 
 class UnknownConversation(Exception):
@@ -89,6 +90,7 @@ class ConversationActor:
     """The task that owns one conversation. Created and supervised by the switchboard."""
 
     __slots__ = (
+        "_armed",
         "_bot_busy",
         "_bot_queue",
         "_receive",
@@ -97,6 +99,7 @@ class ConversationActor:
         "inbox",
         "last_touch",
         "lifecycle",
+        "retired",
         "state",
         "subscribers",
     )
@@ -115,6 +118,8 @@ class ConversationActor:
         self._bot_queue: deque[BotEvent] = deque()
         self._bot_busy = False
         self.last_touch = 0.0
+        self._armed = math.inf
+        self.retired = False
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -122,48 +127,76 @@ class ConversationActor:
         """Run until the conversation hibernates or the switchboard stops. Supervised: an
         exception here restarts it from ``self.state``, the last committed state."""
         board = self.board
+        self.retired = False
         if self.state is None:
             with trio.CancelScope(shield=True):
                 self.state = await board.store.load(self.conversation_id)
             if self.state is None:
                 self.refuse_waiting("unknown_conversation", "No such conversation.")
+                self.retired = True
                 board.forget(self)
                 return
-        lifecycle = self.lifecycle = board.lifecycle_for(self.state.bot_id)
-        to_trio = board.clock.to_trio
+        self.lifecycle = board.lifecycle_for(self.state.bot_id)
         receive = self._receive
         self.last_touch = trio.current_time()
+        self._armed = math.inf
         while True:
-            armed = self._next_wakeup(lifecycle, to_trio)
-            with trio.move_on_at(armed) as timer:
-                while True:
-                    item = await receive.receive()
+            self._arm()
+            item = await receive.receive()
+            while True:
+                if item is _ALARM:
+                    if await self._alarm():
+                        return
+                else:
                     await self._take(item)
-                    while True:
-                        try:
-                            item = receive.receive_nowait()
-                        except trio.WouldBlock:
-                            break
-                        await self._take(item)
                     self.last_touch = trio.current_time()
-                    wall = lifecycle.deadline(self.state)
-                    if wall is not None and to_trio(wall) < timer.deadline:
-                        timer.deadline = to_trio(wall)
-            if self.state.session is not None:
-                await self._take(_FIRED)
-            elif self._may_hibernate():
-                board.forget(self)
-                return
+                try:
+                    item = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
 
-    def _next_wakeup(self, lifecycle: Lifecycle, to_trio: Callable[[float], float]) -> float:
-        assert self.state is not None
-        wall = lifecycle.deadline(self.state)
+    def _arm(self) -> None:
+        """Ask the alarms for a wake-up when the next one comes earlier than the one already
+        asked for. Activity only moves the deadline later, so it costs nothing here."""
+        wanted = self._next_wakeup()
+        if wanted < self._armed:
+            self._armed = wanted
+            self.board.alarms.wake_at(wanted, self)
+
+    def wake(self) -> None:
+        """Called by the alarms task when a wake-up this actor asked for comes due."""
+        if not self.retired:
+            self._armed = math.inf
+            self.inbox.send_nowait(_ALARM)
+
+    def _next_wakeup(self) -> float:
+        assert self.state is not None and self.lifecycle is not None
+        wall = self.lifecycle.deadline(self.state)
         if wall is not None:
-            return to_trio(wall)
+            return self.board.clock.to_trio(wall)
         hibernate_after = self.board.hibernate_after
         if hibernate_after is None:
             return math.inf
         return self.last_touch + hibernate_after
+
+    async def _alarm(self) -> bool:
+        """A wake-up came due: expire the session if its deadline really passed (activity
+        may have moved it since), or hibernate. Returns whether the actor leaves memory."""
+        state, lifecycle = self.state, self.lifecycle
+        assert state is not None and lifecycle is not None
+        wall = lifecycle.deadline(state)
+        if wall is not None:
+            clock = self.board.clock
+            if clock.to_trio(wall) <= trio.current_time():
+                # Due by the trio clock: stamp it at the deadline even when converting
+                # between the clocks rounds the wall time a hair below it.
+                await self._handle(TimerFired(), None, max(clock.now(), wall))
+            return False
+        if self._may_hibernate():
+            self.retired = True
+            self.board.forget(self)
+            return True
+        return False
 
     def _may_hibernate(self) -> bool:
         hibernate_after = self.board.hibernate_after
@@ -190,6 +223,12 @@ class ConversationActor:
         if isinstance(item, Envelope):
             try:
                 await self._handle(item.event, item.reply)
+            except StoreUnavailable as exc:
+                # Nothing changed: the state is still the last stored one. Refuse and go on
+                # rather than restart, so a full disk does not escalate every conversation.
+                log.error("conversation %s: %s", self.conversation_id, exc)
+                if item.reply is not None:
+                    item.reply(fx.Refused("store_unavailable", str(exc)))
             except Exception:
                 if item.reply is not None:
                     item.reply(fx.Refused("internal_error", "The message could not be handled."))
@@ -204,17 +243,18 @@ class ConversationActor:
         else:
             await self._replay(item.sink, item.after_seq, item.party, item.agent_id)
 
-    async def _handle(self, event: Event, reply: Reply | None) -> None:
+    async def _handle(self, event: Event, reply: Reply | None, now: float | None = None) -> None:
         state = self.state
         lifecycle = self.lifecycle
         assert state is not None and lifecycle is not None
-        transition = lifecycle.handle(state, event, self.board.clock.now())
+        transition = lifecycle.handle(state, event, self.board.clock.now() if now is None else now)
         effects = transition.effects
         if transition.state is not state:
             entries = [effect.entry for effect in effects if isinstance(effect, fx.Emit)]
-            # Durable before anyone hears of it; a timer or shutdown must not cut a write.
-            with trio.CancelScope(shield=True):
-                await self.board.store.record(transition.state, entries)
+            # Durable before anyone hears of it. No timer can cut this write (deadlines come
+            # through the inbox, not a cancel scope); only shutting down can, and then the
+            # state stays as it was and nobody has been told anything.
+            await self.board.store.record(transition.state, entries)
             self.state = transition.state
         for effect in effects:
             if isinstance(effect, fx.Emit):

@@ -215,6 +215,16 @@ class Desk:
         )
         return DeskStatus(agent_id, agent.name, agent.presence.value, agent.capacity, chats, queue)
 
+    @property
+    def queue_length(self) -> int:
+        """Sessions waiting for an agent, across every bot (for metrics)."""
+        return len(self._routing.queue)
+
+    @property
+    def agents_available(self) -> int:
+        """Agents connected and online (for metrics)."""
+        return sum(agent.available for agent in self._routing.agents.values())
+
     def holds(self, agent_id: str, conversation_id: str) -> bool:
         """Whether the agent holds the chat, as the desk last knew it (for access checks in
         transports; the conversation itself is the final word)."""

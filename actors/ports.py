@@ -160,11 +160,21 @@ class LivechatBackend(Protocol):
     def deliver(self, agent_id: str, item: Delivery) -> None: ...
 
 
+class StoreUnavailable(Exception):
+    """The store cannot keep what it was given (disk full, file locked or unwritable...).
+
+    ``record`` raises it instead of returning: the conversation keeps its last stored state
+    and refuses the message with code ``store_unavailable``, so nothing unstored is ever
+    acknowledged.
+    """
+
+
 class Store(Protocol):
     """Where conversations are kept.
 
     ``record`` returns only once the state and entries are durable: the core acknowledges a
-    message to its sender after that and never before.
+    message to its sender after that and never before. It raises :class:`StoreUnavailable`
+    when it cannot.
     """
 
     async def load(self, conversation_id: str) -> ConversationState | None: ...

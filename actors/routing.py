@@ -9,6 +9,8 @@ out. The rules:
 * A waiting session is offered to the least busy agent who serves its bot, is online and
   connected, and has a free slot (fewest chats first, then whoever waited longest since
   their last pickup).
+* An agent who is away is offered nothing, but may still claim a waiting session by hand
+  (an offline or disconnected agent may not).
 * An agent who disconnects or goes offline while holding chats keeps them for the bot's
   grace period; after it they go back to the head of the queue.
 * Every waiting session knows its position among the sessions of its bot; a change of
@@ -267,8 +269,9 @@ class Routing:
             return "No such agent."
         if bot_id not in agent.bots:
             return f"{agent.name} does not serve this bot."
-        if not agent.available:
-            return f"{agent.name} is not online."
+        if agent.away:
+            # "Away" only stops automatic offers: a connected agent may still pick up by hand.
+            return f"{agent.name} is offline."
         if len(agent.chats) >= agent.capacity:
             return f"{agent.name} has no free slot."
         return None

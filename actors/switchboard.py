@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from . import effects as fx
+from .alarms import Alarms
 from .clock import Clock
 from .conversation import (
     ConversationActor,
@@ -72,7 +73,9 @@ class Switchboard:
     bot mode with no connected client stays in memory before it leaves (it is rebuilt from the
     store on its next event); ``None`` keeps every conversation in memory.
     ``inbox_limit``: how many events may wait for one conversation before :meth:`submit`
-    refuses more with :class:`Overloaded`.
+    refuses more with :class:`Overloaded`. ``expiry_batch``: how many conversations the
+    alarms wake per scheduler tick when many deadlines come due at once (see
+    :mod:`actors.alarms`); it bounds how long a crowd of expiries can stall everything else.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Switchboard:
         restart_policy: RestartPolicy = RestartPolicy(),
         hibernate_after: float | None = 600.0,
         inbox_limit: int = 256,
+        expiry_batch: int = 64,
     ) -> None:
         missing = {b.backend for b in bots.values()} - set(backends)
         if missing:
@@ -97,6 +101,7 @@ class Switchboard:
         self.hibernate_after = hibernate_after
         self.inbox_limit = inbox_limit
         self.stats = Stats()
+        self.alarms = Alarms(expiry_batch)
         self._lifecycles = {bot_id: Lifecycle(b.settings) for bot_id, b in bots.items()}
         self._actors: dict[str, ConversationActor] = {}
         self._nursery: trio.Nursery | None = None
@@ -115,6 +120,7 @@ class Switchboard:
         self.clock.start()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.alarms.run)
             for backend in self.backends.values():
                 await nursery.start(backend.run, self)
             await self._restore()
@@ -154,6 +160,7 @@ class Switchboard:
         )
 
     def forget(self, actor: ConversationActor) -> None:
+        actor.retired = True
         if self._actors.get(actor.conversation_id) is actor:
             del self._actors[actor.conversation_id]
             if actor.state is not None and actor.state.session is None:

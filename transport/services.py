@@ -8,6 +8,8 @@ import attrs
 
 from actors import Desk, Switchboard
 
+from .bot_connections import BotConnections
+
 
 @attrs.frozen
 class Limits:
@@ -29,6 +31,8 @@ class Services:
 
     ``agent_tokens`` maps a secret token to an agent id; ``bot_tokens`` maps a secret token to
     a bot id (for bots that connect or push). ``secret`` signs users' resume tokens.
+    ``bot_connections`` lists the bots connected over WebSocket (the connected-bot adapter
+    reaches them through it).
     """
 
     board: Switchboard
@@ -38,3 +42,4 @@ class Services:
     bot_tokens: Mapping[str, str] = attrs.field(factory=dict)
     limits: Limits = Limits()
     default_bot: str = "demo"
+    bot_connections: BotConnections = attrs.field(factory=BotConnections)

@@ -1,0 +1,480 @@
+"""Benchmark of the conversation core, in process (run by hand: ``python bench/core.py``).
+
+Three measurements, printed as a table and written to ``bench/results/core.json``:
+
+1. Routed messages per second through live sessions: N conversations, each with a user task
+   and an agent (agents serve many chats each), ping-ponging through the switchboard and the
+   desk. In the same run, a naive chain of the same shape (user task -> conversation task ->
+   agent task over trio memory channels, one await per hop) for the ratio.
+2. Memory per live conversation: tracemalloc over N conversations in live sessions, all of
+   the core counted (actor, state, desk, transcript in the memory store), and the same without
+   the transcript (a store that keeps only states).
+3. The longest scheduler stall while N sessions expire at the same moment: a heartbeat task
+   sleeps 1 ms at a time and records how late it wakes.
+
+Options: ``--conversations N`` (default 10,000), ``--rounds R`` (round trips per conversation),
+``--quick`` (N=1,000, for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import json
+import math
+import os
+import platform
+import sys
+import time
+import tracemalloc
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from actors import (
+    SESSION_EXPIRED,
+    SESSION_START,
+    AgentProfile,
+    AgentSays,
+    BotBinding,
+    BotEvent,
+    BotSettings,
+    Clock,
+    Content,
+    ConversationState,
+    Delivery,
+    Desk,
+    Entry,
+    MemoryStore,
+    Party,
+    Presence,
+    Switchboard,
+    UserSays,
+    open_switchboard,
+)
+
+AGENTS = 100
+DEFAULT_EXPIRY_BATCH: int = inspect.signature(Switchboard).parameters["expiry_batch"].default
+PROFILER: Any = None  # a cProfile.Profile to look inside the throughput run
+RESULTS = Path(__file__).resolve().parent / "results" / "core.json"
+
+
+class QuietBot:
+    """A bot that answers nothing and counts session endings."""
+
+    def __init__(self) -> None:
+        self.expired = 0
+        self.all_expired = trio.Event()
+        self.expect = 0
+
+    async def on_event(self, event: BotEvent) -> Sequence[Content]:
+        if event.content.is_payload(SESSION_EXPIRED):
+            self.expired += 1
+            if self.expired >= self.expect:
+                self.all_expired.set()
+        return ()
+
+
+class Mailbox:
+    """A sink that feeds one task: ``deliver`` never blocks, the task drains in batches."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[Delivery](math.inf)
+
+    def deliver(self, item: Delivery) -> None:
+        self.send.send_nowait(item)
+
+
+class NullSink:
+    def deliver(self, item: Delivery) -> None:
+        pass
+
+
+class StateOnlyStore(MemoryStore):
+    """Keeps states but no transcript: isolates what the live actors themselves cost."""
+
+    async def record(self, state: ConversationState, entries: Sequence[Entry]) -> None:
+        await super().record(state, ())
+
+
+class FrozenClock(Clock):
+    """Wall time that stands still while frozen, so that many sessions can be given the
+    very same deadline."""
+
+    frozen: float | None = None
+
+    def now(self) -> float:
+        return self.frozen if self.frozen is not None else super().now()
+
+
+def desk_for(n: int, settings: BotSettings) -> Desk:
+    capacity = max(1, math.ceil(n / AGENTS))
+    profiles = [
+        AgentProfile(f"agent{i}", f"Agent {i}", frozenset({"bench"}), capacity)
+        for i in range(AGENTS)
+    ]
+    return Desk({"bench": settings}, profiles)
+
+
+async def go_live(board: Switchboard, desk: Desk, n: int, agent_sinks: dict[str, Any]) -> list[str]:
+    """Open ``n`` conversations, start a session in each, and bring the agents online."""
+    for agent_id, sink in agent_sinks.items():
+        desk.attach(agent_id, sink)
+        desk.set_presence(agent_id, Presence.ONLINE)
+    convs = []
+    for i in range(n):
+        state = await board.open_conversation("bench", conversation_id=f"c{i}")
+        convs.append(state.conversation_id)
+    done = trio.Event()
+    left = [n]
+
+    def opened(outcome: object) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            done.set()
+
+    for conv in convs:
+        board.submit(conv, UserSays(Content.payload(SESSION_START)), opened)
+    await done.wait()
+    with trio.fail_after(120):
+        while sum(len(desk.status_of(a).chats) for a in agent_sinks) < n:
+            await trio.sleep(0.01)  # noqa: ASYNC110 (polls the desk's view; setup only)
+    return convs
+
+
+# -- 1. throughput ------------------------------------------------------------------------
+
+
+async def core_throughput(n: int, rounds: int) -> dict[str, float]:
+    settings = BotSettings(agent_capacity=max(1, math.ceil(n / AGENTS)))
+    desk = desk_for(n, settings)
+    agent_boxes = {f"agent{i}": Mailbox() for i in range(AGENTS)}
+    async with open_switchboard(
+        {"bench": BotBinding(QuietBot(), settings)}, {"desk": desk}, inbox_limit=10_000
+    ) as board:
+        convs = await go_live(board, desk, n, agent_boxes)
+        user_boxes = {}
+        for conv in convs:
+            box = Mailbox()
+            user_boxes[conv] = box
+            board.subscribe(conv, box)
+        hello = UserSays(Content.text("hello"))
+        replies = {a: AgentSays(a, Content.text("hi there")) for a in agent_boxes}
+        finished = trio.Event()
+        remaining = [n]
+
+        async def user(conv: str, box: Mailbox) -> None:
+            receive = box.receive
+            for _ in range(rounds):
+                board.submit(conv, hello)
+                answered = False
+                while not answered:
+                    item = await receive.receive()
+                    while True:  # the echo of our own message and the reply come together
+                        answered = answered or (
+                            isinstance(item, Entry) and item.sender is Party.AGENT
+                        )
+                        try:
+                            item = receive.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                finished.set()
+
+        async def agent(agent_id: str, box: Mailbox) -> None:
+            receive = box.receive
+            reply = replies[agent_id]
+            submit = board.submit
+            user_party = Party.USER
+            while True:
+                item = await receive.receive()
+                while True:
+                    if isinstance(item, Entry) and item.sender is user_party:
+                        submit(item.conversation_id, reply)
+                    try:
+                        item = receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+
+        async with trio.open_nursery() as nursery:
+            for agent_id, box in agent_boxes.items():
+                nursery.start_soon(agent, agent_id, box)
+            await trio.sleep(0.1)
+            for box in user_boxes.values():  # drop the setup notices
+                while True:
+                    try:
+                        box.receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+            started = time.perf_counter()
+            if PROFILER is not None:
+                PROFILER.enable()
+            for conv, box in user_boxes.items():
+                nursery.start_soon(user, conv, box)
+            await finished.wait()
+            elapsed = time.perf_counter() - started
+            if PROFILER is not None:
+                PROFILER.disable()
+            nursery.cancel_scope.cancel()
+    messages = 2 * n * rounds
+    return {"messages": messages, "seconds": elapsed, "per_second": messages / elapsed}
+
+
+async def naive_throughput(n: int, rounds: int) -> dict[str, float]:
+    """The same shape with nothing but trio memory channels, one await per hop."""
+    finished = trio.Event()
+    remaining = [n]
+    to_agent = [trio.open_memory_channel[tuple[int, str]](0) for _ in range(AGENTS)]
+    to_conv = [trio.open_memory_channel[tuple[str, str]](0) for _ in range(n)]
+    to_user = [trio.open_memory_channel[str](0) for _ in range(n)]
+
+    async def user(i: int) -> None:
+        send = to_conv[i][0]
+        receive = to_user[i][1]
+        for _ in range(rounds):
+            await send.send(("user", "hello"))
+            await receive.receive()
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            finished.set()
+
+    async def conversation(i: int) -> None:
+        receive = to_conv[i][1]
+        agent_send = to_agent[i % AGENTS][0]
+        user_send = to_user[i][0]
+        async for sender, text in receive:
+            if sender == "user":
+                await agent_send.send((i, text))
+            else:
+                await user_send.send(text)
+
+    async def agent(k: int) -> None:
+        async for i, _text in to_agent[k][1]:
+            await to_conv[i][0].send(("agent", "hi there"))
+
+    async with trio.open_nursery() as nursery:
+        for k in range(AGENTS):
+            nursery.start_soon(agent, k)
+        for i in range(n):
+            nursery.start_soon(conversation, i)
+        await trio.sleep(0.1)
+        started = time.perf_counter()
+        for i in range(n):
+            nursery.start_soon(user, i)
+        await finished.wait()
+        elapsed = time.perf_counter() - started
+        nursery.cancel_scope.cancel()
+    messages = 2 * n * rounds
+    return {"messages": messages, "seconds": elapsed, "per_second": messages / elapsed}
+
+
+# -- 2. memory ----------------------------------------------------------------------------
+
+
+async def memory_per_conversation(n: int, store_transcript: bool) -> float:
+    settings = BotSettings(agent_capacity=max(1, math.ceil(n / AGENTS)))
+    desk = desk_for(n, settings)
+    store = MemoryStore() if store_transcript else StateOnlyStore()
+    sinks = {f"agent{i}": NullSink() for i in range(AGENTS)}
+    async with open_switchboard(
+        {"bench": BotBinding(QuietBot(), settings)}, {"desk": desk}, store
+    ) as board:
+        await trio.sleep(0.05)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        await go_live(board, desk, n, sinks)
+        await trio.sleep(0.1)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        assert board.active_conversations == n
+    return (after - before) / n
+
+
+def rss_per_conversation(n: int) -> float:
+    """RSS growth over ``n`` live conversations (includes allocator slack)."""
+    import psutil
+
+    process = psutil.Process()
+
+    async def main() -> float:
+        settings = BotSettings(agent_capacity=max(1, math.ceil(n / AGENTS)))
+        desk = desk_for(n, settings)
+        sinks = {f"agent{i}": NullSink() for i in range(AGENTS)}
+        async with open_switchboard(
+            {"bench": BotBinding(QuietBot(), settings)}, {"desk": desk}
+        ) as board:
+            await trio.sleep(0.05)
+            gc.collect()
+            before = process.memory_info().rss
+            await go_live(board, desk, n, sinks)
+            await trio.sleep(0.1)
+            gc.collect()
+            return (process.memory_info().rss - before) / n
+
+    return trio.run(main)
+
+
+# -- 3. the expiry stall ------------------------------------------------------------------
+
+
+async def expiry_stall(n: int, batch: int) -> dict[str, float]:
+    timeout = 60.0
+    settings = BotSettings(
+        session_timeout=timeout,
+        agent_capacity=max(1, math.ceil(n / AGENTS)),
+    )
+    desk = desk_for(n, settings)
+    bot = QuietBot()
+    bot.expect = n
+    clock = FrozenClock()
+    sinks = {f"agent{i}": NullSink() for i in range(AGENTS)}
+    async with open_switchboard(
+        {"bench": BotBinding(bot, settings)},
+        {"desk": desk},
+        clock=clock,
+        hibernate_after=None,
+        expiry_batch=batch,
+    ) as board:
+        clock.frozen = clock.now()
+        deadline_wall = clock.frozen + timeout
+        await go_live(board, desk, n, sinks)
+        # Let the (real) clock run again: every session was last active at the same instant.
+        clock.frozen = None
+        deadline = clock.to_trio(deadline_wall)
+        lateness: list[float] = []
+
+        async def heartbeat() -> None:
+            while True:
+                expected = trio.current_time() + 0.001
+                await trio.sleep(0.001)
+                lateness.append(trio.current_time() - expected)
+
+        async with trio.open_nursery() as nursery:
+            await trio.sleep_until(deadline - 0.5)
+            nursery.start_soon(heartbeat)
+            with trio.fail_after(120):
+                await bot.all_expired.wait()
+            finished = trio.current_time()
+            nursery.cancel_scope.cancel()
+    return {
+        "sessions": n,
+        "expiry_batch": batch,
+        "max_stall_ms": max(lateness) * 1000,
+        "p99_stall_ms": sorted(lateness)[int(len(lateness) * 0.99)] * 1000,
+        "all_expired_after_deadline_s": finished - deadline,
+    }
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conversations", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=["throughput", "memory", "stall"])
+    args = parser.parse_args()
+    n = 1_000 if args.quick else args.conversations
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "trio": trio.__version__,
+        "conversations": n,
+    }
+    if args.only in (None, "throughput"):
+        core = [trio.run(core_throughput, n, args.rounds) for _ in range(3)]
+        naive = [trio.run(naive_throughput, n, args.rounds) for _ in range(3)]
+        best_core = max(r["per_second"] for r in core)
+        best_naive = max(r["per_second"] for r in naive)
+        results["throughput"] = {
+            "core_msgs_per_s": best_core,
+            "naive_chain_msgs_per_s": best_naive,
+            "ratio": best_core / best_naive,
+            "runs": {"core": core, "naive": naive},
+        }
+    if args.only in (None, "memory"):
+        results["memory"] = {
+            "bytes_per_live_conversation": trio.run(memory_per_conversation, n, True),
+            "bytes_per_live_conversation_without_transcript": trio.run(
+                memory_per_conversation, n, False
+            ),
+            "rss_bytes_per_live_conversation": rss_per_conversation(n),
+        }
+    if args.only in (None, "stall"):
+        results["stall"] = {
+            "default_batch": trio.run(expiry_stall, n, DEFAULT_EXPIRY_BATCH),
+            "one_batch": trio.run(expiry_stall, n, n),
+        }
+    print_table(results)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    existing = json.loads(RESULTS.read_text()) if RESULTS.exists() and args.only else {}
+    RESULTS.write_text(json.dumps({**existing, **results}, indent=2) + "\n")
+    print(f"\nwritten to {RESULTS}")
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows: list[tuple[str, str, str]] = []
+    if "throughput" in results:
+        t = results["throughput"]
+        rows += [
+            ("routed msgs/s through live sessions", f"{t['core_msgs_per_s']:,.0f}", ""),
+            ("naive channel chain msgs/s", f"{t['naive_chain_msgs_per_s']:,.0f}", ""),
+            ("ratio core / naive", f"{t['ratio']:.2f}x", ">= 2x"),
+        ]
+    if "memory" in results:
+        m = results["memory"]
+        rows += [
+            (
+                "KB per live conversation (all, tracemalloc)",
+                f"{m['bytes_per_live_conversation'] / 1024:.2f}",
+                "",
+            ),
+            (
+                "KB per live conversation (no transcript)",
+                f"{m['bytes_per_live_conversation_without_transcript'] / 1024:.2f}",
+                "<= 6 KB",
+            ),
+            (
+                "KB per live conversation (RSS)",
+                f"{m['rss_bytes_per_live_conversation'] / 1024:.2f}",
+                "",
+            ),
+        ]
+    if "stall" in results:
+        for name, s in results["stall"].items():
+            rows.append(
+                (
+                    f"max stall, {s['sessions']:,} expiries (batch {s['expiry_batch']})",
+                    f"{s['max_stall_ms']:.1f} ms",
+                    "< 50 ms" if name == "default_batch" else "",
+                )
+            )
+            rows.append(
+                (
+                    f"  last expiry after the deadline (batch {s['expiry_batch']})",
+                    f"{s['all_expired_after_deadline_s'] * 1000:.0f} ms",
+                    "",
+                )
+            )
+    width = max(len(r[0]) for r in rows)
+    print(
+        f"\nCore bench: {results['conversations']:,} conversations, {results['date']}, "
+        f"nproc {results['nproc']}, Python {results['python']}, trio {results['trio']}"
+    )
+    print(f"{'measure'.ljust(width)}  {'value':>12}  target")
+    for name, value, target in rows:
+        print(f"{name.ljust(width)}  {value:>12}  {target}")
+
+
+if __name__ == "__main__":
+    main()

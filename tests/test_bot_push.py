@@ -1,0 +1,115 @@
+"""Bots pushing messages later: POST /v1/bots/{bot_id}/messages over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from actors import (
+    SESSION_START,
+    BotBinding,
+    BotSettings,
+    Content,
+    Desk,
+    Entry,
+    Party,
+    UserSays,
+    open_switchboard,
+)
+from transport.http_app import HttpApp, mount_extensions
+from transport.services import Services
+
+from .conftest import EchoBot, RecordingSink, notice
+from .fakes.asgi_server import serving
+
+TOKEN = "support-bot-token"
+OTHER_TOKEN = "sales-bot-token"
+
+
+@pytest.fixture
+async def services() -> AsyncIterator[Services]:
+    settings = BotSettings()
+    desk = Desk({"support": settings, "sales": settings}, [])
+    bots = {"support": BotBinding(EchoBot(), settings), "sales": BotBinding(EchoBot(), settings)}
+    async with open_switchboard(bots, {"desk": desk}) as board:
+        yield Services(board, desk, "secret", bot_tokens={TOKEN: "support", OTHER_TOKEN: "sales"})
+
+
+@pytest.fixture
+async def http(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    app = HttpApp(services)
+    assert "transport.bots.push" in mount_extensions(app, services)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_pushed_message_reaches_the_user(
+    services: Services, http: httpx.AsyncClient
+) -> None:
+    board = services.board
+    conv = (await board.open_conversation("support")).conversation_id
+    user = RecordingSink()
+    board.subscribe(conv, user)
+    question = Content.question("Still there?", [("Talk to a human", SESSION_START)])
+    body = {
+        "conversation_id": conv,
+        "messages": [Content.text("Your order shipped.").to_json(), question.to_json()],
+    }
+    response = await http.post("/v1/bots/support/messages", json=body, headers=bearer(TOKEN))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"accepted": True, "seq": 2}
+    shown = await user.wait_for(lambda i: isinstance(i, Entry) and i.content == question)
+    assert isinstance(shown, Entry) and shown.sender is Party.BOT
+
+
+async def test_pushes_are_refused_with_clear_errors(
+    services: Services, http: httpx.AsyncClient
+) -> None:
+    board = services.board
+    conv = (await board.open_conversation("support")).conversation_id
+    sales_conv = (await board.open_conversation("sales")).conversation_id
+    hello = [Content.text("hello").to_json()]
+    ok: dict[str, Any] = {"conversation_id": conv, "messages": hello}
+    cases: list[tuple[dict[str, str], object, int, str]] = [
+        ({}, ok, 401, "unauthorized"),
+        (bearer("made-up"), ok, 401, "unauthorized"),
+        ({"Authorization": f"Basic {TOKEN}"}, ok, 401, "unauthorized"),
+        (bearer(OTHER_TOKEN), ok, 403, "forbidden"),
+        (bearer(TOKEN), {"conversation_id": "nope", "messages": hello}, 404, ""),
+        (bearer(TOKEN), {"conversation_id": sales_conv, "messages": hello}, 404, ""),
+        (bearer(TOKEN), {"conversation_id": conv, "messages": []}, 400, "bad_request"),
+        (bearer(TOKEN), {"conversation_id": conv, "messages": [{"x": 1}]}, 400, "bad_request"),
+        (bearer(TOKEN), {"messages": hello}, 400, "bad_request"),
+        (bearer(TOKEN), ["not", "an", "object"], 400, "bad_request"),
+    ]
+    for headers, body, status, code in cases:
+        response = await http.post("/v1/bots/support/messages", json=body, headers=headers)
+        assert response.status_code == status, (headers, body, response.text)
+        assert response.json()["error"] == (code or "unknown_conversation")
+        assert response.json()["message"]
+    garbage = await http.post(
+        "/v1/bots/support/messages", content=b"{not json", headers=bearer(TOKEN)
+    )
+    assert (garbage.status_code, garbage.json()["error"]) == (400, "bad_request")
+
+
+async def test_a_push_during_a_livechat_session_is_refused(
+    services: Services, http: httpx.AsyncClient
+) -> None:
+    board = services.board
+    conv = (await board.open_conversation("support")).conversation_id
+    user = RecordingSink()
+    board.subscribe(conv, user)
+    await board.ask(conv, UserSays(Content.payload(SESSION_START)))
+    await user.wait_for(notice("session_started"))
+    body = {"conversation_id": conv, "messages": [Content.text("psst").to_json()]}
+    response = await http.post("/v1/bots/support/messages", json=body, headers=bearer(TOKEN))
+    assert (response.status_code, response.json()["error"]) == (409, "session_open")
+    assert all(e.content.text_value != "psst" for e in user.entries())

@@ -1,0 +1,380 @@
+"""The agent desk and the chat widget, driven in a real headless Chromium.
+
+A real ``switchover serve`` runs as a subprocess (SQLite store in a temporary directory, a
+config with two agents and two bots, one with a very short session timeout), and Playwright's
+synchronous API drives a user page and an agent page in two browser contexts, the way two
+people would use them. Screenshots of both pages at the key steps go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(
+        "Debian's Chromium is not installed at /usr/bin/chromium (apt-get install chromium)",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SWITCHOVER = Path(sys.executable).with_name("switchover")
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ALICE_TOKEN = "alice-desk-token"
+BOB_TOKEN = "bob-desk-token"
+END_MESSAGE = "Alice has finished helping you. Anything else? Otherwise click below."
+END_LABEL = "Close this chat"
+WAIT_MS = 8000
+expect.set_options(timeout=WAIT_MS)
+
+CONFIG = f"""
+secret = "browser-test-secret"
+
+[bots.demo]
+adapter = "demo"
+[bots.demo.settings]
+end_message = "{END_MESSAGE}"
+end_button_label = "{END_LABEL}"
+
+[bots.quick]
+adapter = "demo"
+[bots.quick.settings]
+session_timeout = 3.0
+
+[agents.alice]
+name = "Alice"
+token = "{ALICE_TOKEN}"
+
+[agents.bob]
+name = "Bob"
+token = "{BOB_TOKEN}"
+"""
+
+# What the built-in demo bot says (transport/bots/demo.py).
+GREETING = "Hi! I'm Switchover's demo bot."
+THANKS = "Thanks for chatting with our team!"
+HOURS = "Our agents answer Monday to Friday"
+APOLOGY = "Sorry, your conversation with our agent timed out"
+
+
+@attrs.frozen
+class Server:
+    http_url: str
+    process: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real Switchover on free ports, stopped with SIGTERM (a graceful shutdown)."""
+    home = tmp_path_factory.mktemp("switchover")
+    config = home / "switchover.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    errors = (home / "stderr.log").open("w+", encoding="utf-8")
+    process = subprocess.Popen(
+        [
+            str(SWITCHOVER),
+            "serve",
+            "--config",
+            str(config),
+            "--ws-port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+            str(home / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+        cwd=home,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
+    ).start()
+    http_url = None
+    try:
+        while http_url is None:
+            try:
+                line = lines.get(timeout=15)
+            except queue.Empty:
+                break
+            found = re.search(r"ready: .*HTTP (http://\S+)", line)
+            http_url = found.group(1) if found else None
+        if http_url is None:
+            process.kill()
+            process.wait(5)
+            errors.seek(0)
+            pytest.fail(f"switchover serve did not start:\n{errors.read()[-3000:]}")
+        yield Server(http_url, process)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        errors.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def contexts(browser: Browser) -> Iterator[tuple[BrowserContext, BrowserContext]]:
+    """A phone-sized context for the user and a desktop one for the agent."""
+    user = browser.new_context(viewport={"width": 375, "height": 760}, locale="en-GB")
+    agent = browser.new_context(viewport={"width": 1200, "height": 820}, locale="en-GB")
+    for context in (user, agent):
+        context.set_default_timeout(WAIT_MS)
+    yield user, agent
+    user.close()
+    agent.close()
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def watch_console(page: Page, problems: list[str]) -> None:
+    """Collect script errors, so a broken page fails the test instead of just looking odd."""
+    page.on("pageerror", lambda error: problems.append(f"{page.url}: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(f"{page.url}: {message.text}")
+            if message.type == "error" and "WebSocket" not in message.text
+            else None
+        ),
+    )
+
+
+def open_widget(context: BrowserContext, url: str, problems: list[str]) -> Page:
+    page = context.new_page()
+    watch_console(page, problems)
+    page.goto(url)
+    expect(page.locator(".so-widget")).to_have_attribute("data-connection", "online")
+    return page
+
+
+def sign_in(
+    context: BrowserContext, server: Server, token: str, problems: list[str], presence: str
+) -> Page:
+    """Sign in at the desk. "Away" gets no chats automatically, so the queue can be seen and
+    a chat picked up by hand."""
+    page = context.new_page()
+    watch_console(page, problems)
+    page.goto(f"{server.http_url}/desk")
+    page.get_by_label("Agent token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#connection")).to_have_text("Connected")
+    page.get_by_role("radio", name=presence.capitalize()).check()
+    expect(page.locator("body")).to_have_attribute("data-presence", presence)
+    return page
+
+
+def say(page: Page, text: str, field: str = "Message") -> None:
+    """Type into the composer and press Enter, as a keyboard user would."""
+    box = page.get_by_role("textbox", name=field, exact=True)
+    box.fill(text)
+    box.press("Enter")
+
+
+def seqs(page: Page, log: str) -> list[int]:
+    values = page.locator(f"{log} > li[data-seq]").evaluate_all(
+        "items => items.map(item => Number(item.dataset.seq))"
+    )
+    return [int(value) for value in values]
+
+
+def assert_no_duplicates(page: Page, log: str) -> list[int]:
+    shown = seqs(page, log)
+    assert shown == sorted(set(shown)), f"entries repeated or out of order in {log}: {shown}"
+    return shown
+
+
+def test_a_whole_session_between_a_user_and_an_agent(
+    server: Server, contexts: tuple[BrowserContext, BrowserContext]
+) -> None:
+    user_context, agent_context = contexts
+    problems: list[str] = []
+    desk = sign_in(agent_context, server, ALICE_TOKEN, problems, "away")
+    expect(desk.locator("#who")).to_have_text("Signed in as Alice")
+    user = open_widget(user_context, f"{server.http_url}/widget", problems)
+    log = user.locator(".so-log")
+
+    # The bot answers, and offers a human.
+    say(user, "hello")
+    expect(log.locator(".so-from-bot", has_text=GREETING)).to_have_count(1)
+    expect(log.locator(".so-from-user", has_text="hello")).to_have_count(1)
+    shot(user, "01-user-bot-greeting")
+
+    user.locator(".so-choice", has_text="Talk to a human").last.click()
+    expect(log.locator(".so-notice-queued")).to_have_text("You are number 1 in the queue.")
+    expect(user.locator(".so-banner")).to_be_visible()
+    say(user, "My parcel never arrived")
+
+    # The agent sees the waiting conversation, with the title badge, and picks it up.
+    waiting = desk.locator("#queue .queue-item")
+    expect(waiting).to_have_count(1)
+    expect(waiting.locator(".wait")).to_have_text(re.compile(r"^\d+:\d\d$"))
+    expect(desk).to_have_title(re.compile(r"^\(1\) Switchover desk$"))
+    shot(desk, "02-desk-queue")
+    waiting.get_by_role("button", name=re.compile("Pick up")).click()
+
+    chat_log = desk.locator("#chat-log")
+    expect(desk.locator("#chat-state")).to_have_text("Live")
+    expect(desk.locator("#chat-title")).to_have_text("Guest")
+    expect(desk.locator("#chat-meta")).to_contain_text("Guest")
+    expect(chat_log.locator(".from-user", has_text="hello")).to_have_count(1)
+    expect(chat_log.locator(".from-bot", has_text=GREETING)).to_have_count(1)
+    expect(chat_log.locator(".from-user", has_text="My parcel never arrived")).to_have_count(1)
+    expect(desk.locator("#queue .queue-item")).to_have_count(0)
+    expect(log.locator(".so-notice-agent_joined")).to_have_text("Alice joined the conversation.")
+    expect(user.locator(".so-banner")).to_have_text("You are chatting with Alice.")
+
+    # Messages both ways, and typing indicators both ways.
+    say(desk, "Hello, Alice here. Let me look at your order.", "Reply to the user")
+    expect(log.locator(".so-from-agent", has_text="Alice here")).to_have_count(1)
+    user.get_by_role("textbox", name="Message", exact=True).press_sequentially("It was order 12")
+    expect(desk.locator("#chat-typing")).to_have_text("Guest is typing…")
+    user.get_by_role("textbox", name="Message", exact=True).press("Enter")
+    expect(chat_log.locator(".from-user", has_text="It was order 12")).to_have_count(1)
+    desk.get_by_role("textbox", name="Reply to the user").press_sequentially("Found")
+    expect(user.locator(".so-typing")).to_have_text("Alice is typing…")
+    desk.get_by_role("textbox", name="Reply to the user").press("Enter")
+    expect(log.locator(".so-from-agent", has_text="Found")).to_have_count(1)
+    shot(user, "03-user-live-chat")
+    shot(desk, "03-desk-live-chat")
+
+    # A reload on the user's side loses nothing and shows nothing twice.
+    before = assert_no_duplicates(user, ".so-log")
+    user.reload()
+    expect(user.locator(".so-widget")).to_have_attribute("data-connection", "online")
+    expect(user.locator(".so-log > li")).to_have_count(len(before))
+    assert assert_no_duplicates(user, ".so-log") == before
+    expect(user.locator(".so-banner")).to_have_text("You are chatting with Alice.")
+    say(desk, "Your parcel is on its way.", "Reply to the user")
+    expect(user.locator(".so-from-agent", has_text="on its way")).to_have_count(1)
+
+    # A reload on the agent's side too: the transcript from before the pickup is still there.
+    before = assert_no_duplicates(desk, "#chat-log")
+    desk.reload()
+    expect(desk.locator("#connection")).to_have_text("Connected")
+    expect(desk.locator("#chat-state")).to_have_text("Live")
+    expect(desk.locator("#chat-log > li")).to_have_count(len(before))
+    assert assert_no_duplicates(desk, "#chat-log") == before
+    say(user, "Thank you!")
+    expect(desk.locator("#chat-log .from-user", has_text="Thank you!")).to_have_count(1)
+    assert_no_duplicates(desk, "#chat-log")
+
+    # Sign off: the user sees the configured text and button, says something else, and the
+    # session simply continues.
+    desk.get_by_role("button", name="Sign off").click()
+    sign_off = user.locator(".so-sign-off")
+    expect(sign_off.locator(".so-question")).to_have_text(END_MESSAGE)
+    expect(sign_off.get_by_role("button", name=END_LABEL)).to_be_enabled()
+    shot(user, "04-user-sign-off")
+    say(user, "Actually, one more question")
+    expect(desk.locator("#chat-log .from-user", has_text="one more question")).to_have_count(1)
+    expect(desk.locator("#chat-state")).to_have_text("Live")
+    say(desk, "Of course, go ahead.", "Reply to the user")
+    expect(user.locator(".so-from-agent", has_text="go ahead")).to_have_count(1)
+
+    # The user clicks the end button: the session ends on both sides and the bot is back.
+    user.get_by_role("button", name=END_LABEL).last.click()
+    expect(user.locator(".so-notice-session_ended")).to_have_count(1)
+    expect(user.locator(".so-from-bot", has_text=THANKS)).to_have_count(1)
+    expect(sign_off.get_by_role("button", name=END_LABEL)).to_be_disabled()
+    expect(desk.locator("#chat-state")).to_have_text("Ended")
+    expect(desk.locator("#chat-ended")).to_contain_text("ended")
+    expect(desk.get_by_role("textbox", name="Reply to the user")).to_be_disabled()
+    say(user, "What are your opening hours?")
+    expect(user.locator(".so-from-bot", has_text=HOURS)).to_have_count(1)
+    shot(user, "05-user-bot-resumed")
+    shot(desk, "05-desk-ended")
+    assert_no_duplicates(user, ".so-log")
+    assert not problems, problems
+
+
+def test_an_expired_session_shows_as_expired_on_both_sides(
+    server: Server, contexts: tuple[BrowserContext, BrowserContext]
+) -> None:
+    user_context, agent_context = contexts
+    problems: list[str] = []
+    desk = sign_in(agent_context, server, BOB_TOKEN, problems, "away")
+    # A team's own page embedding the widget for another bot with one script tag. (It is
+    # written into a page of the server's origin: Chromium refuses loopback connections from
+    # a page that came from nowhere.)
+    user = user_context.new_page()
+    watch_console(user, problems)
+    user.goto(f"{server.http_url}/healthz")
+    user.set_content(
+        '<!doctype html><meta name="viewport" content="width=device-width">'
+        '<div id="help" style="height:600px"></div>'
+        f'<script src="{server.http_url}/static/widget.js" data-bot="quick" data-target="#help"'
+        ' data-metadata=\'{"name": "Quinn"}\'></script>'
+    )
+    expect(user.locator(".so-widget")).to_have_attribute("data-connection", "online")
+    say(user, "hi")
+    user.locator(".so-choice", has_text="Talk to a human").last.click()
+    waiting = desk.locator("#queue .queue-item", has_text="quick")
+    waiting.get_by_role("button", name=re.compile("Pick up")).click()
+    expect(desk.locator("#chat-title")).to_have_text("Quinn")
+    expect(user.locator(".so-notice-agent_joined")).to_have_count(1)
+
+    # Nobody writes for longer than the three-second session timeout.
+    expect(user.locator(".so-notice-session_expired")).to_have_count(1)
+    expect(user.locator(".so-from-bot", has_text=APOLOGY)).to_have_count(1)
+    expect(desk.locator("#chat-state")).to_have_text("Expired")
+    expect(desk.locator("#chat-ended")).to_contain_text("expired")
+    expect(desk.get_by_role("button", name="Sign off")).to_be_disabled()
+    shot(user, "06-user-expired")
+    shot(desk, "06-desk-expired")
+    assert not problems, problems
+
+
+def test_a_wrong_agent_token_is_refused_clearly(browser: Browser, server: Server) -> None:
+    context = browser.new_context()
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    page.goto(f"{server.http_url}/desk")
+    page.get_by_label("Agent token").fill("not-a-token")
+    page.get_by_label("Agent token").press("Enter")
+    expect(page.locator("#signin-problem")).to_have_text(re.compile("not accepted"))
+    expect(page.get_by_label("Agent token")).to_be_visible()
+    context.close()

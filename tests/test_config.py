@@ -1,0 +1,236 @@
+"""The config: embedded defaults, TOML files, environment overrides, and errors that name
+their key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from transport.config import (
+    DEFAULT_AGENT,
+    DEFAULT_BOT,
+    ConfigError,
+    embedded_defaults,
+    from_mapping,
+    load,
+    load_file,
+    signing_secret,
+)
+
+EXAMPLE = Path(__file__).parent.parent / "docs" / "examples" / "switchover.toml"
+
+
+def problems_of(text: str, tmp_path: Path) -> list[str]:
+    path = tmp_path / "switchover.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_file(path)
+    return caught.value.problems
+
+
+def test_embedded_defaults_serve_the_demo_bot_with_one_generated_agent() -> None:
+    config = embedded_defaults()
+    assert list(config.bots) == [DEFAULT_BOT]
+    assert config.bots[DEFAULT_BOT].adapter == "demo"
+    agent = config.agents[DEFAULT_AGENT]
+    assert agent.generated and len(agent.token) >= 20
+    assert agent.bots == {DEFAULT_BOT}
+    assert config.generated_agents == [agent]
+    assert (config.listeners.host, config.listeners.ws_port, config.listeners.http_port) == (
+        "127.0.0.1",
+        8765,
+        8080,
+    )
+    assert config.store.kind == "memory"
+    # Every start makes up a new token: no two servers share a default secret.
+    assert embedded_defaults().agents[DEFAULT_AGENT].token != agent.token
+
+
+def test_a_full_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "switchover.toml"
+    path.parent.mkdir()
+    path.write_text(
+        """
+secret = "sign-with-this"
+default_bot = "support"
+
+[listeners]
+host = "0.0.0.0"
+ws_port = 9000
+http_port = 9001
+public_ws_url = "wss://chat.example.com/ws"
+
+[limits]
+max_frame_bytes = 4096
+rate = 5
+
+[store]
+data_dir = "data"
+
+[logging]
+format = "JSON"
+level = "debug"
+
+[bots.support]
+adapter = "demo"
+token = "support-bot-token"
+[bots.support.settings]
+session_timeout = 1
+end_message = "Bye?"
+queue_timeout = 30
+
+[bots.sales]
+
+[agents.alice]
+name = "Alice"
+token = "alice-token-1234"
+capacity = 2
+bots = ["support"]
+
+[agents.bob]
+token = "bob-token-5678"
+"""
+    )
+    config = load_file(path)
+    assert config.secret == "sign-with-this"
+    assert config.default_bot == "support"
+    assert config.listeners.host == "0.0.0.0"
+    assert (config.listeners.ws_port, config.listeners.http_port) == (9000, 9001)
+    assert config.listeners.public_ws_url == "wss://chat.example.com/ws"
+    assert config.limits.max_frame_bytes == 4096 and config.limits.rate == 5.0
+    assert config.store.kind == "sqlite"
+    assert config.store.data_dir == (path.parent / "data").resolve()
+    assert (config.logging.format, config.logging.level) == ("json", "debug")
+    support = config.bots["support"].settings
+    assert support.session_timeout == 1.0 and isinstance(support.session_timeout, float)
+    assert support.end_message == "Bye?" and support.queue_timeout == 30.0
+    assert config.bots["support"].token == "support-bot-token"
+    assert config.bots["sales"].adapter == "demo"
+    alice, bob = config.agents["alice"], config.agents["bob"]
+    assert (alice.name, alice.capacity, alice.bots) == ("Alice", 2, {"support"})
+    assert (bob.name, bob.capacity, bob.bots) == ("bob", None, {"support", "sales"})
+    assert config.generated_agents == []
+
+
+def test_environment_overrides_the_file_and_flags_override_the_environment(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "switchover.toml"
+    path.write_text('[listeners]\nws_port = 9000\nhttp_port = 9001\nhost = "10.0.0.1"\n')
+    environ = {
+        "SWITCHOVER_WS_PORT": "9100",
+        "SWITCHOVER_HOST": "127.0.0.2",
+        "SWITCHOVER_DATA_DIR": str(tmp_path / "env-data"),
+        "SWITCHOVER_SECRET": "from-env",
+        "SWITCHOVER_LOG_FORMAT": "json",
+    }
+    config = load(path, environ=environ, flags={"ws_port": 9200, "http_port": None})
+    assert config.listeners.ws_port == 9200  # flag beats environment
+    assert config.listeners.http_port == 9001  # file, nothing overrides it
+    assert config.listeners.host == "127.0.0.2"  # environment beats file
+    assert config.store.kind == "sqlite" and config.store.data_dir == tmp_path / "env-data"
+    assert config.secret == "from-env"
+    assert config.logging.format == "json"
+
+
+def test_bad_environment_values_are_named() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(environ={"SWITCHOVER_WS_PORT": "eighty", "SWITCHOVER_LOG_FORMAT": "xml"})
+    assert caught.value.problems == [
+        "SWITCHOVER_WS_PORT: must be a port number, got 'eighty'",
+        "SWITCHOVER_LOG_FORMAT: must be one of text, json, got 'xml'",
+    ]
+    with pytest.raises(ConfigError, match=r"--http-port: must be between 0 and 65535"):
+        load(environ={}, flags={"http_port": 70000})
+
+
+def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
+    problems = problems_of(
+        """
+colour = "blue"
+[listeners]
+ws_port = "eighty"
+http_port = 99999
+[bots.demo.settings]
+session_timeout = 0
+end_message = 3
+sesion_timeout = 5
+[agents.alice]
+name = "Alice"
+bots = ["demo", "nobody"]
+[agents.bob]
+token = "same-token-here"
+[agents.carol]
+token = "same-token-here"
+capacity = 0
+""",
+        tmp_path,
+    )
+    assert problems == [
+        "colour: unknown key; known keys: agents, bots, default_bot, limits, listeners, "
+        "logging, secret, store",
+        "bots.demo.settings.sesion_timeout: unknown key; known keys: agent_capacity, "
+        "end_button_label, end_message, grace_period, queue_timeout, session_timeout, "
+        "unavailable_message",
+        "bots.demo.settings.session_timeout: must be positive, got 0",
+        "bots.demo.settings.end_message: must be a string, got an integer (3)",
+        "agents.alice.token: is required (the secret this agent signs in with)",
+        "agents.alice.bots: names unknown bot 'nobody'; known: demo",
+        "agents.carol.capacity: must be at least 1, got 0",
+        "listeners.ws_port: must be an integer, got a string ('eighty')",
+        "listeners.http_port: must be between 0 and 65535, got 99999",
+        "agents.carol.token: is the same token as agents.bob.token",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[store]\nkind = 'sqlite'\n", 'store.data_dir: is required when store.kind is "sqlite"'),
+        ("[store]\nkind = 'redis'\n", "store.kind: must be one of sqlite, memory, got 'redis'"),
+        ("bots = 3\n", "bots: must be a table, got an integer"),
+        ("[bots]\n", "bots: at least one bot is required"),
+        ("[bots.x]\nbackend = 'zendesk'\n", "bots.x.backend: unknown livechat backend 'zendesk'"),
+        ("default_bot = 'nope'\n", "default_bot: names unknown bot 'nope'; known: demo"),
+        ("[limits]\nrate = -1\n", "limits.rate: must be positive, got -1"),
+        ("[limits]\nburst = 1.5\n", "limits.burst: must be an integer, got a number (1.5)"),
+        ("[logging]\nlevel = 'loud'\n", "logging.level: must be one of debug, info"),
+        ("[agents.a]\ntoken = ''\n", "agents.a.token: must be a non-empty string"),
+    ],
+)
+def test_single_mistakes(text: str, expected: str, tmp_path: Path) -> None:
+    problems = problems_of(text, tmp_path)
+    assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def test_unreadable_and_invalid_files_say_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.toml: cannot read the config file"):
+        load_file(tmp_path / "missing.toml")
+    (tmp_path / "broken.toml").write_text("[bots\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+        load_file(tmp_path / "broken.toml")
+
+
+def test_a_file_without_bots_serves_the_demo_bot() -> None:
+    config = from_mapping({"agents": {"a": {"token": "tok-a-123"}}})
+    assert list(config.bots) == ["demo"]
+    assert config.agents["a"].bots == {"demo"}
+
+
+def test_the_example_config_is_valid() -> None:
+    config = load_file(EXAMPLE)
+    assert config.bots and config.agents
+
+
+def test_the_signing_secret_is_made_once_and_kept(tmp_path: Path) -> None:
+    config = load(environ={"SWITCHOVER_DATA_DIR": str(tmp_path / "data")})
+    first = signing_secret(config)
+    assert len(first) >= 32
+    path = tmp_path / "data" / "secret"
+    assert path.stat().st_mode & 0o077 == 0  # only its owner may read it
+    assert signing_secret(config) == first
+    configured = load(environ={"SWITCHOVER_SECRET": "given", "SWITCHOVER_DATA_DIR": "x"})
+    assert signing_secret(configured) == "given"
+    # Without a data directory nothing is kept, so each process has its own.
+    assert signing_secret(embedded_defaults()) != signing_secret(embedded_defaults())

@@ -1,0 +1,238 @@
+"""The HTTP listener: real hypercorn on an ephemeral port, a real HTTP client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from actors import SESSION_START, Content, Desk, Switchboard, UserSays
+from transport.http_app import WEB_DIR, HttpApp, Request, Response, mount_extensions, serve_http
+from transport.services import Services
+
+
+@attrs.frozen
+class Served:
+    app: HttpApp
+    url: str
+    board: Switchboard
+    web: Path
+
+
+@pytest.fixture
+def web_dir(tmp_path: Path) -> Path:
+    web = tmp_path / "web"
+    (web / "img").mkdir(parents=True)
+    (web / "desk.html").write_text("<!doctype html><title>desk</title>")
+    (web / "widget.html").write_text("<!doctype html><title>widget</title>")
+    (web / "widget.js").write_text("console.log('hi')")
+    (web / "widget.css").write_text("body { margin: 0 }")
+    (web / "img" / "logo.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (web / ".env").write_text("SECRET=1")
+    (tmp_path / "outside.txt").write_text("private")
+    (web / "link.txt").symlink_to(tmp_path / "outside.txt")
+    return web
+
+
+@pytest.fixture
+async def served(board: Switchboard, web_dir: Path) -> AsyncIterator[Served]:
+    desk = board.backends["desk"]
+    assert isinstance(desk, Desk)
+    services = Services(board, desk, secret="s", bot_tokens={"bot-token": "demo"})
+    app = HttpApp(services, web_dir=web_dir, ws_port=9999)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, app, "127.0.0.1", 0, stop)
+        assert port > 0
+        yield Served(app, f"http://127.0.0.1:{port}", board, web_dir)
+        stop.set()
+
+
+@pytest.fixture
+async def client(served: Served) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=served.url, timeout=5) as client:
+        yield client
+
+
+async def raw_get(url: str, target: str) -> bytes:
+    """Send a request line exactly as written (HTTP clients normalise ``..`` away)."""
+    host, port = url.removeprefix("http://").split(":")
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            request = f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            await stream.send_all(request.encode())
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    return data
+
+
+async def test_healthz_reports_status_version_and_load(
+    served: Served, client: httpx.AsyncClient
+) -> None:
+    state = await served.board.open_conversation("demo")
+    await served.board.ask(state.conversation_id, UserSays(Content.payload(SESSION_START)))
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    data = response.json()
+    assert data["status"] == "ok"
+    assert data["version"]
+    assert data["active_conversations"] == 1
+    assert data["queue_length"] in (0, 1)  # the desk may not have seen the request yet
+    served.app.stopping = True
+    stopping = await client.get("/healthz")
+    assert stopping.status_code == 503 and stopping.json()["status"] == "stopping"
+
+
+async def test_metrics_are_prometheus_text(served: Served, client: httpx.AsyncClient) -> None:
+    for _ in range(2):
+        await served.board.open_conversation("demo")
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in response.text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples["switchover_conversations_started_total"] == 2
+    assert samples["switchover_conversations_active"] == 2
+    assert samples["switchover_conversation_restarts_total"] == 0
+    assert samples["switchover_conversation_escalations_total"] == 0
+    assert samples["switchover_queue_length"] == 0
+    assert samples["switchover_agents_available"] == 0
+    assert "# TYPE switchover_conversations_started_total counter" in response.text
+    assert "# TYPE switchover_conversations_active gauge" in response.text
+
+
+async def test_other_modules_add_metrics_and_routes(
+    served: Served, client: httpx.AsyncClient
+) -> None:
+    from transport.http_app import Metric
+
+    served.app.add_metrics(lambda: [Metric("switchover_test_things", "gauge", "Things.", 2.5)])
+
+    async def echo(request: Request) -> Response:
+        return Response.json({"name": request.params["name"], "got": request.json()}, 201)
+
+    served.app.add_route("POST", "/v1/echo/{name}", echo)
+    metrics = await client.get("/metrics")
+    assert "switchover_test_things 2.5" in metrics.text
+    created = await client.post("/v1/echo/ann", json={"a": 1})
+    assert (created.status_code, created.json()) == (201, {"name": "ann", "got": {"a": 1}})
+    too_big = await client.post("/v1/echo/ann", content=b"x" * (1024 * 1024 + 1))
+    assert too_big.status_code == 413 and too_big.json()["error"] == "too_large"
+    broken = await client.post("/v1/echo/ann", content=b"{not json")
+    assert broken.status_code == 500 and broken.json()["error"] == "internal_error"
+    # The server is still fine after a handler failed.
+    assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_the_bot_push_route_is_mounted(served: Served, client: httpx.AsyncClient) -> None:
+    assert mount_extensions(served.app, served.app.services) == ["transport.bots.push"]
+    response = await client.post("/v1/bots/demo/messages", json={"conversation_id": "x"})
+    assert response.status_code == 401
+    state = await served.board.open_conversation("demo")
+    pushed = await client.post(
+        "/v1/bots/demo/messages",
+        headers={"authorization": "Bearer bot-token"},
+        json={
+            "conversation_id": state.conversation_id,
+            "messages": [{"content_type": "text", "content": {"text": "ping"}}],
+        },
+    )
+    assert pushed.status_code == 200 and pushed.json()["accepted"] is True
+
+
+async def test_config_json_tells_the_pages_where_the_websocket_is(
+    served: Served, client: httpx.AsyncClient
+) -> None:
+    data = (await client.get("/config.json")).json()
+    assert data["ws_url"] == "ws://127.0.0.1:9999/"
+    assert data["default_bot"] == "demo"
+    behind = await client.get("/config.json", headers={"host": "chat.example.com:80"})
+    assert behind.json()["ws_url"] == "ws://chat.example.com:9999/"
+    served.app.public_ws_url = "wss://chat.example.com/ws"
+    assert (await client.get("/config.json")).json()["ws_url"] == "wss://chat.example.com/ws"
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "text"),
+    [
+        ("/desk", "text/html; charset=utf-8", "<title>desk</title>"),
+        ("/widget", "text/html; charset=utf-8", "<title>widget</title>"),
+        ("/static/widget.js", "text/javascript; charset=utf-8", "console.log"),
+        ("/static/widget.css", "text/css; charset=utf-8", "margin"),
+        ("/static/img/logo.svg", "image/svg+xml", "<svg"),
+    ],
+)
+async def test_pages_and_static_files(
+    client: httpx.AsyncClient, path: str, content_type: str, text: str
+) -> None:
+    response = await client.get(path)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == content_type
+    assert text in response.text
+    head = await client.head(path)
+    assert head.status_code == 200 and head.content == b""
+
+
+async def test_the_index_links_both_pages(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+    assert response.status_code == 200
+    assert 'href="/widget"' in response.text and 'href="/desk"' in response.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/nowhere",
+        "/static/missing.js",
+        "/static/.env",
+        "/static/img",
+        "/static/link.txt",
+        "/static/%2e%2e/outside.txt",
+        "/static/img/%2e%2e/%2e%2e/outside.txt",
+        "/static/..%2foutside.txt",
+        "/static/%2fetc%2fpasswd",
+    ],
+)
+async def test_anything_else_is_not_found(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path)
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+    assert "private" not in response.text
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/static/../outside.txt", "/static/img/../../outside.txt", "/static/../../etc/passwd"],
+)
+async def test_path_traversal_is_refused_on_the_wire(served: Served, target: str) -> None:
+    answer = await raw_get(served.url, target)
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert b" 404 " in status_line or b" 400 " in status_line, status_line
+    assert b"private" not in answer and b"root:" not in answer
+
+
+async def test_wrong_methods_are_refused_with_allow(client: httpx.AsyncClient) -> None:
+    response = await client.post("/healthz", content=b"")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+
+
+async def test_the_real_pages_are_served(board: Switchboard) -> None:
+    desk = board.backends["desk"]
+    assert isinstance(desk, Desk)
+    app = HttpApp(Services(board, desk, secret="s"))
+    assert app.web_dir == WEB_DIR.resolve()
+    for name in ("desk.html", "widget.html"):
+        response = app.file_response(name)
+        assert response.status == 200, name
+        assert response.content_type == "text/html; charset=utf-8"

@@ -1,0 +1,373 @@
+"""The wire protocol without sockets: parsing, validation, encoding, resume tokens."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors import (
+    BotEvent,
+    Content,
+    DeskStatus,
+    Entry,
+    Party,
+    Problem,
+    Transcript,
+    Typing,
+)
+from actors.ports import HeldChat, WaitingItem
+from transport import protocol as wire
+from transport.protocol import BadFrame, parse_frame, parse_hello
+from transport.tokens import InvalidToken, ResumeTokens
+
+LIMIT = 64 * 1024
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+
+
+def frame(**fields: Any) -> str:
+    return json.dumps(fields)
+
+
+def rejection(raw: str | bytes, role: str = "user") -> BadFrame:
+    with pytest.raises(BadFrame) as caught:
+        parse_frame(raw, role, LIMIT)
+    return caught.value
+
+
+# -- schemas ----------------------------------------------------------------------------------
+
+
+def test_every_schema_is_a_valid_json_schema() -> None:
+    assert len(wire.SCHEMAS) >= 20
+    for name, schema in wire.SCHEMAS.items():
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+        assert schema["$id"] == f"urn:switchover:{name}"
+
+
+def test_every_documented_frame_type_has_a_schema() -> None:
+    server_types = {name.split(".", 1)[1] for name in wire.SCHEMAS if name.startswith("server.")}
+    assert server_types == {
+        "welcome",
+        "ack",
+        "entry",
+        "typing",
+        "transcript",
+        "desk",
+        "event",
+        "error",
+        "pong",
+    }
+    text = DOCS.read_text()
+    for kind in server_types:
+        assert f'"type":"{kind}"' in text
+
+
+# -- parsing: good frames ---------------------------------------------------------------------
+
+
+def test_a_user_message_becomes_a_say() -> None:
+    parsed = parse_frame(
+        frame(type="message", id="c1", content_type="text", content={"text": "hi"}), "user", LIMIT
+    )
+    assert parsed == wire.Say("c1", None, Content.text("hi"))
+
+
+def test_agent_frames_are_typed() -> None:
+    conv = "conv-1"
+    cases = {
+        frame(type="presence", status="away"): wire.SetPresence(None, "away"),
+        frame(type="sign_off", id=3, conversation_id=conv): wire.SignOff(3, conv),
+        frame(type="transfer", conversation_id=conv, to_agent=None): wire.Transfer(
+            None, conv, None
+        ),
+        frame(type="transfer", conversation_id=conv, to_agent="bob"): wire.Transfer(
+            None, conv, "bob"
+        ),
+        frame(type="claim", id="x", conversation_id=conv): wire.Claim("x", conv),
+        frame(type="replay", conversation_id=conv, after_seq=4): wire.ReplayAfter(None, conv, 4),
+        frame(type="typing", conversation_id=conv): wire.TypingNow(None, conv),
+        frame(type="ping", id=9): wire.Ping(9),
+        frame(
+            type="message", conversation_id=conv, content_type="text", content={"text": "yo"}
+        ): wire.Say(None, conv, Content.text("yo")),
+    }
+    for raw, expected in cases.items():
+        assert parse_frame(raw, "agent", LIMIT) == expected
+
+
+def test_a_bot_push_carries_its_messages() -> None:
+    raw = frame(
+        type="message",
+        id="b1",
+        conversation_id="c",
+        messages=[
+            {"content_type": "text", "content": {"text": "a"}},
+            {"content_type": "image", "content": {"url": "u"}},
+        ],
+    )
+    assert parse_frame(raw, "bot", LIMIT) == wire.BotPush(
+        "b1", "c", (Content.text("a"), Content("image", {"url": "u"}))
+    )
+
+
+def test_hellos_by_role() -> None:
+    assert parse_hello(frame(type="hello", v=1, role="user", bot_id="demo"), LIMIT) == (
+        wire.UserHello("demo", {}, None, 0)
+    )
+    assert parse_hello(
+        frame(type="hello", v=1, role="user", resume_token="t", last_seq=7), LIMIT
+    ) == wire.UserHello(None, {}, "t", 7)
+    assert parse_hello(
+        frame(type="hello", v=1, role="agent", token="k", last_seqs={"c": 2}), LIMIT
+    ) == wire.AgentHello("k", {"c": 2})
+    assert parse_hello(frame(type="hello", v=1, role="bot", token="k"), LIMIT) == wire.BotHello("k")
+
+
+# -- parsing: bad frames get stable codes -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "role", "code"),
+    [
+        ("not json", "user", "bad_json"),
+        ("[1, 2]", "user", "bad_json"),
+        ('{"type":"message","content_type":"t","content":{"x":NaN}}', "user", "bad_json"),
+        (b'{"type":"ping"}', "user", "binary_frame"),
+        ('{"type":"presence","status":"online"}', "user", "unknown_type"),
+        ('{"id":"x"}', "user", "unknown_type"),
+        ('{"type":"claim","conversation_id":"c"}', "bot", "unknown_type"),
+        ('{"type":"message","content_type":"","content":{}}', "user", "invalid_frame"),
+        ('{"type":"message","content_type":"text","content":"hi"}', "user", "invalid_frame"),
+        (
+            '{"type":"message","content_type":"text","content":{},"extra":1}',
+            "user",
+            "invalid_frame",
+        ),
+        ('{"type":"message","content_type":"text","content":{}}', "agent", "invalid_frame"),
+        ('{"type":"presence","status":"asleep"}', "agent", "invalid_frame"),
+        ('{"type":"message","conversation_id":"c","messages":[]}', "bot", "invalid_frame"),
+        ('{"type":"ping","id":true}', "user", "invalid_frame"),
+        (
+            '{"type":"message","content_type":"t","content":' + "[" * 40 + "]" * 40 + "}",
+            "user",
+            "invalid_frame",
+        ),
+    ],
+)
+def test_bad_frames_get_their_code(raw: str | bytes, role: str, code: str) -> None:
+    assert rejection(raw, role).code == code
+
+
+def test_errors_carry_a_readable_id() -> None:
+    bad = rejection('{"type":"message","id":"c9","content_type":"","content":{}}')
+    assert (bad.code, bad.id) == ("invalid_frame", "c9")
+    assert "content_type" in bad.message
+
+
+def test_size_is_counted_in_utf8_bytes() -> None:
+    small = json.dumps(
+        {"type": "message", "content_type": "text", "content": {"text": "é" * 100}},
+        ensure_ascii=False,
+    )
+    parse_frame(small, "user", 300)
+    assert rejection_with_limit(small, 200).code == "frame_too_large"
+
+
+def rejection_with_limit(raw: str, limit: int) -> BadFrame:
+    with pytest.raises(BadFrame) as caught:
+        parse_frame(raw, "user", limit)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ('{"type":"message"}', "first frame must be a hello"),
+        ('{"type":"hello","v":1,"role":"admin"}', "role"),
+        ('{"type":"hello","v":2,"role":"user"}', "version"),
+        ('{"type":"hello","v":1,"role":"agent"}', "token"),
+        ('{"type":"hello","v":1,"role":"user","last_seq":-1}', "last_seq"),
+    ],
+)
+def test_bad_hellos_are_refused(raw: str, fragment: str) -> None:
+    with pytest.raises(BadFrame) as caught:
+        parse_hello(raw, LIMIT)
+    assert fragment in caught.value.message
+
+
+# -- the quick path agrees with the schema ----------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+message_like = st.fixed_dictionaries(
+    {"type": st.just("message")},
+    optional={
+        "id": st.one_of(
+            st.text(max_size=70),
+            st.integers(),
+            st.booleans(),
+            st.floats(allow_nan=False, allow_infinity=False),
+        ),
+        "conversation_id": st.one_of(st.text(max_size=130), st.none(), st.integers()),
+        "content_type": st.one_of(st.text(max_size=70), st.integers()),
+        "content": st.one_of(
+            st.dictionaries(st.text(max_size=3), json_values, max_size=3), json_values
+        ),
+        "extra": json_values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=message_like, role=st.sampled_from(["user", "agent"]))
+def test_the_quick_path_accepts_exactly_what_the_schema_accepts(
+    data: dict[str, Any], role: str
+) -> None:
+    schema_ok = wire.validator(f"client.{role}.message").is_valid(data)
+    if wire._quick_say(data, role):
+        assert schema_ok
+    try:
+        parsed = parse_frame(json.dumps(data), role, LIMIT)
+    except BadFrame as bad:
+        assert not schema_ok
+        assert bad.code == "invalid_frame"
+    else:
+        assert schema_ok
+        assert isinstance(parsed, wire.Say)
+        assert parsed.content == Content(data["content_type"], data["content"])
+
+
+# -- encoding: every server frame passes its schema -------------------------------------------
+
+
+def entry(seq: int = 1, **extra: Any) -> Entry:
+    return Entry(
+        "conv", seq, 1700000000.5, Party.BOT, Content.text("hi"), frozenset({Party.USER}), **extra
+    )
+
+
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        entry(),
+        entry(2, agent_id="alice", session_id="conv/1", metadata={"sign_off": True}),
+        Typing("conv", Party.AGENT, "alice"),
+        Typing("conv", Party.USER),
+        Transcript("conv", "conv/1", "demo", "u1", {"name": "Uma"}, (entry(), entry(2))),
+        DeskStatus(
+            "alice",
+            "Alice",
+            "online",
+            3,
+            (HeldChat("conv", "conv/1", "demo", None),),
+            (WaitingItem("c2", "demo", 1700000000.0, 1),),
+        ),
+        Problem("not_waiting", "That chat is not waiting.", "conv"),
+    ],
+)
+def test_deliveries_encode_to_valid_frames(delivery: Any) -> None:
+    encoded = json.loads(wire.encode(delivery))
+    assert list(wire.server_frame_errors(encoded)) == []
+
+
+def test_built_frames_are_valid() -> None:
+    frames = [
+        wire.ack_frame("c1", 3),
+        wire.ack_frame(7, None),
+        wire.pong_frame(None),
+        wire.pong_frame("p"),
+        wire.error_frame("rate_limited", "slow down", "c1", "conv", retry_after=0.25),
+        wire.welcome_frame("user", conversation_id="c", resume_token="t", bot_id="demo"),
+        wire.welcome_frame("agent", agent_id="alice", name="Alice"),
+        wire.welcome_frame("bot", bot_id="demo"),
+        wire.event_frame(
+            BotEvent("c:1", "c", "demo", "u", Content.payload("LIVECHAT_SESSION_END"))
+        ),
+    ]
+    for text in frames:
+        assert list(wire.server_frame_errors(json.loads(text))) == [], text
+
+
+def test_a_welcome_missing_its_fields_is_caught_by_the_schema() -> None:
+    assert list(wire.server_frame_errors({"type": "welcome", "v": 1, "role": "user"}))
+    assert list(wire.server_frame_errors({"type": "bogus"}))
+
+
+def test_the_same_entry_is_encoded_once() -> None:
+    first = entry(5)
+    assert wire.encode(first) is wire.encode(first)
+
+
+# -- every code the server can send is documented ---------------------------------------------
+
+
+def test_error_codes_are_documented() -> None:
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", DOCS.read_text(), re.MULTILINE))
+    emitted = {
+        "bad_json",
+        "binary_frame",
+        "frame_too_large",
+        "unknown_type",
+        "invalid_frame",
+        "rate_limited",
+        "overloaded",
+        "forbidden",
+        "not_assigned",
+        "session_open",
+        "session_already_open",
+        "unknown_conversation",
+        "transfer_failed",
+        "not_waiting",
+        "cannot_claim",
+        "conversation_failed",
+        "internal_error",
+        "store_unavailable",
+    }
+    assert emitted <= documented
+
+
+# -- resume tokens ----------------------------------------------------------------------------
+
+
+def test_a_resume_token_round_trips() -> None:
+    tokens = ResumeTokens("s3cret")
+    grant = tokens.verify(tokens.issue("conv-1", "demo"))
+    assert (grant.conversation_id, grant.bot_id) == ("conv-1", "demo")
+
+
+def test_tampered_and_foreign_tokens_are_refused() -> None:
+    tokens = ResumeTokens("s3cret")
+    token = tokens.issue("conv-1", "demo")
+    payload, signature = token.split(".")
+    other = ResumeTokens("s3cret").issue("conv-2", "demo").split(".")[0]
+    for forged in (
+        f"{other}.{signature}",
+        token[:-2] + ("AA" if not token.endswith("AA") else "BB"),
+        ResumeTokens("another secret").issue("conv-1", "demo"),
+        "garbage",
+        "",
+    ):
+        with pytest.raises(InvalidToken):
+            tokens.verify(forged)
+    assert payload
+
+
+def test_an_empty_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="secret"):
+        ResumeTokens("")

@@ -1,0 +1,548 @@
+"""The SQLite store on real files: round trips, group commit, migrations, faults, restarts and
+hibernation through the core."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from actors import (
+    SESSION_EXPIRED,
+    SESSION_START,
+    Accepted,
+    AgentProfile,
+    AgentSays,
+    BotBinding,
+    BotSettings,
+    Clock,
+    Content,
+    ConversationState,
+    Desk,
+    Entry,
+    Mode,
+    Party,
+    Presence,
+    Refused,
+    StoreUnavailable,
+    Switchboard,
+    Transcript,
+    UserSays,
+    open_switchboard,
+)
+from actors.lifecycle import Session
+from transport.sqlite_schema import SCHEMA_VERSION, V1_SCHEMA
+from transport.sqlite_store import SQLiteStore, open_sqlite_store
+
+from .conftest import EchoBot, RecordingSink, notice
+
+SETTINGS = BotSettings(session_timeout=600, grace_period=30)
+
+
+def _entry(conv: str, seq: int, text: str, **extra: object) -> Entry:
+    return Entry(
+        conv,
+        seq,
+        1000.0 + seq,
+        Party.USER,
+        Content.text(text),
+        frozenset({Party.USER, Party.BOT}),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _state(conv: str, next_seq: int, session: Session | None = None) -> ConversationState:
+    return ConversationState(conv, "demo", f"user-{conv}", {"name": "Uma"}, next_seq, session, 1)
+
+
+@asynccontextmanager
+async def running_board(
+    store: SQLiteStore | None, bot: EchoBot, **options: object
+) -> AsyncIterator[Switchboard]:
+    desk = Desk(
+        {"demo": SETTINGS},
+        [
+            AgentProfile("alice", "Alice", frozenset({"demo"}), capacity=2),
+            AgentProfile("bob", "Bob", frozenset({"demo"}), capacity=2),
+        ],
+    )
+    async with open_switchboard(
+        {"demo": BotBinding(bot, SETTINGS)}, {"desk": desk}, store, **options
+    ) as board:
+        yield board
+
+
+def _desk(board: Switchboard) -> Desk:
+    desk = board.backends["desk"]
+    assert isinstance(desk, Desk)
+    return desk
+
+
+# -- round trips and group commit -----------------------------------------------------------
+
+
+async def test_state_and_entries_round_trip_through_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    session = Session("c1/1", 1000.0, 1010.5, None, "alice", "Alice", None, True)
+    state = _state("c1", 4, session)
+    question = Content.question("Done?", [("End", "LIVECHAT_SESSION_END")])
+    entries = [
+        _entry("c1", 1, "héllo ✓"),
+        Entry(
+            "c1",
+            2,
+            1002.0,
+            Party.SYSTEM,
+            Content.notice("agent_joined", agent_id="alice", name="Alice"),
+            frozenset({Party.USER, Party.AGENT}),
+            "alice",
+            "c1/1",
+        ),
+        Entry(
+            "c1",
+            3,
+            1003.0,
+            Party.SYSTEM,
+            question,
+            frozenset({Party.USER, Party.AGENT}),
+            "alice",
+            "c1/1",
+            {"sign_off": True},
+        ),
+    ]
+    async with open_sqlite_store(path, settings={"demo": SETTINGS}) as store:
+        await store.record(state, entries)
+        await store.record(_state("c2", 1), [])
+        await store.record_presence("alice", "online", 1234.0)
+    async with open_sqlite_store(path) as store:
+        assert await store.load("c1") == state
+        assert await store.load("c2") == _state("c2", 1)
+        assert await store.load("nope") is None
+        assert await store.entries_after("c1", 0) == entries
+        assert await store.entries_after("c1", 2) == entries[2:]
+        assert await store.open_sessions() == [state]
+        assert await store.last_presences() == {"alice": ("online", 1234.0)}
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT mode, deadline FROM conversations WHERE id = 'c1'").fetchone()
+    assert row == ("live", 1010.5 + 600)
+
+
+async def test_concurrent_records_share_commits_and_all_land(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with open_sqlite_store(path) as store:
+        async with trio.open_nursery() as nursery:
+            for n in range(300):
+                state = _state(f"c{n}", 2)
+                nursery.start_soon(store.record, state, [_entry(f"c{n}", 1, f"m{n}")])
+        assert store.committed_calls == 300
+        assert store.commits < 300 / 5, "concurrent records should share transactions"
+        assert [e.content.text_value for e in await store.entries_after("c299", 0)] == ["m299"]
+
+
+async def test_a_message_that_cannot_be_stored_fails_alone(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "s.db") as store:
+        bad = Entry("b", 1, 1.0, Party.USER, Content("x", {"v": object()}), frozenset())
+        results: dict[str, object] = {}
+
+        async def record(name: str, state: ConversationState, entries: Sequence[Entry]) -> None:
+            try:
+                await store.record(state, entries)
+                results[name] = "stored"
+            except StoreUnavailable as exc:
+                results[name] = str(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(record, "bad", _state("b", 2), [bad])
+            nursery.start_soon(record, "good", _state("g", 2), [_entry("g", 1, "fine")])
+        assert results["good"] == "stored"
+        assert "cannot be stored" in str(results["bad"])
+        assert await store.load("b") is None
+        assert len(await store.entries_after("g", 0)) == 1
+
+
+# -- the core on the store ------------------------------------------------------------------
+
+
+async def test_a_whole_session_is_kept_with_its_end_and_reason(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    bot = EchoBot()
+    async with (
+        open_sqlite_store(path, settings={"demo": SETTINGS}) as store,
+        running_board(store, bot) as board,
+    ):
+        conv = (await board.open_conversation("demo")).conversation_id
+        assert await board.ask(conv, UserSays(Content.text("hi"))) == Accepted(1)
+        await bot.wait_for_events(1)
+        await board.ask(conv, UserSays(Content.payload(SESSION_START)))
+        agent = RecordingSink()
+        _desk(board).attach("alice", agent)
+        _desk(board).set_presence("alice", Presence.ONLINE)
+        await agent.wait_for(notice("agent_joined"))
+        await board.ask(conv, AgentSays("alice", Content.text("hello, Alice here")))
+        await board.ask(conv, UserSays(Content.payload("LIVECHAT_SESSION_END")))
+        await bot.wait_for_events(2)
+        stored = await store.entries_after(conv, 0)
+    with sqlite3.connect(path) as db:
+        sessions = db.execute(
+            "SELECT session_id, agent_id, end_reason, ended_at IS NOT NULL FROM sessions"
+        ).fetchall()
+        mode = db.execute("SELECT mode FROM conversations WHERE id = ?", (conv,)).fetchone()
+    assert sessions == [(f"{conv}/1", "alice", "user_ended", 1)]
+    assert mode == ("bot",)
+    assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+    assert "hello, Alice here" in [e.content.text_value for e in stored]
+
+
+async def _restart_fixture(path: Path, bot: EchoBot) -> tuple[str, str, str, str]:
+    """Three sessions: one live with alice, two queued (in order); and a bot-mode one."""
+    async with (
+        open_sqlite_store(path, settings={"demo": SETTINGS}) as store,
+        running_board(store, bot) as board,
+    ):
+        desk = _desk(board)
+        live, first, second, plain = [
+            (await board.open_conversation("demo")).conversation_id for _ in range(4)
+        ]
+        agent = RecordingSink()
+        desk.attach("alice", agent)
+        desk.set_presence("alice", Presence.ONLINE)
+        await board.ask(live, UserSays(Content.payload(SESSION_START)))
+        await agent.wait_for(notice("agent_joined"))
+        await board.ask(live, AgentSays("alice", Content.text("how can I help?")))
+        desk.set_presence("alice", Presence.AWAY)
+        await agent.wait_for(lambda i: getattr(i, "presence", None) == "away")
+        await board.ask(first, UserSays(Content.payload(SESSION_START)))
+        await board.ask(second, UserSays(Content.payload(SESSION_START)))
+        await board.ask(plain, UserSays(Content.text("just the bot")))
+        await bot.wait_for_events(1)
+    return live, first, second, plain
+
+
+async def test_restart_brings_sessions_back_in_their_states(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    bot = EchoBot()
+    live, first, second, plain = await _restart_fixture(path, bot)
+    async with (
+        open_sqlite_store(path, settings={"demo": SETTINGS}) as store,
+        running_board(store, bot) as board,
+    ):
+        desk = _desk(board)
+        alice = RecordingSink()
+        desk.attach("alice", alice)
+        status = await alice.wait_for(lambda i: getattr(i, "chats", ()) != ())
+        assert [c.conversation_id for c in status.chats] == [live]  # type: ignore[attr-defined]
+        assert [w.conversation_id for w in status.queue] == [first, second]  # type: ignore[attr-defined]
+        # The live chat is alice's again: she can talk in it; the queued ones wait in order.
+        assert isinstance(await board.ask(live, AgentSays("alice", Content.text("back"))), Accepted)
+        bob = RecordingSink()
+        desk.attach("bob", bob)
+        desk.set_presence("bob", Presence.ONLINE)
+        for conv in (first, second):
+            await bob.wait_for(
+                lambda i, c=conv: isinstance(i, Transcript) and i.conversation_id == c
+            )
+        # A user resuming after a restart gets what was missed, from the store.
+        user = RecordingSink()
+        board.subscribe(live, user, after_seq=0)
+        await user.wait_for(lambda i: isinstance(i, Entry) and i.content.text_value == "back")
+        texts = [e.content.text_value for e in user.entries()]
+        assert texts.index("how can I help?") < texts.index("back")
+        assert (await store.load(plain)).mode is Mode.BOT  # type: ignore[union-attr]
+
+
+async def test_a_deadline_that_passed_while_down_expires_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    bot = EchoBot()
+    live, first, second, _ = await _restart_fixture(path, bot)
+    events_before = len(bot.events)
+    later = Clock(wall_at_start=time.time() + 2 * 3600)
+    async with (
+        open_sqlite_store(path, settings={"demo": SETTINGS}) as store,
+        running_board(store, bot, clock=later),
+    ):
+        expired = await bot.wait_for_events(events_before + 3)
+        payloads = {
+            e.conversation_id: (e.content.content.get("payload"), e.metadata.get("reason"))
+            for e in expired[events_before:]
+        }
+        assert payloads == {
+            live: (SESSION_EXPIRED, "idle_timeout"),
+            first: (SESSION_EXPIRED, "idle_timeout"),
+            second: (SESSION_EXPIRED, "idle_timeout"),
+        }
+        # The bot hears of an expiry only once it is stored.
+        assert await store.open_sessions() == []
+        assert (await store.load(live)).mode is Mode.BOT  # type: ignore[union-attr]
+    with sqlite3.connect(path) as db:
+        reasons = sorted(r for (r,) in db.execute("SELECT end_reason FROM sessions"))
+    assert reasons == ["idle_timeout"] * 3
+
+
+async def test_a_quiet_conversation_hibernates_and_comes_back_with_its_numbering(
+    tmp_path: Path,
+) -> None:
+    # Real time: a MockClock with autojump would leap ahead while a commit runs in its thread.
+    bot = EchoBot()
+    async with (
+        open_sqlite_store(tmp_path / "s.db") as store,
+        running_board(store, bot, hibernate_after=0.2) as board,
+    ):
+        conv = (await board.open_conversation("demo")).conversation_id
+        assert await board.ask(conv, UserSays(Content.text("one"))) == Accepted(1)
+        await bot.wait_for_events(1)
+        with trio.fail_after(5):
+            # Leaving memory raises no event to wait on: look until it has happened.
+            while board.is_in_memory(conv):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert board.stats.hibernated == 1
+        # The bot's reply was seq 2; the next user message is 3, rebuilt from the file.
+        assert await board.ask(conv, UserSays(Content.text("two"))) == Accepted(3)
+        assert board.is_in_memory(conv)
+        assert [e.seq for e in await store.entries_after(conv, 0)] == [1, 2, 3]
+
+
+# -- migrations -----------------------------------------------------------------------------
+
+
+def _build_v1(path: Path) -> None:
+    """A version-1 file: one conversation live with alice, one whose session ended."""
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    session = {
+        "session_id": "live/1",
+        "started_at": 100.0,
+        "last_activity": 150.0,
+        "queued_at": None,
+        "agent_id": "alice",
+        "agent_name": "Alice",
+        "position": None,
+        "sign_off_offered": False,
+    }
+    db.execute(
+        "INSERT INTO conversations VALUES ('live', 'demo', 'u1', '{\"name\": \"Uma\"}', 4, 1, ?)",
+        (json.dumps(session),),
+    )
+    db.execute("INSERT INTO conversations VALUES ('done', 'demo', 'u2', '{}', 4, 1, NULL)")
+    rows = [
+        ("live", 1, 100.0, "user", "payload", {"payload": "LIVECHAT_SESSION_START"}, "user", None),
+        ("live", 2, 100.0, "system", "notice", {"code": "session_started"}, "user", None),
+        (
+            "live",
+            3,
+            120.0,
+            "system",
+            "notice",
+            {"code": "agent_joined", "agent_id": "alice"},
+            "agent,user",
+            None,
+        ),
+        ("done", 1, 10.0, "system", "notice", {"code": "session_started"}, "user", None),
+        (
+            "done",
+            2,
+            20.0,
+            "system",
+            "payload",
+            {"payload": "LIVECHAT_SESSION_EXPIRED"},
+            "bot",
+            {"reason": "queue_timeout"},
+        ),
+    ]
+    for conv, seq, at, sender, ctype, content, audience, meta in rows:
+        db.execute(
+            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+            (
+                conv,
+                seq,
+                at,
+                sender,
+                ctype,
+                json.dumps(content),
+                audience,
+                f"{conv}/1",
+                json.dumps(meta) if meta else None,
+            ),
+        )
+    db.commit()
+    db.close()
+
+
+async def test_a_version_1_file_is_upgraded_and_keeps_its_conversations(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _build_v1(path)
+    async with open_sqlite_store(path) as store:
+        assert store.migrated_from == 1
+        state = await store.load("live")
+        assert state is not None
+        assert state.mode is Mode.LIVE
+        assert state.session == Session("live/1", 100.0, 150.0, None, "alice", "Alice")
+        assert state.user_metadata == {"name": "Uma"}
+        assert [s.conversation_id for s in await store.open_sessions()] == ["live"]
+        assert [e.seq for e in await store.entries_after("live", 1)] == [2, 3]
+        # New writes go to the new columns.
+        await store.record(attrs.evolve(state, next_seq=5), [_entry("live", 4, "after upgrade")])
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        sessions = db.execute(
+            "SELECT session_id, agent_id, ended_at, end_reason FROM sessions ORDER BY session_id"
+        ).fetchall()
+    assert sessions == [("done/1", None, 20.0, "queue_timeout"), ("live/1", "alice", None, None)]
+    async with open_sqlite_store(path) as store:
+        assert store.migrated_from == SCHEMA_VERSION
+        assert (await store.load("live")).next_seq == 5  # type: ignore[union-attr]
+
+
+async def test_a_file_from_a_newer_switchover_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (99)")
+        db.execute("CREATE TABLE future (x)")
+    before = path.read_bytes()
+    with pytest.raises(StoreUnavailable, match="schema version 99"):
+        async with open_sqlite_store(path):
+            pass  # pragma: no cover
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(99,)]
+    assert path.read_bytes()[:100] == before[:100]
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+
+async def _refused_to_open(path: Path, **options: object) -> str:
+    with pytest.raises(StoreUnavailable) as caught:
+        async with open_sqlite_store(path, **options):
+            pass  # pragma: no cover
+    return str(caught.value)
+
+
+async def test_a_corrupt_file_is_refused(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database, just words\n" * 200)
+    assert "damaged" in await _refused_to_open(garbage)
+
+    damaged = tmp_path / "damaged.db"
+    async with open_sqlite_store(damaged) as store:
+        for n in range(50):
+            await store.record(_state(f"c{n}", 2), [_entry(f"c{n}", 1, "x" * 500)])
+    with sqlite3.connect(damaged) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(damaged.read_bytes())
+    page = 4096
+    data[page * 2 : page * 6] = os.urandom(page * 4)
+    damaged.write_bytes(bytes(data))
+    assert "damaged" in await _refused_to_open(damaged)
+
+
+async def test_an_unusable_location_is_refused(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    message = await _refused_to_open(a_file / "s.db")
+    assert "cannot be created" in message
+    a_directory = tmp_path / "dir.db"
+    a_directory.mkdir()
+    assert "cannot be opened for writing" in await _refused_to_open(a_directory)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+async def test_a_read_only_directory_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ro" / "s.db"
+    async with open_sqlite_store(path):
+        pass
+    os.chmod(path.parent, 0o500)
+    os.chmod(path, 0o400)
+    try:
+        assert "cannot be opened for writing" in await _refused_to_open(path)
+    finally:
+        os.chmod(path.parent, 0o700)
+
+
+async def test_a_file_locked_by_another_process_is_refused_then_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with open_sqlite_store(path):
+        assert "in use by another Switchover" in await _refused_to_open(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        assert "locked by another process" in await _refused_to_open(path, busy_timeout=0.1)
+    finally:
+        other.execute("ROLLBACK")
+    bot = EchoBot()
+    async with (
+        open_sqlite_store(path, busy_timeout=0.1) as store,
+        running_board(store, bot) as board,
+    ):
+        conv = (await board.open_conversation("demo")).conversation_id
+        user = RecordingSink()
+        board.subscribe(conv, user)
+        assert await board.ask(conv, UserSays(Content.text("one"))) == Accepted(1)
+        await user.wait_for(lambda i: isinstance(i, Entry) and i.seq == 2)  # the bot's echo
+        assert await board.ask(conv, UserSays(Content.text("two"))) == Accepted(3)
+        await user.wait_for(lambda i: isinstance(i, Entry) and i.seq == 4)
+        other.execute("BEGIN IMMEDIATE")
+        refused = await board.ask(conv, UserSays(Content.text("while locked")))
+        other.execute("ROLLBACK")
+        assert isinstance(refused, Refused)
+        assert refused.code == "store_unavailable"
+        assert "locked" in refused.detail
+        # Nothing of the refused message was kept, and the numbering goes on without a gap.
+        assert await board.ask(conv, UserSays(Content.text("after"))) == Accepted(5)
+        texts = [e.content.text_value for e in await store.entries_after(conv, 0)]
+        assert "while locked" not in texts
+        assert texts[4] == "after"
+    other.close()
+
+
+async def test_a_full_disk_refuses_messages_and_never_acknowledges_one_it_lost(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    bot = EchoBot()
+    acknowledged: list[str] = []
+    refused: list[Refused] = []
+    async with (
+        open_sqlite_store(path, max_bytes=160 * 1024) as store,
+        running_board(store, bot) as board,
+    ):
+        conv = (await board.open_conversation("demo")).conversation_id
+        for n in range(400):
+            text = f"{n:04d} " + "x" * 2000
+            outcome = await board.ask(conv, UserSays(Content.text(text)))
+            if isinstance(outcome, Refused):
+                refused.append(outcome)
+                if len(refused) >= 3:
+                    break
+            else:
+                acknowledged.append(text)
+    assert acknowledged, "some messages fit before the disk filled"
+    assert refused and all(r.code == "store_unavailable" for r in refused)
+    assert "full" in refused[0].detail
+    async with open_sqlite_store(path) as store:
+        kept = {e.content.text_value for e in await store.entries_after(conv, 0)}
+    assert set(acknowledged) <= kept
+    assert len({t for t in kept if t and t[:4].isdigit()}) == len(acknowledged)
+
+
+async def test_prune_deletes_old_conversations_without_open_sessions(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with open_sqlite_store(path) as store:
+        await store.record(_state("old", 2), [_entry("old", 1, "long ago")])
+        open_session = Session("busy/1", 1.0, 1.0, 1.0)
+        await store.record(_state("busy", 2, open_session), [_entry("busy", 1, "waiting")])
+        future = time.time() + 10 * 86400
+        assert await store.prune(7, now=future) == 1
+        assert await store.load("old") is None
+        assert await store.entries_after("old", 0) == []
+        assert await store.load("busy") is not None
+        await store.record(_state("new", 2), [_entry("new", 1, "today")])
+        assert await store.prune(7) == 0

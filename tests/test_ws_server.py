@@ -1,0 +1,519 @@
+"""The WebSocket server over real sockets on 127.0.0.1, with the core running in-process.
+
+Every frame a client made by the harness receives is validated against the protocol's JSON
+Schemas (tests/support/ws.py), so each test also checks what the server sends.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
+
+from actors import SESSION_END, SESSION_START, BotSettings
+from transport.client import Closed, Frame, ServerError, UserClient, connect_user
+from transport.services import Limits
+from transport.tokens import ResumeTokens
+from transport.ws_server import serve_websockets
+
+from .support.ws import WsHarness, check_frame, running_ws_server
+
+Predicate = Callable[[Frame], bool]
+
+
+def text_entry(text: str) -> Predicate:
+    return lambda f: f["type"] == "entry" and f["content"].get("text") == text
+
+
+def notice(code: str) -> Predicate:
+    return lambda f: (
+        f["type"] == "entry" and f["content_type"] == "notice" and f["content"]["code"] == code
+    )
+
+
+def error(code: str) -> Predicate:
+    return lambda f: f["type"] == "error" and f["code"] == code
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[WsHarness]:
+    async with running_ws_server() as running:
+        yield running
+
+
+async def hand_to_alice(harness: WsHarness, user: UserClient) -> Any:
+    """Open a session for ``user`` and have alice pick it up; returns alice's client context."""
+    await user.click(SESSION_START)
+    await user.wait_for(notice("queued"))
+    return harness.agent("alice")
+
+
+# -- a whole session ------------------------------------------------------------------------
+
+
+async def test_a_whole_session_over_sockets(harness: WsHarness) -> None:
+    async with harness.user(bot_id="demo", metadata={"name": "Uma"}) as user:
+        assert user.welcome["bot_id"] == "demo"
+        seq = await user.say_text("hello")
+        assert seq == 1
+        await user.wait_for(text_entry("echo: hello"))
+
+        await user.click(SESSION_START)
+        await user.wait_for(notice("session_started"))
+        assert (await user.wait_for(notice("queued")))["content"]["position"] == 1
+        await user.say_text("anyone there?")
+
+        async with harness.agent("alice") as alice:
+            desk = await alice.wait_for(lambda f: f["type"] == "desk")
+            assert desk["presence"] == "offline"
+            await alice.set_presence("online")
+            transcript = await alice.wait_for(lambda f: f["type"] == "transcript")
+            assert transcript["user_metadata"] == {"name": "Uma"}
+            assert "anyone there?" in [e["content"].get("text") for e in transcript["entries"]]
+            conv = transcript["conversation_id"]
+            assert conv == user.conversation_id
+            joined = await user.wait_for(notice("agent_joined"))
+            assert joined["content"]["name"] == "Alice"
+
+            await alice.typing(conv)
+            typing = await user.wait_for(lambda f: f["type"] == "typing")
+            assert (typing["party"], typing["agent_id"]) == ("agent", "alice")
+            await user.typing()
+            assert (await alice.wait_for(lambda f: f["type"] == "typing"))["party"] == "user"
+
+            said = await alice.say(conv, "Hi, Alice here")
+            entry = await user.wait_for(text_entry("Hi, Alice here"))
+            assert (entry["seq"], entry["sender"], entry["agent_id"]) == (said, "agent", "alice")
+            await user.say_text("my order is late")
+            await alice.wait_for(text_entry("my order is late"))
+
+            await alice.sign_off(conv)
+            offer = await user.wait_for(lambda f: f.get("metadata", {}).get("sign_off") is True)
+            button = offer["content"]["buttons"][0]["content"]
+            assert button["payload"] == SESSION_END
+            await user.say_text("wait, one more thing")  # the session goes on
+            await alice.wait_for(text_entry("wait, one more thing"))
+
+            await user.click(button["payload"])
+            await user.wait_for(notice("session_ended"))
+            await alice.wait_for(notice("session_ended"))
+            await user.wait_for(text_entry("Welcome back! How else can I help?"))
+
+    texts = [e.content.text_value for e in harness.bot.events]
+    assert "anyone there?" not in texts and "my order is late" not in texts
+
+
+# -- resume ---------------------------------------------------------------------------------
+
+
+async def test_a_reconnect_with_last_seq_misses_nothing(harness: WsHarness) -> None:
+    async with harness.agent("alice") as alice:
+        await alice.set_presence("online")
+        async with harness.user() as user:
+            await user.click(SESSION_START)
+            await user.wait_for(notice("agent_joined"))
+            await user.say_text("before I leave")
+            await alice.wait_for(text_entry("before I leave"))
+            conv, token, seen = user.conversation_id, user.resume_token, user.last_seq
+        # The user is away: the agent goes on writing.
+        missed = [await alice.say(conv, f"while away {i}") for i in range(5)]
+        async with harness.user(resume_token=token, last_seq=seen) as back:
+            assert back.welcome["conversation_id"] == conv
+            replayed = [await back.next_frame() for _ in missed]
+            assert [f["seq"] for f in replayed] == missed
+            assert [f["content"]["text"] for f in replayed] == [f"while away {i}" for i in range(5)]
+            assert missed[0] == seen + 1
+            live = await alice.say(conv, "and now live")
+            assert (await back.next_frame())["seq"] == live
+            assert back.last_seq == live
+
+
+async def test_a_resume_without_last_seq_replays_everything(harness: WsHarness) -> None:
+    async with harness.user() as user:
+        await user.say_text("one")
+        await user.wait_for(text_entry("echo: one"))
+        token = user.resume_token
+    async with harness.user(resume_token=token) as back:
+        first, second = await back.next_frame(), await back.next_frame()
+        assert [first["seq"], second["seq"]] == [1, 2]
+
+
+# -- hello failures -------------------------------------------------------------------------
+
+
+async def close_code_after(url: str, *frames: str | bytes) -> int | None:
+    async with open_websocket_url(url) as ws:
+        for raw in frames:
+            await ws.send_message(raw)
+        with trio.fail_after(5):
+            try:
+                while True:
+                    await ws.get_message()
+            except ConnectionClosed as closed:
+                return closed.reason.code if closed.reason else None
+
+
+def hello(**fields: Any) -> str:
+    return json.dumps({"type": "hello", "v": 1, **fields})
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        ("this is not json", 4400),
+        (b"\x00\x01", 4400),
+        ('{"type":"message","content_type":"text","content":{}}', 4400),
+        (json.dumps({"type": "hello", "v": 2, "role": "user"}), 4400),
+        (hello(role="user", bot_id="no-such-bot"), 4404),
+        (hello(role="user", resume_token="forged.token"), 4401),
+        (hello(role="user", resume_token=ResumeTokens("other").issue("c", "demo")), 4401),
+        (hello(role="user", resume_token=ResumeTokens("test-secret").issue("gone", "demo")), 4404),
+        (hello(role="agent", token="wrong"), 4401),
+        (hello(role="bot", token="wrong"), 4401),
+    ],
+)
+async def test_hello_failures_close_with_their_code(
+    harness: WsHarness, first: str | bytes, code: int
+) -> None:
+    assert await close_code_after(harness.url, first) == code
+    async with harness.user() as user:  # the server still serves
+        assert await user.say_text("still here") == 1
+
+
+async def test_no_hello_in_time_closes_with_4400() -> None:
+    async with running_ws_server(limits=Limits(hello_timeout=0.2)) as harness:
+        assert await close_code_after(harness.url) == 4400
+
+
+async def test_the_client_reports_a_refused_hello(harness: WsHarness) -> None:
+    with pytest.raises(Closed) as refused:
+        async with connect_user(harness.url, resume_token="forged"):
+            pass
+    assert refused.value.code == 4401
+
+
+# -- bad input after hello ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("{nope", "bad_json"),
+        ("42", "bad_json"),
+        (b'{"type":"ping"}', "binary_frame"),
+        (
+            '{"type":"message","content_type":"text","content":{"text":"' + "x" * 5000 + '"}}',
+            "frame_too_large",
+        ),
+        ('{"type":"dance"}', "unknown_type"),
+        ('{"type":"claim","conversation_id":"x"}', "unknown_type"),
+        ('{"type":"message","id":"m1","content_type":"text"}', "invalid_frame"),
+        (
+            '{"type":"message","content_type":"text","content":{},"conversation_id":"theirs"}',
+            "forbidden",
+        ),
+    ],
+)
+async def test_bad_frames_get_an_error_and_the_connection_keeps_working(
+    raw: str | bytes, code: str
+) -> None:
+    limits = Limits(max_frame_bytes=4096, rate=1000, burst=1000)
+    async with running_ws_server(limits=limits) as h, h.user() as other, h.user() as user:
+        await user.send_raw(raw)
+        answer = await user.next_frame()
+        assert answer["type"] == "error"
+        assert answer["code"] == code
+        assert answer["message"]
+        await user.ping()
+        assert await user.say_text("after the bad frame") == 1
+        assert await other.say_text("unaffected") == 1
+        await other.wait_for(text_entry("echo: unaffected"))
+
+
+async def test_invalid_frames_say_where_and_carry_the_id(harness: WsHarness) -> None:
+    async with harness.user() as user:
+        with pytest.raises(ServerError) as refused:
+            await user.request({"type": "message", "content_type": "", "content": {}})
+        assert refused.value.code == "invalid_frame"
+        assert "content_type" in refused.value.frame["message"]
+
+
+async def test_a_frame_beyond_the_hard_ceiling_closes_with_1009(harness: WsHarness) -> None:
+    async with harness.user() as user:
+        await user.send_raw("x" * (2 << 20))
+        assert await user.wait_closed() == 1009
+
+
+async def test_an_agent_may_only_touch_the_chats_it_holds(harness: WsHarness) -> None:
+    async with harness.user() as user, harness.agent("alice") as alice, harness.agent("bob") as bob:
+        conv = user.conversation_id
+        for attempt in (
+            {
+                "type": "message",
+                "id": "a1",
+                "conversation_id": conv,
+                "content_type": "text",
+                "content": {"text": "hi"},
+            },
+            {"type": "sign_off", "id": "a2", "conversation_id": conv},
+            {"type": "transfer", "id": "a3", "conversation_id": conv, "to_agent": None},
+            {"type": "typing", "id": "a4", "conversation_id": conv},
+            {
+                "type": "message",
+                "id": "a5",
+                "conversation_id": "no-such-chat",
+                "content_type": "text",
+                "content": {},
+            },
+        ):
+            with pytest.raises(ServerError) as refused:
+                await alice.request(attempt)
+            assert refused.value.code == "not_assigned"
+            assert refused.value.frame["id"] == attempt["id"]
+
+        # A chat that is not waiting cannot be claimed; the desk's refusal carries the id.
+        await alice.send_frame({"type": "claim", "id": "k1", "conversation_id": conv})
+        assert (await alice.wait_for(lambda f: f["type"] == "ack"))["id"] == "k1"
+        refusal = await alice.wait_for(error("not_waiting"))
+        assert (refusal["id"], refusal["conversation_id"]) == ("k1", conv)
+
+        # Alice takes it; Bob still may not write to it; a transfer to nobody fails.
+        await alice.set_presence("online")
+        await user.click(SESSION_START)
+        await user.wait_for(notice("agent_joined"))
+        with pytest.raises(ServerError) as refused:
+            await bob.say(conv, "let me in")
+        assert refused.value.code == "not_assigned"
+        await alice.send_frame(
+            {"type": "transfer", "id": "t1", "conversation_id": conv, "to_agent": "carol"}
+        )
+        failed = await alice.wait_for(error("transfer_failed"))
+        assert failed["id"] == "t1"
+        assert await alice.say(conv, "still mine") is not None
+
+
+async def test_a_user_cannot_restart_an_open_session(harness: WsHarness) -> None:
+    async with harness.user() as user:
+        await user.click(SESSION_START)
+        with pytest.raises(ServerError) as refused:
+            await user.click(SESSION_START)
+        assert refused.value.code == "session_already_open"
+
+
+# -- rate limit -----------------------------------------------------------------------------
+
+
+async def test_a_flood_is_rate_limited_and_the_connection_recovers() -> None:
+    async with (
+        running_ws_server(limits=Limits(rate=5.0, burst=5)) as harness,
+        harness.user() as user,
+    ):
+        for i in range(12):
+            await user.send_frame({"type": "ping", "id": i})
+        answers = [await user.next_frame() for _ in range(12)]
+        pongs = [f for f in answers if f["type"] == "pong"]
+        limited = [f for f in answers if f["type"] == "error"]
+        assert 5 <= len(pongs) < 12
+        assert limited and all(f["code"] == "rate_limited" for f in limited)
+        retry_after = max(f["retry_after"] for f in limited)
+        assert 0 < retry_after <= 1
+        await trio.sleep(retry_after + 0.05)  # the bucket refills with real time
+        await user.ping()
+
+
+# -- slow readers ---------------------------------------------------------------------------
+
+
+async def test_a_slow_reader_is_closed_with_4408_and_others_go_on() -> None:
+    limits = Limits(rate=1000.0, burst=1000, max_buffered=20)
+    async with running_ws_server(limits=limits) as harness, harness.user() as other:
+        port = int(harness.url.rsplit(":", 1)[1].strip("/"))
+        sock = trio.socket.socket()
+        # A tiny receive window: the kernel stops taking the server's frames almost at once.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        async with trio.open_nursery() as nursery:
+            slow = await wrap_client_stream(nursery, trio.SocketStream(sock), "127.0.0.1", "/")
+            await slow.send_message(hello(role="user"))
+            flood = json.dumps(
+                {"type": "message", "content_type": "text", "content": {"text": "flood 10 16000"}}
+            )
+            for _ in range(30):
+                await slow.send_message(flood)
+            # While it is stuck, everyone else is served promptly.
+            with trio.fail_after(2):
+                assert await other.say_text("am I slowed down?") == 1
+                await other.wait_for(text_entry("echo: am I slowed down?"))
+            # Now the slow client reads: the backlog, then the close.
+            frames: list[Frame] = []
+            with trio.fail_after(5):
+                try:
+                    while True:
+                        frames.append(json.loads(await slow.get_message()))
+                except ConnectionClosed as closed:
+                    assert closed.reason is not None and closed.reason.code == 4408
+            nursery.cancel_scope.cancel()
+        for frame in frames:
+            check_frame(frame)
+        welcome = frames[0]
+        seen = max(f["seq"] for f in frames if f["type"] == "entry")
+        # It resumes by seq and gets exactly what it missed.
+        async with harness.user(resume_token=welcome["resume_token"], last_seq=seen) as back:
+            store = harness.services.board.store
+            recorded = await store.entries_after(welcome["conversation_id"], seen)
+            assert recorded, "the conversation went on while its client was stuck"
+            replayed = [await back.next_frame() for _ in recorded]
+            assert [f["seq"] for f in replayed] == [e.seq for e in recorded]
+            assert replayed[0]["seq"] == seen + 1
+
+
+# -- bots that connect ----------------------------------------------------------------------
+
+
+async def test_a_connected_bot_gets_events_and_pushes_replies(harness: WsHarness) -> None:
+    async with harness.connected_bot("relay") as bot, harness.user(bot_id="relay") as user:
+        await user.say_text("hi relay")
+        event = await bot.wait_for(lambda f: f["type"] == "event")
+        assert (event["conversation_id"], event["content"]) == (
+            user.conversation_id,
+            {"text": "hi relay"},
+        )
+        seq = await bot.push_text(user.conversation_id, "hello from a connected bot")
+        assert (await user.wait_for(text_entry("hello from a connected bot")))["seq"] == seq
+
+        async with harness.user(bot_id="demo") as stranger:
+            with pytest.raises(ServerError) as refused:
+                await bot.push_text(stranger.conversation_id, "not mine")
+            assert refused.value.code == "forbidden"
+
+        await user.click(SESSION_START)
+        await user.wait_for(notice("session_started"))
+        with pytest.raises(ServerError) as refused:
+            await bot.push_text(user.conversation_id, "during the session")
+        assert refused.value.code == "session_open"
+
+
+async def test_with_no_bot_connected_the_user_hears_it_is_unavailable(harness: WsHarness) -> None:
+    async with harness.user(bot_id="relay") as user:
+        await user.say_text("anyone?")
+        told = await user.wait_for(lambda f: f.get("metadata", {}).get("code") == "bot_unavailable")
+        assert told["sender"] == "system"
+
+
+# -- shutdown -------------------------------------------------------------------------------
+
+
+async def test_shutdown_closes_every_connection_with_1001() -> None:
+    async with running_ws_server() as harness:
+        async with trio.open_nursery() as nursery:
+            port: int = await nursery.start(serve_websockets, harness.services, "127.0.0.1", 0)
+            url = f"ws://127.0.0.1:{port}/"
+            async with (
+                connect_user(url, frame_check=check_frame) as user,
+                connect_user(url) as second,
+            ):
+                await user.say_text("before shutdown")
+                nursery.cancel_scope.cancel()
+                assert await user.wait_closed() == 1001
+                assert await second.wait_closed() == 1001
+        # The other listener was not touched.
+        async with harness.user() as after:
+            assert await after.say_text("still served") == 1
+
+
+# -- random frames --------------------------------------------------------------------------
+
+ERROR_CODES = {
+    "bad_json",
+    "binary_frame",
+    "frame_too_large",
+    "unknown_type",
+    "invalid_frame",
+    "rate_limited",
+    "overloaded",
+    "forbidden",
+    "not_assigned",
+    "session_open",
+    "session_already_open",
+    "unknown_conversation",
+    "transfer_failed",
+    "not_waiting",
+    "cannot_claim",
+}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+framey = st.fixed_dictionaries(
+    {"type": st.sampled_from(["message", "typing", "ping", "presence", "claim", "hello", "x"])},
+    optional={
+        "id": st.one_of(st.text(max_size=8), st.integers()),
+        "content_type": st.sampled_from(["text", "payload", ""]),
+        "content": st.one_of(
+            st.just({"payload": SESSION_START}), st.just({"payload": SESSION_END}), json_values
+        ),
+        "conversation_id": st.text(max_size=8),
+        "status": st.sampled_from(["online", "away", "gone"]),
+        "v": st.integers(0, 2),
+    },
+)
+random_frame = st.one_of(
+    framey.map(json.dumps),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+    json_values.map(json.dumps),
+)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    frames=st.lists(random_frame, min_size=1, max_size=8),
+    role=st.sampled_from(["user", "agent", "bot"]),
+)
+async def test_random_frames_never_break_the_server(
+    harness: WsHarness, frames: list[str | bytes], role: str
+) -> None:
+    opened = {"user": harness.user, "agent": harness.agent, "bot": harness.connected_bot}[role]
+    with trio.fail_after(10):
+        async with opened() as peer:
+            for raw in frames:
+                await peer.send_raw(raw)
+            await peer.ping()  # everything before it has been handled, and it still answers
+            for frame in peer.take_all():
+                if frame["type"] == "error":
+                    assert frame["code"] in ERROR_CODES, frame
+        # Garbage before hello is closed with 4400, never anything else.
+        assert await close_code_after(harness.url, frames[0]) in (4400, 4401, 4404, None)
+        async with harness.user() as user:
+            assert await user.say_text("a normal session") is not None
+            await user.wait_for(text_entry("echo: a normal session"))
+
+
+async def test_expiry_pushes_session_expired_to_the_bot() -> None:
+    settings_ = BotSettings(session_timeout=0.3, grace_period=30)
+    async with running_ws_server(settings=settings_) as harness, harness.agent() as alice:
+        await alice.set_presence("online")
+        async with harness.user() as user:
+            await user.click(SESSION_START)
+            await user.wait_for(notice("agent_joined"))
+            await user.wait_for(notice("session_expired"))
+            await user.wait_for(text_entry("Sorry, nobody could answer in time."))
+        event = await harness.bot.wait_for_event(
+            lambda e: e.content.content.get("payload") == "LIVECHAT_SESSION_EXPIRED"
+        )
+        assert event.metadata["reason"] == "idle_timeout"

@@ -1,0 +1,57 @@
+"""Bot adapters: how Switchover reaches the bots it serves.
+
+``demo`` is the built-in in-process bot, ``csml`` a CSML engine server, ``webhook`` any bot
+behind a signed HTTP webhook. Any object with ``async def on_event(event) -> contents``
+(:class:`actors.Bot`) can also be embedded directly. See docs/bots.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any, cast
+
+import httpx
+
+from actors import Bot
+from transport.config import ConfigError
+
+ADAPTERS = ("demo", "csml", "webhook")
+
+
+def build_bot(
+    bot_id: str,
+    adapter: str,
+    options: Mapping[str, Any],
+    *,
+    http: httpx.AsyncClient | None = None,
+) -> Bot:
+    """The bot ``bot_id`` served through ``adapter`` with its ``options`` (the
+    ``[bots.<id>.options]`` table). ``http`` is the pooled client remote adapters share;
+    without one, each remote bot makes its own (closed by its ``aclose()``).
+
+    Raises :class:`~transport.config.ConfigError` naming every bad option.
+    """
+    if adapter == "demo":
+        # Imported only when used: the demo bot is one adapter among others.
+        demo = importlib.import_module("transport.bots.demo")
+        try:
+            return cast(Bot, demo.DemoBot(**dict(options)))
+        except TypeError as exc:
+            raise ConfigError(
+                f"bots.{bot_id}.options: not accepted by the demo bot: {exc}"
+            ) from None
+    if adapter == "csml":
+        from .csml import CsmlBot
+
+        return CsmlBot.from_options(bot_id, options, http=http)
+    if adapter == "webhook":
+        from .webhook import WebhookBot
+
+        return WebhookBot.from_options(bot_id, options, http=http)
+    raise ConfigError(
+        f"bots.{bot_id}.adapter: unknown adapter {adapter!r}; known: {', '.join(ADAPTERS)}"
+    )
+
+
+__all__ = ["ADAPTERS", "build_bot"]

@@ -1,0 +1,144 @@
+"""``POST /v1/bots/{bot_id}/messages``: a bot sends a user messages later, not as the answer
+to an event (a reminder, the result of a slow job).
+
+The bot authenticates with its token (``Authorization: Bearer <token>``, the ``token`` of
+``[bots.<id>]``) and posts ``{"conversation_id": "...", "messages": [content, ...]}``. The
+messages are shown to the user like any other bot reply, and refused (409) while a livechat
+session is open: then a human has the conversation and the bot must stay quiet.
+
+:func:`push_messages` is a plain function of the request's parts, so any HTTP server can
+mount it; :func:`register` mounts it on Switchover's own HTTP app.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from actors import Accepted, BotSays, Content, Overloaded
+
+from ..services import Services
+
+if TYPE_CHECKING:
+    from ..http_app import HttpApp, Request, Response
+
+log = logging.getLogger("switchover.bots.push")
+
+PATH = "/v1/bots/{bot_id}/messages"
+MAX_BODY_BYTES = 64 * 1024
+MAX_MESSAGES = 20
+ANSWER_WITHIN = 10.0
+
+PushResult = tuple[int, dict[str, Any]]
+
+
+def _error(status: int, code: str, message: str) -> PushResult:
+    return status, {"error": code, "message": message}
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == "authorization":
+            scheme, _, token = value.strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def _bot_of(services: Services, token: str) -> str | None:
+    """The bot a token belongs to, comparing in constant time."""
+    found = None
+    for known, bot_id in services.bot_tokens.items():
+        if hmac.compare_digest(known.encode("utf-8"), token.encode("utf-8")):
+            found = bot_id
+    return found
+
+
+def _messages(data: Mapping[str, Any]) -> list[Content] | PushResult:
+    raw = data.get("messages")
+    if not isinstance(raw, list) or not raw:
+        return _error(400, "bad_request", '"messages" must be a non-empty array of contents.')
+    if len(raw) > MAX_MESSAGES:
+        return _error(400, "bad_request", f"At most {MAX_MESSAGES} messages per request.")
+    contents = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            return _error(400, "bad_request", f"messages[{index}] must be an object.")
+        try:
+            contents.append(Content.from_json(item))
+        except ValueError as exc:
+            return _error(400, "bad_request", f"messages[{index}]: {exc}.")
+    return contents
+
+
+async def push_messages(
+    services: Services, bot_id: str, headers: Mapping[str, str], body: bytes
+) -> PushResult:
+    """Handle one push: returns the HTTP status and the JSON body to answer with.
+
+    200 ``{"accepted": true, "seq": n}`` (the sequence number of the last message shown);
+    401 without a valid token, 403 with another bot's token, 404 for a conversation this
+    bot does not serve, 409 when a livechat session is open, 413/400 for bad bodies, 429
+    when the conversation is overloaded.
+    """
+    token = _bearer(headers)
+    if token is None:
+        return _error(401, "unauthorized", "Send the bot's token as 'Authorization: Bearer'.")
+    owner = _bot_of(services, token)
+    if owner is None:
+        return _error(401, "unauthorized", "Unknown bot token.")
+    if owner != bot_id:
+        return _error(403, "forbidden", f"This token does not belong to bot {bot_id!r}.")
+    if len(body) > MAX_BODY_BYTES:
+        return _error(413, "too_large", f"Bodies are limited to {MAX_BODY_BYTES} bytes.")
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return _error(400, "bad_request", "The body must be JSON.")
+    if not isinstance(data, Mapping):
+        return _error(400, "bad_request", "The body must be a JSON object.")
+    conversation_id = data.get("conversation_id")
+    if not isinstance(conversation_id, str) or not conversation_id:
+        return _error(400, "bad_request", '"conversation_id" must be a non-empty string.')
+    contents = _messages(data)
+    if isinstance(contents, tuple):
+        return contents
+    board = services.board
+    state = await board.store.load(conversation_id)
+    if state is None or state.bot_id != bot_id:
+        # The same answer for "no such conversation" and "another bot's": a bot cannot
+        # probe for conversations it does not serve.
+        return _error(404, "unknown_conversation", "No such conversation for this bot.")
+    try:
+        with trio.fail_after(ANSWER_WITHIN):
+            outcome = await board.ask(conversation_id, BotSays(tuple(contents)))
+    except Overloaded:
+        return _error(429, "overloaded", "The conversation is busy; retry shortly.")
+    except trio.TooSlowError:
+        return _error(503, "unavailable", "The conversation did not answer in time.")
+    if isinstance(outcome, Accepted):
+        return 200, {"accepted": True, "seq": outcome.seq}
+    status = 409 if outcome.code == "session_open" else 400
+    log.info(
+        "push refused: %s",
+        outcome.detail,
+        extra={"conversation_id": conversation_id, "bot_id": bot_id},
+    )
+    return _error(status, outcome.code, outcome.detail)
+
+
+def register(app: HttpApp, services: Services) -> None:
+    """Mount :func:`push_messages` on Switchover's HTTP app."""
+    from ..http_app import Response
+
+    async def handle(request: Request) -> Response:
+        status, answer = await push_messages(
+            services, request.params["bot_id"], request.headers, request.body
+        )
+        return Response.json(answer, status)
+
+    app.add_route("POST", PATH, handle)

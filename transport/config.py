@@ -1,0 +1,567 @@
+"""The server's configuration: a TOML file, environment variables, and embedded defaults.
+
+Precedence, lowest first: the embedded defaults, the TOML file, ``SWITCHOVER_*`` environment
+variables, then command-line flags (applied by the CLI with :func:`with_overrides`). Without a
+file, Switchover serves one demo bot and one demo agent whose token is generated at start-up,
+so ``switchover serve`` is useful on a fresh machine.
+
+Every problem found is reported with the dotted key it concerns (``bots.demo.settings.
+session_timeout``), and all problems are reported at once, so a config is fixed in one pass.
+See docs/configuration.md for the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from actors import BotSettings
+
+from .logs import LOG_FORMATS
+from .services import Limits
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_WS_PORT = 8765
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_BOT = "demo"
+DEFAULT_AGENT = "demo-agent"
+STORE_KINDS = ("sqlite", "memory")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SECRET_FILE = "secret"
+
+
+class ConfigError(Exception):
+    """The configuration is wrong. ``problems`` lists each one, naming its key."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+@attrs.frozen
+class BotConfig:
+    """A bot served: how to reach it (``adapter`` and its ``options``), its livechat
+    settings, and the backend its sessions go to. ``token`` lets it connect or push."""
+
+    bot_id: str
+    adapter: str = "demo"
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    settings: BotSettings = BotSettings()
+    backend: str = "desk"
+    token: str | None = None
+
+
+@attrs.frozen
+class AgentConfig:
+    """A human agent of the built-in desk. ``generated`` marks a token made up at start-up,
+    which the server prints so someone can use it."""
+
+    agent_id: str
+    name: str
+    token: str
+    bots: frozenset[str]
+    capacity: int | None = None
+    generated: bool = False
+
+
+@attrs.frozen
+class ListenerConfig:
+    """Where the server listens. ``public_ws_url`` is the WebSocket address the web pages
+    are told to use when the server sits behind a proxy; by default they use the host they
+    loaded the page from with ``ws_port``."""
+
+    host: str = DEFAULT_HOST
+    ws_port: int = DEFAULT_WS_PORT
+    http_port: int = DEFAULT_HTTP_PORT
+    public_ws_url: str | None = None
+    shutdown_timeout: float = 5.0
+
+
+@attrs.frozen
+class StoreConfig:
+    """``kind`` "sqlite" keeps conversations in ``data_dir``; "memory" forgets them on exit.
+    Without a ``data_dir`` the default kind is "memory"."""
+
+    kind: str = "memory"
+    data_dir: Path | None = None
+
+
+@attrs.frozen
+class LoggingConfig:
+    format: str = "text"
+    level: str = "info"
+
+
+@attrs.frozen
+class Config:
+    bots: Mapping[str, BotConfig]
+    agents: Mapping[str, AgentConfig]
+    listeners: ListenerConfig = ListenerConfig()
+    limits: Limits = Limits()
+    store: StoreConfig = StoreConfig()
+    logging: LoggingConfig = LoggingConfig()
+    secret: str | None = None
+    default_bot: str = DEFAULT_BOT
+    source: str = "embedded defaults"
+
+    @property
+    def generated_agents(self) -> list[AgentConfig]:
+        return [agent for agent in self.agents.values() if agent.generated]
+
+
+# -- reading values -----------------------------------------------------------------------
+
+
+class _Reader:
+    """Collects problems while taking typed values out of a TOML table."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    def table(self, data: Mapping[str, Any], key: str, name: str) -> Mapping[str, Any]:
+        value = data.get(name, {})
+        if not isinstance(value, Mapping):
+            self.problem(_join(key, name), f"must be a table, got {_kind(value)}")
+            return {}
+        return value
+
+    def unknown(self, data: Mapping[str, Any], key: str, allowed: set[str]) -> None:
+        for name in data:
+            if name not in allowed:
+                hint = f"; known keys: {', '.join(sorted(allowed))}" if allowed else ""
+                self.problem(_join(key, name), f"unknown key{hint}")
+
+    def string(
+        self, data: Mapping[str, Any], key: str, name: str, default: str | None = None
+    ) -> str | None:
+        value = data.get(name, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.problem(_join(key, name), f"must be a non-empty string, got {_shown(value)}")
+            return default
+        return value
+
+    def choice(
+        self, data: Mapping[str, Any], key: str, name: str, choices: tuple[str, ...], default: str
+    ) -> str:
+        value = self.string(data, key, name, default) or default
+        if value.lower() not in choices:
+            self.problem(_join(key, name), f"must be one of {', '.join(choices)}, got {value!r}")
+            return default
+        return value.lower()
+
+    def integer(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        name: str,
+        default: int | None,
+        *,
+        low: int = 0,
+        high: int | None = None,
+    ) -> int | None:
+        value = data.get(name, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(_join(key, name), f"must be an integer, got {_shown(value)}")
+            return default
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            self.problem(_join(key, name), f"must be {bounds}, got {value}")
+            return default
+        return value
+
+    def number(self, data: Mapping[str, Any], key: str, name: str, default: float) -> float:
+        value = data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.problem(_join(key, name), f"must be a number, got {_shown(value)}")
+            return default
+        if value <= 0:
+            self.problem(_join(key, name), f"must be positive, got {value}")
+            return default
+        return float(value)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _kind(value: object) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return f"{_kind(value)} ({value!r})"
+    return _kind(value)
+
+
+def _attrs_from_table(
+    reader: _Reader, data: Mapping[str, Any], key: str, cls: type[Any], what: str
+) -> Any:
+    """Build an attrs class (BotSettings, Limits) from a table, checking each field's type
+    from its declared annotation, so new fields are configurable without touching this."""
+    fields = {field.name: field for field in attrs.fields(cls)}
+    reader.unknown(data, key, set(fields))
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in fields:
+            continue
+        declared = str(fields[name].type)
+        full = _join(key, name)
+        if "str" in declared:
+            ok = isinstance(value, str)
+            expected = "a string"
+        elif "float" in declared:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            expected = "a number"
+        elif "int" in declared:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            expected = "an integer"
+        else:
+            ok, expected = True, ""
+        if not ok:
+            reader.problem(full, f"must be {expected}, got {_shown(value)}")
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+            reader.problem(full, f"must be positive, got {value}")
+            continue
+        values[name] = float(value) if "float" in declared and isinstance(value, int) else value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        reader.problem(key, f"invalid {what}: {exc}")
+        return cls()
+
+
+# -- the sections -------------------------------------------------------------------------
+
+_TOP_KEYS = {"bots", "agents", "listeners", "limits", "store", "logging", "secret", "default_bot"}
+_BOT_KEYS = {"adapter", "options", "settings", "backend", "token"}
+_AGENT_KEYS = {"name", "token", "capacity", "bots"}
+_LISTENER_KEYS = {"host", "ws_port", "http_port", "public_ws_url", "shutdown_timeout"}
+_STORE_KEYS = {"kind", "data_dir"}
+_LOGGING_KEYS = {"format", "level"}
+
+
+def _bots(reader: _Reader, data: Mapping[str, Any]) -> dict[str, BotConfig]:
+    table = reader.table(data, "", "bots")
+    if not table and "bots" in data:
+        reader.problem("bots", "at least one bot is required")
+    bots: dict[str, BotConfig] = {}
+    for bot_id, entry in table.items():
+        key = f"bots.{bot_id}"
+        if not isinstance(entry, Mapping):
+            reader.problem(key, f"must be a table, got {_kind(entry)}")
+            continue
+        reader.unknown(entry, key, _BOT_KEYS)
+        settings = _attrs_from_table(
+            reader, reader.table(entry, key, "settings"), f"{key}.settings", BotSettings, "settings"
+        )
+        backend = reader.string(entry, key, "backend", "desk") or "desk"
+        if backend != "desk":
+            reader.problem(f"{key}.backend", f"unknown livechat backend {backend!r}; known: desk")
+        bots[bot_id] = BotConfig(
+            bot_id,
+            adapter=reader.string(entry, key, "adapter", "demo") or "demo",
+            options=dict(reader.table(entry, key, "options")),
+            settings=settings,
+            backend=backend,
+            token=reader.string(entry, key, "token"),
+        )
+    return bots
+
+
+def _agents(reader: _Reader, data: Mapping[str, Any], bot_ids: list[str]) -> dict[str, AgentConfig]:
+    agents: dict[str, AgentConfig] = {}
+    for agent_id, entry in reader.table(data, "", "agents").items():
+        key = f"agents.{agent_id}"
+        if not isinstance(entry, Mapping):
+            reader.problem(key, f"must be a table, got {_kind(entry)}")
+            continue
+        reader.unknown(entry, key, _AGENT_KEYS)
+        token = reader.string(entry, key, "token")
+        if token is None and "token" not in entry:
+            reader.problem(f"{key}.token", "is required (the secret this agent signs in with)")
+        served = entry.get("bots", bot_ids)
+        if not isinstance(served, list) or not all(isinstance(b, str) for b in served):
+            reader.problem(f"{key}.bots", f"must be an array of bot ids, got {_kind(served)}")
+            served = []
+        for bot_id in served:
+            if bot_id not in bot_ids:
+                reader.problem(
+                    f"{key}.bots", f"names unknown bot {bot_id!r}; known: {', '.join(bot_ids)}"
+                )
+        agents[agent_id] = AgentConfig(
+            agent_id,
+            name=reader.string(entry, key, "name", agent_id) or agent_id,
+            token=token or "",
+            bots=frozenset(b for b in served if b in bot_ids),
+            capacity=reader.integer(entry, key, "capacity", None, low=1),
+        )
+    return agents
+
+
+def _listeners(reader: _Reader, data: Mapping[str, Any]) -> ListenerConfig:
+    table = reader.table(data, "", "listeners")
+    reader.unknown(table, "listeners", _LISTENER_KEYS)
+    return ListenerConfig(
+        host=reader.string(table, "listeners", "host", DEFAULT_HOST) or DEFAULT_HOST,
+        ws_port=_port(reader, table, "ws_port", DEFAULT_WS_PORT),
+        http_port=_port(reader, table, "http_port", DEFAULT_HTTP_PORT),
+        public_ws_url=reader.string(table, "listeners", "public_ws_url"),
+        shutdown_timeout=reader.number(table, "listeners", "shutdown_timeout", 5.0),
+    )
+
+
+def _port(reader: _Reader, table: Mapping[str, Any], name: str, default: int) -> int:
+    return reader.integer(table, "listeners", name, default, low=0, high=65535) or 0
+
+
+def _store(reader: _Reader, data: Mapping[str, Any], base: Path) -> StoreConfig:
+    table = reader.table(data, "", "store")
+    reader.unknown(table, "store", _STORE_KEYS)
+    raw_dir = reader.string(table, "store", "data_dir")
+    data_dir = (base / raw_dir).resolve() if raw_dir else None
+    kind = reader.choice(
+        table, "store", "kind", STORE_KINDS, "sqlite" if data_dir is not None else "memory"
+    )
+    if kind == "sqlite" and data_dir is None:
+        reader.problem("store.data_dir", 'is required when store.kind is "sqlite"')
+    return StoreConfig(kind, data_dir)
+
+
+def _logging(reader: _Reader, data: Mapping[str, Any]) -> LoggingConfig:
+    table = reader.table(data, "", "logging")
+    reader.unknown(table, "logging", _LOGGING_KEYS)
+    return LoggingConfig(
+        format=reader.choice(table, "logging", "format", LOG_FORMATS, "text"),
+        level=reader.choice(table, "logging", "level", LOG_LEVELS, "info"),
+    )
+
+
+def _check_tokens(reader: _Reader, config: Config) -> None:
+    seen: dict[str, str] = {}
+    owners = [(f"agents.{a.agent_id}.token", a.token) for a in config.agents.values()] + [
+        (f"bots.{b.bot_id}.token", b.token) for b in config.bots.values() if b.token
+    ]
+    for key, token in owners:
+        if not token:
+            continue
+        if token in seen:
+            reader.problem(key, f"is the same token as {seen[token]}")
+        else:
+            seen[token] = key
+
+
+# -- building a config --------------------------------------------------------------------
+
+
+def from_mapping(
+    data: Mapping[str, Any], *, base: Path | None = None, source: str = "<config>"
+) -> Config:
+    """Validate a parsed TOML document. Relative paths are taken from ``base``."""
+    reader = _Reader()
+    reader.unknown(data, "", _TOP_KEYS)
+    bots = _bots(reader, data)
+    if "bots" not in data:
+        bots = {DEFAULT_BOT: BotConfig(DEFAULT_BOT)}
+    agents = _agents(reader, data, list(bots))
+    default_bot = reader.string(data, "", "default_bot", next(iter(bots), DEFAULT_BOT))
+    if default_bot not in bots and bots:
+        reader.problem(
+            "default_bot", f"names unknown bot {default_bot!r}; known: {', '.join(bots)}"
+        )
+    limits_table = reader.table(data, "", "limits")
+    config = Config(
+        bots=bots,
+        agents=agents,
+        listeners=_listeners(reader, data),
+        limits=_attrs_from_table(reader, limits_table, "limits", Limits, "limits"),
+        store=_store(reader, data, base or Path.cwd()),
+        logging=_logging(reader, data),
+        secret=reader.string(data, "", "secret"),
+        default_bot=default_bot or DEFAULT_BOT,
+        source=source,
+    )
+    _check_tokens(reader, config)
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return config
+
+
+def embedded_defaults() -> Config:
+    """One demo bot and one demo agent, whose token is made up now."""
+    agent = AgentConfig(
+        DEFAULT_AGENT,
+        "Demo Agent",
+        secrets.token_urlsafe(18),
+        frozenset({DEFAULT_BOT}),
+        generated=True,
+    )
+    return Config(bots={DEFAULT_BOT: BotConfig(DEFAULT_BOT)}, agents={DEFAULT_AGENT: agent})
+
+
+def load_file(path: Path) -> Config:
+    """Read and validate a TOML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_mapping(data, base=path.resolve().parent, source=str(path))
+
+
+# -- overrides ----------------------------------------------------------------------------
+
+ENVIRONMENT = {
+    "SWITCHOVER_HOST": "host",
+    "SWITCHOVER_WS_PORT": "ws_port",
+    "SWITCHOVER_HTTP_PORT": "http_port",
+    "SWITCHOVER_PUBLIC_WS_URL": "public_ws_url",
+    "SWITCHOVER_DATA_DIR": "data_dir",
+    "SWITCHOVER_STORE": "store",
+    "SWITCHOVER_SECRET": "secret",
+    "SWITCHOVER_LOG_FORMAT": "log_format",
+    "SWITCHOVER_LOG_LEVEL": "log_level",
+}
+
+
+def with_overrides(
+    config: Config, overrides: Mapping[str, str | int | None], origin: str
+) -> Config:
+    """Apply overrides named as the values of :data:`ENVIRONMENT` (``None`` or empty values
+    are skipped). ``origin`` is "environment" or "flags", for the error messages."""
+    problems: list[str] = []
+
+    def named(name: str) -> str:
+        if origin == "environment":
+            return next(env for env, field in ENVIRONMENT.items() if field == name)
+        return f"--{name.replace('_', '-')}"
+
+    def port(name: str, value: str | int) -> int | None:
+        try:
+            number = int(value)
+        except ValueError:
+            problems.append(f"{named(name)}: must be a port number, got {value!r}")
+            return None
+        if not 0 <= number <= 65535:
+            problems.append(f"{named(name)}: must be between 0 and 65535, got {number}")
+            return None
+        return number
+
+    def choice(name: str, value: str, choices: tuple[str, ...]) -> str | None:
+        if value.lower() not in choices:
+            problems.append(f"{named(name)}: must be one of {', '.join(choices)}, got {value!r}")
+            return None
+        return value.lower()
+
+    listeners, store, logs = config.listeners, config.store, config.logging
+    secret = config.secret
+    for name, value in overrides.items():
+        if value is None or value == "":
+            continue
+        text = str(value)
+        if name == "host":
+            listeners = attrs.evolve(listeners, host=text)
+        elif name == "ws_port":
+            number = port(name, value)
+            listeners = listeners if number is None else attrs.evolve(listeners, ws_port=number)
+        elif name == "http_port":
+            number = port(name, value)
+            listeners = listeners if number is None else attrs.evolve(listeners, http_port=number)
+        elif name == "public_ws_url":
+            listeners = attrs.evolve(listeners, public_ws_url=text)
+        elif name == "data_dir":
+            # Naming a data directory means "keep things there" unless memory was asked for.
+            kind = "sqlite" if store.data_dir is None else store.kind
+            store = StoreConfig(kind, Path(text).expanduser().resolve())
+        elif name == "store":
+            chosen = choice(name, text, STORE_KINDS)
+            store = store if chosen is None else attrs.evolve(store, kind=chosen)
+        elif name == "secret":
+            secret = text
+        elif name == "log_format":
+            chosen = choice(name, text, LOG_FORMATS)
+            logs = logs if chosen is None else attrs.evolve(logs, format=chosen)
+        elif name == "log_level":
+            chosen = choice(name, text, LOG_LEVELS)
+            logs = logs if chosen is None else attrs.evolve(logs, level=chosen)
+        else:
+            raise KeyError(f"unknown override {name!r}")
+    if store.kind == "sqlite" and store.data_dir is None:
+        problems.append(f'{named("data_dir")}: is required when the store kind is "sqlite"')
+    if problems:
+        raise ConfigError(problems)
+    return attrs.evolve(config, listeners=listeners, store=store, logging=logs, secret=secret)
+
+
+def environment_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str | int | None]:
+    environ = os.environ if environ is None else environ
+    return {field: environ.get(env) for env, field in ENVIRONMENT.items()}
+
+
+def load(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str | int | None] | None = None,
+) -> Config:
+    """The effective config: the file (or the embedded defaults), then the environment,
+    then command-line ``flags``."""
+    config = load_file(path) if path is not None else embedded_defaults()
+    config = with_overrides(config, environment_overrides(environ), "environment")
+    if flags:
+        config = with_overrides(config, flags, "flags")
+    return config
+
+
+# -- the signing secret -------------------------------------------------------------------
+
+
+def signing_secret(config: Config) -> str:
+    """The key that signs users' resume tokens.
+
+    Taken from the config when set; otherwise read from ``data_dir/secret``, which is created
+    (readable by its owner only) on first start, so tokens stay valid across restarts. With
+    no data directory, a fresh key per process: nothing else survives a restart either.
+    """
+    if config.secret:
+        return config.secret
+    data_dir = config.store.data_dir
+    if data_dir is None:
+        return secrets.token_urlsafe(32)
+    path = data_dir / SECRET_FILE
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(secret + "\n")
+    return secret

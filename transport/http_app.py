@@ -1,0 +1,454 @@
+"""The HTTP side: health, metrics, the web pages, and a route table other modules extend.
+
+trio-websocket cannot answer plain HTTP, so a second listener serves this small ASGI app with
+hypercorn's trio worker. It has no framework underneath on purpose: a handful of routes, each
+an ``async`` function from :class:`Request` to :class:`Response`, registered with
+:meth:`HttpApp.add_route`. Bot push endpoints and webhooks from livechat platforms register
+their routes the same way (see :func:`mount_extensions`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import mimetypes
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from .services import Services
+from .version import version
+
+log = logging.getLogger("switchover.http")
+
+WEB_DIR = Path(__file__).parent / "web"
+MAX_BODY_BYTES = 1024 * 1024
+
+# Files the web pages may load: plain names in web/ (and its subfolders), no dot-files.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+    ".map": "application/json",
+    ".woff2": "font/woff2",
+}
+
+Scope = Mapping[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@attrs.frozen
+class Request:
+    """One HTTP request, read whole (bodies are small here: JSON from bots and webhooks)."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+    params: Mapping[str, str] = attrs.field(factory=dict)
+
+    def json(self) -> Any:
+        """The body as JSON; raises ``ValueError`` when it is not."""
+        return json.loads(self.body.decode("utf-8"))
+
+
+@attrs.frozen
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200) -> Response:
+        return cls(status, json.dumps(data).encode("utf-8"), "application/json")
+
+    @classmethod
+    def error(cls, status: int, code: str, message: str) -> Response:
+        """Every error answer has the same shape: a stable ``error`` code and words."""
+        return cls.json({"error": code, "message": message}, status)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@attrs.frozen
+class Route:
+    method: str
+    template: str
+    handler: Handler
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def of(cls, method: str, template: str, handler: Handler) -> Route:
+        """``template`` is a path whose ``{name}`` segments match one path segment each, and
+        a final ``{name:path}`` the rest of the path."""
+        parts = []
+        for segment in template.strip("/").split("/"):
+            match = re.fullmatch(r"\{(\w+)(:path)?\}", segment)
+            if match is None:
+                parts.append(re.escape(segment))
+            else:
+                parts.append(f"(?P<{match.group(1)}>{'.+' if match.group(2) else '[^/]+'})")
+        return cls(method.upper(), template, handler, re.compile("^/" + "/".join(parts) + "$"))
+
+
+@attrs.frozen
+class Metric:
+    """One Prometheus sample, with its help text and type."""
+
+    name: str
+    kind: str
+    help: str
+    value: float
+
+
+MetricSource = Callable[[], Iterable[Metric]]
+
+
+class HttpApp:
+    """The ASGI application.
+
+    ``ws_port`` is the WebSocket listener's bound port, set by the runtime once it listens,
+    so the web pages learn where to connect from ``/config.json``. ``stopping`` turns
+    ``/healthz`` to 503 during a graceful shutdown, so a load balancer stops sending users.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        web_dir: Path = WEB_DIR,
+        ws_port: int = 0,
+        public_ws_url: str | None = None,
+    ) -> None:
+        self.services = services
+        self.web_dir = web_dir.resolve()
+        self.ws_port = ws_port
+        self.public_ws_url = public_ws_url
+        self.stopping = False
+        self.started_at = time.monotonic()
+        self.routes: list[Route] = []
+        self.metric_sources: list[MetricSource] = [self._core_metrics]
+        self.add_route("GET", "/", self.index)
+        self.add_route("GET", "/healthz", self.healthz)
+        self.add_route("GET", "/metrics", self.metrics)
+        self.add_route("GET", "/config.json", self.client_config)
+        self.add_route("GET", "/desk", self._page("desk.html"))
+        self.add_route("GET", "/widget", self._page("widget.html"))
+        self.add_route("GET", "/static/{name:path}", self.static)
+
+    # -- extending ----------------------------------------------------------------------
+
+    def add_route(self, method: str, template: str, handler: Handler) -> None:
+        """Serve ``method template`` with ``handler``. Later routes do not shadow earlier
+        ones with the same template and method."""
+        self.routes.append(Route.of(method, template, handler))
+
+    def add_metrics(self, source: MetricSource) -> None:
+        """Add samples to ``/metrics``: ``source`` is called on every scrape."""
+        self.metric_sources.append(source)
+
+    # -- ASGI ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        response = await self._respond(scope, receive)
+        headers = [
+            (b"content-type", response.content_type.encode("latin-1")),
+            (b"content-length", str(len(response.body)).encode("latin-1")),
+            (b"x-content-type-options", b"nosniff"),
+            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()),
+        ]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        body = b"" if scope["method"] == "HEAD" else response.body
+        await send({"type": "http.response.body", "body": body})
+
+    async def _respond(self, scope: Scope, receive: Receive) -> Response:
+        body = await _read_body(receive, MAX_BODY_BYTES)
+        if body is None:
+            return Response.error(
+                413, "too_large", f"Bodies are limited to {MAX_BODY_BYTES} bytes."
+            )
+        method = scope["method"].upper()
+        path = scope["path"]
+        allowed: list[str] = []
+        for route in self.routes:
+            match = route.pattern.match(path)
+            if match is None:
+                continue
+            if route.method != method and not (route.method == "GET" and method == "HEAD"):
+                allowed.append(route.method)
+                continue
+            request = Request(
+                method,
+                path,
+                scope.get("query_string", b"").decode("latin-1"),
+                {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+                body,
+                match.groupdict(),
+            )
+            try:
+                return await route.handler(request)
+            except Exception:
+                log.exception("%s %s failed", method, path)
+                return Response.error(500, "internal_error", "The request could not be handled.")
+        if allowed:
+            return Response(
+                405,
+                b"method not allowed\n",
+                headers={"allow": ", ".join(sorted(set(allowed)))},
+            )
+        return Response.error(404, "not_found", f"Nothing at {path}.")
+
+    # -- the routes ---------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        page = (
+            '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            "<title>Switchover</title></head><body>\n<h1>Switchover</h1>\n<ul>\n"
+            '<li><a href="/widget">Chat widget</a> (talk to the bot, ask for a human)</li>\n'
+            '<li><a href="/desk">Agent desk</a> (answer the chats)</li>\n'
+            '<li><a href="/healthz">Health</a> and <a href="/metrics">metrics</a></li>\n'
+            "</ul>\n</body></html>\n"
+        )
+        return Response(200, page.encode("utf-8"), _CONTENT_TYPES[".html"])
+
+    async def healthz(self, request: Request) -> Response:
+        board, desk = self.services.board, self.services.desk
+        data = {
+            "status": "stopping" if self.stopping else "ok",
+            "version": version(),
+            "active_conversations": board.active_conversations,
+            "queue_length": desk.queue_length,
+            "agents_available": desk.agents_available,
+        }
+        return Response.json(data, 503 if self.stopping else 200)
+
+    async def metrics(self, request: Request) -> Response:
+        lines: list[str] = []
+        for source in self.metric_sources:
+            for metric in source():
+                lines.append(f"# HELP {metric.name} {metric.help}")
+                lines.append(f"# TYPE {metric.name} {metric.kind}")
+                lines.append(f"{metric.name} {_sample(metric.value)}")
+        body = ("\n".join(lines) + "\n").encode("utf-8")
+        return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
+
+    async def client_config(self, request: Request) -> Response:
+        data = {
+            "ws_url": self.ws_url(request.headers.get("host", "")),
+            "default_bot": self.services.default_bot,
+            "version": version(),
+        }
+        return Response.json(data)
+
+    def ws_url(self, host_header: str) -> str:
+        """Where browsers connect: the configured public address, else the host the page
+        came from with the WebSocket port."""
+        if self.public_ws_url:
+            return self.public_ws_url
+        host = _host_name(host_header) or "127.0.0.1"
+        return f"ws://{host}:{self.ws_port}/"
+
+    async def static(self, request: Request) -> Response:
+        return self.file_response(request.params["name"])
+
+    def _page(self, name: str) -> Handler:
+        async def page(request: Request) -> Response:
+            return self.file_response(name)
+
+        return page
+
+    def file_response(self, name: str) -> Response:
+        """A file of ``web/`` by its relative name; anything that is not plainly a file
+        inside it (``..``, absolute paths, dot-files, links out) is not found."""
+        missing = Response.error(404, "not_found", f"No file named {name!r}.")
+        if not _SAFE_NAME.match(name):
+            return missing
+        path = (self.web_dir / name).resolve()
+        if not path.is_relative_to(self.web_dir) or not path.is_file():
+            return missing
+        content_type = _CONTENT_TYPES.get(path.suffix.lower())
+        if content_type is None:
+            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return Response(200, path.read_bytes(), content_type, {"cache-control": "no-cache"})
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def _core_metrics(self) -> list[Metric]:
+        board, desk = self.services.board, self.services.desk
+        stats = board.stats
+        return [
+            Metric(
+                "switchover_conversations_started_total",
+                "counter",
+                "Conversations brought into memory (new, restored or woken from the store).",
+                stats.started,
+            ),
+            Metric(
+                "switchover_conversations_active",
+                "gauge",
+                "Conversations in memory now.",
+                board.active_conversations,
+            ),
+            Metric(
+                "switchover_conversations_hibernated_total",
+                "counter",
+                "Idle conversations that left memory (they come back from the store).",
+                stats.hibernated,
+            ),
+            Metric(
+                "switchover_conversation_restarts_total",
+                "counter",
+                "Conversation actors restarted after a failure.",
+                stats.restarts,
+            ),
+            Metric(
+                "switchover_conversation_escalations_total",
+                "counter",
+                "Conversations taken out of memory because restarting did not help.",
+                stats.escalations,
+            ),
+            Metric(
+                "switchover_queue_length",
+                "gauge",
+                "Livechat sessions waiting for an agent.",
+                desk.queue_length,
+            ),
+            Metric(
+                "switchover_agents_available",
+                "gauge",
+                "Agents connected and online.",
+                desk.agents_available,
+            ),
+            Metric(
+                "switchover_uptime_seconds",
+                "gauge",
+                "Seconds since the HTTP listener started.",
+                round(time.monotonic() - self.started_at, 3),
+            ),
+        ]
+
+
+def _sample(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _host_name(host_header: str) -> str:
+    """The host part of a ``Host`` header (``[::1]:8080`` → ``[::1]``)."""
+    if host_header.startswith("["):
+        end = host_header.find("]")
+        return host_header[: end + 1] if end != -1 else ""
+    return host_header.rsplit(":", 1)[0] if ":" in host_header else host_header
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+# -- extensions ---------------------------------------------------------------------------
+
+EXTENSIONS = ("transport.bots.push",)
+
+
+def mount_extensions(app: HttpApp, services: Services) -> list[str]:
+    """Let optional modules add their routes: each module in :data:`EXTENSIONS` that is
+    installed and has ``register(app, services)`` is called. Returns the ones mounted."""
+    mounted = []
+    for name in EXTENSIONS:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            continue
+        module = importlib.import_module(name)
+        register = getattr(module, "register", None)
+        if callable(register):
+            register(app, services)
+            mounted.append(name)
+    return mounted
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+async def serve_http(
+    app: HttpApp,
+    host: str,
+    port: int,
+    shutdown: trio.Event,
+    *,
+    graceful_timeout: float = 5.0,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` with hypercorn's trio worker until ``shutdown`` is set; report the bound
+    port (useful with port 0)."""
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve
+
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = graceful_timeout
+    config.accesslog = None
+    config.errorlog = logging.getLogger("switchover.http.server")
+    config.include_server_header = False
+
+    class _Started:
+        def started(self, bound: list[str] | None = None) -> None:
+            task_status.started(_port_of(bound or []))
+
+    # hypercorn's own types spell out every ASGI message; this app reads them as mappings.
+    asgi_app: Any = app
+    await serve(asgi_app, config, shutdown_trigger=shutdown.wait, task_status=_Started())
+
+
+def _port_of(bound: list[str]) -> int:
+    """The port of hypercorn's first bound URL, ``http://127.0.0.1:54321``."""
+    if not bound:
+        return 0
+    return int(bound[0].rsplit(":", 1)[1])

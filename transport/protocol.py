@@ -1,0 +1,516 @@
+"""The WebSocket wire protocol: client frames in, server frames out (docs/protocol.md).
+
+Inbound, :func:`parse_frame` turns one WebSocket message into a typed frame or raises
+:class:`BadFrame` with a stable error code; :func:`parse_hello` does the same for the first
+frame of a connection. Every frame is checked against its JSON Schema in
+``transport/schemas/``, compiled once at import. The common case, a ``message`` from a user
+or an agent, is checked by hand first: when that quick check passes, the schema would accept
+the frame too, and when it does not, the schema decides (and words the error), so behaviour is
+the same either way and the schema costs nothing on the hot path.
+
+Outbound, :func:`encode` turns a core delivery into the text of one frame. Frames are
+serialised once: the same entry delivered to a user and to an agent in a row is encoded once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from typing import Any, Final, Literal
+
+import attrs
+import jsonschema
+from referencing import Registry, Resource
+
+from actors import BotEvent, Content, DeskStatus, Entry, Problem, Transcript, Typing
+from actors.ports import Delivery
+
+VERSION: Final = 1
+Role = Literal["user", "agent", "bot"]
+ROLES: Final = ("user", "agent", "bot")
+FrameId = str | int
+
+_URN: Final = "urn:switchover:"
+
+
+# -- schemas ------------------------------------------------------------------------------
+
+
+def _load_schemas() -> dict[str, dict[str, Any]]:
+    folder = resources.files("transport") / "schemas"
+    schemas: dict[str, dict[str, Any]] = {}
+    for item in folder.iterdir():
+        if item.name.endswith(".json"):
+            schemas[item.name[: -len(".json")]] = json.loads(item.read_text("utf-8"))
+    return schemas
+
+
+SCHEMAS: Final = _load_schemas()
+_REGISTRY: Final = Registry().with_resources(
+    (schema["$id"], Resource.from_contents(schema)) for schema in SCHEMAS.values()
+)
+
+
+def validator(name: str) -> jsonschema.protocols.Validator:
+    """A compiled validator for the schema ``name`` (a file name without ``.json``)."""
+    schema = SCHEMAS[name]
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, registry=_REGISTRY)
+
+
+# Which frames each role may send after hello, and the schema of each.
+_CLIENT_SCHEMAS: Final[dict[str, dict[str, str]]] = {
+    "user": {
+        "message": "client.user.message",
+        "typing": "client.user.typing",
+        "ping": "client.ping",
+    },
+    "agent": {
+        "message": "client.agent.message",
+        "typing": "client.agent.typing",
+        "presence": "client.agent.presence",
+        "sign_off": "client.agent.sign_off",
+        "transfer": "client.agent.transfer",
+        "claim": "client.agent.claim",
+        "replay": "client.agent.replay",
+        "ping": "client.ping",
+    },
+    "bot": {"message": "client.bot.message", "ping": "client.ping"},
+}
+_CLIENT_VALIDATORS: Final = {
+    role: {kind: validator(name) for kind, name in kinds.items()}
+    for role, kinds in _CLIENT_SCHEMAS.items()
+}
+_HELLO_VALIDATORS: Final = {role: validator(f"client.hello.{role}") for role in ROLES}
+SERVER_VALIDATORS: Final = {
+    name[len("server.") :]: validator(name) for name in SCHEMAS if name.startswith("server.")
+}
+
+
+# -- typed client frames ------------------------------------------------------------------
+
+
+@attrs.frozen
+class UserHello:
+    """A user's hello: a new conversation (``resume_token`` is ``None``) or a return."""
+
+    bot_id: str | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    resume_token: str | None = None
+    last_seq: int = 0
+
+
+@attrs.frozen
+class AgentHello:
+    token: str
+    last_seqs: Mapping[str, int] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class BotHello:
+    token: str
+
+
+Hello = UserHello | AgentHello | BotHello
+
+
+@attrs.frozen
+class Say:
+    """A user's or an agent's message. ``conversation_id`` is required from agents."""
+
+    id: FrameId | None
+    conversation_id: str | None
+    content: Content
+
+
+@attrs.frozen
+class TypingNow:
+    id: FrameId | None
+    conversation_id: str | None
+
+
+@attrs.frozen
+class SetPresence:
+    id: FrameId | None
+    status: str
+
+
+@attrs.frozen
+class SignOff:
+    id: FrameId | None
+    conversation_id: str
+
+
+@attrs.frozen
+class Transfer:
+    id: FrameId | None
+    conversation_id: str
+    to_agent: str | None
+
+
+@attrs.frozen
+class Claim:
+    id: FrameId | None
+    conversation_id: str
+
+
+@attrs.frozen
+class ReplayAfter:
+    id: FrameId | None
+    conversation_id: str
+    after_seq: int
+
+
+@attrs.frozen
+class BotPush:
+    id: FrameId | None
+    conversation_id: str
+    contents: tuple[Content, ...]
+
+
+@attrs.frozen
+class Ping:
+    id: FrameId | None
+
+
+Frame = Say | TypingNow | SetPresence | SignOff | Transfer | Claim | ReplayAfter | BotPush | Ping
+
+
+class BadFrame(Exception):
+    """A frame that cannot be taken: ``code`` is the stable error code, ``message`` says why,
+    ``id`` is the frame's id when it could be read."""
+
+    def __init__(self, code: str, message: str, frame_id: FrameId | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.id = frame_id
+
+
+# -- parsing --------------------------------------------------------------------------------
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_loads = json.JSONDecoder(parse_constant=_no_constants).decode
+MAX_DEPTH: Final = 32
+_SAY_KEYS: Final = frozenset({"type", "id", "conversation_id", "content_type", "content"})
+
+
+def _readable_id(data: Mapping[str, Any]) -> FrameId | None:
+    """The frame's id if it is a valid one (so an error can carry it), else ``None``."""
+    value = data.get("id")
+    if isinstance(value, str) and len(value) <= 64:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def _quick_say(data: dict[str, Any], role: str) -> bool:
+    """True only if the message frame surely passes its schema (the hot path)."""
+    if not _SAY_KEYS.issuperset(data):
+        return False
+    content_type = data.get("content_type")
+    if not (
+        isinstance(content_type, str)
+        and 0 < len(content_type) <= 64
+        and type(data.get("content")) is dict
+    ):
+        return False
+    if "id" in data and _readable_id(data) is None:
+        return False
+    conversation_id = data.get("conversation_id")
+    if conversation_id is None:
+        return role == "user" and "conversation_id" not in data
+    return isinstance(conversation_id, str) and 0 < len(conversation_id) <= 128
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = "/".join(str(part) for part in error.absolute_path)
+    return f"{where or 'frame'}: {error.message}"[:300]
+
+
+def _check(data: dict[str, Any], check: jsonschema.protocols.Validator) -> None:
+    error = jsonschema.exceptions.best_match(check.iter_errors(data))
+    if error is not None:
+        raise BadFrame("invalid_frame", _describe(error), _readable_id(data))
+
+
+def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
+    if not isinstance(raw, str):
+        raise BadFrame("binary_frame", "Binary frames are not part of the protocol; send text.")
+    # A str of n characters holds at most 4n bytes of UTF-8: only long frames are encoded.
+    if len(raw) * 4 > max_bytes and len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise BadFrame("frame_too_large", f"Frames are limited to {max_bytes} bytes.")
+    try:
+        data = _loads(raw)
+    except ValueError as exc:
+        raise BadFrame("bad_json", f"The frame is not valid JSON: {exc}"[:300]) from None
+    except RecursionError:
+        raise BadFrame("bad_json", "The frame nests too deeply.") from None
+    if not isinstance(data, dict):
+        raise BadFrame("bad_json", "A frame must be a JSON object.")
+    # Deep nesting is cheap to send and costly to carry around: refuse it outright. Counting
+    # brackets first keeps the common, shallow frame from paying for the walk.
+    if raw.count("{") + raw.count("[") > MAX_DEPTH and _depth(data) > MAX_DEPTH:
+        raise BadFrame(
+            "invalid_frame", f"The frame nests deeper than {MAX_DEPTH} levels.", _readable_id(data)
+        )
+    return data
+
+
+def _depth(value: object, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def parse_frame(raw: str | bytes, role: str, max_bytes: int) -> Frame:
+    """Read one frame sent by a client of ``role`` after its hello."""
+    data = _decode(raw, max_bytes)
+    kind = data.get("type")
+    validators = _CLIENT_VALIDATORS[role]
+    if kind == "message" and role != "bot" and _quick_say(data, role):
+        return Say(
+            data.get("id"),
+            data.get("conversation_id"),
+            Content(data["content_type"], data["content"]),
+        )
+    check = validators.get(kind) if isinstance(kind, str) else None
+    if check is None:
+        allowed = ", ".join(sorted(validators))
+        raise BadFrame(
+            "unknown_type",
+            f"A {role} may send frames of type {allowed}; got {str(kind)[:40]!r}.",
+            _readable_id(data),
+        )
+    _check(data, check)
+    assert isinstance(kind, str)
+    return _build(kind, data)
+
+
+def _build(kind: str, data: dict[str, Any]) -> Frame:
+    frame_id = data.get("id")
+    conversation_id = data.get("conversation_id")
+    if kind == "message":
+        if "messages" in data:
+            contents = tuple(Content(m["content_type"], m["content"]) for m in data["messages"])
+            return BotPush(frame_id, data["conversation_id"], contents)
+        return Say(frame_id, conversation_id, Content(data["content_type"], data["content"]))
+    if kind == "typing":
+        return TypingNow(frame_id, conversation_id)
+    if kind == "presence":
+        return SetPresence(frame_id, data["status"])
+    if kind == "sign_off":
+        return SignOff(frame_id, data["conversation_id"])
+    if kind == "transfer":
+        return Transfer(frame_id, data["conversation_id"], data["to_agent"])
+    if kind == "claim":
+        return Claim(frame_id, data["conversation_id"])
+    if kind == "replay":
+        return ReplayAfter(frame_id, data["conversation_id"], data["after_seq"])
+    return Ping(frame_id)
+
+
+def parse_hello(raw: str | bytes, max_bytes: int) -> Hello:
+    """Read a connection's first frame. Any :class:`BadFrame` here closes with 4400."""
+    data = _decode(raw, max_bytes)
+    if data.get("type") != "hello":
+        raise BadFrame("unknown_type", "The first frame must be a hello.", _readable_id(data))
+    role = data.get("role")
+    if role not in ROLES:
+        raise BadFrame("invalid_frame", "hello needs a role: user, agent or bot.")
+    if data.get("v") != VERSION:
+        raise BadFrame(
+            "invalid_frame", f"Unsupported protocol version; this server speaks {VERSION}."
+        )
+    _check(data, _HELLO_VALIDATORS[role])
+    if role == "user":
+        return UserHello(
+            data.get("bot_id"),
+            data.get("metadata", {}),
+            data.get("resume_token"),
+            data.get("last_seq", 0),
+        )
+    if role == "agent":
+        return AgentHello(data["token"], data.get("last_seqs", {}))
+    return BotHello(data["token"])
+
+
+# -- building server frames -----------------------------------------------------------------
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+def dumps(frame: Mapping[str, Any]) -> str:
+    """Serialise a server frame (compact, UTF-8 friendly)."""
+    return _dumps(frame)
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
+    return entry.to_json()
+
+
+class _LastEntry:
+    """Remembers the last entry encoded: a conversation hands the same entry to the user's
+    and the agent's connections one after the other."""
+
+    entry: Entry | None = None
+    text: str = ""
+
+
+_last = _LastEntry()
+
+
+def entry_frame(entry: Entry) -> str:
+    if entry is _last.entry:
+        return _last.text
+    text = _dumps({"type": "entry", **entry.to_json()})
+    _last.entry = entry
+    _last.text = text
+    return text
+
+
+def typing_frame(typing: Typing) -> str:
+    data: dict[str, Any] = {
+        "type": "typing",
+        "conversation_id": typing.conversation_id,
+        "party": typing.party.value,
+    }
+    if typing.agent_id is not None:
+        data["agent_id"] = typing.agent_id
+    return _dumps(data)
+
+
+def transcript_frame(transcript: Transcript) -> str:
+    return _dumps(
+        {
+            "type": "transcript",
+            "conversation_id": transcript.conversation_id,
+            "session_id": transcript.session_id,
+            "bot_id": transcript.bot_id,
+            "user_id": transcript.user_id,
+            "user_metadata": dict(transcript.user_metadata),
+            "entries": [entry.to_json() for entry in transcript.entries],
+        }
+    )
+
+
+def desk_frame(status: DeskStatus) -> str:
+    return _dumps(
+        {
+            "type": "desk",
+            "agent_id": status.agent_id,
+            "name": status.name,
+            "presence": status.presence,
+            "capacity": status.capacity,
+            "chats": [attrs.asdict(chat) for chat in status.chats],
+            "queue": [attrs.asdict(item) for item in status.queue],
+        }
+    )
+
+
+def error_frame(
+    code: str,
+    message: str,
+    frame_id: FrameId | None = None,
+    conversation_id: str | None = None,
+    retry_after: float | None = None,
+) -> str:
+    data: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if frame_id is not None:
+        data["id"] = frame_id
+    if conversation_id is not None:
+        data["conversation_id"] = conversation_id
+    if retry_after is not None:
+        data["retry_after"] = round(retry_after, 3)
+    return _dumps(data)
+
+
+def ack_frame(frame_id: FrameId, seq: int | None) -> str:
+    return f'{{"type":"ack","id":{_dumps(frame_id)},"seq":{"null" if seq is None else seq}}}'
+
+
+def pong_frame(frame_id: FrameId | None) -> str:
+    return '{"type":"pong"}' if frame_id is None else f'{{"type":"pong","id":{_dumps(frame_id)}}}'
+
+
+def welcome_frame(role: Role, **fields: str) -> str:
+    return _dumps({"type": "welcome", "v": VERSION, "role": role, **fields})
+
+
+def event_frame(event: BotEvent) -> str:
+    """What a connected bot receives for one event."""
+    return _dumps(
+        {
+            "type": "event",
+            "event_id": event.event_id,
+            "conversation_id": event.conversation_id,
+            "bot_id": event.bot_id,
+            "user_id": event.user_id,
+            "content_type": event.content.content_type,
+            "content": dict(event.content.content),
+            "metadata": dict(event.metadata),
+        }
+    )
+
+
+def encode(item: Delivery) -> str:
+    """The frame for one core delivery."""
+    if isinstance(item, Entry):
+        return entry_frame(item)
+    if isinstance(item, Typing):
+        return typing_frame(item)
+    if isinstance(item, Transcript):
+        return transcript_frame(item)
+    if isinstance(item, DeskStatus):
+        return desk_frame(item)
+    assert isinstance(item, Problem)
+    return error_frame(item.code, item.detail, conversation_id=item.conversation_id)
+
+
+def server_frame_errors(frame: Mapping[str, Any]) -> Iterator[str]:
+    """Why a server frame breaks its schema (empty when it is valid). For tests and tools."""
+    kind = frame.get("type")
+    check = SERVER_VALIDATORS.get(kind) if isinstance(kind, str) else None
+    if check is None:
+        yield f"unknown server frame type {kind!r}"
+        return
+    for error in check.iter_errors(frame):
+        yield _describe(error)
+
+
+__all__ = [
+    "ROLES",
+    "SCHEMAS",
+    "VERSION",
+    "AgentHello",
+    "BadFrame",
+    "BotHello",
+    "BotPush",
+    "Claim",
+    "Frame",
+    "FrameId",
+    "Hello",
+    "Ping",
+    "ReplayAfter",
+    "Say",
+    "SetPresence",
+    "SignOff",
+    "Transfer",
+    "TypingNow",
+    "UserHello",
+    "dumps",
+    "encode",
+    "parse_frame",
+    "parse_hello",
+    "server_frame_errors",
+]

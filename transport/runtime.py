@@ -1,0 +1,278 @@
+"""Running the whole server: store, core, WebSocket and HTTP listeners, and a clean stop.
+
+The parts nest so that each outlives what depends on it: the store outlives the switchboard
+(its last writes commit before it closes), the switchboard outlives the listeners (in-flight
+messages get their answers), and the listeners stop first on shutdown. A shutdown (SIGINT,
+SIGTERM, or :meth:`RunningServer.stop`) marks the server as stopping in ``/healthz``, stops
+the WebSocket listener (which tells its clients "going away", close code 1001) and the HTTP
+listener, gives them ``listeners.shutdown_timeout`` seconds to finish, then stops the core.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import attrs
+import httpx
+import trio
+
+from actors import AgentProfile, BotBinding, BotSettings, Desk, MemoryStore, Store, Switchboard
+
+from .bot_connections import BotConnections
+from .bots import build_bot
+from .bots.resilience import make_http_client
+from .config import Config, ConfigError, ListenerConfig, signing_secret
+from .http_app import HttpApp, mount_extensions, serve_http
+from .services import Services
+from .version import version
+
+log = logging.getLogger("switchover.runtime")
+
+
+class ListenError(Exception):
+    """A listener could not bind its address (in use, not permitted, no such address)."""
+
+    def __init__(self, what: str, host: str, port: int, cause: OSError) -> None:
+        self.port = port
+        reason = cause.strerror or str(cause)
+        super().__init__(f"the {what} listener cannot use {_url_host(host)}:{port}: {reason}")
+
+    @classmethod
+    def within(cls, exc: Exception, what: str, host: str, port: int) -> ListenError | None:
+        """A ListenError for the first OSError in ``exc`` (servers may raise it inside an
+        exception group), or ``None`` when there is none."""
+        found: BaseException = exc
+        while isinstance(found, BaseExceptionGroup) and found.exceptions:
+            found = found.exceptions[0]
+        return cls(what, host, port, found) if isinstance(found, OSError) else None
+
+
+@attrs.define
+class RunningServer:
+    """What :func:`run_server` reports once both listeners are bound."""
+
+    host: str
+    ws_port: int
+    http_port: int
+    services: Services
+    app: HttpApp
+    shutdown: trio.Event
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{_url_host(self.host)}:{self.ws_port}/"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.http_port}"
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        self.shutdown.set()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def build_bindings(config: Config, http: httpx.AsyncClient | None = None) -> dict[str, BotBinding]:
+    """Every configured bot, built by its adapter (remote ones share ``http``). Raises
+    :class:`ConfigError` listing every bot's problems."""
+    bindings = {}
+    problems = []
+    for bot_id, bot in config.bots.items():
+        try:
+            built = build_bot(bot_id, bot.adapter, bot.options, http=http)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        bindings[bot_id] = BotBinding(built, bot.settings, bot.backend)
+    if problems:
+        raise ConfigError(problems)
+    return bindings
+
+
+def build_desk(config: Config) -> Desk:
+    settings: Mapping[str, BotSettings] = {k: b.settings for k, b in config.bots.items()}
+    profiles = [
+        AgentProfile(agent.agent_id, agent.name, agent.bots, agent.capacity)
+        for agent in config.agents.values()
+    ]
+    return Desk(settings, profiles)
+
+
+def open_store(config: Config) -> AbstractAsyncContextManager[Store]:
+    """The SQLite store in ``data_dir`` when asked for and available, else memory."""
+    if config.store.kind == "sqlite" and config.store.data_dir is not None:
+        if importlib.util.find_spec("transport.sqlite_store") is not None:
+            from .sqlite_store import database_path, open_sqlite_store
+
+            config.store.data_dir.mkdir(parents=True, exist_ok=True)
+            return open_sqlite_store(
+                database_path(config.store.data_dir),
+                settings={k: b.settings for k, b in config.bots.items()},
+            )
+        log.warning("the SQLite store is not installed: conversations are kept in memory")
+    return _memory_store()
+
+
+@asynccontextmanager
+async def _memory_store() -> AsyncIterator[Store]:
+    yield MemoryStore()
+
+
+async def _serve_websockets(
+    services: Services, listen: ListenerConfig, *, task_status: trio.TaskStatus[int]
+) -> None:
+    from .ws_server import serve_websockets
+
+    await serve_websockets(
+        services,
+        listen.host,
+        listen.ws_port,
+        shutdown_timeout=listen.shutdown_timeout,
+        task_status=task_status,
+    )
+
+
+async def _on_signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            shutdown.set()
+            return
+
+
+async def run_server(
+    config: Config,
+    *,
+    shutdown: trio.Event | None = None,
+    handle_signals: bool | None = None,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until a shutdown is asked for, then stop gracefully and return.
+
+    ``handle_signals``: stop on SIGINT/SIGTERM (by default when running in the main thread,
+    where signals can be received). ``shutdown``: an event that also stops the server.
+    """
+    shutdown = shutdown or trio.Event()
+    if handle_signals is None:
+        handle_signals = threading.current_thread() is threading.main_thread()
+    http = make_http_client()
+    bindings = build_bindings(config, http)
+    desk = build_desk(config)
+    listen = config.listeners
+    try:
+        await _serve(config, bindings, desk, http, shutdown, handle_signals, task_status)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(listen.shutdown_timeout):
+            for binding in bindings.values():
+                close = getattr(binding.bot, "aclose", None)
+                if close is not None:
+                    await close()
+            await http.aclose()
+    log.info("stopped")
+
+
+async def _serve(
+    config: Config,
+    bindings: Mapping[str, BotBinding],
+    desk: Desk,
+    http: httpx.AsyncClient,
+    shutdown: trio.Event,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[RunningServer],
+) -> None:
+    listen = config.listeners
+    connections = BotConnections()
+    async with open_store(config) as store, trio.open_nursery() as core:
+        board = Switchboard(bindings, {"desk": desk}, store)
+        await core.start(board.run)
+        services = Services(
+            board=board,
+            desk=desk,
+            secret=signing_secret(config),
+            agent_tokens={a.token: a.agent_id for a in config.agents.values()},
+            bot_tokens={b.token: b.bot_id for b in config.bots.values() if b.token},
+            limits=config.limits,
+            default_bot=config.default_bot,
+            bot_connections=connections,
+        )
+        app = HttpApp(services, public_ws_url=listen.public_ws_url)
+        for name in mount_extensions(app, services):
+            log.info("mounted HTTP routes from %s", name)
+        if handle_signals:
+            core.start_soon(_on_signals, shutdown)
+        http_stop = trio.Event()
+        async with trio.open_nursery() as listeners:
+            ws_scope = trio.CancelScope()
+            try:
+                ws_port: int = await listeners.start(_cancellable, ws_scope, services, listen)
+            except (OSError, ExceptionGroup) as exc:
+                error = ListenError.within(exc, "WebSocket", listen.host, listen.ws_port)
+                if error is None:
+                    raise
+                raise error from exc
+            app.ws_port = ws_port
+            try:
+                http_port: int = await listeners.start(
+                    _http, app, listen, http_stop, listen.shutdown_timeout
+                )
+            except (OSError, ExceptionGroup) as exc:
+                error = ListenError.within(exc, "HTTP", listen.host, listen.http_port)
+                if error is None:
+                    raise
+                raise error from exc
+            running = RunningServer(listen.host, ws_port, http_port, services, app, shutdown)
+            log.info(
+                "Switchover %s serving %s at %s and %s",
+                version(),
+                ", ".join(config.bots),
+                running.ws_url,
+                running.http_url,
+                extra={"ws_port": ws_port, "http_port": http_port, "store": config.store.kind},
+            )
+            task_status.started(running)
+            await shutdown.wait()
+            log.info("shutting down: closing listeners")
+            app.stopping = True
+            ws_scope.cancel()
+            http_stop.set()
+            # Whatever the listeners still do after this bound is cut short.
+            listeners.cancel_scope.deadline = trio.current_time() + listen.shutdown_timeout
+        core.cancel_scope.cancel()
+
+
+async def _cancellable(
+    scope: trio.CancelScope,
+    services: Services,
+    listen: ListenerConfig,
+    *,
+    task_status: trio.TaskStatus[int],
+) -> None:
+    """The WebSocket listener, inside ``scope`` so a shutdown can stop it alone."""
+    with scope:
+        await _serve_websockets(services, listen, task_status=task_status)
+
+
+async def _http(
+    app: HttpApp,
+    listen: ListenerConfig,
+    stop: trio.Event,
+    graceful: float,
+    *,
+    task_status: trio.TaskStatus[int],
+) -> None:
+    await serve_http(
+        app,
+        listen.host,
+        listen.http_port,
+        stop,
+        graceful_timeout=graceful,
+        task_status=task_status,
+    )

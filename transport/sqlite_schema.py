@@ -1,0 +1,231 @@
+"""The SQLite database's schema, by version, and the migrations between versions.
+
+The database records its version in ``schema_version``. Opening a file runs every migration
+from its version up to :data:`SCHEMA_VERSION` in one transaction, so a crash half-way leaves
+the old version intact. A file written by a newer Switchover (a version this code has never
+heard of) is refused: guessing at its meaning could damage it.
+
+Version history:
+
+1. Conversations with their open session as one JSON column; messages.
+2. The session split into columns (mode, agent, queue and activity times, the idle deadline
+   as an absolute wall-clock time) so operators can query them and restarts can find open
+   sessions through an index; a ``sessions`` table with each session's end and reason; the
+   agents' last presence; ``updated_at`` for retention.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+SCHEMA_VERSION = 2
+
+
+class SchemaTooNew(Exception):
+    """The file was written by a newer Switchover."""
+
+
+# The first schema, kept verbatim: tests build version-1 files from it, and it documents
+# what the migration to version 2 starts from.
+V1_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE conversations (
+    id TEXT PRIMARY KEY,
+    bot_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    next_seq INTEGER NOT NULL,
+    sessions_opened INTEGER NOT NULL,
+    session TEXT
+);
+CREATE TABLE messages (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    sender TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    audience TEXT NOT NULL,
+    agent_id TEXT,
+    session_id TEXT,
+    metadata TEXT,
+    PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
+INSERT INTO schema_version (version) VALUES (1);
+"""
+
+_V2_TABLES = """
+CREATE TABLE conversations (
+    id TEXT PRIMARY KEY,
+    bot_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    next_seq INTEGER NOT NULL,
+    sessions_opened INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    session_id TEXT,
+    started_at REAL,
+    last_activity REAL,
+    queued_at REAL,
+    agent_id TEXT,
+    agent_name TEXT,
+    position INTEGER,
+    sign_off_offered INTEGER NOT NULL DEFAULT 0,
+    deadline REAL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX conversations_open ON conversations (started_at) WHERE session_id IS NOT NULL;
+CREATE INDEX conversations_updated ON conversations (updated_at);
+CREATE TABLE sessions (
+    session_id TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    bot_id TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    queued_at REAL,
+    agent_id TEXT,
+    ended_at REAL,
+    end_reason TEXT
+);
+CREATE INDEX sessions_by_conversation ON sessions (conversation_id);
+CREATE TABLE agents (
+    agent_id TEXT PRIMARY KEY,
+    presence TEXT NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
+_MESSAGES_V2 = """
+CREATE TABLE messages (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    sender TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    audience TEXT NOT NULL,
+    agent_id TEXT,
+    session_id TEXT,
+    metadata TEXT,
+    PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+def _create_latest(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    _run_script(db, _MESSAGES_V2 + _V2_TABLES)
+
+
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    """Split the session JSON into columns and rebuild session history from the messages."""
+    _run_script(
+        db,
+        "ALTER TABLE conversations RENAME TO conversations_v1;\n"
+        + _V2_TABLES
+        + """
+INSERT INTO conversations (
+    id, bot_id, user_id, metadata, next_seq, sessions_opened, mode, session_id, started_at,
+    last_activity, queued_at, agent_id, agent_name, position, sign_off_offered, updated_at
+)
+SELECT
+    c.id, c.bot_id, c.user_id, c.metadata, c.next_seq, c.sessions_opened,
+    CASE
+        WHEN c.session IS NULL THEN 'bot'
+        WHEN json_extract(c.session, '$.agent_id') IS NULL THEN 'queued'
+        ELSE 'live'
+    END,
+    json_extract(c.session, '$.session_id'),
+    json_extract(c.session, '$.started_at'),
+    json_extract(c.session, '$.last_activity'),
+    json_extract(c.session, '$.queued_at'),
+    json_extract(c.session, '$.agent_id'),
+    COALESCE(json_extract(c.session, '$.agent_name'), ''),
+    json_extract(c.session, '$.position'),
+    COALESCE(json_extract(c.session, '$.sign_off_offered'), 0),
+    COALESCE((SELECT max(m.at) FROM messages m WHERE m.conversation_id = c.id), 0)
+FROM conversations_v1 c;
+DROP TABLE conversations_v1;
+INSERT INTO sessions (session_id, conversation_id, bot_id, started_at, queued_at)
+SELECT m.session_id, m.conversation_id, c.bot_id, m.at, m.at
+FROM messages m JOIN conversations c ON c.id = m.conversation_id
+WHERE m.content_type = 'notice' AND m.session_id IS NOT NULL
+  AND json_extract(m.content, '$.code') = 'session_started';
+UPDATE sessions SET agent_id = (
+    SELECT json_extract(m.content, '$.agent_id') FROM messages m
+    WHERE m.conversation_id = sessions.conversation_id AND m.session_id = sessions.session_id
+      AND m.content_type = 'notice' AND json_extract(m.content, '$.code') = 'agent_joined'
+    ORDER BY m.seq DESC LIMIT 1
+);
+UPDATE sessions SET (ended_at, end_reason) = (
+    SELECT m.at, json_extract(m.metadata, '$.reason') FROM messages m
+    WHERE m.conversation_id = sessions.conversation_id AND m.session_id = sessions.session_id
+      AND m.content_type = 'payload'
+      AND json_extract(m.content, '$.payload')
+          IN ('LIVECHAT_SESSION_END', 'LIVECHAT_SESSION_EXPIRED')
+    ORDER BY m.seq DESC LIMIT 1
+);
+""",
+    )
+
+
+# MIGRATIONS[n] upgrades a version-n database to version n + 1.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one: ``executescript`` would commit the open transaction."""
+    for statement in script.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def version_of(db: sqlite3.Connection) -> int | None:
+    """The file's schema version; ``None`` for a new, empty database."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "schema_version" not in tables:
+        if tables:
+            raise sqlite3.DatabaseError(
+                f"it holds tables {sorted(tables)} but no schema version: not a Switchover file"
+            )
+        return None
+    row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+    if row is None or not isinstance(row[0], int):
+        raise sqlite3.DatabaseError("its schema_version table is empty")
+    return int(row[0])
+
+
+def check_version(db: sqlite3.Connection) -> int | None:
+    """The file's version; raises :class:`SchemaTooNew` for one this code cannot read."""
+    found = version_of(db)
+    if found is not None and found > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the database has schema version {found}, but this Switchover only knows "
+            f"versions up to {SCHEMA_VERSION}: upgrade Switchover, or use another data "
+            "directory"
+        )
+    return found
+
+
+def migrate(db: sqlite3.Connection) -> tuple[int | None, int]:
+    """Bring ``db`` (in autocommit mode) to :data:`SCHEMA_VERSION` in one transaction.
+
+    Returns the version found (``None`` for a new file) and the version now. Raises
+    :class:`SchemaTooNew` for a file from a newer Switchover, without touching it.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = check_version(db)
+        if found is None:
+            _create_latest(db)
+        else:
+            for version in range(found, SCHEMA_VERSION):
+                MIGRATIONS[version](db)
+            if found != SCHEMA_VERSION:
+                db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return found, SCHEMA_VERSION

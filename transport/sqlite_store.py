@@ -1,0 +1,782 @@
+"""The durable store: conversations in one SQLite file, written with group commit.
+
+Acknowledgement means durable, and durability must cost little. One writer task owns the
+only writing connection. :meth:`SQLiteStore.record` queues its state and entries and waits;
+the writer takes everything queued so far, commits it as one transaction in a worker thread,
+then wakes every waiter of that batch. While one batch commits the next one gathers, so under
+load many messages share one commit (and one fsync), and under light load a message waits for
+exactly one small commit.
+
+Reads (loading a conversation, resuming after a sequence number, the open sessions at
+start-up) use their own connections in worker threads: in WAL mode they never wait for the
+writer, and they see every batch committed before they start.
+
+A second Switchover on the same file would restore the same sessions twice, so the store
+holds an exclusive lock on ``<file>.lock`` while it runs (the kernel drops it if the process
+dies, so ``kill -9`` never leaves it stale).
+
+Run it with :func:`open_sqlite_store` (or :meth:`SQLiteStore.run` in your own nursery).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from actors import ConversationState, Entry, Party, StoreUnavailable
+from actors.content import SESSION_END, SESSION_EXPIRED, Content
+from actors.lifecycle import Mode, Session, deadline
+from actors.settings import BotSettings
+
+from .sqlite_schema import SchemaTooNew, check_version, migrate
+
+log = logging.getLogger("switchover.store")
+
+DATABASE_FILENAME = "switchover.db"
+
+T = TypeVar("T")
+
+__all__ = [
+    "DATABASE_FILENAME",
+    "SQLiteStore",
+    "StoreUnavailable",
+    "database_path",
+    "keep_pruning",
+    "open_sqlite_store",
+]
+
+
+def database_path(data_dir: str | os.PathLike[str]) -> Path:
+    """Where the database lives in a data directory."""
+    return Path(data_dir) / DATABASE_FILENAME
+
+
+@attrs.frozen
+class _Rows:
+    """One pending call, turned into rows (in the writer thread)."""
+
+    conversation: tuple[Any, ...] | None
+    messages: list[tuple[Any, ...]]
+    session_changes: list[tuple[str, tuple[Any, ...]]]
+    presence: tuple[str, str, float] | None
+    # (conversation id, sessions opened) when the row written is in bot mode, else None.
+    bot_mode: tuple[str, int | None] | None = None
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """One call waiting for the commit of its batch: rows to write, or a job to run."""
+
+    rows: _Rows | None
+    job: Callable[[sqlite3.Connection], Any] | None = None
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: Exception | None = None
+    result: Any = None
+
+
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (conversation_id, seq, at, sender, content_type, content, audience,"
+    " agent_id, session_id, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_CONVERSATION_COLUMNS = (
+    "id, bot_id, user_id, metadata, next_seq, sessions_opened, mode, session_id, started_at,"
+    " last_activity, queued_at, agent_id, agent_name, position, sign_off_offered, deadline,"
+    " updated_at"
+)
+_UPSERT_CONVERSATION = (
+    f"INSERT OR REPLACE INTO conversations ({_CONVERSATION_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SESSION_STARTED = (
+    "INSERT OR IGNORE INTO sessions (session_id, conversation_id, bot_id, started_at, queued_at)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+_SESSION_ASSIGNED = "UPDATE sessions SET agent_id = ? WHERE session_id = ?"
+_SESSION_ENDED = "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE session_id = ?"
+_UPSERT_PRESENCE = "INSERT OR REPLACE INTO agents (agent_id, presence, at) VALUES (?, ?, ?)"
+# A bot-mode message does not rewrite its conversation's row: the true next_seq is one past
+# the last message when that is higher than the row's.
+_LAST_SEQ = "(SELECT max(m.seq) FROM messages m WHERE m.conversation_id = conversations.id)"
+MESSAGE_COLUMNS = (
+    "conversation_id, seq, at, sender, content_type, content, audience, agent_id, session_id,"
+    " metadata"
+)
+
+
+# One encoder for every row: ``json.dumps`` with options builds a new one per call.
+_dumps: Callable[[Mapping[str, Any]], str] = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False
+).encode
+_SENDERS = {party: party.value for party in Party}
+_AUDIENCES: dict[frozenset[Party], str] = {}
+
+
+def _audience(parties: frozenset[Party]) -> str:
+    text = _AUDIENCES.get(parties)
+    if text is None:
+        text = _AUDIENCES[parties] = ",".join(sorted(p.value for p in parties))
+    return text
+
+
+def _describe(path: Path, exc: BaseException) -> str:
+    """Words for an operator: what is wrong with the database file, and what to do."""
+    text = str(exc)
+    lowered = text.lower()
+    code = getattr(exc, "sqlite_errorcode", None)
+    if "locked" in lowered or "busy" in lowered:
+        return (
+            f"the database {path} is locked by another process ({text}); stop the other "
+            "process or use another data directory"
+        )
+    if "full" in lowered or code == sqlite3.SQLITE_FULL or getattr(exc, "errno", 0) == errno.ENOSPC:
+        return f"the database {path} cannot grow: the disk (or its size limit) is full ({text})"
+    if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
+        return (
+            f"the database {path} cannot be opened for writing ({text}); check that the data "
+            "directory exists and is writable"
+        )
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        return (
+            f"the database {path} is damaged ({text}); restore it from a backup or move it "
+            "away to start afresh"
+        )
+    return f"the database {path} failed: {text}"
+
+
+class SQLiteStore:
+    """Implements :class:`actors.ports.Store` on one SQLite file.
+
+    ``settings``: each bot's settings, used only to write each conversation's idle deadline
+    as an absolute time (restarts derive it again from the last activity and the settings
+    then in force). ``synchronous``: SQLite's sync level; ``"FULL"`` (the default) survives
+    power loss, ``"NORMAL"`` survives a killed process but may lose the last commits on
+    power loss. ``max_bytes`` caps the file's size (the database reports itself full past
+    it). ``busy_timeout``: how long to wait for a lock held by someone else before failing.
+    ``verify``: check the file's integrity on start-up (a full read of it).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        settings: Mapping[str, BotSettings] | None = None,
+        synchronous: str = "FULL",
+        max_bytes: int | None = None,
+        busy_timeout: float = 2.0,
+        max_batch: int = 5000,
+        verify: bool = True,
+        readers: int = 4,
+    ) -> None:
+        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"unknown synchronous level {synchronous!r}")
+        self.path = Path(path)
+        self.settings = dict(settings or {})
+        self.synchronous = synchronous.upper()
+        self.max_bytes = max_bytes
+        self.busy_timeout = busy_timeout
+        self.max_batch = max_batch
+        self.verify = verify
+        self.migrated_from: int | None = None
+        self.commits = 0
+        self.committed_calls = 0
+        self._writer: sqlite3.Connection | None = None
+        self._lock_file: int | None = None
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._all_readers: list[sqlite3.Connection] = []
+        self._reader_limit = trio.CapacityLimiter(readers)
+        self._pending: list[_Pending] = []
+        self._metadata_cache: dict[str, tuple[Mapping[str, Any], str]] = {}
+        self._bot_mode_rows: dict[str, int] = {}
+        self._wake = trio.Event()
+        self._running = False
+        self._failure: str | None = None
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the file (creating or upgrading it), then commit batches until cancelled.
+
+        Raises :class:`StoreUnavailable` before ``started`` when the file cannot be used: the
+        server must refuse to start.
+        """
+        await self.open()
+        await self.serve(task_status=task_status)
+
+    async def open(self) -> None:
+        """Open, check, lock and upgrade the file. Raises :class:`StoreUnavailable`."""
+        await trio.to_thread.run_sync(self._open)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit batches until cancelled, on a store already :meth:`open`."""
+        if self._writer is None:
+            raise RuntimeError("open the store before serving it")
+        self._running = True
+        task_status.started()
+        try:
+            await self._write_forever()
+        finally:
+            self._running = False
+            self._failure = "the store has stopped"
+            for pending in self._pending:
+                pending.error = StoreUnavailable("the store has stopped")
+                pending.done.set()
+            self._pending = []
+            self._close()
+
+    async def _write_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            # Let every task that is ready to run now queue its record too: one scheduler
+            # pass costs microseconds, a commit costs an fsync.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._wake = trio.Event()
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                # A started commit finishes even on shutdown: its waiters must hear the truth.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await trio.to_thread.run_sync(self._commit, batch)
+                    except Exception as exc:
+                        # A bug, not a disk problem: nobody in the batch may hear "stored".
+                        log.exception("the store's writer failed")
+                        for pending in batch:
+                            if pending.error is None:
+                                pending.error = StoreUnavailable(f"the store failed: {exc!r}")
+                for pending in batch:
+                    pending.done.set()
+
+    # -- the Store protocol -----------------------------------------------------------------
+
+    async def record(self, state: ConversationState, entries: Sequence[Entry]) -> None:
+        # Rows are built here, on trio's thread: the writer thread then holds the GIL only
+        # briefly, and a message that cannot be encoded fails alone, before any batch.
+        try:
+            rows = self._rows(state, entries)
+        except (TypeError, ValueError) as exc:
+            raise StoreUnavailable(f"this message cannot be stored: {exc!r}") from exc
+        await self._submit(_Pending(rows))
+
+    async def record_presence(self, agent_id: str, presence: str, at: float | None = None) -> None:
+        """Keep an agent's last presence (``online``, ``away``...), as of ``at``."""
+        presence_row = (agent_id, presence, at or time.time())
+        await self._submit(_Pending(_Rows(None, [], [], presence_row)))
+
+    async def load(self, conversation_id: str) -> ConversationState | None:
+        def read(db: sqlite3.Connection) -> ConversationState | None:
+            row = db.execute(
+                f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ} FROM conversations WHERE id = ?",
+                (conversation_id,),
+            ).fetchone()
+            return None if row is None else _state_from_row(row)
+
+        return await self._read(read)
+
+    async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]:
+        def read(db: sqlite3.Connection) -> list[Entry]:
+            rows = db.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages"
+                " WHERE conversation_id = ? AND seq > ? ORDER BY seq",
+                (conversation_id, after_seq),
+            ).fetchall()
+            return [entry_from_row(row) for row in rows]
+
+        return await self._read(read)
+
+    async def open_sessions(self) -> list[ConversationState]:
+        def read(db: sqlite3.Connection) -> list[ConversationState]:
+            rows = db.execute(
+                f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ} FROM conversations"
+                " WHERE session_id IS NOT NULL ORDER BY started_at"
+            ).fetchall()
+            return [_state_from_row(row) for row in rows]
+
+        return await self._read(read)
+
+    async def last_presences(self) -> dict[str, tuple[str, float]]:
+        """Each agent's last recorded presence and when it was set."""
+
+        def read(db: sqlite3.Connection) -> dict[str, tuple[str, float]]:
+            rows = db.execute("SELECT agent_id, presence, at FROM agents").fetchall()
+            return {agent_id: (presence, at) for agent_id, presence, at in rows}
+
+        return await self._read(read)
+
+    async def prune(self, older_than_days: float, *, now: float | None = None) -> int:
+        """Delete conversations not written to for ``older_than_days`` days and with no open
+        session, with their messages and sessions. Returns how many went.
+
+        Meant for conversations long out of memory (hibernated): one still in memory would
+        write its row again on its next event, without the deleted messages.
+        """
+        cutoff = (now if now is not None else time.time()) - older_than_days * 86400.0
+
+        pending = _Pending(None, job=lambda db: prune_connection(db, cutoff))
+        await self._submit(pending)
+        return int(pending.result)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def _submit(self, pending: _Pending) -> None:
+        if not self._running:
+            raise StoreUnavailable(self._failure or "the store is not running")
+        self._pending.append(pending)
+        self._wake.set()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """Write one batch in one transaction (worker thread). Sets ``error`` on the calls
+        that were not stored; the others are durable when this returns."""
+        good = [(pending, pending.rows) for pending in batch if pending.rows is not None]
+        jobs = [pending for pending in batch if pending.job is not None]
+        if good:
+            self._write_batch(good)
+        for pending in jobs:
+            assert pending.job is not None
+            db = self._writer
+            try:
+                if db is None:
+                    raise sqlite3.OperationalError("the store is closed")
+                pending.result = pending.job(db)
+            except sqlite3.Error as exc:
+                pending.error = StoreUnavailable(_describe(self.path, exc))
+
+    def _write_batch(self, good: list[tuple[_Pending, _Rows]]) -> None:
+        try:
+            self._write([rows for _, rows in good])
+        except sqlite3.IntegrityError:
+            # One call's rows clash with what is stored (a bug somewhere): store the others.
+            for pending, rows in good:
+                try:
+                    self._write([rows])
+                except sqlite3.Error as exc:
+                    pending.error = StoreUnavailable(_describe(self.path, exc))
+                else:
+                    self._remember([rows])
+        except sqlite3.Error as exc:
+            message = _describe(self.path, exc)
+            log.error("commit of %d calls failed: %s", len(good), message)
+            for pending, _ in good:
+                pending.error = StoreUnavailable(message)
+            return
+        else:
+            self._remember([rows for _, rows in good])
+        self.commits += 1
+        self.committed_calls += len(good)
+
+    def _remember(self, committed: list[_Rows]) -> None:
+        """Note which conversations now have a bot-mode row on disk (after the commit only:
+        a rolled-back row must be written again)."""
+        marks = self._bot_mode_rows
+        if len(marks) > 100_000:
+            marks.clear()
+        for rows in committed:
+            if rows.bot_mode is not None:
+                cid, opened = rows.bot_mode
+                if opened is None:
+                    marks.pop(cid, None)
+                else:
+                    marks[cid] = opened
+
+    def _write(self, batch: list[_Rows]) -> None:
+        db = self._writer
+        if db is None:
+            raise sqlite3.OperationalError("the store is closed")
+        conversations: dict[str, tuple[Any, ...]] = {}
+        messages: list[tuple[Any, ...]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for rows in batch:
+                if rows.conversation is not None:
+                    conversations[rows.conversation[0]] = rows.conversation
+                messages.extend(rows.messages)
+            if messages:
+                db.executemany(_INSERT_MESSAGE, messages)
+            if conversations:
+                db.executemany(_UPSERT_CONVERSATION, conversations.values())
+            for rows in batch:
+                for statement, parameters in rows.session_changes:
+                    db.execute(statement, parameters)
+                if rows.presence is not None:
+                    db.execute(_UPSERT_PRESENCE, rows.presence)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+
+    def _rows(self, state: ConversationState, entries: Sequence[Entry]) -> _Rows:
+        messages = []
+        changes: list[tuple[str, tuple[Any, ...]]] = []
+        for entry in entries:
+            messages.append(
+                (
+                    entry.conversation_id,
+                    entry.seq,
+                    entry.at,
+                    _SENDERS[entry.sender],
+                    entry.content.content_type,
+                    _dumps(entry.content.content),
+                    _audience(entry.audience),
+                    entry.agent_id,
+                    entry.session_id,
+                    _dumps(entry.metadata) if entry.metadata else None,
+                )
+            )
+            change = _session_change(state, entry)
+            if change is not None:
+                changes.append(change)
+        cid = state.conversation_id
+        if state.session is None:
+            if messages and self._bot_mode_rows.get(cid) == state.sessions_opened:
+                # Only next_seq moved, and the messages written with it say it: a bot-mode
+                # message costs one row, not two (load takes next_seq from the last message).
+                return _Rows(None, messages, changes, None)
+            mark: tuple[str, int | None] = (cid, state.sessions_opened)
+        else:
+            mark = (cid, None)
+        return _Rows(self._conversation_row(state), messages, changes, None, mark)
+
+    def _metadata_json(self, state: ConversationState) -> str:
+        """The user's metadata as JSON, encoded once per conversation: every state of a
+        conversation shares the same mapping, and it rarely changes."""
+        cached = self._metadata_cache.get(state.conversation_id)
+        if cached is not None and cached[0] is state.user_metadata:
+            return cached[1]
+        if len(self._metadata_cache) >= 10_000:
+            self._metadata_cache.clear()
+        text = _dumps(state.user_metadata)
+        self._metadata_cache[state.conversation_id] = (state.user_metadata, text)
+        return text
+
+    def _conversation_row(self, state: ConversationState) -> tuple[Any, ...]:
+        session = state.session
+        settings = self.settings.get(state.bot_id)
+        idle_deadline = deadline(state, settings) if settings is not None else None
+        now = time.time()
+        if session is None:
+            return (
+                state.conversation_id,
+                state.bot_id,
+                state.user_id,
+                self._metadata_json(state),
+                state.next_seq,
+                state.sessions_opened,
+                Mode.BOT.value,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                0,
+                None,
+                now,
+            )
+        return (
+            state.conversation_id,
+            state.bot_id,
+            state.user_id,
+            self._metadata_json(state),
+            state.next_seq,
+            state.sessions_opened,
+            state.mode.value,
+            session.session_id,
+            session.started_at,
+            session.last_activity,
+            session.queued_at,
+            session.agent_id,
+            session.agent_name,
+            session.position,
+            int(session.sign_off_offered),
+            idle_deadline,
+            now,
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._running:
+            raise StoreUnavailable(self._failure or "the store is not running")
+
+        def with_reader() -> T:
+            db = self._idle_readers.pop() if self._idle_readers else self._new_reader()
+            try:
+                return read(db)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(_describe(self.path, exc)) from exc
+            finally:
+                self._idle_readers.append(db)
+
+        return await trio.to_thread.run_sync(with_reader, limiter=self._reader_limit)
+
+    def _new_reader(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA query_only = ON")
+        self._all_readers.append(db)
+        return db
+
+    # -- opening and closing ----------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Open, check, lock and upgrade the file (worker thread). Raises StoreUnavailable."""
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"the data directory {path.parent} cannot be created: {exc.strerror or exc}"
+            ) from exc
+        self._take_file_lock()
+        try:
+            self._writer = self._connect_writer()
+        except SchemaTooNew as exc:
+            self._close()
+            raise StoreUnavailable(f"the database {path} is refused: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            self._close()
+            raise StoreUnavailable(_describe(path, exc)) from exc
+        except BaseException:
+            self._close()
+            raise
+
+    def _take_file_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"the database {self.path} cannot be opened for writing: {lock_path}: "
+                f"{exc.strerror or exc}; check that the data directory is writable"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise StoreUnavailable(
+                f"the database {self.path} is in use by another Switchover process; stop it "
+                "or use another data directory"
+            ) from exc
+        self._lock_file = fd
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            # Read-only checks first: a file we refuse must leave exactly as it came.
+            check_version(db)
+            if self.verify:
+                problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError(f"malformed: {'; '.join(problems[:3])}")
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode!r})")
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
+            found, now = migrate(db)
+            self.migrated_from = found
+            if found is not None and found != now:
+                log.warning("database %s upgraded from schema %d to %d", self.path, found, now)
+            if self.max_bytes is not None:
+                page_size = db.execute("PRAGMA page_size").fetchone()[0]
+                db.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page_size)}")
+            # Prove we can take the write lock now, rather than on the first message.
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("COMMIT")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _close(self) -> None:
+        for db in self._all_readers:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+        self._all_readers.clear()
+        self._idle_readers.clear()
+        if self._writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.close()
+            self._writer = None
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+
+@contextlib.asynccontextmanager
+async def open_sqlite_store(
+    path: str | os.PathLike[str], **options: Any
+) -> AsyncIterator[SQLiteStore]:
+    """Run a :class:`SQLiteStore` for the duration of the ``async with`` block. Raises
+    :class:`StoreUnavailable` on entry when the file cannot be used.
+
+    Open it *outside* the switchboard, so the switchboard stops first and its last writes
+    are committed before the store closes.
+    """
+    store = SQLiteStore(path, **options)
+    await store.open()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.serve)
+        try:
+            yield store
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def keep_pruning(
+    store: SQLiteStore, older_than_days: float, *, every: float = 3600.0
+) -> None:
+    """Retention for a running server: prune now, then every ``every`` seconds, until
+    cancelled. A failed round is logged and tried again next time."""
+    while True:
+        try:
+            deleted = await store.prune(older_than_days)
+        except StoreUnavailable as exc:
+            log.error("retention: pruning failed: %s", exc)
+        else:
+            if deleted:
+                log.info("retention: deleted %d conversations", deleted)
+        await trio.sleep(every)
+
+
+def prune_connection(db: sqlite3.Connection, cutoff: float) -> int:
+    """Delete conversations last written before ``cutoff`` (wall-clock seconds) that have no
+    open session, in one transaction. Returns how many were deleted."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        old = [
+            row[0]
+            for row in db.execute(
+                "SELECT id FROM conversations c WHERE updated_at < ? AND session_id IS NULL"
+                " AND COALESCE((SELECT m.at FROM messages m WHERE m.conversation_id = c.id"
+                " ORDER BY m.seq DESC LIMIT 1), 0) < ?",
+                (cutoff, cutoff),
+            )
+        ]
+        for chunk_start in range(0, len(old), 500):
+            chunk = [(cid,) for cid in old[chunk_start : chunk_start + 500]]
+            db.executemany("DELETE FROM messages WHERE conversation_id = ?", chunk)
+            db.executemany("DELETE FROM sessions WHERE conversation_id = ?", chunk)
+            db.executemany("DELETE FROM conversations WHERE id = ?", chunk)
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    return len(old)
+
+
+# -- rows <-> the core's records ------------------------------------------------------------
+
+
+def _session_change(state: ConversationState, entry: Entry) -> tuple[str, tuple[Any, ...]] | None:
+    """The change to the ``sessions`` table an entry marks: the session's start, an agent
+    joining it, its end and reason. Derived from the entries, in their order, so a session
+    that opens and ends within one batch is still recorded whole."""
+    content = entry.content
+    session_id = entry.session_id
+    if session_id is None:
+        return None
+    if entry.sender is Party.SYSTEM and content.content_type == "notice":
+        code = content.content.get("code")
+        if code == "session_started":
+            return (
+                _SESSION_STARTED,
+                (session_id, state.conversation_id, state.bot_id, entry.at, entry.at),
+            )
+        if code == "agent_joined":
+            return (_SESSION_ASSIGNED, (content.content.get("agent_id"), session_id))
+        return None
+    if Party.BOT in entry.audience and (
+        content.is_payload(SESSION_END) or content.is_payload(SESSION_EXPIRED)
+    ):
+        return (_SESSION_ENDED, (entry.at, entry.metadata.get("reason"), session_id))
+    return None
+
+
+def _state_from_row(row: Sequence[Any]) -> ConversationState:
+    (
+        conversation_id,
+        bot_id,
+        user_id,
+        metadata,
+        next_seq,
+        sessions_opened,
+        _mode,
+        session_id,
+        started_at,
+        last_activity,
+        queued_at,
+        agent_id,
+        agent_name,
+        position,
+        sign_off_offered,
+        _deadline,
+        _updated_at,
+        last_seq,
+    ) = row
+    session = None
+    if session_id is not None:
+        session = Session(
+            session_id,
+            started_at,
+            last_activity,
+            queued_at,
+            agent_id,
+            agent_name or "",
+            position,
+            bool(sign_off_offered),
+        )
+    return ConversationState(
+        conversation_id,
+        bot_id,
+        user_id,
+        json.loads(metadata),
+        max(next_seq, (last_seq or 0) + 1),
+        session,
+        sessions_opened,
+    )
+
+
+def entry_from_row(row: Sequence[Any]) -> Entry:
+    (
+        conversation_id,
+        seq,
+        at,
+        sender,
+        content_type,
+        content,
+        audience,
+        agent_id,
+        session_id,
+        meta,
+    ) = row
+    return Entry(
+        conversation_id,
+        seq,
+        at,
+        Party(sender),
+        Content(content_type, json.loads(content)),
+        frozenset(Party(p) for p in audience.split(",") if p),
+        agent_id,
+        session_id,
+        json.loads(meta) if meta else {},
+    )

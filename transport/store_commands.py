@@ -1,0 +1,180 @@
+"""Maintenance commands for the SQLite store: ``transcript`` and ``prune``.
+
+``switchover transcript ID`` reads one conversation from the data directory, even while the
+server runs (WAL lets a reader in beside the writer), and never writes to the file.
+``switchover prune --older-than-days N`` deletes old conversations; it opens the store the
+way the server does, so it refuses to run beside a running server (which prunes by itself
+when told to, see :func:`transport.sqlite_store.keep_pruning`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from actors import Entry, StoreUnavailable
+
+from .sqlite_schema import SchemaTooNew, check_version
+from .sqlite_store import MESSAGE_COLUMNS, database_path, entry_from_row, open_sqlite_store
+
+FORMATS = ("json", "text")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``transcript`` and ``prune`` to the ``switchover`` command."""
+    transcript = subparsers.add_parser(
+        "transcript",
+        help="print one conversation from the data directory",
+        description="Print every message of one conversation, as JSON or as text.",
+    )
+    transcript.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    transcript.add_argument("--format", choices=FORMATS, default="text")
+    _data_dir_arguments(transcript)
+    transcript.set_defaults(handler=transcript_command)
+
+    prune = subparsers.add_parser(
+        "prune",
+        help="delete conversations older than N days",
+        description=(
+            "Delete conversations not written to for N days and with no open livechat "
+            "session, with their messages. Stop the server first (or let it prune by itself)."
+        ),
+    )
+    prune.add_argument("--older-than-days", type=float, required=True, metavar="N")
+    _data_dir_arguments(prune)
+    prune.set_defaults(handler=prune_command)
+
+
+def _data_dir_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the server's data directory (default: $SWITCHOVER_DATA_DIR, or the config's)",
+    )
+    parser.add_argument("--config", type=Path, help="a TOML config file naming the data dir")
+
+
+def _database(args: argparse.Namespace) -> Path:
+    data_dir: Path | None = args.data_dir
+    if data_dir is None and os.environ.get("SWITCHOVER_DATA_DIR"):
+        data_dir = Path(os.environ["SWITCHOVER_DATA_DIR"])
+    if data_dir is None and args.config is not None:
+        from .config import load_file
+
+        data_dir = load_file(args.config).store.data_dir
+    if data_dir is None:
+        raise _Failure("say where the data is: --data-dir DIR (or SWITCHOVER_DATA_DIR)")
+    path = database_path(data_dir)
+    if not path.is_file():
+        raise _Failure(f"no database at {path}")
+    return path
+
+
+class _Failure(Exception):
+    pass
+
+
+# -- transcript -----------------------------------------------------------------------------
+
+
+def transcript_command(args: argparse.Namespace) -> int:
+    try:
+        path = _database(args)
+        entries = read_transcript(path, args.conversation_id)
+    except _Failure as exc:
+        print(f"switchover transcript: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        json.dump([entry.to_json() for entry in entries], sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for entry in entries:
+            print(format_entry(entry))
+    return 0
+
+
+def read_transcript(path: Path, conversation_id: str) -> list[Entry]:
+    """Every entry of one conversation, read without writing to the file."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise _Failure(f"cannot open {path}: {exc}") from exc
+    try:
+        check_version(db)
+        known = db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,))
+        if known.fetchone() is None:
+            raise _Failure(f"no conversation {conversation_id!r} in {path}")
+        rows = db.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY seq",
+            (conversation_id,),
+        ).fetchall()
+    except SchemaTooNew as exc:
+        raise _Failure(f"{path}: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise _Failure(f"cannot read {path}: {exc}") from exc
+    finally:
+        db.close()
+    return [entry_from_row(row) for row in rows]
+
+
+def format_entry(entry: Entry) -> str:
+    """One line for a person: number, time, who, to whom, and what."""
+    when = datetime.fromtimestamp(entry.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    who = entry.sender.value
+    if entry.agent_id is not None and entry.sender.value in ("agent", "system"):
+        who = f"{who}({entry.agent_id})"
+    audience = ",".join(sorted(p.value for p in entry.audience))
+    return f"{entry.seq:>5}  {when}Z  {who:<18} -> {audience:<16} {summary(entry)}"
+
+
+def summary(entry: Entry) -> str:
+    content = entry.content
+    body = dict(content.content)
+    if content.content_type == "text":
+        return str(body.get("text", ""))
+    if content.content_type == "payload":
+        reason = entry.metadata.get("reason")
+        return f"[{body.get('payload')}]" + (f" reason={reason}" if reason else "")
+    if content.content_type == "notice":
+        code = body.pop("code", "")
+        details = " ".join(f"{k}={v}" for k, v in body.items())
+        return f"({code}{' ' + details if details else ''})"
+    if content.content_type == "question":
+        buttons = [b.get("content", {}).get("title") for b in body.get("buttons", [])]
+        return f"{body.get('title', '')} {buttons}"
+    return f"{content.content_type} {json.dumps(body, ensure_ascii=False)}"
+
+
+# -- prune ----------------------------------------------------------------------------------
+
+
+def prune_command(args: argparse.Namespace) -> int:
+    days: float = args.older_than_days
+    if days < 0:
+        print("switchover prune: --older-than-days must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        path = _database(args)
+        deleted = trio.run(_prune, path, days)
+    except (_Failure, StoreUnavailable) as exc:
+        print(f"switchover prune: {exc}", file=sys.stderr)
+        return 1
+    print(f"deleted {deleted} conversation{'' if deleted == 1 else 's'} older than {days:g} days")
+    return 0
+
+
+async def _prune(path: Path, days: float) -> int:
+    async with open_sqlite_store(path, verify=False) as store:
+        try:
+            return await store.prune(days)
+        except StoreUnavailable as exc:
+            # Raised here, it would leave the store's nursery wrapped in a group.
+            raise _Failure(str(exc)) from None

@@ -1,0 +1,734 @@
+/*
+ * Switchover agent desk: sign in with an agent token, set presence, pick up waiting
+ * conversations, and talk to several users at once over Switchover's WebSocket protocol.
+ *
+ * The token and the chats (their entries, the user's details, the last sequence number seen)
+ * live in sessionStorage, so reloading the tab loses nothing: the desk redraws what it had and
+ * asks the server, in its hello's last_seqs, for what came after. Entries are keyed by
+ * (conversation, seq), so a replayed entry that was already shown is simply dropped.
+ */
+(function () {
+  "use strict";
+
+  const TOKEN_KEY = "switchover:desk:token";
+  const CHATS_KEY = "switchover:desk:chats";
+  const SOUND_KEY = "switchover:desk:sound";
+  const KEPT_ENTRIES = 300;
+  const FIRST_RETRY_MS = 500;
+  const MAX_RETRY_MS = 15000;
+  const PING_EVERY_MS = 25000;
+  const TYPING_EVERY_MS = 2500;
+  const TYPING_SHOWN_MS = 5000;
+  const TITLE = "Switchover desk";
+
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "text") node.textContent = value;
+      else if (key === "class") node.className = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children) if (child !== null && child !== undefined) node.append(child);
+    return node;
+  }
+
+  function safeUrl(value) {
+    if (typeof value !== "string") return null;
+    try {
+      const url = new URL(value, location.href);
+      return ["http:", "https:", "mailto:", "tel:"].includes(url.protocol) ? url.href : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function clock(seconds) {
+    return new Date(seconds * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+  }
+
+  function waited(seconds) {
+    const total = Math.max(0, Math.floor(seconds));
+    const minutes = Math.floor(total / 60);
+    const rest = String(total % 60).padStart(2, "0");
+    return minutes >= 60 ? `${Math.floor(minutes / 60)} h ${minutes % 60} min` : `${minutes}:${rest}`;
+  }
+
+  function readJson(key) {
+    try {
+      return JSON.parse(sessionStorage.getItem(key) || "null");
+    } catch (_) {
+      return null;
+    }
+  }
+
+  const NOTICES = {
+    session_started: () => "The user asked for a person.",
+    queued: (c) => `Waiting in the queue (position ${c.position}).`,
+    agent_joined: (c) => `${c.name || c.agent_id} joined the conversation.`,
+    agent_left: (c) => `${c.agent_id || "The agent"} left (${c.reason || "released"}); the chat is back in the queue.`,
+    transferred: (c) => `Transferred to ${c.to_agent}.`,
+    session_ended: (c) => `The user ended the session (${c.reason || "ended"}).`,
+    session_expired: (c) => `The session expired (${c.reason || "timeout"}).`,
+  };
+
+  const STATES = {
+    live: "Live",
+    ended: "Ended",
+    expired: "Expired",
+    transferred: "Transferred",
+    released: "Back in queue",
+  };
+
+  /** One chat the agent holds or held: its entries by seq, who the user is, its state. */
+  class Chat {
+    constructor(id, saved) {
+      this.id = id;
+      this.botId = (saved && saved.botId) || "";
+      this.sessionId = (saved && saved.sessionId) || "";
+      this.userId = (saved && saved.userId) || "";
+      this.metadata = (saved && saved.metadata) || {};
+      this.status = (saved && saved.status) || "live";
+      this.detail = (saved && saved.detail) || "";
+      this.unread = (saved && saved.unread) || 0;
+      this.entries = new Map();
+      for (const entry of (saved && saved.entries) || []) this.entries.set(entry.seq, entry);
+    }
+
+    get lastSeq() {
+      let last = 0;
+      for (const seq of this.entries.keys()) last = Math.max(last, seq);
+      return last;
+    }
+
+    get label() {
+      const name = this.metadata && (this.metadata.name || this.metadata.email);
+      return name ? String(name) : `User ${(this.userId || this.id).slice(0, 6)}`;
+    }
+
+    get open() {
+      return this.status === "live";
+    }
+
+    toJSON() {
+      const entries = [...this.entries.values()].sort((a, b) => a.seq - b.seq).slice(-KEPT_ENTRIES);
+      return {
+        id: this.id,
+        botId: this.botId,
+        sessionId: this.sessionId,
+        userId: this.userId,
+        metadata: this.metadata,
+        status: this.status,
+        detail: this.detail,
+        unread: this.unread,
+        entries,
+      };
+    }
+  }
+
+  class Desk {
+    constructor() {
+      this.token = sessionStorage.getItem(TOKEN_KEY) || "";
+      this.chats = new Map();
+      this.queue = [];
+      this.knownWaiting = new Set();
+      this.selected = null;
+      this.ws = null;
+      this.ready = false;
+      this.attempt = 0;
+      this.nextId = 1;
+      this.pending = new Map();
+      this.lastTypingSent = 0;
+      this.me = null;
+      this.sound = localStorage.getItem(SOUND_KEY) === "on";
+      this.bind();
+      if (this.token) this.start();
+      else this.showSignIn("");
+      setInterval(() => this.tick(), 1000);
+    }
+
+    // -- wiring the page ------------------------------------------------------------------
+
+    bind() {
+      $("signin").addEventListener("submit", (event) => {
+        event.preventDefault();
+        const token = $("token").value.trim();
+        if (!token) return;
+        this.token = token;
+        sessionStorage.setItem(TOKEN_KEY, token);
+        $("token").value = "";
+        this.start();
+      });
+      $("sign-out").addEventListener("click", () => this.signOut());
+      for (const radio of document.querySelectorAll("input[name=presence]")) {
+        radio.addEventListener("change", () => {
+          if (radio.checked) this.send({type: "presence", status: radio.value});
+        });
+      }
+      $("sound").checked = this.sound;
+      $("sound").addEventListener("change", () => {
+        this.sound = $("sound").checked;
+        localStorage.setItem(SOUND_KEY, this.sound ? "on" : "off");
+      });
+      $("composer").addEventListener("submit", (event) => {
+        event.preventDefault();
+        this.reply();
+      });
+      $("reply").addEventListener("keydown", (event) => {
+        if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+          event.preventDefault();
+          this.reply();
+        }
+      });
+      $("reply").addEventListener("input", () => this.agentIsTyping());
+      $("sign-off").addEventListener("click", () => this.act("sign_off"));
+      $("transfer").addEventListener("click", () => {
+        const to = $("transfer-to").value.trim();
+        if (!to) {
+          this.problem("Type the id of the agent to transfer to, or use Back to queue.");
+          $("transfer-to").focus();
+          return;
+        }
+        this.act("transfer", {to_agent: to});
+      });
+      $("transfer-to").addEventListener("keydown", (event) => {
+        if (event.key === "Enter") {
+          event.preventDefault();
+          $("transfer").click();
+        }
+      });
+      $("requeue").addEventListener("click", () => this.act("transfer", {to_agent: null}));
+      $("close-chat").addEventListener("click", () => this.closeChat(this.selected));
+      const seen = () => {
+        if (document.visibilityState === "visible" && this.selected) this.markRead(this.selected);
+        this.updateTitle();
+      };
+      document.addEventListener("visibilitychange", seen);
+      window.addEventListener("focus", seen);
+      window.addEventListener("online", () => {
+        if (this.token && (!this.ws || this.ws.readyState > WebSocket.OPEN)) this.connect();
+      });
+    }
+
+    showSignIn(problem) {
+      $("signin-view").hidden = false;
+      $("desk-view").hidden = true;
+      for (const id of ["presence", "sign-out", "who", "sound-label"]) $(id).hidden = true;
+      $("signin-problem").textContent = problem;
+      $("signin-problem").hidden = !problem;
+      this.setConnection("Signed out", "offline");
+      $("token").focus();
+    }
+
+    start() {
+      $("signin-view").hidden = true;
+      $("desk-view").hidden = false;
+      for (const id of ["sign-out", "sound-label"]) $(id).hidden = false;
+      const saved = readJson(CHATS_KEY);
+      this.chats.clear();
+      if (saved && saved.token === this.token) {
+        for (const data of saved.chats || []) this.chats.set(data.id, new Chat(data.id, data));
+        this.selected = saved.selected && this.chats.has(saved.selected) ? saved.selected : null;
+      }
+      this.renderChats();
+      this.renderSelected();
+      this.connect();
+    }
+
+    signOut() {
+      if (this.ready) this.send({type: "presence", status: "offline"});
+      this.token = "";
+      sessionStorage.removeItem(TOKEN_KEY);
+      sessionStorage.removeItem(CHATS_KEY);
+      this.chats.clear();
+      this.queue = [];
+      this.selected = null;
+      this.disconnect();
+      this.renderQueue();
+      this.renderChats();
+      this.updateTitle();
+      this.showSignIn("");
+    }
+
+    save() {
+      try {
+        sessionStorage.setItem(
+          CHATS_KEY,
+          JSON.stringify({token: this.token, selected: this.selected, chats: [...this.chats.values()]}),
+        );
+      } catch (_) {
+        /* storage full: the desk keeps working, a reload would show less */
+      }
+    }
+
+    setConnection(text, state) {
+      $("connection").textContent = text;
+      $("connection").dataset.state = state;
+      document.body.dataset.connection = state;
+    }
+
+    problem(text) {
+      $("alert").textContent = text;
+      $("alert").hidden = !text;
+      clearTimeout(this.alertTimer);
+      if (text) this.alertTimer = setTimeout(() => this.problem(""), 8000);
+    }
+
+    // -- the connection -------------------------------------------------------------------
+
+    async connect() {
+      this.disconnect();
+      this.setConnection(this.attempt ? "Reconnecting…" : "Connecting…", "connecting");
+      let url;
+      try {
+        const response = await fetch("/config.json", {cache: "no-store"});
+        url = (await response.json()).ws_url;
+        if (typeof url !== "string") throw new Error("no ws_url");
+      } catch (_) {
+        this.retry();
+        return;
+      }
+      if (!this.token) return;
+      const ws = new WebSocket(url);
+      this.ws = ws;
+      ws.addEventListener("open", () => {
+        const lastSeqs = {};
+        for (const chat of this.chats.values()) {
+          if (chat.open && Object.keys(lastSeqs).length < 100) lastSeqs[chat.id] = chat.lastSeq;
+        }
+        const hello = {type: "hello", v: 1, role: "agent", token: this.token};
+        if (Object.keys(lastSeqs).length) hello.last_seqs = lastSeqs;
+        ws.send(JSON.stringify(hello));
+      });
+      ws.addEventListener("message", (event) => this.receive(event.data));
+      ws.addEventListener("close", (event) => this.lost(ws, event));
+    }
+
+    disconnect() {
+      clearTimeout(this.retryTimer);
+      clearInterval(this.pinger);
+      const old = this.ws;
+      this.ws = null;
+      this.ready = false;
+      if (old && old.readyState <= WebSocket.OPEN) old.close(1000, "bye");
+    }
+
+    lost(ws, event) {
+      if (ws !== this.ws) return;
+      this.ready = false;
+      clearInterval(this.pinger);
+      if (event.code === 4401) {
+        this.token = "";
+        sessionStorage.removeItem(TOKEN_KEY);
+        this.showSignIn("That token was not accepted. Check it and sign in again.");
+        return;
+      }
+      if (event.code === 4400) this.problem(`The server refused the connection: ${event.reason}`);
+      this.retry();
+    }
+
+    retry() {
+      if (!this.token) return;
+      clearTimeout(this.retryTimer);
+      const wait = Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+      this.attempt += 1;
+      this.setConnection("Offline — reconnecting…", "offline");
+      this.retryTimer = setTimeout(() => this.connect(), wait);
+    }
+
+    send(frame) {
+      if (!this.ready) {
+        this.problem("Not connected right now; try again in a moment.");
+        return null;
+      }
+      const id = `d${this.nextId++}`;
+      this.ws.send(JSON.stringify(Object.assign({id}, frame)));
+      return id;
+    }
+
+    receive(data) {
+      let frame;
+      try {
+        frame = JSON.parse(data);
+      } catch (_) {
+        return;
+      }
+      const handler = {
+        welcome: () => this.welcome(frame),
+        desk: () => this.desk(frame),
+        entry: () => this.entry(frame, true),
+        transcript: () => this.transcript(frame),
+        typing: () => this.userTyping(frame),
+        error: () => this.refused(frame),
+      }[frame.type];
+      if (handler) handler();
+    }
+
+    welcome(frame) {
+      this.ready = true;
+      this.attempt = 0;
+      this.me = {id: frame.agent_id, name: frame.name || frame.agent_id};
+      this.setConnection("Connected", "online");
+      $("who").textContent = `Signed in as ${this.me.name}`;
+      $("who").hidden = false;
+      $("presence").hidden = false;
+      this.renderSelected();
+      clearInterval(this.pinger);
+      this.pinger = setInterval(() => {
+        if (this.ready) this.ws.send(JSON.stringify({type: "ping"}));
+      }, PING_EVERY_MS);
+    }
+
+    // -- what the server says -------------------------------------------------------------
+
+    desk(frame) {
+      for (const radio of document.querySelectorAll("input[name=presence]")) {
+        radio.checked = radio.value === frame.presence;
+      }
+      document.body.dataset.presence = frame.presence;
+      const held = new Set();
+      let arrived = null;
+      for (const item of frame.chats || []) {
+        held.add(item.conversation_id);
+        let chat = this.chats.get(item.conversation_id);
+        if (!chat) {
+          chat = new Chat(item.conversation_id);
+          this.chats.set(chat.id, chat);
+          arrived = chat;
+        } else if (!chat.open) {
+          arrived = chat;
+        }
+        chat.botId = item.bot_id;
+        chat.sessionId = item.session_id;
+        chat.status = "live";
+        chat.detail = item.grace_until ? "reconnecting" : "";
+      }
+      for (const chat of this.chats.values()) {
+        if (chat.open && !held.has(chat.id)) chat.status = "released";
+      }
+      $("capacity").textContent = `${held.size}/${frame.capacity}`;
+      const waiting = frame.queue || [];
+      const fresh = waiting.filter((item) => !this.knownWaiting.has(item.conversation_id));
+      this.knownWaiting = new Set(waiting.map((item) => item.conversation_id));
+      this.queue = waiting;
+      if (fresh.length || arrived) this.ding();
+      if (arrived && !this.selected) this.select(arrived.id);
+      this.renderQueue();
+      this.renderChats();
+      this.renderSelected();
+      this.save();
+    }
+
+    transcript(frame) {
+      let chat = this.chats.get(frame.conversation_id);
+      if (!chat) {
+        chat = new Chat(frame.conversation_id);
+        this.chats.set(chat.id, chat);
+      }
+      chat.botId = frame.bot_id;
+      chat.sessionId = frame.session_id;
+      chat.userId = frame.user_id;
+      chat.metadata = frame.user_metadata || {};
+      chat.status = "live";
+      for (const entry of frame.entries || []) {
+        this.entry(Object.assign({conversation_id: frame.conversation_id}, entry), false);
+      }
+      if (!this.selected || !this.chats.get(this.selected).open) this.select(chat.id);
+      this.renderChats();
+      this.renderSelected();
+      this.save();
+    }
+
+    /** Add one entry (live, replayed or from a transcript), once. */
+    entry(entry, live) {
+      let chat = this.chats.get(entry.conversation_id);
+      if (!chat) {
+        chat = new Chat(entry.conversation_id);
+        this.chats.set(chat.id, chat);
+      }
+      if (typeof entry.seq !== "number" || chat.entries.has(entry.seq)) return;
+      chat.entries.set(entry.seq, entry);
+      if (entry.content_type === "notice") this.followNotice(chat, entry.content || {});
+      const looking = this.selected === chat.id && document.visibilityState === "visible";
+      if (live && entry.sender === "user") {
+        if (!looking) chat.unread += 1;
+        if (!looking || !document.hasFocus()) this.ding();
+        if (this.selected === chat.id) $("chat-typing").hidden = true;
+      }
+      if (this.selected === chat.id) this.place(entry);
+      if (live) {
+        this.renderChats();
+        if (this.selected === chat.id) this.renderState(chat);
+        this.save();
+      }
+    }
+
+    followNotice(chat, content) {
+      const mine = this.me && content.agent_id === this.me.id;
+      if (content.code === "session_ended") [chat.status, chat.detail] = ["ended", content.reason || ""];
+      else if (content.code === "session_expired") [chat.status, chat.detail] = ["expired", content.reason || ""];
+      else if (content.code === "transferred") [chat.status, chat.detail] = ["transferred", content.to_agent || ""];
+      else if (content.code === "agent_left" && (mine || !this.me)) [chat.status, chat.detail] = ["released", content.reason || ""];
+      else if (content.code === "agent_joined" && mine) [chat.status, chat.detail] = ["live", ""];
+    }
+
+    userTyping(frame) {
+      if (frame.party !== "user" || frame.conversation_id !== this.selected) return;
+      const typing = $("chat-typing");
+      typing.textContent = `${this.chats.get(this.selected).label} is typing…`;
+      typing.hidden = false;
+      clearTimeout(this.typingTimer);
+      this.typingTimer = setTimeout(() => {
+        typing.hidden = true;
+      }, TYPING_SHOWN_MS);
+    }
+
+    refused(frame) {
+      const what = frame.message || "The server refused that.";
+      this.problem(`${what} (${frame.code})`);
+    }
+
+    // -- what the agent does --------------------------------------------------------------
+
+    reply() {
+      const chat = this.chats.get(this.selected);
+      const text = $("reply").value.trim();
+      if (!chat || !chat.open || !text) return;
+      if (this.send({type: "message", conversation_id: chat.id, content_type: "text", content: {text}})) {
+        $("reply").value = "";
+      }
+      $("reply").focus();
+    }
+
+    act(type, extra) {
+      const chat = this.chats.get(this.selected);
+      if (!chat || !chat.open) return;
+      this.send(Object.assign({type, conversation_id: chat.id}, extra || {}));
+      if (type === "transfer") $("transfer-to").value = "";
+    }
+
+    agentIsTyping() {
+      const now = Date.now();
+      const chat = this.chats.get(this.selected);
+      if (!this.ready || !chat || !chat.open || now - this.lastTypingSent < TYPING_EVERY_MS) return;
+      this.lastTypingSent = now;
+      this.ws.send(JSON.stringify({type: "typing", conversation_id: chat.id}));
+    }
+
+    claim(conversationId) {
+      this.send({type: "claim", conversation_id: conversationId});
+    }
+
+    select(id) {
+      this.selected = id;
+      this.markRead(id);
+      this.renderChats();
+      this.renderSelected();
+      this.save();
+    }
+
+    markRead(id) {
+      const chat = this.chats.get(id);
+      if (chat && chat.unread) {
+        chat.unread = 0;
+        this.renderChats();
+        this.save();
+      }
+      this.updateTitle();
+    }
+
+    closeChat(id) {
+      this.chats.delete(id);
+      this.selected = null;
+      const next = [...this.chats.values()].find((chat) => chat.open);
+      if (next) this.select(next.id);
+      this.renderChats();
+      this.renderSelected();
+      this.save();
+    }
+
+    ding() {
+      this.updateTitle();
+      if (!this.sound) return;
+      try {
+        this.audio = this.audio || new AudioContext();
+        const tone = this.audio.createOscillator();
+        const gain = this.audio.createGain();
+        tone.frequency.value = 880;
+        gain.gain.setValueAtTime(0.15, this.audio.currentTime);
+        gain.gain.exponentialRampToValueAtTime(0.001, this.audio.currentTime + 0.3);
+        tone.connect(gain).connect(this.audio.destination);
+        tone.start();
+        tone.stop(this.audio.currentTime + 0.3);
+      } catch (_) {
+        /* no audio here: the title badge still shows */
+      }
+    }
+
+    // -- drawing --------------------------------------------------------------------------
+
+    updateTitle() {
+      let count = this.queue.length;
+      for (const chat of this.chats.values()) count += chat.unread;
+      document.title = count ? `(${count}) ${TITLE}` : TITLE;
+    }
+
+    tick() {
+      const now = Date.now() / 1000;
+      for (const span of document.querySelectorAll("[data-since]")) {
+        span.textContent = waited(now - Number(span.dataset.since));
+      }
+    }
+
+    renderQueue() {
+      const list = $("queue");
+      const now = Date.now() / 1000;
+      list.replaceChildren(
+        ...this.queue.map((item) => {
+          const wait = el("span", {class: "wait", "data-since": item.queued_at, text: waited(now - item.queued_at)});
+          return el(
+            "li",
+            {class: "queue-item", "data-conversation": item.conversation_id},
+            el(
+              "div",
+              {class: "queue-what"},
+              el("strong", {text: `#${item.position} · ${item.bot_id}`}),
+              el("span", {class: "waited"}, "waiting ", wait),
+            ),
+            el("button", {
+              type: "button",
+              class: "primary pick-up",
+              text: "Pick up",
+              "aria-label": `Pick up conversation ${item.position} in the queue (${item.bot_id})`,
+              onclick: () => this.claim(item.conversation_id),
+            }),
+          );
+        }),
+      );
+      $("queue-count").textContent = String(this.queue.length);
+      $("queue-empty").hidden = this.queue.length > 0;
+      this.updateTitle();
+    }
+
+    renderChats() {
+      const list = $("chats");
+      const chats = [...this.chats.values()];
+      list.replaceChildren(
+        ...chats.map((chat) => {
+          const badge = chat.unread
+            ? el("span", {class: "badge", text: String(chat.unread), "aria-label": `${chat.unread} unread`})
+            : null;
+          return el(
+            "li",
+            {},
+            el(
+              "button",
+              {
+                type: "button",
+                class: `chat-tab state-${chat.status}`,
+                "data-conversation": chat.id,
+                "aria-current": chat.id === this.selected ? "true" : false,
+                onclick: () => this.select(chat.id),
+              },
+              el("span", {class: "chat-name", text: chat.label}),
+              el("span", {class: "chat-status", text: STATES[chat.status] || chat.status}),
+              badge,
+            ),
+          );
+        }),
+      );
+      $("chats-empty").hidden = chats.length > 0;
+      this.updateTitle();
+    }
+
+    renderSelected() {
+      const chat = this.chats.get(this.selected);
+      $("no-chat").hidden = Boolean(chat);
+      $("chat-view").hidden = !chat;
+      if (!chat) return;
+      $("chat-view").dataset.conversation = chat.id;
+      $("chat-title").textContent = chat.label;
+      const meta = $("chat-meta");
+      const rows = Object.assign({}, chat.metadata, {bot: chat.botId, user_id: chat.userId});
+      meta.replaceChildren();
+      for (const [key, value] of Object.entries(rows)) {
+        if (value === "" || value === undefined || value === null) continue;
+        const shown = typeof value === "object" ? JSON.stringify(value) : String(value);
+        meta.append(el("dt", {text: key}), el("dd", {text: shown}));
+      }
+      $("chat-log").replaceChildren();
+      $("chat-typing").hidden = true;
+      for (const entry of [...chat.entries.values()].sort((a, b) => a.seq - b.seq)) this.place(entry);
+      this.renderState(chat);
+    }
+
+    renderState(chat) {
+      const state = $("chat-state");
+      state.textContent = STATES[chat.status] || chat.status;
+      state.className = `state state-${chat.status}`;
+      $("chat-view").dataset.status = chat.status;
+      const open = chat.open;
+      for (const id of ["reply", "sign-off", "transfer", "transfer-to", "requeue"]) $(id).disabled = !open;
+      $("composer").querySelector("button").disabled = !open;
+      $("close-chat").hidden = open;
+      const ended = $("chat-ended");
+      ended.hidden = open;
+      const words = {
+        ended: "The session has ended; the bot has the conversation again.",
+        expired: `The session expired (${chat.detail || "timeout"}); the bot has the conversation again.`,
+        transferred: `You transferred this chat${chat.detail ? ` to ${chat.detail}` : ""}.`,
+        released: "This chat went back to the queue.",
+      };
+      ended.textContent = open ? "" : words[chat.status] || "";
+    }
+
+    /** Put an entry of the selected chat in the log, in seq order. */
+    place(entry) {
+      const log = $("chat-log");
+      const item = this.renderEntry(entry);
+      item.dataset.seq = String(entry.seq);
+      const after = [...log.children].find((child) => Number(child.dataset.seq) > entry.seq);
+      log.insertBefore(item, after || null);
+      if (!after) log.scrollTop = log.scrollHeight;
+    }
+
+    renderEntry(entry) {
+      const content = entry.content || {};
+      if (entry.content_type === "notice") {
+        const describe = NOTICES[content.code];
+        return el("li", {class: `entry notice notice-${content.code}`, text: describe ? describe(content) : content.code});
+      }
+      const mine = entry.sender === "agent" && this.me && entry.agent_id === this.me.id;
+      const who = mine
+        ? "You"
+        : {user: "User", bot: "Bot", agent: entry.agent_id || "Agent", system: "System"}[entry.sender] || entry.sender;
+      const body = el("div", {class: "bubble"});
+      const type = entry.content_type;
+      if (type === "text") body.append(content.text || "");
+      else if (type === "payload") body.append(el("em", {text: `clicked ${content.payload}`}));
+      else if (type === "question") {
+        body.append(content.title || "");
+        const choices = (content.buttons || []).map((b) => (b && b.content) || b || {});
+        body.append(el("div", {class: "choices"}, ...choices.map((c) => el("span", {class: "chip", text: c.title || c.payload}))));
+        if (entry.metadata && entry.metadata.sign_off) body.classList.add("sign-off");
+      } else if (["image", "url", "file", "audio", "video"].includes(type)) {
+        const href = safeUrl(content.url);
+        const text = content.title || content.text || content.url || type;
+        body.append(href ? el("a", {href, target: "_blank", rel: "noopener noreferrer", text: `${type}: ${text}`}) : text);
+      } else if (typeof content.text === "string") body.append(content.text);
+      else body.append(el("em", {text: `[${type}]`}));
+      return el(
+        "li",
+        {class: `entry from-${entry.sender}${mine ? " mine" : ""}`},
+        el("span", {class: "who", text: who}),
+        body,
+        el("time", {class: "time", text: clock(entry.at)}),
+      );
+    }
+  }
+
+  window.switchoverDesk = new Desk();
+})();

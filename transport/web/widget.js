@@ -1,0 +1,620 @@
+/*
+ * Switchover chat widget: an embeddable chat window that talks to a bot and, when the user
+ * asks for one, to a human agent, over Switchover's WebSocket protocol.
+ *
+ * Embed it with one tag (the widget mounts into data-target, or floats in a corner without it):
+ *   <script src="https://chat.example.com/static/widget.js" data-bot="demo"></script>
+ * or mount it yourself:
+ *   Switchover.mount(document.querySelector("#chat"), {bot: "demo", metadata: {name: "Uma"}});
+ *
+ * The conversation survives a page reload: the resume token, the last sequence number seen and
+ * the recent entries are kept in localStorage, so the widget shows what was said and asks the
+ * server only for what it missed. Every entry carries a sequence number; anything at or below
+ * the last one seen is a duplicate and is dropped, so reconnecting never shows a message twice.
+ */
+(function () {
+  "use strict";
+
+  const script = document.currentScript;
+  const SCRIPT_SRC = (script && script.src) || location.href;
+  const KEPT_ENTRIES = 300;
+  const FIRST_RETRY_MS = 500;
+  const MAX_RETRY_MS = 15000;
+  const PING_EVERY_MS = 25000;
+  const TYPING_EVERY_MS = 2500;
+  const TYPING_SHOWN_MS = 5000;
+  const SESSION_START = "LIVECHAT_SESSION_START";
+  const SESSION_END = "LIVECHAT_SESSION_END";
+
+  /** Build an element: el("p", {class: "x", text: "hi"}, child...). Text never becomes HTML. */
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "text") node.textContent = value;
+      else if (key === "class") node.className = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children) {
+      if (child !== null && child !== undefined) node.append(child);
+    }
+    return node;
+  }
+
+  /** Only web, mail and phone links (and inline images) are followed: never javascript:. */
+  function safeUrl(value, allowData) {
+    if (typeof value !== "string" || !value) return null;
+    try {
+      const url = new URL(value, location.href);
+      const ok = ["http:", "https:", "mailto:", "tel:"];
+      if (ok.includes(url.protocol)) return url.href;
+      if (allowData && url.protocol === "data:" && /^data:image\//i.test(value)) return value;
+    } catch (_) {
+      /* not a URL */
+    }
+    return null;
+  }
+
+  /** Text with its web addresses turned into links. */
+  function linkified(text) {
+    const out = document.createDocumentFragment();
+    const parts = String(text).split(/(https?:\/\/[^\s<>"]+[^\s<>".,;:!?)\]'])/);
+    parts.forEach((part, index) => {
+      const href = index % 2 === 1 ? safeUrl(part) : null;
+      if (href) {
+        out.append(el("a", {href, target: "_blank", rel: "noopener noreferrer", text: part}));
+      } else if (part) {
+        out.append(document.createTextNode(part));
+      }
+    });
+    return out;
+  }
+
+  function buttonsOf(content) {
+    const list = Array.isArray(content.buttons) ? content.buttons : [];
+    return list
+      .map((button) => (button && button.content ? button.content : button) || {})
+      .filter((button) => typeof button.title === "string" || typeof button.payload === "string");
+  }
+
+  function clock(seconds) {
+    const when = typeof seconds === "number" ? new Date(seconds * 1000) : new Date();
+    return when.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+  }
+
+  const NOTICES = {
+    session_started: () => "You asked for a person. Looking for an available agent…",
+    queued: (c) => `You are number ${c.position} in the queue.`,
+    agent_joined: (c) => `${c.name || c.agent_id || "An agent"} joined the conversation.`,
+    agent_left: () => "The agent left. You are back in the queue for the next available agent.",
+    transferred: () => "The conversation was transferred to another agent.",
+    session_ended: () => "The conversation with the agent has ended.",
+    session_expired: () => "The conversation with the agent expired after a period of inactivity.",
+  };
+
+  function readJson(storage, key) {
+    try {
+      const raw = storage.getItem(key);
+      return raw ? JSON.parse(raw) : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  async function websocketUrl(options) {
+    if (options.wsUrl) return options.wsUrl;
+    const configUrl = options.configUrl || new URL("/config.json", SCRIPT_SRC).href;
+    const response = await fetch(configUrl, {cache: "no-store"});
+    if (!response.ok) throw new Error(`config.json answered ${response.status}`);
+    const config = await response.json();
+    if (!config || typeof config.ws_url !== "string") throw new Error("config.json has no ws_url");
+    return config.ws_url;
+  }
+
+  class ChatWidget {
+    constructor(root, options) {
+      this.root = root;
+      this.options = options || {};
+      this.bot = this.options.bot || "demo";
+      this.storageKey = this.options.storageKey || `switchover:widget:${this.bot}`;
+      this.metadata = Object.assign(
+        {page: location.href, language: navigator.language},
+        this.options.metadata || {},
+      );
+      const saved = readJson(localStorage, this.storageKey) || {};
+      this.saved = {
+        conversation_id: saved.conversation_id || null,
+        resume_token: saved.resume_token || null,
+        last_seq: Number(saved.last_seq) || 0,
+        entries: Array.isArray(saved.entries) ? saved.entries : [],
+      };
+      this.lastSeq = 0;
+      this.labels = new Map([[SESSION_START, "Talk to a person"], [SESSION_END, "End conversation"]]);
+      this.mode = "bot";
+      this.agentName = "";
+      this.queueText = "Waiting for an agent…";
+      this.outbox = [];
+      this.ws = null;
+      this.ready = false;
+      this.attempt = 0;
+      this.closed = false;
+      this.nextId = 1;
+      this.lastTypingSent = 0;
+      this.build();
+      for (const entry of this.saved.entries) this.show(entry, false);
+      this.lastSeq = Math.max(this.lastSeq, this.saved.last_seq);
+      this.onOnline = () => this.reconnectSoon(0);
+      window.addEventListener("online", this.onOnline);
+      this.connect();
+    }
+
+    // -- the page -------------------------------------------------------------------------
+
+    build() {
+      const title = this.options.title || "Chat";
+      this.root.classList.add("so-widget");
+      this.root.setAttribute("role", "region");
+      this.root.setAttribute("aria-label", title);
+      this.status = el("span", {class: "so-connection", role: "status", text: "Connecting…"});
+      this.log = el("ol", {
+        class: "so-log",
+        role: "log",
+        "aria-live": "polite",
+        "aria-relevant": "additions",
+        "aria-label": "Conversation",
+        tabindex: "0",
+      });
+      this.banner = el("p", {class: "so-banner", role: "status", hidden: true});
+      this.typing = el("p", {class: "so-typing", hidden: true});
+      this.alert = el("p", {class: "so-alert", role: "alert", hidden: true});
+      this.input = el("textarea", {
+        class: "so-input",
+        rows: "1",
+        "aria-label": "Message",
+        placeholder: "Write a message…",
+        maxlength: "4000",
+        enterkeyhint: "send",
+      });
+      this.input.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+          event.preventDefault();
+          this.sendText();
+        }
+      });
+      this.input.addEventListener("input", () => this.userIsTyping());
+      this.form = el(
+        "form",
+        {class: "so-composer", "aria-label": "Send a message"},
+        this.input,
+        el("button", {type: "submit", class: "so-send", text: "Send"}),
+      );
+      this.form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        this.sendText();
+      });
+      const newChat = el("button", {
+        type: "button",
+        class: "so-restart",
+        text: "New chat",
+        title: "Forget this conversation and start a new one",
+        onclick: () => this.restart(),
+      });
+      this.root.replaceChildren(
+        el("header", {class: "so-header"}, el("h2", {text: title}), this.status, newChat),
+        this.log,
+        this.banner,
+        this.typing,
+        this.alert,
+        this.form,
+      );
+    }
+
+    setConnection(text, state) {
+      this.status.textContent = text;
+      this.status.dataset.state = state;
+      this.root.dataset.connection = state;
+    }
+
+    problem(text) {
+      this.alert.textContent = text;
+      this.alert.hidden = !text;
+    }
+
+    scrollDown() {
+      this.log.scrollTop = this.log.scrollHeight;
+    }
+
+    setMode(mode, agentName) {
+      this.mode = mode;
+      if (agentName !== undefined) this.agentName = agentName;
+      this.root.dataset.mode = mode;
+      if (mode === "bot") {
+        this.banner.hidden = true;
+        for (const button of this.log.querySelectorAll(".so-sign-off button")) button.disabled = true;
+      } else {
+        this.banner.hidden = false;
+        this.banner.textContent =
+          mode === "live" ? `You are chatting with ${this.agentName || "an agent"}.` : this.queueText;
+      }
+    }
+
+    // -- entries --------------------------------------------------------------------------
+
+    /** Render one entry (fresh from the server when `fresh`, or from the saved transcript). */
+    show(entry, fresh) {
+      if (typeof entry.seq !== "number" || entry.seq <= this.lastSeq) return false;
+      this.lastSeq = entry.seq;
+      const item = this.render(entry);
+      if (item) {
+        item.dataset.seq = String(entry.seq);
+        this.log.append(item);
+        this.scrollDown();
+      }
+      if (entry.sender === "agent") this.typing.hidden = true;
+      if (fresh) {
+        this.saved.entries.push(entry);
+        if (this.saved.entries.length > KEPT_ENTRIES) {
+          this.saved.entries.splice(0, this.saved.entries.length - KEPT_ENTRIES);
+        }
+        this.saved.last_seq = this.lastSeq;
+        this.save();
+      }
+      return true;
+    }
+
+    render(entry) {
+      const content = entry.content || {};
+      if (entry.content_type === "notice") return this.renderNotice(entry, content);
+      const sender = ["user", "bot", "agent", "system"].includes(entry.sender) ? entry.sender : "system";
+      const item = el("li", {class: `so-entry so-from-${sender}`});
+      const who = {user: "You", bot: "Assistant", agent: this.agentName || "Agent", system: "Notice"};
+      item.append(el("span", {class: "so-visually-hidden", text: `${who[sender]}: `}));
+      const body = el("div", {class: "so-bubble"});
+      this.renderContent(entry, content, body);
+      item.append(body, el("time", {class: "so-time", text: clock(entry.at)}));
+      return item;
+    }
+
+    renderNotice(entry, content) {
+      const describe = NOTICES[content.code];
+      const text = describe ? describe(content) : content.text || "";
+      if (!text) return null;
+      if (content.code === "queued") {
+        this.queueText = text;
+        for (const old of this.log.querySelectorAll(".so-notice-queued")) old.remove();
+        this.setMode("queued");
+      } else if (content.code === "session_started" || content.code === "agent_left") {
+        this.queueText = "Waiting for an agent…";
+        this.setMode("queued");
+      } else if (content.code === "agent_joined") {
+        this.setMode("live", content.name || content.agent_id || "");
+      } else if (content.code === "session_ended" || content.code === "session_expired") {
+        this.setMode("bot", "");
+      }
+      return el("li", {
+        class: `so-entry so-notice so-notice-${String(content.code).replace(/[^a-z_]/g, "")}`,
+        text,
+      });
+    }
+
+    renderContent(entry, content, body) {
+      const type = entry.content_type;
+      if (type === "text") {
+        body.append(linkified(content.text || ""));
+      } else if (type === "payload") {
+        const payload = String(content.payload || "");
+        body.append(this.labels.get(payload) || content.title || payload);
+      } else if (type === "question") {
+        this.renderQuestion(entry, content, body);
+      } else if (type === "image") {
+        const src = safeUrl(content.url, true);
+        const img = el("img", {src, alt: content.alt || content.title || "Image", loading: "lazy"});
+        body.append(src ? el("a", {href: src, target: "_blank", rel: "noopener noreferrer"}, img) : "[image]");
+      } else if (type === "url") {
+        const href = safeUrl(content.url);
+        const text = content.text || content.title || content.url || "link";
+        body.append(href ? el("a", {href, target: "_blank", rel: "noopener noreferrer", text}) : text);
+      } else if (type === "file" || type === "audio" || type === "video") {
+        const href = safeUrl(content.url);
+        const name = content.title || content.name || (href ? decodeURIComponent(href.split("/").pop()) : type);
+        if (href && type !== "file") {
+          body.append(el(type, {src: href, controls: true, preload: "none", "aria-label": name}));
+        }
+        body.append(
+          href
+            ? el("a", {href, target: "_blank", rel: "noopener noreferrer", download: type === "file", text: `${name}`})
+            : name,
+        );
+      } else if (type === "card" || type === "carousel") {
+        const cards = type === "card" ? [content] : Array.isArray(content.cards) ? content.cards : [];
+        const list = el("div", {class: "so-cards"});
+        for (const card of cards) {
+          const data = card.content || card;
+          const image = safeUrl(data.image_url, true);
+          const cardNode = el(
+            "div",
+            {class: "so-card"},
+            image ? el("img", {src: image, alt: data.title || "", loading: "lazy"}) : null,
+            data.title ? el("strong", {text: data.title}) : null,
+            data.subtitle ? el("p", {text: data.subtitle}) : null,
+          );
+          this.renderButtons(buttonsOf(data), cardNode, false);
+          list.append(cardNode);
+        }
+        body.append(list);
+      } else if (typeof content.text === "string") {
+        body.append(linkified(content.text));
+      } else {
+        body.append(el("em", {text: `[${type} message]`}));
+      }
+    }
+
+    renderQuestion(entry, content, body) {
+      const signOff = Boolean(entry.metadata && entry.metadata.sign_off);
+      if (signOff) body.classList.add("so-sign-off");
+      body.append(el("p", {class: "so-question", text: content.title || content.text || ""}));
+      this.renderButtons(buttonsOf(content), body, signOff && this.mode === "bot");
+    }
+
+    renderButtons(buttons, parent, disabled) {
+      if (!buttons.length) return;
+      const group = el("div", {class: "so-buttons", role: "group", "aria-label": "Choices"});
+      for (const button of buttons) {
+        const title = button.title || button.payload;
+        const payload = button.payload || button.title;
+        this.labels.set(payload, title);
+        group.append(
+          el("button", {
+            type: "button",
+            class: "so-choice",
+            text: title,
+            "data-payload": payload,
+            disabled,
+            onclick: () => this.sendPayload(payload),
+          }),
+        );
+      }
+      parent.append(group);
+    }
+
+    // -- sending --------------------------------------------------------------------------
+
+    sendText() {
+      const text = this.input.value.trim();
+      if (!text) return;
+      this.input.value = "";
+      this.submit({content_type: "text", content: {text}});
+      this.input.focus();
+    }
+
+    sendPayload(payload) {
+      this.submit({content_type: "payload", content: {payload}});
+    }
+
+    submit(message) {
+      const frame = Object.assign({type: "message", id: `c${this.nextId++}`}, message);
+      if (this.ready) this.ws.send(JSON.stringify(frame));
+      else this.outbox.push(frame);
+    }
+
+    userIsTyping() {
+      const now = Date.now();
+      if (!this.ready || this.mode !== "live" || now - this.lastTypingSent < TYPING_EVERY_MS) return;
+      this.lastTypingSent = now;
+      this.ws.send(JSON.stringify({type: "typing"}));
+    }
+
+    // -- the connection -------------------------------------------------------------------
+
+    save() {
+      try {
+        localStorage.setItem(this.storageKey, JSON.stringify(this.saved));
+      } catch (_) {
+        /* storage full or blocked: the conversation still works, it just won't survive reload */
+      }
+    }
+
+    async connect() {
+      if (this.closed) return;
+      this.setConnection(this.attempt ? "Reconnecting…" : "Connecting…", "connecting");
+      let url;
+      try {
+        url = await websocketUrl(this.options);
+      } catch (error) {
+        this.reconnectSoon();
+        return;
+      }
+      if (this.closed) return;
+      const ws = new WebSocket(url);
+      this.ws = ws;
+      ws.addEventListener("open", () => {
+        const hello = this.saved.resume_token
+          ? {type: "hello", v: 1, role: "user", resume_token: this.saved.resume_token, last_seq: this.lastSeq}
+          : {type: "hello", v: 1, role: "user", bot_id: this.bot, metadata: this.metadata};
+        ws.send(JSON.stringify(hello));
+      });
+      ws.addEventListener("message", (event) => this.receive(event.data));
+      ws.addEventListener("close", (event) => this.lost(ws, event));
+    }
+
+    lost(ws, event) {
+      if (ws !== this.ws) return;
+      this.ready = false;
+      clearInterval(this.pinger);
+      if (this.closed) return;
+      const refused = event.code === 4401 || event.code === 4404;
+      if (refused && this.saved.resume_token) {
+        // The saved conversation cannot be resumed (another server, or it was removed).
+        this.forget();
+        this.problem("Your previous conversation could not be resumed, so a new one was started.");
+        this.reconnectSoon(0);
+        return;
+      }
+      if (refused || event.code === 4400) {
+        // Retrying would be refused the same way: say so and stop.
+        this.setConnection("Unavailable", "offline");
+        this.problem(`The chat is not available: ${event.reason || `refused (${event.code})`}.`);
+        return;
+      }
+      this.reconnectSoon();
+    }
+
+    reconnectSoon(delay) {
+      if (this.closed) return;
+      clearTimeout(this.retryTimer);
+      if (this.ws && this.ws.readyState <= WebSocket.OPEN && delay === 0) return;
+      const wait =
+        delay !== undefined
+          ? delay
+          : Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+      this.attempt += 1;
+      this.setConnection("Reconnecting…", "offline");
+      this.retryTimer = setTimeout(() => this.connect(), wait);
+    }
+
+    receive(data) {
+      let frame;
+      try {
+        frame = JSON.parse(data);
+      } catch (_) {
+        return;
+      }
+      switch (frame.type) {
+        case "welcome":
+          this.welcome(frame);
+          break;
+        case "entry":
+          this.show(frame, true);
+          break;
+        case "typing":
+          if (frame.party === "agent") this.agentTyping();
+          break;
+        case "error":
+          this.problem(frame.message || `The server refused that (${frame.code}).`);
+          break;
+        case "ack":
+          this.problem("");
+          break;
+        default:
+          break;
+      }
+    }
+
+    welcome(frame) {
+      if (this.saved.conversation_id && frame.conversation_id !== this.saved.conversation_id) {
+        this.forget();
+      }
+      this.saved.conversation_id = frame.conversation_id;
+      this.saved.resume_token = frame.resume_token || this.saved.resume_token;
+      this.save();
+      this.ready = true;
+      this.attempt = 0;
+      this.setConnection("Connected", "online");
+      this.root.dataset.conversation = frame.conversation_id;
+      clearInterval(this.pinger);
+      this.pinger = setInterval(() => {
+        if (this.ready) this.ws.send(JSON.stringify({type: "ping"}));
+      }, PING_EVERY_MS);
+      const waiting = this.outbox.splice(0);
+      for (const pending of waiting) this.ws.send(JSON.stringify(pending));
+    }
+
+    agentTyping() {
+      this.typing.textContent = `${this.agentName || "The agent"} is typing…`;
+      this.typing.hidden = false;
+      clearTimeout(this.typingTimer);
+      this.typingTimer = setTimeout(() => {
+        this.typing.hidden = true;
+      }, TYPING_SHOWN_MS);
+    }
+
+    /** Drop the saved conversation (the next hello starts a new one). */
+    forget() {
+      this.saved = {conversation_id: null, resume_token: null, last_seq: 0, entries: []};
+      this.lastSeq = 0;
+      this.log.replaceChildren();
+      this.setMode("bot", "");
+      this.save();
+    }
+
+    restart() {
+      this.forget();
+      this.problem("");
+      if (this.ws) {
+        const old = this.ws;
+        this.ws = null;
+        this.ready = false;
+        old.close(1000, "new chat");
+      }
+      this.attempt = 0;
+      this.connect();
+    }
+
+    destroy() {
+      this.closed = true;
+      clearTimeout(this.retryTimer);
+      clearInterval(this.pinger);
+      window.removeEventListener("online", this.onOnline);
+      if (this.ws) this.ws.close(1000, "widget removed");
+    }
+  }
+
+  function ensureStyles() {
+    if (document.querySelector("link[data-switchover-css]")) return;
+    const href = new URL("widget.css", SCRIPT_SRC).href;
+    if ([...document.styleSheets].some((sheet) => sheet.href === href)) return;
+    document.head.append(el("link", {rel: "stylesheet", href, "data-switchover-css": true}));
+  }
+
+  /** Mount a chat window into `root`. Options: bot, metadata, title, wsUrl, configUrl. */
+  function mount(root, options) {
+    if (!root) throw new Error("Switchover.mount needs an element to mount into");
+    if (!options || options.css !== false) ensureStyles();
+    return new ChatWidget(root, options || {});
+  }
+
+  /** A floating launcher in the corner that opens the chat window. */
+  function mountFloating(options) {
+    const panel = el("div", {class: "so-floating-panel", id: "switchover-chat", hidden: true});
+    const launcher = el("button", {
+      type: "button",
+      class: "so-launcher",
+      "aria-expanded": "false",
+      "aria-controls": "switchover-chat",
+      text: options.launcherText || "Chat with us",
+    });
+    launcher.addEventListener("click", () => {
+      panel.hidden = !panel.hidden;
+      launcher.setAttribute("aria-expanded", String(!panel.hidden));
+      if (!panel.hidden) panel.querySelector("textarea").focus();
+    });
+    document.body.append(panel, launcher);
+    return mount(panel, options);
+  }
+
+  window.Switchover = Object.assign(window.Switchover || {}, {mount, mountFloating});
+
+  if (script && script.dataset.bot) {
+    const start = () => {
+      let metadata = {};
+      try {
+        metadata = script.dataset.metadata ? JSON.parse(script.dataset.metadata) : {};
+      } catch (_) {
+        metadata = {};
+      }
+      const options = {
+        bot: script.dataset.bot,
+        metadata,
+        title: script.dataset.title,
+        wsUrl: script.dataset.wsUrl,
+        configUrl: script.dataset.configUrl,
+        css: script.dataset.css !== "none",
+      };
+      const target = script.dataset.target && document.querySelector(script.dataset.target);
+      window.Switchover.widget = target ? mount(target, options) : mountFloating(options);
+    };
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+    else start();
+  }
+})();
