@@ -34,6 +34,7 @@ import trio
 from . import effects as fx
 from .events import BotSays, BotUnavailable, Event, TimerFired
 from .lifecycle import ConversationState, Lifecycle
+from .mailbox import Mailbox
 from .ports import BotEvent, Sink, StoreUnavailable, Transcript, Typing
 from .records import Entry, Party
 
@@ -93,7 +94,6 @@ class ConversationActor:
         "_armed",
         "_bot_busy",
         "_bot_queue",
-        "_receive",
         "board",
         "conversation_id",
         "inbox",
@@ -109,13 +109,12 @@ class ConversationActor:
     ) -> None:
         self.board = board
         self.conversation_id = conversation_id
-        send, receive = trio.open_memory_channel[Inbound](math.inf)
-        self.inbox = send
-        self._receive = receive
+        self.inbox: Mailbox[Inbound] = Mailbox()
         self.state = state
         self.lifecycle: Lifecycle | None = None
         self.subscribers: list[Sink] = []
-        self._bot_queue: deque[BotEvent] = deque()
+        # Created on first use: most conversations never need it, and a deque is 600 bytes.
+        self._bot_queue: deque[BotEvent] | None = None
         self._bot_busy = False
         self.last_touch = 0.0
         self._armed = math.inf
@@ -137,23 +136,24 @@ class ConversationActor:
                 board.forget(self)
                 return
         self.lifecycle = board.lifecycle_for(self.state.bot_id)
-        receive = self._receive
+        inbox = self.inbox
         self.last_touch = trio.current_time()
         self._armed = math.inf
         while True:
             self._arm()
-            item = await receive.receive()
-            while True:
-                if item is _ALARM:
-                    if await self._alarm():
-                        return
-                else:
-                    await self._take(item)
-                    self.last_touch = trio.current_time()
+            batch = await inbox.take()
+            for index, item in enumerate(batch):
                 try:
-                    item = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
+                    if item is _ALARM:
+                        if await self._alarm():
+                            return
+                    else:
+                        await self._take(item)
+                except BaseException:
+                    # What was taken but not handled stays first in line for the restart.
+                    inbox.requeue(batch[index + 1 :])
+                    raise
+            self.last_touch = trio.current_time()
 
     def _arm(self) -> None:
         """Ask the alarms for a wake-up when the next one comes earlier than the one already
@@ -167,7 +167,7 @@ class ConversationActor:
         """Called by the alarms task when a wake-up this actor asked for comes due."""
         if not self.retired:
             self._armed = math.inf
-            self.inbox.send_nowait(_ALARM)
+            self.inbox.put(_ALARM)
 
     def _next_wakeup(self) -> float:
         assert self.state is not None and self.lifecycle is not None
@@ -204,16 +204,12 @@ class ConversationActor:
             hibernate_after is not None
             and not self.subscribers
             and not self._bot_busy
-            and self._receive.statistics().current_buffer_used == 0
+            and not self.inbox
             and trio.current_time() >= self.last_touch + hibernate_after
         )
 
     def refuse_waiting(self, code: str, detail: str) -> None:
-        while True:
-            try:
-                item = self._receive.receive_nowait()
-            except trio.WouldBlock:
-                return
+        for item in self.inbox.take_nowait():
             if isinstance(item, Envelope) and item.reply is not None:
                 item.reply(fx.Refused(code, detail))
 
@@ -328,6 +324,8 @@ class ConversationActor:
         state = self.state
         assert state is not None
         metadata = {**state.user_metadata, **entry.metadata}
+        if self._bot_queue is None:
+            self._bot_queue = deque()
         self._bot_queue.append(
             BotEvent(
                 f"{self.conversation_id}:{entry.seq}",
@@ -345,11 +343,12 @@ class ConversationActor:
     async def _talk_to_bot(self) -> None:
         """Deliver queued bot events one at a time, in order, and post the replies back into
         the conversation's own inbox. Exits when the queue is empty."""
-        assert self.state is not None
+        assert self.state is not None and self._bot_queue is not None
         bot = self.board.bot_for(self.state.bot_id)
+        queue = self._bot_queue
         try:
-            while self._bot_queue:
-                event = self._bot_queue.popleft()
+            while queue:
+                event = queue.popleft()
                 try:
                     replies = await bot.on_event(event)
                 except Exception as exc:
@@ -360,10 +359,10 @@ class ConversationActor:
                         self.conversation_id,
                         exc,
                     )
-                    self.inbox.send_nowait(Envelope(BotUnavailable(repr(exc))))
+                    self.inbox.put(Envelope(BotUnavailable(repr(exc))))
                     continue
                 if replies:
-                    self.inbox.send_nowait(
+                    self.inbox.put(
                         Envelope(BotSays(tuple(replies)), self._report_refused_bot_reply)
                     )
         finally:

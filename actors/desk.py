@@ -54,12 +54,23 @@ class Desk:
     Agents' connections call :meth:`attach`, :meth:`detach`, :meth:`set_presence` and
     :meth:`claim`; conversations call the backend methods. All of them only post to the
     desk's channel, so none blocks.
+
+    ``publish_interval``: agents' views of the desk (:class:`~actors.ports.DeskStatus`) are
+    re-sent at most this often (seconds); changes in between are gathered into the next
+    one. A view lists every chat and the whole queue, so rebuilding views after every change
+    would cost the desk more than the changes themselves when thousands of sessions move at
+    once. Messages, assignments and problems are never delayed, only the views.
     """
 
     def __init__(
-        self, settings: Mapping[str, BotSettings], agents: Iterable[AgentProfile] = ()
+        self,
+        settings: Mapping[str, BotSettings],
+        agents: Iterable[AgentProfile] = (),
+        *,
+        publish_interval: float = 0.05,
     ) -> None:
         self.settings = dict(settings)
+        self.publish_interval = publish_interval
         self.profiles: dict[str, AgentProfile] = {}
         self._sinks: dict[str, list[Sink]] = {}
         self._routing = rt.Routing([], self.settings)
@@ -135,9 +146,13 @@ class Desk:
         task_status.started()
         routing = self._routing
         clock = core.clock
+        unpublished = False
+        published_at = -math.inf
         while True:
             grace = routing.next_deadline()
             armed = clock.to_trio(grace) if grace is not None else math.inf
+            if unpublished:
+                armed = min(armed, published_at + self.publish_interval)
             changed = False
             with trio.move_on_at(armed):
                 verb, args = await self._receive.receive()
@@ -150,8 +165,11 @@ class Desk:
                     changed = self._apply(verb, args) or changed
             if grace is not None and clock.now() >= grace:
                 changed = self._carry_out(routing.expire_grace(clock.now())) or changed
-            if changed:
+            unpublished = unpublished or changed
+            if unpublished and trio.current_time() >= published_at + self.publish_interval:
                 self._publish()
+                unpublished = False
+                published_at = trio.current_time()
 
     def _apply(self, verb: str, args: tuple[object, ...]) -> bool:
         assert self._core is not None
@@ -195,8 +213,11 @@ class Desk:
         return changed
 
     def _publish(self) -> None:
-        """Send each connected agent its view of the desk."""
-        for agent_id, sinks in self._sinks.items():
+        """Send each connected agent whose view changed its view of the desk. Views are
+        rebuilt only for those agents: with thousands of chats, rebuilding every view after
+        every batch of changes would stall the desk."""
+        for agent_id in self._routing.take_changes():
+            sinks = self._sinks.get(agent_id)
             if sinks:
                 status = self.status_of(agent_id)
                 for sink in sinks:

@@ -151,12 +151,35 @@ class _Builder:
         self,
         session: Session | _Keep | None = _Keep.SESSION,
         outcome: fx.Outcome | None = None,
-        **changes: Any,
+        sessions_opened: int | None = None,
     ) -> Transition:
-        if not isinstance(session, _Keep):
-            changes["session"] = session
-        state = attrs.evolve(self.state, next_seq=self.next_seq, **changes)
+        old = self.state
+        # Built field by field: this runs for every message, and attrs.evolve costs several
+        # times more than the constructor.
+        state = ConversationState(
+            old.conversation_id,
+            old.bot_id,
+            old.user_id,
+            old.user_metadata,
+            self.next_seq,
+            old.session if isinstance(session, _Keep) else session,
+            old.sessions_opened if sessions_opened is None else sessions_opened,
+        )
         return Transition(state, tuple(self.effects), outcome or fx.Accepted())
+
+
+def _touched(session: Session, now: float, sign_off_offered: bool) -> Session:
+    """The session after a message between user and agent (the hot path: no evolve)."""
+    return Session(
+        session.session_id,
+        session.started_at,
+        now,
+        session.queued_at,
+        session.agent_id,
+        session.agent_name,
+        session.position,
+        sign_off_offered,
+    )
 
 
 def _refuse(state: ConversationState, code: str, detail: str) -> Transition:
@@ -205,7 +228,7 @@ class Lifecycle:
             return self._end_session(out, USER_ENDED, content)
         if content.is_payload(SESSION_START):
             return _refuse(state, "session_already_open", "A livechat session is already open.")
-        touched = attrs.evolve(session, last_activity=now, sign_off_offered=False)
+        touched = _touched(session, now, sign_off_offered=False)
         if session.agent_id is None:
             seq = out.emit(Party.USER, content, _USER, metadata={"queued": True})
         else:
@@ -283,10 +306,7 @@ class Lifecycle:
             seq = out.emit(Party.AGENT, message, _USER_AND_AGENT, agent_id=event.agent_id)
         if signs_off:
             seq = self._offer_end(out, event.agent_id)
-        return out.finish(
-            attrs.evolve(session, last_activity=now, sign_off_offered=signs_off),
-            fx.Accepted(seq),
-        )
+        return out.finish(_touched(session, now, signs_off), fx.Accepted(seq))
 
     def _offer_end(self, out: _Builder, agent_id: str) -> int:
         settings = self.settings
@@ -306,9 +326,7 @@ class Lifecycle:
             return session
         out = _Builder(state, now)
         seq = self._offer_end(out, event.agent_id)
-        return out.finish(
-            attrs.evolve(session, last_activity=now, sign_off_offered=True), fx.Accepted(seq)
-        )
+        return out.finish(_touched(session, now, True), fx.Accepted(seq))
 
     def _agent_typing(
         self, state: ConversationState, event: ev.AgentTyping, now: float

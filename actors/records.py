@@ -25,6 +25,10 @@ class Party(enum.Enum):
     AGENT = "agent"
     SYSTEM = "system"
 
+    # Members are singletons compared by identity; enum's own __hash__ is Python code and
+    # ran several times per message (audience checks).
+    __hash__ = object.__hash__
+
 
 @attrs.frozen
 class Entry:

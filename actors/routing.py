@@ -123,6 +123,21 @@ class Routing:
         self.agents: dict[str, Agent] = {agent.agent_id: agent for agent in agents}
         self.settings = dict(settings)
         self.queue: list[Waiting] = []
+        # Whose view of the desk changed since the desk last published: agents whose chats
+        # or presence changed, and bots whose queue changed (seen by all their agents).
+        self.changed_agents: set[str] = set()
+        self.changed_bots: set[str] = set()
+
+    def take_changes(self) -> list[str]:
+        """The agents whose view changed since the last call, so that the desk re-sends only
+        those views (a view lists the agent's chats and its bots' queue)."""
+        agents = self.changed_agents
+        bots = self.changed_bots
+        if bots:
+            agents |= {a.agent_id for a in self.agents.values() if not a.bots.isdisjoint(bots)}
+        self.changed_agents = set()
+        self.changed_bots = set()
+        return sorted(agents)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -156,11 +171,13 @@ class Routing:
         if holder is not None:
             # A restarted server gives the session back to its agent, who is not connected
             # yet: the grace period starts now.
+            self.changed_agents.add(holder.agent_id)
             holder.chats[request.conversation_id] = Chat(
                 request.conversation_id, request.session_id, request.bot_id
             )
             self._update_grace(holder, now)
             return [_CHANGED]
+        self.changed_bots.add(request.bot_id)
         self.queue.append(
             Waiting(request.conversation_id, request.session_id, request.bot_id, request.queued_at)
         )
@@ -171,6 +188,7 @@ class Routing:
         if waiting is None or waiting.session_id != session_id:
             return []
         self.queue.remove(waiting)
+        self.changed_bots.add(waiting.bot_id)
         return self._settle(now)
 
     def release(
@@ -181,6 +199,7 @@ class Routing:
         if agent is None or chat is None or chat.session_id != session_id:
             return []
         del agent.chats[conversation_id]
+        self.changed_agents.add(agent_id)
         return self._settle(now)
 
     def transfer(
@@ -195,7 +214,9 @@ class Routing:
         chat = source.chats.get(conversation_id) if source else None
         if source is None or chat is None or chat.session_id != session_id:
             return [Refusal(from_agent, conversation_id, "not_assigned", "You do not hold it.")]
+        self.changed_agents.add(from_agent)
         if to_agent is None:
+            self.changed_bots.add(chat.bot_id)
             del source.chats[conversation_id]
             self.queue.insert(
                 0, Waiting(conversation_id, session_id, chat.bot_id, now, not_agent=from_agent)
@@ -208,6 +229,7 @@ class Routing:
             detail = problem or f"There is no agent {to_agent!r}."
             return [Refusal(from_agent, conversation_id, "transfer_failed", detail)]
         del source.chats[conversation_id]
+        self.changed_agents.add(target.agent_id)
         target.chats[conversation_id] = Chat(conversation_id, session_id, chat.bot_id)
         target.last_pickup = now
         return [
@@ -221,7 +243,7 @@ class Routing:
         waiting = self.waiting(conversation_id)
         if agent is None or waiting is None:
             return [Refusal(agent_id, conversation_id, "not_waiting", "That chat is not waiting.")]
-        problem = self._cannot_take(agent, waiting.bot_id)
+        problem = self._cannot_take(agent, waiting.bot_id, by_hand=True)
         if problem is not None:
             return [Refusal(agent_id, conversation_id, "cannot_claim", problem)]
         return [self._assign(waiting, agent, now), *self._settle(now)]
@@ -252,6 +274,8 @@ class Routing:
             for chat in list(agent.chats.values()):
                 if chat.grace_until is not None and chat.grace_until <= now:
                     del agent.chats[chat.conversation_id]
+                    self.changed_agents.add(agent.agent_id)
+                    self.changed_bots.add(chat.bot_id)
                     self.queue.insert(
                         0, Waiting(chat.conversation_id, chat.session_id, chat.bot_id, now)
                     )
@@ -264,19 +288,23 @@ class Routing:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _cannot_take(self, agent: Agent | None, bot_id: str) -> str | None:
+    def _cannot_take(
+        self, agent: Agent | None, bot_id: str, *, by_hand: bool = False
+    ) -> str | None:
         if agent is None:
             return "No such agent."
         if bot_id not in agent.bots:
             return f"{agent.name} does not serve this bot."
-        if agent.away:
-            # "Away" only stops automatic offers: a connected agent may still pick up by hand.
-            return f"{agent.name} is offline."
+        if not agent.available and not (by_hand and not agent.away):
+            # "Away" only stops offers: a connected agent may still pick up by hand.
+            return f"{agent.name} is not online."
         if len(agent.chats) >= agent.capacity:
             return f"{agent.name} has no free slot."
         return None
 
     def _update_grace(self, agent: Agent, now: float) -> None:
+        # Called whenever presence or connections change, which the agent's view shows.
+        self.changed_agents.add(agent.agent_id)
         if agent.away:
             for chat in agent.chats.values():
                 if chat.grace_until is None:
@@ -287,6 +315,8 @@ class Routing:
 
     def _assign(self, waiting: Waiting, agent: Agent, now: float) -> Assign:
         self.queue.remove(waiting)
+        self.changed_bots.add(waiting.bot_id)
+        self.changed_agents.add(agent.agent_id)
         agent.chats[waiting.conversation_id] = Chat(
             waiting.conversation_id, waiting.session_id, waiting.bot_id
         )
@@ -324,6 +354,7 @@ class Routing:
             position = next(counters.setdefault(waiting.bot_id, itertools.count(1)))
             if waiting.position != position:
                 waiting.position = position
+                self.changed_bots.add(waiting.bot_id)
                 effects.append(Position(waiting.conversation_id, waiting.session_id, position))
         effects.append(_CHANGED)
         return effects

@@ -43,13 +43,15 @@ async def supervise(
 
     Raises :class:`Escalated` when failures come faster than ``policy`` allows.
     """
-    failures: deque[float] = deque()
+    failures: deque[float] | None = None  # created on the first failure: most never fail
     while True:
         try:
             await run()
             return
         except Exception as exc:
             now = trio.current_time()
+            if failures is None:
+                failures = deque()
             failures.append(now)
             while failures and failures[0] < now - policy.window:
                 failures.popleft()

@@ -202,9 +202,9 @@ class Switchboard:
         waiting.
         """
         actor = self._actor(conversation_id)
-        if actor.inbox.statistics().current_buffer_used >= self.inbox_limit:
+        if len(actor.inbox) >= self.inbox_limit:
             raise Overloaded(conversation_id)
-        actor.inbox.send_nowait(Envelope(event, reply))
+        actor.inbox.put(Envelope(event, reply))
 
     def post(self, conversation_id: str, event: Event) -> None:
         """Like :meth:`submit`, for the core's own parts (backends): never refused."""
@@ -246,7 +246,7 @@ class Switchboard:
     # -- internals --------------------------------------------------------------------------
 
     def _send(self, conversation_id: str, item: Inbound) -> None:
-        self._actor(conversation_id).inbox.send_nowait(item)
+        self._actor(conversation_id).inbox.put(item)
 
     def _actor(self, conversation_id: str) -> ConversationActor:
         actor = self._actors.get(conversation_id)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+from typing import Any
 
 import trio
 import trio_websocket
@@ -45,6 +46,7 @@ def raise_fd_limit() -> int:
 
 
 async def main(host: str, port: int, impl: str) -> None:
+    serve: Any
     if impl == "fastws":
         from transport import fastws
 

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", choices=["memory", "sqlite"], default="memory")
     parser.add_argument(
         "--listener",
-        choices=["trio-websocket", "fastws"],
+        choices=["trio-websocket", "fastws", "fastws-write-through"],
         default="trio-websocket",
         help="what carries Switchover's WebSocket listener (the baseline is always trio-websocket)",
     )

@@ -125,7 +125,7 @@ def chart(points: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     sizes = [p["sessions"] for p in points]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right, cpu) = plt.subplots(1, 3, figsize=(15, 4.2))
     left.plot(sizes, [p["ours"]["messages_per_s"] for p in points], "o-", label="Switchover")
     left.plot(
         sizes, [p["bare"]["messages_per_s"] for p in points], "s--", label="bare trio-websocket"
@@ -148,6 +148,22 @@ def chart(points: list[dict[str, Any]], path: Path, title: str) -> None:
     right.set_title("p99 latency")
     right.grid(True, alpha=0.3)
     right.legend()
+    cpu.plot(
+        sizes, [p["ours"]["server_cpu_us_per_message"] for p in points], "o-", label="Switchover"
+    )
+    cpu.plot(
+        sizes,
+        [p["bare"]["server_cpu_us_per_message"] for p in points],
+        "s--",
+        label="bare trio-websocket",
+    )
+    cpu.set_xscale("log")
+    cpu.set_xlabel("live sessions (connections for the bare server)")
+    cpu.set_ylabel("server CPU us per message (bare: per echo)")
+    cpu.set_ylim(bottom=0)
+    cpu.set_title("Server CPU per message (lower is better)")
+    cpu.grid(True, alpha=0.3)
+    cpu.legend()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -177,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", choices=["memory", "sqlite"], default="memory")
     parser.add_argument(
         "--listener",
-        choices=["trio-websocket", "fastws"],
+        choices=["trio-websocket", "fastws", "fastws-write-through", "experiment-no-own-echo"],
         default="trio-websocket",
         help="what carries Switchover's WebSocket listener (the baseline is always trio-websocket)",
     )
@@ -187,7 +203,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per point; median kept")
     parser.add_argument("--per-agent", type=int, default=100, help="chats each agent holds")
     parser.add_argument("--out", default=str(RESULTS / "live_sessions"), help="path stem")
+    parser.add_argument("--replot", metavar="JSON", help="only redraw the chart of a result file")
     args = parser.parse_args(argv)
+    if args.replot:
+        record = json.loads(Path(args.replot).read_text())
+        chart(
+            record["points"],
+            Path(args.replot).with_suffix(".png"),
+            f"Switchover ({record.get('listener', 'trio-websocket')} listener) vs bare "
+            f"trio-websocket echo, store {record['store']}, {record['date'][:10]}, "
+            "server on 1 core",
+        )
+        return
     if args.quick:
         args.duration = 3.0
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -227,8 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     chart(
         points,
         out.with_suffix(".png"),
-        f"Switchover vs bare trio-websocket echo, store {args.store}, "
-        f"{started:%Y-%m-%d}, server on 1 core",
+        f"Switchover ({args.listener} listener) vs bare trio-websocket echo, "
+        f"store {args.store}, {started:%Y-%m-%d}, server on 1 core",
     )
     ratios = [f"{p['sessions']}: {p['ratio']:.2f}x ({p['cpu_ratio'] or 0:.2f}x)" for p in points]
     middle = statistics.median(p["ratio"] for p in points)

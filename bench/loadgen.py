@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 from websockets.asyncio.client import ClientConnection, connect
 
 # A ~100-byte text frame, the size of a short chat message in the wire protocol.
@@ -263,12 +263,12 @@ class Agent:
             elif kind == "transcript":
                 self.pickup_event(frame["conversation_id"]).set()
             elif kind == "error":
-                print(f"agent {self.agent_id} got an error: {raw}", file=sys.stderr, flush=True)
+                print(f"agent {self.agent_id} got an error: {raw!r}", file=sys.stderr, flush=True)
 
 
 async def hello(ws: ClientConnection, message: dict[str, Any]) -> dict[str, Any]:
     await ws.send(json.dumps({"type": "hello", "v": 1, **message}))
-    welcome = json.loads(await ws.recv())
+    welcome: dict[str, Any] = json.loads(await ws.recv())
     if welcome.get("type") != "welcome":
         raise RuntimeError(f"expected a welcome, got {welcome}")
     return welcome
@@ -286,7 +286,7 @@ async def await_frame(
 ) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while True:
-            frame = json.loads(await ws.recv())
+            frame: dict[str, Any] = json.loads(await ws.recv())
             if frame.get("type") == "error":
                 raise RuntimeError(f"server refused: {frame}")
             if accept(frame):

@@ -187,6 +187,10 @@ def switchover(
     launcher = ["-m", "transport.cli"]
     if listener == "fastws":
         launcher = [str(BENCH / "serve_fastws.py")]
+    elif listener == "fastws-write-through":
+        launcher = [str(BENCH / "serve_fastws.py"), "--write-through"]
+    elif listener == "experiment-no-own-echo":
+        launcher = [str(BENCH / "serve_fastws.py"), "--no-own-echo"]
     command = [
         PYTHON,
         *launcher,
@@ -233,7 +237,7 @@ class ProgressLine:
 
 
 def describe(fields: dict[str, Any]) -> str:
-    label = fields.pop("label", "")
+    label = str(fields.pop("label", ""))
     return label + ": " + ", ".join(f"{k} {v}" for k, v in fields.items())
 
 

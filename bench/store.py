@@ -9,6 +9,11 @@ measured is the message path: lifecycle, store, delivery.
 
 Options: ``--conversations N`` (default 500), ``--messages M`` (default 40), ``--rounds R``
 (default 3, best of), ``--quick``. Writes ``bench/results/store.json``.
+
+``--server`` also measures the whole server, over WebSocket: ``switchover serve`` with each
+store in turn (the same config, a fresh data directory), live sessions in ping-pong driven by
+the load generator of ``bench/live_sessions.py`` (``--sessions``, ``--duration``), the stores
+alternated ``--rounds`` times and the best of each kept. Its results go to the same file.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ async def throughput(store: Store, conversations: int, messages: int) -> dict[st
                 if not isinstance(await board.ask(conv, UserSays(Content.text(f"m{n}"))), Accepted):
                     refused += 1
 
+        commits_before = getattr(store, "commits", 0)
+        calls_before = getattr(store, "committed_calls", 0)
         started = time.perf_counter()
         cpu_started = time.process_time()
         async with trio.open_nursery() as nursery:
@@ -93,8 +100,10 @@ async def throughput(store: Store, conversations: int, messages: int) -> dict[st
         "cpu_us_per_message": cpu / total * 1e6,
     }
     if isinstance(store, SQLiteStore):
-        result["commits"] = store.commits
-        result["calls_per_commit"] = store.committed_calls / max(store.commits, 1)
+        result["commits"] = store.commits - commits_before
+        result["calls_per_commit"] = (store.committed_calls - calls_before) / max(
+            store.commits - commits_before, 1
+        )
     return result
 
 
@@ -126,6 +135,68 @@ async def run(conversations: int, messages: int, rounds: int) -> dict[str, Any]:
     }
 
 
+def server_point(store: str, sessions: int, duration: float) -> dict[str, Any]:
+    import servers  # bench/servers.py: starts `switchover serve` and the load generator
+
+    per_agent = 10
+    agents = max(1, -(-sessions // per_agent))
+    with (
+        servers.scratch() as workdir,
+        servers.switchover(workdir, agents=agents, capacity=per_agent, store=store) as deployment,
+    ):
+        result: dict[str, Any] = servers.load(
+            "sessions",
+            deployment.server.url,
+            deployment.server.pid,
+            "--users",
+            str(sessions),
+            "--agent-tokens",
+            ",".join(deployment.agent_tokens),
+            "--duration",
+            str(duration),
+            "--warmup",
+            "1",
+            timeout=duration + 240,
+        )
+    handled = result["messages_per_s"] * result["seconds"]
+    cpu = result.get("server_cpu_seconds")
+    result["server_cpu_us_per_message"] = cpu / handled * 1e6 if cpu else None
+    return result
+
+
+def run_server(sessions: int, duration: float, rounds: int) -> dict[str, Any]:
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(rounds):
+        for store in ("memory", "sqlite"):
+            result = server_point(store, sessions, duration)
+            if store not in best or result["messages_per_s"] > best[store]["messages_per_s"]:
+                best[store] = result
+    memory_rate = best["memory"]["messages_per_s"]
+    memory_us = best["memory"]["server_cpu_us_per_message"]
+    for result in best.values():
+        result["ratio_to_memory"] = result["messages_per_s"] / memory_rate
+        us = result["server_cpu_us_per_message"]
+        result["cpu_ratio_to_memory"] = memory_us / us if us and memory_us else None
+    return {"sessions": sessions, "duration_s": duration, "rounds": rounds, "results": best}
+
+
+def print_server_table(report: dict[str, Any]) -> None:
+    print(
+        f"\nThe whole server over WebSocket: {report['sessions']} live sessions in ping-pong, "
+        f"{report['duration_s']:g} s per run, best of {report['rounds']}"
+    )
+    print(
+        f"{'store':<15}{'msgs/s':>10}{'ratio':>8}{'p99 ms':>9}{'CPU us/msg':>12}{'CPU ratio':>11}"
+    )
+    for store, result in report["results"].items():
+        cpu = result["server_cpu_us_per_message"]
+        cpu_ratio = result["cpu_ratio_to_memory"]
+        print(
+            f"{store:<15}{result['messages_per_s']:>10,.0f}{result['ratio_to_memory']:>8.2f}"
+            f"{result['latency_ms']['p99']:>9.2f}{(cpu or 0):>12.1f}{(cpu_ratio or 0):>11.2f}"
+        )
+
+
 def print_table(report: dict[str, Any]) -> None:
     print(
         f"{report['conversations']} conversations x {report['messages_per_conversation']} "
@@ -150,11 +221,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--messages", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--server", action="store_true", help="also measure the whole server")
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=5.0)
     args = parser.parse_args(argv)
     if args.quick:
         args.conversations, args.messages, args.rounds = 100, 10, 1
+        args.duration = 2.0
     report = trio.run(run, args.conversations, args.messages, args.rounds)
     print_table(report)
+    if args.server:
+        report["server"] = run_server(args.sessions, args.duration, args.rounds)
+        print_server_table(report["server"])
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {RESULTS}")

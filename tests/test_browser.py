@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
+import httpx
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -47,6 +48,7 @@ CHROMIUM_ARGS = [
 ]
 ALICE_TOKEN = "alice-desk-token"
 BOB_TOKEN = "bob-desk-token"
+BOT_TOKEN = "demo-bot-push-token"
 END_MESSAGE = "Alice has finished helping you. Anything else? Otherwise click below."
 END_LABEL = "Close this chat"
 WAIT_MS = 8000
@@ -57,6 +59,7 @@ secret = "browser-test-secret"
 
 [bots.demo]
 adapter = "demo"
+token = "{BOT_TOKEN}"
 [bots.demo.settings]
 end_message = "{END_MESSAGE}"
 end_button_label = "{END_LABEL}"
@@ -167,17 +170,28 @@ def contexts(browser: Browser) -> Iterator[tuple[BrowserContext, BrowserContext]
 
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 def watch_console(page: Page, problems: list[str]) -> None:
-    """Collect script errors, so a broken page fails the test instead of just looking odd."""
+    """Collect script errors and failed loads, so a broken page fails the test instead of just
+    looking odd. (The browser's own favicon request and WebSocket retries are not problems.)"""
     page.on("pageerror", lambda error: problems.append(f"{page.url}: {error}"))
+    page.on(
+        "response",
+        lambda response: (
+            problems.append(f"{response.status} for {response.url}")
+            if response.status >= 400 and not response.url.endswith("/favicon.ico")
+            else None
+        ),
+    )
     page.on(
         "console",
         lambda message: (
             problems.append(f"{page.url}: {message.text}")
-            if message.type == "error" and "WebSocket" not in message.text
+            if message.type == "error"
+            and "WebSocket" not in message.text
+            and "Failed to load resource" not in message.text
             else None
         ),
     )
@@ -361,10 +375,15 @@ def test_an_expired_session_shows_as_expired_on_both_sides(
     expect(user.locator(".so-notice-session_expired")).to_have_count(1)
     expect(user.locator(".so-from-bot", has_text=APOLOGY)).to_have_count(1)
     expect(desk.locator("#chat-state")).to_have_text("Expired")
-    expect(desk.locator("#chat-ended")).to_contain_text("expired")
+    expect(desk.locator("#chat-ended")).to_contain_text("expired (nobody wrote for too long)")
     expect(desk.get_by_role("button", name="Sign off")).to_be_disabled()
     shot(user, "06-user-expired")
     shot(desk, "06-desk-expired")
+    desk.set_viewport_size({"width": 375, "height": 760})
+    desk.locator("#chat-ended").scroll_into_view_if_needed()
+    expect(desk.locator("#chat-ended")).to_be_in_viewport()
+    shot(desk, "07-desk-phone-width")
+    assert desk.evaluate("document.documentElement.scrollWidth") <= 375
     assert not problems, problems
 
 
@@ -378,3 +397,97 @@ def test_a_wrong_agent_token_is_refused_clearly(browser: Browser, server: Server
     expect(page.locator("#signin-problem")).to_have_text(re.compile("not accepted"))
     expect(page.get_by_label("Agent token")).to_be_visible()
     context.close()
+
+
+def test_transfer_and_reconnecting_without_a_reload(
+    server: Server, contexts: tuple[BrowserContext, BrowserContext]
+) -> None:
+    user_context, agent_context = contexts
+    problems: list[str] = []
+    alice = sign_in(agent_context, server, ALICE_TOKEN, problems, "away")
+    bob = sign_in(agent_context, server, BOB_TOKEN, problems, "away")
+    user = open_widget(user_context, f"{server.http_url}/widget", problems)
+    user.get_by_role("button", name="New chat").click()
+    expect(user.locator(".so-widget")).to_have_attribute("data-connection", "online")
+    say(user, "I need a person")
+    user.locator(".so-choice", has_text="Talk to a human").last.click()
+    alice.locator("#queue .queue-item").get_by_role("button", name=re.compile("Pick up")).click()
+    expect(user.locator(".so-notice-agent_joined")).to_have_text("Alice joined the conversation.")
+
+    # Alice hands the chat to Bob, who gets it with its transcript.
+    bob.get_by_role("radio", name="Online").check()
+    expect(bob.locator("body")).to_have_attribute("data-presence", "online")
+    alice.get_by_role("textbox", name="Transfer to").fill("bob")
+    alice.get_by_role("textbox", name="Transfer to").press("Enter")
+    expect(alice.locator("#chat-state")).to_have_text("Transferred")
+    expect(bob.locator("#chat-state")).to_have_text("Live")
+    expect(bob.locator("#chat-log .from-user", has_text="I need a person")).to_have_count(1)
+    expect(user.locator(".so-banner")).to_have_text("You are chatting with Bob.")
+
+    # The user's connection drops; what Bob says meanwhile arrives once it comes back.
+    user_context.set_offline(True)
+    user.evaluate("Switchover.widget.ws.close()")
+    expect(user.locator(".so-widget")).to_have_attribute("data-connection", "offline")
+    say(bob, "Bob here, are you still there?", "Reply to the user")
+    user_context.set_offline(False)
+    expect(user.locator(".so-widget")).to_have_attribute("data-connection", "online")
+    expect(user.locator(".so-from-agent", has_text="still there?")).to_have_count(1)
+
+    # Bob's connection drops; what the user says meanwhile reaches him once he is back.
+    agent_context.set_offline(True)
+    bob.evaluate("switchoverDesk.ws.close()")
+    expect(bob.locator("#connection")).not_to_have_text("Connected")
+    say(user, "Yes, still here")
+    agent_context.set_offline(False)
+    expect(bob.locator("#connection")).to_have_text("Connected")
+    expect(bob.locator("#chat-log .from-user", has_text="still here")).to_have_count(1)
+    assert_no_duplicates(bob, "#chat-log")
+    assert_no_duplicates(user, ".so-log")
+
+    # Back to the queue: Bob lets go, and the chat waits for the next agent again.
+    bob.get_by_role("button", name="Back to queue").click()
+    expect(bob.locator("#chat-state")).to_have_text("Back in queue")
+    expect(alice.locator("#queue .queue-item")).to_have_count(1)
+    shot(alice, "08-desk-transferred")
+    shot(bob, "08-desk-back-to-queue")
+    assert not problems, problems
+
+
+def test_the_widget_renders_images_links_and_files_and_never_script_links(
+    server: Server, contexts: tuple[BrowserContext, BrowserContext]
+) -> None:
+    user_context, _ = contexts
+    problems: list[str] = []
+    user = open_widget(user_context, f"{server.http_url}/widget", problems)
+    say(user, "hello")
+    expect(user.locator(".so-from-bot", has_text=GREETING)).to_have_count(1)
+    conversation = user.locator(".so-widget").get_attribute("data-conversation")
+    pixel = (
+        "data:image/svg+xml;base64,PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciIHdpZHRo"
+        "PSI4MCIgaGVpZ2h0PSI0MCI+PHJlY3Qgd2lkdGg9IjgwIiBoZWlnaHQ9IjQwIiBmaWxsPSIjNGE4Ii8+PC9zdmc+"
+    )
+    messages = [
+        {"content_type": "image", "content": {"url": pixel, "title": "A green box"}},
+        {"content_type": "url", "content": {"url": "https://example.com/track", "text": "Track"}},
+        {"content_type": "file", "content": {"url": "https://example.com/r.pdf", "title": "r.pdf"}},
+        {"content_type": "text", "content": {"text": "See https://example.com/faq for more"}},
+        {"content_type": "url", "content": {"url": "javascript:alert(1)", "text": "Evil"}},
+    ]
+    response = httpx.post(
+        f"{server.http_url}/v1/bots/demo/messages",
+        headers={"Authorization": f"Bearer {BOT_TOKEN}"},
+        json={"conversation_id": conversation, "messages": messages},
+        timeout=5,
+    )
+    assert response.status_code == 200, response.text
+    log = user.locator(".so-log")
+    expect(log.get_by_role("img", name="A green box")).to_be_visible()
+    expect(log.get_by_role("link", name="Track")).to_have_attribute(
+        "href", "https://example.com/track"
+    )
+    expect(log.get_by_role("link", name="r.pdf")).to_have_attribute("download", "")
+    expect(log.get_by_role("link", name="https://example.com/faq")).to_be_visible()
+    expect(log.locator(".so-bubble", has_text="Evil")).to_have_count(1)
+    assert log.locator("a", has_text="Evil").count() == 0
+    shot(user, "09-user-attachments")
+    assert not problems, problems

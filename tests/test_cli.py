@@ -104,16 +104,19 @@ def test_serve_refuses_a_bad_flag_value_clearly() -> None:
     assert "--ws-port: must be between 0 and 65535, got 70000" in result.stderr
 
 
-def test_serve_says_which_listener_cannot_bind() -> None:
+@pytest.mark.parametrize(
+    ("listener", "flag"), [("HTTP", "--http-port"), ("WebSocket", "--ws-port")]
+)
+def test_serve_says_which_listener_cannot_bind(listener: str, flag: str) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run("serve", "--ws-port", "0", "--http-port", str(port))
+        other = "--ws-port" if flag == "--http-port" else "--http-port"
+        result = run("serve", other, "0", flag, str(port))
     assert result.returncode == 1
-    assert f"the HTTP listener cannot use 127.0.0.1:{port}: Address already in use" in (
-        result.stderr
-    )
+    assert f"cannot use 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert listener in result.stderr
 
 
 @attrs.define

@@ -73,6 +73,7 @@ def test_every_documented_frame_type_has_a_schema() -> None:
 
 
 def test_a_user_message_becomes_a_say() -> None:
+    assert wire._quick_say({"type": "message", "content_type": "text", "content": {}}, "user")
     parsed = parse_frame(
         frame(type="message", id="c1", content_type="text", content={"text": "hi"}), "user", LIMIT
     )
@@ -112,6 +113,7 @@ def test_a_bot_push_carries_its_messages() -> None:
             {"content_type": "image", "content": {"url": "u"}},
         ],
     )
+    assert wire._quick_push(json.loads(raw))  # the common push takes the quick path
     assert parse_frame(raw, "bot", LIMIT) == wire.BotPush(
         "b1", "c", (Content.text("a"), Content("image", {"url": "u"}))
     )
@@ -234,7 +236,7 @@ message_like = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(data=message_like, role=st.sampled_from(["user", "agent"]))
 def test_the_quick_path_accepts_exactly_what_the_schema_accepts(
     data: dict[str, Any], role: str
@@ -251,6 +253,44 @@ def test_the_quick_path_accepts_exactly_what_the_schema_accepts(
         assert schema_ok
         assert isinstance(parsed, wire.Say)
         assert parsed.content == Content(data["content_type"], data["content"])
+
+
+content_item = st.fixed_dictionaries(
+    {},
+    optional={
+        "content_type": st.one_of(st.text(max_size=70), st.integers()),
+        "content": st.one_of(
+            st.dictionaries(st.text(max_size=3), json_values, max_size=2), json_values
+        ),
+        "extra": json_values,
+    },
+)
+push_like = st.fixed_dictionaries(
+    {"type": st.just("message")},
+    optional={
+        "id": st.one_of(st.text(max_size=70), st.integers(), st.booleans()),
+        "conversation_id": st.one_of(st.text(max_size=130), st.none()),
+        "messages": st.one_of(st.lists(content_item, max_size=22), json_values),
+        "content_type": st.just("text"),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=push_like)
+def test_the_quick_push_path_accepts_exactly_what_the_schema_accepts(data: dict[str, Any]) -> None:
+    schema_ok = wire.validator("client.bot.message").is_valid(data)
+    if wire._quick_push(data):
+        assert schema_ok
+    try:
+        parsed = parse_frame(json.dumps(data), "bot", LIMIT)
+    except BadFrame as bad:
+        assert not schema_ok
+        assert bad.code == "invalid_frame"
+    else:
+        assert schema_ok
+        assert isinstance(parsed, wire.BotPush)
+        assert len(parsed.contents) == len(data["messages"])
 
 
 # -- encoding: every server frame passes its schema -------------------------------------------

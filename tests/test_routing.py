@@ -238,6 +238,19 @@ def test_claim_picks_a_waiting_session_by_hand() -> None:
     assert assigned(routing.claim("alice", "c4", 5.0)) == [("c4", "alice")]
 
 
+def test_an_away_agent_is_offered_nothing_but_may_claim_by_hand() -> None:
+    routing = rt.Routing([agent("alice")], SETTINGS)
+    routing.connected("alice", 0.0)
+    assert assigned(routing.set_presence("alice", Presence.AWAY, 0.0)) == []
+    assert assigned(ask(routing, "c1", 1.0)) == []
+    assert assigned(routing.claim("alice", "c1", 2.0)) == [("c1", "alice")]
+    # Offline (or disconnected) is another matter: no claim then.
+    ask(routing, "c2", 3.0)
+    routing.set_presence("alice", Presence.OFFLINE, 4.0)
+    refused = routing.claim("alice", "c2", 5.0)
+    assert [e.code for e in refused if isinstance(e, rt.Refusal)] == ["cannot_claim"]
+
+
 def test_claiming_what_is_not_waiting_is_refused() -> None:
     routing = rt.Routing([agent("alice")], SETTINGS)
     online(routing, "alice")
@@ -262,3 +275,23 @@ def test_restored_session_goes_back_to_its_agent_with_a_grace_period() -> None:
     assert routing.next_deadline() == 130.0
     online(routing, "alice", now=110.0)
     assert routing.next_deadline() is None
+
+
+def test_only_agents_whose_view_changed_are_reported() -> None:
+    routing = rt.Routing([agent("alice"), agent("bob"), agent("carol", bots=("other",))], SETTINGS)
+    online(routing, "alice", "bob", "carol")
+    routing.take_changes()
+    ask(routing, "c1")  # passes through the demo queue: demo agents only, not carol
+    holder = routing.holder_of("c1")
+    assert holder is not None
+    assert routing.take_changes() == ["alice", "bob"]
+    assert routing.take_changes() == []
+    routing.release("c1", "c1/1", holder.agent_id, 1.0)
+    assert routing.take_changes() == [holder.agent_id]
+    routing.set_presence("carol", Presence.AWAY, 2.0)
+    assert routing.take_changes() == ["carol"]
+    routing.set_presence("alice", Presence.OFFLINE, 3.0)
+    routing.set_presence("bob", Presence.OFFLINE, 3.0)
+    routing.take_changes()
+    ask(routing, "c2")  # waits: the demo queue changed for every demo agent, not carol
+    assert routing.take_changes() == ["alice", "bob"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -41,7 +43,7 @@ from actors import (
 )
 from actors.lifecycle import Session
 from transport.sqlite_schema import SCHEMA_VERSION, V1_SCHEMA
-from transport.sqlite_store import SQLiteStore, open_sqlite_store
+from transport.sqlite_store import SQLiteStore, database_path, keep_pruning, open_sqlite_store
 
 from .conftest import EchoBot, RecordingSink, notice
 
@@ -544,5 +546,66 @@ async def test_prune_deletes_old_conversations_without_open_sessions(tmp_path: P
         assert await store.load("old") is None
         assert await store.entries_after("old", 0) == []
         assert await store.load("busy") is not None
+        # A pruned conversation that speaks again is written whole again.
+        await store.record(_state("old", 3), [_entry("old", 2, "back")])
+        assert (await store.load("old")).next_seq == 3  # type: ignore[union-attr]
         await store.record(_state("new", 2), [_entry("new", 1, "today")])
         assert await store.prune(7) == 0
+
+
+# -- the maintenance commands ---------------------------------------------------------------
+
+
+def _switchover(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "transport.cli", *args, "--data-dir", str(data_dir)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+async def test_transcript_and_prune_commands(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with open_sqlite_store(database_path(data)) as store:
+        await store.record(_state("c1", 3), [_entry("c1", 1, "hello"), _entry("c1", 2, "bye")])
+    as_json = await trio.to_thread.run_sync(
+        lambda: _switchover("transcript", "c1", "--format", "json", data_dir=data)
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    assert [e["content"]["text"] for e in json.loads(as_json.stdout)] == ["hello", "bye"]
+    as_text = await trio.to_thread.run_sync(lambda: _switchover("transcript", "c1", data_dir=data))
+    lines = as_text.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].split()[0] == "1" and lines[0].endswith("hello")
+    missing = await trio.to_thread.run_sync(
+        lambda: _switchover("transcript", "nope", data_dir=data)
+    )
+    assert missing.returncode == 1 and "no conversation 'nope'" in missing.stderr
+
+    kept = await trio.to_thread.run_sync(
+        lambda: _switchover("prune", "--older-than-days", "1", data_dir=data)
+    )
+    assert kept.returncode == 0 and "deleted 0 conversations" in kept.stdout
+    pruned = await trio.to_thread.run_sync(
+        lambda: _switchover("prune", "--older-than-days", "0", data_dir=data)
+    )
+    assert pruned.returncode == 0 and "deleted 1 conversation " in pruned.stdout
+    async with open_sqlite_store(database_path(data)) as store:
+        assert await store.load("c1") is None
+        # While a server holds the store, prune refuses rather than fight it.
+        busy = await trio.to_thread.run_sync(
+            lambda: _switchover("prune", "--older-than-days", "0", data_dir=data)
+        )
+    assert busy.returncode == 1 and "in use by another Switchover process" in busy.stderr
+
+
+async def test_retention_runs_in_a_live_server(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "s.db") as store:
+        await store.record(_state("old", 2), [_entry("old", 1, "long ago")])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: keep_pruning(store, 0.0, every=3600))
+            with trio.fail_after(5):
+                while await store.load("old") is not None:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()

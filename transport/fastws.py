@@ -100,6 +100,7 @@ class WebSocketConnection:
         self._closed_event = trio.Event()
         self._writing = False
         self._writer_done: trio.Event | None = None
+        self._backlog = b""
         self._reading = False
         self._reads_without_yield = 0
         self._disconnect_timeout = disconnect_timeout
@@ -148,6 +149,49 @@ class WebSocketConnection:
                 self._protocol.send_binary(message)
         except InvalidState:
             raise ConnectionClosed(self._closing_reason()) from None
+        await self._flush()
+
+    def send_message_nowait(self, message: str) -> bool:
+        """Write a text message now if that needs no waiting: ``True`` when it was handed to
+        the kernel, or partly handed and the rest kept for the next :meth:`flush` (see
+        :attr:`needs_flush`); ``False`` when nothing was done because another send is under
+        way or the connection is closing. It lets whoever produces a frame skip waking a
+        writer task when the socket has room, which is nearly always."""
+        if self._writing or self._backlog or self._close_reason is not None:
+            return False
+        try:
+            self._protocol.send_text(message.encode())
+        except InvalidState:
+            return False
+        data = b"".join(self._protocol.data_to_send())
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close_reason = CloseReason(ABNORMAL, None)
+            return True
+        if sent < len(data):
+            self._backlog = data[sent:]
+        return True
+
+    def queue_message(self, message: str) -> None:
+        """Frame a text message without writing it: several queued messages then go out in
+        one write with :meth:`flush`, one system call instead of one each."""
+        if self._close_reason is not None:
+            raise ConnectionClosed(self._close_reason)
+        try:
+            self._protocol.send_text(message.encode())
+        except InvalidState:
+            raise ConnectionClosed(self._closing_reason()) from None
+
+    @property
+    def needs_flush(self) -> bool:
+        """Something queued, or the rest of a non-waiting send, still waits to be written."""
+        return bool(self._backlog) or bool(self._protocol.writes)
+
+    async def flush(self) -> None:
+        """Write whatever is waiting, including the rest of a non-waiting send."""
         await self._flush()
 
     async def ping(self, payload: bytes | None = None) -> None:
@@ -273,10 +317,11 @@ class WebSocketConnection:
             assert self._writer_done is not None
             await self._writer_done.wait()
         chunks = self._protocol.data_to_send()
-        if not chunks:
+        if not chunks and not self._backlog:
             return
-        eof = chunks[-1] == b""
-        data = b"".join(chunks)
+        eof = bool(chunks) and chunks[-1] == b""
+        data = self._backlog + b"".join(chunks)
+        self._backlog = b""
         self._writing = True
         try:
             view = memoryview(data)

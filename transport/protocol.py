@@ -229,6 +229,39 @@ def _quick_say(data: dict[str, Any], role: str) -> bool:
     return isinstance(conversation_id, str) and 0 < len(conversation_id) <= 128
 
 
+_PUSH_KEYS: Final = frozenset({"type", "id", "conversation_id", "messages"})
+_ITEM_KEYS: Final = frozenset({"content_type", "content"})
+
+
+def _quick_push(data: dict[str, Any]) -> bool:
+    """True only if a bot's message frame surely passes its schema (a connected bot answers
+    every event with one)."""
+    if not _PUSH_KEYS.issuperset(data):
+        return False
+    if "id" in data and _readable_id(data) is None:
+        return False
+    conversation_id = data.get("conversation_id")
+    messages = data.get("messages")
+    if not (
+        isinstance(conversation_id, str)
+        and 0 < len(conversation_id) <= 128
+        and type(messages) is list
+        and 0 < len(messages) <= 20
+    ):
+        return False
+    for item in messages:
+        if type(item) is not dict or item.keys() != _ITEM_KEYS:
+            return False
+        content_type = item["content_type"]
+        if not (
+            isinstance(content_type, str)
+            and 0 < len(content_type) <= 64
+            and type(item["content"]) is dict
+        ):
+            return False
+    return True
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     where = "/".join(str(part) for part in error.absolute_path)
     return f"{where or 'frame'}: {error.message}"[:300]
@@ -284,6 +317,8 @@ def parse_frame(raw: str | bytes, role: str, max_bytes: int) -> Frame:
             data.get("conversation_id"),
             Content(data["content_type"], data["content"]),
         )
+    if kind == "message" and role == "bot" and _quick_push(data):
+        return _build(kind, data)
     check = validators.get(kind) if isinstance(kind, str) else None
     if check is None:
         allowed = ", ".join(sorted(validators))

@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
 import trio
 
 from actors import ConversationState, Entry, Party, StoreUnavailable
@@ -63,27 +62,50 @@ def database_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / DATABASE_FILENAME
 
 
-@attrs.frozen
 class _Rows:
-    """One pending call, turned into rows (in the writer thread)."""
+    """One ``record`` call turned into rows (plain slots: built once per message)."""
 
-    conversation: tuple[Any, ...] | None
-    messages: list[tuple[Any, ...]]
-    session_changes: list[tuple[str, tuple[Any, ...]]]
-    presence: tuple[str, str, float] | None
-    # (conversation id, sessions opened) when the row written is in bot mode, else None.
-    bot_mode: tuple[str, int | None] | None = None
+    __slots__ = ("bot_mode", "conversation", "messages", "presence", "session_changes")
+
+    def __init__(
+        self,
+        conversation: tuple[Any, ...] | None,
+        messages: list[tuple[Any, ...]],
+        session_changes: list[tuple[str, tuple[Any, ...]]],
+        presence: tuple[str, str, float] | None,
+        bot_mode: tuple[str, int | None] | None = None,
+    ) -> None:
+        self.conversation = conversation
+        self.messages = messages
+        self.session_changes = session_changes
+        self.presence = presence
+        # (conversation id, sessions opened) when the row written is in bot mode; (id, None)
+        # when it has a session.
+        self.bot_mode = bot_mode
 
 
-@attrs.define(eq=False)
 class _Pending:
     """One call waiting for the commit of its batch: rows to write, or a job to run."""
 
-    rows: _Rows | None
-    job: Callable[[sqlite3.Connection], Any] | None = None
-    done: trio.Event = attrs.Factory(trio.Event)
-    error: Exception | None = None
-    result: Any = None
+    __slots__ = ("error", "job", "result", "rows")
+
+    def __init__(
+        self, rows: _Rows | None, job: Callable[[sqlite3.Connection], Any] | None = None
+    ) -> None:
+        self.rows = rows
+        self.job = job
+        self.error: Exception | None = None
+        self.result: Any = None
+
+
+class _Batch:
+    """The calls gathered for one commit, and the one event that wakes all their callers."""
+
+    __slots__ = ("calls", "done")
+
+    def __init__(self) -> None:
+        self.calls: list[_Pending] = []
+        self.done = trio.Event()
 
 
 _INSERT_MESSAGE = (
@@ -196,7 +218,7 @@ class SQLiteStore:
         self._idle_readers: list[sqlite3.Connection] = []
         self._all_readers: list[sqlite3.Connection] = []
         self._reader_limit = trio.CapacityLimiter(readers)
-        self._pending: list[_Pending] = []
+        self._filling = _Batch()
         self._metadata_cache: dict[str, tuple[Mapping[str, Any], str]] = {}
         self._bot_mode_rows: dict[str, int] = {}
         self._wake = trio.Event()
@@ -229,10 +251,9 @@ class SQLiteStore:
         finally:
             self._running = False
             self._failure = "the store has stopped"
-            for pending in self._pending:
+            for pending in self._filling.calls:
                 pending.error = StoreUnavailable("the store has stopped")
-                pending.done.set()
-            self._pending = []
+            self._filling.done.set()
             self._close()
 
     async def _write_forever(self) -> None:
@@ -242,21 +263,21 @@ class SQLiteStore:
             # pass costs microseconds, a commit costs an fsync.
             await trio.lowlevel.cancel_shielded_checkpoint()
             self._wake = trio.Event()
-            while self._pending:
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
-                # A started commit finishes even on shutdown: its waiters must hear the truth.
-                with trio.CancelScope(shield=True):
+            batch, self._filling = self._filling, _Batch()
+            calls = batch.calls
+            # A started commit finishes even on shutdown: its waiters must hear the truth.
+            with trio.CancelScope(shield=True):
+                for start in range(0, len(calls), self.max_batch):
+                    chunk = calls[start : start + self.max_batch]
                     try:
-                        await trio.to_thread.run_sync(self._commit, batch)
+                        await trio.to_thread.run_sync(self._commit, chunk)
                     except Exception as exc:
                         # A bug, not a disk problem: nobody in the batch may hear "stored".
                         log.exception("the store's writer failed")
-                        for pending in batch:
+                        for pending in chunk:
                             if pending.error is None:
                                 pending.error = StoreUnavailable(f"the store failed: {exc!r}")
-                for pending in batch:
-                    pending.done.set()
+            batch.done.set()
 
     # -- the Store protocol -----------------------------------------------------------------
 
@@ -323,7 +344,14 @@ class SQLiteStore:
         """
         cutoff = (now if now is not None else time.time()) - older_than_days * 86400.0
 
-        pending = _Pending(None, job=lambda db: prune_connection(db, cutoff))
+        def job(db: sqlite3.Connection) -> int:
+            deleted = prune_connection(db, cutoff)
+            for conversation_id in deleted:
+                # Its row is gone: a next message must write it again, not skip it.
+                self._bot_mode_rows.pop(conversation_id, None)
+            return len(deleted)
+
+        pending = _Pending(None, job=job)
         await self._submit(pending)
         return int(pending.result)
 
@@ -332,9 +360,11 @@ class SQLiteStore:
     async def _submit(self, pending: _Pending) -> None:
         if not self._running:
             raise StoreUnavailable(self._failure or "the store is not running")
-        self._pending.append(pending)
-        self._wake.set()
-        await pending.done.wait()
+        batch = self._filling
+        if not batch.calls:
+            self._wake.set()
+        batch.calls.append(pending)
+        await batch.done.wait()
         if pending.error is not None:
             raise pending.error
 
@@ -544,6 +574,13 @@ class SQLiteStore:
             raise StoreUnavailable(
                 f"the data directory {path.parent} cannot be created: {exc.strerror or exc}"
             ) from exc
+        for target in (path.parent, path):
+            # SQLite's own errors for this vary (read-only, I/O error): say it plainly.
+            if target.exists() and not os.access(target, os.W_OK):
+                raise StoreUnavailable(
+                    f"the database {path} cannot be opened for writing: {target} is not "
+                    "writable; check that the data directory is writable"
+                )
         self._take_file_lock()
         try:
             self._writer = self._connect_writer()
@@ -657,9 +694,9 @@ async def keep_pruning(
         await trio.sleep(every)
 
 
-def prune_connection(db: sqlite3.Connection, cutoff: float) -> int:
+def prune_connection(db: sqlite3.Connection, cutoff: float) -> list[str]:
     """Delete conversations last written before ``cutoff`` (wall-clock seconds) that have no
-    open session, in one transaction. Returns how many were deleted."""
+    open session, in one transaction. Returns the ids deleted."""
     db.execute("BEGIN IMMEDIATE")
     try:
         old = [
@@ -681,7 +718,7 @@ def prune_connection(db: sqlite3.Connection, cutoff: float) -> int:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
         raise
-    return len(old)
+    return old
 
 
 # -- rows <-> the core's records ------------------------------------------------------------

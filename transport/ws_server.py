@@ -81,6 +81,7 @@ class Hub:
         self.services = services
         self.tokens = ResumeTokens(services.secret)
         self.connections: set[Connection] = set()
+        self.stopping = False
         self._empty = trio.Event()
         self._empty.set()
 
@@ -93,6 +94,8 @@ class Hub:
         connection = Connection(self, ws)
         self.connections.add(connection)
         self._empty = trio.Event() if len(self.connections) == 1 else self._empty
+        if self.stopping:  # arrived while the listener was being shut down
+            connection.close(GOING_AWAY, "the server is shutting down")
         try:
             await connection.run()
         except Exception:
@@ -107,6 +110,7 @@ class Hub:
     async def close_all(self, code: int = GOING_AWAY, *, timeout: float = CLOSE_GRACE) -> None:
         """Close every connection with ``code`` after flushing what each already has queued;
         return when all are gone or ``timeout`` has passed."""
+        self.stopping = True
         for connection in list(self.connections):
             connection.close(code, "the server is shutting down", flush=True)
         with trio.move_on_after(timeout):
@@ -137,6 +141,7 @@ class Connection:
         self._max_bytes = limits.max_frame_bytes
         self._ready = trio.Event()
         self._writer_waiting = False
+        self._drain_waiter: trio.Event | None = None
         self._closing = False
         self._close_code: int | None = None
         self._close_reason = ""
@@ -203,6 +208,8 @@ class Connection:
         self._writer_scope.deadline = trio.current_time() + CLOSE_GRACE
         self._writer_waiting = False
         self._ready.set()
+        if self._drain_waiter is not None:
+            self._drain_waiter.set()
 
     async def _write_loop(self) -> None:
         ws = self.ws
@@ -214,6 +221,7 @@ class Connection:
                         await ws.send_message(buffer.popleft())
                     if self._closing:
                         break
+                    self._writer_idle()
                     self._ready = trio.Event()
                     self._writer_waiting = True
                     await self._ready.wait()
@@ -221,6 +229,40 @@ class Connection:
                     await ws.aclose(self._close_code, self._close_reason)
             except ConnectionClosed:
                 self.close(None)
+
+    def _writer_idle(self) -> None:
+        """The writer sent everything and is about to wait: wake a paced replay. (A writer
+        loop written elsewhere must call this before it waits.)"""
+        if self._drain_waiter is not None:
+            self._drain_waiter.set()
+            self._drain_waiter = None
+
+    async def _drained(self) -> None:
+        """Wait until the writer has sent everything queued (or the connection closes)."""
+        if not self._buffer or self._closing:
+            return
+        waiter = self._drain_waiter = trio.Event()
+        await waiter.wait()
+
+    async def _catch_up(
+        self, conversation_id: str, after_seq: int, party: Party, agent_id: str | None
+    ) -> int:
+        """Send the entries after ``after_seq`` that ``party`` may see, straight from the
+        store, in chunks the writer drains between: a long history must not count as falling
+        behind. Returns the last ``seq`` looked at."""
+        entries = await self.board.store.entries_after(conversation_id, after_seq)
+        chunk = max(1, self._max_buffered // 2)
+        sent = 0
+        for entry in entries:
+            if not entry.visible_to(party, agent_id):
+                continue
+            if sent and sent % chunk == 0:
+                await self._drained()
+            if self._closing:
+                break
+            self._push(wire.entry_frame(entry))
+            sent += 1
+        return entries[-1].seq if entries else after_seq
 
     # -- the connection's life --------------------------------------------------------------
 
@@ -247,22 +289,26 @@ class Connection:
             return None
 
     async def _hello(self) -> bool:
+        """Read and carry out the hello. Only its arrival is timed: a long replay after it
+        is paced by the client, not cut short."""
+        raw: str | bytes | None = None
         with trio.move_on_after(self.limits.hello_timeout):
             raw = await self._receive()
             if raw is None:
                 return False
-            try:
-                hello = wire.parse_hello(raw, self._max_bytes)
-            except BadFrame as bad:
-                self.close(BAD_HELLO, f"{bad.code}: {bad.message}")
-                return False
-            if isinstance(hello, wire.UserHello):
-                return await self._user_hello(hello)
-            if isinstance(hello, wire.AgentHello):
-                return self._agent_hello(hello)
-            return self._bot_hello(hello)
-        self.close(BAD_HELLO, f"no hello within {self.limits.hello_timeout:g} s")
-        return False
+        if raw is None:
+            self.close(BAD_HELLO, f"no hello within {self.limits.hello_timeout:g} s")
+            return False
+        try:
+            hello = wire.parse_hello(raw, self._max_bytes)
+        except BadFrame as bad:
+            self.close(BAD_HELLO, f"{bad.code}: {bad.message}")
+            return False
+        if isinstance(hello, wire.UserHello):
+            return await self._user_hello(hello)
+        if isinstance(hello, wire.AgentHello):
+            return await self._agent_hello(hello)
+        return self._bot_hello(hello)
 
     async def _user_hello(self, hello: wire.UserHello) -> bool:
         board = self.board
@@ -281,8 +327,9 @@ class Connection:
                 self.close(UNAUTHORIZED, "the resume token is not valid")
                 return False
             conversation_id, bot_id = grant.conversation_id, grant.bot_id
-            missing = not board.is_in_memory(conversation_id) and (
-                await board.store.load(conversation_id) is None
+            missing = bot_id not in board.bots or (
+                not board.is_in_memory(conversation_id)
+                and await board.store.load(conversation_id) is None
             )
             if missing:
                 self.close(NOT_FOUND, "the conversation no longer exists")
@@ -296,11 +343,15 @@ class Connection:
                 "user", conversation_id=conversation_id, resume_token=token, bot_id=bot_id
             )
         )
+        if after_seq is not None:
+            # The history comes from the store at the writer's pace; the conversation then
+            # sends what was added meanwhile, and live traffic, with no gap or duplicate.
+            after_seq = await self._catch_up(conversation_id, after_seq, Party.USER, None)
         board.subscribe(conversation_id, self, after_seq)
         self._joined = partial(board.unsubscribe, conversation_id, self)
-        return True
+        return not self._closing
 
-    def _agent_hello(self, hello: wire.AgentHello) -> bool:
+    async def _agent_hello(self, hello: wire.AgentHello) -> bool:
         agent_id = self.services.agent_tokens.get(hello.token)
         profile = self.desk.profiles.get(agent_id) if agent_id is not None else None
         if agent_id is None or profile is None:
@@ -316,8 +367,8 @@ class Connection:
             return False
         self._joined = partial(self.desk.detach, agent_id, self)
         for conversation_id, after_seq in hello.last_seqs.items():
-            self.board.replay(conversation_id, self, after_seq, Party.AGENT, agent_id)
-        return True
+            await self._catch_up(conversation_id, after_seq, Party.AGENT, agent_id)
+        return not self._closing
 
     def _bot_hello(self, hello: wire.BotHello) -> bool:
         bot_id = self.services.bot_tokens.get(hello.token)
@@ -370,6 +421,12 @@ class Connection:
             if isinstance(frame, wire.BotPush) and not await self._owns(frame.conversation_id):
                 self._error("forbidden", "Not a conversation of this bot.", frame.id, frame)
                 continue
+            if isinstance(frame, wire.ReplayAfter):
+                await self._catch_up(
+                    frame.conversation_id, frame.after_seq, Party.AGENT, self._agent()
+                )
+                self._ack(frame.id, None)  # after the entries: the replay is complete
+                continue
             try:
                 self._dispatch(frame)
             except Exception:
@@ -417,9 +474,6 @@ class Connection:
         elif isinstance(frame, wire.Claim):
             self._remember(frame.conversation_id, frame.id)
             self.desk.claim(agent_id, frame.conversation_id)
-            self._ack(frame.id, None)
-        elif isinstance(frame, wire.ReplayAfter):
-            self.board.replay(frame.conversation_id, self, frame.after_seq, Party.AGENT, agent_id)
             self._ack(frame.id, None)
 
     def _remember(self, conversation_id: str, frame_id: FrameId | None) -> None:
@@ -531,19 +585,25 @@ async def serve_websockets(
         # Connections run in a shielded nursery of their own: cancelling the listener must
         # not cut them mid-frame; they are closed politely below, then cancelled.
         handlers: trio.Nursery = await nursery.start(_shielded_nursery)
-        server = await nursery.start(
-            partial(
-                serve_websocket,
-                hub.handle,
-                host,
-                port,
-                None,
-                handler_nursery=handlers,
-                max_message_size=hard_frame_ceiling(limits),
-                connect_timeout=limits.hello_timeout,
-                disconnect_timeout=CLOSE_GRACE,
+        try:
+            server = await nursery.start(
+                partial(
+                    serve_websocket,
+                    hub.handle,
+                    host,
+                    port,
+                    None,
+                    handler_nursery=handlers,
+                    max_message_size=hard_frame_ceiling(limits),
+                    connect_timeout=limits.hello_timeout,
+                    disconnect_timeout=CLOSE_GRACE,
+                )
             )
-        )
+        except BaseException:
+            # The listener never started (a busy port, say): the shielded nursery would
+            # otherwise keep this one open forever.
+            handlers.cancel_scope.cancel()
+            raise
         task_status.started(server.port)
         try:
             await trio.sleep_forever()

@@ -65,14 +65,23 @@
     }
   }
 
+  const REASONS = {
+    user_ended: "the user ended it",
+    idle_timeout: "nobody wrote for too long",
+    queue_timeout: "nobody picked it up in time",
+    transferred: "sent back to the queue",
+    agent_left: "the agent was offline too long",
+  };
+  const why = (reason) => REASONS[reason] || String(reason || "").replace(/_/g, " ");
+
   const NOTICES = {
     session_started: () => "The user asked for a person.",
     queued: (c) => `Waiting in the queue (position ${c.position}).`,
     agent_joined: (c) => `${c.name || c.agent_id} joined the conversation.`,
-    agent_left: (c) => `${c.agent_id || "The agent"} left (${c.reason || "released"}); the chat is back in the queue.`,
+    agent_left: (c) => `${c.agent_id || "The agent"} left (${why(c.reason)}); the chat is back in the queue.`,
     transferred: (c) => `Transferred to ${c.to_agent}.`,
-    session_ended: (c) => `The user ended the session (${c.reason || "ended"}).`,
-    session_expired: (c) => `The session expired (${c.reason || "timeout"}).`,
+    session_ended: (c) => `The session ended: ${why(c.reason || "user_ended")}.`,
+    session_expired: (c) => `The session expired: ${why(c.reason || "idle_timeout")}.`,
   };
 
   const STATES = {
@@ -432,10 +441,11 @@
       chat.sessionId = frame.session_id;
       chat.userId = frame.user_id;
       chat.metadata = frame.user_metadata || {};
-      chat.status = "live";
       for (const entry of frame.entries || []) {
         this.entry(Object.assign({conversation_id: frame.conversation_id}, entry), false);
       }
+      chat.status = "live";
+      chat.detail = "";
       if (!this.selected || !this.chats.get(this.selected).open) this.select(chat.id);
       this.renderChats();
       this.renderSelected();
@@ -451,7 +461,8 @@
       }
       if (typeof entry.seq !== "number" || chat.entries.has(entry.seq)) return;
       chat.entries.set(entry.seq, entry);
-      if (entry.content_type === "notice") this.followNotice(chat, entry.content || {});
+      // A transcript holds notices of earlier sessions too: only live ones change the state.
+      if (live && entry.content_type === "notice") this.followNotice(chat, entry.content || {});
       const looking = this.selected === chat.id && document.visibilityState === "visible";
       if (live && entry.sender === "user") {
         if (!looking) chat.unread += 1;
@@ -470,7 +481,9 @@
       const mine = this.me && content.agent_id === this.me.id;
       if (content.code === "session_ended") [chat.status, chat.detail] = ["ended", content.reason || ""];
       else if (content.code === "session_expired") [chat.status, chat.detail] = ["expired", content.reason || ""];
-      else if (content.code === "transferred") [chat.status, chat.detail] = ["transferred", content.to_agent || ""];
+      else if (content.code === "transferred" && !(this.me && content.to_agent === this.me.id)) {
+        [chat.status, chat.detail] = ["transferred", content.to_agent || ""];
+      }
       else if (content.code === "agent_left" && (mine || !this.me)) [chat.status, chat.detail] = ["released", content.reason || ""];
       else if (content.code === "agent_joined" && mine) [chat.status, chat.detail] = ["live", ""];
     }
@@ -678,7 +691,7 @@
       ended.hidden = open;
       const words = {
         ended: "The session has ended; the bot has the conversation again.",
-        expired: `The session expired (${chat.detail || "timeout"}); the bot has the conversation again.`,
+        expired: `The session expired (${why(chat.detail || "idle_timeout")}); the bot has the conversation again.`,
         transferred: `You transferred this chat${chat.detail ? ` to ${chat.detail}` : ""}.`,
         released: "This chat went back to the queue.",
       };
@@ -695,6 +708,20 @@
       if (!after) log.scrollTop = log.scrollHeight;
     }
 
+    /** The label of the button the user clicked, found in the questions shown before it. */
+    buttonTitle(entry, payload) {
+      const chat = this.chats.get(entry.conversation_id);
+      const earlier = chat ? [...chat.entries.values()].filter((e) => e.seq < entry.seq) : [];
+      earlier.sort((a, b) => b.seq - a.seq);
+      for (const shown of earlier) {
+        for (const button of (shown.content && shown.content.buttons) || []) {
+          const data = (button && button.content) || button || {};
+          if (data.payload === payload && data.title) return data.title;
+        }
+      }
+      return String(payload);
+    }
+
     renderEntry(entry) {
       const content = entry.content || {};
       if (entry.content_type === "notice") {
@@ -708,7 +735,7 @@
       const body = el("div", {class: "bubble"});
       const type = entry.content_type;
       if (type === "text") body.append(content.text || "");
-      else if (type === "payload") body.append(el("em", {text: `clicked ${content.payload}`}));
+      else if (type === "payload") body.append(el("em", {text: `clicked “${this.buttonTitle(entry, content.payload)}”`}));
       else if (type === "question") {
         body.append(content.title || "");
         const choices = (content.buttons || []).map((b) => (b && b.content) || b || {});

@@ -269,6 +269,9 @@
       const sender = ["user", "bot", "agent", "system"].includes(entry.sender) ? entry.sender : "system";
       const item = el("li", {class: `so-entry so-from-${sender}`});
       const who = {user: "You", bot: "Assistant", agent: this.agentName || "Agent", system: "Notice"};
+      if (sender === "agent") {
+        item.append(el("span", {class: "so-name", text: who.agent, "aria-hidden": "true"}));
+      }
       item.append(el("span", {class: "so-visually-hidden", text: `${who[sender]}: `}));
       const body = el("div", {class: "so-bubble"});
       this.renderContent(entry, content, body);
@@ -584,10 +587,19 @@
       "aria-controls": "switchover-chat",
       text: options.launcherText || "Chat with us",
     });
-    launcher.addEventListener("click", () => {
-      panel.hidden = !panel.hidden;
-      launcher.setAttribute("aria-expanded", String(!panel.hidden));
-      if (!panel.hidden) panel.querySelector("textarea").focus();
+    const openText = options.launcherText || "Chat with us";
+    const toggle = (open) => {
+      panel.hidden = !open;
+      launcher.setAttribute("aria-expanded", String(open));
+      launcher.textContent = open ? "Close chat" : openText;
+      if (open) panel.querySelector("textarea").focus();
+    };
+    launcher.addEventListener("click", () => toggle(panel.hidden));
+    panel.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") {
+        toggle(false);
+        launcher.focus();
+      }
     });
     document.body.append(panel, launcher);
     return mount(panel, options);
