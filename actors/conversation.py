@@ -33,7 +33,7 @@ import trio
 
 from . import effects as fx
 from .events import BotSays, BotUnavailable, Event, TimerFired
-from .lifecycle import ConversationState, Lifecycle
+from .lifecycle import ConversationState, Lifecycle, Transition
 from .mailbox import Mailbox
 from .ports import BotEvent, Sink, StoreUnavailable, Transcript, Typing
 from .records import Entry, Party
@@ -52,6 +52,9 @@ class Envelope:
 
     event: Event
     reply: Reply | None = None
+    #: The client that sent the event: it is not handed back the entry it wrote (its
+    #: answer carries the seq), though its other connections are.
+    origin: Sink | None = None
 
 
 @attrs.frozen
@@ -142,17 +145,37 @@ class ConversationActor:
         while True:
             self._arm()
             batch = await inbox.take()
-            for index, item in enumerate(batch):
+            index = 0
+            while index < len(batch):
+                item = batch[index]
+                # Where the restart must pick up if this item (or group) fails.
+                after = index + 1
                 try:
                     if item is _ALARM:
                         if await self._alarm():
                             return
+                    elif isinstance(item, Envelope):
+                        # Every event waiting in a row is handled as one group: one store
+                        # write (one wait for the commit) for all of them.
+                        after = index + 1
+                        while (
+                            after < len(batch)
+                            and isinstance(batch[after], Envelope)
+                            and batch[after] is not _ALARM
+                        ):
+                            after += 1
+                        group: list[Envelope] = batch[index:after]  # type: ignore[assignment]
+                        handled, failure = await self._handle_group(group)
+                        if failure is not None:
+                            after = index + handled
+                            raise failure
                     else:
                         await self._take(item)
                 except BaseException:
                     # What was taken but not handled stays first in line for the restart.
-                    inbox.requeue(batch[index + 1 :])
+                    inbox.requeue(batch[after:])
                     raise
+                index = after
             self.last_touch = trio.current_time()
 
     def _arm(self) -> None:
@@ -218,7 +241,7 @@ class ConversationActor:
     async def _take(self, item: Inbound) -> None:
         if isinstance(item, Envelope):
             try:
-                await self._handle(item.event, item.reply)
+                await self._handle(item.event, item.reply, origin=item.origin)
             except StoreUnavailable as exc:
                 # Nothing changed: the state is still the last stored one. Refuse and go on
                 # rather than restart, so a full disk does not escalate every conversation.
@@ -239,7 +262,99 @@ class ConversationActor:
         else:
             await self._replay(item.sink, item.after_seq, item.party, item.agent_id)
 
-    async def _handle(self, event: Event, reply: Reply | None, now: float | None = None) -> None:
+    async def _handle_group(self, envelopes: list[Envelope]) -> tuple[int, Exception | None]:
+        """Handle events in order with one store write for all of them.
+
+        The lifecycle runs over every event first (each transition starts from the one
+        before), then the final state and every entry are recorded at once, and only then
+        are the effects carried out and the senders told, event by event, in order. So
+        "acknowledged" still means "committed", and a crash or a refused write leaves the
+        state of the last commit: no event of the group has been acknowledged or delivered.
+
+        Returns how many events were dealt with and, when the lifecycle failed on one, the
+        exception: that event is refused, and the ones after it are left for the restart.
+        """
+        if len(envelopes) == 1:
+            await self._take(envelopes[0])
+            return 1, None
+        first = self.state
+        lifecycle = self.lifecycle
+        assert first is not None and lifecycle is not None
+        now = self.board.clock.now()
+        state = first
+        transitions: list[Transition] = []
+        failure: Exception | None = None
+        for envelope in envelopes:
+            try:
+                transition = lifecycle.handle(state, envelope.event, now)
+            except Exception as exc:
+                # The events before it still count; this one and the rest wait for after.
+                failure = exc
+                break
+            transitions.append(transition)
+            state = transition.state
+        done = len(transitions)
+        if state is not first:
+            entries = [
+                effect.entry
+                for transition in transitions
+                for effect in transition.effects
+                if isinstance(effect, fx.Emit)
+            ]
+            try:
+                await self.board.store.record(state, entries)
+            except StoreUnavailable as exc:
+                log.error("conversation %s: %s", self.conversation_id, exc)
+                for envelope in envelopes[:done]:
+                    if envelope.reply is not None:
+                        envelope.reply(fx.Refused("store_unavailable", str(exc)))
+                transitions = []
+            except Exception:
+                for envelope in envelopes:
+                    if envelope.reply is not None:
+                        envelope.reply(
+                            fx.Refused("internal_error", "The message could not be handled.")
+                        )
+                raise
+            else:
+                self.state = state
+        error: Exception | None = None
+        for envelope, transition in zip(envelopes, transitions, strict=False):
+            try:
+                for effect in transition.effects:
+                    if isinstance(effect, fx.Emit):
+                        self._deliver(effect.entry, envelope.origin)
+                    else:
+                        await self._carry_out(effect, transition.state)
+            except Exception as exc:
+                error = error or exc
+                if envelope.reply is not None:
+                    envelope.reply(
+                        fx.Refused("internal_error", "The message could not be handled.")
+                    )
+                continue
+            if envelope.reply is not None:
+                envelope.reply(transition.outcome)
+        if failure is not None:
+            for envelope in envelopes[done : None if error is None else len(envelopes)]:
+                if envelope.reply is not None:
+                    envelope.reply(
+                        fx.Refused("internal_error", "The message could not be handled.")
+                    )
+                if error is None:
+                    break
+        if error is not None:
+            raise error
+        return done + (failure is not None), failure
+
+    async def _handle(
+        self,
+        event: Event,
+        reply: Reply | None,
+        now: float | None = None,
+        *,
+        origin: Sink | None = None,
+    ) -> None:
         state = self.state
         lifecycle = self.lifecycle
         assert state is not None and lifecycle is not None
@@ -254,26 +369,28 @@ class ConversationActor:
             self.state = transition.state
         for effect in effects:
             if isinstance(effect, fx.Emit):
-                self._deliver(effect.entry)
+                self._deliver(effect.entry, origin)
             else:
-                await self._carry_out(effect)
+                await self._carry_out(effect, transition.state)
         if reply is not None:
             reply(transition.outcome)
 
-    def _deliver(self, entry: Entry) -> None:
+    def _deliver(self, entry: Entry, origin: Sink | None = None) -> None:
         audience = entry.audience
+        # Only what the origin itself wrote skips it; notices and answers still reach it.
+        skip = origin if entry.sender is Party.USER or entry.sender is Party.AGENT else None
         if Party.USER in audience:
             for sink in self.subscribers:
-                sink.deliver(entry)
+                if sink is not skip:
+                    sink.deliver(entry)
         if Party.AGENT in audience and entry.agent_id is not None:
             assert self.state is not None
-            self.board.backend_for(self.state).deliver(entry.agent_id, entry)
+            self.board.backend_for(self.state).deliver(entry.agent_id, entry, skip=skip)
         if Party.BOT in audience:
             self._feed_bot(entry)
 
-    async def _carry_out(self, effect: fx.Effect) -> None:
-        state = self.state
-        assert state is not None
+    async def _carry_out(self, effect: fx.Effect, state: ConversationState) -> None:
+        """Carry out one effect of the transition that led to ``state``."""
         backend = self.board.backend_for(state)
         if isinstance(effect, fx.Signal):
             typist = Party.AGENT if effect.to is Party.USER else Party.USER
@@ -296,8 +413,13 @@ class ConversationActor:
         elif isinstance(effect, fx.ShareTranscript):
             with trio.CancelScope(shield=True):
                 entries = await self.board.store.entries_after(self.conversation_id, 0)
+            # Up to this transition: entries of later events in the same group are already
+            # stored, and reach the agent live.
             shown = tuple(
-                e for e in entries if e.visible_to(Party.USER) or e.visible_to(Party.AGENT)
+                e
+                for e in entries
+                if e.seq < state.next_seq
+                and (e.visible_to(Party.USER) or e.visible_to(Party.AGENT))
             )
             backend.deliver(
                 effect.agent_id,

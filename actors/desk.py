@@ -20,6 +20,7 @@ from . import events as ev
 from . import routing as rt
 from .ports import (
     AgentRequest,
+    Colleague,
     CoreLink,
     Delivery,
     DeskStatus,
@@ -132,9 +133,10 @@ class Desk:
     ) -> None:
         self._post("transfer", conversation_id, session_id, from_agent, to_agent)
 
-    def deliver(self, agent_id: str, item: Delivery) -> None:
+    def deliver(self, agent_id: str, item: Delivery, *, skip: Sink | None = None) -> None:
         for sink in self._sinks.get(agent_id, ()):
-            sink.deliver(item)
+            if sink is not skip:
+                sink.deliver(item)
 
     # -- the actor --------------------------------------------------------------------------
 
@@ -216,14 +218,22 @@ class Desk:
         """Send each connected agent whose view changed its view of the desk. Views are
         rebuilt only for those agents: with thousands of chats, rebuilding every view after
         every batch of changes would stall the desk."""
+        rosters: dict[frozenset[str], tuple[Colleague, ...]] = {}
         for agent_id in self._routing.take_changes():
             sinks = self._sinks.get(agent_id)
             if sinks:
-                status = self.status_of(agent_id)
+                status = self._status(agent_id, rosters)
                 for sink in sinks:
                     sink.deliver(status)
 
     def status_of(self, agent_id: str) -> DeskStatus:
+        return self._status(agent_id, {})
+
+    def _status(
+        self, agent_id: str, rosters: dict[frozenset[str], tuple[Colleague, ...]]
+    ) -> DeskStatus:
+        """``rosters`` caches the agents per set of bots served: agents usually share a few
+        such sets, so one publish walks the agent pool once per set, not once per agent."""
         agent = self._routing.agents[agent_id]
         queue = tuple(
             WaitingItem(w.conversation_id, w.bot_id, w.queued_at, w.position or 0)
@@ -234,7 +244,28 @@ class Desk:
             HeldChat(c.conversation_id, c.session_id, c.bot_id, c.grace_until)
             for c in agent.chats.values()
         )
-        return DeskStatus(agent_id, agent.name, agent.presence.value, agent.capacity, chats, queue)
+        roster = rosters.get(agent.bots)
+        if roster is None:
+            roster = rosters[agent.bots] = self._roster(agent.bots)
+        colleagues = tuple(c for c in roster if c.agent_id != agent_id)
+        return DeskStatus(
+            agent_id, agent.name, agent.presence.value, agent.capacity, chats, queue, colleagues
+        )
+
+    def _roster(self, bots: frozenset[str]) -> tuple[Colleague, ...]:
+        """Every agent serving one of ``bots``, by name."""
+        return tuple(
+            Colleague(
+                other.agent_id,
+                other.name,
+                other.presence.value if other.connections else rt.Presence.OFFLINE.value,
+                max(0, other.capacity - len(other.chats)),
+            )
+            for other in sorted(
+                self._routing.agents.values(), key=lambda a: (a.name.casefold(), a.agent_id)
+            )
+            if not other.bots.isdisjoint(bots)
+        )
 
     @property
     def queue_length(self) -> int:

@@ -91,9 +91,22 @@ class HeldChat:
 
 
 @attrs.frozen
+class Colleague:
+    """Another agent serving one of the same bots, as a transfer target: ``presence`` is
+    "offline" while none of its clients is connected, whatever it last chose, since only a
+    connected agent can take a chat."""
+
+    agent_id: str
+    name: str
+    presence: str
+    free_slots: int
+
+
+@attrs.frozen
 class DeskStatus:
-    """An agent's view of the desk: presence, the chats it holds, and the waiting queue of
-    the bots it serves. Sent whenever any of it changes."""
+    """An agent's view of the desk: presence, the chats it holds, the waiting queue of the
+    bots it serves, and its colleagues (agents sharing one of those bots, who a chat can be
+    transferred to). Sent whenever any of it changes."""
 
     agent_id: str
     name: str
@@ -101,6 +114,7 @@ class DeskStatus:
     capacity: int
     chats: tuple[HeldChat, ...]
     queue: tuple[WaitingItem, ...]
+    colleagues: tuple[Colleague, ...] = ()
 
 
 Delivery = Entry | Typing | Transcript | Problem | DeskStatus
@@ -157,7 +171,9 @@ class LivechatBackend(Protocol):
         self, conversation_id: str, session_id: str, from_agent: str, to_agent: str | None
     ) -> None: ...
 
-    def deliver(self, agent_id: str, item: Delivery) -> None: ...
+    def deliver(self, agent_id: str, item: Delivery, *, skip: Sink | None = None) -> None:
+        """Hand ``item`` to every connection of the agent but ``skip`` (the one that wrote
+        it, which learns its seq from its answer)."""
 
 
 class StoreUnavailable(Exception):

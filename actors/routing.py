@@ -130,9 +130,14 @@ class Routing:
 
     def take_changes(self) -> list[str]:
         """The agents whose view changed since the last call, so that the desk re-sends only
-        those views (a view lists the agent's chats and its bots' queue)."""
+        those views (a view lists the agent's chats, its bots' queue, and its colleagues'
+        presence and free slots: a change of one agent is seen by all who share a bot)."""
         agents = self.changed_agents
         bots = self.changed_bots
+        for agent_id in agents:
+            changed = self.agents.get(agent_id)
+            if changed is not None:
+                bots |= changed.bots
         if bots:
             agents |= {a.agent_id for a in self.agents.values() if not a.bots.isdisjoint(bots)}
         self.changed_agents = set()

@@ -194,17 +194,24 @@ class Switchboard:
         self._start(conversation_id, state)
         return state
 
-    def submit(self, conversation_id: str, event: Event, reply: Reply | None = None) -> None:
+    def submit(
+        self,
+        conversation_id: str,
+        event: Event,
+        reply: Reply | None = None,
+        *,
+        origin: Sink | None = None,
+    ) -> None:
         """Hand an event from a user, bot or agent to its conversation, without waiting.
 
         ``reply`` is called with the outcome once the event is durable (or refused).
         Raises :class:`Overloaded` when the conversation already has ``inbox_limit`` events
-        waiting.
+        waiting. ``origin``, the client that sent the event, is not handed the entry it wrote.
         """
         actor = self._actor(conversation_id)
         if len(actor.inbox) >= self.inbox_limit:
             raise Overloaded(conversation_id)
-        actor.inbox.put(Envelope(event, reply))
+        actor.inbox.put(Envelope(event, reply, origin))
 
     def post(self, conversation_id: str, event: Event) -> None:
         """Like :meth:`submit`, for the core's own parts (backends): never refused."""

@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", choices=["memory", "sqlite"], default="memory")
     parser.add_argument(
         "--listener",
-        choices=["trio-websocket", "fastws", "fastws-write-through"],
-        default="trio-websocket",
-        help="what carries Switchover's WebSocket listener (the baseline is always trio-websocket)",
+        choices=servers.LISTENERS,
+        default=servers.LISTENERS[0],
+        help="the server's [listeners] websocket setting (the baseline is always trio-websocket)",
     )
     parser.add_argument("--out", default=str(RESULTS / "connections.json"))
     args = parser.parse_args(argv)

@@ -61,6 +61,7 @@ from actors import (
     UserSays,
     open_switchboard,
 )
+from actors.collector import tune_collector
 
 AGENTS = 100
 DEFAULT_EXPIRY_BATCH: int = inspect.signature(Switchboard).parameters["expiry_batch"].default
@@ -334,7 +335,9 @@ def rss_per_conversation(n: int) -> float:
 # -- 3. the expiry stall ------------------------------------------------------------------
 
 
-async def expiry_stall(n: int, batch: int, freeze_gc: bool = False) -> dict[str, float]:
+async def expiry_stall(
+    n: int, batch: int, freeze_gc: bool = False, tuned: bool = False
+) -> dict[str, float]:
     timeout = 60.0
     settings = BotSettings(
         session_timeout=timeout,
@@ -360,7 +363,12 @@ async def expiry_stall(n: int, batch: int, freeze_gc: bool = False) -> dict[str,
         deadline = clock.to_trio(deadline_wall)
         lateness: list[float] = []
         gc.collect()
-        if freeze_gc:
+        thresholds = gc.get_threshold()
+        if tuned:
+            # What the server does after start-up (actors/collector.py): freeze, and raise
+            # the collector's thresholds.
+            tune_collector()
+        elif freeze_gc:
             # What a long-running server does after warming up: objects that live for the
             # whole run leave the collector's generations, so a full collection no longer
             # walks every conversation in memory.
@@ -392,8 +400,10 @@ async def expiry_stall(n: int, batch: int, freeze_gc: bool = False) -> dict[str,
             finished = trio.current_time()
             nursery.cancel_scope.cancel()
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
     return {
-        "gc_frozen": freeze_gc,
+        "gc_frozen": freeze_gc or tuned,
+        "gc_tuned": tuned,
         "longest_gc_pause_ms": max(gc_pauses, default=0.0) * 1000,
         "sessions": n,
         "expiry_batch": batch,
@@ -444,6 +454,7 @@ def main() -> None:
         results["stall"] = {
             "default_batch": trio.run(expiry_stall, n, DEFAULT_EXPIRY_BATCH),
             "default_batch_gc_frozen": trio.run(expiry_stall, n, DEFAULT_EXPIRY_BATCH, True),
+            "default_batch_gc_tuned": trio.run(expiry_stall, n, DEFAULT_EXPIRY_BATCH, False, True),
             "one_batch": trio.run(expiry_stall, n, n),
         }
     print_table(results)
@@ -484,6 +495,7 @@ def print_table(results: dict[str, Any]) -> None:
     if "stall" in results:
         for name, s in results["stall"].items():
             frozen = ", gc frozen" if s["gc_frozen"] else ""
+            frozen = ", gc tuned" if s.get("gc_tuned") else frozen
             rows.append(
                 (
                     f"max stall, {s['sessions']:,} expiries (batch {s['expiry_batch']}{frozen})",

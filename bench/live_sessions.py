@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", choices=["memory", "sqlite"], default="memory")
     parser.add_argument(
         "--listener",
-        choices=["trio-websocket", "fastws", "fastws-write-through", "experiment-no-own-echo"],
-        default="trio-websocket",
-        help="what carries Switchover's WebSocket listener (the baseline is always trio-websocket)",
+        choices=servers.LISTENERS,
+        default=servers.LISTENERS[0],
+        help="the server's [listeners] websocket setting (the baseline is always trio-websocket)",
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=1.0)

@@ -249,10 +249,13 @@ class Agent:
                 content = frame.get("content") or {}
                 if frame.get("content_type") != "text":
                     continue
+                # With an id, as the desk sends it: the answer is acked (with its seq)
+                # rather than echoed back.
                 await ws.send(
                     dumps(
                         {
                             "type": "message",
+                            "id": "a",
                             "conversation_id": frame["conversation_id"],
                             "content_type": "text",
                             "content": {"text": "re: " + str(content.get("text", ""))[:40]},
@@ -345,7 +348,11 @@ async def run_sessions(args: argparse.Namespace, server: psutil.Process | None) 
     )
     setup_seconds = time.monotonic() - setup_started
     window = Window()
-    frame = json.dumps({"type": "message", "content_type": "text", "content": {"text": PING_TEXT}})
+    # With an id, as the chat widget and the Python client send it: the server acks it with
+    # its seq instead of echoing the entry back.
+    frame = json.dumps(
+        {"type": "message", "id": "u", "content_type": "text", "content": {"text": PING_TEXT}}
+    )
 
     async def ping_pong(user: User) -> None:
         ws = user.ws

@@ -127,11 +127,24 @@ class Deployment:
     bot_id: str = "demo"
 
 
+#: What ``--listener`` may name: the server's ``[listeners] websocket`` setting.
+LISTENERS = ("fast", "trio-websocket")
+
+
 def write_config(
-    path: Path, *, agents: int, capacity: int, store: str, data_dir: Path, ws: int, http: int
+    path: Path,
+    *,
+    agents: int,
+    capacity: int,
+    store: str,
+    data_dir: Path,
+    ws: int,
+    http: int,
+    listener: str = LISTENERS[0],
 ) -> list[str]:
-    """A config with one demo bot, ``agents`` agents of ``capacity`` chats each, and limits
-    raised so that a load generator is not rate limited as an abusive client would be."""
+    """A config with one demo bot, ``agents`` agents of ``capacity`` chats each, the WebSocket
+    listener named, and limits raised so that a load generator is not rate limited as an
+    abusive client would be."""
     tokens = [f"bench-agent-token-{i:04d}" for i in range(agents)]
     lines = [
         'secret = "bench-secret-not-for-production"',
@@ -140,6 +153,7 @@ def write_config(
         f'host = "{HOST}"',
         f"ws_port = {ws}",
         f"http_port = {http}",
+        f'websocket = "{listener}"',
         "[store]",
         f'kind = "{store}"',
         f"data_dir = {json.dumps(str(data_dir))}",
@@ -174,26 +188,28 @@ def switchover(
     agents: int = 1,
     capacity: int = 10,
     store: str = "memory",
-    listener: str = "trio-websocket",
+    listener: str = LISTENERS[0],
 ) -> Iterator[Deployment]:
-    """``listener`` "fastws" runs the same server with transport.fastws under its listener."""
+    """``switchover serve`` with a fresh config and data dir; ``listener`` is its
+    ``[listeners] websocket`` setting."""
     ws, http = free_port(), free_port()
     data_dir = workdir / f"data-{ws}"
     data_dir.mkdir()
     config = workdir / f"switchover-{ws}.toml"
     tokens = write_config(
-        config, agents=agents, capacity=capacity, store=store, data_dir=data_dir, ws=ws, http=http
+        config,
+        agents=agents,
+        capacity=capacity,
+        store=store,
+        data_dir=data_dir,
+        ws=ws,
+        http=http,
+        listener=listener,
     )
-    launcher = ["-m", "transport.cli"]
-    if listener == "fastws":
-        launcher = [str(BENCH / "serve_fastws.py")]
-    elif listener == "fastws-write-through":
-        launcher = [str(BENCH / "serve_fastws.py"), "--write-through"]
-    elif listener == "experiment-no-own-echo":
-        launcher = [str(BENCH / "serve_fastws.py"), "--no-own-echo"]
     command = [
         PYTHON,
-        *launcher,
+        "-m",
+        "transport.cli",
         "serve",
         "--config",
         str(config),

@@ -23,12 +23,16 @@ from actors import (
     BotEvent,
     BotSettings,
     Content,
+    ConversationState,
     Delivery,
     Desk,
+    DeskStatus,
     Entry,
+    MemoryStore,
     Presence,
     Refused,
     RestartPolicy,
+    StoreUnavailable,
     Switchboard,
     Transcript,
     UserSays,
@@ -202,6 +206,43 @@ async def test_disconnected_agent_grace_period_then_back_to_the_head_of_the_queu
         assert isinstance(transcript, Transcript) and transcript.conversation_id == first
 
 
+# -- the roster of colleagues -------------------------------------------------------------
+
+
+async def test_each_view_lists_the_colleagues_who_could_take_a_transfer() -> None:
+    settings = BotSettings(session_timeout=HOUR)
+    desk = Desk(
+        {"demo": settings, "other": settings},
+        [
+            AgentProfile("alice", "Alice", frozenset({"demo"}), capacity=1),
+            AgentProfile("bob", "Bob", frozenset({"demo", "other"}), capacity=2),
+            AgentProfile("carol", "Carol", frozenset({"other"}), capacity=1),
+        ],
+    )
+    binding = BotBinding(EchoBot(), settings)
+    async with open_switchboard({"demo": binding}, {"desk": desk}) as board:
+        bob = RecordingSink()
+        desk.attach("bob", bob)
+
+        def roster(item: Delivery) -> dict[str, tuple[str, int]] | None:
+            if not isinstance(item, DeskStatus) or item.agent_id != "bob":
+                return None
+            return {c.agent_id: (c.presence, c.free_slots) for c in item.colleagues}
+
+        # Bob sees both colleagues, offline until they connect; never himself.
+        first = await bob.wait_for(lambda item: roster(item) is not None)
+        assert roster(first) == {"alice": ("offline", 1), "carol": ("offline", 1)}
+        assert [c.agent_id for c in desk.status_of("alice").colleagues] == ["bob"]
+
+        alice = await online(desk, "alice")
+        await bob.wait_for(lambda item: (roster(item) or {}).get("alice") == ("online", 1))
+        await start_session(board)
+        await alice.wait_for(lambda item: isinstance(item, Transcript))
+        await bob.wait_for(lambda item: (roster(item) or {}).get("alice") == ("online", 0))
+        desk.detach("alice", alice)
+        await bob.wait_for(lambda item: (roster(item) or {}).get("alice") == ("offline", 0))
+
+
 # -- supervision --------------------------------------------------------------------------
 
 
@@ -301,3 +342,124 @@ async def test_a_conversation_with_a_session_never_hibernates(autojump_clock: ob
         conv, _ = await start_session(board)
         await trio.sleep(30 * 60)
         assert board.is_in_memory(conv)
+
+
+# -- one store write per group of waiting events ------------------------------------------
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts writes and can be told to refuse them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records = 0
+        self.refuse = False
+
+    async def record(self, state: ConversationState, entries: Sequence[Entry]) -> None:
+        await trio.lowlevel.checkpoint()  # a real store waits for its commit
+        if self.refuse:
+            raise StoreUnavailable("the disk is full")
+        self.records += 1
+        await super().record(state, entries)
+
+
+async def test_events_waiting_together_share_one_store_write_and_keep_their_order() -> None:
+    store = CountingStore()
+    async with running(BotSettings(), store=store) as (board, _):
+        conv = (await board.open_conversation("demo")).conversation_id
+        user = RecordingSink()
+        board.subscribe(conv, user)
+        await board.ask(conv, UserSays(Content.text("warm up")))
+        outcomes: list[object] = []
+        done = trio.Event()
+
+        def reply(outcome: object) -> None:
+            outcomes.append(outcome)
+            if len(outcomes) == 5:
+                done.set()
+
+        for n in range(5):  # all waiting before the actor runs again
+            board.submit(conv, UserSays(Content.text(f"m{n}")), reply)
+        with trio.fail_after(5):
+            await done.wait()
+        seqs = [getattr(o, "seq", None) for o in outcomes]
+        assert all(isinstance(o, Accepted) for o in outcomes) and seqs == sorted(set(seqs))  # type: ignore[type-var]
+        stored = {e.seq: e.content.text_value for e in await store.entries_after(conv, 0)}
+        assert [stored[seq] for seq in seqs] == [f"m{n}" for n in range(5)]  # type: ignore[index]
+        user_texts = [e.content.text_value for e in user.entries() if e.sender.value == "user"]
+        assert user_texts == ["warm up"] + [f"m{n}" for n in range(5)]
+
+
+async def test_a_group_is_written_once() -> None:
+    store = CountingStore()
+    async with running(BotSettings(), store=store) as (board, _):
+        conv = (await board.open_conversation("demo")).conversation_id
+        await board.ask(conv, UserSays(Content.payload(SESSION_START)))
+        before = store.records
+        done = trio.Event()
+        outcomes: list[object] = []
+
+        def reply(outcome: object) -> None:
+            outcomes.append(outcome)
+            if len(outcomes) == 4:
+                done.set()
+
+        for n in range(4):  # queued session: nothing goes to the bot, nothing else writes
+            board.submit(conv, UserSays(Content.text(f"q{n}")), reply)
+        with trio.fail_after(5):
+            await done.wait()
+        assert all(isinstance(o, Accepted) for o in outcomes)
+        assert store.records - before == 1
+
+
+async def test_a_refused_write_refuses_the_whole_group_and_nothing_is_delivered() -> None:
+    store = CountingStore()
+    async with running(BotSettings(), store=store) as (board, _):
+        conv = (await board.open_conversation("demo")).conversation_id
+        await board.ask(conv, UserSays(Content.payload(SESSION_START)))
+        user = RecordingSink()
+        board.subscribe(conv, user)
+        seen = len(user.items)
+        store.refuse = True
+        outcomes: list[object] = []
+        done = trio.Event()
+
+        def reply(outcome: object) -> None:
+            outcomes.append(outcome)
+            if len(outcomes) == 3:
+                done.set()
+
+        for n in range(3):
+            board.submit(conv, UserSays(Content.text(f"lost {n}")), reply)
+        with trio.fail_after(5):
+            await done.wait()
+        assert [getattr(o, "code", None) for o in outcomes] == ["store_unavailable"] * 3
+        assert user.items[seen:] == []
+        store.refuse = False
+        # The state is the last stored one: numbering goes on without a gap.
+        last = await board.ask(conv, UserSays(Content.text("kept")))
+        stored = await store.entries_after(conv, 0)
+        assert last == Accepted(stored[-1].seq) and [e.seq for e in stored] == list(
+            range(1, len(stored) + 1)
+        )
+
+
+async def test_a_pickup_in_a_group_shows_the_transcript_up_to_it_and_the_rest_live() -> None:
+    async with running(BotSettings()) as (board, desk):
+        conv, _ = await start_session(board)
+        alice = RecordingSink()
+        desk.attach("alice", alice)
+        board.submit(conv, UserSays(Content.text("before")))
+        desk.set_presence("alice", Presence.ONLINE)
+        # The assignment and this message may wait in the inbox together.
+        board.submit(conv, UserSays(Content.text("after")))
+        transcript = await alice.wait_for(lambda item: isinstance(item, Transcript))
+        assert isinstance(transcript, Transcript)
+        assert isinstance(await board.ask(conv, UserSays(Content.text("third"))), Accepted)
+        await alice.wait_for(
+            lambda item: isinstance(item, Entry) and item.content.text_value == "third"
+        )
+        in_transcript = [e.content.text_value for e in transcript.entries]
+        live = [e.content.text_value for e in alice.entries()]
+        for text in ("before", "after"):
+            assert (in_transcript + live).count(text) == 1, (text, in_transcript, live)

@@ -284,6 +284,8 @@ def test_a_whole_session_between_a_user_and_an_agent(
     # Messages both ways, and typing indicators both ways.
     say(desk, "Hello, Alice here. Let me look at your order.", "Reply to the user")
     expect(log.locator(".so-from-agent", has_text="Alice here")).to_have_count(1)
+    # The desk shows its own reply once, from the ack (the server does not echo it back).
+    expect(chat_log.locator(".from-agent", has_text="Alice here")).to_have_count(1)
     user.get_by_role("textbox", name="Message", exact=True).press_sequentially("It was order 12")
     expect(desk.locator("#chat-typing")).to_have_text("Guest is typing…")
     user.get_by_role("textbox", name="Message", exact=True).press("Enter")
@@ -414,11 +416,17 @@ def test_transfer_and_reconnecting_without_a_reload(
     alice.locator("#queue .queue-item").get_by_role("button", name=re.compile("Pick up")).click()
     expect(user.locator(".so-notice-agent_joined")).to_have_text("Alice joined the conversation.")
 
-    # Alice hands the chat to Bob, who gets it with its transcript.
+    # Alice's colleagues are offered once online; she hands the chat to Bob by keyboard, and
+    # he gets it with its transcript.
+    transfer_to = alice.get_by_role("combobox", name="Transfer to")
+    expect(transfer_to.locator("option", has_text="Bob")).to_have_count(0)
     bob.get_by_role("radio", name="Online").check()
     expect(bob.locator("body")).to_have_attribute("data-presence", "online")
-    alice.get_by_role("textbox", name="Transfer to").fill("bob")
-    alice.get_by_role("textbox", name="Transfer to").press("Enter")
+    expect(transfer_to.locator("option", has_text="Bob")).to_have_text("Bob (3 free)")
+    expect(alice.locator("#team [data-agent=bob]")).to_have_text(re.compile("Bob.*Online, 3 free"))
+    shot(alice, "08-desk-transfer-choices")
+    transfer_to.select_option(value="bob")
+    transfer_to.press("Enter")
     expect(alice.locator("#chat-state")).to_have_text("Transferred")
     expect(bob.locator("#chat-state")).to_have_text("Live")
     expect(bob.locator("#chat-log .from-user", has_text="I need a person")).to_have_count(1)
@@ -445,7 +453,8 @@ def test_transfer_and_reconnecting_without_a_reload(
     assert_no_duplicates(user, ".so-log")
 
     # Back to the queue: Bob lets go, and the chat waits for the next agent again.
-    bob.get_by_role("button", name="Back to queue").click()
+    bob.get_by_role("combobox", name="Transfer to").select_option(label="Back to the queue")
+    bob.get_by_role("button", name="Transfer").click()
     expect(bob.locator("#chat-state")).to_have_text("Back in queue")
     expect(alice.locator("#queue .queue-item")).to_have_count(1)
     shot(alice, "08-desk-transferred")

@@ -197,6 +197,13 @@ capacity = 0
         ("[limits]\nburst = 1.5\n", "limits.burst: must be an integer, got a number (1.5)"),
         ("[logging]\nlevel = 'loud'\n", "logging.level: must be one of debug, info"),
         ("[agents.a]\ntoken = ''\n", "agents.a.token: must be a non-empty string"),
+        ("[store]\nretention_days = 0\n", "store.retention_days: must be positive, got 0"),
+        ("[store]\nretention_days = -3\n", "store.retention_days: must be positive, got -3"),
+        ("[store]\nretention_days = '30'\n", "store.retention_days: must be a number"),
+        ("[store]\nretention_days = true\n", "store.retention_days: must be a number"),
+        ("[store]\nretention_days = inf\n", "store.retention_days: must be a finite number"),
+        ("[store]\nretention_days = nan\n", "store.retention_days: must be a finite number"),
+        ("[bots.b]\nadapter = 'connected'\n", 'bots.b.token: is required with adapter "connected"'),
     ],
 )
 def test_single_mistakes(text: str, expected: str, tmp_path: Path) -> None:
@@ -234,3 +241,40 @@ def test_the_signing_secret_is_made_once_and_kept(tmp_path: Path) -> None:
     assert signing_secret(configured) == "given"
     # Without a data directory nothing is kept, so each process has its own.
     assert signing_secret(embedded_defaults()) != signing_secret(embedded_defaults())
+
+
+def test_retention_is_off_unless_asked_for_and_survives_overrides(tmp_path: Path) -> None:
+    assert from_mapping({}).store.retention_days is None
+    config = from_mapping({"store": {"data_dir": "data", "retention_days": 30}}, base=tmp_path)
+    assert config.store.retention_days == 30.0 and config.store.kind == "sqlite"
+    half_a_day = from_mapping({"store": {"retention_days": 0.5}})
+    assert half_a_day.store.retention_days == 0.5
+    path = tmp_path / "switchover.toml"
+    path.write_text("[store]\nretention_days = 7\n")
+    # Moving the data directory by environment keeps the retention asked for in the file.
+    moved = load(path, environ={"SWITCHOVER_DATA_DIR": str(tmp_path / "elsewhere")})
+    assert moved.store.retention_days == 7.0
+    assert moved.store.data_dir == (tmp_path / "elsewhere").resolve()
+
+
+def test_a_connected_bot_is_configured_with_its_token() -> None:
+    config = from_mapping({"bots": {"relay": {"adapter": "connected", "token": "relay-token-1"}}})
+    assert config.bots["relay"].adapter == "connected"
+    assert config.bots["relay"].token == "relay-token-1"
+
+
+def test_the_websocket_listener_is_a_setting(tmp_path: Path) -> None:
+    assert embedded_defaults().listeners.websocket == "fast"
+    path = tmp_path / "switchover.toml"
+    path.write_text('[listeners]\nwebsocket = "trio-websocket"\n')
+    assert load_file(path).listeners.websocket == "trio-websocket"
+    flagged = load(path, environ={"SWITCHOVER_WS_IMPL": "fast"}, flags={})
+    assert flagged.listeners.websocket == "fast"
+    assert problems_of('[listeners]\nwebsocket = "tornado"\n', tmp_path) == [
+        "listeners.websocket: must be one of fast, trio-websocket, got 'tornado'"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        load(None, environ={}, flags={"ws_impl": "tornado"})
+    assert caught.value.problems == [
+        "--ws-impl: must be one of fast, trio-websocket, got 'tornado'"
+    ]

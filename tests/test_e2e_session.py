@@ -88,8 +88,7 @@ async def test_a_full_session_from_bot_to_human_and_back(server: RunningServer) 
             await user.wait_for(notice("session_started"))
             queued = await user.wait_for(notice("queued"))
             assert queued["content"]["position"] == 1
-            await user.say_text("is anyone there?")
-            await user.wait_for(text("user", "is anyone there?"))
+            assert await user.say_text("is anyone there?") == user.last_seq  # acked, not echoed
 
             async with connect_agent(url, ALICE_TOKEN, frame_check=check_schema) as agent:
                 # The desk shows the waiting chat, while the agent is still offline.

@@ -293,6 +293,60 @@ def test_the_quick_push_path_accepts_exactly_what_the_schema_accepts(data: dict[
         assert len(parsed.contents) == len(data["messages"])
 
 
+seq_like = st.one_of(st.integers(-2, 3), st.floats(-1, 2), st.booleans(), st.text(max_size=2))
+hello_like = st.fixed_dictionaries(
+    {
+        "type": st.just("hello"),
+        "v": st.sampled_from([1, 1.0, True]),
+        "role": st.sampled_from(["user", "agent", "bot"]),
+    },
+    optional={
+        "id": st.one_of(st.text(max_size=70), st.integers(), st.booleans(), st.floats(0, 2)),
+        "bot_id": st.one_of(st.text(max_size=130), st.none(), st.integers()),
+        "metadata": json_values,
+        "resume_token": st.one_of(st.text(max_size=3), st.text(min_size=1020, max_size=1030)),
+        "last_seq": seq_like,
+        "token": st.one_of(st.text(max_size=3), st.integers(), st.none()),
+        "last_seqs": st.one_of(
+            st.dictionaries(st.text(max_size=130), seq_like, max_size=3),
+            st.dictionaries(st.text(min_size=1, max_size=4), st.just(0), min_size=99, max_size=102),
+            json_values,
+        ),
+        "extra": json_values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=hello_like)
+def test_the_quick_hello_path_accepts_exactly_what_the_schema_accepts(
+    data: dict[str, Any],
+) -> None:
+    role = data["role"]
+    schema_ok = wire.validator(f"client.hello.{role}").is_valid(data)
+    if wire._quick_hello(data, role):
+        assert schema_ok
+    try:
+        parsed = parse_hello(json.dumps(data), LIMIT)
+    except BadFrame as bad:
+        assert not schema_ok
+        assert bad.code == "invalid_frame"
+    else:
+        assert schema_ok
+        assert type(parsed).__name__.lower() == f"{role}hello"
+
+
+def test_common_hellos_take_the_quick_path() -> None:
+    assert wire._quick_hello({"type": "hello", "v": 1, "role": "user"}, "user")
+    assert wire._quick_hello(
+        {"type": "hello", "v": 1, "role": "user", "resume_token": "t", "last_seq": 3}, "user"
+    )
+    assert wire._quick_hello(
+        {"type": "hello", "v": 1, "role": "agent", "token": "k", "last_seqs": {"c": 2}}, "agent"
+    )
+    assert wire._quick_hello({"type": "hello", "v": 1, "role": "bot", "token": "k"}, "bot")
+
+
 # -- encoding: every server frame passes its schema -------------------------------------------
 
 

@@ -287,11 +287,33 @@ def test_only_agents_whose_view_changed_are_reported() -> None:
     assert routing.take_changes() == ["alice", "bob"]
     assert routing.take_changes() == []
     routing.release("c1", "c1/1", holder.agent_id, 1.0)
-    assert routing.take_changes() == [holder.agent_id]
+    # The holder's chats changed, and its colleague sees its free slots: not carol.
+    assert routing.take_changes() == ["alice", "bob"]
     routing.set_presence("carol", Presence.AWAY, 2.0)
-    assert routing.take_changes() == ["carol"]
+    assert routing.take_changes() == ["carol"]  # nobody else serves "other"
     routing.set_presence("alice", Presence.OFFLINE, 3.0)
     routing.set_presence("bob", Presence.OFFLINE, 3.0)
     routing.take_changes()
     ask(routing, "c2")  # waits: the demo queue changed for every demo agent, not carol
     assert routing.take_changes() == ["alice", "bob"]
+
+
+def test_a_presence_change_is_seen_by_every_colleague_and_only_them() -> None:
+    routing = rt.Routing(
+        [
+            agent("alice", bots=("demo",)),
+            agent("bob", bots=("demo", "other")),
+            agent("carol", bots=("other",)),
+            agent("dave", bots=("third",)),
+        ],
+        {**SETTINGS, "third": BotSettings()},
+    )
+    routing.take_changes()
+    online(routing, "alice")
+    assert routing.take_changes() == ["alice", "bob"]
+    routing.connected("carol", 1.0)
+    assert routing.take_changes() == ["bob", "carol"]
+    routing.disconnected("bob", 2.0)
+    assert routing.take_changes() == ["alice", "bob", "carol"]
+    routing.set_presence("dave", Presence.ONLINE, 3.0)
+    assert routing.take_changes() == ["dave"]

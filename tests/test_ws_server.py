@@ -1,7 +1,8 @@
 """The WebSocket server over real sockets on 127.0.0.1, with the core running in-process.
 
 Every frame a client made by the harness receives is validated against the protocol's JSON
-Schemas (tests/support/ws.py), so each test also checks what the server sends.
+Schemas (tests/support/ws.py), so each test also checks what the server sends. The tests run
+on both listener implementations (the ``listener`` fixture), so both stay honest.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -18,11 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
 
-from actors import SESSION_END, SESSION_START, BotSettings
+from actors import SESSION_END, SESSION_START, BotSettings, MemoryStore, StoreUnavailable
+from actors.lifecycle import ConversationState
+from actors.records import Entry
 from transport.client import Closed, Frame, ServerError, UserClient, connect_user
 from transport.services import Limits
+from transport.sqlite_store import open_sqlite_store
 from transport.tokens import ResumeTokens
-from transport.ws_server import serve_websockets
+from transport.ws_server import LISTENERS, serve_websockets
 
 from .support.ws import WsHarness, check_frame, running_ws_server
 
@@ -43,9 +48,15 @@ def error(code: str) -> Predicate:
     return lambda f: f["type"] == "error" and f["code"] == code
 
 
+@pytest.fixture(params=LISTENERS)
+def listener(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-async def harness() -> AsyncIterator[WsHarness]:
-    async with running_ws_server() as running:
+async def harness(listener: str) -> AsyncIterator[WsHarness]:
+    async with running_ws_server(listener=listener) as running:
         yield running
 
 
@@ -214,8 +225,8 @@ async def test_hello_failures_close_with_their_code(
         assert await user.say_text("still here") == 1
 
 
-async def test_no_hello_in_time_closes_with_4400() -> None:
-    async with running_ws_server(limits=Limits(hello_timeout=0.2)) as harness:
+async def test_no_hello_in_time_closes_with_4400(listener: str) -> None:
+    async with running_ws_server(limits=Limits(hello_timeout=0.2), listener=listener) as harness:
         assert await close_code_after(harness.url) == 4400
 
 
@@ -249,10 +260,14 @@ async def test_the_client_reports_a_refused_hello(harness: WsHarness) -> None:
     ],
 )
 async def test_bad_frames_get_an_error_and_the_connection_keeps_working(
-    raw: str | bytes, code: str
+    raw: str | bytes, code: str, listener: str
 ) -> None:
     limits = Limits(max_frame_bytes=4096, rate=1000, burst=1000)
-    async with running_ws_server(limits=limits) as h, h.user() as other, h.user() as user:
+    async with (
+        running_ws_server(limits=limits, listener=listener) as h,
+        h.user() as other,
+        h.user() as user,
+    ):
         await user.send_raw(raw)
         answer = await user.next_frame()
         assert answer["type"] == "error"
@@ -338,9 +353,9 @@ async def test_a_user_cannot_restart_an_open_session(harness: WsHarness) -> None
 # -- rate limit -----------------------------------------------------------------------------
 
 
-async def test_a_flood_is_rate_limited_and_the_connection_recovers() -> None:
+async def test_a_flood_is_rate_limited_and_the_connection_recovers(listener: str) -> None:
     async with (
-        running_ws_server(limits=Limits(rate=5.0, burst=5)) as harness,
+        running_ws_server(limits=Limits(rate=5.0, burst=5), listener=listener) as harness,
         harness.user() as user,
     ):
         for i in range(12):
@@ -359,9 +374,12 @@ async def test_a_flood_is_rate_limited_and_the_connection_recovers() -> None:
 # -- slow readers ---------------------------------------------------------------------------
 
 
-async def test_a_slow_reader_is_closed_with_4408_and_others_go_on() -> None:
+async def test_a_slow_reader_is_closed_with_4408_and_others_go_on(listener: str) -> None:
     limits = Limits(rate=1000.0, burst=1000, max_buffered=20)
-    async with running_ws_server(limits=limits) as harness, harness.user() as other:
+    async with (
+        running_ws_server(limits=limits, listener=listener) as harness,
+        harness.user() as other,
+    ):
         port = int(harness.url.rsplit(":", 1)[1].strip("/"))
         sock = trio.socket.socket()
         # A tiny receive window: the kernel stops taking the server's frames almost at once.
@@ -438,10 +456,11 @@ async def test_with_no_bot_connected_the_user_hears_it_is_unavailable(harness: W
 # -- shutdown -------------------------------------------------------------------------------
 
 
-async def test_shutdown_closes_every_connection_with_1001() -> None:
-    async with running_ws_server() as harness:
+async def test_shutdown_closes_every_connection_with_1001(listener: str) -> None:
+    async with running_ws_server(listener=listener) as harness:
         async with trio.open_nursery() as nursery:
-            port: int = await nursery.start(serve_websockets, harness.services, "127.0.0.1", 0)
+            serve = partial(serve_websockets, listener=listener)
+            port: int = await nursery.start(serve, harness.services, "127.0.0.1", 0)
             url = f"ws://127.0.0.1:{port}/"
             async with (
                 connect_user(url, frame_check=check_frame) as user,
@@ -504,15 +523,18 @@ random_frame = st.one_of(
 )
 
 
+@pytest.mark.parametrize("listener", LISTENERS)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     frames=st.lists(random_frame, min_size=1, max_size=8),
     role=st.sampled_from(["user", "agent", "bot"]),
 )
-async def test_random_frames_never_break_the_server(frames: list[str | bytes], role: str) -> None:
+async def test_random_frames_never_break_the_server(
+    frames: list[str | bytes], role: str, listener: str
+) -> None:
     # A server per example: hypothesis runs each example in a trio run of its own.
     with trio.fail_after(10):
-        async with running_ws_server() as harness:
+        async with running_ws_server(listener=listener) as harness:
             opened = {"user": harness.user, "agent": harness.agent, "bot": harness.connected_bot}
             async with opened[role]() as peer:
                 for raw in frames:
@@ -528,9 +550,12 @@ async def test_random_frames_never_break_the_server(frames: list[str | bytes], r
                 await user.wait_for(text_entry("echo: a normal session"))
 
 
-async def test_expiry_pushes_session_expired_to_the_bot() -> None:
+async def test_expiry_pushes_session_expired_to_the_bot(listener: str) -> None:
     settings_ = BotSettings(session_timeout=0.3, grace_period=30)
-    async with running_ws_server(settings=settings_) as harness, harness.agent() as alice:
+    async with (
+        running_ws_server(settings=settings_, listener=listener) as harness,
+        harness.agent() as alice,
+    ):
         await alice.set_presence("online")
         async with harness.user() as user:
             await user.click(SESSION_START)
@@ -541,3 +566,136 @@ async def test_expiry_pushes_session_expired_to_the_bot() -> None:
             lambda e: e.content.content.get("payload") == "LIVECHAT_SESSION_EXPIRED"
         )
         assert event.metadata["reason"] == "idle_timeout"
+
+
+# -- own messages, store trouble, presence ----------------------------------------------------
+
+
+def recorder(into: list[Frame]) -> Callable[[Frame], None]:
+    """A frame check that also keeps every frame a client receives."""
+
+    def record(frame: Frame) -> None:
+        check_frame(frame)
+        into.append(frame)
+
+    return record
+
+
+def texts_of(frames: list[Frame]) -> list[str | None]:
+    return [f["content"].get("text") for f in frames if f["type"] == "entry"]
+
+
+async def test_a_message_with_an_id_is_not_echoed_to_its_own_connection(
+    harness: WsHarness,
+) -> None:
+    to_user: list[Frame] = []
+    to_alice: list[Frame] = []
+    async with (
+        harness.agent("alice", frame_check=recorder(to_alice)) as alice,
+        harness.agent("alice") as alice_too,
+    ):
+        await alice.set_presence("online")
+        async with harness.user(frame_check=recorder(to_user)) as user:
+            await user.click(SESSION_START)
+            conv = (await alice.wait_for(lambda f: f["type"] == "transcript"))["conversation_id"]
+            await user.wait_for(notice("agent_joined"))
+            async with harness.user(resume_token=user.resume_token, last_seq=0) as phone:
+                seq = await user.say_text("from my laptop")
+                assert seq is not None and user.last_seq == seq
+                # The user's other connection and the agent get it; the sender has the ack.
+                assert (await phone.wait_for(text_entry("from my laptop")))["seq"] == seq
+                assert (await alice.wait_for(text_entry("from my laptop")))["seq"] == seq
+
+                said = await alice.say(conv, "from the desk")
+                assert (await alice_too.wait_for(text_entry("from the desk")))["seq"] == said
+                assert (await user.wait_for(text_entry("from the desk")))["seq"] == said
+
+                # Without an id there is no ack to carry the seq: the entry comes back.
+                await user.send_frame(
+                    {"type": "message", "content_type": "text", "content": {"text": "no id"}}
+                )
+                await user.wait_for(text_entry("no id"))
+                await alice.wait_for(text_entry("no id"))
+    assert "from my laptop" not in texts_of(to_user)
+    assert "from the desk" not in texts_of(to_alice)
+    # The clicked button is the user's own too: its notices come, the click does not.
+    assert SESSION_START not in [
+        f["content"].get("payload") for f in to_user if f["type"] == "entry"
+    ]
+
+
+class FullDisk(MemoryStore):
+    """A memory store that cannot take new conversations, as a full disk would."""
+
+    async def record(self, state: ConversationState, entries: list[Entry]) -> None:
+        if not entries:
+            raise StoreUnavailable("disk full")
+        await super().record(state, entries)
+
+
+async def test_a_hello_the_store_cannot_keep_closes_with_4503(listener: str) -> None:
+    async with running_ws_server(listener=listener, store=FullDisk()) as harness:
+        with pytest.raises(Closed) as refused:
+            async with harness.user():
+                pass
+        assert refused.value.code == 4503
+        assert refused.value.reason is not None and "store_unavailable" in refused.value.reason
+        async with harness.agent("alice") as alice:  # the rest of the server goes on
+            await alice.set_presence("online")
+
+
+async def test_presence_changes_are_kept_by_a_store_that_keeps_them(
+    listener: str, tmp_path: Any
+) -> None:
+    async with (
+        open_sqlite_store(tmp_path / "switchover.db") as store,
+        running_ws_server(listener=listener, store=store) as harness,
+        harness.agent("alice") as alice,
+    ):
+        await alice.set_presence("online")
+        assert (await store.last_presences())["alice"][0] == "online"
+        await alice.set_presence("away")
+        assert (await store.last_presences())["alice"][0] == "away"
+
+
+TCP_CLOSE = 7  # include/net/tcp_states.h
+
+
+def tcp_state(sock: trio.socket.SocketType) -> int:
+    """The kernel's TCP state of ``sock`` (Linux: the first byte of TCP_INFO)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="reads the TCP state (Linux)")
+async def test_a_reader_that_never_reads_is_cut_off_after_the_close_grace() -> None:
+    """The 4408 close frame cannot reach a client whose buffers are full: the fast listener
+    aborts the TCP connection once the grace has passed, instead of holding it open."""
+    limits = Limits(rate=1000.0, burst=1000, max_buffered=20)
+    grace = 0.5
+    async with running_ws_server(limits=limits, listener="fast", close_grace=grace) as harness:
+        port = int(harness.url.rsplit(":", 1)[1].strip("/"))
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        async with trio.open_nursery() as nursery:
+            stuck = await wrap_client_stream(nursery, trio.SocketStream(sock), "127.0.0.1", "/")
+            await stuck.send_message(hello(role="user"))
+            flood = json.dumps(
+                {"type": "message", "content_type": "text", "content": {"text": "flood 10 16000"}}
+            )
+            for _ in range(30):
+                await stuck.send_message(flood)
+            nursery.cancel_scope.cancel()
+        # The client never reads. Once the grace has passed, the server resets the TCP
+        # connection: the client's kernel sees it (state TCP_CLOSE) with the frames unread.
+        started = trio.current_time()
+        with trio.fail_after(grace + 5):
+            while tcp_state(sock) != TCP_CLOSE:  # noqa: ASYNC110 (no event tells of it)
+                await trio.sleep(0.05)
+        assert trio.current_time() - started >= grace * 0.5
+        with pytest.raises(ConnectionResetError), trio.fail_after(5):
+            while await sock.recv(1 << 16):
+                pass
+        sock.close()
+        async with harness.user() as user:  # nothing else was affected
+            assert await user.say_text("still served") == 1

@@ -26,6 +26,7 @@ from .config import (
     DEFAULT_HTTP_PORT,
     DEFAULT_WS_PORT,
     ENVIRONMENT,
+    WS_LISTENERS,
     Config,
     ConfigError,
     load,
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ws-port",
         type=int,
         help=f"WebSocket port, 0 for any free one (default {DEFAULT_WS_PORT})",
+    )
+    serve.add_argument(
+        "--ws-impl",
+        choices=WS_LISTENERS,
+        help=f"WebSocket listener implementation (default {WS_LISTENERS[0]})",
     )
     serve.add_argument(
         "--http-port", type=int, help=f"HTTP port, 0 for any free one (default {DEFAULT_HTTP_PORT})"
@@ -143,6 +149,7 @@ def serve_command(args: argparse.Namespace) -> int:
     flags: dict[str, str | int | None] = {
         "host": args.host,
         "ws_port": args.ws_port,
+        "ws_impl": args.ws_impl,
         "http_port": args.http_port,
         "data_dir": str(args.data_dir) if args.data_dir is not None else None,
         "log_format": args.log_format,

@@ -12,6 +12,8 @@ Every frame the server sends, except the acks and errors that answer a request, 
 client's inbox in order: :meth:`Peer.next_frame` takes the next one, :meth:`Peer.wait_for`
 skips to the first that matches. Requests (``say_text``, ``claim``...) send a frame with a
 fresh ``id`` and wait for its ``ack``; an ``error`` answer raises :class:`ServerError`.
+A message sent that way is not echoed back to this connection as an ``entry``: its ack
+carries the ``seq`` it was given (the client's other connections do get the entry).
 """
 
 from __future__ import annotations
@@ -196,11 +198,14 @@ class UserClient(Peer):
             self.last_seq = frame["seq"]
 
     async def say(self, content_type: str, content: Mapping[str, Any]) -> int | None:
-        """Send a message; return the ``seq`` the server gave it."""
+        """Send a message; return the ``seq`` the server gave it (it also counts as seen
+        for ``last_seq``: the server does not echo it back)."""
         ack = await self.request(
             {"type": "message", "content_type": content_type, "content": dict(content)}
         )
         seq: int | None = ack["seq"]
+        if seq is not None and seq > self.last_seq:
+            self.last_seq = seq
         return seq
 
     async def say_text(self, text: str) -> int | None:

@@ -12,6 +12,7 @@ See docs/configuration.md for the reference.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import tomllib
@@ -32,6 +33,8 @@ DEFAULT_HTTP_PORT = 8080
 DEFAULT_BOT = "demo"
 DEFAULT_AGENT = "demo-agent"
 STORE_KINDS = ("sqlite", "memory")
+#: WebSocket listener implementations; the first is the default (see transport/ws_server.py).
+WS_LISTENERS = ("fast", "trio-websocket")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECRET_FILE = "secret"
 
@@ -74,22 +77,27 @@ class AgentConfig:
 class ListenerConfig:
     """Where the server listens. ``public_ws_url`` is the WebSocket address the web pages
     are told to use when the server sits behind a proxy; by default they use the host they
-    loaded the page from with ``ws_port``."""
+    loaded the page from with ``ws_port``. ``websocket`` picks the WebSocket listener's
+    implementation: "fast" (transport/fastws.py) or "trio-websocket"; both speak the same
+    protocol."""
 
     host: str = DEFAULT_HOST
     ws_port: int = DEFAULT_WS_PORT
     http_port: int = DEFAULT_HTTP_PORT
     public_ws_url: str | None = None
     shutdown_timeout: float = 5.0
+    websocket: str = WS_LISTENERS[0]
 
 
 @attrs.frozen
 class StoreConfig:
     """``kind`` "sqlite" keeps conversations in ``data_dir``; "memory" forgets them on exit.
-    Without a ``data_dir`` the default kind is "memory"."""
+    Without a ``data_dir`` the default kind is "memory". ``retention_days``: a running server
+    with the SQLite store deletes conversations quiet for that long (``None``: keep all)."""
 
     kind: str = "memory"
     data_dir: Path | None = None
+    retention_days: float | None = None
 
 
 @attrs.frozen
@@ -257,8 +265,15 @@ def _attrs_from_table(
 _TOP_KEYS = {"bots", "agents", "listeners", "limits", "store", "logging", "secret", "default_bot"}
 _BOT_KEYS = {"adapter", "options", "settings", "backend", "token"}
 _AGENT_KEYS = {"name", "token", "capacity", "bots"}
-_LISTENER_KEYS = {"host", "ws_port", "http_port", "public_ws_url", "shutdown_timeout"}
-_STORE_KEYS = {"kind", "data_dir"}
+_LISTENER_KEYS = {
+    "host",
+    "ws_port",
+    "http_port",
+    "public_ws_url",
+    "shutdown_timeout",
+    "websocket",
+}
+_STORE_KEYS = {"kind", "data_dir", "retention_days"}
 _LOGGING_KEYS = {"format", "level"}
 
 
@@ -279,13 +294,19 @@ def _bots(reader: _Reader, data: Mapping[str, Any]) -> dict[str, BotConfig]:
         backend = reader.string(entry, key, "backend", "desk") or "desk"
         if backend != "desk":
             reader.problem(f"{key}.backend", f"unknown livechat backend {backend!r}; known: desk")
+        adapter = reader.string(entry, key, "adapter", "demo") or "demo"
+        token = reader.string(entry, key, "token")
+        if adapter == "connected" and token is None and "token" not in entry:
+            reader.problem(
+                f"{key}.token", 'is required with adapter "connected" (the bot connects with it)'
+            )
         bots[bot_id] = BotConfig(
             bot_id,
-            adapter=reader.string(entry, key, "adapter", "demo") or "demo",
+            adapter=adapter,
             options=dict(reader.table(entry, key, "options")),
             settings=settings,
             backend=backend,
-            token=reader.string(entry, key, "token"),
+            token=token,
         )
     return bots
 
@@ -329,6 +350,7 @@ def _listeners(reader: _Reader, data: Mapping[str, Any]) -> ListenerConfig:
         http_port=_port(reader, table, "http_port", DEFAULT_HTTP_PORT),
         public_ws_url=reader.string(table, "listeners", "public_ws_url"),
         shutdown_timeout=reader.number(table, "listeners", "shutdown_timeout", 5.0),
+        websocket=reader.choice(table, "listeners", "websocket", WS_LISTENERS, WS_LISTENERS[0]),
     )
 
 
@@ -346,7 +368,19 @@ def _store(reader: _Reader, data: Mapping[str, Any], base: Path) -> StoreConfig:
     )
     if kind == "sqlite" and data_dir is None:
         reader.problem("store.data_dir", 'is required when store.kind is "sqlite"')
-    return StoreConfig(kind, data_dir)
+    return StoreConfig(kind, data_dir, _retention_days(reader, table))
+
+
+def _retention_days(reader: _Reader, table: Mapping[str, Any]) -> float | None:
+    """Optional, so absent means "keep everything"; zero is refused rather than read as
+    "delete every quiet conversation at once", which is never what someone meant."""
+    if "retention_days" not in table:
+        return None
+    days = reader.number(table, "store", "retention_days", 0.0)
+    if not math.isfinite(days):
+        reader.problem("store.retention_days", f"must be a finite number of days, got {days}")
+        return None
+    return days or None
 
 
 def _logging(reader: _Reader, data: Mapping[str, Any]) -> LoggingConfig:
@@ -440,6 +474,7 @@ ENVIRONMENT = {
     "SWITCHOVER_WS_PORT": "ws_port",
     "SWITCHOVER_HTTP_PORT": "http_port",
     "SWITCHOVER_PUBLIC_WS_URL": "public_ws_url",
+    "SWITCHOVER_WS_IMPL": "ws_impl",
     "SWITCHOVER_DATA_DIR": "data_dir",
     "SWITCHOVER_STORE": "store",
     "SWITCHOVER_SECRET": "secret",
@@ -493,10 +528,13 @@ def with_overrides(
             listeners = listeners if number is None else attrs.evolve(listeners, http_port=number)
         elif name == "public_ws_url":
             listeners = attrs.evolve(listeners, public_ws_url=text)
+        elif name == "ws_impl":
+            chosen = choice(name, text, WS_LISTENERS)
+            listeners = listeners if chosen is None else attrs.evolve(listeners, websocket=chosen)
         elif name == "data_dir":
             # Naming a data directory means "keep things there" unless memory was asked for.
             kind = "sqlite" if store.data_dir is None else store.kind
-            store = StoreConfig(kind, Path(text).expanduser().resolve())
+            store = attrs.evolve(store, kind=kind, data_dir=Path(text).expanduser().resolve())
         elif name == "store":
             chosen = choice(name, text, STORE_KINDS)
             store = store if chosen is None else attrs.evolve(store, kind=chosen)

@@ -1,4 +1,4 @@
-"""A lean WebSocket server for trio: the ``websockets`` sans-IO protocol on trio streams.
+"""A lean WebSocket server for trio: the ``websockets`` sans-IO protocol on plain sockets.
 
 It offers the part of trio-websocket's server interface that Switchover uses
 (:func:`serve_websocket`, ``request.accept()``, ``get_message``, ``send_message``,
@@ -17,6 +17,14 @@ go away here:
   it wait. One writer at a time is kept by a flag, not a lock, so an uncontended send does
   not yield to the scheduler twice.
 
+It owns its sockets: stdlib sockets in non-blocking mode, read, written and accepted
+directly, with trio's documented ``trio.lowlevel.wait_readable`` / ``wait_writable`` to wait
+when the kernel would block, and ``notify_closing`` before closing one.
+
+Closing is bounded: a peer that does not answer the close frame within
+``disconnect_timeout`` (because it stopped reading and its buffers are full, say) has its TCP
+connection aborted (RST), so its socket and buffers are freed rather than kept open forever.
+
 What it does not do: TLS, client connections, compression, subprotocol negotiation beyond
 echoing the chosen one. Pings from the peer are answered whenever the connection is read.
 """
@@ -24,9 +32,11 @@ echoing the chosen one. Pings from the peer are answered whenever the connection
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
-import functools
+import logging
 import socket as stdlib_socket
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
@@ -48,12 +58,22 @@ __all__ = [
     "serve_websocket",
 ]
 
+log = logging.getLogger("switchover.fastws")
+
 RECEIVE_BYTES = 64 * 1024
 # A reader that keeps finding data ready yields to the scheduler at least this often, so a
 # flooding client cannot starve everyone else on the loop.
 READS_BETWEEN_YIELDS = 16
 NO_STATUS = 1005
 ABNORMAL = 1006
+#: Connections waiting to be accepted, per listening socket.
+BACKLOG = 1024
+#: Accepting this many connections in a row yields to the scheduler once.
+ACCEPTS_BETWEEN_YIELDS = 16
+#: accept() errors that mean "out of resources for now": wait and try again.
+_ACCEPT_RETRY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: SO_LINGER on with a zero timeout: close() sends RST and frees the socket at once.
+_ABORT = struct.pack("ii", 1, 0)
 
 
 @attrs.frozen
@@ -81,16 +101,15 @@ class WebSocketConnection:
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        sock: stdlib_socket.socket,
         protocol: ServerProtocol,
         request: Request,
         *,
         disconnect_timeout: float,
     ) -> None:
-        self._stream = stream
-        # The stdlib socket under trio's: reads and writes that would not block are made
-        # directly on it, and trio is asked only to wait when they would.
-        self._sock: stdlib_socket.socket = stream.socket._sock  # type: ignore[attr-defined]
+        # A non-blocking socket: reads and writes that would not block are made directly on
+        # it, and trio is asked only to wait when they would.
+        self._sock = sock
         self._protocol = protocol
         self._request = request
         self._messages: collections.deque[str | bytes] = collections.deque()
@@ -102,6 +121,7 @@ class WebSocketConnection:
         self._writer_done: trio.Event | None = None
         self._backlog = b""
         self._reading = False
+        self._read_done: trio.Event | None = None
         self._reads_without_yield = 0
         self._disconnect_timeout = disconnect_timeout
         self.subprotocol: str | None = None
@@ -151,28 +171,28 @@ class WebSocketConnection:
             raise ConnectionClosed(self._closing_reason()) from None
         await self._flush()
 
-    def send_message_nowait(self, message: str) -> bool:
-        """Write a text message now if that needs no waiting: ``True`` when it was handed to
-        the kernel, or partly handed and the rest kept for the next :meth:`flush` (see
-        :attr:`needs_flush`); ``False`` when nothing was done because another send is under
-        way or the connection is closing. It lets whoever produces a frame skip waking a
-        writer task when the socket has room, which is nearly always."""
-        if self._writing or self._backlog or self._close_reason is not None:
-            return False
-        try:
-            self._protocol.send_text(message.encode())
-        except InvalidState:
-            return False
-        data = b"".join(self._protocol.data_to_send())
+    def write_nowait(self) -> bool:
+        """Hand what :meth:`queue_message` framed to the kernel without waiting: ``True``
+        when all of it went (or the connection is gone), ``False`` when some is left for
+        :meth:`flush`. It lets one task write many connections' frames with one system call
+        each and no trip through the scheduler, waiting only for those whose socket is
+        full."""
+        if self._writing or self._protocol.state is not State.OPEN:
+            return not self.needs_flush
+        data = self._backlog + b"".join(self._protocol.data_to_send())
+        self._backlog = b""
+        if not data:
+            return True
         try:
             sent = self._sock.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
-            self._close_reason = CloseReason(ABNORMAL, None)
+            self._close_reason = self._close_reason or CloseReason(ABNORMAL, None)
             return True
         if sent < len(data):
             self._backlog = data[sent:]
+            return False
         return True
 
     def queue_message(self, message: str) -> None:
@@ -203,9 +223,10 @@ class WebSocketConnection:
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         """Close with ``code``: send the close frame, give the peer ``disconnect_timeout``
-        seconds to answer it, then close the socket."""
+        seconds to answer it, then close the socket (aborting the TCP connection if the
+        peer never answered)."""
         if self._close_reason is not None:
-            await self._close_stream()
+            self._close_socket()
             return
         self._close_reason = CloseReason(code, reason)
         with trio.move_on_after(self._disconnect_timeout):
@@ -213,12 +234,16 @@ class WebSocketConnection:
                 if self._protocol.state is State.OPEN:
                     self._protocol.send_close(code, reason or "")
                     await self._flush()
-                if not self._reading:
-                    while self._protocol.state is not State.CLOSED and not self._stream_gone():
+                while self._protocol.state is not State.CLOSED and not self._stream_gone():
+                    if self._reading:
+                        # Another task is reading: it will take the answer; wait for its read.
+                        done = self._read_done = self._read_done or trio.Event()
+                        await done.wait()
+                    else:
                         await self._receive_more(closing=True)
-            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            except (ConnectionClosed, trio.ClosedResourceError, OSError):
                 pass
-        await self._close_stream()
+        self._close_socket()
 
     # --- reading -----------------------------------------------------------------------
 
@@ -230,7 +255,7 @@ class WebSocketConnection:
                 try:
                     await trio.lowlevel.wait_readable(self._sock)
                     data = self._read_ready()
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                except trio.ClosedResourceError:
                     data = b""
                 self._reads_without_yield = 0
                 if data is None:
@@ -242,17 +267,21 @@ class WebSocketConnection:
                     await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._reading = False
+            if self._read_done is not None:
+                self._read_done.set()
+                self._read_done = None
         if data:
             self._protocol.receive_data(data)
         else:
             self._protocol.receive_eof()
         self._absorb(self._protocol.events_received())
-        await self._flush()
+        if self._protocol.writes:  # a pong or a close to answer; plain data needs nothing,
+            await self._flush()  # so a reader never waits on a peer that stopped reading
         if not data or self._protocol.state is State.CLOSED:
             if self._close_reason is None:
                 self._close_reason = self._closing_reason()
             if not closing:
-                await self._close_stream()
+                self._close_socket()
 
     def _read_ready(self) -> bytes | None:
         """Whatever the kernel holds, without waiting; ``b""`` at end of stream, ``None``
@@ -333,7 +362,7 @@ class WebSocketConnection:
                         self._writer_done = trio.Event()
                     try:
                         await trio.lowlevel.wait_writable(self._sock)
-                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    except trio.ClosedResourceError:
                         raise ConnectionClosed(self._closing_reason()) from None
                     continue
                 except OSError:
@@ -346,16 +375,20 @@ class WebSocketConnection:
                 self._writer_done.set()
                 self._writer_done = None
         if eof:
-            await self._close_stream()
+            self._close_socket()
 
     def _stream_gone(self) -> bool:
         return self._sock.fileno() < 0
 
-    async def _close_stream(self) -> None:
+    def _close_socket(self) -> None:
+        """Close the socket: gracefully once the closing handshake is done (or never began,
+        as for a refused handshake), with an abort (RST) when it was cut short, so that a
+        peer that stopped reading leaves nothing behind in the kernel either."""
         if self._close_reason is None:
             self._close_reason = self._closing_reason()
         if not self._stream_gone():
-            await self._stream.aclose()
+            state = self._protocol.state
+            _close(self._sock, abort=state is State.OPEN or state is State.CLOSING)
         self._closed_event.set()
 
 
@@ -422,18 +455,40 @@ class WebSocketRequest:
         self._answered = True
         protocol.send_response(response)
         await self._connection._flush()
-        await self._connection._close_stream()
+        self._connection._close_socket()
 
 
 Handler = Callable[[WebSocketRequest], Awaitable[None]]
 
 
+def _close(sock: stdlib_socket.socket, *, abort: bool = False) -> None:
+    """Close ``sock``, telling trio first so that any task waiting on it wakes."""
+    if sock.fileno() < 0:
+        return
+    if abort:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, _ABORT)
+    trio.lowlevel.notify_closing(sock)
+    sock.close()
+
+
+async def _send_all(sock: stdlib_socket.socket, data: bytes) -> None:
+    """Write ``data`` before a connection object exists (a refused handshake)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+
+
 @attrs.define
 class WebSocketServer:
-    """Accepts connections on its listeners and runs ``handler`` for each handshake."""
+    """Accepts connections on its listening sockets and runs ``handler`` for each
+    handshake."""
 
     handler: Handler
-    listeners: Sequence[trio.SocketListener]
+    listeners: Sequence[stdlib_socket.socket]
     handler_nursery: trio.Nursery | None = None
     max_message_size: int = 2**20
     connect_timeout: float = 60.0
@@ -441,44 +496,73 @@ class WebSocketServer:
 
     @property
     def port(self) -> int:
-        sock = self.listeners[0].socket
-        port: int = sock.getsockname()[1]
+        port: int = self.listeners[0].getsockname()[1]
         return port
 
     async def run(
         self, *, task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
-        async with trio.open_nursery() as nursery:
-            serve = functools.partial(
-                trio.serve_listeners,
-                self._handle,
-                list(self.listeners),
-                handler_nursery=self.handler_nursery,
-            )
-            await nursery.start(serve)
-            task_status.started(self)
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                handlers = self.handler_nursery or nursery
+                for listener in self.listeners:
+                    nursery.start_soon(self._accept_forever, listener, handlers)
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            for listener in self.listeners:
+                _close(listener)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _accept_forever(self, listener: stdlib_socket.socket, handlers: trio.Nursery) -> None:
+        accepted = 0
+        while True:
+            try:
+                sock, _address = listener.accept()
+            except BlockingIOError:
+                accepted = 0
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RETRY:
+                    raise
+                log.warning("cannot accept a connection (%s); retrying shortly", exc)
+                await trio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+            handlers.start_soon(self._handle, sock)
+            accepted += 1
+            if accepted >= ACCEPTS_BETWEEN_YIELDS:
+                accepted = 0
+                await trio.lowlevel.checkpoint()
+
+    async def _handle(self, sock: stdlib_socket.socket) -> None:
+        try:
+            await self._serve_connection(sock)
+        finally:
+            _close(sock, abort=True)  # a no-op unless something above left it open
+
+    async def _serve_connection(self, sock: stdlib_socket.socket) -> None:
         protocol = ServerProtocol(max_size=self.max_message_size)
         request = None
         with trio.move_on_after(self.connect_timeout):
-            request = await self._read_request(stream, protocol)
+            request = await self._read_request(sock, protocol)
         if request is None:
-            await stream.aclose()
             return
         connection = WebSocketConnection(
-            stream, protocol, request, disconnect_timeout=self.disconnect_timeout
+            sock, protocol, request, disconnect_timeout=self.disconnect_timeout
         )
         response = protocol.accept(request)
         if protocol.handshake_exc is not None or response.status_code != 101:
             # Not a valid upgrade: answer it before any handler runs, as wsproto does.
             protocol.send_response(response)
             try:
-                await connection._flush()
+                with trio.move_on_after(self.disconnect_timeout):
+                    await connection._flush()
             finally:
-                await connection._close_stream()
+                connection._close_socket()
             return
         ws_request = WebSocketRequest(connection, response)
         try:
@@ -491,12 +575,15 @@ class WebSocketServer:
                     await connection.aclose()
 
     async def _read_request(
-        self, stream: trio.SocketStream, protocol: ServerProtocol
+        self, sock: stdlib_socket.socket, protocol: ServerProtocol
     ) -> Request | None:
         while True:
             try:
-                data = await stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = sock.recv(RECEIVE_BYTES)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
                 return None
             if not data:
                 return None
@@ -506,8 +593,43 @@ class WebSocketServer:
                     return event
             chunks = protocol.data_to_send()
             if chunks:  # a malformed request: websockets has written a 400
-                await stream.send_all(b"".join(chunks))
+                with contextlib.suppress(OSError):
+                    await _send_all(sock, b"".join(chunks))
                 return None
+
+
+async def open_listeners(
+    host: str | bytes | None, port: int, *, backlog: int = BACKLOG
+) -> list[stdlib_socket.socket]:
+    """Listening sockets (non-blocking) for every address ``host`` resolves to, all on the
+    same port (port 0: one free port chosen for all). ``None`` or ``""``: every interface.
+    Raises :class:`OSError` when an address cannot be bound (a busy port, say)."""
+    if isinstance(host, bytes):
+        host = host.decode()
+    infos = await trio.socket.getaddrinfo(
+        host or None,
+        port,
+        type=stdlib_socket.SOCK_STREAM,
+        flags=stdlib_socket.AI_PASSIVE,
+    )
+    listeners: list[stdlib_socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in infos:
+            sock = stdlib_socket.socket(family, kind, proto)
+            listeners.append(sock)
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+            if family == stdlib_socket.AF_INET6:
+                sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(listeners) > 1:
+                address = (address[0], listeners[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
 
 
 async def serve_websocket(
@@ -532,7 +654,7 @@ async def serve_websocket(
     """
     if ssl_context is not None:
         raise ValueError("fastws does not do TLS; put a TLS proxy in front")
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await open_listeners(host, port)
     server = WebSocketServer(
         handler,
         listeners,

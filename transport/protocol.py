@@ -3,10 +3,11 @@
 Inbound, :func:`parse_frame` turns one WebSocket message into a typed frame or raises
 :class:`BadFrame` with a stable error code; :func:`parse_hello` does the same for the first
 frame of a connection. Every frame is checked against its JSON Schema in
-``transport/schemas/``, compiled once at import. The common case, a ``message`` from a user
-or an agent, is checked by hand first: when that quick check passes, the schema would accept
-the frame too, and when it does not, the schema decides (and words the error), so behaviour is
-the same either way and the schema costs nothing on the hot path.
+``transport/schemas/``, compiled once at import. The common cases, a ``message`` from a user,
+an agent or a bot and every hello, are checked by hand first: when that quick check passes,
+the schema would accept the frame too, and when it does not, the schema decides (and words
+the error), so behaviour is the same either way and the schema costs nothing on the hot
+path.
 
 Outbound, :func:`encode` turns a core delivery into the text of one frame. Frames are
 serialised once: the same entry delivered to a user and to an agent in a row is encoded once.
@@ -262,6 +263,51 @@ def _quick_push(data: dict[str, Any]) -> bool:
     return True
 
 
+_HELLO_KEYS: Final = {
+    "user": frozenset(
+        {"type", "v", "role", "id", "bot_id", "metadata", "resume_token", "last_seq"}
+    ),
+    "agent": frozenset({"type", "v", "role", "id", "token", "last_seqs"}),
+    "bot": frozenset({"type", "v", "role", "id", "token"}),
+}
+_MAX_LAST_SEQS: Final = 100
+
+
+def _text(value: object, longest: int) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= longest
+
+
+def _seq(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _quick_hello(data: dict[str, Any], role: str) -> bool:
+    """True only if the hello surely passes its schema (``type``, ``role`` and ``v`` are
+    already known to match). Every connection sends one, and jsonschema's validator costs
+    more than the rest of a hello's parsing; it now only words the error of a bad one."""
+    if not _HELLO_KEYS[role].issuperset(data) or type(data["v"]) is not int:
+        return False
+    if "id" in data and _readable_id(data) is None:
+        return False
+    if role == "user":
+        return (
+            ("bot_id" not in data or _text(data["bot_id"], 128))
+            and ("metadata" not in data or type(data["metadata"]) is dict)
+            and ("resume_token" not in data or _text(data["resume_token"], 1024))
+            and ("last_seq" not in data or _seq(data["last_seq"]))
+        )
+    if not _text(data.get("token"), 1024):
+        return False
+    if role == "agent" and "last_seqs" in data:
+        seqs = data["last_seqs"]
+        return (
+            type(seqs) is dict
+            and len(seqs) <= _MAX_LAST_SEQS
+            and all(_text(name, 128) and _seq(seq) for name, seq in seqs.items())
+        )
+    return True
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     where = "/".join(str(part) for part in error.absolute_path)
     return f"{where or 'frame'}: {error.message}"[:300]
@@ -367,7 +413,8 @@ def parse_hello(raw: str | bytes, max_bytes: int) -> Hello:
         raise BadFrame(
             "invalid_frame", f"Unsupported protocol version; this server speaks {VERSION}."
         )
-    _check(data, _HELLO_VALIDATORS[role])
+    if not _quick_hello(data, role):
+        _check(data, _HELLO_VALIDATORS[role])
     if role == "user":
         return UserHello(
             data.get("bot_id"),
@@ -449,6 +496,7 @@ def desk_frame(status: DeskStatus) -> str:
             "capacity": status.capacity,
             "chats": [attrs.asdict(chat) for chat in status.chats],
             "queue": [attrs.asdict(item) for item in status.queue],
+            "colleagues": [attrs.asdict(colleague) for colleague in status.colleagues],
         }
     )
 

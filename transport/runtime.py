@@ -16,12 +16,14 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 
 import attrs
 import httpx
 import trio
 
 from actors import AgentProfile, BotBinding, BotSettings, Desk, MemoryStore, Store, Switchboard
+from actors.collector import tune_collector
 
 from .bot_connections import BotConnections
 from .bots import build_bot
@@ -80,14 +82,21 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def build_bindings(config: Config, http: httpx.AsyncClient | None = None) -> dict[str, BotBinding]:
-    """Every configured bot, built by its adapter (remote ones share ``http``). Raises
+def build_bindings(
+    config: Config,
+    http: httpx.AsyncClient | None = None,
+    connections: BotConnections | None = None,
+) -> dict[str, BotBinding]:
+    """Every configured bot, built by its adapter (remote ones share ``http``; connected ones
+    are reached through ``connections``, which must be the registry the WebSocket server
+    uses: without one, a private registry serves for checking the config only). Raises
     :class:`ConfigError` listing every bot's problems."""
+    connections = connections if connections is not None else BotConnections()
     bindings = {}
     problems = []
     for bot_id, bot in config.bots.items():
         try:
-            built = build_bot(bot_id, bot.adapter, bot.options, http=http)
+            built = build_bot(bot_id, bot.adapter, bot.options, http=http, connections=connections)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
@@ -135,6 +144,7 @@ async def _serve_websockets(
         services,
         listen.host,
         listen.ws_port,
+        listener=listen.websocket,
         shutdown_timeout=listen.shutdown_timeout,
         task_status=task_status,
     )
@@ -153,22 +163,31 @@ async def run_server(
     *,
     shutdown: trio.Event | None = None,
     handle_signals: bool | None = None,
+    prune_every: float = 3600.0,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until a shutdown is asked for, then stop gracefully and return.
 
     ``handle_signals``: stop on SIGINT/SIGTERM (by default when running in the main thread,
     where signals can be received). ``shutdown``: an event that also stops the server.
+    ``prune_every``: seconds between retention rounds when ``store.retention_days`` is set.
     """
     shutdown = shutdown or trio.Event()
     if handle_signals is None:
         handle_signals = threading.current_thread() is threading.main_thread()
     http = make_http_client()
-    bindings = build_bindings(config, http)
+    connections = BotConnections()
+    bindings = build_bindings(config, http, connections)
     desk = build_desk(config)
     listen = config.listeners
     try:
-        await _serve(config, bindings, desk, http, shutdown, handle_signals, task_status)
+        await _serve(
+            config,
+            _Parts(bindings, desk, connections, prune_every),
+            shutdown,
+            handle_signals,
+            task_status,
+        )
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(listen.shutdown_timeout):
             for binding in bindings.values():
@@ -179,20 +198,49 @@ async def run_server(
     log.info("stopped")
 
 
+@attrs.frozen
+class _Parts:
+    """What :func:`run_server` builds before the store opens, for :func:`_serve`."""
+
+    bindings: Mapping[str, BotBinding]
+    desk: Desk
+    connections: BotConnections
+    prune_every: float
+
+
+def _start_retention(config: Config, store: Store, nursery: trio.Nursery, every: float) -> None:
+    """Prune old conversations for as long as the server runs, when asked to and possible."""
+    days = config.store.retention_days
+    if days is None:
+        return
+    if config.store.kind != "sqlite" or importlib.util.find_spec("transport.sqlite_store") is None:
+        log.warning("store.retention_days is ignored: conversations are kept in memory")
+        return
+    from . import sqlite_store
+
+    if not isinstance(store, sqlite_store.SQLiteStore):
+        log.warning("store.retention_days is ignored: this store cannot prune")
+        return
+    log.info("retention: deleting conversations quiet for %g days", days)
+    nursery.start_soon(partial(sqlite_store.keep_pruning, store, days, every=every))
+
+
 async def _serve(
     config: Config,
-    bindings: Mapping[str, BotBinding],
-    desk: Desk,
-    http: httpx.AsyncClient,
+    parts: _Parts,
     shutdown: trio.Event,
     handle_signals: bool,
     task_status: trio.TaskStatus[RunningServer],
 ) -> None:
     listen = config.listeners
-    connections = BotConnections()
+    desk, connections = parts.desk, parts.connections
     async with open_store(config) as store, trio.open_nursery() as core:
-        board = Switchboard(bindings, {"desk": desk}, store)
+        board = Switchboard(parts.bindings, {"desk": desk}, store)
         await core.start(board.run)
+        # Open sessions are restored: freeze what start-up built and space out collections,
+        # so a crowd of expiries is not stalled by a full collection (actors/collector.py).
+        tune_collector()
+        _start_retention(config, store, core, parts.prune_every)
         services = Services(
             board=board,
             desk=desk,

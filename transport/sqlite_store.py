@@ -44,6 +44,10 @@ from .sqlite_schema import SchemaTooNew, check_version, migrate
 log = logging.getLogger("switchover.store")
 
 DATABASE_FILENAME = "switchover.db"
+WAL_CHECKPOINT_PAGES = 8192
+"""Pages (4 KiB) the write-ahead log grows to before it is copied into the database."""
+CACHE_KIB = 32768
+"""The writer's page cache: the pages many live conversations write to stay in memory."""
 
 T = TypeVar("T")
 
@@ -85,9 +89,14 @@ class _Rows:
 
 
 class _Pending:
-    """One call waiting for the commit of its batch: rows to write, or a job to run."""
+    """One call waiting for the commit of its rows, or for its job to run.
 
-    __slots__ = ("error", "job", "result", "rows")
+    The caller's task parks itself here and the writer reschedules it once the commit is
+    done (a bare park costs less than a :class:`trio.Event` with its parking lot, and it
+    lets the writer release each chunk of a large batch as soon as that chunk is durable).
+    """
+
+    __slots__ = ("error", "finished", "job", "result", "rows", "task")
 
     def __init__(
         self, rows: _Rows | None, job: Callable[[sqlite3.Connection], Any] | None = None
@@ -96,16 +105,29 @@ class _Pending:
         self.job = job
         self.error: Exception | None = None
         self.result: Any = None
+        self.task: trio.lowlevel.Task | None = None
+        self.finished = False
 
+    async def wait(self) -> None:
+        """Park until :meth:`release`; a cancelled caller stops waiting (its rows are still
+        committed, it just does not hear of it)."""
+        if self.finished:
+            await trio.lowlevel.checkpoint()
+            return
+        self.task = trio.lowlevel.current_task()
 
-class _Batch:
-    """The calls gathered for one commit, and the one event that wakes all their callers."""
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
 
-    __slots__ = ("calls", "done")
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
-    def __init__(self) -> None:
-        self.calls: list[_Pending] = []
-        self.done = trio.Event()
+    def release(self) -> None:
+        self.finished = True
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
 
 
 _INSERT_MESSAGE = (
@@ -137,10 +159,33 @@ MESSAGE_COLUMNS = (
 )
 
 
-# One encoder for every row: ``json.dumps`` with options builds a new one per call.
-_dumps: Callable[[Mapping[str, Any]], str] = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False
-).encode
+def _compact_encoder() -> Callable[[Mapping[str, Any]], str]:
+    """One JSON encoder for every row. ``json.dumps`` (and ``JSONEncoder.encode``) build a
+    new C encoder on every call, which costs twice the encoding of a small message."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the pure-Python encoder
+        return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    # No circular-reference markers (a cycle ends in RecursionError, which ``record``
+    # reports like any other unencodable value); unknown types raise TypeError as usual.
+    encode = make(
+        None,
+        json.JSONEncoder().default,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        True,
+    )
+
+    def dumps(value: Mapping[str, Any]) -> str:
+        return "".join(encode(value, 0))
+
+    return dumps
+
+
+_dumps = _compact_encoder()
 _SENDERS = {party: party.value for party in Party}
 _AUDIENCES: dict[frozenset[Party], str] = {}
 
@@ -150,6 +195,31 @@ def _audience(parties: frozenset[Party]) -> str:
     if text is None:
         text = _AUDIENCES[parties] = ",".join(sorted(p.value for p in parties))
     return text
+
+
+_ROWS_PER_STATEMENT = 128
+_MULTI_ROW_SQL: dict[tuple[str, int], str] = {}
+
+
+def _insert_rows(db: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` with multi-row ``INSERT ... VALUES (...), (...)`` statements.
+
+    Why not ``executemany``: it steps once per row, and the sqlite3 module releases and
+    takes back the GIL around every step. While trio's thread is busy, each take-back waits
+    for the interpreter's switch interval, so a 500-row commit took ~0.4 s of wall time
+    (bench/README.md, Store). Here a commit takes the GIL back a handful of times. Chunk
+    sizes are powers of two, so only a few statements are ever prepared (and cached).
+    """
+    head, _, values = insert.partition(" VALUES ")
+    start = 0
+    while start < len(rows):
+        size = min(_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
+        sql = _MULTI_ROW_SQL.get((insert, size))
+        if sql is None:
+            sql = _MULTI_ROW_SQL[(insert, size)] = f"{head} VALUES {', '.join([values] * size)}"
+        chunk = rows[start : start + size]
+        db.execute(sql, [value for row in chunk for value in row])
+        start += size
 
 
 def _describe(path: Path, exc: BaseException) -> str:
@@ -218,7 +288,7 @@ class SQLiteStore:
         self._idle_readers: list[sqlite3.Connection] = []
         self._all_readers: list[sqlite3.Connection] = []
         self._reader_limit = trio.CapacityLimiter(readers)
-        self._filling = _Batch()
+        self._filling: list[_Pending] = []
         self._metadata_cache: dict[str, tuple[Mapping[str, Any], str]] = {}
         self._bot_mode_rows: dict[str, int] = {}
         self._wake = trio.Event()
@@ -251,9 +321,10 @@ class SQLiteStore:
         finally:
             self._running = False
             self._failure = "the store has stopped"
-            for pending in self._filling.calls:
+            for pending in self._filling:
                 pending.error = StoreUnavailable("the store has stopped")
-            self._filling.done.set()
+                pending.release()
+            self._filling = []
             self._close()
 
     async def _write_forever(self) -> None:
@@ -263,8 +334,7 @@ class SQLiteStore:
             # pass costs microseconds, a commit costs an fsync.
             await trio.lowlevel.cancel_shielded_checkpoint()
             self._wake = trio.Event()
-            batch, self._filling = self._filling, _Batch()
-            calls = batch.calls
+            calls, self._filling = self._filling, []
             # A started commit finishes even on shutdown: its waiters must hear the truth.
             with trio.CancelScope(shield=True):
                 for start in range(0, len(calls), self.max_batch):
@@ -277,7 +347,10 @@ class SQLiteStore:
                         for pending in chunk:
                             if pending.error is None:
                                 pending.error = StoreUnavailable(f"the store failed: {exc!r}")
-            batch.done.set()
+                    # Each chunk's callers go on as soon as it is durable: their work on
+                    # trio's thread overlaps the next chunk's commit in the worker thread.
+                    for pending in chunk:
+                        pending.release()
 
     # -- the Store protocol -----------------------------------------------------------------
 
@@ -286,7 +359,7 @@ class SQLiteStore:
         # briefly, and a message that cannot be encoded fails alone, before any batch.
         try:
             rows = self._rows(state, entries)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise StoreUnavailable(f"this message cannot be stored: {exc!r}") from exc
         await self._submit(_Pending(rows))
 
@@ -360,11 +433,10 @@ class SQLiteStore:
     async def _submit(self, pending: _Pending) -> None:
         if not self._running:
             raise StoreUnavailable(self._failure or "the store is not running")
-        batch = self._filling
-        if not batch.calls:
+        if not self._filling:
             self._wake.set()
-        batch.calls.append(pending)
-        await batch.done.wait()
+        self._filling.append(pending)
+        await pending.wait()
         if pending.error is not None:
             raise pending.error
 
@@ -435,9 +507,9 @@ class SQLiteStore:
                     conversations[rows.conversation[0]] = rows.conversation
                 messages.extend(rows.messages)
             if messages:
-                db.executemany(_INSERT_MESSAGE, messages)
+                _insert_rows(db, _INSERT_MESSAGE, messages)
             if conversations:
-                db.executemany(_UPSERT_CONVERSATION, conversations.values())
+                _insert_rows(db, _UPSERT_CONVERSATION, list(conversations.values()))
             for rows in batch:
                 for statement, parameters in rows.session_changes:
                     db.execute(statement, parameters)
@@ -628,6 +700,11 @@ class SQLiteStore:
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode!r})")
             db.execute(f"PRAGMA synchronous = {self.synchronous}")
+            # Messages of many conversations interleave, so each commit dirties about one
+            # page per conversation; checkpointing less often copies each page once for many
+            # commits instead of once for every few (bench/README.md, Store).
+            db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             found, now = migrate(db)
             self.migrated_from = found
             if found is not None and found != now:

@@ -2,25 +2,40 @@
 
 Each connection is one :class:`Connection`: a reader loop that parses frames and hands them to
 the core without waiting (answers come back through callbacks), and a writer task draining a
-bounded buffer of ready-made frames. The connection is also the :class:`actors.Sink` the core
+bounded buffer of ready-made frames (started on first need, so an idle connection costs one
+task). The connection is also the :class:`actors.Sink` the core
 delivers to, so ``deliver`` only serialises and appends: it never blocks, whoever calls it.
 A client that lets more than ``limits.max_buffered`` frames pile up is closed with 4408 and
 resumes by sequence number; it never slows its conversation or anyone else.
 
 Nothing here creates a task per message, and the hot path (a user's or an agent's message)
 parses its JSON once and skips the schema validator (see :mod:`transport.protocol`).
+
+Two listeners carry the same protocol, chosen with ``[listeners] websocket`` in the config:
+
+* ``"fast"`` (the default), :mod:`transport.fastws`: frames are read and written on the
+  socket directly; one :class:`Flusher` task writes what every :class:`FastConnection` got
+  during a pass of the scheduler, one system call per connection, so a connection's writer
+  task only runs for a backlog (bench/README.md has the figures).
+* ``"trio-websocket"``: the trio-websocket library, with :class:`Connection`'s writer task
+  sending every frame.
+
+A message a client sends with an ``id`` is not echoed back to that connection: its ``ack``
+carries the entry's ``seq``. The client's other connections get the entry as usual.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from functools import partial
-from typing import Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+import trio_websocket
+from trio_websocket import ConnectionClosed
 
 from actors import (
     AgentSays,
@@ -36,13 +51,16 @@ from actors import (
     Presence,
     Problem,
     Refused,
+    StoreUnavailable,
     UnknownAgent,
     UserSays,
     UserTyping,
 )
 from actors.ports import Delivery
 
+from . import fastws
 from . import protocol as wire
+from .config import WS_LISTENERS
 from .protocol import BadFrame, FrameId
 from .services import Limits, Services
 from .tokens import InvalidToken, ResumeTokens
@@ -53,7 +71,11 @@ BAD_HELLO: Final = 4400
 UNAUTHORIZED: Final = 4401
 NOT_FOUND: Final = 4404
 TOO_SLOW: Final = 4408
+STORE_DOWN: Final = 4503
 GOING_AWAY: Final = 1001
+
+#: The listener implementations ``[listeners] websocket`` may name; the first is the default.
+LISTENERS: Final = WS_LISTENERS
 
 #: Seconds a closing connection has to flush and say goodbye before it is cut.
 CLOSE_GRACE: Final = 5.0
@@ -64,7 +86,7 @@ _OWNED_LIMIT: Final = 4096
 
 
 def hard_frame_ceiling(limits: Limits) -> int:
-    """Beyond this size trio-websocket itself closes with 1009; below it, oversize frames get
+    """Beyond this size the listener itself closes with 1009; below it, oversize frames get
     an error and the connection stays open."""
     return max(4 * limits.max_frame_bytes, 1 << 20)
 
@@ -74,24 +96,55 @@ def _close_reason(text: str) -> str:
     return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
+class WebSocket(Protocol):
+    """What a connection needs of a listener's WebSocket (trio-websocket's or fastws's)."""
+
+    async def get_message(self) -> str | bytes: ...
+
+    async def send_message(self, message: str | bytes) -> None: ...
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+class Handshake(Protocol):
+    async def accept(self) -> Any: ...
+
+
+@runtime_checkable
+class PresenceLog(Protocol):
+    """A store that keeps agents' presence (the SQLite store does; the memory store not)."""
+
+    async def record_presence(
+        self, agent_id: str, presence: str, at: float | None = None
+    ) -> None: ...
+
+
 class Hub:
     """Every open connection of one listener, so that shutdown can close them all."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(
+        self, services: Services, *, listener: str = LISTENERS[0], close_grace: float = CLOSE_GRACE
+    ) -> None:
+        if listener not in LISTENERS:
+            raise ValueError(f"unknown WebSocket listener {listener!r}; known: {LISTENERS}")
         self.services = services
         self.tokens = ResumeTokens(services.secret)
         self.connections: set[Connection] = set()
         self.stopping = False
+        self.close_grace = close_grace
+        fast = listener == "fast"
+        self.flusher = Flusher() if fast else None
+        self.connection_class: type[Connection] = FastConnection if fast else Connection
         self._empty = trio.Event()
         self._empty.set()
 
-    async def handle(self, request: WebSocketRequest) -> None:
-        """trio-websocket's handler: one call per connection."""
+    async def handle(self, request: Handshake) -> None:
+        """The listener's handler: one call per connection."""
         try:
             ws = await request.accept()
         except ConnectionClosed:
             return
-        connection = Connection(self, ws)
+        connection = self.connection_class(self, ws)
         self.connections.add(connection)
         self._empty = trio.Event() if len(self.connections) == 1 else self._empty
         if self.stopping:  # arrived while the listener was being shut down
@@ -124,7 +177,7 @@ class Connection:
     :class:`transport.bot_connections.FrameOutlet` (``send_frame``).
     """
 
-    def __init__(self, hub: Hub, ws: WebSocketConnection) -> None:
+    def __init__(self, hub: Hub, ws: WebSocket) -> None:
         services = hub.services
         self.hub = hub
         self.ws = ws
@@ -139,8 +192,12 @@ class Connection:
         self._buffer: deque[str] = deque()
         self._max_buffered = limits.max_buffered
         self._max_bytes = limits.max_frame_bytes
+        # The writer task starts on first need: an idle connection, or one whose frames the
+        # flusher writes, never has one. "Waiting" means no writer is at work.
         self._ready = trio.Event()
-        self._writer_waiting = False
+        self._writer_waiting = True
+        self._writer_started = False
+        self._nursery: trio.Nursery | None = None
         self._drain_waiter: trio.Event | None = None
         self._closing = False
         self._close_code: int | None = None
@@ -190,8 +247,17 @@ class Connection:
             return
         buffer.append(text)
         if self._writer_waiting:
-            self._writer_waiting = False
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """Have the writer task send what is buffered, starting it if it never ran."""
+        self._writer_waiting = False
+        if self._writer_started:
             self._ready.set()
+        elif self._nursery is not None:
+            self._writer_started = True
+            self._nursery.start_soon(self._write_loop)
+        # else: run() starts it as soon as the connection runs
 
     def close(self, code: int | None, reason: str = "", *, flush: bool = False) -> None:
         """Stop reading, and have the writer send a close frame with ``code`` (``None``: the
@@ -205,20 +271,17 @@ class Connection:
         if not flush:
             self._buffer.clear()
         self._reader_scope.cancel()
-        self._writer_scope.deadline = trio.current_time() + CLOSE_GRACE
-        self._writer_waiting = False
-        self._ready.set()
+        self._writer_scope.deadline = trio.current_time() + self.hub.close_grace
+        if self._writer_started or code is not None or self._buffer:
+            self._wake_writer()
         if self._drain_waiter is not None:
             self._drain_waiter.set()
 
     async def _write_loop(self) -> None:
-        ws = self.ws
-        buffer = self._buffer
         with self._writer_scope:
             try:
                 while True:
-                    while buffer:
-                        await ws.send_message(buffer.popleft())
+                    await self._send_queued()
                     if self._closing:
                         break
                     self._writer_idle()
@@ -226,13 +289,19 @@ class Connection:
                     self._writer_waiting = True
                     await self._ready.wait()
                 if self._close_code is not None:
-                    await ws.aclose(self._close_code, self._close_reason)
+                    await self.ws.aclose(self._close_code, self._close_reason)
             except ConnectionClosed:
                 self.close(None)
 
+    async def _send_queued(self) -> None:
+        """Send everything in the buffer (the writer task's work)."""
+        buffer = self._buffer
+        send = self.ws.send_message
+        while buffer:
+            await send(buffer.popleft())
+
     def _writer_idle(self) -> None:
-        """The writer sent everything and is about to wait: wake a paced replay. (A writer
-        loop written elsewhere must call this before it waits.)"""
+        """The writer sent everything and is about to wait: wake a paced replay."""
         if self._drain_waiter is not None:
             self._drain_waiter.set()
             self._drain_waiter = None
@@ -268,10 +337,19 @@ class Connection:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_loop)
-            with self._reader_scope:
+            self._nursery = nursery
+            if not self._writer_waiting:  # something was queued before the connection ran
+                self._writer_started = True
+                nursery.start_soon(self._write_loop)
+            reader = self._reader_scope
+            # Only the hello's arrival is timed, by the reader's own scope (one cancel scope
+            # less per connection): a long replay after it is paced by the client.
+            reader.deadline = trio.current_time() + self.limits.hello_timeout
+            with reader:
                 if await self._hello():
                     await self._read_loop()
+            if reader.cancelled_caught and not self._closing:
+                self.close(BAD_HELLO, f"no hello within {self.limits.hello_timeout:g} s")
             self.close(None)
 
     def leave(self) -> None:
@@ -289,15 +367,10 @@ class Connection:
             return None
 
     async def _hello(self) -> bool:
-        """Read and carry out the hello. Only its arrival is timed: a long replay after it
-        is paced by the client, not cut short."""
-        raw: str | bytes | None = None
-        with trio.move_on_after(self.limits.hello_timeout):
-            raw = await self._receive()
-            if raw is None:
-                return False
+        """Read and carry out the hello (its arrival is timed by :meth:`run`)."""
+        raw = await self._receive()
+        self._reader_scope.deadline = math.inf
         if raw is None:
-            self.close(BAD_HELLO, f"no hello within {self.limits.hello_timeout:g} s")
             return False
         try:
             hello = wire.parse_hello(raw, self._max_bytes)
@@ -317,7 +390,12 @@ class Connection:
             if bot_id not in board.bots:
                 self.close(NOT_FOUND, f"unknown bot {bot_id[:64]!r}")
                 return False
-            state = await board.open_conversation(bot_id, metadata=hello.metadata)
+            try:
+                state = await board.open_conversation(bot_id, metadata=hello.metadata)
+            except StoreUnavailable as exc:
+                log.error("cannot open a conversation: %s", exc)
+                self.close(STORE_DOWN, "store_unavailable: conversations cannot be kept right now")
+                return False
             conversation_id = state.conversation_id
             after_seq: int | None = None
         else:
@@ -427,6 +505,9 @@ class Connection:
                 )
                 self._ack(frame.id, None)  # after the entries: the replay is complete
                 continue
+            if isinstance(frame, wire.SetPresence):
+                await self._set_presence(frame)
+                continue
             try:
                 self._dispatch(frame)
             except Exception:
@@ -461,12 +542,21 @@ class Connection:
         assert self.agent_id is not None
         return self.agent_id
 
+    async def _set_presence(self, frame: wire.SetPresence) -> None:
+        """Tell the desk, keep it in the store when the store keeps presence, then ack."""
+        agent_id = self._agent()
+        self.desk.set_presence(agent_id, Presence(frame.status))
+        store = self.board.store
+        if isinstance(store, PresenceLog):
+            try:
+                await store.record_presence(agent_id, frame.status)
+            except StoreUnavailable as exc:
+                log.warning("the presence of %s was not stored: %s", agent_id, exc)
+        self._ack(frame.id, None)
+
     def _agent_frame(self, frame: wire.Frame) -> None:
         agent_id = self._agent()
-        if isinstance(frame, wire.SetPresence):
-            self.desk.set_presence(agent_id, Presence(frame.status))
-            self._ack(frame.id, None)
-        elif isinstance(frame, wire.SignOff):
+        if isinstance(frame, wire.SignOff):
             self._agent_event(frame, AgentSignsOff(agent_id))
         elif isinstance(frame, wire.Transfer):
             if self._agent_event(frame, AgentTransfers(agent_id, frame.to_agent)):
@@ -531,10 +621,12 @@ class Connection:
         self, frame_id: FrameId | None, conversation_id: str, event: Event, *, quiet: bool = False
     ) -> None:
         """Hand ``event`` to its conversation; the outcome comes back to :meth:`_answer`.
-        ``quiet`` events (typing) report only refusals."""
+        ``quiet`` events (typing) report only refusals. A frame with an id is answered with
+        the seq of what it wrote, so that entry is not sent back here as well."""
         reply = partial(self._answer, None if quiet else frame_id, conversation_id)
+        origin = self if frame_id is not None and not quiet else None
         try:
-            self.board.submit(conversation_id, event, reply)
+            self.board.submit(conversation_id, event, reply, origin=origin)
         except Overloaded:
             self._push(
                 wire.error_frame(
@@ -565,26 +657,113 @@ class Connection:
         return known
 
 
+class Flusher:
+    """Writes the frames delivered to fast connections, once per pass of the scheduler.
+
+    A delivery only appends to its connection's buffer and marks the connection here; this
+    one task then writes every marked connection with one system call each, without waiting.
+    So a connection that gets many frames in one pass (an agent holding many chats, say)
+    sends them together, and no connection's writer task is woken for a frame the socket has
+    room for: the writer task runs only when the kernel would block.
+    """
+
+    def __init__(self) -> None:
+        self._marked: list[FastConnection] = []
+        self._wake = trio.Event()
+
+    def mark(self, connection: FastConnection) -> None:
+        if not self._marked:
+            self._wake.set()
+        self._marked.append(connection)
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            marked, self._marked = self._marked, []
+            for connection in marked:
+                connection._write_marked()
+
+
+class FastConnection(Connection):
+    """A connection on :mod:`transport.fastws`, written by the listener's :class:`Flusher`
+    while its socket has room, and by its own writer task only when it is full."""
+
+    def __init__(self, hub: Hub, ws: WebSocket) -> None:
+        assert isinstance(ws, fastws.WebSocketConnection) and hub.flusher is not None
+        super().__init__(hub, ws)
+        self.fast = ws
+        self._flusher = hub.flusher
+        self._marked = False
+
+    def _push(self, text: str) -> None:
+        buffer = self._buffer
+        if len(buffer) >= self._max_buffered or not self._writer_waiting:
+            super()._push(text)  # falls behind, or the writer task is at work: it takes it
+            return
+        buffer.append(text)
+        if not self._marked:
+            self._marked = True
+            self._flusher.mark(self)
+
+    def _write_marked(self) -> None:
+        """The flusher's turn: frame what is buffered and hand it to the kernel; wake the
+        writer task only for what the kernel could not take."""
+        self._marked = False
+        if not self._writer_waiting or self._closing:
+            return  # the writer task was woken meanwhile and sends it
+        fast = self.fast
+        buffer = self._buffer
+        try:
+            while buffer:
+                fast.queue_message(buffer.popleft())
+        except ConnectionClosed:
+            self.close(None)
+            return
+        if fast.write_nowait():
+            self._writer_idle()
+        else:
+            self._wake_writer()
+
+    async def _send_queued(self) -> None:
+        fast = self.fast
+        buffer = self._buffer
+        while buffer:
+            fast.queue_message(buffer.popleft())
+        if fast.needs_flush:
+            await fast.flush()
+
+
 async def serve_websockets(
     services: Services,
     host: str,
     port: int,
     *,
+    listener: str = LISTENERS[0],
     shutdown_timeout: float = CLOSE_GRACE,
+    close_grace: float = CLOSE_GRACE,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the WebSocket protocol on ``host:port`` until cancelled.
 
-    Reports the bound port through ``task_status`` (bind port 0 to get a free one). When
-    cancelled, it stops accepting, then closes every connection with 1001 after flushing what
-    each has queued, waiting at most ``shutdown_timeout`` seconds.
+    ``listener`` is one of :data:`LISTENERS`. Reports the bound port through ``task_status``
+    (bind port 0 to get a free one). When cancelled, it stops accepting, then closes every
+    connection with 1001 after flushing what each has queued, waiting at most
+    ``shutdown_timeout`` seconds. A connection being closed for any reason gets
+    ``close_grace`` seconds to flush and say goodbye; after that it is cut (on the fast
+    listener, the TCP connection is aborted).
     """
-    hub = Hub(services)
+    hub = Hub(services, listener=listener, close_grace=close_grace)
     limits = services.limits
+    serve_websocket: Any = (
+        fastws.serve_websocket if listener == "fast" else trio_websocket.serve_websocket
+    )
     async with trio.open_nursery() as nursery:
         # Connections run in a shielded nursery of their own: cancelling the listener must
         # not cut them mid-frame; they are closed politely below, then cancelled.
         handlers: trio.Nursery = await nursery.start(_shielded_nursery)
+        if hub.flusher is not None:
+            handlers.start_soon(hub.flusher.run)
         try:
             server = await nursery.start(
                 partial(
@@ -596,7 +775,7 @@ async def serve_websockets(
                     handler_nursery=handlers,
                     max_message_size=hard_frame_ceiling(limits),
                     connect_timeout=limits.hello_timeout,
-                    disconnect_timeout=CLOSE_GRACE,
+                    disconnect_timeout=close_grace,
                 )
             )
         except BaseException:
@@ -620,4 +799,12 @@ async def _shielded_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> No
             await trio.sleep_forever()
 
 
-__all__ = ["GOING_AWAY", "Connection", "Hub", "serve_websockets"]
+__all__ = [
+    "GOING_AWAY",
+    "LISTENERS",
+    "Connection",
+    "FastConnection",
+    "Flusher",
+    "Hub",
+    "serve_websockets",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -24,6 +25,7 @@ from actors import (
     BotSettings,
     Content,
     Desk,
+    Store,
     open_switchboard,
 )
 from transport.bot_connections import BotConnections
@@ -94,6 +96,7 @@ class WsHarness:
     url: str
     services: Services
     bot: ScriptedBot
+    listener: str = "fast"
 
     @property
     def desk(self) -> Desk:
@@ -125,8 +128,12 @@ async def running_ws_server(
     settings: BotSettings | None = None,
     capacity: int = 2,
     extra: Mapping[str, Any] | None = None,
+    listener: str = "fast",
+    store: Store | None = None,
+    close_grace: float = 5.0,
 ) -> AsyncIterator[WsHarness]:
-    """Serve the WebSocket protocol on an ephemeral port of 127.0.0.1 for the block."""
+    """Serve the WebSocket protocol on an ephemeral port of 127.0.0.1 for the block, on the
+    ``listener`` implementation named (see transport.ws_server.LISTENERS)."""
     settings = settings or BotSettings(session_timeout=3600, grace_period=30)
     bot = ScriptedBot()
     registry = BotConnections()
@@ -141,7 +148,10 @@ async def running_ws_server(
             AgentProfile("bob", "Bob", frozenset(bots), capacity=capacity),
         ],
     )
-    async with open_switchboard(bots, {"desk": desk}) as board, trio.open_nursery() as nursery:
+    async with (
+        open_switchboard(bots, {"desk": desk}, store) as board,
+        trio.open_nursery() as nursery,
+    ):
         services = Services(
             board=board,
             desk=desk,
@@ -152,8 +162,9 @@ async def running_ws_server(
             bot_connections=registry,
             **dict(extra or {}),
         )
-        port: int = await nursery.start(serve_websockets, services, "127.0.0.1", 0)
+        serve = partial(serve_websockets, listener=listener, close_grace=close_grace)
+        port: int = await nursery.start(serve, services, "127.0.0.1", 0)
         try:
-            yield WsHarness(f"ws://127.0.0.1:{port}/", services, bot)
+            yield WsHarness(f"ws://127.0.0.1:{port}/", services, bot, listener)
         finally:
             nursery.cancel_scope.cancel()

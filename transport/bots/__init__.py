@@ -1,8 +1,9 @@
 """Bot adapters: how Switchover reaches the bots it serves.
 
 ``demo`` is the built-in in-process bot, ``csml`` a CSML engine server, ``webhook`` any bot
-behind a signed HTTP webhook. Any object with ``async def on_event(event) -> contents``
-(:class:`actors.Bot`) can also be embedded directly. See docs/bots.md.
+behind a signed HTTP webhook, ``connected`` a bot that connects over WebSocket itself. Any
+object with ``async def on_event(event) -> contents`` (:class:`actors.Bot`) can also be
+embedded directly. See docs/bots.md.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any, cast
 import httpx
 
 from actors import Bot
+from transport.bot_connections import BotConnections
 from transport.config import ConfigError
 
-ADAPTERS = ("demo", "csml", "webhook")
+ADAPTERS = ("demo", "csml", "webhook", "connected")
 
 
 def build_bot(
@@ -25,10 +27,14 @@ def build_bot(
     options: Mapping[str, Any],
     *,
     http: httpx.AsyncClient | None = None,
+    connections: BotConnections | None = None,
 ) -> Bot:
     """The bot ``bot_id`` served through ``adapter`` with its ``options`` (the
     ``[bots.<id>.options]`` table). ``http`` is the pooled client remote adapters share;
     without one, each remote bot makes its own (closed by its ``aclose()``).
+    ``connections`` is the registry of open bot connections the WebSocket server fills
+    (:attr:`transport.services.Services.bot_connections`): a connected bot is only reachable
+    through the very registry its connections join, so it has no default.
 
     Raises :class:`~transport.config.ConfigError` naming every bad option.
     """
@@ -49,6 +55,17 @@ def build_bot(
         from .webhook import WebhookBot
 
         return WebhookBot.from_options(bot_id, options, http=http)
+    if adapter == "connected":
+        from .connected import ConnectedBot
+
+        if options:
+            raise ConfigError(
+                f"bots.{bot_id}.options: the connected adapter takes no options, got "
+                + ", ".join(sorted(options))
+            )
+        if connections is None:
+            raise ValueError("the connected adapter needs the server's bot connections")
+        return ConnectedBot(bot_id, connections)
     raise ConfigError(
         f"bots.{bot_id}.adapter: unknown adapter {adapter!r}; known: {', '.join(ADAPTERS)}"
     )

@@ -6,6 +6,10 @@
  * live in sessionStorage, so reloading the tab loses nothing: the desk redraws what it had and
  * asks the server, in its hello's last_seqs, for what came after. Entries are keyed by
  * (conversation, seq), so a replayed entry that was already shown is simply dropped.
+ *
+ * The server does not echo the agent's own messages back to this desk: it acknowledges each
+ * with the seq it was given, and the desk files the message under that seq then. If the
+ * connection drops before an ack, the next hello asks for that chat from before the message.
  */
 (function () {
   "use strict";
@@ -150,8 +154,10 @@
       this.attempt = 0;
       this.nextId = 1;
       this.pending = new Map();
+      this.unacked = new Map();
       this.lastTypingSent = 0;
       this.me = null;
+      this.colleagues = [];
       this.sound = localStorage.getItem(SOUND_KEY) === "on";
       this.bind();
       if (this.token) this.start();
@@ -194,22 +200,13 @@
       });
       $("reply").addEventListener("input", () => this.agentIsTyping());
       $("sign-off").addEventListener("click", () => this.act("sign_off"));
-      $("transfer").addEventListener("click", () => {
-        const to = $("transfer-to").value.trim();
-        if (!to) {
-          this.problem("Type the id of the agent to transfer to, or use Back to queue.");
-          $("transfer-to").focus();
-          return;
-        }
-        this.act("transfer", {to_agent: to});
-      });
+      $("transfer").addEventListener("click", () => this.transfer());
       $("transfer-to").addEventListener("keydown", (event) => {
         if (event.key === "Enter") {
           event.preventDefault();
-          $("transfer").click();
+          this.transfer();
         }
       });
-      $("requeue").addEventListener("click", () => this.act("transfer", {to_agent: null}));
       $("close-chat").addEventListener("click", () => this.closeChat(this.selected));
       const seen = () => {
         if (document.visibilityState === "visible" && this.selected) this.markRead(this.selected);
@@ -254,10 +251,12 @@
       sessionStorage.removeItem(CHATS_KEY);
       this.chats.clear();
       this.queue = [];
+      this.colleagues = [];
       this.selected = null;
       this.disconnect();
       this.renderQueue();
       this.renderChats();
+      this.renderTeam();
       this.updateTitle();
       this.showSignIn("");
     }
@@ -308,6 +307,11 @@
         for (const chat of this.chats.values()) {
           if (chat.open && Object.keys(lastSeqs).length < 100) lastSeqs[chat.id] = chat.lastSeq;
         }
+        // A message sent but never acknowledged may have been kept: ask from before it.
+        for (const {frame, seqBefore} of this.unacked.values()) {
+          const chatId = frame.conversation_id;
+          if (chatId in lastSeqs) lastSeqs[chatId] = Math.min(lastSeqs[chatId], seqBefore);
+        }
         const hello = {type: "hello", v: 1, role: "agent", token: this.token};
         if (Object.keys(lastSeqs).length) hello.last_seqs = lastSeqs;
         ws.send(JSON.stringify(hello));
@@ -354,8 +358,35 @@
         return null;
       }
       const id = `d${this.nextId++}`;
+      if (frame.type === "message") {
+        const chat = this.chats.get(frame.conversation_id);
+        this.unacked.set(id, {frame, seqBefore: chat ? chat.lastSeq : 0});
+      }
       this.ws.send(JSON.stringify(Object.assign({id}, frame)));
       return id;
+    }
+
+    /** The server acknowledged one of our messages: file it as the entry it became. */
+    acknowledged(ack) {
+      const sent = this.unacked.get(ack.id);
+      if (!sent) return;
+      this.unacked.delete(ack.id);
+      if (typeof ack.seq !== "number") return;
+      const frame = sent.frame;
+      this.entry(
+        {
+          type: "entry",
+          conversation_id: frame.conversation_id,
+          seq: ack.seq,
+          at: Date.now() / 1000,
+          sender: "agent",
+          agent_id: this.me ? this.me.id : undefined,
+          content_type: frame.content_type,
+          content: frame.content,
+          metadata: {},
+        },
+        true,
+      );
     }
 
     receive(data) {
@@ -372,11 +403,13 @@
         transcript: () => this.transcript(frame),
         typing: () => this.userTyping(frame),
         error: () => this.refused(frame),
+        ack: () => this.acknowledged(frame),
       }[frame.type];
       if (handler) handler();
     }
 
     welcome(frame) {
+      this.unacked.clear();  // what the last connection left unacknowledged comes in the replay
       this.ready = true;
       this.attempt = 0;
       this.me = {id: frame.agent_id, name: frame.name || frame.agent_id};
@@ -423,10 +456,12 @@
       const fresh = waiting.filter((item) => !this.knownWaiting.has(item.conversation_id));
       this.knownWaiting = new Set(waiting.map((item) => item.conversation_id));
       this.queue = waiting;
+      this.colleagues = frame.colleagues || [];
       if (fresh.length || arrived) this.ding();
       if (arrived && !this.selected) this.select(arrived.id);
       this.renderQueue();
       this.renderChats();
+      this.renderTeam();
       this.renderSelected();
       this.save();
     }
@@ -500,6 +535,7 @@
     }
 
     refused(frame) {
+      if (frame.id !== undefined) this.unacked.delete(frame.id);
       const what = frame.message || "The server refused that.";
       this.problem(`${what} (${frame.code})`);
     }
@@ -521,6 +557,17 @@
       if (!chat || !chat.open) return;
       this.send(Object.assign({type, conversation_id: chat.id}, extra || {}));
       if (type === "transfer") $("transfer-to").value = "";
+    }
+
+    /** Transfer the selected chat to the colleague chosen, or back to the queue. */
+    transfer() {
+      const choice = $("transfer-to").selectedOptions[0];
+      if (!choice || (!choice.value && !choice.dataset.queue)) {
+        this.problem("Choose a colleague to transfer to, or Back to the queue.");
+        $("transfer-to").focus();
+        return;
+      }
+      this.act("transfer", {to_agent: choice.dataset.queue ? null : choice.value});
     }
 
     agentIsTyping() {
@@ -626,6 +673,29 @@
       this.updateTitle();
     }
 
+    /** Who else serves these bots, online first: whom a chat could be transferred to. */
+    renderTeam() {
+      const order = {online: 0, away: 1, offline: 2};
+      const team = [...this.colleagues].sort((a, b) => order[a.presence] - order[b.presence]);
+      const presence = {online: "Online", away: "Away", offline: "Offline"};
+      $("team").replaceChildren(
+        ...team.map((c) =>
+          el(
+            "li",
+            {class: `teammate presence-${c.presence}`, "data-agent": c.agent_id},
+            el("span", {class: "teammate-name", text: c.name}),
+            el("span", {
+              class: "teammate-state",
+              text: c.presence === "online" ? `${presence.online}, ${c.free_slots} free` : presence[c.presence] || c.presence,
+            }),
+          ),
+        ),
+      );
+      $("team-count").textContent = `${team.filter((c) => c.presence === "online").length} online`;
+      $("team-count").hidden = team.length === 0;
+      $("team-empty").hidden = team.length > 0;
+    }
+
     renderChats() {
       const list = $("chats");
       const chats = [...this.chats.values()];
@@ -657,6 +727,36 @@
       this.updateTitle();
     }
 
+    /**
+     * The transfer choices: colleagues online (those with no free slot shown but not
+     * selectable, so it is clear why), then back to the queue. The list is redrawn only when
+     * it changes, so an open list is not snatched away by an unrelated desk frame, and the
+     * choice made survives redraws.
+     */
+    renderColleagues() {
+      const select = $("transfer-to");
+      const online = this.colleagues.filter((c) => c.presence === "online");
+      const roster = JSON.stringify(online.map((c) => [c.agent_id, c.name, c.free_slots]));
+      if (select.dataset.roster === roster) return;
+      select.dataset.roster = roster;
+      const kept = select.value;
+      const keptQueue = Boolean(select.selectedOptions[0] && select.selectedOptions[0].dataset.queue);
+      const options = [el("option", {value: "", text: online.length ? "Choose…" : "No colleague online"})];
+      for (const colleague of online) {
+        const full = colleague.free_slots < 1;
+        const slots = full ? "no free slot" : `${colleague.free_slots} free`;
+        options.push(
+          el("option", {value: colleague.agent_id, disabled: full, text: `${colleague.name} (${slots})`})
+        );
+      }
+      options.push(el("option", {value: "", "data-queue": "1", text: "Back to the queue"}));
+      select.replaceChildren(...options);
+      const again = keptQueue
+        ? options[options.length - 1]
+        : options.find((option) => kept && option.value === kept && !option.disabled);
+      if (again) again.selected = true;
+    }
+
     renderSelected() {
       const chat = this.chats.get(this.selected);
       $("no-chat").hidden = Boolean(chat);
@@ -684,7 +784,8 @@
       state.className = `state state-${chat.status}`;
       $("chat-view").dataset.status = chat.status;
       const open = chat.open;
-      for (const id of ["reply", "sign-off", "transfer", "transfer-to", "requeue"]) $(id).disabled = !open;
+      for (const id of ["reply", "sign-off", "transfer", "transfer-to"]) $(id).disabled = !open;
+      this.renderColleagues();
       $("composer").querySelector("button").disabled = !open;
       $("close-chat").hidden = open;
       const ended = $("chat-ended");

@@ -9,8 +9,12 @@
  *
  * The conversation survives a page reload: the resume token, the last sequence number seen and
  * the recent entries are kept in localStorage, so the widget shows what was said and asks the
- * server only for what it missed. Every entry carries a sequence number; anything at or below
- * the last one seen is a duplicate and is dropped, so reconnecting never shows a message twice.
+ * server only for what it missed. Every entry carries a sequence number; one already shown is
+ * a duplicate and is dropped, so reconnecting never shows a message twice.
+ *
+ * The server does not echo the user's own messages back: it acknowledges each with the seq it
+ * was given, and the widget shows the message then, in seq order. If the connection drops
+ * before an ack, the next hello asks for everything since the first unacknowledged message.
  */
 (function () {
   "use strict";
@@ -130,6 +134,9 @@
         entries: Array.isArray(saved.entries) ? saved.entries : [],
       };
       this.lastSeq = 0;
+      this.shown = new Set();
+      this.unacked = new Map();
+      this.seqBeforeUnacked = 0;
       this.labels = new Map([[SESSION_START, "Talk to a person"], [SESSION_END, "End conversation"]]);
       this.mode = "bot";
       this.agentName = "";
@@ -243,17 +250,21 @@
 
     /** Render one entry (fresh from the server when `fresh`, or from the saved transcript). */
     show(entry, fresh) {
-      if (typeof entry.seq !== "number" || entry.seq <= this.lastSeq) return false;
-      this.lastSeq = entry.seq;
+      if (typeof entry.seq !== "number" || this.shown.has(entry.seq)) return false;
+      this.shown.add(entry.seq);
+      this.lastSeq = Math.max(this.lastSeq, entry.seq);
       const item = this.render(entry);
       if (item) {
         item.dataset.seq = String(entry.seq);
-        this.log.append(item);
+        // Entries come in seq order, except the user's own, shown when their ack arrives.
+        const later = [...this.log.children].find((child) => Number(child.dataset.seq) > entry.seq);
+        this.log.insertBefore(item, later || null);
         this.scrollDown();
       }
       if (entry.sender === "agent") this.typing.hidden = true;
       if (fresh) {
         this.saved.entries.push(entry);
+        this.saved.entries.sort((a, b) => a.seq - b.seq);
         if (this.saved.entries.length > KEPT_ENTRIES) {
           this.saved.entries.splice(0, this.saved.entries.length - KEPT_ENTRIES);
         }
@@ -397,8 +408,36 @@
 
     submit(message) {
       const frame = Object.assign({type: "message", id: `c${this.nextId++}`}, message);
-      if (this.ready) this.ws.send(JSON.stringify(frame));
+      if (this.ready) this.transmit(frame);
       else this.outbox.push(frame);
+    }
+
+    /** Send a message and keep it until its ack says which seq it got. */
+    transmit(frame) {
+      if (!this.unacked.size) this.seqBeforeUnacked = this.lastSeq;
+      this.unacked.set(frame.id, frame);
+      this.ws.send(JSON.stringify(frame));
+    }
+
+    /** The server acknowledged one of our messages: show it as the entry it became. */
+    acknowledged(frame) {
+      const sent = this.unacked.get(frame.id);
+      if (!sent) return;
+      this.unacked.delete(frame.id);
+      if (typeof frame.seq !== "number") return;
+      this.show(
+        {
+          type: "entry",
+          conversation_id: this.saved.conversation_id,
+          seq: frame.seq,
+          at: Date.now() / 1000,
+          sender: "user",
+          content_type: sent.content_type,
+          content: sent.content,
+          metadata: {},
+        },
+        true,
+      );
     }
 
     userIsTyping() {
@@ -432,8 +471,10 @@
       const ws = new WebSocket(url);
       this.ws = ws;
       ws.addEventListener("open", () => {
+        // Messages sent but never acknowledged may have been kept: ask from before them.
+        const lastSeq = this.unacked.size ? Math.min(this.lastSeq, this.seqBeforeUnacked) : this.lastSeq;
         const hello = this.saved.resume_token
-          ? {type: "hello", v: 1, role: "user", resume_token: this.saved.resume_token, last_seq: this.lastSeq}
+          ? {type: "hello", v: 1, role: "user", resume_token: this.saved.resume_token, last_seq: lastSeq}
           : {type: "hello", v: 1, role: "user", bot_id: this.bot, metadata: this.metadata};
         ws.send(JSON.stringify(hello));
       });
@@ -494,9 +535,11 @@
           if (frame.party === "agent") this.agentTyping();
           break;
         case "error":
+          if (frame.id !== undefined) this.unacked.delete(frame.id);
           this.problem(frame.message || `The server refused that (${frame.code}).`);
           break;
         case "ack":
+          this.acknowledged(frame);
           this.problem("");
           break;
         default:
@@ -519,8 +562,10 @@
       this.pinger = setInterval(() => {
         if (this.ready) this.ws.send(JSON.stringify({type: "ping"}));
       }, PING_EVERY_MS);
+      // Unacknowledged messages of the last connection come back in the replay, if kept.
+      this.unacked.clear();
       const waiting = this.outbox.splice(0);
-      for (const pending of waiting) this.ws.send(JSON.stringify(pending));
+      for (const pending of waiting) this.transmit(pending);
     }
 
     agentTyping() {
@@ -536,6 +581,8 @@
     forget() {
       this.saved = {conversation_id: null, resume_token: null, last_seq: 0, entries: []};
       this.lastSeq = 0;
+      this.shown.clear();
+      this.unacked.clear();
       this.log.replaceChildren();
       this.setMode("bot", "");
       this.save();
