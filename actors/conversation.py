@@ -1,14 +1,15 @@
 """One trio task per conversation: the thin, I/O-doing shell around the lifecycle.
 
 The actor owns its conversation's state and takes everything that happens to the
-conversation from a single memory channel, in order. For each event it asks the lifecycle
-what must happen, makes the result durable in the store, then carries out the effects:
-deliveries to the user's clients, to the agent through the livechat backend, and to the bot.
+conversation from its own inbox (:class:`~actors.mailbox.Mailbox`), in order. For the events
+waiting there it asks the lifecycle what must happen, makes the result durable in the store
+with one write, then carries out the effects: deliveries to the user's clients, to the agent
+through the livechat backend, and to the bot; and only then tells each sender its outcome.
 
 Measured costs shape the loop (see bench/README.md):
 
-* Every ``receive()`` on a trio channel yields to the scheduler, so after one blocking
-  receive the actor drains whatever else is waiting with ``receive_nowait``.
+* Taking from the inbox hands over everything waiting at once, so a busy conversation pays
+  one scheduler pass and one store commit for a whole run of events, not one per event.
 * The deadline pattern: the session's deadline is derived from the state, so activity only
   moves a timestamp. The actor holds no cancel scope: it asks the switchboard's
   :class:`~actors.alarms.Alarms` to post it a wake-up, and only when its next deadline comes
@@ -85,9 +86,13 @@ Inbound = Envelope | Subscribe | Unsubscribe | Replay
 _ALARM = Envelope(TimerFired())
 """Posted by :meth:`ConversationActor.wake`: one of the actor's wake-ups came due."""
 
+_INTERNAL_ERROR = fx.Refused("internal_error", "The message could not be handled.")
 
-class UnknownConversation(Exception):
-    pass
+
+def _refuse(envelopes: list[Envelope], refusal: fx.Refused) -> None:
+    for envelope in envelopes:
+        if envelope.reply is not None:
+            envelope.reply(refusal)
 
 
 class ConversationActor:
@@ -157,7 +162,6 @@ class ConversationActor:
                     elif isinstance(item, Envelope):
                         # Every event waiting in a row is handled as one group: one store
                         # write (one wait for the commit) for all of them.
-                        after = index + 1
                         while (
                             after < len(batch)
                             and isinstance(batch[after], Envelope)
@@ -170,7 +174,7 @@ class ConversationActor:
                             after = index + handled
                             raise failure
                     else:
-                        await self._take(item)
+                        await self._attend(item)
                 except BaseException:
                     # What was taken but not handled stays first in line for the restart.
                     inbox.requeue(batch[after:])
@@ -213,7 +217,9 @@ class ConversationActor:
             if clock.to_trio(wall) <= trio.current_time():
                 # Due by the trio clock: stamp it at the deadline even when converting
                 # between the clocks rounds the wall time a hair below it.
-                await self._handle(TimerFired(), None, max(clock.now(), wall))
+                _, failure = await self._handle_group([_ALARM], max(clock.now(), wall))
+                if failure is not None:
+                    raise failure
             return False
         if self._may_hibernate():
             self.retired = True
@@ -238,21 +244,9 @@ class ConversationActor:
 
     # -- one item ---------------------------------------------------------------------------
 
-    async def _take(self, item: Inbound) -> None:
-        if isinstance(item, Envelope):
-            try:
-                await self._handle(item.event, item.reply, origin=item.origin)
-            except StoreUnavailable as exc:
-                # Nothing changed: the state is still the last stored one. Refuse and go on
-                # rather than restart, so a full disk does not escalate every conversation.
-                log.error("conversation %s: %s", self.conversation_id, exc)
-                if item.reply is not None:
-                    item.reply(fx.Refused("store_unavailable", str(exc)))
-            except Exception:
-                if item.reply is not None:
-                    item.reply(fx.Refused("internal_error", "The message could not be handled."))
-                raise
-        elif isinstance(item, Subscribe):
+    async def _attend(self, item: Subscribe | Unsubscribe | Replay) -> None:
+        """Clients coming and going, and one-off replays: nothing the lifecycle sees."""
+        if isinstance(item, Subscribe):
             if item.after_seq is not None:
                 await self._replay(item.sink, item.after_seq, Party.USER, None)
             self.subscribers.append(item.sink)
@@ -262,7 +256,9 @@ class ConversationActor:
         else:
             await self._replay(item.sink, item.after_seq, item.party, item.agent_id)
 
-    async def _handle_group(self, envelopes: list[Envelope]) -> tuple[int, Exception | None]:
+    async def _handle_group(
+        self, envelopes: list[Envelope], now: float | None = None
+    ) -> tuple[int, Exception | None]:
         """Handle events in order with one store write for all of them.
 
         The lifecycle runs over every event first (each transition starts from the one
@@ -274,13 +270,11 @@ class ConversationActor:
         Returns how many events were dealt with and, when the lifecycle failed on one, the
         exception: that event is refused, and the ones after it are left for the restart.
         """
-        if len(envelopes) == 1:
-            await self._take(envelopes[0])
-            return 1, None
         first = self.state
         lifecycle = self.lifecycle
         assert first is not None and lifecycle is not None
-        now = self.board.clock.now()
+        if now is None:
+            now = self.board.clock.now()
         state = first
         transitions: list[Transition] = []
         failure: Exception | None = None
@@ -301,20 +295,19 @@ class ConversationActor:
                 for effect in transition.effects
                 if isinstance(effect, fx.Emit)
             ]
+            # Durable before anyone hears of it. No timer can cut this write (deadlines come
+            # through the inbox, not a cancel scope); only shutting down can, and then the
+            # state stays as it was and nobody has been told anything.
             try:
                 await self.board.store.record(state, entries)
             except StoreUnavailable as exc:
+                # Nothing changed: the state is still the last stored one. Refuse and go on
+                # rather than restart, so a full disk does not escalate every conversation.
                 log.error("conversation %s: %s", self.conversation_id, exc)
-                for envelope in envelopes[:done]:
-                    if envelope.reply is not None:
-                        envelope.reply(fx.Refused("store_unavailable", str(exc)))
+                _refuse(envelopes[:done], fx.Refused("store_unavailable", str(exc)))
                 transitions = []
             except Exception:
-                for envelope in envelopes:
-                    if envelope.reply is not None:
-                        envelope.reply(
-                            fx.Refused("internal_error", "The message could not be handled.")
-                        )
+                _refuse(envelopes, _INTERNAL_ERROR)
                 raise
             else:
                 self.state = state
@@ -328,52 +321,17 @@ class ConversationActor:
                         await self._carry_out(effect, transition.state)
             except Exception as exc:
                 error = error or exc
-                if envelope.reply is not None:
-                    envelope.reply(
-                        fx.Refused("internal_error", "The message could not be handled.")
-                    )
+                _refuse([envelope], _INTERNAL_ERROR)
                 continue
             if envelope.reply is not None:
                 envelope.reply(transition.outcome)
-        if failure is not None:
-            for envelope in envelopes[done : None if error is None else len(envelopes)]:
-                if envelope.reply is not None:
-                    envelope.reply(
-                        fx.Refused("internal_error", "The message could not be handled.")
-                    )
-                if error is None:
-                    break
         if error is not None:
+            # Effects failed after the commit: the restart goes on after the whole group.
+            _refuse(envelopes[done:], _INTERNAL_ERROR)
             raise error
+        if failure is not None:
+            _refuse(envelopes[done : done + 1], _INTERNAL_ERROR)
         return done + (failure is not None), failure
-
-    async def _handle(
-        self,
-        event: Event,
-        reply: Reply | None,
-        now: float | None = None,
-        *,
-        origin: Sink | None = None,
-    ) -> None:
-        state = self.state
-        lifecycle = self.lifecycle
-        assert state is not None and lifecycle is not None
-        transition = lifecycle.handle(state, event, self.board.clock.now() if now is None else now)
-        effects = transition.effects
-        if transition.state is not state:
-            entries = [effect.entry for effect in effects if isinstance(effect, fx.Emit)]
-            # Durable before anyone hears of it. No timer can cut this write (deadlines come
-            # through the inbox, not a cancel scope); only shutting down can, and then the
-            # state stays as it was and nobody has been told anything.
-            await self.board.store.record(transition.state, entries)
-            self.state = transition.state
-        for effect in effects:
-            if isinstance(effect, fx.Emit):
-                self._deliver(effect.entry, origin)
-            else:
-                await self._carry_out(effect, transition.state)
-        if reply is not None:
-            reply(transition.outcome)
 
     def _deliver(self, entry: Entry, origin: Sink | None = None) -> None:
         audience = entry.audience

@@ -80,6 +80,15 @@ class EchoBot:
         return [Content.text(f"echo: {text}")] if text is not None else []
 
 
+@pytest.fixture(autouse=True)
+def own_working_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run every test in an empty directory of its own: a server started with its defaults
+    keeps its data in ``./data``, which must never land in the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture
 def echo_bot() -> EchoBot:
     return EchoBot()

@@ -36,7 +36,6 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
         env=clean_environment(),
-        cwd=ROOT,
         check=False,
     )
 

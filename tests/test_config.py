@@ -11,6 +11,7 @@ from transport.config import (
     DEFAULT_AGENT,
     DEFAULT_BOT,
     ConfigError,
+    StoreConfig,
     embedded_defaults,
     from_mapping,
     load,
@@ -42,7 +43,8 @@ def test_embedded_defaults_serve_the_demo_bot_with_one_generated_agent() -> None
         8765,
         8080,
     )
-    assert config.store.kind == "memory"
+    # Conversations survive a restart out of the box: SQLite in ./data.
+    assert config.store == StoreConfig("sqlite", Path("data").resolve())
     # Every start makes up a new token: no two servers share a default secret.
     assert embedded_defaults().agents[DEFAULT_AGENT].token != agent.token
 
@@ -187,7 +189,6 @@ capacity = 0
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[store]\nkind = 'sqlite'\n", 'store.data_dir: is required when store.kind is "sqlite"'),
         ("[store]\nkind = 'redis'\n", "store.kind: must be one of sqlite, memory, got 'redis'"),
         ("bots = 3\n", "bots: must be a table, got an integer"),
         ("[bots]\n", "bots: at least one bot is required"),
@@ -239,8 +240,12 @@ def test_the_signing_secret_is_made_once_and_kept(tmp_path: Path) -> None:
     assert signing_secret(config) == first
     configured = load(environ={"SWITCHOVER_SECRET": "given", "SWITCHOVER_DATA_DIR": "x"})
     assert signing_secret(configured) == "given"
+    # The defaults keep it in ./data, so resume tokens outlive a restart.
+    assert signing_secret(embedded_defaults()) == signing_secret(embedded_defaults())
     # Without a data directory nothing is kept, so each process has its own.
-    assert signing_secret(embedded_defaults()) != signing_secret(embedded_defaults())
+    in_memory = from_mapping({"store": {"kind": "memory"}})
+    assert in_memory.store.data_dir is None
+    assert signing_secret(in_memory) != signing_secret(in_memory)
 
 
 def test_retention_is_off_unless_asked_for_and_survives_overrides(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ DEFAULT_HTTP_PORT = 8080
 DEFAULT_BOT = "demo"
 DEFAULT_AGENT = "demo-agent"
 STORE_KINDS = ("sqlite", "memory")
+DEFAULT_DATA_DIR = Path("data")
 #: WebSocket listener implementations; the first is the default (see transport/ws_server.py).
 WS_LISTENERS = ("fast", "trio-websocket")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -92,8 +93,10 @@ class ListenerConfig:
 @attrs.frozen
 class StoreConfig:
     """``kind`` "sqlite" keeps conversations in ``data_dir``; "memory" forgets them on exit.
-    Without a ``data_dir`` the default kind is "memory". ``retention_days``: a running server
-    with the SQLite store deletes conversations quiet for that long (``None``: keep all)."""
+    A server started from the command line keeps them by default, in ``data/`` (under the
+    working directory, or beside the config file); this class's own default, memory, is for
+    code that builds a config by hand. ``retention_days``: a running server with the SQLite
+    store deletes conversations quiet for that long (``None``: keep all)."""
 
     kind: str = "memory"
     data_dir: Path | None = None
@@ -361,13 +364,11 @@ def _port(reader: _Reader, table: Mapping[str, Any], name: str, default: int) ->
 def _store(reader: _Reader, data: Mapping[str, Any], base: Path) -> StoreConfig:
     table = reader.table(data, "", "store")
     reader.unknown(table, "store", _STORE_KEYS)
+    kind = reader.choice(table, "store", "kind", STORE_KINDS, "sqlite")
     raw_dir = reader.string(table, "store", "data_dir")
-    data_dir = (base / raw_dir).resolve() if raw_dir else None
-    kind = reader.choice(
-        table, "store", "kind", STORE_KINDS, "sqlite" if data_dir is not None else "memory"
+    data_dir = (
+        (base / (raw_dir or DEFAULT_DATA_DIR)).resolve() if raw_dir or kind == "sqlite" else None
     )
-    if kind == "sqlite" and data_dir is None:
-        reader.problem("store.data_dir", 'is required when store.kind is "sqlite"')
     return StoreConfig(kind, data_dir, _retention_days(reader, table))
 
 
@@ -451,7 +452,11 @@ def embedded_defaults() -> Config:
         frozenset({DEFAULT_BOT}),
         generated=True,
     )
-    return Config(bots={DEFAULT_BOT: BotConfig(DEFAULT_BOT)}, agents={DEFAULT_AGENT: agent})
+    return Config(
+        bots={DEFAULT_BOT: BotConfig(DEFAULT_BOT)},
+        agents={DEFAULT_AGENT: agent},
+        store=StoreConfig("sqlite", DEFAULT_DATA_DIR.resolve()),
+    )
 
 
 def load_file(path: Path) -> Config:
