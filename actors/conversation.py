@@ -168,7 +168,12 @@ class ConversationActor:
                             and batch[after] is not _ALARM
                         ):
                             after += 1
-                        group: list[Envelope] = batch[index:after]  # type: ignore[assignment]
+                        # Usually the whole batch: no copy then.
+                        group: list[Envelope] = (
+                            batch  # type: ignore[assignment]
+                            if index == 0 and after == len(batch)
+                            else batch[index:after]
+                        )
                         handled, failure = await self._handle_group(group)
                         if failure is not None:
                             after = index + handled
@@ -181,6 +186,11 @@ class ConversationActor:
                     raise
                 index = after
             self.last_touch = trio.current_time()
+            # Let go of what was handled before waiting again: an idle conversation would
+            # otherwise keep its last envelopes (and the reply callbacks they hold) until its
+            # next message, long enough to reach the collector's oldest generation.
+            batch.clear()
+            del item
 
     def _arm(self) -> None:
         """Ask the alarms for a wake-up when the next one comes earlier than the one already

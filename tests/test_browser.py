@@ -272,6 +272,8 @@ def test_a_whole_session_between_a_user_and_an_agent(
 
     chat_log = desk.locator("#chat-log")
     expect(desk.locator("#chat-state")).to_have_text("Live")
+    # Picking up takes the agent to the chat, ready to type.
+    expect(desk.get_by_role("textbox", name="Reply to the user")).to_be_focused()
     expect(desk.locator("#chat-title")).to_have_text("Guest")
     expect(desk.locator("#chat-meta")).to_contain_text("Guest")
     expect(chat_log.locator(".from-user", has_text="hello")).to_have_count(1)
@@ -336,6 +338,8 @@ def test_a_whole_session_between_a_user_and_an_agent(
     expect(user.locator(".so-notice-session_ended")).to_have_count(1)
     expect(user.locator(".so-from-bot", has_text=THANKS)).to_have_count(1)
     expect(sign_off.get_by_role("button", name=END_LABEL)).to_be_disabled()
+    # The clicked button is disabled now; the keyboard's place moved to the message box.
+    expect(user.get_by_role("textbox", name="Message", exact=True)).to_be_focused()
     expect(desk.locator("#chat-state")).to_have_text("Ended")
     expect(desk.locator("#chat-ended")).to_contain_text("ended")
     expect(desk.get_by_role("textbox", name="Reply to the user")).to_be_disabled()
@@ -420,9 +424,13 @@ def test_transfer_and_reconnecting_without_a_reload(
     # he gets it with its transcript.
     transfer_to = alice.get_by_role("combobox", name="Transfer to")
     expect(transfer_to.locator("option", has_text="Bob")).to_have_count(0)
+    # The conversation log is a live region: a desk frame must not redraw (and so have a
+    # screen reader read out again) the entries already shown.
+    alice.locator("#chat-log > li").first.evaluate("item => { item.dataset.kept = 'yes'; }")
     bob.get_by_role("radio", name="Online").check()
     expect(bob.locator("body")).to_have_attribute("data-presence", "online")
     expect(transfer_to.locator("option", has_text="Bob")).to_have_text("Bob (3 free)")
+    expect(alice.locator("#chat-log > li[data-kept=yes]")).to_have_count(1)
     expect(alice.locator("#team [data-agent=bob]")).to_have_text(re.compile("Bob.*Online, 3 free"))
     shot(alice, "08-desk-transfer-choices")
     transfer_to.select_option(value="bob")
@@ -499,4 +507,31 @@ def test_the_widget_renders_images_links_and_files_and_never_script_links(
     expect(log.locator(".so-bubble", has_text="Evil")).to_have_count(1)
     assert log.locator("a", has_text="Evil").count() == 0
     shot(user, "09-user-attachments")
+    assert not problems, problems
+
+
+def test_the_widget_mounted_from_code_right_after_its_script_tag(
+    server: Server, contexts: tuple[BrowserContext, BrowserContext]
+) -> None:
+    """widget.js fetches the script it shares with the desk by itself; a page that calls
+    Switchover.mount straight after the tag still gets a working widget, and the shared
+    script is loaded once."""
+    user_context, _ = contexts
+    problems: list[str] = []
+    user = user_context.new_page()
+    watch_console(user, problems)
+    user.goto(f"{server.http_url}/healthz")
+    user.set_content(
+        '<!doctype html><div id="help" style="height:500px"></div>'
+        f'<script src="{server.http_url}/static/widget.js"></script>'
+        "<script>window.chat = Switchover.mount(document.querySelector('#help'),"
+        " {bot: 'demo', title: 'Help', storageKey: 'mounted-from-code'});</script>"
+    )
+    expect(user.locator(".so-widget")).to_have_attribute("data-connection", "online")
+    expect(user.get_by_role("heading", name="Help")).to_be_visible()
+    say(user, "hello")
+    expect(user.locator(".so-from-bot", has_text=GREETING)).to_have_count(1)
+    assert user.locator("script[src$='/static/switchover-common.js']").count() == 1
+    user.evaluate("chat.destroy()")
+    user.wait_for_function("chat.ws.readyState === WebSocket.CLOSED", timeout=WAIT_MS)
     assert not problems, problems

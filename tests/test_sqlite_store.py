@@ -42,8 +42,18 @@ from actors import (
     open_switchboard,
 )
 from actors.lifecycle import Session
-from transport.sqlite_schema import SCHEMA_VERSION, V1_SCHEMA
-from transport.sqlite_store import SQLiteStore, database_path, keep_pruning, open_sqlite_store
+from transport.sqlite_schema import SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
+from transport.sqlite_store import (
+    ENTRIES_AFTER,
+    LOAD_CONVERSATION,
+    MESSAGE_COLUMNS,
+    OPEN_SESSIONS,
+    PRUNE_CANDIDATES,
+    SQLiteStore,
+    database_path,
+    keep_pruning,
+    open_sqlite_store,
+)
 
 from .conftest import EchoBot, RecordingSink, notice
 
@@ -401,6 +411,111 @@ async def test_a_version_1_file_is_upgraded_and_keeps_its_conversations(tmp_path
     async with open_sqlite_store(path) as store:
         assert store.migrated_from == SCHEMA_VERSION
         assert (await store.load("live")).next_seq == 5  # type: ignore[union-attr]
+
+
+def _build_v2(path: Path) -> None:
+    """A version-2 file: two conversations with interleaved messages, one in a live session.
+    The bot-mode row's ``next_seq`` lags its messages, as version 2 wrote it."""
+    db = sqlite3.connect(path)
+    db.executescript(V2_SCHEMA)
+    db.execute(
+        "INSERT INTO conversations (id, bot_id, user_id, metadata, next_seq, sessions_opened,"
+        " mode, updated_at) VALUES ('quiet', 'demo', 'u1', '{}', 2, 0, 'bot', 50.0)"
+    )
+    db.execute(
+        "INSERT INTO conversations (id, bot_id, user_id, metadata, next_seq, sessions_opened,"
+        " mode, session_id, started_at, last_activity, agent_id, agent_name, updated_at)"
+        " VALUES ('live', 'demo', 'u2', '{}', 4, 1, 'live', 'live/1', 10.0, 30.0, 'alice',"
+        " 'Alice', 30.0)"
+    )
+    for seq in range(1, 6):
+        for conv in ("quiet", "live"):
+            if conv == "live" and seq > 3:
+                continue
+            db.execute(
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, 'user', 'text', ?,"
+                " 'bot,user', NULL, NULL, NULL)",
+                (conv, seq, float(seq), json.dumps({"text": f"{conv} {seq}"})),
+            )
+    db.commit()
+    db.close()
+
+
+def _messages_table_sql(path: Path) -> str:
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()
+    return str(row[0])
+
+
+async def test_a_version_2_file_is_upgraded_to_a_rowid_messages_table(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    _build_v2(path)
+    assert "WITHOUT ROWID" in _messages_table_sql(path)
+    async with open_sqlite_store(path) as store:
+        assert store.migrated_from == 2
+        texts = [e.content.content["text"] for e in await store.entries_after("quiet", 2)]
+        assert texts == ["quiet 3", "quiet 4", "quiet 5"]
+        quiet = await store.load("quiet")
+        assert quiet is not None and quiet.next_seq == 6  # one past the last message
+        live = await store.load("live")
+        assert live is not None and live.mode is Mode.LIVE and live.next_seq == 4
+        assert [s.conversation_id for s in await store.open_sessions()] == ["live"]
+        await store.record(attrs.evolve(quiet, next_seq=7), [_entry("quiet", 6, "after")])
+        assert [e.seq for e in await store.entries_after("quiet", 4)] == [5, 6]
+    assert "WITHOUT ROWID" not in _messages_table_sql(path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (9,)
+        assert db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'messages_v2'"
+        ).fetchone() == (0,)
+        # The unique index still refuses a message numbered twice.
+        with pytest.raises(sqlite3.IntegrityError):
+            db.execute(
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ('quiet', 6, 0, 'user',"
+                " 'text', '{}', 'user', NULL, NULL, NULL)"
+            )
+
+
+async def test_a_failed_upgrade_leaves_the_version_2_file_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    _build_v2(path)
+    with sqlite3.connect(path) as db:
+        # A table in the way of the upgrade: creating the new messages index fails half-way.
+        db.execute("CREATE TABLE messages_by_conversation (x)")
+    before = _messages_table_sql(path)
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="messages_by_conversation"):
+            migrate(db)
+    finally:
+        db.close()
+    assert _messages_table_sql(path) == before
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (8,)
+
+
+def test_every_read_of_messages_goes_through_the_index() -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(db)
+    transcript = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY seq"
+    queries = [
+        (ENTRIES_AFTER, ("c", 1)),
+        (LOAD_CONVERSATION, ("c",)),
+        (OPEN_SESSIONS, ()),
+        (PRUNE_CANDIDATES, (1.0, 1.0)),
+        (transcript, ("c",)),
+        ("DELETE FROM messages WHERE conversation_id = ?", ("c",)),
+    ]
+    for sql, parameters in queries:
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", parameters)]
+        on_messages = [step for step in plan if " messages " in f" {step} " or " m " in step]
+        assert on_messages, (sql, plan)
+        for step in on_messages:
+            assert "USING" in step and "INDEX messages_by_conversation" in step, (sql, plan)
+        assert not any(step.startswith("USE TEMP B-TREE") for step in plan), (sql, plan)
+    db.close()
 
 
 async def test_a_file_from_a_newer_switchover_is_refused_untouched(tmp_path: Path) -> None:

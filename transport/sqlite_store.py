@@ -157,6 +157,21 @@ MESSAGE_COLUMNS = (
     "conversation_id, seq, at, sender, content_type, content, audience, agent_id, session_id,"
     " metadata"
 )
+# Every read of messages goes through the (conversation_id, seq) index (a test checks the
+# query plans): the table itself is in insertion order, all conversations interleaved.
+ENTRIES_AFTER = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq"
+)
+LOAD_CONVERSATION = f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ} FROM conversations WHERE id = ?"
+OPEN_SESSIONS = (
+    f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ} FROM conversations"
+    " WHERE session_id IS NOT NULL ORDER BY started_at"
+)
+PRUNE_CANDIDATES = (
+    "SELECT id FROM conversations c WHERE updated_at < ? AND session_id IS NULL"
+    " AND COALESCE((SELECT m.at FROM messages m WHERE m.conversation_id = c.id"
+    " ORDER BY m.seq DESC LIMIT 1), 0) < ?"
+)
 
 
 def _compact_encoder() -> Callable[[Mapping[str, Any]], str]:
@@ -370,31 +385,21 @@ class SQLiteStore:
 
     async def load(self, conversation_id: str) -> ConversationState | None:
         def read(db: sqlite3.Connection) -> ConversationState | None:
-            row = db.execute(
-                f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ} FROM conversations WHERE id = ?",
-                (conversation_id,),
-            ).fetchone()
+            row = db.execute(LOAD_CONVERSATION, (conversation_id,)).fetchone()
             return None if row is None else _state_from_row(row)
 
         return await self._read(read)
 
     async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]:
         def read(db: sqlite3.Connection) -> list[Entry]:
-            rows = db.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages"
-                " WHERE conversation_id = ? AND seq > ? ORDER BY seq",
-                (conversation_id, after_seq),
-            ).fetchall()
+            rows = db.execute(ENTRIES_AFTER, (conversation_id, after_seq)).fetchall()
             return [entry_from_row(row) for row in rows]
 
         return await self._read(read)
 
     async def open_sessions(self) -> list[ConversationState]:
         def read(db: sqlite3.Connection) -> list[ConversationState]:
-            rows = db.execute(
-                f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ} FROM conversations"
-                " WHERE session_id IS NOT NULL ORDER BY started_at"
-            ).fetchall()
+            rows = db.execute(OPEN_SESSIONS).fetchall()
             return [_state_from_row(row) for row in rows]
 
         return await self._read(read)
@@ -776,15 +781,7 @@ def prune_connection(db: sqlite3.Connection, cutoff: float) -> list[str]:
     open session, in one transaction. Returns the ids deleted."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        old = [
-            row[0]
-            for row in db.execute(
-                "SELECT id FROM conversations c WHERE updated_at < ? AND session_id IS NULL"
-                " AND COALESCE((SELECT m.at FROM messages m WHERE m.conversation_id = c.id"
-                " ORDER BY m.seq DESC LIMIT 1), 0) < ?",
-                (cutoff, cutoff),
-            )
-        ]
+        old = [row[0] for row in db.execute(PRUNE_CANDIDATES, (cutoff, cutoff))]
         for chunk_start in range(0, len(old), 500):
             chunk = [(cid,) for cid in old[chunk_start : chunk_start + 500]]
             db.executemany("DELETE FROM messages WHERE conversation_id = ?", chunk)

@@ -1,12 +1,18 @@
 """The WebSocket listener: users, agents and connected bots speak docs/protocol.md here.
 
-Each connection is one :class:`Connection`: a reader loop that parses frames and hands them to
-the core without waiting (answers come back through callbacks), and a writer task draining a
-bounded buffer of ready-made frames (started on first need, so an idle connection costs one
-task). The connection is also the :class:`actors.Sink` the core
-delivers to, so ``deliver`` only serialises and appends: it never blocks, whoever calls it.
-A client that lets more than ``limits.max_buffered`` frames pile up is closed with 4408 and
-resumes by sequence number; it never slows its conversation or anyone else.
+This file owns what travels: streams, buffers, the writer and flusher tasks, the hello
+timeout, the rate limit, closing, :func:`serve_websockets` and :meth:`Hub.close_all`. What the
+frames mean (the hello by role, dispatch to the core, acks and errors) is a
+:class:`transport.peers.Peer`, which each :class:`Connection` wires to its own buffer with a
+``send`` and a ``close`` callable: the protocol can be read, and changed, without the I/O.
+
+Each connection is one :class:`Connection`: a reader loop that hands frames to its peer,
+which passes them to the core without waiting (answers come back through callbacks), and a
+writer task draining a bounded buffer of ready-made frames (started on first need, so an idle
+connection costs one task). The peer is the :class:`actors.Sink` the core delivers to, and
+its ``send`` only appends here: it never blocks, whoever calls it. A client that lets more
+than ``limits.max_buffered`` frames pile up is closed with 4408 and resumes by sequence
+number; it never slows its conversation or anyone else.
 
 Nothing here creates a task per message, and the hot path (a user's or an agent's message)
 parses its JSON once and skips the schema validator (see :mod:`transport.protocol`).
@@ -28,61 +34,28 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import deque
 from functools import partial
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol
 
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed
 
-from actors import (
-    AgentSays,
-    AgentSignsOff,
-    AgentTransfers,
-    AgentTyping,
-    BotSays,
-    Content,
-    Event,
-    Outcome,
-    Overloaded,
-    Party,
-    Presence,
-    Problem,
-    Refused,
-    StoreUnavailable,
-    UnknownAgent,
-    UserSays,
-    UserTyping,
-)
-from actors.ports import Delivery
-
 from . import fastws
 from . import protocol as wire
 from .config import WS_LISTENERS
-from .protocol import BadFrame, FrameId
+from .peers import BAD_HELLO, GOING_AWAY, TOO_SLOW, Peer
 from .services import Limits, Services
-from .tokens import InvalidToken, ResumeTokens
+from .tokens import ResumeTokens
 
 log = logging.getLogger("switchover.ws")
-
-BAD_HELLO: Final = 4400
-UNAUTHORIZED: Final = 4401
-NOT_FOUND: Final = 4404
-TOO_SLOW: Final = 4408
-STORE_DOWN: Final = 4503
-GOING_AWAY: Final = 1001
 
 #: The listener implementations ``[listeners] websocket`` may name; the first is the default.
 LISTENERS: Final = WS_LISTENERS
 
 #: Seconds a closing connection has to flush and say goodbye before it is cut.
 CLOSE_GRACE: Final = 5.0
-#: How many claim/transfer ids an agent connection remembers for late desk refusals.
-_PENDING_LIMIT: Final = 256
-#: How many conversations a bot connection remembers as its own.
-_OWNED_LIMIT: Final = 4096
 
 
 def hard_frame_ceiling(limits: Limits) -> int:
@@ -108,15 +81,6 @@ class WebSocket(Protocol):
 
 class Handshake(Protocol):
     async def accept(self) -> Any: ...
-
-
-@runtime_checkable
-class PresenceLog(Protocol):
-    """A store that keeps agents' presence (the SQLite store does; the memory store not)."""
-
-    async def record_presence(
-        self, agent_id: str, presence: str, at: float | None = None
-    ) -> None: ...
 
 
 class Hub:
@@ -171,27 +135,16 @@ class Hub:
 
 
 class Connection:
-    """One client: its role and identity after hello, its buffer, and its reader and writer.
-
-    Implements :class:`actors.Sink` (``deliver``) and
-    :class:`transport.bot_connections.FrameOutlet` (``send_frame``).
-    """
+    """One client's stream: its buffer, its reader and writer, and the :class:`Peer` that
+    decides what its frames mean (``peer`` is what the core and the bot registry hold)."""
 
     def __init__(self, hub: Hub, ws: WebSocket) -> None:
-        services = hub.services
+        limits = hub.services.limits
         self.hub = hub
         self.ws = ws
-        self.services = services
-        self.board = services.board
-        self.desk = services.desk
-        self.limits = limits = services.limits
-        self.role: str = ""
-        self.conversation_id: str | None = None
-        self.agent_id: str | None = None
-        self.bot_id: str | None = None
+        self.limits = limits
         self._buffer: deque[str] = deque()
         self._max_buffered = limits.max_buffered
-        self._max_bytes = limits.max_frame_bytes
         # The writer task starts on first need: an idle connection, or one whose frames the
         # flusher writes, never has one. "Waiting" means no writer is at work.
         self._ready = trio.Event()
@@ -206,37 +159,19 @@ class Connection:
         self._writer_scope = trio.CancelScope()
         self._tokens = float(limits.burst)
         self._refilled = trio.current_time()
-        self._pending: OrderedDict[str, FrameId] = OrderedDict()
-        self._owned: OrderedDict[str, bool] = OrderedDict()
-        self._joined: Callable[[], None] | None = None
+        self.peer = Peer(
+            hub.services, hub.tokens, send=self._push, close=self.close, drained=self._drained
+        )
+
+    @property
+    def role(self) -> str:
+        """``"user"``, ``"agent"`` or ``"bot"`` after the hello; empty before."""
+        return self.peer.role
 
     # -- outbound: never blocks -------------------------------------------------------------
 
-    def deliver(self, item: Delivery) -> None:
-        """The core hands this client something (Sink)."""
-        if self._closing:
-            return
-        if isinstance(item, Problem):
-            frame_id = (
-                self._pending.pop(item.conversation_id, None) if item.conversation_id else None
-            )
-            self._push(wire.error_frame(item.code, item.detail, frame_id, item.conversation_id))
-            return
-        try:
-            text = wire.encode(item)
-        except Exception:
-            log.exception("cannot encode %r for a client", type(item).__name__)
-            return
-        self._push(text)
-
-    def send_frame(self, text: str) -> bool:
-        """Queue a ready-made frame (FrameOutlet); ``False`` when closing."""
-        if self._closing:
-            return False
-        self._push(text)
-        return not self._closing
-
     def _push(self, text: str) -> None:
+        """Queue a ready-made frame (the peer's ``send``)."""
         buffer = self._buffer
         if len(buffer) >= self._max_buffered:
             log.info("closing a %s connection that fell %d frames behind", self.role, len(buffer))
@@ -265,7 +200,7 @@ class Connection:
         dropped. The writer gets :data:`CLOSE_GRACE` seconds before it is cut."""
         if self._closing:
             return
-        self._closing = True
+        self._closing = self.peer.closing = True
         self._close_code = code
         self._close_reason = _close_reason(reason)
         if not flush:
@@ -313,26 +248,6 @@ class Connection:
         waiter = self._drain_waiter = trio.Event()
         await waiter.wait()
 
-    async def _catch_up(
-        self, conversation_id: str, after_seq: int, party: Party, agent_id: str | None
-    ) -> int:
-        """Send the entries after ``after_seq`` that ``party`` may see, straight from the
-        store, in chunks the writer drains between: a long history must not count as falling
-        behind. Returns the last ``seq`` looked at."""
-        entries = await self.board.store.entries_after(conversation_id, after_seq)
-        chunk = max(1, self._max_buffered // 2)
-        sent = 0
-        for entry in entries:
-            if not entry.visible_to(party, agent_id):
-                continue
-            if sent and sent % chunk == 0:
-                await self._drained()
-            if self._closing:
-                break
-            self._push(wire.entry_frame(entry))
-            sent += 1
-        return entries[-1].seq if entries else after_seq
-
     # -- the connection's life --------------------------------------------------------------
 
     async def run(self) -> None:
@@ -353,123 +268,28 @@ class Connection:
             self.close(None)
 
     def leave(self) -> None:
-        """Undo what hello did: unsubscribe, detach from the desk, unregister the bot."""
+        """Drop what is queued and have the peer undo what its hello did."""
         self._closing = True
         self._buffer.clear()
-        if self._joined is not None:
-            self._joined()
-            self._joined = None
-
-    async def _receive(self) -> str | bytes | None:
-        try:
-            return await self.ws.get_message()
-        except ConnectionClosed:
-            return None
+        self.peer.leave()
 
     async def _hello(self) -> bool:
-        """Read and carry out the hello (its arrival is timed by :meth:`run`)."""
-        raw = await self._receive()
+        """Read the hello (its arrival is timed by :meth:`run`) and have the peer carry it
+        out."""
+        try:
+            raw = await self.ws.get_message()
+        except ConnectionClosed:
+            return False
         self._reader_scope.deadline = math.inf
-        if raw is None:
-            return False
-        try:
-            hello = wire.parse_hello(raw, self._max_bytes)
-        except BadFrame as bad:
-            self.close(BAD_HELLO, f"{bad.code}: {bad.message}")
-            return False
-        if isinstance(hello, wire.UserHello):
-            return await self._user_hello(hello)
-        if isinstance(hello, wire.AgentHello):
-            return await self._agent_hello(hello)
-        return self._bot_hello(hello)
-
-    async def _user_hello(self, hello: wire.UserHello) -> bool:
-        board = self.board
-        if hello.resume_token is None:
-            bot_id = hello.bot_id or self.services.default_bot
-            if bot_id not in board.bots:
-                self.close(NOT_FOUND, f"unknown bot {bot_id[:64]!r}")
-                return False
-            try:
-                state = await board.open_conversation(bot_id, metadata=hello.metadata)
-            except StoreUnavailable as exc:
-                log.error("cannot open a conversation: %s", exc)
-                self.close(STORE_DOWN, "store_unavailable: conversations cannot be kept right now")
-                return False
-            conversation_id = state.conversation_id
-            after_seq: int | None = None
-        else:
-            try:
-                grant = self.hub.tokens.verify(hello.resume_token)
-            except InvalidToken:
-                self.close(UNAUTHORIZED, "the resume token is not valid")
-                return False
-            conversation_id, bot_id = grant.conversation_id, grant.bot_id
-            missing = bot_id not in board.bots or (
-                not board.is_in_memory(conversation_id)
-                and await board.store.load(conversation_id) is None
-            )
-            if missing:
-                self.close(NOT_FOUND, "the conversation no longer exists")
-                return False
-            after_seq = hello.last_seq
-        self.role = "user"
-        self.conversation_id = conversation_id
-        token = self.hub.tokens.issue(conversation_id, bot_id)
-        self._push(
-            wire.welcome_frame(
-                "user", conversation_id=conversation_id, resume_token=token, bot_id=bot_id
-            )
-        )
-        if after_seq is not None:
-            # The history comes from the store at the writer's pace; the conversation then
-            # sends what was added meanwhile, and live traffic, with no gap or duplicate.
-            after_seq = await self._catch_up(conversation_id, after_seq, Party.USER, None)
-        board.subscribe(conversation_id, self, after_seq)
-        self._joined = partial(board.unsubscribe, conversation_id, self)
-        return not self._closing
-
-    async def _agent_hello(self, hello: wire.AgentHello) -> bool:
-        agent_id = self.services.agent_tokens.get(hello.token)
-        profile = self.desk.profiles.get(agent_id) if agent_id is not None else None
-        if agent_id is None or profile is None:
-            self.close(UNAUTHORIZED, "unknown agent token")
-            return False
-        self.role = "agent"
-        self.agent_id = agent_id
-        self._push(wire.welcome_frame("agent", agent_id=agent_id, name=profile.name))
-        try:
-            self.desk.attach(agent_id, self)
-        except UnknownAgent:
-            self.close(UNAUTHORIZED, "unknown agent")
-            return False
-        self._joined = partial(self.desk.detach, agent_id, self)
-        for conversation_id, after_seq in hello.last_seqs.items():
-            await self._catch_up(conversation_id, after_seq, Party.AGENT, agent_id)
-        return not self._closing
-
-    def _bot_hello(self, hello: wire.BotHello) -> bool:
-        bot_id = self.services.bot_tokens.get(hello.token)
-        if bot_id is None or bot_id not in self.board.bots:
-            self.close(UNAUTHORIZED, "unknown bot token")
-            return False
-        self.role = "bot"
-        self.bot_id = bot_id
-        self._push(wire.welcome_frame("bot", bot_id=bot_id))
-        registry = self.services.bot_connections
-        registry.add(bot_id, self)
-        self._joined = partial(registry.remove, bot_id, self)
-        return True
+        return await self.peer.hello(raw)
 
     # -- inbound ----------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
         receive = self.ws.get_message
-        role = self.role
-        max_bytes = self._max_bytes
+        received = self.peer.received
         rate = self.limits.rate
         burst = float(self.limits.burst)
-        parse = wire.parse_frame
         now = trio.current_time
         while True:
             try:
@@ -491,170 +311,7 @@ class Connection:
                 )
                 continue
             self._tokens = tokens - 1.0
-            try:
-                frame = parse(raw, role, max_bytes)
-            except BadFrame as bad:
-                self._push(wire.error_frame(bad.code, bad.message, bad.id))
-                continue
-            if isinstance(frame, wire.BotPush) and not await self._owns(frame.conversation_id):
-                self._error("forbidden", "Not a conversation of this bot.", frame.id, frame)
-                continue
-            if isinstance(frame, wire.ReplayAfter):
-                await self._catch_up(
-                    frame.conversation_id, frame.after_seq, Party.AGENT, self._agent()
-                )
-                self._ack(frame.id, None)  # after the entries: the replay is complete
-                continue
-            if isinstance(frame, wire.SetPresence):
-                await self._set_presence(frame)
-                continue
-            try:
-                self._dispatch(frame)
-            except Exception:
-                log.exception("a %s frame could not be handled", role)
-                self._push(
-                    wire.error_frame("internal_error", "The frame could not be handled.", frame.id)
-                )
-
-    def _error(self, code: str, message: str, frame_id: FrameId | None, frame: object) -> None:
-        conversation_id = getattr(frame, "conversation_id", None)
-        self._push(wire.error_frame(code, message, frame_id, conversation_id))
-
-    def _dispatch(self, frame: wire.Frame) -> None:
-        if isinstance(frame, wire.Say):
-            if self.role == "user":
-                self._user_submit(frame.id, frame.conversation_id, UserSays(frame.content))
-            else:
-                self._agent_submit(frame.id, frame.conversation_id, frame.content)
-        elif isinstance(frame, wire.Ping):
-            self._push(wire.pong_frame(frame.id))
-        elif isinstance(frame, wire.TypingNow):
-            if self.role == "user":
-                self._user_submit(frame.id, frame.conversation_id, UserTyping(), quiet=True)
-            else:
-                self._agent_event(frame, AgentTyping(self._agent()), quiet=True)
-        elif isinstance(frame, wire.BotPush):
-            self._submit(frame.id, frame.conversation_id, BotSays(frame.contents))
-        else:
-            self._agent_frame(frame)
-
-    def _agent(self) -> str:
-        assert self.agent_id is not None
-        return self.agent_id
-
-    async def _set_presence(self, frame: wire.SetPresence) -> None:
-        """Tell the desk, keep it in the store when the store keeps presence, then ack."""
-        agent_id = self._agent()
-        self.desk.set_presence(agent_id, Presence(frame.status))
-        store = self.board.store
-        if isinstance(store, PresenceLog):
-            try:
-                await store.record_presence(agent_id, frame.status)
-            except StoreUnavailable as exc:
-                log.warning("the presence of %s was not stored: %s", agent_id, exc)
-        self._ack(frame.id, None)
-
-    def _agent_frame(self, frame: wire.Frame) -> None:
-        agent_id = self._agent()
-        if isinstance(frame, wire.SignOff):
-            self._agent_event(frame, AgentSignsOff(agent_id))
-        elif isinstance(frame, wire.Transfer):
-            if self._agent_event(frame, AgentTransfers(agent_id, frame.to_agent)):
-                self._remember(frame.conversation_id, frame.id)
-        elif isinstance(frame, wire.Claim):
-            self._remember(frame.conversation_id, frame.id)
-            self.desk.claim(agent_id, frame.conversation_id)
-            self._ack(frame.id, None)
-
-    def _remember(self, conversation_id: str, frame_id: FrameId | None) -> None:
-        """Keep a claim's or transfer's id so that a later refusal from the desk carries it."""
-        if frame_id is None:
-            return
-        pending = self._pending
-        pending[conversation_id] = frame_id
-        pending.move_to_end(conversation_id)
-        if len(pending) > _PENDING_LIMIT:
-            pending.popitem(last=False)
-
-    def _ack(self, frame_id: FrameId | None, seq: int | None) -> None:
-        if frame_id is not None:
-            self._push(wire.ack_frame(frame_id, seq))
-
-    def _user_submit(
-        self, frame_id: FrameId | None, named: str | None, event: Event, *, quiet: bool = False
-    ) -> None:
-        own = self.conversation_id
-        assert own is not None
-        if named is not None and named != own:
-            self._push(
-                wire.error_frame("forbidden", "That is not your conversation.", frame_id, named)
-            )
-            return
-        self._submit(frame_id, own, event, quiet=quiet)
-
-    def _agent_submit(
-        self, frame_id: FrameId | None, conversation_id: str | None, content: Content
-    ) -> None:
-        assert conversation_id is not None
-        if not self.desk.holds(self._agent(), conversation_id):
-            self._not_assigned(frame_id, conversation_id)
-            return
-        self._submit(frame_id, conversation_id, AgentSays(self._agent(), content))
-
-    def _agent_event(self, frame: wire.Frame, event: Event, *, quiet: bool = False) -> bool:
-        conversation_id = getattr(frame, "conversation_id", None)
-        assert isinstance(conversation_id, str)
-        if not self.desk.holds(self._agent(), conversation_id):
-            self._not_assigned(frame.id, conversation_id)
-            return False
-        self._submit(frame.id, conversation_id, event, quiet=quiet)
-        return True
-
-    def _not_assigned(self, frame_id: FrameId | None, conversation_id: str) -> None:
-        self._push(
-            wire.error_frame(
-                "not_assigned", "You do not hold this chat.", frame_id, conversation_id
-            )
-        )
-
-    def _submit(
-        self, frame_id: FrameId | None, conversation_id: str, event: Event, *, quiet: bool = False
-    ) -> None:
-        """Hand ``event`` to its conversation; the outcome comes back to :meth:`_answer`.
-        ``quiet`` events (typing) report only refusals. A frame with an id is answered with
-        the seq of what it wrote, so that entry is not sent back here as well."""
-        reply = partial(self._answer, None if quiet else frame_id, conversation_id)
-        origin = self if frame_id is not None and not quiet else None
-        try:
-            self.board.submit(conversation_id, event, reply, origin=origin)
-        except Overloaded:
-            self._push(
-                wire.error_frame(
-                    "overloaded",
-                    "The conversation is busy; try again shortly.",
-                    frame_id,
-                    conversation_id,
-                )
-            )
-
-    def _answer(self, frame_id: FrameId | None, conversation_id: str, outcome: Outcome) -> None:
-        if isinstance(outcome, Refused):
-            self._pending.pop(conversation_id, None)
-            self._push(wire.error_frame(outcome.code, outcome.detail, frame_id, conversation_id))
-        elif frame_id is not None:
-            self._push(wire.ack_frame(frame_id, outcome.seq))
-
-    async def _owns(self, conversation_id: str) -> bool:
-        """Whether the conversation belongs to this bot (remembered once learnt)."""
-        owned = self._owned
-        known = owned.get(conversation_id)
-        if known is None:
-            state = await self.board.store.load(conversation_id)
-            known = state is not None and state.bot_id == self.bot_id
-            owned[conversation_id] = known
-            if len(owned) > _OWNED_LIMIT:
-                owned.popitem(last=False)
-        return known
+            await received(raw)
 
 
 class Flusher:

@@ -10,6 +10,9 @@
  * The server does not echo the agent's own messages back to this desk: it acknowledges each
  * with the seq it was given, and the desk files the message under that seq then. If the
  * connection drops before an ack, the next hello asks for that chat from before the message.
+ *
+ * What it shares with the chat widget (building elements, safe links, the connection's backoff
+ * and keep-alive, ordering entries) comes from switchover-common.js, loaded just before it.
  */
 (function () {
   "use strict";
@@ -18,40 +21,29 @@
   const CHATS_KEY = "switchover:desk:chats";
   const SOUND_KEY = "switchover:desk:sound";
   const KEPT_ENTRIES = 300;
-  const FIRST_RETRY_MS = 500;
-  const MAX_RETRY_MS = 15000;
-  const PING_EVERY_MS = 25000;
-  const TYPING_EVERY_MS = 2500;
-  const TYPING_SHOWN_MS = 5000;
   const TITLE = "Switchover desk";
 
+  const common = window.SwitchoverCommon;
+  const {el, safeUrl, clock} = common;
   const $ = (id) => document.getElementById(id);
 
-  function el(tag, props, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(props || {})) {
-      if (value === undefined || value === null || value === false) continue;
-      if (key === "text") node.textContent = value;
-      else if (key === "class") node.className = value;
-      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-      else node.setAttribute(key, value === true ? "" : String(value));
+  /**
+   * Redraw a list of per-conversation buttons without losing the keyboard's place: the queue
+   * and the chat list are redrawn on every desk frame, and a focused button that vanished
+   * would drop focus to the page's start.
+   */
+  function redrawKeepingFocus(list, items) {
+    const focused = document.activeElement;
+    const holder = focused && list.contains(focused) ? focused.closest("[data-conversation]") : null;
+    const id = holder ? holder.dataset.conversation : null;
+    list.replaceChildren(...items);
+    if (id === null) return;
+    for (const node of list.querySelectorAll("[data-conversation]")) {
+      if (node.dataset.conversation !== id) continue;
+      const button = node.matches("button") ? node : node.querySelector("button");
+      if (button) button.focus();
+      return;
     }
-    for (const child of children) if (child !== null && child !== undefined) node.append(child);
-    return node;
-  }
-
-  function safeUrl(value) {
-    if (typeof value !== "string") return null;
-    try {
-      const url = new URL(value, location.href);
-      return ["http:", "https:", "mailto:", "tel:"].includes(url.protocol) ? url.href : null;
-    } catch (_) {
-      return null;
-    }
-  }
-
-  function clock(seconds) {
-    return new Date(seconds * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
   }
 
   function waited(seconds) {
@@ -59,14 +51,6 @@
     const minutes = Math.floor(total / 60);
     const rest = String(total % 60).padStart(2, "0");
     return minutes >= 60 ? `${Math.floor(minutes / 60)} h ${minutes % 60} min` : `${minutes}:${rest}`;
-  }
-
-  function readJson(key) {
-    try {
-      return JSON.parse(sessionStorage.getItem(key) || "null");
-    } catch (_) {
-      return null;
-    }
   }
 
   const REASONS = {
@@ -192,12 +176,7 @@
         event.preventDefault();
         this.reply();
       });
-      $("reply").addEventListener("keydown", (event) => {
-        if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-          event.preventDefault();
-          this.reply();
-        }
-      });
+      common.sendOnEnter($("reply"), () => this.reply());
       $("reply").addEventListener("input", () => this.agentIsTyping());
       $("sign-off").addEventListener("click", () => this.act("sign_off"));
       $("transfer").addEventListener("click", () => this.transfer());
@@ -233,7 +212,7 @@
       $("signin-view").hidden = true;
       $("desk-view").hidden = false;
       for (const id of ["sign-out", "sound-label"]) $(id).hidden = false;
-      const saved = readJson(CHATS_KEY);
+      const saved = common.readJson(sessionStorage, CHATS_KEY);
       this.chats.clear();
       if (saved && saved.token === this.token) {
         for (const data of saved.chats || []) this.chats.set(data.id, new Chat(data.id, data));
@@ -292,9 +271,7 @@
       this.setConnection(this.attempt ? "Reconnecting…" : "Connecting…", "connecting");
       let url;
       try {
-        const response = await fetch("/config.json", {cache: "no-store"});
-        url = (await response.json()).ws_url;
-        if (typeof url !== "string") throw new Error("no ws_url");
+        url = await common.websocketUrl("/config.json");
       } catch (_) {
         this.retry();
         return;
@@ -346,7 +323,7 @@
     retry() {
       if (!this.token) return;
       clearTimeout(this.retryTimer);
-      const wait = Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+      const wait = common.retryDelay(this.attempt);
       this.attempt += 1;
       this.setConnection("Offline — reconnecting…", "offline");
       this.retryTimer = setTimeout(() => this.connect(), wait);
@@ -390,12 +367,8 @@
     }
 
     receive(data) {
-      let frame;
-      try {
-        frame = JSON.parse(data);
-      } catch (_) {
-        return;
-      }
+      const frame = common.parseFrame(data);
+      if (!frame) return;
       const handler = {
         welcome: () => this.welcome(frame),
         desk: () => this.desk(frame),
@@ -418,10 +391,7 @@
       $("who").hidden = false;
       $("presence").hidden = false;
       this.renderSelected();
-      clearInterval(this.pinger);
-      this.pinger = setInterval(() => {
-        if (this.ready) this.ws.send(JSON.stringify({type: "ping"}));
-      }, PING_EVERY_MS);
+      common.keepAlive(this);
     }
 
     // -- what the server says -------------------------------------------------------------
@@ -485,6 +455,12 @@
       this.renderChats();
       this.renderSelected();
       this.save();
+      if (this.claiming === chat.id) {
+        // The agent picked this one up: take them to it, ready to reply.
+        this.claiming = null;
+        if (this.selected !== chat.id) this.select(chat.id);
+        $("reply").focus();
+      }
     }
 
     /** Add one entry (live, replayed or from a transcript), once. */
@@ -525,17 +501,12 @@
 
     userTyping(frame) {
       if (frame.party !== "user" || frame.conversation_id !== this.selected) return;
-      const typing = $("chat-typing");
-      typing.textContent = `${this.chats.get(this.selected).label} is typing…`;
-      typing.hidden = false;
-      clearTimeout(this.typingTimer);
-      this.typingTimer = setTimeout(() => {
-        typing.hidden = true;
-      }, TYPING_SHOWN_MS);
+      common.showTyping(this, $("chat-typing"), `${this.chats.get(this.selected).label} is typing…`);
     }
 
     refused(frame) {
       if (frame.id !== undefined) this.unacked.delete(frame.id);
+      this.claiming = null;
       const what = frame.message || "The server refused that.";
       this.problem(`${what} (${frame.code})`);
     }
@@ -571,15 +542,13 @@
     }
 
     agentIsTyping() {
-      const now = Date.now();
       const chat = this.chats.get(this.selected);
-      if (!this.ready || !chat || !chat.open || now - this.lastTypingSent < TYPING_EVERY_MS) return;
-      this.lastTypingSent = now;
+      if (!this.ready || !chat || !chat.open || !common.typingDue(this)) return;
       this.ws.send(JSON.stringify({type: "typing", conversation_id: chat.id}));
     }
 
     claim(conversationId) {
-      this.send({type: "claim", conversation_id: conversationId});
+      if (this.send({type: "claim", conversation_id: conversationId})) this.claiming = conversationId;
     }
 
     select(id) {
@@ -646,8 +615,9 @@
     renderQueue() {
       const list = $("queue");
       const now = Date.now() / 1000;
-      list.replaceChildren(
-        ...this.queue.map((item) => {
+      redrawKeepingFocus(
+        list,
+        this.queue.map((item) => {
           const wait = el("span", {class: "wait", "data-since": item.queued_at, text: waited(now - item.queued_at)});
           return el(
             "li",
@@ -699,8 +669,9 @@
     renderChats() {
       const list = $("chats");
       const chats = [...this.chats.values()];
-      list.replaceChildren(
-        ...chats.map((chat) => {
+      redrawKeepingFocus(
+        list,
+        chats.map((chat) => {
           const badge = chat.unread
             ? el("span", {class: "badge", text: String(chat.unread), "aria-label": `${chat.unread} unread`})
             : null;
@@ -761,7 +732,10 @@
       const chat = this.chats.get(this.selected);
       $("no-chat").hidden = Boolean(chat);
       $("chat-view").hidden = !chat;
-      if (!chat) return;
+      if (!chat) {
+        delete $("chat-log").dataset.conversation;
+        return;
+      }
       $("chat-view").dataset.conversation = chat.id;
       $("chat-title").textContent = chat.label;
       const meta = $("chat-meta");
@@ -772,9 +746,16 @@
         const shown = typeof value === "object" ? JSON.stringify(value) : String(value);
         meta.append(el("dt", {text: key}), el("dd", {text: shown}));
       }
-      $("chat-log").replaceChildren();
+      // Redraw the log only for another chat: it is a live region, and drawing the same
+      // entries again would have a screen reader read the whole conversation out again.
+      // (Entries of the chat shown are placed as they come, by entry.)
+      const log = $("chat-log");
+      if (log.dataset.conversation !== chat.id) {
+        log.dataset.conversation = chat.id;
+        log.replaceChildren();
+        for (const entry of [...chat.entries.values()].sort((a, b) => a.seq - b.seq)) this.place(entry);
+      }
       $("chat-typing").hidden = true;
-      for (const entry of [...chat.entries.values()].sort((a, b) => a.seq - b.seq)) this.place(entry);
       this.renderState(chat);
     }
 
@@ -802,11 +783,7 @@
     /** Put an entry of the selected chat in the log, in seq order. */
     place(entry) {
       const log = $("chat-log");
-      const item = this.renderEntry(entry);
-      item.dataset.seq = String(entry.seq);
-      const after = [...log.children].find((child) => Number(child.dataset.seq) > entry.seq);
-      log.insertBefore(item, after || null);
-      if (!after) log.scrollTop = log.scrollHeight;
+      if (common.placeInOrder(log, this.renderEntry(entry), entry.seq)) log.scrollTop = log.scrollHeight;
     }
 
     /** The label of the button the user clicked, found in the questions shown before it. */
@@ -815,9 +792,8 @@
       const earlier = chat ? [...chat.entries.values()].filter((e) => e.seq < entry.seq) : [];
       earlier.sort((a, b) => b.seq - a.seq);
       for (const shown of earlier) {
-        for (const button of (shown.content && shown.content.buttons) || []) {
-          const data = (button && button.content) || button || {};
-          if (data.payload === payload && data.title) return data.title;
+        for (const button of common.buttonsOf(shown.content)) {
+          if (button.payload === payload && button.title) return button.title;
         }
       }
       return String(payload);
@@ -839,7 +815,7 @@
       else if (type === "payload") body.append(el("em", {text: `clicked “${this.buttonTitle(entry, content.payload)}”`}));
       else if (type === "question") {
         body.append(content.title || "");
-        const choices = (content.buttons || []).map((b) => (b && b.content) || b || {});
+        const choices = common.buttonsOf(content);
         body.append(el("div", {class: "choices"}, ...choices.map((c) => el("span", {class: "chip", text: c.title || c.payload}))));
         if (entry.metadata && entry.metadata.sign_off) body.classList.add("sign-off");
       } else if (["image", "url", "file", "audio", "video"].includes(type)) {

@@ -15,6 +15,11 @@
  * The server does not echo the user's own messages back: it acknowledges each with the seq it
  * was given, and the widget shows the message then, in seq order. If the connection drops
  * before an ack, the next hello asks for everything since the first unacknowledged message.
+ *
+ * What it shares with the agent desk (building elements, safe links, the connection's backoff
+ * and keep-alive, ordering entries) lives in switchover-common.js. This script loads that file
+ * from next to its own address, the way it loads widget.css, so embedding stays one tag; a
+ * page that already loaded it (before this script) has the widget drawn at once.
  */
 (function () {
   "use strict";
@@ -22,42 +27,42 @@
   const script = document.currentScript;
   const SCRIPT_SRC = (script && script.src) || location.href;
   const KEPT_ENTRIES = 300;
-  const FIRST_RETRY_MS = 500;
-  const MAX_RETRY_MS = 15000;
-  const PING_EVERY_MS = 25000;
-  const TYPING_EVERY_MS = 2500;
-  const TYPING_SHOWN_MS = 5000;
   const SESSION_START = "LIVECHAT_SESSION_START";
   const SESSION_END = "LIVECHAT_SESSION_END";
 
-  /** Build an element: el("p", {class: "x", text: "hi"}, child...). Text never becomes HTML. */
-  function el(tag, props, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(props || {})) {
-      if (value === undefined || value === null || value === false) continue;
-      if (key === "text") node.textContent = value;
-      else if (key === "class") node.className = value;
-      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-      else node.setAttribute(key, value === true ? "" : String(value));
-    }
-    for (const child of children) {
-      if (child !== null && child !== undefined) node.append(child);
-    }
-    return node;
+  // Filled in from switchover-common.js once it has loaded (see commonLoaded).
+  let common = null;
+  let el = null;
+  let safeUrl = null;
+  let loadingCommon = null;
+
+  function adopt(loaded) {
+    common = loaded;
+    ({el, safeUrl} = loaded);
+    return loaded;
   }
 
-  /** Only web, mail and phone links (and inline images) are followed: never javascript:. */
-  function safeUrl(value, allowData) {
-    if (typeof value !== "string" || !value) return null;
-    try {
-      const url = new URL(value, location.href);
-      const ok = ["http:", "https:", "mailto:", "tel:"];
-      if (ok.includes(url.protocol)) return url.href;
-      if (allowData && url.protocol === "data:" && /^data:image\//i.test(value)) return value;
-    } catch (_) {
-      /* not a URL */
+  /** The shared script, loaded from next to this one unless the page already has it. */
+  function commonLoaded() {
+    if (window.SwitchoverCommon) return Promise.resolve(adopt(window.SwitchoverCommon));
+    if (!loadingCommon) {
+      loadingCommon = new Promise((resolve, reject) => {
+        const tag = document.createElement("script");
+        tag.src = new URL("switchover-common.js", SCRIPT_SRC).href;
+        tag.dataset.switchoverCommon = "";
+        tag.addEventListener("load", () => {
+          if (window.SwitchoverCommon) resolve(adopt(window.SwitchoverCommon));
+          else reject(new Error(`${tag.src} did not define SwitchoverCommon`));
+        });
+        tag.addEventListener("error", () => reject(new Error(`could not load ${tag.src}`)));
+        document.head.append(tag);
+      });
+      // A failed load is tried again by the next mount.
+      loadingCommon.catch(() => {
+        loadingCommon = null;
+      });
     }
-    return null;
+    return loadingCommon;
   }
 
   /** Text with its web addresses turned into links. */
@@ -75,18 +80,6 @@
     return out;
   }
 
-  function buttonsOf(content) {
-    const list = Array.isArray(content.buttons) ? content.buttons : [];
-    return list
-      .map((button) => (button && button.content ? button.content : button) || {})
-      .filter((button) => typeof button.title === "string" || typeof button.payload === "string");
-  }
-
-  function clock(seconds) {
-    const when = typeof seconds === "number" ? new Date(seconds * 1000) : new Date();
-    return when.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
-  }
-
   const NOTICES = {
     session_started: () => "You asked for a person. Looking for an available agent…",
     queued: (c) => `You are number ${c.position} in the queue.`,
@@ -97,23 +90,9 @@
     session_expired: () => "The conversation with the agent expired after a period of inactivity.",
   };
 
-  function readJson(storage, key) {
-    try {
-      const raw = storage.getItem(key);
-      return raw ? JSON.parse(raw) : null;
-    } catch (_) {
-      return null;
-    }
-  }
-
-  async function websocketUrl(options) {
-    if (options.wsUrl) return options.wsUrl;
-    const configUrl = options.configUrl || new URL("/config.json", SCRIPT_SRC).href;
-    const response = await fetch(configUrl, {cache: "no-store"});
-    if (!response.ok) throw new Error(`config.json answered ${response.status}`);
-    const config = await response.json();
-    if (!config || typeof config.ws_url !== "string") throw new Error("config.json has no ws_url");
-    return config.ws_url;
+  function websocketUrl(options) {
+    if (options.wsUrl) return Promise.resolve(options.wsUrl);
+    return common.websocketUrl(options.configUrl || new URL("/config.json", SCRIPT_SRC).href);
   }
 
   class ChatWidget {
@@ -126,13 +105,6 @@
         {page: location.href, language: navigator.language},
         this.options.metadata || {},
       );
-      const saved = readJson(localStorage, this.storageKey) || {};
-      this.saved = {
-        conversation_id: saved.conversation_id || null,
-        resume_token: saved.resume_token || null,
-        last_seq: Number(saved.last_seq) || 0,
-        entries: Array.isArray(saved.entries) ? saved.entries : [],
-      };
       this.lastSeq = 0;
       this.shown = new Set();
       this.unacked = new Map();
@@ -148,12 +120,41 @@
       this.closed = false;
       this.nextId = 1;
       this.lastTypingSent = 0;
+      if (window.SwitchoverCommon) {
+        adopt(window.SwitchoverCommon);
+        this.start();
+      } else {
+        commonLoaded().then(
+          () => this.start(),
+          (error) => this.cannotStart(error),
+        );
+      }
+    }
+
+    /** Draw the window, redraw the saved conversation and connect. */
+    start() {
+      if (this.closed) return;
+      const saved = common.readJson(localStorage, this.storageKey) || {};
+      this.saved = {
+        conversation_id: saved.conversation_id || null,
+        resume_token: saved.resume_token || null,
+        last_seq: Number(saved.last_seq) || 0,
+        entries: Array.isArray(saved.entries) ? saved.entries : [],
+      };
       this.build();
       for (const entry of this.saved.entries) this.show(entry, false);
       this.lastSeq = Math.max(this.lastSeq, this.saved.last_seq);
       this.onOnline = () => this.reconnectSoon(0);
       window.addEventListener("online", this.onOnline);
       this.connect();
+    }
+
+    cannotStart(error) {
+      if (this.closed) return;
+      const alert = document.createElement("p");
+      alert.setAttribute("role", "alert");
+      alert.textContent = `The chat could not be loaded (${error.message}).`;
+      this.root.replaceChildren(alert);
     }
 
     // -- the page -------------------------------------------------------------------------
@@ -183,12 +184,7 @@
         maxlength: "4000",
         enterkeyhint: "send",
       });
-      this.input.addEventListener("keydown", (event) => {
-        if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-          event.preventDefault();
-          this.sendText();
-        }
-      });
+      common.sendOnEnter(this.input, () => this.sendText());
       this.input.addEventListener("input", () => this.userIsTyping());
       this.form = el(
         "form",
@@ -238,7 +234,11 @@
       this.root.dataset.mode = mode;
       if (mode === "bot") {
         this.banner.hidden = true;
-        for (const button of this.log.querySelectorAll(".so-sign-off button")) button.disabled = true;
+        for (const button of this.log.querySelectorAll(".so-sign-off button")) {
+          // A disabled button drops focus to the page's start: move it to the message box.
+          if (button === document.activeElement) this.input.focus();
+          button.disabled = true;
+        }
       } else {
         this.banner.hidden = false;
         this.banner.textContent =
@@ -255,10 +255,7 @@
       this.lastSeq = Math.max(this.lastSeq, entry.seq);
       const item = this.render(entry);
       if (item) {
-        item.dataset.seq = String(entry.seq);
-        // Entries come in seq order, except the user's own, shown when their ack arrives.
-        const later = [...this.log.children].find((child) => Number(child.dataset.seq) > entry.seq);
-        this.log.insertBefore(item, later || null);
+        common.placeInOrder(this.log, item, entry.seq);
         this.scrollDown();
       }
       if (entry.sender === "agent") this.typing.hidden = true;
@@ -286,7 +283,7 @@
       item.append(el("span", {class: "so-visually-hidden", text: `${who[sender]}: `}));
       const body = el("div", {class: "so-bubble"});
       this.renderContent(entry, content, body);
-      item.append(body, el("time", {class: "so-time", text: clock(entry.at)}));
+      item.append(body, el("time", {class: "so-time", text: common.clock(entry.at)}));
       return item;
     }
 
@@ -353,7 +350,7 @@
             data.title ? el("strong", {text: data.title}) : null,
             data.subtitle ? el("p", {text: data.subtitle}) : null,
           );
-          this.renderButtons(buttonsOf(data), cardNode, false);
+          this.renderButtons(common.buttonsOf(data), cardNode, false);
           list.append(cardNode);
         }
         body.append(list);
@@ -368,7 +365,7 @@
       const signOff = Boolean(entry.metadata && entry.metadata.sign_off);
       if (signOff) body.classList.add("so-sign-off");
       body.append(el("p", {class: "so-question", text: content.title || content.text || ""}));
-      this.renderButtons(buttonsOf(content), body, signOff && this.mode === "bot");
+      this.renderButtons(common.buttonsOf(content), body, signOff && this.mode === "bot");
     }
 
     renderButtons(buttons, parent, disabled) {
@@ -441,9 +438,7 @@
     }
 
     userIsTyping() {
-      const now = Date.now();
-      if (!this.ready || this.mode !== "live" || now - this.lastTypingSent < TYPING_EVERY_MS) return;
-      this.lastTypingSent = now;
+      if (!this.ready || this.mode !== "live" || !common.typingDue(this)) return;
       this.ws.send(JSON.stringify({type: "typing"}));
     }
 
@@ -508,22 +503,15 @@
       if (this.closed) return;
       clearTimeout(this.retryTimer);
       if (this.ws && this.ws.readyState <= WebSocket.OPEN && delay === 0) return;
-      const wait =
-        delay !== undefined
-          ? delay
-          : Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+      const wait = delay !== undefined ? delay : common.retryDelay(this.attempt);
       this.attempt += 1;
       this.setConnection("Reconnecting…", "offline");
       this.retryTimer = setTimeout(() => this.connect(), wait);
     }
 
     receive(data) {
-      let frame;
-      try {
-        frame = JSON.parse(data);
-      } catch (_) {
-        return;
-      }
+      const frame = common.parseFrame(data);
+      if (!frame) return;
       switch (frame.type) {
         case "welcome":
           this.welcome(frame);
@@ -558,10 +546,7 @@
       this.attempt = 0;
       this.setConnection("Connected", "online");
       this.root.dataset.conversation = frame.conversation_id;
-      clearInterval(this.pinger);
-      this.pinger = setInterval(() => {
-        if (this.ready) this.ws.send(JSON.stringify({type: "ping"}));
-      }, PING_EVERY_MS);
+      common.keepAlive(this);
       // Unacknowledged messages of the last connection come back in the replay, if kept.
       this.unacked.clear();
       const waiting = this.outbox.splice(0);
@@ -569,12 +554,7 @@
     }
 
     agentTyping() {
-      this.typing.textContent = `${this.agentName || "The agent"} is typing…`;
-      this.typing.hidden = false;
-      clearTimeout(this.typingTimer);
-      this.typingTimer = setTimeout(() => {
-        this.typing.hidden = true;
-      }, TYPING_SHOWN_MS);
+      common.showTyping(this, this.typing, `${this.agentName || "The agent"} is typing…`);
     }
 
     /** Drop the saved conversation (the next hello starts a new one). */
@@ -605,7 +585,7 @@
       this.closed = true;
       clearTimeout(this.retryTimer);
       clearInterval(this.pinger);
-      window.removeEventListener("online", this.onOnline);
+      if (this.onOnline) window.removeEventListener("online", this.onOnline);
       if (this.ws) this.ws.close(1000, "widget removed");
     }
   }
@@ -614,7 +594,10 @@
     if (document.querySelector("link[data-switchover-css]")) return;
     const href = new URL("widget.css", SCRIPT_SRC).href;
     if ([...document.styleSheets].some((sheet) => sheet.href === href)) return;
-    document.head.append(el("link", {rel: "stylesheet", href, "data-switchover-css": true}));
+    const link = document.createElement("link");
+    Object.assign(link, {rel: "stylesheet", href});
+    link.dataset.switchoverCss = "";
+    document.head.append(link);
   }
 
   /** Mount a chat window into `root`. Options: bot, metadata, title, wsUrl, configUrl. */
@@ -626,20 +609,22 @@
 
   /** A floating launcher in the corner that opens the chat window. */
   function mountFloating(options) {
-    const panel = el("div", {class: "so-floating-panel", id: "switchover-chat", hidden: true});
-    const launcher = el("button", {
-      type: "button",
-      class: "so-launcher",
-      "aria-expanded": "false",
-      "aria-controls": "switchover-chat",
-      text: options.launcherText || "Chat with us",
-    });
+    options = options || {};
+    // Plain DOM calls: this may run before switchover-common.js has arrived.
+    const panel = document.createElement("div");
+    Object.assign(panel, {className: "so-floating-panel", id: "switchover-chat", hidden: true});
+    const launcher = document.createElement("button");
+    Object.assign(launcher, {type: "button", className: "so-launcher"});
+    launcher.setAttribute("aria-expanded", "false");
+    launcher.setAttribute("aria-controls", "switchover-chat");
+    launcher.textContent = options.launcherText || "Chat with us";
     const openText = options.launcherText || "Chat with us";
     const toggle = (open) => {
       panel.hidden = !open;
       launcher.setAttribute("aria-expanded", String(open));
       launcher.textContent = open ? "Close chat" : openText;
-      if (open) panel.querySelector("textarea").focus();
+      const box = panel.querySelector("textarea");
+      if (open && box) box.focus();
     };
     launcher.addEventListener("click", () => toggle(panel.hidden));
     panel.addEventListener("keydown", (event) => {
@@ -653,6 +638,9 @@
   }
 
   window.Switchover = Object.assign(window.Switchover || {}, {mount, mountFloating});
+  commonLoaded().catch(() => {
+    /* said in the widget's window, where it is mounted */
+  });
 
   if (script && script.dataset.bot) {
     const start = () => {
