@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-port", type=int, help=f"HTTP port, 0 for any free one (default {DEFAULT_HTTP_PORT})"
     )
     serve.add_argument(
-        "--data-dir", type=Path, help="keep conversations (SQLite) and the signing key here"
+        "--data-dir",
+        type=Path,
+        help="keep conversations (SQLite) and the signing key here (default ./data)",
     )
     serve.add_argument(
         "--log-format", choices=LOG_FORMATS, help="text (default) or json: one object a line"

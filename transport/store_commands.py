@@ -57,7 +57,7 @@ def _data_dir_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        help="the server's data directory (default: $SWITCHOVER_DATA_DIR, or the config's)",
+        help="the server's data directory (default: $SWITCHOVER_DATA_DIR, the config's, or ./data)",
     )
     parser.add_argument("--config", type=Path, help="a TOML config file naming the data dir")
 
@@ -71,7 +71,10 @@ def _database(args: argparse.Namespace) -> Path:
 
         data_dir = load_file(args.config).store.data_dir
     if data_dir is None:
-        raise _Failure("say where the data is: --data-dir DIR (or SWITCHOVER_DATA_DIR)")
+        # Where `switchover serve` keeps it when told nothing.
+        from .config import DEFAULT_DATA_DIR
+
+        data_dir = DEFAULT_DATA_DIR
     path = database_path(data_dir)
     if not path.is_file():
         raise _Failure(f"no database at {path}")
