@@ -413,27 +413,7 @@ def test_the_same_entry_is_encoded_once() -> None:
 
 def test_error_codes_are_documented() -> None:
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", DOCS.read_text(), re.MULTILINE))
-    emitted = {
-        "bad_json",
-        "binary_frame",
-        "frame_too_large",
-        "unknown_type",
-        "invalid_frame",
-        "rate_limited",
-        "overloaded",
-        "forbidden",
-        "not_assigned",
-        "session_open",
-        "session_already_open",
-        "unknown_conversation",
-        "transfer_failed",
-        "not_waiting",
-        "cannot_claim",
-        "conversation_failed",
-        "internal_error",
-        "store_unavailable",
-    }
-    assert emitted <= documented
+    assert documented >= wire.ERROR_CODES
 
 
 # -- resume tokens ----------------------------------------------------------------------------

@@ -30,6 +30,33 @@ from actors.ports import Delivery
 VERSION: Final = 1
 Role = Literal["user", "agent", "bot"]
 ROLES: Final = ("user", "agent", "bot")
+
+ERROR_CODES: Final = frozenset(
+    {
+        # the frame itself
+        "bad_json",
+        "binary_frame",
+        "frame_too_large",
+        "unknown_type",
+        "invalid_frame",
+        "rate_limited",
+        "overloaded",
+        "forbidden",
+        # refusals from the core and the desk
+        "not_assigned",
+        "session_open",
+        "session_already_open",
+        "unknown_conversation",
+        "transfer_failed",
+        "not_waiting",
+        "cannot_claim",
+        "conversation_failed",
+        "internal_error",
+        "store_unavailable",
+    }
+)
+"""Every ``code`` an error frame can carry. Clients may branch on them, so they are stable and
+each is documented in docs/protocol.md (a test holds the two together)."""
 FrameId = str | int
 
 _URN: Final = "urn:switchover:"
