@@ -148,6 +148,60 @@ async def test_state_and_entries_round_trip_through_the_file(tmp_path: Path) -> 
     assert row == ("live", 1010.5 + 600)
 
 
+async def test_live_messages_skip_the_row_and_restarts_still_know_their_last_activity(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+
+    def live(next_seq: int, last_activity: float, sign_off: bool = False) -> ConversationState:
+        session = Session("c1/1", 1000.0, last_activity, None, "alice", "Alice", None, sign_off)
+        return _state("c1", next_seq, session)
+
+    def said(seq: int, at: float) -> Entry:
+        return Entry(
+            "c1",
+            seq,
+            at,
+            Party.USER,
+            Content.text(f"m{seq}"),
+            frozenset({Party.USER, Party.AGENT}),
+            "alice",
+            "c1/1",
+        )
+
+    def stored_row() -> tuple[int, float, float]:
+        with sqlite3.connect(path) as db:
+            row = db.execute(
+                "SELECT next_seq, last_activity, deadline FROM conversations WHERE id = 'c1'"
+            ).fetchone()
+        return tuple(row)  # type: ignore[return-value]
+
+    async with open_sqlite_store(path, settings={"demo": SETTINGS}) as store:
+        await store.record(live(2, 1001.0), [said(1, 1001.0)])
+        assert stored_row() == (2, 1001.0, 1601.0)
+        # Messages that only touch the session leave the row as it was...
+        await store.record(live(3, 1002.0), [said(2, 1002.0)])
+        await store.record(live(4, 1003.5), [said(3, 1003.5)])
+        assert stored_row() == (2, 1001.0, 1601.0)
+        # ...yet a load derives both from the messages written after it.
+        assert await store.load("c1") == live(4, 1003.5)
+        # A change the messages cannot tell (here the sign-off offer) writes the row again.
+        await store.record(live(5, 1004.0, sign_off=True), [said(4, 1004.0)])
+        assert stored_row() == (5, 1004.0, 1604.0)
+        # So does a state whose last activity is not its newest message's time.
+        await store.record(live(6, 1004.0), [said(5, 1005.0)])
+        assert stored_row() == (6, 1004.0, 1604.0)
+        await store.record(live(7, 1006.0), [said(6, 1006.0)])
+        assert stored_row() == (6, 1004.0, 1604.0)
+    # After a restart (a fresh store, nothing remembered) the open session comes back whole.
+    async with open_sqlite_store(path, settings={"demo": SETTINGS}) as store:
+        assert await store.open_sessions() == [live(7, 1006.0)]
+        assert await store.load("c1") == live(7, 1006.0)
+        # The first live message after a restart writes the row: nothing is remembered yet.
+        await store.record(live(8, 1007.0), [said(7, 1007.0)])
+        assert stored_row() == (8, 1007.0, 1607.0)
+
+
 async def test_concurrent_records_share_commits_and_all_land(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with open_sqlite_store(path) as store:

@@ -69,7 +69,14 @@ def database_path(data_dir: str | os.PathLike[str]) -> Path:
 class _Rows:
     """One ``record`` call turned into rows (plain slots: built once per message)."""
 
-    __slots__ = ("bot_mode", "conversation", "messages", "presence", "session_changes")
+    __slots__ = (
+        "bot_mode",
+        "conversation",
+        "live_shape",
+        "messages",
+        "presence",
+        "session_changes",
+    )
 
     def __init__(
         self,
@@ -78,6 +85,7 @@ class _Rows:
         session_changes: list[tuple[str, tuple[Any, ...]]],
         presence: tuple[str, str, float] | None,
         bot_mode: tuple[str, int | None] | None = None,
+        live_shape: tuple[Any, ...] | None = None,
     ) -> None:
         self.conversation = conversation
         self.messages = messages
@@ -86,6 +94,10 @@ class _Rows:
         # (conversation id, sessions opened) when the row written is in bot mode; (id, None)
         # when it has a session.
         self.bot_mode = bot_mode
+        # The row written for a session, less what its messages say on their own (next_seq,
+        # last_activity, deadline, updated_at): what a live message must leave unchanged for
+        # the row to be skipped.
+        self.live_shape = live_shape
 
 
 class _Pending:
@@ -153,6 +165,12 @@ _UPSERT_PRESENCE = "INSERT OR REPLACE INTO agents (agent_id, presence, at) VALUE
 # A bot-mode message does not rewrite its conversation's row: the true next_seq is one past
 # the last message when that is higher than the row's.
 _LAST_SEQ = "(SELECT max(m.seq) FROM messages m WHERE m.conversation_id = conversations.id)"
+# Nor does a live-session message that only touched the session: its last_activity is the
+# time of the newest message written after the row (numbered from the row's next_seq on).
+_LATER_ACTIVITY = (
+    "(SELECT max(m.at) FROM messages m WHERE m.conversation_id = conversations.id"
+    " AND m.seq >= conversations.next_seq)"
+)
 MESSAGE_COLUMNS = (
     "conversation_id, seq, at, sender, content_type, content, audience, agent_id, session_id,"
     " metadata"
@@ -162,9 +180,12 @@ MESSAGE_COLUMNS = (
 ENTRIES_AFTER = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq"
 )
-LOAD_CONVERSATION = f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ} FROM conversations WHERE id = ?"
+LOAD_CONVERSATION = (
+    f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations"
+    " WHERE id = ?"
+)
 OPEN_SESSIONS = (
-    f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ} FROM conversations"
+    f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations"
     " WHERE session_id IS NOT NULL ORDER BY started_at"
 )
 PRUNE_CANDIDATES = (
@@ -306,6 +327,7 @@ class SQLiteStore:
         self._filling: list[_Pending] = []
         self._metadata_cache: dict[str, tuple[Mapping[str, Any], str]] = {}
         self._bot_mode_rows: dict[str, int] = {}
+        self._live_rows: dict[str, tuple[Any, ...]] = {}
         self._wake = trio.Event()
         self._running = False
         self._failure: str | None = None
@@ -427,6 +449,7 @@ class SQLiteStore:
             for conversation_id in deleted:
                 # Its row is gone: a next message must write it again, not skip it.
                 self._bot_mode_rows.pop(conversation_id, None)
+                self._live_rows.pop(conversation_id, None)
             return len(deleted)
 
         pending = _Pending(None, job=job)
@@ -489,8 +512,11 @@ class SQLiteStore:
         """Note which conversations now have a bot-mode row on disk (after the commit only:
         a rolled-back row must be written again)."""
         marks = self._bot_mode_rows
+        live = self._live_rows
         if len(marks) > 100_000:
             marks.clear()
+        if len(live) > 100_000:
+            live.clear()
         for rows in committed:
             if rows.bot_mode is not None:
                 cid, opened = rows.bot_mode
@@ -498,6 +524,10 @@ class SQLiteStore:
                     marks.pop(cid, None)
                 else:
                     marks[cid] = opened
+                if rows.live_shape is None:
+                    live.pop(cid, None)
+                else:
+                    live[cid] = rows.live_shape
 
     def _write(self, batch: list[_Rows]) -> None:
         db = self._writer
@@ -554,9 +584,35 @@ class SQLiteStore:
                 # message costs one row, not two (load takes next_seq from the last message).
                 return _Rows(None, messages, changes, None)
             mark: tuple[str, int | None] = (cid, state.sessions_opened)
-        else:
-            mark = (cid, None)
-        return _Rows(self._conversation_row(state), messages, changes, None, mark)
+            return _Rows(self._conversation_row(state), messages, changes, None, mark)
+        session = state.session
+        shape = (
+            cid,
+            state.bot_id,
+            state.user_id,
+            self._metadata_json(state),
+            state.sessions_opened,
+            state.mode.value,
+            session.session_id,
+            session.started_at,
+            session.queued_at,
+            session.agent_id,
+            session.agent_name,
+            session.position,
+            int(session.sign_off_offered),
+        )
+        if (
+            messages
+            and not changes
+            and self._live_rows.get(cid) == shape
+            and session.last_activity == max(message[2] for message in messages)
+        ):
+            # Only next_seq and last_activity moved, and the messages say both: a live
+            # message costs one row, not two (load takes them from the messages numbered
+            # from the row's next_seq on; should the wall clock step back meanwhile, it
+            # takes the latest time seen, a deadline later by at most the step).
+            return _Rows(None, messages, changes, None)
+        return _Rows(self._conversation_row(state), messages, changes, None, (cid, None), shape)
 
     def _metadata_json(self, state: ConversationState) -> str:
         """The user's metadata as JSON, encoded once per conversation: every state of a
@@ -843,13 +899,14 @@ def _state_from_row(row: Sequence[Any]) -> ConversationState:
         _deadline,
         _updated_at,
         last_seq,
+        later_activity,
     ) = row
     session = None
     if session_id is not None:
         session = Session(
             session_id,
             started_at,
-            last_activity,
+            last_activity if later_activity is None else max(last_activity, later_activity),
             queued_at,
             agent_id,
             agent_name or "",
