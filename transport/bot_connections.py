@@ -36,9 +36,6 @@ class BotConnections:
         if not outlets:
             self._by_bot.pop(bot_id, None)
 
-    def is_connected(self, bot_id: str) -> bool:
-        return bool(self._by_bot.get(bot_id))
-
     def send(self, bot_id: str, text: str) -> bool:
         """Hand ``text`` to one open connection of the bot; ``False`` when none took it."""
         return any(outlet.send_frame(text) for outlet in list(self._by_bot.get(bot_id, ())))

@@ -464,10 +464,6 @@ def dumps(frame: Mapping[str, Any]) -> str:
     return _dumps(frame)
 
 
-def entry_json(entry: Entry) -> dict[str, Any]:
-    return entry.to_json()
-
-
 class _LastEntry:
     """Remembers the last entry encoded: a conversation hands the same entry to the user's
     and the agent's connections one after the other."""
