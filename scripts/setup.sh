@@ -17,14 +17,24 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".${extras}"
   touch "$stamp"
 fi
+install_chromium() {
+  # A mirror can fail once; try twice before giving up.
+  for attempt in 1 2; do
+    if $1 apt-get update -qq >/dev/null &&
+      $1 env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; then
+      return 0
+    fi
+    echo "installing chromium failed (attempt $attempt)" >&2
+    sleep 5
+  done
+  return 1
+}
 if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = "0" ]; then
     echo "installing Debian's chromium for the browser tests" >&2
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    install_chromium ""
   elif command -v sudo >/dev/null 2>&1; then
-    sudo apt-get update -qq >/dev/null
-    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    install_chromium sudo
   else
     echo "warning: /usr/bin/chromium missing and no root: browser tests will be skipped" >&2
   fi
