@@ -196,6 +196,9 @@ capacity = 0
         ("default_bot = 'nope'\n", "default_bot: names unknown bot 'nope'; known: demo"),
         ("[limits]\nrate = -1\n", "limits.rate: must be positive, got -1"),
         ("[limits]\nburst = 1.5\n", "limits.burst: must be an integer, got a number (1.5)"),
+        ("[limits]\nresume_token_max_age = 0\n", "limits.resume_token_max_age: must be positive"),
+        ("[limits]\nresume_token_max_age = -5\n", "limits.resume_token_max_age: must be positive"),
+        ("[limits]\nresume_token_max_age = inf\n", "limits: invalid limits: resume_token_max_age"),
         ("[logging]\nlevel = 'loud'\n", "logging.level: must be one of debug, info"),
         ("[agents.a]\ntoken = ''\n", "agents.a.token: must be a non-empty string"),
         ("[store]\nretention_days = 0\n", "store.retention_days: must be positive, got 0"),
@@ -229,6 +232,7 @@ def test_a_file_without_bots_serves_the_demo_bot() -> None:
 def test_the_example_config_is_valid() -> None:
     config = load_file(EXAMPLE)
     assert config.bots and config.agents
+    assert config.limits.resume_token_max_age == 30 * 24 * 3600
 
 
 def test_the_signing_secret_is_made_once_and_kept(tmp_path: Path) -> None:

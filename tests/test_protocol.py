@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from actors import (
 from actors.ports import HeldChat, WaitingItem
 from transport import protocol as wire
 from transport.protocol import BadFrame, parse_frame, parse_hello
-from transport.tokens import InvalidToken, ResumeTokens
+from transport.tokens import ExpiredToken, InvalidToken, ResumeTokens
 
 LIMIT = 64 * 1024
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
@@ -428,10 +431,11 @@ def test_a_resume_token_round_trips() -> None:
 def test_tampered_and_foreign_tokens_are_refused() -> None:
     tokens = ResumeTokens("s3cret")
     token = tokens.issue("conv-1", "demo")
-    payload, signature = token.split(".")
+    payload, stamp, signature = token.split(".")
     other = ResumeTokens("s3cret").issue("conv-2", "demo").split(".")[0]
     for forged in (
-        f"{other}.{signature}",
+        f"{other}.{stamp}.{signature}",
+        f"{payload}.{signature}",
         token[:-2] + ("AA" if not token.endswith("AA") else "BB"),
         ResumeTokens("another secret").issue("conv-1", "demo"),
         "garbage",
@@ -445,3 +449,47 @@ def test_tampered_and_foreign_tokens_are_refused() -> None:
 def test_an_empty_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="secret"):
         ResumeTokens("")
+
+
+def issued_ago(seconds: float) -> Callable[[], float]:
+    """A clock standing ``seconds`` before now, to issue tokens in the past without waiting."""
+    return lambda: time.time() - seconds
+
+
+def test_a_fresh_token_resumes_until_its_max_age() -> None:
+    tokens = ResumeTokens("s3cret", max_age=3600)
+    almost = ResumeTokens("s3cret", max_age=3600, clock=issued_ago(3500))
+    grant = tokens.verify(almost.issue("conv-1", "demo"))
+    assert (grant.conversation_id, grant.bot_id) == ("conv-1", "demo")
+
+
+def test_an_expired_token_is_refused_as_expired() -> None:
+    tokens = ResumeTokens("s3cret", max_age=3600)
+    old = ResumeTokens("s3cret", clock=issued_ago(3700)).issue("conv-1", "demo")
+    with pytest.raises(ExpiredToken, match="expired"):
+        tokens.verify(old)
+    # The default is thirty days: the same token still opens the conversation there.
+    assert ResumeTokens("s3cret").verify(old).conversation_id == "conv-1"
+    month = ResumeTokens("s3cret", clock=issued_ago(31 * 24 * 3600)).issue("conv-1", "demo")
+    with pytest.raises(ExpiredToken):
+        ResumeTokens("s3cret").verify(month)
+
+
+def test_a_tampered_old_token_is_invalid_not_expired() -> None:
+    """Only a genuine signature is told it expired: a forgery learns nothing about age."""
+    tokens = ResumeTokens("s3cret", max_age=3600)
+    old = ResumeTokens("s3cret", clock=issued_ago(3700)).issue("conv-1", "demo")
+    tampered = old[:-2] + ("AA" if not old.endswith("AA") else "BB")
+    with pytest.raises(InvalidToken) as refused:
+        tokens.verify(tampered)
+    assert not isinstance(refused.value, ExpiredToken)
+    foreign = ResumeTokens("other", clock=issued_ago(3700)).issue("conv-1", "demo")
+    with pytest.raises(InvalidToken) as refused:
+        tokens.verify(foreign)
+    assert not isinstance(refused.value, ExpiredToken)
+
+
+@pytest.mark.parametrize("max_age", [0, -1, math.inf, math.nan])
+def test_a_max_age_must_be_positive_and_finite(max_age: float) -> None:
+    with pytest.raises(ValueError, match="max age"):
+        ResumeTokens("s3cret", max_age=max_age)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
@@ -229,6 +230,31 @@ async def test_hello_failures_close_with_their_code(
 async def test_no_hello_in_time_closes_with_4400(listener: str) -> None:
     async with running_ws_server(limits=Limits(hello_timeout=0.2), listener=listener) as harness:
         assert await close_code_after(harness.url) == 4400
+
+
+async def test_an_expired_resume_token_is_refused_and_a_fresh_one_resumes(
+    harness: WsHarness,
+) -> None:
+    async with harness.user() as user:
+        await user.say_text("before the month is out")
+        conv = user.conversation_id
+    month = 30 * 24 * 3600
+    signed_by = partial(ResumeTokens, "test-secret")  # the harness server's secret
+    old = signed_by(clock=lambda: time.time() - month - 60).issue(conv, "demo")
+    recent = signed_by(clock=lambda: time.time() - month + 60).issue(conv, "demo")
+    with pytest.raises(Closed) as refused:
+        async with harness.user(resume_token=old):
+            pass
+    assert (refused.value.code, refused.value.reason) == (4401, "the resume token has expired")
+    tampered = recent[:-2] + ("AA" if not recent.endswith("AA") else "BB")
+    with pytest.raises(Closed) as refused:
+        async with harness.user(resume_token=tampered):
+            pass
+    assert (refused.value.code, refused.value.reason) == (4401, "the resume token is not valid")
+    async with harness.user(resume_token=recent) as back:
+        assert back.welcome["conversation_id"] == conv
+        assert back.resume_token != recent  # a fresh token, whose clock starts now
+        assert (await back.next_frame())["content"]["text"] == "before the month is out"
 
 
 async def test_the_client_reports_a_refused_hello(harness: WsHarness) -> None:

@@ -50,7 +50,7 @@ from actors.ports import Delivery
 from . import protocol as wire
 from .protocol import BadFrame, FrameId
 from .services import Services
-from .tokens import InvalidToken, ResumeTokens
+from .tokens import ExpiredToken, InvalidToken, ResumeTokens
 
 log = logging.getLogger("switchover.ws")
 
@@ -203,6 +203,9 @@ class Peer:
         else:
             try:
                 grant = self.tokens.verify(hello.resume_token)
+            except ExpiredToken:
+                self._close(UNAUTHORIZED, "the resume token has expired")
+                return False
             except InvalidToken:
                 self._close(UNAUTHORIZED, "the resume token is not valid")
                 return False

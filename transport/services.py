@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import attrs
@@ -11,18 +12,28 @@ from actors import Desk, Switchboard
 from .bot_connections import BotConnections
 
 
+def _positive_seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    """A duration has to be a positive, finite number of seconds (infinity would not mean
+    "forever" to the code that counts with it)."""
+    if not (isinstance(value, int | float) and 0 < value < math.inf):
+        raise ValueError(f"{attribute.name} must be a positive, finite number of seconds")
+
+
 @attrs.frozen
 class Limits:
     """Per-connection protection. ``max_frame_bytes``: larger frames are refused.
     ``rate``/``burst``: a token bucket of frames per second per connection.
     ``max_buffered``: deliveries queued for a slow client before it is disconnected (it can
-    resume by sequence number)."""
+    resume by sequence number). ``hello_timeout``: seconds a new connection has to say hello.
+    ``resume_token_max_age``: seconds after which a user's resume token is refused (each
+    resume hands out a fresh one), so a leaked token does not open a conversation forever."""
 
     max_frame_bytes: int = 64 * 1024
     rate: float = 20.0
     burst: int = 40
     max_buffered: int = 1000
     hello_timeout: float = 10.0
+    resume_token_max_age: float = attrs.field(default=30 * 24 * 3600.0, validator=_positive_seconds)
 
 
 @attrs.define

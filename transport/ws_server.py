@@ -92,7 +92,7 @@ class Hub:
         if listener not in LISTENERS:
             raise ValueError(f"unknown WebSocket listener {listener!r}; known: {LISTENERS}")
         self.services = services
-        self.tokens = ResumeTokens(services.secret)
+        self.tokens = ResumeTokens(services.secret, max_age=services.limits.resume_token_max_age)
         self.connections: set[Connection] = set()
         self.stopping = False
         self.close_grace = close_grace
