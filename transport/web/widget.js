@@ -484,7 +484,8 @@
       if (this.closed) return;
       const refused = event.code === 4401 || event.code === 4404;
       if (refused && this.saved.resume_token) {
-        // The saved conversation cannot be resumed (another server, or it was removed).
+        // The saved conversation cannot be resumed: its token expired, it belongs to another
+        // server, or the conversation was removed.
         this.forget();
         this.problem("Your previous conversation could not be resumed, so a new one was started.");
         this.reconnectSoon(0);
