@@ -18,7 +18,10 @@ Measured costs shape the loop (see bench/README.md):
   remainder. The same wake-ups drive hibernation in bot mode.
 
 Bot deliveries run in a short-lived helper task, so a slow bot never holds up the
-conversation: the user can still reach a human while the bot thinks.
+conversation: the user can still reach a human while the bot thinks. What the bot is owed is
+in the store until the bot has answered (see :class:`~actors.ports.Store`): a conversation
+rebuilt after a crash is handed the events its bot never answered (``owed_to_bot``) and
+delivers them again before anything new.
 """
 
 from __future__ import annotations
@@ -88,6 +91,10 @@ _ALARM = Envelope(TimerFired())
 
 _INTERNAL_ERROR = fx.Refused("internal_error", "The message could not be handled.")
 
+_NOT_STORED = frozenset({"store_unavailable", "internal_error"})
+"""Refusals that mean the event was not stored (rather than turned down): a bot's answer
+refused so is lost, so the event it answered stays owed and is delivered again on restart."""
+
 
 def _refuse(envelopes: list[Envelope], refusal: fx.Refused) -> None:
     for envelope in envelopes:
@@ -107,6 +114,7 @@ class ConversationActor:
         "inbox",
         "last_touch",
         "lifecycle",
+        "owed_to_bot",
         "retired",
         "state",
         "subscribers",
@@ -122,7 +130,10 @@ class ConversationActor:
         self.lifecycle: Lifecycle | None = None
         self.subscribers: list[Sink] = []
         # Created on first use: most conversations never need it, and a deque is 600 bytes.
-        self._bot_queue: deque[BotEvent] | None = None
+        self._bot_queue: deque[tuple[int, BotEvent]] | None = None
+        #: Entries stored but never answered by the bot before a restart: delivered again
+        #: as soon as the state is known (set by the switchboard before the actor runs).
+        self.owed_to_bot: list[Entry] | None = None
         self._bot_busy = False
         self.last_touch = 0.0
         self._armed = math.inf
@@ -143,7 +154,19 @@ class ConversationActor:
                 self.retired = True
                 board.forget(self)
                 return
+        if self.state.bot_id not in board.bots:
+            # A bot removed from the configuration: its conversations are kept, not served.
+            self.refuse_waiting(
+                "unknown_conversation", f"This conversation's bot {self.state.bot_id!r} is gone."
+            )
+            self.retired = True
+            board.forget(self)
+            return
         self.lifecycle = board.lifecycle_for(self.state.bot_id)
+        if self.owed_to_bot:
+            for entry in self.owed_to_bot:
+                self._feed_bot(entry)
+        self.owed_to_bot = None
         inbox = self.inbox
         self.last_touch = trio.current_time()
         self._armed = math.inf
@@ -417,13 +440,16 @@ class ConversationActor:
         if self._bot_queue is None:
             self._bot_queue = deque()
         self._bot_queue.append(
-            BotEvent(
-                f"{self.conversation_id}:{entry.seq}",
-                self.conversation_id,
-                state.bot_id,
-                state.user_id,
-                entry.content,
-                metadata,
+            (
+                entry.seq,
+                BotEvent(
+                    f"{self.conversation_id}:{entry.seq}",
+                    self.conversation_id,
+                    state.bot_id,
+                    state.user_id,
+                    entry.content,
+                    metadata,
+                ),
             )
         )
         if not self._bot_busy:
@@ -432,13 +458,17 @@ class ConversationActor:
 
     async def _talk_to_bot(self) -> None:
         """Deliver queued bot events one at a time, in order, and post the replies back into
-        the conversation's own inbox. Exits when the queue is empty."""
+        the conversation's own inbox. Exits when the queue is empty.
+
+        The bot is owed an event until its answer is stored (or it failed for good): a
+        crash in between hands the event over again after the restart, never loses it."""
         assert self.state is not None and self._bot_queue is not None
         bot = self.board.bot_for(self.state.bot_id)
+        store = self.board.store
         queue = self._bot_queue
         try:
             while queue:
-                event = queue.popleft()
+                seq, event = queue.popleft()
                 try:
                     replies = await bot.on_event(event)
                 except Exception as exc:
@@ -450,13 +480,27 @@ class ConversationActor:
                         exc,
                     )
                     self.inbox.put(Envelope(BotUnavailable(repr(exc))))
+                    # The user is told the bot is unavailable: asking again after a restart
+                    # would answer a question long moved on from.
+                    store.bot_done(self.conversation_id, seq)
                     continue
                 if replies:
-                    self.inbox.put(
-                        Envelope(BotSays(tuple(replies)), self._report_refused_bot_reply)
-                    )
+                    self.inbox.put(Envelope(BotSays(tuple(replies)), self._bot_answered(seq)))
+                else:
+                    store.bot_done(self.conversation_id, seq)
         finally:
             self._bot_busy = False
+
+    def _bot_answered(self, seq: int) -> Reply:
+        """The reply callback of the bot's answer to entry ``seq``: once the answer is
+        stored (or refused), the bot is no longer owed that entry."""
+
+        def answered(outcome: fx.Outcome) -> None:
+            self._report_refused_bot_reply(outcome)
+            if not (isinstance(outcome, fx.Refused) and outcome.code in _NOT_STORED):
+                self.board.store.bot_done(self.conversation_id, seq)
+
+        return answered
 
     def _report_refused_bot_reply(self, outcome: fx.Outcome) -> None:
         if isinstance(outcome, fx.Refused):

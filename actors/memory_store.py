@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .lifecycle import ConversationState
-from .records import Entry
+from .records import Entry, Party
 
 
 class MemoryStore:
-    """Implements :class:`actors.ports.Store`; nothing survives the process."""
+    """Implements :class:`actors.ports.Store`; nothing survives the process (a new switchboard
+    given the same object starts from it, as a restarted server starts from its file)."""
 
     def __init__(self) -> None:
         self._states: dict[str, ConversationState] = {}
         self._entries: dict[str, list[Entry]] = {}
+        self._owed_to_bot: dict[tuple[str, int], Entry] = {}
 
     async def load(self, conversation_id: str) -> ConversationState | None:
         return self._states.get(conversation_id)
@@ -22,6 +24,9 @@ class MemoryStore:
         self._states[state.conversation_id] = state
         if entries:
             self._entries.setdefault(state.conversation_id, []).extend(entries)
+            for entry in entries:
+                if Party.BOT in entry.audience:
+                    self._owed_to_bot[(entry.conversation_id, entry.seq)] = entry
 
     async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]:
         entries = self._entries.get(conversation_id, [])
@@ -30,3 +35,9 @@ class MemoryStore:
 
     async def open_sessions(self) -> list[ConversationState]:
         return [state for state in self._states.values() if state.session is not None]
+
+    def bot_done(self, conversation_id: str, seq: int) -> None:
+        self._owed_to_bot.pop((conversation_id, seq), None)
+
+    async def bot_backlog(self) -> list[Entry]:
+        return [self._owed_to_bot[key] for key in sorted(self._owed_to_bot)]

@@ -191,6 +191,13 @@ class Store(Protocol):
     ``record`` returns only once the state and entries are durable: the core acknowledges a
     message to its sender after that and never before. It raises :class:`StoreUnavailable`
     when it cannot.
+
+    The bot's side is durable too. Every entry with the bot in its audience that ``record``
+    stores is *owed* to the bot until :meth:`bot_done` is called for it, which the core does
+    once the bot has answered the event (and the answer is stored) or has failed for good.
+    :meth:`bot_backlog` lists what is still owed, so a conversation whose process died
+    between storing an event and hearing the bot's answer hands the event over again on
+    restart (at least once; the event id is stable, so a bot can drop a repeat).
     """
 
     async def load(self, conversation_id: str) -> ConversationState | None: ...
@@ -200,3 +207,12 @@ class Store(Protocol):
     async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]: ...
 
     async def open_sessions(self) -> list[ConversationState]: ...
+
+    def bot_done(self, conversation_id: str, seq: int) -> None:
+        """The bot is no longer owed entry ``seq``. Never blocks and never raises: it is
+        made durable with a later write, and if that write is lost the bot hears the event
+        once more."""
+
+    async def bot_backlog(self) -> list[Entry]:
+        """Every entry still owed to a bot, by conversation and then in order."""
+        ...

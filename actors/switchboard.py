@@ -33,7 +33,7 @@ from .events import Event
 from .lifecycle import ConversationState, Lifecycle
 from .memory_store import MemoryStore
 from .ports import AgentRequest, Bot, LivechatBackend, Sink, Store
-from .records import Party
+from .records import Entry, Party
 from .settings import BotSettings
 from .supervision import Escalated, RestartPolicy, supervise
 
@@ -130,8 +130,14 @@ class Switchboard:
     async def _restore(self) -> None:
         """Bring back every conversation with an open session: waiting ones re-join their
         queue in their original order, live ones go back to their agent. Deadlines that
-        passed while we were down fire as soon as their actor starts."""
+        passed while we were down fire as soon as their actor starts. Every conversation
+        whose bot is still owed events (stored, never answered) hands them over again before
+        anything new."""
         states = await self.store.open_sessions()
+        owed: dict[str, list[Entry]] = {}
+        for entry in await self.store.bot_backlog():
+            owed.setdefault(entry.conversation_id, []).append(entry)
+        # No checkpoint from here on: no actor runs before it knows what its bot is owed.
         states.sort(key=lambda s: s.session.started_at if s.session else 0.0)
         for state in states:
             session = state.session
@@ -141,6 +147,10 @@ class Switchboard:
             queued_at = session.queued_at if session.queued_at is not None else session.started_at
             request = self.agent_request(state, queued_at)
             self.backend_for(state).request_agent(attrs.evolve(request, held_by=session.agent_id))
+        for conversation_id, entries in owed.items():
+            self._actor(conversation_id).owed_to_bot = entries
+        if owed:
+            log.info("handing %d conversations' unanswered events to their bots again", len(owed))
 
     # -- lookups used by actors -------------------------------------------------------------
 

@@ -80,6 +80,24 @@ class EchoBot:
         return [Content.text(f"echo: {text}")] if text is not None else []
 
 
+class StallingBot(EchoBot):
+    """An echo bot that never answers the text or payload ``hang`` (as a process killed
+    mid-call never would) and fails on ``fail`` (as a bot down after every retry)."""
+
+    def __init__(self, hang: str = "hang") -> None:
+        super().__init__()
+        self.hang = hang
+
+    async def on_event(self, event: BotEvent) -> Sequence[Content]:
+        replies = await super().on_event(event)
+        body = event.content.content
+        if self.hang in (body.get("text"), body.get("payload")):
+            await trio.sleep_forever()
+        if event.content.text_value == "fail":
+            raise RuntimeError("the bot is down")
+        return replies
+
+
 @pytest.fixture(autouse=True)
 def own_working_directory(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

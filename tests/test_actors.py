@@ -29,6 +29,7 @@ from actors import (
     DeskStatus,
     Entry,
     MemoryStore,
+    Party,
     Presence,
     Refused,
     RestartPolicy,
@@ -40,7 +41,7 @@ from actors import (
     open_switchboard,
 )
 
-from .conftest import EchoBot, RecordingSink, notice
+from .conftest import EchoBot, RecordingSink, StallingBot, notice
 
 HOUR = 3600.0
 
@@ -463,3 +464,39 @@ async def test_a_pickup_in_a_group_shows_the_transcript_up_to_it_and_the_rest_li
         live = [e.content.text_value for e in alice.entries()]
         for text in ("before", "after"):
             assert (in_transcript + live).count(text) == 1, (text, in_transcript, live)
+
+
+async def test_an_event_the_bot_never_answered_is_handed_over_again_after_a_restart() -> None:
+    """A second switchboard on the same store is a restarted server: the event whose answer
+    never came is delivered again, with the same id; answered and failed ones are not."""
+    store = MemoryStore()
+    stalling = StallingBot()
+    bots = {"demo": BotBinding(stalling, BotSettings())}
+    async with open_switchboard(bots, None, store) as board:
+        hung, answered, failed = [
+            (await board.open_conversation("demo")).conversation_id for _ in range(3)
+        ]
+        for conv, text in ((hung, "hang"), (answered, "hi"), (failed, "fail")):
+            user = RecordingSink()
+            board.subscribe(conv, user)
+            assert isinstance(await board.ask(conv, UserSays(Content.text(text))), Accepted)
+            if conv != hung:
+                # The bot's answer (or the notice that it is unavailable) is stored.
+                await user.wait_for(lambda i: isinstance(i, Entry) and i.sender is not Party.USER)
+        await stalling.wait_for_events(3)
+        owed = [f"{e.conversation_id}:{e.seq}" for e in await store.bot_backlog()]
+        assert owed == [stalling.events[0].event_id]
+
+    bot = EchoBot()
+    async with open_switchboard({"demo": BotBinding(bot, BotSettings())}, None, store) as board:
+        (again,) = await bot.wait_for_events(1)
+        assert again.event_id == stalling.events[0].event_id
+        assert again.conversation_id == hung and again.content.text_value == "hang"
+        user = RecordingSink()
+        board.subscribe(hung, user, after_seq=0)
+        await user.wait_for(lambda i: isinstance(i, Entry) and i.content.text_value == "echo: hang")
+        assert await store.bot_backlog() == []
+        # Nothing else was owed: the next event the bot sees is a new one.
+        await board.ask(answered, UserSays(Content.text("next")))
+        events = await bot.wait_for_events(2)
+        assert [e.content.text_value for e in events] == ["hang", "next"]

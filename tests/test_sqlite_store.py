@@ -42,7 +42,7 @@ from actors import (
     open_switchboard,
 )
 from actors.lifecycle import Session
-from transport.sqlite_schema import SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
+from transport.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
 from transport.sqlite_store import (
     ENTRIES_AFTER,
     LOAD_CONVERSATION,
@@ -55,7 +55,7 @@ from transport.sqlite_store import (
     open_sqlite_store,
 )
 
-from .conftest import EchoBot, RecordingSink, notice
+from .conftest import EchoBot, RecordingSink, StallingBot, notice
 
 SETTINGS = BotSettings(session_timeout=600, grace_period=30)
 
@@ -288,8 +288,11 @@ async def _restart_fixture(path: Path, bot: EchoBot) -> tuple[str, str, str, str
         await agent.wait_for(lambda i: getattr(i, "presence", None) == "away")
         await board.ask(first, UserSays(Content.payload(SESSION_START)))
         await board.ask(second, UserSays(Content.payload(SESSION_START)))
+        user = RecordingSink()
+        board.subscribe(plain, user)
         await board.ask(plain, UserSays(Content.text("just the bot")))
-        await bot.wait_for_events(1)
+        # The bot's answer is stored: the bot owes nothing to hand over again on restart.
+        await user.wait_for(lambda i: isinstance(i, Entry) and i.sender is Party.BOT)
     return live, first, second, plain
 
 
@@ -351,6 +354,46 @@ async def test_a_deadline_that_passed_while_down_expires_at_start(tmp_path: Path
     with sqlite3.connect(path) as db:
         reasons = sorted(r for (r,) in db.execute("SELECT end_reason FROM sessions"))
     assert reasons == ["idle_timeout"] * 3
+
+
+async def test_the_expiry_a_bot_never_answered_is_handed_over_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The session expires and the bot is told, but the server dies before the bot answers:
+    the LIVECHAT_SESSION_EXPIRED event waits in the file and reaches the bot on restart."""
+    path = tmp_path / "s.db"
+    stalling = StallingBot(hang=SESSION_EXPIRED)
+    brief = BotSettings(session_timeout=0.2)
+
+    def owed() -> list[tuple[str, int]]:
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT conversation_id, seq FROM bot_outbox").fetchall()
+
+    async with (
+        open_sqlite_store(path, settings={"demo": brief}) as store,
+        open_switchboard({"demo": BotBinding(stalling, brief)}, None, store) as board,
+    ):
+        conv = (await board.open_conversation("demo")).conversation_id
+        await board.ask(conv, UserSays(Content.payload(SESSION_START)))
+        (expired,) = await stalling.wait_for_events(1)
+        assert expired.content.is_payload(SESSION_EXPIRED)
+    assert owed() == [(conv, int(expired.event_id.rsplit(":", 1)[1]))]
+
+    bot = EchoBot()
+    async with (
+        open_sqlite_store(path, settings={"demo": brief}) as store,
+        open_switchboard({"demo": BotBinding(bot, brief)}, None, store) as board,
+    ):
+        (again,) = await bot.wait_for_events(1)
+        assert again.event_id == expired.event_id
+        assert again.metadata["reason"] == "idle_timeout"
+        # Done with, once answered: an answer with nothing to say as soon as the bot
+        # returns, one with messages once they are stored.
+        user = RecordingSink()
+        board.subscribe(conv, user)
+        await board.ask(conv, UserSays(Content.text("back to the bot")))
+        await user.wait_for(lambda i: isinstance(i, Entry) and i.sender is Party.BOT)
+    assert owed() == []
 
 
 async def test_a_quiet_conversation_hibernates_and_comes_back_with_its_numbering(
@@ -529,6 +572,27 @@ async def test_a_version_2_file_is_upgraded_to_a_rowid_messages_table(tmp_path: 
                 f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ('quiet', 6, 0, 'user',"
                 " 'text', '{}', 'user', NULL, NULL, NULL)"
             )
+
+
+async def test_a_version_3_file_gains_an_empty_bot_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    _build_v2(path)
+    with sqlite3.connect(path, isolation_level=None) as db:
+        MIGRATIONS[2](db)
+        db.execute("UPDATE schema_version SET version = 3")
+    async with open_sqlite_store(path) as store:
+        assert store.migrated_from == 3
+        # What a version-3 server had in flight to its bots was never written down.
+        assert await store.bot_backlog() == []
+        quiet = await store.load("quiet")
+        assert quiet is not None
+        await store.record(attrs.evolve(quiet, next_seq=7), [_entry("quiet", 6, "owed")])
+        assert [(e.seq, e.content.text_value) for e in await store.bot_backlog()] == [(6, "owed")]
+        store.bot_done("quiet", 6)
+        await store.record(attrs.evolve(quiet, next_seq=7), [])  # a commit after the note
+        assert await store.bot_backlog() == []
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
 
 
 async def test_a_failed_upgrade_leaves_the_version_2_file_as_it_was(tmp_path: Path) -> None:

@@ -18,6 +18,9 @@ Version history:
    table's B-tree, whole rows being moved as leaves split. Now rows are appended at the end
    of the table and only the small index entries are scattered, which makes an insert
    several times cheaper; every read still finds a conversation's messages through the index.
+4. ``bot_outbox``: the entries stored for a bot and not yet answered by it, so a restart hands
+   them over again instead of losing them. It holds only what is owed (a row is deleted once
+   the bot has answered), so it stays a few pages however long the server runs.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class SchemaTooNew(Exception):
@@ -146,10 +149,19 @@ CREATE UNIQUE INDEX messages_by_conversation ON messages (conversation_id, seq);
 """
 
 
+_BOT_OUTBOX_V4 = """
+CREATE TABLE bot_outbox (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
+"""
+
+
 def _create_latest(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-    _run_script(db, _MESSAGES_V3 + _V2_TABLES)
+    _run_script(db, _MESSAGES_V3 + _V2_TABLES + _BOT_OUTBOX_V4)
 
 
 def _v1_to_v2(db: sqlite3.Connection) -> None:
@@ -225,8 +237,18 @@ DROP TABLE messages_v2;
     )
 
 
+def _v3_to_v4(db: sqlite3.Connection) -> None:
+    """Add the bot's outbox, empty: what an older version had in flight to a bot when it
+    stopped was never recorded, so there is nothing to hand over again."""
+    _run_script(db, _BOT_OUTBOX_V4)
+
+
 # MIGRATIONS[n] upgrades a version-n database to version n + 1.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:

@@ -70,10 +70,12 @@ class _Rows:
     """One ``record`` call turned into rows (plain slots: built once per message)."""
 
     __slots__ = (
+        "bot_answered",
         "bot_mode",
         "conversation",
         "live_shape",
         "messages",
+        "owed_to_bot",
         "presence",
         "session_changes",
     )
@@ -86,11 +88,17 @@ class _Rows:
         presence: tuple[str, str, float] | None,
         bot_mode: tuple[str, int | None] | None = None,
         live_shape: tuple[Any, ...] | None = None,
+        owed_to_bot: list[tuple[str, int]] | None = None,
+        bot_answered: tuple[str, int] | None = None,
     ) -> None:
         self.conversation = conversation
         self.messages = messages
         self.session_changes = session_changes
         self.presence = presence
+        # (conversation id, seq) of the messages the bot must see: written to its outbox in
+        # the same transaction; and the one it has answered, taken out of it.
+        self.owed_to_bot = owed_to_bot
+        self.bot_answered = bot_answered
         # (conversation id, sessions opened) when the row written is in bot mode; (id, None)
         # when it has a session.
         self.bot_mode = bot_mode
@@ -162,6 +170,8 @@ _SESSION_STARTED = (
 _SESSION_ASSIGNED = "UPDATE sessions SET agent_id = ? WHERE session_id = ?"
 _SESSION_ENDED = "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE session_id = ?"
 _UPSERT_PRESENCE = "INSERT OR REPLACE INTO agents (agent_id, presence, at) VALUES (?, ?, ?)"
+_OWE_BOT = "INSERT OR IGNORE INTO bot_outbox (conversation_id, seq) VALUES (?, ?)"
+_BOT_ANSWERED = "DELETE FROM bot_outbox WHERE conversation_id = ? AND seq = ?"
 # A bot-mode message does not rewrite its conversation's row: the true next_seq is one past
 # the last message when that is higher than the row's.
 _LAST_SEQ = "(SELECT max(m.seq) FROM messages m WHERE m.conversation_id = conversations.id)"
@@ -187,6 +197,11 @@ LOAD_CONVERSATION = (
 OPEN_SESSIONS = (
     f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations"
     " WHERE session_id IS NOT NULL ORDER BY started_at"
+)
+BOT_BACKLOG = (
+    f"SELECT {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}"
+    " FROM bot_outbox o JOIN messages m ON m.conversation_id = o.conversation_id"
+    " AND m.seq = o.seq ORDER BY o.conversation_id, o.seq"
 )
 PRUNE_CANDIDATES = (
     "SELECT id FROM conversations c WHERE updated_at < ? AND session_id IS NULL"
@@ -358,10 +373,18 @@ class SQLiteStore:
         finally:
             self._running = False
             self._failure = "the store has stopped"
-            for pending in self._filling:
-                pending.error = StoreUnavailable("the store has stopped")
+            left, self._filling = self._filling, []
+            # Bots' answers noted since the last commit are written before closing, so a
+            # clean stop hands no answered event to a bot again. Messages still waiting are
+            # not: their senders were never told they were stored, and are gone.
+            answers = [p for p in left if p.rows is not None and p.rows.bot_answered is not None]
+            if answers:
+                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await trio.to_thread.run_sync(self._commit, answers)
+            for pending in left:
+                if pending not in answers:
+                    pending.error = StoreUnavailable("the store has stopped")
                 pending.release()
-            self._filling = []
             self._close()
 
     async def _write_forever(self) -> None:
@@ -404,6 +427,23 @@ class SQLiteStore:
         """Keep an agent's last presence (``online``, ``away``...), as of ``at``."""
         presence_row = (agent_id, presence, at or time.time())
         await self._submit(_Pending(_Rows(None, [], [], presence_row)))
+
+    def bot_done(self, conversation_id: str, seq: int) -> None:
+        """Take entry ``seq`` out of the bot's outbox with the next commit, without waiting
+        for it: should that commit be lost, the bot is handed the event once more."""
+        if not self._running:
+            return
+        if not self._filling:
+            self._wake.set()
+        self._filling.append(
+            _Pending(_Rows(None, [], [], None, bot_answered=(conversation_id, seq)))
+        )
+
+    async def bot_backlog(self) -> list[Entry]:
+        def read(db: sqlite3.Connection) -> list[Entry]:
+            return [entry_from_row(row) for row in db.execute(BOT_BACKLOG).fetchall()]
+
+        return await self._read(read)
 
     async def load(self, conversation_id: str) -> ConversationState | None:
         def read(db: sqlite3.Connection) -> ConversationState | None:
@@ -535,16 +575,28 @@ class SQLiteStore:
             raise sqlite3.OperationalError("the store is closed")
         conversations: dict[str, tuple[Any, ...]] = {}
         messages: list[tuple[Any, ...]] = []
+        owed: list[tuple[str, int]] = []
+        answered: list[tuple[str, int]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
             for rows in batch:
                 if rows.conversation is not None:
                     conversations[rows.conversation[0]] = rows.conversation
                 messages.extend(rows.messages)
+                if rows.owed_to_bot:
+                    owed.extend(rows.owed_to_bot)
+                if rows.bot_answered is not None:
+                    answered.append(rows.bot_answered)
             if messages:
                 _insert_rows(db, _INSERT_MESSAGE, messages)
             if conversations:
                 _insert_rows(db, _UPSERT_CONVERSATION, list(conversations.values()))
+            if owed:
+                _insert_rows(db, _OWE_BOT, owed)
+            if answered:
+                # After the inserts: an answer never comes in the batch that stored its
+                # event (the bot hears of it only after the commit), but order it anyway.
+                db.executemany(_BOT_ANSWERED, answered)
             for rows in batch:
                 for statement, parameters in rows.session_changes:
                     db.execute(statement, parameters)
@@ -557,6 +609,15 @@ class SQLiteStore:
             raise
 
     def _rows(self, state: ConversationState, entries: Sequence[Entry]) -> _Rows:
+        rows = self._rows_of_state(state, entries)
+        for entry in entries:
+            if Party.BOT in entry.audience:
+                if rows.owed_to_bot is None:
+                    rows.owed_to_bot = []
+                rows.owed_to_bot.append((entry.conversation_id, entry.seq))
+        return rows
+
+    def _rows_of_state(self, state: ConversationState, entries: Sequence[Entry]) -> _Rows:
         messages = []
         changes: list[tuple[str, tuple[Any, ...]]] = []
         for entry in entries:
@@ -841,6 +902,7 @@ def prune_connection(db: sqlite3.Connection, cutoff: float) -> list[str]:
         for chunk_start in range(0, len(old), 500):
             chunk = [(cid,) for cid in old[chunk_start : chunk_start + 500]]
             db.executemany("DELETE FROM messages WHERE conversation_id = ?", chunk)
+            db.executemany("DELETE FROM bot_outbox WHERE conversation_id = ?", chunk)
             db.executemany("DELETE FROM sessions WHERE conversation_id = ?", chunk)
             db.executemany("DELETE FROM conversations WHERE id = ?", chunk)
         db.execute("COMMIT")
