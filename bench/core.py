@@ -5,7 +5,9 @@ Three measurements, printed as a table and written to ``bench/results/core.json`
 1. Routed messages per second through live sessions: N conversations, each with a user task
    and an agent (agents serve many chats each), ping-ponging through the switchboard and the
    desk. In the same run, a naive chain of the same shape (user task -> conversation task ->
-   agent task over trio memory channels, one await per hop) for the ratio.
+   agent task over trio memory channels, one await per hop) for the ratio, and the same chain
+   with each conversation task owning its idle deadline the naive way (a cancel scope moved
+   on every message), the "naive actor".
 2. Memory per live conversation: tracemalloc over N conversations in live sessions, all of
    the core counted (actor, state, desk, transcript in the memory store), and the same without
    the transcript (a store that keeps only states).
@@ -319,29 +321,100 @@ async def naive_throughput(n: int, rounds: int, tuned_gc: bool = False) -> dict[
     return rates(2 * n * rounds, elapsed, cpu)
 
 
+async def naive_actor_throughput(
+    n: int, rounds: int, tuned_gc: bool = False, timeout: float = 3600.0
+) -> dict[str, float]:
+    """The naive chain, with each conversation task owning its idle deadline the textbook
+    way: a cancel scope whose deadline is moved on every message (what a conversation actor
+    written straight from trio's documentation does; trio-costs.md measures it). The same
+    shape as :func:`naive_throughput` plus the one duty every conversation has, the timer."""
+    finished = trio.Event()
+    remaining = [n]
+    to_agent = [trio.open_memory_channel[tuple[int, str]](0) for _ in range(AGENTS)]
+    to_conv = [trio.open_memory_channel[tuple[str, str]](0) for _ in range(n)]
+    to_user = [trio.open_memory_channel[str](0) for _ in range(n)]
+    expired = [0]
+
+    async def user(i: int) -> None:
+        send = to_conv[i][0]
+        receive = to_user[i][1]
+        for _ in range(rounds):
+            await send.send(("user", "hello"))
+            await receive.receive()
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            finished.set()
+
+    async def conversation(i: int) -> None:
+        receive = to_conv[i][1]
+        agent_send = to_agent[i % AGENTS][0]
+        user_send = to_user[i][0]
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as idle:
+            async for sender, text in receive:
+                idle.deadline = trio.current_time() + timeout
+                if sender == "user":
+                    await agent_send.send((i, text))
+                else:
+                    await user_send.send(text)
+        if idle.cancelled_caught:
+            expired[0] += 1
+
+    async def agent(k: int) -> None:
+        async for i, _text in to_agent[k][1]:
+            await to_conv[i][0].send(("agent", "hi there"))
+
+    async with trio.open_nursery() as nursery:
+        for k in range(AGENTS):
+            nursery.start_soon(agent, k)
+        for i in range(n):
+            nursery.start_soon(conversation, i)
+        await trio.sleep(0.1)
+        undo = collector_for_run(tuned_gc)
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        for i in range(n):
+            nursery.start_soon(user, i)
+        await finished.wait()
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+        undo()
+        nursery.cancel_scope.cancel()
+    assert expired[0] == 0, "no conversation may expire during the run"
+    return rates(2 * n * rounds, elapsed, cpu)
+
+
 def throughput(n: int, rounds: int, runs: int, tuned_gc: bool) -> dict[str, Any]:
     """Both sides ``runs`` times, interleaved so that load from elsewhere on a shared machine
     hits both alike; medians, and the ratio of each pair run back to back."""
     core: list[dict[str, float]] = []
     naive: list[dict[str, float]] = []
+    naive_actor: list[dict[str, float]] = []
     for _ in range(runs):
         core.append(trio.run(core_throughput, n, rounds, tuned_gc))
         naive.append(trio.run(naive_throughput, n, rounds, tuned_gc))
+        naive_actor.append(trio.run(naive_actor_throughput, n, rounds, tuned_gc))
     summary: dict[str, Any] = {"gc_tuned": tuned_gc}
     for key in ("per_second", "per_cpu_second"):
         core_rate = statistics.median(r[key] for r in core)
         naive_rate = statistics.median(r[key] for r in naive)
+        actor_rate = statistics.median(r[key] for r in naive_actor)
         summary[key] = {
             "core": core_rate,
             "naive": naive_rate,
             "ratio": core_rate / naive_rate,
             "pair_ratios": [c[key] / v[key] for c, v in zip(core, naive, strict=True)],
+            "naive_actor": actor_rate,
+            "ratio_to_naive_actor": core_rate / actor_rate,
+            "pair_ratios_to_naive_actor": [
+                c[key] / v[key] for c, v in zip(core, naive_actor, strict=True)
+            ],
         }
     # The headline figures, per wall second.
     summary["core_msgs_per_s"] = summary["per_second"]["core"]
     summary["naive_chain_msgs_per_s"] = summary["per_second"]["naive"]
+    summary["naive_actor_msgs_per_s"] = summary["per_second"]["naive_actor"]
     summary["ratio"] = summary["per_second"]["ratio"]
-    summary["runs"] = {"core": core, "naive": naive}
+    summary["runs"] = {"core": core, "naive": naive, "naive_actor": naive_actor}
     return summary
 
 
@@ -532,6 +605,22 @@ def print_table(results: dict[str, Any]) -> None:
             (
                 "  each pair back to back / per CPU second",
                 " ".join(f"{r:.2f}" for r in wall["pair_ratios"]) + f" / {cpu['ratio']:.2f}x",
+                "",
+            ),
+            (
+                f"naive actor (timer per message) msgs/s ({collector})",
+                f"{wall['naive_actor']:,.0f}",
+                "",
+            ),
+            (
+                f"ratio core / naive actor, medians ({collector})",
+                f"{wall['ratio_to_naive_actor']:.2f}x",
+                "",
+            ),
+            (
+                "  each pair back to back / per CPU second",
+                " ".join(f"{r:.2f}" for r in wall["pair_ratios_to_naive_actor"])
+                + f" / {cpu['ratio_to_naive_actor']:.2f}x",
                 "",
             ),
         ]

@@ -70,7 +70,6 @@ class _Rows:
     """One ``record`` call turned into rows (plain slots: built once per message)."""
 
     __slots__ = (
-        "bot_answered",
         "bot_mode",
         "conversation",
         "live_shape",
@@ -89,16 +88,14 @@ class _Rows:
         bot_mode: tuple[str, int | None] | None = None,
         live_shape: tuple[Any, ...] | None = None,
         owed_to_bot: list[tuple[str, int]] | None = None,
-        bot_answered: tuple[str, int] | None = None,
     ) -> None:
         self.conversation = conversation
         self.messages = messages
         self.session_changes = session_changes
         self.presence = presence
         # (conversation id, seq) of the messages the bot must see: written to its outbox in
-        # the same transaction; and the one it has answered, taken out of it.
+        # the same transaction.
         self.owed_to_bot = owed_to_bot
-        self.bot_answered = bot_answered
         # (conversation id, sessions opened) when the row written is in bot mode; (id, None)
         # when it has a session.
         self.bot_mode = bot_mode
@@ -171,7 +168,7 @@ _SESSION_ASSIGNED = "UPDATE sessions SET agent_id = ? WHERE session_id = ?"
 _SESSION_ENDED = "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE session_id = ?"
 _UPSERT_PRESENCE = "INSERT OR REPLACE INTO agents (agent_id, presence, at) VALUES (?, ?, ?)"
 _OWE_BOT = "INSERT OR IGNORE INTO bot_outbox (conversation_id, seq) VALUES (?, ?)"
-_BOT_ANSWERED = "DELETE FROM bot_outbox WHERE conversation_id = ? AND seq = ?"
+_BOT_ANSWERED = "DELETE FROM bot_outbox WHERE (conversation_id, seq) IN (VALUES {rows})"
 # A bot-mode message does not rewrite its conversation's row: the true next_seq is one past
 # the last message when that is higher than the row's.
 _LAST_SEQ = "(SELECT max(m.seq) FROM messages m WHERE m.conversation_id = conversations.id)"
@@ -253,7 +250,17 @@ _MULTI_ROW_SQL: dict[tuple[str, int], str] = {}
 
 
 def _insert_rows(db: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]]) -> None:
-    """Insert ``rows`` with multi-row ``INSERT ... VALUES (...), (...)`` statements.
+    """Insert ``rows`` with multi-row ``INSERT ... VALUES (...), (...)`` statements (see
+    :func:`_in_chunks`)."""
+    head, _, values = insert.partition(" VALUES ")
+    _in_chunks(db, f"{head} VALUES {{rows}}", rows, values)
+
+
+def _in_chunks(
+    db: sqlite3.Connection, statement: str, rows: Sequence[tuple[Any, ...]], group: str = ""
+) -> None:
+    """Run ``statement`` over ``rows``, many at a time: its ``{rows}`` becomes a list of
+    ``group`` (by default one ``?`` per value of a row, in parentheses), one per row.
 
     Why not ``executemany``: it steps once per row, and the sqlite3 module releases and
     takes back the GIL around every step. While trio's thread is busy, each take-back waits
@@ -261,13 +268,13 @@ def _insert_rows(db: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]
     (bench/README.md, Store). Here a commit takes the GIL back a handful of times. Chunk
     sizes are powers of two, so only a few statements are ever prepared (and cached).
     """
-    head, _, values = insert.partition(" VALUES ")
     start = 0
     while start < len(rows):
         size = min(_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
-        sql = _MULTI_ROW_SQL.get((insert, size))
+        sql = _MULTI_ROW_SQL.get((statement, size))
         if sql is None:
-            sql = _MULTI_ROW_SQL[(insert, size)] = f"{head} VALUES {', '.join([values] * size)}"
+            one = group or f"({', '.join('?' * len(rows[start]))})"
+            sql = _MULTI_ROW_SQL[(statement, size)] = statement.format(rows=", ".join([one] * size))
         chunk = rows[start : start + size]
         db.execute(sql, [value for row in chunk for value in row])
         start += size
@@ -340,6 +347,9 @@ class SQLiteStore:
         self._all_readers: list[sqlite3.Connection] = []
         self._reader_limit = trio.CapacityLimiter(readers)
         self._filling: list[_Pending] = []
+        # (conversation id, seq) of bot events answered since the last commit: taken out of
+        # the outbox by the next one, with no caller waiting for it.
+        self._answered: list[tuple[str, int]] = []
         self._metadata_cache: dict[str, tuple[Mapping[str, Any], str]] = {}
         self._bot_mode_rows: dict[str, int] = {}
         self._live_rows: dict[str, tuple[Any, ...]] = {}
@@ -373,18 +383,17 @@ class SQLiteStore:
         finally:
             self._running = False
             self._failure = "the store has stopped"
-            left, self._filling = self._filling, []
             # Bots' answers noted since the last commit are written before closing, so a
             # clean stop hands no answered event to a bot again. Messages still waiting are
             # not: their senders were never told they were stored, and are gone.
-            answers = [p for p in left if p.rows is not None and p.rows.bot_answered is not None]
-            if answers:
+            answered, self._answered = self._answered, []
+            if answered:
                 with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await trio.to_thread.run_sync(self._commit, answers)
-            for pending in left:
-                if pending not in answers:
-                    pending.error = StoreUnavailable("the store has stopped")
+                    await trio.to_thread.run_sync(self._commit, [], answered)
+            for pending in self._filling:
+                pending.error = StoreUnavailable("the store has stopped")
                 pending.release()
+            self._filling = []
             self._close()
 
     async def _write_forever(self) -> None:
@@ -395,12 +404,16 @@ class SQLiteStore:
             await trio.lowlevel.cancel_shielded_checkpoint()
             self._wake = trio.Event()
             calls, self._filling = self._filling, []
+            answered, self._answered = self._answered, []
             # A started commit finishes even on shutdown: its waiters must hear the truth.
             with trio.CancelScope(shield=True):
-                for start in range(0, len(calls), self.max_batch):
+                for start in range(0, max(len(calls), 1), self.max_batch):
                     chunk = calls[start : start + self.max_batch]
                     try:
-                        await trio.to_thread.run_sync(self._commit, chunk)
+                        # The answers ride with the first chunk (or alone, when no call is
+                        # waiting); lost with a failed commit, they are redelivered later.
+                        await trio.to_thread.run_sync(self._commit, chunk, answered)
+                        answered = []
                     except Exception as exc:
                         # A bug, not a disk problem: nobody in the batch may hear "stored".
                         log.exception("the store's writer failed")
@@ -433,11 +446,9 @@ class SQLiteStore:
         for it: should that commit be lost, the bot is handed the event once more."""
         if not self._running:
             return
-        if not self._filling:
+        if not self._filling and not self._answered:
             self._wake.set()
-        self._filling.append(
-            _Pending(_Rows(None, [], [], None, bot_answered=(conversation_id, seq)))
-        )
+        self._answered.append((conversation_id, seq))
 
     async def bot_backlog(self) -> list[Entry]:
         def read(db: sqlite3.Connection) -> list[Entry]:
@@ -501,20 +512,21 @@ class SQLiteStore:
     async def _submit(self, pending: _Pending) -> None:
         if not self._running:
             raise StoreUnavailable(self._failure or "the store is not running")
-        if not self._filling:
+        if not self._filling and not self._answered:
             self._wake.set()
         self._filling.append(pending)
         await pending.wait()
         if pending.error is not None:
             raise pending.error
 
-    def _commit(self, batch: list[_Pending]) -> None:
-        """Write one batch in one transaction (worker thread). Sets ``error`` on the calls
-        that were not stored; the others are durable when this returns."""
+    def _commit(self, batch: list[_Pending], answered: list[tuple[str, int]]) -> None:
+        """Write one batch in one transaction (worker thread), and take the ``answered`` bot
+        events out of the outbox. Sets ``error`` on the calls that were not stored; the
+        others are durable when this returns."""
         good = [(pending, pending.rows) for pending in batch if pending.rows is not None]
         jobs = [pending for pending in batch if pending.job is not None]
-        if good:
-            self._write_batch(good)
+        if good or answered:
+            self._write_batch(good, answered)
         for pending in jobs:
             assert pending.job is not None
             db = self._writer
@@ -525,18 +537,22 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 pending.error = StoreUnavailable(_describe(self.path, exc))
 
-    def _write_batch(self, good: list[tuple[_Pending, _Rows]]) -> None:
+    def _write_batch(
+        self, good: list[tuple[_Pending, _Rows]], answered: list[tuple[str, int]]
+    ) -> None:
         try:
-            self._write([rows for _, rows in good])
+            self._write([rows for _, rows in good], answered)
         except sqlite3.IntegrityError:
             # One call's rows clash with what is stored (a bug somewhere): store the others.
             for pending, rows in good:
                 try:
-                    self._write([rows])
+                    self._write([rows], [])
                 except sqlite3.Error as exc:
                     pending.error = StoreUnavailable(_describe(self.path, exc))
                 else:
                     self._remember([rows])
+            with contextlib.suppress(sqlite3.Error):
+                self._write([], answered)
         except sqlite3.Error as exc:
             message = _describe(self.path, exc)
             log.error("commit of %d calls failed: %s", len(good), message)
@@ -569,14 +585,13 @@ class SQLiteStore:
                 else:
                     live[cid] = rows.live_shape
 
-    def _write(self, batch: list[_Rows]) -> None:
+    def _write(self, batch: list[_Rows], answered: list[tuple[str, int]]) -> None:
         db = self._writer
         if db is None:
             raise sqlite3.OperationalError("the store is closed")
         conversations: dict[str, tuple[Any, ...]] = {}
         messages: list[tuple[Any, ...]] = []
         owed: list[tuple[str, int]] = []
-        answered: list[tuple[str, int]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
             for rows in batch:
@@ -585,8 +600,6 @@ class SQLiteStore:
                 messages.extend(rows.messages)
                 if rows.owed_to_bot:
                     owed.extend(rows.owed_to_bot)
-                if rows.bot_answered is not None:
-                    answered.append(rows.bot_answered)
             if messages:
                 _insert_rows(db, _INSERT_MESSAGE, messages)
             if conversations:
@@ -596,7 +609,7 @@ class SQLiteStore:
             if answered:
                 # After the inserts: an answer never comes in the batch that stored its
                 # event (the bot hears of it only after the commit), but order it anyway.
-                db.executemany(_BOT_ANSWERED, answered)
+                _in_chunks(db, _BOT_ANSWERED, answered)
             for rows in batch:
                 for statement, parameters in rows.session_changes:
                     db.execute(statement, parameters)
