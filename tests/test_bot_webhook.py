@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
@@ -43,67 +41,7 @@ from transport.bots.webhook import (
 from transport.config import ConfigError
 
 from .conftest import RecordingSink, notice
-from .fakes.asgi_server import (
-    Receive,
-    Scope,
-    Send,
-    headers_of,
-    lifespan,
-    read_body,
-    respond,
-    respond_json,
-)
-
-SECRET = "a-webhook-secret-of-some-length"
-
-
-@attrs.define
-class BotServer:
-    """A webhook bot that checks every signature. ``mode`` says how it behaves: "ok"
-    echoes text, "slow" never answers in time, "5xx" fails, "garbage" answers nonsense."""
-
-    secret: str = SECRET
-    mode: str = "ok"
-    events: list[dict[str, Any]] = attrs.field(factory=list)
-    rejected: int = 0
-    _changed: trio.Event = attrs.field(factory=trio.Event)
-
-    @property
-    def calls(self) -> int:
-        return len(self.events) + self.rejected
-
-    async def wait_for_calls(self, count: int, timeout: float = 5.0) -> None:
-        with trio.fail_after(timeout):
-            while self.calls < count:
-                await self._changed.wait()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        body = await read_body(receive)
-        if not verify_signature(self.secret, headers_of(scope), body, tolerance=60):
-            self.rejected += 1
-            self._note()
-            await respond(send, 401)
-            return
-        event = json.loads(body)
-        self.events.append(event)
-        self._note()
-        if self.mode == "slow":
-            await trio.sleep(30)
-        elif self.mode == "5xx":
-            await respond(send, 503)
-        elif self.mode == "garbage":
-            await respond(send, 200, b"<html>oops</html>", "text/html")
-        else:
-            text = event["content"]["content"].get("text")
-            messages = [Content.text(f"echo: {text}").to_json()] if text else []
-            await respond_json(send, {"messages": messages})
-
-    def _note(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+from .fakes.webhook_bot import SECRET, BotServer
 
 
 def said(text: str) -> object:

@@ -5,7 +5,8 @@ sessions while messages stream; the process is killed with SIGKILL mid-traffic a
 again on the same data directory. Then: every acknowledged message is in the transcript (read
 with ``switchover transcript``) and is delivered to a user who resumes; the live session is
 the agent's again and the queued ones wait in their order; a session whose deadline fell while
-the server was down has expired and its bot answered the expiry; new traffic flows.
+the server was down has expired and its bot answered the expiry; new traffic flows. And an
+event a webhook bot had not answered when the server died reaches it again after the restart.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import trio
 from actors import SESSION_EXPIRED, SESSION_START
 from transport.bots.demo import APOLOGY
 from transport.client import Frame, connect_agent, connect_user
+
+from .fakes.asgi_server import serving as serving_http
+from .fakes.webhook_bot import SECRET, BotServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SWITCHOVER = [sys.executable, "-m", "transport.cli"]
@@ -68,9 +72,9 @@ class Server:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, run: int) -> AsyncIterator[Server]:
+async def serving(tmp_path: Path, run: int, text: str = CONFIG) -> AsyncIterator[Server]:
     config = tmp_path / "switchover.toml"
-    config.write_text(CONFIG)
+    config.write_text(text)
     log = (tmp_path / f"server-{run}.log").open("w")
     process = subprocess.Popen(  # noqa: ASYNC220 (its output is read in a thread below)
         [*SWITCHOVER, "serve", "--config", str(config), "--data-dir", str(tmp_path / "data")],
@@ -261,3 +265,38 @@ async def test_kill_nine_loses_nothing_acknowledged(tmp_path: Path) -> None:
         to_bot = [e for e in stored if e["content"].get("payload") == SESSION_EXPIRED]
         assert len(to_bot) == 1 and to_bot[0]["metadata"]["reason"] == "idle_timeout"
         assert to_bot[0]["at"] >= deadline > killed_at, "it expired while the server was down"
+
+
+async def test_kill_nine_hands_a_bot_the_event_it_had_not_answered(tmp_path: Path) -> None:
+    hook = BotServer(mode="slow")  # answers nothing while the first server lives
+    async with serving_http(hook) as bot_url:
+        config = f"""
+[listeners]
+host = "127.0.0.1"
+ws_port = 0
+http_port = 0
+
+[bots.hooked]
+adapter = "webhook"
+[bots.hooked.options]
+url = "{bot_url}/events"
+secret = "{SECRET}"
+timeout = 60.0
+attempts = 1
+"""
+        async with serving(tmp_path, 1, config) as server:
+            async with connect_user(server.ws_url, bot_id="hooked") as user:
+                token = user.resume_token
+                assert await user.say_text("are you there?") is not None  # stored
+                await hook.wait_for_calls(1)
+            server.process.send_signal(signal.SIGKILL)  # while the bot is still thinking
+            await trio.to_thread.run_sync(server.process.wait)
+
+        hook.mode = "ok"
+        async with serving(tmp_path, 2, config) as server:
+            await hook.wait_for_calls(2)
+            first, again = hook.events
+            assert again["event_id"] == first["event_id"], "the same event, so a bot can dedupe"
+            assert again["content"]["content"]["text"] == "are you there?"
+            async with connect_user(server.ws_url, resume_token=token, last_seq=0) as user:
+                await user.wait_for(text_entry("echo: are you there?"))
