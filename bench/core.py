@@ -270,10 +270,18 @@ async def core_throughput(n: int, rounds: int, tuned_gc: bool = False) -> dict[s
     return rates(2 * n * rounds, elapsed, cpu)
 
 
-async def naive_throughput(n: int, rounds: int, tuned_gc: bool = False) -> dict[str, float]:
-    """The same shape with nothing but trio memory channels, one await per hop."""
+async def naive_throughput(
+    n: int, rounds: int, tuned_gc: bool = False, idle_timeout: float | None = None
+) -> dict[str, float]:
+    """The same shape with nothing but trio memory channels, one await per hop.
+
+    With ``idle_timeout``, the "naive actor": each conversation task also owns its idle
+    deadline the textbook way, a cancel scope whose deadline moves on every message (what a
+    conversation actor written straight from trio's documentation does; trio-costs.md
+    measures it), since every conversation actor must own one."""
     finished = trio.Event()
     remaining = [n]
+    expired = [0]
     to_agent = [trio.open_memory_channel[tuple[int, str]](0) for _ in range(AGENTS)]
     to_conv = [trio.open_memory_channel[tuple[str, str]](0) for _ in range(n)]
     to_user = [trio.open_memory_channel[str](0) for _ in range(n)]
@@ -298,54 +306,7 @@ async def naive_throughput(n: int, rounds: int, tuned_gc: bool = False) -> dict[
             else:
                 await user_send.send(text)
 
-    async def agent(k: int) -> None:
-        async for i, _text in to_agent[k][1]:
-            await to_conv[i][0].send(("agent", "hi there"))
-
-    async with trio.open_nursery() as nursery:
-        for k in range(AGENTS):
-            nursery.start_soon(agent, k)
-        for i in range(n):
-            nursery.start_soon(conversation, i)
-        await trio.sleep(0.1)
-        undo = collector_for_run(tuned_gc)
-        started = time.perf_counter()
-        cpu_started = time.process_time()
-        for i in range(n):
-            nursery.start_soon(user, i)
-        await finished.wait()
-        elapsed = time.perf_counter() - started
-        cpu = time.process_time() - cpu_started
-        undo()
-        nursery.cancel_scope.cancel()
-    return rates(2 * n * rounds, elapsed, cpu)
-
-
-async def naive_actor_throughput(
-    n: int, rounds: int, tuned_gc: bool = False, timeout: float = 3600.0
-) -> dict[str, float]:
-    """The naive chain, with each conversation task owning its idle deadline the textbook
-    way: a cancel scope whose deadline is moved on every message (what a conversation actor
-    written straight from trio's documentation does; trio-costs.md measures it). The same
-    shape as :func:`naive_throughput` plus the one duty every conversation has, the timer."""
-    finished = trio.Event()
-    remaining = [n]
-    to_agent = [trio.open_memory_channel[tuple[int, str]](0) for _ in range(AGENTS)]
-    to_conv = [trio.open_memory_channel[tuple[str, str]](0) for _ in range(n)]
-    to_user = [trio.open_memory_channel[str](0) for _ in range(n)]
-    expired = [0]
-
-    async def user(i: int) -> None:
-        send = to_conv[i][0]
-        receive = to_user[i][1]
-        for _ in range(rounds):
-            await send.send(("user", "hello"))
-            await receive.receive()
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            finished.set()
-
-    async def conversation(i: int) -> None:
+    async def timed_conversation(i: int, timeout: float) -> None:
         receive = to_conv[i][1]
         agent_send = to_agent[i % AGENTS][0]
         user_send = to_user[i][0]
@@ -367,7 +328,10 @@ async def naive_actor_throughput(
         for k in range(AGENTS):
             nursery.start_soon(agent, k)
         for i in range(n):
-            nursery.start_soon(conversation, i)
+            if idle_timeout is None:
+                nursery.start_soon(conversation, i)
+            else:
+                nursery.start_soon(timed_conversation, i, idle_timeout)
         await trio.sleep(0.1)
         undo = collector_for_run(tuned_gc)
         started = time.perf_counter()
@@ -381,6 +345,54 @@ async def naive_actor_throughput(
         nursery.cancel_scope.cancel()
     assert expired[0] == 0, "no conversation may expire during the run"
     return rates(2 * n * rounds, elapsed, cpu)
+
+
+async def naive_actor_throughput(n: int, rounds: int, tuned_gc: bool = False) -> dict[str, float]:
+    return await naive_throughput(n, rounds, tuned_gc, idle_timeout=3600.0)
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts trio task steps (one resumption of one task) while ``counting``."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.counting = False
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.counting:
+            self.steps += 1
+
+
+def task_steps(n: int, rounds: int) -> dict[str, float]:
+    """Scheduler passes per routed message on each side, over the measured window only (an
+    instrument slows the run, so these runs are not timed)."""
+    global collector_for_run
+    counter = StepCounter()
+    untouched = collector_for_run
+
+    def counted(tuned: bool) -> Any:
+        counter.steps, counter.counting = 0, True
+        undo = untouched(tuned)
+
+        def stop() -> None:
+            counter.counting = False
+            undo()
+
+        return stop
+
+    collector_for_run = counted
+    try:
+        steps = {}
+        for name, side in (
+            ("core", core_throughput),
+            ("naive", naive_throughput),
+            ("naive_actor", naive_actor_throughput),
+        ):
+            result = trio.run(side, n, rounds, False, instruments=[counter])
+            steps[name] = counter.steps / result["messages"]
+    finally:
+        collector_for_run = untouched
+    return steps
 
 
 def throughput(n: int, rounds: int, runs: int, tuned_gc: bool) -> dict[str, Any]:
@@ -569,6 +581,7 @@ def main() -> None:
     if args.only in (None, "throughput"):
         results["throughput"] = throughput(n, args.rounds, args.runs, tuned_gc=False)
         results["throughput_gc_tuned"] = throughput(n, args.rounds, args.runs, tuned_gc=True)
+        results["task_steps_per_message"] = task_steps(n, args.rounds)
     if args.only in (None, "memory"):
         results["memory"] = {
             "bytes_per_live_conversation": trio.run(memory_per_conversation, n, True),
@@ -624,6 +637,15 @@ def print_table(results: dict[str, Any]) -> None:
                 "",
             ),
         ]
+    if "task_steps_per_message" in results:
+        steps = results["task_steps_per_message"]
+        rows.append(
+            (
+                "trio task steps per routed message: core / naive / naive actor",
+                f"{steps['core']:.2f} / {steps['naive']:.2f} / {steps['naive_actor']:.2f}",
+                "",
+            )
+        )
     if "memory" in results:
         m = results["memory"]
         rows += [
