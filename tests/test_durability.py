@@ -294,7 +294,7 @@ attempts = 1
 
         hook.mode = "ok"
         async with serving(tmp_path, 2, config) as server:
-            await hook.wait_for_calls(2)
+            await hook.wait_for_calls(2, timeout=20)  # the restore, then the call
             first, again = hook.events
             assert again["event_id"] == first["event_id"], "the same event, so a bot can dedupe"
             assert again["content"]["content"]["text"] == "are you there?"
