@@ -622,18 +622,12 @@ class SQLiteStore:
             raise
 
     def _rows(self, state: ConversationState, entries: Sequence[Entry]) -> _Rows:
-        rows = self._rows_of_state(state, entries)
-        for entry in entries:
-            if Party.BOT in entry.audience:
-                if rows.owed_to_bot is None:
-                    rows.owed_to_bot = []
-                rows.owed_to_bot.append((entry.conversation_id, entry.seq))
-        return rows
-
-    def _rows_of_state(self, state: ConversationState, entries: Sequence[Entry]) -> _Rows:
         messages = []
         changes: list[tuple[str, tuple[Any, ...]]] = []
+        owed: list[tuple[str, int]] = []
         for entry in entries:
+            if Party.BOT in entry.audience:
+                owed.append((entry.conversation_id, entry.seq))
             messages.append(
                 (
                     entry.conversation_id,
@@ -651,6 +645,18 @@ class SQLiteStore:
             change = _session_change(state, entry)
             if change is not None:
                 changes.append(change)
+        rows = self._with_conversation_row(state, messages, changes)
+        rows.owed_to_bot = owed or None
+        return rows
+
+    def _with_conversation_row(
+        self,
+        state: ConversationState,
+        messages: list[tuple[Any, ...]],
+        changes: list[tuple[str, tuple[Any, ...]]],
+    ) -> _Rows:
+        """The rows of one call, with the conversation's own row unless the messages already
+        say everything that moved."""
         cid = state.conversation_id
         if state.session is None:
             if messages and self._bot_mode_rows.get(cid) == state.sessions_opened:
