@@ -71,6 +71,7 @@ from actors.mailbox import Mailbox
 AGENTS = 100
 DEFAULT_EXPIRY_BATCH: int = inspect.signature(Switchboard).parameters["expiry_batch"].default
 PROFILER: Any = None  # a cProfile.Profile to look inside the throughput run
+STEPS: Any = None  # a StepCounter counting scheduler passes in the measured window
 RESULTS = Path(__file__).resolve().parent / "results" / "core.json"
 
 
@@ -195,8 +196,12 @@ def collector_for_run(tuned: bool) -> Any:
     thresholds = gc.get_threshold()
     if tuned:
         tune_collector()
+    if STEPS is not None:
+        STEPS.steps, STEPS.counting = 0, True
 
     def undo() -> None:
+        if STEPS is not None:
+            STEPS.counting = False
         gc.unfreeze()
         gc.set_threshold(*thresholds)
 
@@ -366,21 +371,8 @@ class StepCounter(trio.abc.Instrument):
 def task_steps(n: int, rounds: int) -> dict[str, float]:
     """Scheduler passes per routed message on each side, over the measured window only (an
     instrument slows the run, so these runs are not timed)."""
-    global collector_for_run
-    counter = StepCounter()
-    untouched = collector_for_run
-
-    def counted(tuned: bool) -> Any:
-        counter.steps, counter.counting = 0, True
-        undo = untouched(tuned)
-
-        def stop() -> None:
-            counter.counting = False
-            undo()
-
-        return stop
-
-    collector_for_run = counted
+    global STEPS
+    STEPS = StepCounter()
     try:
         steps = {}
         for name, side in (
@@ -388,10 +380,10 @@ def task_steps(n: int, rounds: int) -> dict[str, float]:
             ("naive", naive_throughput),
             ("naive_actor", naive_actor_throughput),
         ):
-            result = trio.run(side, n, rounds, False, instruments=[counter])
-            steps[name] = counter.steps / result["messages"]
+            result = trio.run(side, n, rounds, False, instruments=[STEPS])
+            steps[name] = STEPS.steps / result["messages"]
     finally:
-        collector_for_run = untouched
+        STEPS = None
     return steps
 
 
