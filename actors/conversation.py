@@ -101,6 +101,9 @@ Inbound = Envelope | Subscribe | Unsubscribe | Replay
 _ALARM = Envelope(TimerFired())
 """Posted by :meth:`ConversationActor.wake`: one of the actor's wake-ups came due."""
 
+SYSTEM_METADATA = frozenset({"reason", "session_id", "sender"})
+"""Bot event metadata keys only Switchover sets: a user's metadata of that name is dropped."""
+
 _INTERNAL_ERROR = fx.Refused("internal_error", "The message could not be handled.")
 
 _NOT_STORED = frozenset({"store_unavailable", "internal_error"})
@@ -448,7 +451,11 @@ class ConversationActor:
     def _feed_bot(self, entry: Entry) -> None:
         state = self.state
         assert state is not None
-        metadata = {**state.user_metadata, **entry.metadata}
+        # The user's metadata never stands in for what the system says (reason, session_id).
+        metadata = {
+            **{k: v for k, v in state.user_metadata.items() if k not in SYSTEM_METADATA},
+            **entry.metadata,
+        }
         if self._bot_queue is None:
             self._bot_queue = deque()
         self._bot_queue.append(
@@ -461,6 +468,7 @@ class ConversationActor:
                     state.user_id,
                     entry.content,
                     metadata,
+                    entry.sender,
                 ),
             )
         )

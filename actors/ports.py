@@ -23,7 +23,9 @@ from .records import Entry, Party
 @attrs.frozen
 class BotEvent:
     """One event a bot must see. ``event_id`` is stable across retries, so a bot can
-    de-duplicate a delivery it has already handled."""
+    de-duplicate a delivery it has already handled. ``sender`` says who it comes from: a
+    ``LIVECHAT_SESSION_END`` from :attr:`Party.SYSTEM` is a real session ending, the same
+    payload from :attr:`Party.USER` is only something the user typed or clicked."""
 
     event_id: str
     conversation_id: str
@@ -31,6 +33,7 @@ class BotEvent:
     user_id: str
     content: Content
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    sender: Party = Party.USER
 
 
 class Bot(Protocol):

@@ -99,7 +99,7 @@ async def test_a_full_session_through_the_engine(ending: str) -> None:
                 "request_id": f"{conv}:1",
                 "client": {"user_id": "uma", "channel_id": conv, "bot_id": "support"},
                 "payload": {"content_type": "text", "content": {"text": "hi"}},
-                "metadata": {"plan": "pro"},
+                "metadata": {"plan": "pro", "sender": "user"},
             },
         }
         assert engine.requests[0].headers["x-api-key"] == API_KEY
@@ -134,6 +134,7 @@ async def test_a_full_session_through_the_engine(ending: str) -> None:
         assert event["metadata"]["reason"] == reason
         assert event["metadata"]["plan"] == "pro"
         assert event["metadata"]["session_id"].startswith(conv)
+        assert event["metadata"]["sender"] == "system"
         # The flow went `goto end` after the session's end: nothing is left held.
         assert engine.open == {}
         # The hand-off closed nothing: the held step was still there for the end event.

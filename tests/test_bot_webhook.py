@@ -115,6 +115,7 @@ async def test_the_bot_gets_a_signed_event_and_its_answer_reaches_the_user() -> 
                 "conversation_id": conv,
                 "bot_id": "hooks",
                 "user_id": "uma",
+                "sender": "user",
                 "content": {"content_type": "text", "content": {"text": "hi"}},
                 "metadata": {"lang": "en"},
             }

@@ -562,6 +562,7 @@ def event_frame(event: BotEvent) -> str:
             "conversation_id": event.conversation_id,
             "bot_id": event.bot_id,
             "user_id": event.user_id,
+            "sender": event.sender.value,
             "content_type": event.content.content_type,
             "content": dict(event.content.content),
             "metadata": dict(event.metadata),

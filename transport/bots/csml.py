@@ -108,7 +108,8 @@ def run_request(engine: CsmlEngine, event: BotEvent) -> dict[str, Any]:
         "request_id": event.event_id,
         "client": client_for(engine, event.conversation_id, event.user_id),
         "payload": event_payload(event.content),
-        "metadata": dict(event.metadata),
+        # The engine's event has no field for it: who sent the event rides in the metadata.
+        "metadata": {**event.metadata, "sender": event.sender.value},
     }
     return body
 

@@ -106,6 +106,7 @@ def event_body(event: BotEvent) -> dict[str, Any]:
         "conversation_id": event.conversation_id,
         "bot_id": event.bot_id,
         "user_id": event.user_id,
+        "sender": event.sender.value,
         "content": event.content.to_json(),
         "metadata": dict(event.metadata),
     }
