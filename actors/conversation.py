@@ -3,47 +3,47 @@
 The actor owns its conversation's state and takes everything that happens to the
 conversation from its own inbox (:class:`~actors.mailbox.Mailbox`), in order. For the events
 waiting there it asks the lifecycle what must happen, makes the result durable in the store
-with one write, then carries out the effects: deliveries to the user's clients, to the agent
-through the livechat backend, and to the bot; and only then tells each sender its outcome.
+with one write, then has the :class:`~actors.effect_runner.EffectRunner` carry out the
+effects (deliveries to the user's clients, to the agent through the livechat backend, to the
+bot through the :class:`~actors.bot_feeder.BotFeeder`), and only then tells each sender its
+outcome. Once the store has a transition its sender is told ``Accepted``: nothing that fails
+after the commit changes that (see the effect runner's table).
 
 Measured costs shape the loop (see bench/README.md):
 
 * Taking from the inbox hands over everything waiting at once, so a busy conversation pays
   one scheduler pass and one store commit for a whole run of events, not one per event.
 * The deadline pattern: the session's deadline is derived from the state, so activity only
-  moves a timestamp. The actor holds no cancel scope: it asks the switchboard's
-  :class:`~actors.alarms.Alarms` to post it a wake-up, and only when its next deadline comes
-  *earlier* than the wake-up it already asked for (a session opening). A wake-up that comes
-  before the real deadline (activity moved it) is answered by asking again for the
-  remainder. The same wake-ups drive hibernation in bot mode.
+  moves a timestamp. The actor holds no cancel scope: it asks the
+  :class:`~actors.alarms.Alarms` to post it a wake-up, and only when its next wake-up comes
+  *earlier* than the one it already asked for (a session opening, a retry). A wake-up that
+  comes before the real deadline (activity moved it) is answered by asking again for the
+  remainder. The same wake-ups drive hibernation in bot mode and the retries of a refused
+  store write or a failed backend request, which back off exponentially.
 
-Bot deliveries run in a short-lived helper task, so a slow bot never holds up the
-conversation: the user can still reach a human while the bot thinks. What the bot is owed is
-in the store until the bot has answered (see :class:`~actors.ports.Store`): a conversation
-rebuilt after a crash is handed the events its bot never answered (``owed_to_bot``) and
-delivers them again before anything new.
+Client messages may carry an id (``message_id``): the last ids of each conversation are
+remembered with their outcome, so a resend is answered with the first ``ack`` and stored once.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from . import effects as fx
-from .events import BotSays, BotUnavailable, Event, TimerFired
+from .backoff import Backoff
+from .bot_feeder import BotFeeder
+from .context import ConversationContext
+from .effect_runner import EffectRunner
+from .events import Event, TimerFired
 from .lifecycle import ConversationState, Lifecycle, Transition
 from .mailbox import Mailbox
-from .ports import BotEvent, Sink, StoreUnavailable, Transcript, Typing
+from .ports import Sink, StoreUnavailable
 from .records import Entry, Party
-
-if TYPE_CHECKING:
-    from .switchboard import Switchboard
 
 log = logging.getLogger("switchover.conversation")
 
@@ -58,16 +58,22 @@ class Envelope:
     much. Nothing changes an envelope after it is made.
     """
 
-    __slots__ = ("event", "origin", "reply")
+    __slots__ = ("event", "message_id", "origin", "reply")
 
     def __init__(
-        self, event: Event, reply: Reply | None = None, origin: Sink | None = None
+        self,
+        event: Event,
+        reply: Reply | None = None,
+        origin: Sink | None = None,
+        message_id: str | None = None,
     ) -> None:
         self.event = event
         self.reply = reply
         #: The client that sent the event: it is not handed back the entry it wrote (its
         #: answer carries the seq), though its other connections are.
         self.origin = origin
+        #: The sender's id for this message, if it gave one: a resend is answered, not stored.
+        self.message_id = message_id
 
     def __repr__(self) -> str:
         return f"Envelope({self.event!r}, reply={self.reply!r}, origin={self.origin!r})"
@@ -101,20 +107,25 @@ Inbound = Envelope | Subscribe | Unsubscribe | Replay
 _ALARM = Envelope(TimerFired())
 """Posted by :meth:`ConversationActor.wake`: one of the actor's wake-ups came due."""
 
-SYSTEM_METADATA = frozenset({"reason", "session_id", "sender"})
-"""Bot event metadata keys only Switchover sets: a user's metadata of that name is dropped."""
+_REASSERT = Envelope(TimerFired())
+"""Posted by :meth:`ConversationActor.reassert`: tell the backend about the open session
+again (it restarted and lost its view)."""
 
 _INTERNAL_ERROR = fx.Refused("internal_error", "The message could not be handled.")
 
-_NOT_STORED = frozenset({"store_unavailable", "internal_error"})
-"""Refusals that mean the event was not stored (rather than turned down): a bot's answer
-refused so is lost, so the event it answered stays owed and is delivered again on restart."""
+
+def _answer(envelope: Envelope, outcome: fx.Outcome) -> None:
+    """Tell a sender its outcome; a sender's callback that raises harms nobody else."""
+    if envelope.reply is not None:
+        try:
+            envelope.reply(outcome)
+        except Exception:
+            log.exception("a sender's answer could not be given")
 
 
 def _refuse(envelopes: list[Envelope], refusal: fx.Refused) -> None:
     for envelope in envelopes:
-        if envelope.reply is not None:
-            envelope.reply(refusal)
+        _answer(envelope, refusal)
 
 
 class ConversationActor:
@@ -122,10 +133,12 @@ class ConversationActor:
 
     __slots__ = (
         "_armed",
-        "_bot_busy",
-        "_bot_queue",
-        "board",
+        "_feeder",
+        "_message_ids",
+        "_store_backoff",
+        "context",
         "conversation_id",
+        "effects",
         "inbox",
         "last_touch",
         "lifecycle",
@@ -136,52 +149,72 @@ class ConversationActor:
     )
 
     def __init__(
-        self, board: Switchboard, conversation_id: str, state: ConversationState | None
+        self,
+        context: ConversationContext,
+        conversation_id: str,
+        state: ConversationState | None,
+        *,
+        subscribers: list[Sink] | None = None,
+        feeder: BotFeeder | None = None,
     ) -> None:
-        self.board = board
+        self.context = context
         self.conversation_id = conversation_id
         self.inbox: Mailbox[Inbound] = Mailbox()
         self.state = state
         self.lifecycle: Lifecycle | None = None
-        self.subscribers: list[Sink] = []
-        # Created on first use: most conversations never need it, and a deque is 600 bytes.
-        self._bot_queue: deque[tuple[int, BotEvent]] | None = None
+        self.subscribers: list[Sink] = subscribers if subscribers is not None else []
+        self.effects = EffectRunner(context, conversation_id, self.subscribers, self._feed_bot)
+        # Created on first use: most conversations never need them.
+        self._feeder = feeder
+        if feeder is not None:
+            feeder.post = self._post
+        self._message_ids: dict[str, fx.Outcome] | None = None
+        self._store_backoff: Backoff | None = None
         #: Entries stored but never answered by the bot before a restart: delivered again
         #: as soon as the state is known (set by the switchboard before the actor runs).
         self.owed_to_bot: list[Entry] | None = None
-        self._bot_busy = False
         self.last_touch = 0.0
         self._armed = math.inf
         self.retired = False
+
+    @property
+    def feeder(self) -> BotFeeder | None:
+        return self._feeder
+
+    @property
+    def bot_queue_full(self) -> bool:
+        return self._feeder is not None and self._feeder.full
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def serve(self) -> None:
         """Run until the conversation hibernates or the switchboard stops. Supervised: an
         exception here restarts it from ``self.state``, the last committed state."""
-        board = self.board
+        context = self.context
         self.retired = False
         if self.state is None:
             with trio.CancelScope(shield=True):
-                self.state = await board.store.load(self.conversation_id)
+                self.state = await context.store.load(self.conversation_id)
             if self.state is None:
                 self.refuse_waiting("unknown_conversation", "No such conversation.")
-                self.retired = True
-                board.forget(self)
+                context.retire(self)
                 return
-        if self.state.bot_id not in board.bots:
+        lifecycle = context.lifecycle_for(self.state.bot_id)
+        if lifecycle is None:
             # A bot removed from the configuration: its conversations are kept, not served.
             self.refuse_waiting(
                 "unknown_conversation", f"This conversation's bot {self.state.bot_id!r} is gone."
             )
-            self.retired = True
-            board.forget(self)
+            context.retire(self)
             return
-        self.lifecycle = board.lifecycle_for(self.state.bot_id)
+        self.lifecycle = lifecycle
         if self.owed_to_bot:
             for entry in self.owed_to_bot:
-                self._feed_bot(entry)
+                self._feed_bot(entry, self.state)
         self.owed_to_bot = None
+        # After any start or restart, the backend hears about the open session again: it
+        # changes nothing where the backend already has it, and mends whatever was lost.
+        await self._reassert()
         inbox = self.inbox
         self.last_touch = trio.current_time()
         self._armed = math.inf
@@ -197,6 +230,8 @@ class ConversationActor:
                     if item is _ALARM:
                         if await self._alarm():
                             return
+                    elif item is _REASSERT:
+                        await self._reassert()
                     elif isinstance(item, Envelope):
                         # Every event waiting in a row is handled as one group: one store
                         # write (one wait for the commit) for all of them.
@@ -204,6 +239,7 @@ class ConversationActor:
                             after < len(batch)
                             and isinstance(batch[after], Envelope)
                             and batch[after] is not _ALARM
+                            and batch[after] is not _REASSERT
                         ):
                             after += 1
                         # Usually the whole batch: no copy then.
@@ -236,7 +272,13 @@ class ConversationActor:
         wanted = self._next_wakeup()
         if wanted < self._armed:
             self._armed = wanted
-            self.board.alarms.wake_at(wanted, self)
+            self.context.alarms.wake_at(wanted, self)
+
+    def rearm(self) -> None:
+        """Forget the wake-up asked for (the alarms lost it) and ask again."""
+        if not self.retired and self.lifecycle is not None:
+            self._armed = math.inf
+            self._arm()
 
     def wake(self) -> None:
         """Called by the alarms task when a wake-up this actor asked for comes due."""
@@ -244,25 +286,41 @@ class ConversationActor:
             self._armed = math.inf
             self.inbox.put(_ALARM)
 
+    def reassert(self) -> None:
+        """Ask the actor to tell its backend about its open session again."""
+        if not self.retired:
+            self.inbox.put(_REASSERT)
+
     def _next_wakeup(self) -> float:
         assert self.state is not None and self.lifecycle is not None
         wall = self.lifecycle.deadline(self.state)
         if wall is not None:
-            return self.board.clock.to_trio(wall)
-        hibernate_after = self.board.hibernate_after
-        if hibernate_after is None:
-            return math.inf
-        return self.last_touch + hibernate_after
+            wanted = self.context.clock.to_trio(wall)
+            backoff = self._store_backoff
+            if backoff is not None and backoff.failing:
+                # The last write was refused: an expiry waits for the next try.
+                wanted = max(wanted, backoff.due)
+        else:
+            hibernate_after = self.context.hibernate_after
+            wanted = math.inf if hibernate_after is None else self.last_touch + hibernate_after
+        retry = self.effects.retry_due
+        return wanted if retry is None else min(wanted, retry)
 
     async def _alarm(self) -> bool:
-        """A wake-up came due: expire the session if its deadline really passed (activity
-        may have moved it since), or hibernate. Returns whether the actor leaves memory."""
+        """A wake-up came due: retry what failed, expire the session if its deadline really
+        passed (activity may have moved it since), or hibernate. Returns whether the actor
+        leaves memory."""
         state, lifecycle = self.state, self.lifecycle
         assert state is not None and lifecycle is not None
+        now = trio.current_time()
+        retry = self.effects.retry_due
+        if retry is not None and retry <= now:
+            await self.effects.retry(state)
         wall = lifecycle.deadline(state)
         if wall is not None:
-            clock = self.board.clock
-            if clock.to_trio(wall) <= trio.current_time():
+            clock = self.context.clock
+            backoff = self._store_backoff
+            if clock.to_trio(wall) <= now and (backoff is None or backoff.due <= now):
                 # Due by the trio clock: stamp it at the deadline even when converting
                 # between the clocks rounds the wall time a hair below it.
                 _, failure = await self._handle_group([_ALARM], max(clock.now(), wall))
@@ -270,39 +328,57 @@ class ConversationActor:
                     raise failure
             return False
         if self._may_hibernate():
-            self.retired = True
-            self.board.forget(self)
+            self.context.retire(self)
             return True
         return False
 
+    async def _reassert(self) -> None:
+        state = self.state
+        assert state is not None
+        request = self.effects.reassert(state)
+        if request is not None:
+            await self.effects.run(Transition(state, (request,)), None)
+
     def _may_hibernate(self) -> bool:
-        hibernate_after = self.board.hibernate_after
+        hibernate_after = self.context.hibernate_after
         return (
             hibernate_after is not None
             and not self.subscribers
-            and not self._bot_busy
+            and not (self._feeder is not None and self._feeder.busy)
+            and not self.effects.pending
             and not self.inbox
             and trio.current_time() >= self.last_touch + hibernate_after
         )
 
     def refuse_waiting(self, code: str, detail: str) -> None:
         for item in self.inbox.take_nowait():
-            if isinstance(item, Envelope) and item.reply is not None:
-                item.reply(fx.Refused(code, detail))
+            if isinstance(item, Envelope):
+                _answer(item, fx.Refused(code, detail))
 
     # -- one item ---------------------------------------------------------------------------
 
     async def _attend(self, item: Subscribe | Unsubscribe | Replay) -> None:
         """Clients coming and going, and one-off replays: nothing the lifecycle sees."""
         if isinstance(item, Subscribe):
+            self.subscribers.append(item.sink)
             if item.after_seq is not None:
                 await self._replay(item.sink, item.after_seq, Party.USER, None)
-            self.subscribers.append(item.sink)
         elif isinstance(item, Unsubscribe):
             if item.sink in self.subscribers:
                 self.subscribers.remove(item.sink)
         else:
             await self._replay(item.sink, item.after_seq, item.party, item.agent_id)
+
+    async def _replay(self, sink: Sink, after_seq: int, party: Party, agent_id: str | None) -> None:
+        with trio.CancelScope(shield=True):
+            entries = await self.context.store.entries_after(self.conversation_id, after_seq)
+        try:
+            for entry in entries:
+                if entry.visible_to(party, agent_id):
+                    sink.deliver(entry)
+        except Exception:
+            log.exception("a client failed during a replay; it is closed and will resume")
+            self.effects.drop(sink)
 
     async def _handle_group(
         self, envelopes: list[Envelope], now: float | None = None
@@ -314,6 +390,8 @@ class ConversationActor:
         are the effects carried out and the senders told, event by event, in order. So
         "acknowledged" still means "committed", and a crash or a refused write leaves the
         state of the last commit: no event of the group has been acknowledged or delivered.
+        A resend of a message id already handled (or earlier in the group) is answered with
+        the first outcome and takes no part.
 
         Returns how many events were dealt with and, when the lifecycle failed on one, the
         exception: that event is refused, and the ones after it are left for the restart.
@@ -322,20 +400,38 @@ class ConversationActor:
         lifecycle = self.lifecycle
         assert first is not None and lifecycle is not None
         if now is None:
-            now = self.board.clock.now()
+            now = self.context.clock.now()
+        known = self._message_ids
+        seen: dict[str, int] | None = None
         state = first
         transitions: list[Transition] = []
+        # Per envelope dealt with: the index of its transition, or the outcome of a resend.
+        plan: list[int | fx.Outcome] = []
         failure: Exception | None = None
         for envelope in envelopes:
+            key = envelope.message_id
+            if key is not None:
+                earlier = known.get(key) if known is not None else None
+                if earlier is not None:
+                    plan.append(earlier)
+                    continue
+                if seen is None:
+                    seen = {}
+                index = seen.get(key)
+                if index is not None:
+                    plan.append(index)
+                    continue
+                seen[key] = len(transitions)
             try:
                 transition = lifecycle.handle(state, envelope.event, now)
             except Exception as exc:
                 # The events before it still count; this one and the rest wait for after.
                 failure = exc
                 break
+            plan.append(len(transitions))
             transitions.append(transition)
             state = transition.state
-        done = len(transitions)
+        done = len(plan)
         if state is not first:
             entries = [
                 effect.entry
@@ -347,186 +443,73 @@ class ConversationActor:
             # through the inbox, not a cancel scope); only shutting down can, and then the
             # state stays as it was and nobody has been told anything.
             try:
-                await self.board.store.record(state, entries)
+                await self.context.store.record(state, entries)
             except StoreUnavailable as exc:
                 # Nothing changed: the state is still the last stored one. Refuse and go on
                 # rather than restart, so a full disk does not escalate every conversation.
-                log.error("conversation %s: %s", self.conversation_id, exc)
-                _refuse(envelopes[:done], fx.Refused("store_unavailable", str(exc)))
-                transitions = []
+                self._store_refused(exc)
+                refusal = fx.Refused("store_unavailable", str(exc))
+                for envelope, step in zip(envelopes, plan, strict=False):
+                    _answer(envelope, step if isinstance(step, fx.Outcome) else refusal)
+                if failure is not None:
+                    _refuse(envelopes[done : done + 1], _INTERNAL_ERROR)
+                return done + (failure is not None), failure
             except Exception:
                 _refuse(envelopes, _INTERNAL_ERROR)
                 raise
+            self.state = state
+            backoff = self._store_backoff
+            if backoff is not None and backoff.succeeded():
+                log.info(
+                    "the store accepts writes again",
+                    extra={"conversation_id": self.conversation_id},
+                )
+        ran = -1
+        for envelope, step in zip(envelopes, plan, strict=False):
+            if isinstance(step, int):
+                transition = transitions[step]
+                if step > ran:
+                    ran = step
+                    await self.effects.run(transition, envelope.origin)
+                    if envelope.message_id is not None:
+                        self._remember(envelope.message_id, transition.outcome)
+                _answer(envelope, transition.outcome)
             else:
-                self.state = state
-        error: Exception | None = None
-        for envelope, transition in zip(envelopes, transitions, strict=False):
-            try:
-                for effect in transition.effects:
-                    if isinstance(effect, fx.Emit):
-                        self._deliver(effect.entry, envelope.origin)
-                    else:
-                        await self._carry_out(effect, transition.state)
-            except Exception as exc:
-                error = error or exc
-                _refuse([envelope], _INTERNAL_ERROR)
-                continue
-            if envelope.reply is not None:
-                envelope.reply(transition.outcome)
-        if error is not None:
-            # Effects failed after the commit: the restart goes on after the whole group.
-            _refuse(envelopes[done:], _INTERNAL_ERROR)
-            raise error
+                _answer(envelope, step)
         if failure is not None:
             _refuse(envelopes[done : done + 1], _INTERNAL_ERROR)
         return done + (failure is not None), failure
 
-    def _deliver(self, entry: Entry, origin: Sink | None = None) -> None:
-        audience = entry.audience
-        # Only what the origin itself wrote skips it; notices and answers still reach it.
-        skip = origin if entry.sender is Party.USER or entry.sender is Party.AGENT else None
-        if Party.USER in audience:
-            for sink in self.subscribers:
-                if sink is not skip:
-                    sink.deliver(entry)
-        if Party.AGENT in audience and entry.agent_id is not None:
-            assert self.state is not None
-            self.board.backend_for(self.state).deliver(entry.agent_id, entry, skip=skip)
-        if Party.BOT in audience:
-            self._feed_bot(entry)
-
-    async def _carry_out(self, effect: fx.Effect, state: ConversationState) -> None:
-        """Carry out one effect of the transition that led to ``state``."""
-        backend = self.board.backend_for(state)
-        if isinstance(effect, fx.Signal):
-            typist = Party.AGENT if effect.to is Party.USER else Party.USER
-            typing = Typing(self.conversation_id, typist, effect.agent_id)
-            if effect.to is Party.USER:
-                for sink in self.subscribers:
-                    sink.deliver(typing)
-            elif effect.agent_id is not None:
-                backend.deliver(effect.agent_id, typing)
-        elif isinstance(effect, fx.RequestAgent):
-            backend.request_agent(self.board.agent_request(state, effect.queued_at))
-        elif isinstance(effect, fx.WithdrawRequest):
-            backend.withdraw(self.conversation_id, effect.session_id)
-        elif isinstance(effect, fx.ReleaseAgent):
-            backend.release(self.conversation_id, effect.session_id, effect.agent_id, effect.reason)
-        elif isinstance(effect, fx.TransferChat):
-            backend.transfer(
-                self.conversation_id, effect.session_id, effect.from_agent, effect.to_agent
-            )
-        elif isinstance(effect, fx.ShareTranscript):
-            with trio.CancelScope(shield=True):
-                entries = await self.board.store.entries_after(self.conversation_id, 0)
-            # Up to this transition: entries of later events in the same group are already
-            # stored, and reach the agent live.
-            shown = tuple(
-                e
-                for e in entries
-                if e.seq < state.next_seq
-                and (e.visible_to(Party.USER) or e.visible_to(Party.AGENT))
-            )
-            backend.deliver(
-                effect.agent_id,
-                Transcript(
-                    self.conversation_id,
-                    effect.session_id,
-                    state.bot_id,
-                    state.user_id,
-                    state.user_metadata,
-                    shown,
-                ),
+    def _store_refused(self, exc: StoreUnavailable) -> None:
+        if self._store_backoff is None:
+            self._store_backoff = Backoff(first=0.1, cap=30.0)
+        if self._store_backoff.failed(trio.current_time()):
+            log.error(
+                "the store refused a write: %s; retrying with backoff",
+                exc,
+                extra={"conversation_id": self.conversation_id},
             )
 
-    async def _replay(self, sink: Sink, after_seq: int, party: Party, agent_id: str | None) -> None:
-        with trio.CancelScope(shield=True):
-            entries = await self.board.store.entries_after(self.conversation_id, after_seq)
-        for entry in entries:
-            if entry.visible_to(party, agent_id):
-                sink.deliver(entry)
+    def _remember(self, message_id: str, outcome: fx.Outcome) -> None:
+        """Keep an accepted message's outcome under its id, for the last ``message_ids``."""
+        if not isinstance(outcome, fx.Accepted):
+            return
+        known = self._message_ids
+        if known is None:
+            known = self._message_ids = {}
+        known[message_id] = outcome
+        if len(known) > self.context.limits.message_ids:
+            del known[next(iter(known))]
 
     # -- the bot ----------------------------------------------------------------------------
 
-    def _feed_bot(self, entry: Entry) -> None:
-        state = self.state
-        assert state is not None
-        # The user's metadata never stands in for what the system says (reason, session_id).
-        metadata = {
-            **{k: v for k, v in state.user_metadata.items() if k not in SYSTEM_METADATA},
-            **entry.metadata,
-        }
-        if self._bot_queue is None:
-            self._bot_queue = deque()
-        self._bot_queue.append(
-            (
-                entry.seq,
-                BotEvent(
-                    f"{self.conversation_id}:{entry.seq}",
-                    self.conversation_id,
-                    state.bot_id,
-                    state.user_id,
-                    entry.content,
-                    metadata,
-                    entry.sender,
-                ),
+    def _feed_bot(self, entry: Entry, state: ConversationState) -> None:
+        feeder = self._feeder
+        if feeder is None:
+            feeder = self._feeder = BotFeeder(
+                self.context, self.conversation_id, state.bot_id, self._post
             )
-        )
-        if not self._bot_busy:
-            self._bot_busy = True
-            self.board.nursery.start_soon(self._talk_to_bot)
+        feeder.feed(entry, state.user_id, state.user_metadata)
 
-    async def _talk_to_bot(self) -> None:
-        """Deliver queued bot events one at a time, in order, and post the replies back into
-        the conversation's own inbox. Exits when the queue is empty.
-
-        The bot is owed an event until its answer is stored (or it failed for good): a
-        crash in between hands the event over again after the restart, never loses it."""
-        assert self.state is not None and self._bot_queue is not None
-        bot = self.board.bot_for(self.state.bot_id)
-        store = self.board.store
-        queue = self._bot_queue
-        try:
-            while queue:
-                seq, event = queue.popleft()
-                try:
-                    replies = await bot.on_event(event)
-                except Exception as exc:
-                    log.warning(
-                        "bot %s failed on event %s of conversation %s: %r",
-                        event.bot_id,
-                        event.event_id,
-                        self.conversation_id,
-                        exc,
-                    )
-                    self.inbox.put(Envelope(BotUnavailable(repr(exc))))
-                    # The user is told the bot is unavailable: asking again after a restart
-                    # would answer a question long moved on from.
-                    store.bot_done(self.conversation_id, seq)
-                    continue
-                if replies:
-                    self.inbox.put(Envelope(BotSays(tuple(replies)), self._bot_answered(seq)))
-                else:
-                    store.bot_done(self.conversation_id, seq)
-        finally:
-            self._bot_busy = False
-
-    def _bot_answered(self, seq: int) -> Reply:
-        """The reply callback of the bot's answer to entry ``seq``: once the answer is
-        stored (or refused), the bot is no longer owed that entry."""
-
-        def answered(outcome: fx.Outcome) -> None:
-            self._report_refused_bot_reply(outcome)
-            if not (isinstance(outcome, fx.Refused) and outcome.code in _NOT_STORED):
-                self.board.store.bot_done(self.conversation_id, seq)
-
-        return answered
-
-    def _report_refused_bot_reply(self, outcome: fx.Outcome) -> None:
-        if isinstance(outcome, fx.Refused):
-            log.warning(
-                "bot reply dropped in conversation %s: %s (%s)",
-                self.conversation_id,
-                outcome.detail,
-                outcome.code,
-            )
+    def _post(self, event: Event, reply: Reply | None) -> None:
+        self.inbox.put(Envelope(event, reply))

@@ -18,6 +18,7 @@ import trio
 
 from . import events as ev
 from . import routing as rt
+from .effect_runner import abandon
 from .ports import (
     AgentRequest,
     Colleague,
@@ -82,6 +83,22 @@ class Desk:
         for profile in agents:
             self.add_agent(profile)
 
+    def _fresh_routing(self) -> rt.Routing:
+        old = self._routing.agents
+        agents = [
+            rt.Agent(
+                a.agent_id,
+                a.name,
+                a.bots,
+                a.capacity,
+                presence=a.presence,
+                connections=len(self._sinks.get(a.agent_id, ())),
+                last_pickup=a.last_pickup,
+            )
+            for a in old.values()
+        ]
+        return rt.Routing(agents, self.settings)
+
     def add_agent(self, profile: AgentProfile) -> None:
         unknown = profile.bots - set(self.settings)
         if unknown:
@@ -134,9 +151,17 @@ class Desk:
         self._post("transfer", conversation_id, session_id, from_agent, to_agent)
 
     def deliver(self, agent_id: str, item: Delivery, *, skip: Sink | None = None) -> None:
+        failed: list[Sink] = []
         for sink in self._sinks.get(agent_id, ()):
             if sink is not skip:
-                sink.deliver(item)
+                try:
+                    sink.deliver(item)
+                except Exception:
+                    log.exception("an agent's client failed; it is closed and will resume")
+                    failed.append(sink)
+        for sink in failed:
+            self.detach(agent_id, sink)
+            abandon(sink)
 
     # -- the actor --------------------------------------------------------------------------
 
@@ -144,7 +169,11 @@ class Desk:
         self._send.send_nowait((verb, args))
 
     async def run(self, core: CoreLink, *, task_status: trio.TaskStatus[None]) -> None:
+        """Serve requests until cancelled. Each run starts from a fresh view of the sessions
+        (agents keep their presence and connections): after a restart the switchboard has
+        every open session re-assert itself, which rebuilds the queue and the chats."""
         self._core = core
+        self._routing = self._fresh_routing()
         task_status.started()
         routing = self._routing
         clock = core.clock

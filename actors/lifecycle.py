@@ -408,12 +408,10 @@ class Lifecycle:
         self, state: ConversationState, event: ev.QueuePositionChanged, now: float
     ) -> Transition:
         session = state.session
-        if (
-            session is None
-            or session.session_id != event.session_id
-            or session.agent_id is not None
-            or session.position == event.position
-        ):
+        if session is None or session.session_id != event.session_id:
+            # The backend still has a session that ended: it withdraws it.
+            return Transition(state, (fx.WithdrawRequest(event.session_id),))
+        if session.agent_id is not None or session.position == event.position:
             return Transition(state)
         out = _Builder(state, now)
         out.emit(Party.SYSTEM, Content.notice("queued", position=event.position), _USER)
@@ -454,11 +452,11 @@ class Lifecycle:
         self, state: ConversationState, event: ev.ReturnedToQueue, now: float
     ) -> Transition:
         session = state.session
-        if (
-            session is None
-            or session.session_id != event.session_id
-            or session.agent_id != event.agent_id
-        ):
+        if session is None or session.session_id != event.session_id:
+            # The session ended while the backend sent it back to the queue: without this the
+            # backend would keep a waiting entry for it.
+            return Transition(state, (fx.WithdrawRequest(event.session_id),))
+        if session.agent_id != event.agent_id:
             return Transition(state)
         out = _Builder(state, now)
         left = Content.notice("agent_left", agent_id=event.agent_id, reason=event.reason)

@@ -58,7 +58,8 @@ class Typing:
 
 @attrs.frozen
 class Transcript:
-    """What an agent sees on pickup: the conversation so far and who the user is."""
+    """What an agent sees on pickup: the conversation so far and who the user is.
+    ``truncated``: only the latest entries are here; earlier ones come with ``replay``."""
 
     conversation_id: str
     session_id: str
@@ -66,6 +67,7 @@ class Transcript:
     user_id: str
     user_metadata: Mapping[str, Any]
     entries: tuple[Entry, ...]
+    truncated: bool = False
 
 
 @attrs.frozen

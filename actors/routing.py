@@ -15,6 +15,12 @@ out. The rules:
   grace period; after it they go back to the head of the queue.
 * Every waiting session knows its position among the sessions of its bot; a change of
   position is reported, an unchanged one is not.
+
+What the desk holds is a view derived from the conversations, keyed by session id: asking
+again for a session it already has (waiting or held) changes nothing, a request for a newer
+session of the same conversation replaces what was left of the old one, and a withdrawal or
+release removes the session wherever it is. So any conversation can re-assert its session at
+any time, and a desk that lost its state is rebuilt by every open session re-asserting.
 """
 
 from __future__ import annotations
@@ -123,6 +129,12 @@ class Routing:
         self.agents: dict[str, Agent] = {agent.agent_id: agent for agent in agents}
         self.settings = dict(settings)
         self.queue: list[Waiting] = []
+        # Indexes by conversation id, so no request walks the queue or the agents.
+        self._waiting: dict[str, Waiting] = {}
+        self._held: dict[str, Agent] = {}
+        for agent in self.agents.values():
+            for conversation_id in agent.chats:
+                self._held[conversation_id] = agent
         # Whose view of the desk changed since the desk last published: agents whose chats
         # or presence changed, and bots whose queue changed (seen by all their agents).
         self.changed_agents: set[str] = set()
@@ -147,16 +159,10 @@ class Routing:
     # -- queries ----------------------------------------------------------------------------
 
     def holder_of(self, conversation_id: str) -> Agent | None:
-        for agent in self.agents.values():
-            if conversation_id in agent.chats:
-                return agent
-        return None
+        return self._held.get(conversation_id)
 
     def waiting(self, conversation_id: str) -> Waiting | None:
-        for waiting in self.queue:
-            if waiting.conversation_id == conversation_id:
-                return waiting
-        return None
+        return self._waiting.get(conversation_id)
 
     def next_deadline(self) -> float | None:
         deadlines = [
@@ -170,42 +176,38 @@ class Routing:
     # -- sessions ---------------------------------------------------------------------------
 
     def request(self, request: AgentRequest, now: float) -> list[RoutingEffect]:
-        if self.waiting(request.conversation_id) or self.holder_of(request.conversation_id):
+        """A session asks for a human, or re-asserts that it is open (idempotent)."""
+        conversation_id = request.conversation_id
+        current = self._session_of(conversation_id)
+        if current == request.session_id:
             return []
+        if current is not None:
+            # What is left of an older session of the same conversation: the new one wins.
+            self._forget(conversation_id, current)
         holder = self.agents.get(request.held_by) if request.held_by else None
         if holder is not None:
-            # A restarted server gives the session back to its agent, who is not connected
-            # yet: the grace period starts now.
-            self.changed_agents.add(holder.agent_id)
-            holder.chats[request.conversation_id] = Chat(
-                request.conversation_id, request.session_id, request.bot_id
-            )
+            # A restarted server (or desk) gives the session back to its agent; if that agent
+            # is not connected, the grace period starts now.
+            self._hold(holder, Chat(conversation_id, request.session_id, request.bot_id))
             self._update_grace(holder, now)
             return [_CHANGED]
-        self.changed_bots.add(request.bot_id)
-        self.queue.append(
-            Waiting(request.conversation_id, request.session_id, request.bot_id, request.queued_at)
+        self._enqueue(
+            Waiting(conversation_id, request.session_id, request.bot_id, request.queued_at)
         )
         return self._settle(now)
 
     def withdraw(self, conversation_id: str, session_id: str, now: float) -> list[RoutingEffect]:
-        waiting = self.waiting(conversation_id)
-        if waiting is None or waiting.session_id != session_id:
+        """The session is no longer current: forget it, waiting or held."""
+        if not self._forget(conversation_id, session_id):
             return []
-        self.queue.remove(waiting)
-        self.changed_bots.add(waiting.bot_id)
         return self._settle(now)
 
     def release(
         self, conversation_id: str, session_id: str, agent_id: str, now: float
     ) -> list[RoutingEffect]:
-        agent = self.agents.get(agent_id)
-        chat = agent.chats.get(conversation_id) if agent else None
-        if agent is None or chat is None or chat.session_id != session_id:
-            return []
-        del agent.chats[conversation_id]
-        self.changed_agents.add(agent_id)
-        return self._settle(now)
+        """The session ended (or was stale) for ``agent_id``: forget it wherever it is now
+        (the desk may have sent it back to the queue meanwhile)."""
+        return self.withdraw(conversation_id, session_id, now)
 
     def transfer(
         self,
@@ -221,10 +223,10 @@ class Routing:
             return [Refusal(from_agent, conversation_id, "not_assigned", "You do not hold it.")]
         self.changed_agents.add(from_agent)
         if to_agent is None:
-            self.changed_bots.add(chat.bot_id)
-            del source.chats[conversation_id]
-            self.queue.insert(
-                0, Waiting(conversation_id, session_id, chat.bot_id, now, not_agent=from_agent)
+            self._unhold(source, conversation_id)
+            self._enqueue(
+                Waiting(conversation_id, session_id, chat.bot_id, now, not_agent=from_agent),
+                first=True,
             )
             requeued = Requeued(conversation_id, session_id, from_agent, "transferred")
             return [requeued, *self._settle(now)]
@@ -233,9 +235,8 @@ class Routing:
         if target is None or problem is not None:
             detail = problem or f"There is no agent {to_agent!r}."
             return [Refusal(from_agent, conversation_id, "transfer_failed", detail)]
-        del source.chats[conversation_id]
-        self.changed_agents.add(target.agent_id)
-        target.chats[conversation_id] = Chat(conversation_id, session_id, chat.bot_id)
+        self._unhold(source, conversation_id)
+        self._hold(target, Chat(conversation_id, session_id, chat.bot_id))
         target.last_pickup = now
         return [
             Assign(conversation_id, session_id, target.agent_id, target.name),
@@ -278,11 +279,10 @@ class Routing:
         for agent in self.agents.values():
             for chat in list(agent.chats.values()):
                 if chat.grace_until is not None and chat.grace_until <= now:
-                    del agent.chats[chat.conversation_id]
-                    self.changed_agents.add(agent.agent_id)
-                    self.changed_bots.add(chat.bot_id)
-                    self.queue.insert(
-                        0, Waiting(chat.conversation_id, chat.session_id, chat.bot_id, now)
+                    self._unhold(agent, chat.conversation_id)
+                    self._enqueue(
+                        Waiting(chat.conversation_id, chat.session_id, chat.bot_id, now),
+                        first=True,
                     )
                     effects.append(
                         Requeued(
@@ -318,13 +318,53 @@ class Routing:
             for chat in agent.chats.values():
                 chat.grace_until = None
 
-    def _assign(self, waiting: Waiting, agent: Agent, now: float) -> Assign:
-        self.queue.remove(waiting)
+    def _session_of(self, conversation_id: str) -> str | None:
+        """The session of the conversation the desk knows about, waiting or held."""
+        waiting = self._waiting.get(conversation_id)
+        if waiting is not None:
+            return waiting.session_id
+        holder = self._held.get(conversation_id)
+        return None if holder is None else holder.chats[conversation_id].session_id
+
+    def _forget(self, conversation_id: str, session_id: str) -> bool:
+        """Remove ``session_id`` from the queue or from its holder; whether it was there."""
+        waiting = self._waiting.get(conversation_id)
+        if waiting is not None and waiting.session_id == session_id:
+            self._dequeue(waiting)
+            return True
+        holder = self._held.get(conversation_id)
+        if holder is not None and holder.chats[conversation_id].session_id == session_id:
+            self._unhold(holder, conversation_id)
+            return True
+        return False
+
+    def _enqueue(self, waiting: Waiting, *, first: bool = False) -> None:
+        if first:
+            self.queue.insert(0, waiting)
+        else:
+            self.queue.append(waiting)
+        self._waiting[waiting.conversation_id] = waiting
         self.changed_bots.add(waiting.bot_id)
+
+    def _dequeue(self, waiting: Waiting) -> None:
+        self.queue.remove(waiting)
+        del self._waiting[waiting.conversation_id]
+        self.changed_bots.add(waiting.bot_id)
+
+    def _hold(self, agent: Agent, chat: Chat) -> None:
+        agent.chats[chat.conversation_id] = chat
+        self._held[chat.conversation_id] = agent
         self.changed_agents.add(agent.agent_id)
-        agent.chats[waiting.conversation_id] = Chat(
-            waiting.conversation_id, waiting.session_id, waiting.bot_id
-        )
+
+    def _unhold(self, agent: Agent, conversation_id: str) -> None:
+        chat = agent.chats.pop(conversation_id)
+        del self._held[conversation_id]
+        self.changed_agents.add(agent.agent_id)
+        self.changed_bots.add(chat.bot_id)
+
+    def _assign(self, waiting: Waiting, agent: Agent, now: float) -> Assign:
+        self._dequeue(waiting)
+        self._hold(agent, Chat(waiting.conversation_id, waiting.session_id, waiting.bot_id))
         agent.last_pickup = now
         return Assign(waiting.conversation_id, waiting.session_id, agent.agent_id, agent.name)
 
@@ -344,16 +384,20 @@ class Routing:
                 best = agent
         return best
 
+    def _anyone_free(self) -> bool:
+        return any(a.available and len(a.chats) < a.capacity for a in self.agents.values())
+
     def _settle(self, now: float) -> list[RoutingEffect]:
         """Hand out what can be handed out, first come first served, then report the
         positions that changed."""
         effects: list[RoutingEffect] = []
-        for waiting in list(self.queue):
-            if not any(a.available and len(a.chats) < a.capacity for a in self.agents.values()):
-                break
+        free = self._anyone_free()
+        for waiting in list(self.queue) if free else ():
             agent = self._best_agent(waiting)
             if agent is not None:
                 effects.append(self._assign(waiting, agent, now))
+                if not self._anyone_free():
+                    break
         counters: dict[str, itertools.count[int]] = {}
         for waiting in self.queue:
             position = next(counters.setdefault(waiting.bot_id, itertools.count(1)))

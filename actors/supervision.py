@@ -61,3 +61,42 @@ async def supervise(
             log.warning("%s: restarting after an error", name, exc_info=exc)
             if on_restart is not None:
                 on_restart(exc)
+
+
+ServiceRun = Callable[..., Awaitable[None]]
+
+
+async def supervise_service(
+    name: str,
+    run: ServiceRun,
+    on_restart: Callable[[], None],
+    *,
+    first_pause: float = 0.1,
+    max_pause: float = 30.0,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a long-lived service (the alarms, a livechat backend) for as long as its nursery.
+
+    ``run`` is started like ``nursery.start`` starts a task (it takes ``task_status``). A
+    service has no one to escalate to, so it is never given up on: after an exception it is
+    run again, after a pause that doubles with each failure in a row (up to ``max_pause``),
+    and ``on_restart`` is called once it is up again, to reconcile what it lost.
+    """
+    pause = 0.0
+    first = True
+    while True:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run)
+                if first:
+                    first = False
+                    task_status.started()
+                else:
+                    log.info("%s is running again", name)
+                    on_restart()
+                pause = 0.0
+            return
+        except Exception as exc:
+            pause = min(max(first_pause, pause * 2), max_pause)
+            log.error("%s failed; restarting in %.1f s", name, pause, exc_info=exc)
+        await trio.sleep(pause)

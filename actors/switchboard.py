@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 
 import attrs
 import trio
@@ -20,6 +21,7 @@ import trio
 from . import effects as fx
 from .alarms import Alarms
 from .clock import Clock
+from .context import ConversationContext, Limits
 from .conversation import (
     ConversationActor,
     Envelope,
@@ -29,15 +31,18 @@ from .conversation import (
     Subscribe,
     Unsubscribe,
 )
-from .events import Event
+from .events import Event, UserSays
 from .lifecycle import ConversationState, Lifecycle
 from .memory_store import MemoryStore
 from .ports import AgentRequest, Bot, LivechatBackend, Sink, Store
 from .records import Entry, Party
 from .settings import BotSettings
-from .supervision import Escalated, RestartPolicy, supervise
+from .supervision import Escalated, RestartPolicy, supervise, supervise_service
 
 log = logging.getLogger("switchover.switchboard")
+
+_FIRST_PAUSE = 1.0
+_MAX_PAUSE = 60.0
 
 
 @attrs.frozen
@@ -89,6 +94,7 @@ class Switchboard:
         hibernate_after: float | None = 600.0,
         inbox_limit: int = 256,
         expiry_batch: int = 64,
+        limits: Limits = Limits(),
     ) -> None:
         missing = {b.backend for b in bots.values()} - set(backends)
         if missing:
@@ -105,6 +111,18 @@ class Switchboard:
         self._lifecycles = {bot_id: Lifecycle(b.settings) for bot_id, b in bots.items()}
         self._actors: dict[str, ConversationActor] = {}
         self._nursery: trio.Nursery | None = None
+        self.context = ConversationContext(
+            store=self.store,
+            clock=self.clock,
+            alarms=self.alarms,
+            spawn=self._spawn,
+            lifecycle_for=self._lifecycles.get,
+            bot_for=self._bot_for,
+            backend_for=self._backend_for,
+            retire=self.forget,
+            hibernate_after=hibernate_after,
+            limits=limits,
+        )
 
     # -- running ----------------------------------------------------------------------------
 
@@ -115,17 +133,42 @@ class Switchboard:
         return self._nursery
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start the backends, restore open sessions from the store, then serve until
+        """Start the alarms and the backends (each supervised: restarted after an exception,
+        then reconciled), restore open sessions from the store, then serve until
         cancelled."""
         self.clock.start()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(self.alarms.run)
-            for backend in self.backends.values():
-                await nursery.start(backend.run, self)
+            await nursery.start(
+                supervise_service, "alarms", self.alarms.run, self._alarms_restarted
+            )
+            for name, backend in self.backends.items():
+                await nursery.start(
+                    supervise_service,
+                    f"livechat backend {name}",
+                    partial(backend.run, self),
+                    partial(self._backend_restarted, name),
+                )
             await self._restore()
             task_status.started()
             await trio.sleep_forever()
+
+    def _alarms_restarted(self) -> None:
+        """The alarms lost their wake-ups: every actor asks again."""
+        for actor in list(self._actors.values()):
+            actor.rearm()
+
+    def _backend_restarted(self, name: str) -> None:
+        """A backend lost its view: every open session it serves is re-asserted to it."""
+        for actor in list(self._actors.values()):
+            state = actor.state
+            if (
+                state is not None
+                and state.session is not None
+                and state.bot_id in self.bots
+                and self.bots[state.bot_id].backend == name
+            ):
+                actor.reassert()
 
     async def _restore(self) -> None:
         """Bring back every conversation with an open session: waiting ones re-join their
@@ -143,31 +186,34 @@ class Switchboard:
             session = state.session
             if session is None or state.bot_id not in self.bots:
                 continue
-            self._start(state.conversation_id, state)
+            # Each actor re-asserts its session when it starts; asking here too, in the
+            # order the sessions opened, keeps the queue in that order.
             queued_at = session.queued_at if session.queued_at is not None else session.started_at
-            request = self.agent_request(state, queued_at)
-            self.backend_for(state).request_agent(attrs.evolve(request, held_by=session.agent_id))
+            self._backend_for(state.bot_id).request_agent(
+                AgentRequest(
+                    state.conversation_id,
+                    session.session_id,
+                    state.bot_id,
+                    queued_at,
+                    held_by=session.agent_id,
+                )
+            )
+            self._start(state.conversation_id, state)
         for conversation_id, entries in owed.items():
             self._actor(conversation_id).owed_to_bot = entries
         if owed:
             log.info("handing %d conversations' unanswered events to their bots again", len(owed))
 
-    # -- lookups used by actors -------------------------------------------------------------
+    # -- what actors are given (their context) --------------------------------------------
 
-    def lifecycle_for(self, bot_id: str) -> Lifecycle:
-        return self._lifecycles[bot_id]
+    def _spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        self.nursery.start_soon(task)
 
-    def bot_for(self, bot_id: str) -> Bot:
+    def _bot_for(self, bot_id: str) -> Bot:
         return self.bots[bot_id].bot
 
-    def backend_for(self, state: ConversationState) -> LivechatBackend:
-        return self.backends[self.bots[state.bot_id].backend]
-
-    def agent_request(self, state: ConversationState, queued_at: float) -> AgentRequest:
-        assert state.session is not None
-        return AgentRequest(
-            state.conversation_id, state.session.session_id, state.bot_id, queued_at
-        )
+    def _backend_for(self, bot_id: str) -> LivechatBackend:
+        return self.backends[self.bots[bot_id].backend]
 
     def forget(self, actor: ConversationActor) -> None:
         actor.retired = True
@@ -211,23 +257,32 @@ class Switchboard:
         reply: Reply | None = None,
         *,
         origin: Sink | None = None,
+        message_id: str | None = None,
     ) -> None:
         """Hand an event from a user, bot or agent to its conversation, without waiting.
 
         ``reply`` is called with the outcome once the event is durable (or refused).
         Raises :class:`Overloaded` when the conversation already has ``inbox_limit`` events
-        waiting. ``origin``, the client that sent the event, is not handed the entry it wrote.
+        waiting, or when a user's message would be one more event for a bot that already has
+        ``limits.bot_queue`` waiting. ``origin``, the client that sent the event, is not
+        handed the entry it wrote. ``message_id``, the sender's id for the message (unique
+        per sender: prefix it with who sent it), makes a resend answer the first outcome
+        instead of storing the message twice.
         """
         actor = self._actor(conversation_id)
-        if len(actor.inbox) >= self.inbox_limit:
+        if len(actor.inbox) >= self.inbox_limit or (
+            actor.bot_queue_full and type(event) is UserSays
+        ):
             raise Overloaded(conversation_id)
-        actor.inbox.put(Envelope(event, reply, origin))
+        actor.inbox.put(Envelope(event, reply, origin, message_id))
 
     def post(self, conversation_id: str, event: Event) -> None:
         """Like :meth:`submit`, for the core's own parts (backends): never refused."""
         self._send(conversation_id, Envelope(event))
 
-    async def ask(self, conversation_id: str, event: Event) -> fx.Outcome:
+    async def ask(
+        self, conversation_id: str, event: Event, *, message_id: str | None = None
+    ) -> fx.Outcome:
         """Submit and wait for the outcome."""
         done = trio.Event()
         result: list[fx.Outcome] = []
@@ -236,7 +291,7 @@ class Switchboard:
             result.append(outcome)
             done.set()
 
-        self.submit(conversation_id, event, reply)
+        self.submit(conversation_id, event, reply, message_id=message_id)
         await done.wait()
         return result[0]
 
@@ -271,27 +326,52 @@ class Switchboard:
             actor = self._start(conversation_id, None)
         return actor
 
-    def _start(self, conversation_id: str, state: ConversationState | None) -> ConversationActor:
-        actor = ConversationActor(self, conversation_id, state)
+    def _start(
+        self,
+        conversation_id: str,
+        state: ConversationState | None,
+        predecessor: ConversationActor | None = None,
+        pause: float = 0.0,
+    ) -> ConversationActor:
+        if predecessor is None:
+            actor = ConversationActor(self.context, conversation_id, state)
+        else:
+            # Its clients and its bot's queue carry over: they did nothing wrong.
+            actor = ConversationActor(
+                self.context,
+                conversation_id,
+                state,
+                subscribers=predecessor.subscribers,
+                feeder=predecessor.feeder,
+            )
         self._actors[conversation_id] = actor
         self.stats.started += 1
-        self.nursery.start_soon(self._supervised, actor)
+        self.nursery.start_soon(self._supervised, actor, pause)
         return actor
 
-    async def _supervised(self, actor: ConversationActor) -> None:
+    async def _supervised(self, actor: ConversationActor, pause: float = 0.0) -> None:
+        """Run ``actor`` under the restart policy. ``pause``: how long a successor of an
+        escalated actor waits before it starts (doubling per escalation in a row), so a
+        conversation that fails whatever happens cannot spin."""
+
         def counted(exc: BaseException) -> None:
             self.stats.restarts += 1
 
+        if pause:
+            await trio.sleep(pause)
         try:
             await supervise(
                 f"conversation {actor.conversation_id}", actor.serve, self.restart_policy, counted
             )
         except Escalated:
-            # Restarting did not help: take the conversation out of memory. Its state is in
-            # the store; the next event rebuilds it from there.
+            # Restarting did not help: what it was working on is refused, and it is rebuilt
+            # from the store, keeping its clients and what its bot is owed.
             self.stats.escalations += 1
             self.forget(actor)
             actor.refuse_waiting("conversation_failed", "The conversation failed; try again.")
+            if self._actors.get(actor.conversation_id) is None:
+                pause = min(max(_FIRST_PAUSE, pause * 2), _MAX_PAUSE)
+                self._start(actor.conversation_id, None, predecessor=actor, pause=pause)
 
 
 @asynccontextmanager

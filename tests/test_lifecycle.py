@@ -173,11 +173,11 @@ def test_position_notices_only_when_the_position_changes() -> None:
     assert emitted(moved)[0].content.content["position"] == 2
 
 
-def test_position_of_another_session_is_ignored() -> None:
+def test_position_of_another_session_withdraws_that_session() -> None:
     run = Run()
     run.queued()
     stale = run(QueuePositionChanged("c1/99", 1))
-    assert stale.effects == () and stale.state is run.state
+    assert stale.effects == (fx.WithdrawRequest("c1/99"),) and stale.state is run.state
 
 
 def test_assignment_makes_the_session_live_and_shares_the_transcript() -> None:

@@ -107,6 +107,12 @@ class FakeCsmlEngine:
                 await self._changed.wait()
         return self.runs
 
+    async def wait_for_requests(self, count: int, timeout: float = 5.0) -> list[Request]:
+        with trio.fail_after(timeout):
+            while len(self.requests) < count:
+                await self._changed.wait()
+        return self.requests
+
     def _note(self) -> None:
         self._changed.set()
         self._changed = trio.Event()

@@ -1,0 +1,56 @@
+"""What a conversation actor may reach of the world around it, in one small object.
+
+The actor is handed this instead of the switchboard: it sees the store, the clocks, its bot,
+its backend and a way to spawn and retire, and nothing of the registry of other actors. So
+``conversation.py`` does not import the switchboard, and one actor can be run and tested with
+a context of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .alarms import Alarms
+from .clock import Clock
+from .lifecycle import Lifecycle
+from .ports import Bot, LivechatBackend, Store
+
+if TYPE_CHECKING:
+    from .conversation import ConversationActor
+
+
+@attrs.frozen
+class Limits:
+    """Per-conversation bounds.
+
+    ``bot_queue``: bot events that may wait for one conversation's bot before the user's
+    next message is refused ``overloaded``. ``message_ids``: client message ids remembered
+    per conversation, so a resend is answered with its first ``ack`` and stored once.
+    ``transcript_tail``: entries an agent is given on pickup (the rest through ``replay``).
+    """
+
+    bot_queue: int = 64
+    message_ids: int = 256
+    transcript_tail: int = 200
+
+
+@attrs.frozen
+class ConversationContext:
+    """Shared by every conversation actor of one switchboard; read-only for them."""
+
+    store: Store
+    clock: Clock
+    alarms: Alarms
+    spawn: Callable[[Callable[[], Awaitable[None]]], None]
+    lifecycle_for: Callable[[str], Lifecycle | None]
+    """The lifecycle of a bot id, ``None`` for a bot that is no longer configured."""
+    bot_for: Callable[[str], Bot]
+    backend_for: Callable[[str], LivechatBackend]
+    """The livechat backend that a bot id's sessions go to."""
+    retire: Callable[[ConversationActor], None]
+    """Take an actor out of the registry (it hibernates, or its conversation is gone)."""
+    hibernate_after: float | None = None
+    limits: Limits = Limits()
