@@ -72,6 +72,14 @@ def test_every_documented_frame_type_has_a_schema() -> None:
         assert f'"type":"{kind}"' in text
 
 
+def test_every_client_frame_type_is_documented() -> None:
+    text = DOCS.read_text()
+    for name, schema in wire.SCHEMAS.items():
+        if name.startswith("client."):
+            kind = schema["properties"]["type"]["const"]
+            assert f'{{"type":"{kind}"' in text, name
+
+
 # -- parsing: good frames ---------------------------------------------------------------------
 
 
