@@ -600,7 +600,11 @@ json_values = st.recursive(
     max_leaves=8,
 )
 framey = st.fixed_dictionaries(
-    {"type": st.sampled_from(["message", "typing", "ping", "presence", "claim", "hello", "x"])},
+    {
+        "type": st.sampled_from(
+            ["message", "typing", "ping", "presence", "claim", "event_ack", "hello", "x"]
+        )
+    },
     optional={
         "id": st.one_of(st.text(max_size=8), st.integers()),
         "content_type": st.sampled_from(["text", "payload", ""]),
@@ -608,6 +612,7 @@ framey = st.fixed_dictionaries(
             st.just({"payload": SESSION_START}), st.just({"payload": SESSION_END}), json_values
         ),
         "conversation_id": st.text(max_size=8),
+        "event_id": st.one_of(st.text(max_size=8), st.integers()),
         "status": st.sampled_from(["online", "away", "gone"]),
         "v": st.integers(0, 2),
     },
