@@ -147,6 +147,29 @@ async def test_an_event_fails_when_no_connection_opens_within_the_window(
     assert registry.unacknowledged("relay") == []
 
 
+async def test_once_a_window_passed_the_bots_events_fail_at_once_until_it_connects(
+    autojump_clock: object,
+) -> None:
+    registry = BotConnections()
+    with pytest.raises(BotNotConnected, match="no open connection for 30 s"):
+        await delivering(registry, "c1:1", connect_wait=30.0)()
+    assert trio.current_time() == 30.0
+    with pytest.raises(BotNotConnected, match="away"):
+        await delivering(registry, "c1:2", connect_wait=30.0)()
+    assert trio.current_time() == 30.0, "no second window"
+    async with trio.open_nursery() as nursery:
+        bot = Outlet()
+        registry.add("relay", bot)
+        outcome = start(nursery, delivering(registry, "c1:3"))
+        await settle()
+        registry.remove("relay", bot)  # back, then gone again: a fresh window
+        await trio.sleep(29.0)
+        registry.add("relay", Outlet())
+        await settle()
+        registry.acknowledge("relay", "c1:3")
+    assert outcome.result == "acked"
+
+
 async def test_an_event_fails_when_its_connection_does_not_acknowledge_in_time(
     autojump_clock: object,
 ) -> None:

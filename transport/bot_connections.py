@@ -13,7 +13,10 @@ The rules (docs/protocol.md, "Connected bots"):
   the bot's ``event_ack``.
 * If that connection closes first, the event goes to the next open connection, or, with none
   open, waits for the bot to (re)connect: up to ``connect_wait`` seconds each time no
-  connection is open. The window passing with no connection fails the event.
+  connection is open. The window passing with no connection fails the event, and the bot
+  counts as away: until one of its connections opens, its events fail at once instead of each
+  waiting a window of its own (a conversation's queued events would otherwise fail one window
+  after another).
 * A connection that keeps the event ``ack_timeout`` seconds without acknowledging it fails
   the event; so does an event put on :data:`MAX_SENDS` connections that all closed before
   acknowledging it (an event that kills the bot each time must not circle for ever).
@@ -89,10 +92,13 @@ class BotConnections:
         self._by_bot: dict[str, list[FrameOutlet]] = {}
         # bot id -> event id -> the deliveries of that event under way (nearly always one)
         self._owed: dict[str, dict[str, list[_Handout]]] = {}
+        # Bots whose connect window passed with no connection, until one connects.
+        self._away: set[str] = set()
         self.max_unacked = max_unacked
 
     def add(self, bot_id: str, outlet: FrameOutlet) -> None:
         self._by_bot.setdefault(bot_id, []).append(outlet)
+        self._away.discard(bot_id)
         for handouts in self._owed.get(bot_id, {}).values():
             for handout in handouts:
                 if handout.outlet is None:
@@ -186,9 +192,14 @@ class BotConnections:
                     )
                 outlet = self._send(bot_id, handout.frame)
                 if outlet is None:
+                    if bot_id in self._away:
+                        raise BotNotConnected(
+                            f"bot {bot_id!r} is away: no connection since its connect window passed"
+                        )
                     if window_ends is None:
                         window_ends = trio.current_time() + connect_wait
                     if not await handout.wait_until(window_ends) and not handout.acked:
+                        self._away.add(bot_id)
                         raise BotNotConnected(
                             f"bot {bot_id!r} had no open connection for {connect_wait:g} s"
                         )
