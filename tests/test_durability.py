@@ -6,7 +6,8 @@ again on the same data directory. Then: every acknowledged message is in the tra
 with ``switchover transcript``) and is delivered to a user who resumes; the live session is
 the agent's again and the queued ones wait in their order; a session whose deadline fell while
 the server was down has expired and its bot answered the expiry; new traffic flows. And an
-event a webhook bot had not answered when the server died reaches it again after the restart.
+event a webhook bot had not answered when the server died reaches it again after the restart,
+as does one a connected bot had received but not acknowledged.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import trio
 
 from actors import SESSION_EXPIRED, SESSION_START
 from transport.bots.demo import APOLOGY
-from transport.client import Frame, connect_agent, connect_user
+from transport.client import Frame, connect_agent, connect_bot, connect_user
 
 from .fakes.asgi_server import serving as serving_http
 from .fakes.webhook_bot import SECRET, BotServer
@@ -300,3 +301,44 @@ attempts = 1
             assert again["content"]["content"]["text"] == "are you there?"
             async with connect_user(server.ws_url, resume_token=token, last_seq=0) as user:
                 await user.wait_for(text_entry("echo: are you there?"))
+
+
+RELAY = "relay-token-for-durability"
+CONNECTED = f"""
+[listeners]
+host = "127.0.0.1"
+ws_port = 0
+http_port = 0
+
+[bots.relay]
+adapter = "connected"
+token = "{RELAY}"
+[bots.relay.options]
+connect_wait = 60.0
+"""
+
+
+async def test_kill_nine_hands_a_connected_bot_the_event_it_had_not_acknowledged(
+    tmp_path: Path,
+) -> None:
+    async with (
+        serving(tmp_path, 1, CONNECTED) as server,
+        connect_user(server.ws_url, bot_id="relay") as user,
+        connect_bot(server.ws_url, RELAY) as bot,
+    ):
+        token, conversation_id = user.resume_token, user.conversation_id
+        assert await user.say_text("are you there?") is not None  # stored
+        held = await bot.wait_for(lambda f: f["type"] == "event")
+        server.process.send_signal(signal.SIGKILL)  # the bot holds it, unacknowledged
+        await trio.to_thread.run_sync(server.process.wait)
+        await bot.wait_closed()
+
+    async with serving(tmp_path, 2, CONNECTED) as server:
+        # The restart hands the event over again; it waits for the bot to reconnect.
+        async with connect_bot(server.ws_url, RELAY) as bot:
+            again = await bot.wait_for(lambda f: f["type"] == "event", timeout=20)
+            assert again == held, "the same event, same event_id: the bot can de-duplicate"
+            await bot.push_text(conversation_id, "yes, still here")
+            await bot.ack_event(again["event_id"])
+        async with connect_user(server.ws_url, resume_token=token, last_seq=0) as user:
+            await user.wait_for(text_entry("yes, still here"))

@@ -72,6 +72,14 @@ def test_every_documented_frame_type_has_a_schema() -> None:
         assert f'"type":"{kind}"' in text
 
 
+def test_every_client_frame_type_is_documented() -> None:
+    text = DOCS.read_text()
+    for name, schema in wire.SCHEMAS.items():
+        if name.startswith("client."):
+            kind = schema["properties"]["type"]["const"]
+            assert f'{{"type":"{kind}"' in text, name
+
+
 # -- parsing: good frames ---------------------------------------------------------------------
 
 
@@ -120,6 +128,17 @@ def test_a_bot_push_carries_its_messages() -> None:
     assert parse_frame(raw, "bot", LIMIT) == wire.BotPush(
         "b1", "c", (Content.text("a"), Content("image", {"url": "u"}))
     )
+
+
+def test_a_bot_acknowledges_an_event() -> None:
+    raw = frame(type="event_ack", id="k1", event_id="c9:3")
+    assert wire._quick_event_ack(json.loads(raw))  # one per event: the quick path
+    assert parse_frame(raw, "bot", LIMIT) == wire.EventAck("k1", "c9:3")
+    assert parse_frame(frame(type="event_ack", event_id="c9:3"), "bot", LIMIT) == wire.EventAck(
+        None, "c9:3"
+    )
+    for role in ("user", "agent"):
+        assert rejection(raw, role).code == "unknown_type"
 
 
 def test_hellos_by_role() -> None:
@@ -294,6 +313,34 @@ def test_the_quick_push_path_accepts_exactly_what_the_schema_accepts(data: dict[
         assert schema_ok
         assert isinstance(parsed, wire.BotPush)
         assert len(parsed.contents) == len(data["messages"])
+
+
+event_ack_like = st.fixed_dictionaries(
+    {"type": st.just("event_ack")},
+    optional={
+        "id": st.one_of(st.text(max_size=70), st.integers(), st.booleans()),
+        "event_id": st.one_of(st.text(max_size=260), st.integers(), st.none()),
+        "conversation_id": st.text(max_size=3),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=event_ack_like)
+def test_the_quick_event_ack_path_accepts_exactly_what_the_schema_accepts(
+    data: dict[str, Any],
+) -> None:
+    schema_ok = wire.validator("client.bot.event_ack").is_valid(data)
+    if wire._quick_event_ack(data):
+        assert schema_ok
+    try:
+        parsed = parse_frame(json.dumps(data), "bot", LIMIT)
+    except BadFrame as bad:
+        assert not schema_ok
+        assert bad.code == "invalid_frame"
+    else:
+        assert schema_ok
+        assert parsed == wire.EventAck(data.get("id"), data["event_id"])
 
 
 seq_like = st.one_of(st.integers(-2, 3), st.floats(-1, 2), st.booleans(), st.text(max_size=2))

@@ -115,7 +115,9 @@ def _notice(code: str) -> Callable[[Frame], bool]:
 
 
 CONNECTED = {
-    "bots": {"relay": {"adapter": "connected", "token": BOT_TOKEN}},
+    "bots": {
+        "relay": {"adapter": "connected", "token": BOT_TOKEN, "options": {"connect_wait": 0.5}}
+    },
     "agents": {"alice": {"name": "Alice", "token": AGENT_TOKEN}},
 }
 
@@ -137,6 +139,7 @@ async def test_a_connected_bot_talks_hands_over_and_gets_its_user_back() -> None
                 assert heard["conversation_id"] == conv and heard["bot_id"] == "relay"
                 assert heard["metadata"] == {"name": "Uma"}
                 seq = await bot.push_text(conv, "Hello Uma, I am the relay bot.")
+                await bot.ack_event(heard["event_id"])
                 said = await user.wait_for(_text("bot", "Hello Uma, I am the relay bot."))
                 assert said["seq"] == seq
 
@@ -153,11 +156,13 @@ async def test_a_connected_bot_talks_hands_over_and_gets_its_user_back() -> None
                     await user.wait_for(_notice("session_ended"))
 
                 # The bot has the user again, and says so.
-                await bot.wait_for(_event(SESSION_END))
+                back = await bot.wait_for(_event(SESSION_END))
                 await bot.push_text(conv, "Welcome back!")
+                await bot.ack_event(back["event_id"])
                 await user.wait_for(_text("bot", "Welcome back!"))
 
-            # With the bot gone, its users are told it is unavailable.
+            # With the bot gone (for longer than its connect_wait), its users are told it is
+            # unavailable.
             async with connect_user(url, frame_check=check_schema) as alone:
                 await alone.say_text("anyone?")
                 told = await alone.wait_for(
@@ -166,9 +171,9 @@ async def test_a_connected_bot_talks_hands_over_and_gets_its_user_back() -> None
                 assert told["sender"] == "system"
 
 
-def test_the_connected_adapter_takes_no_options() -> None:
+def test_the_connected_adapter_refuses_unknown_options() -> None:
     config = from_mapping(
         {"bots": {"relay": {"adapter": "connected", "token": BOT_TOKEN, "options": {"url": "x"}}}}
     )
-    with pytest.raises(ConfigError, match=r"bots\.relay\.options: the connected adapter takes no"):
+    with pytest.raises(ConfigError, match=r"bots\.relay\.options\.url: unknown option"):
         build_bindings(config)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
@@ -460,6 +461,7 @@ async def test_a_connected_bot_gets_events_and_pushes_replies(harness: WsHarness
         )
         seq = await bot.push_text(user.conversation_id, "hello from a connected bot")
         assert (await user.wait_for(text_entry("hello from a connected bot")))["seq"] == seq
+        await bot.ack_event(event["event_id"])
 
         async with harness.user(bot_id="demo") as stranger:
             with pytest.raises(ServerError) as refused:
@@ -473,11 +475,93 @@ async def test_a_connected_bot_gets_events_and_pushes_replies(harness: WsHarness
         assert refused.value.code == "session_open"
 
 
-async def test_with_no_bot_connected_the_user_hears_it_is_unavailable(harness: WsHarness) -> None:
-    async with harness.user(bot_id="relay") as user:
+async def test_with_no_bot_connected_the_user_hears_it_is_unavailable(listener: str) -> None:
+    # Only once the bot's connect window (short here) passes with no connection.
+    async with (
+        running_ws_server(listener=listener, connect_wait=0.2) as harness,
+        harness.user(bot_id="relay") as user,
+    ):
         await user.say_text("anyone?")
         told = await user.wait_for(lambda f: f.get("metadata", {}).get("code") == "bot_unavailable")
         assert told["sender"] == "system"
+        assert harness.services.bot_connections.unacknowledged("relay") == []
+
+
+def is_event(text: str) -> Predicate:
+    return lambda f: f["type"] == "event" and f["content"].get("text") == text
+
+
+async def test_an_event_dropped_unacknowledged_goes_to_the_bots_next_connection(
+    harness: WsHarness,
+) -> None:
+    registry = harness.services.bot_connections
+    async with harness.user(bot_id="relay") as user:
+        async with harness.connected_bot("relay") as first:
+            await user.say_text("are you there?")
+            lost = await first.wait_for(is_event("are you there?"))
+        # Closed without acknowledging: the event waits for the bot to come back.
+        async with harness.connected_bot("relay") as second:
+            again = await second.wait_for(lambda f: f["type"] == "event")
+            assert again == lost, "the same event, same event_id, so the bot can de-duplicate"
+            await second.push_text(user.conversation_id, "yes, here")
+            await second.ack_event(again["event_id"])
+            assert registry.unacknowledged("relay") == []
+            await user.wait_for(text_entry("yes, here"))
+        assert not [f for f in user.take_all() if f.get("metadata", {}).get("code")]
+
+
+async def test_an_event_moves_to_another_open_connection_of_the_bot(harness: WsHarness) -> None:
+    async with (
+        harness.user(bot_id="relay") as user,
+        harness.connected_bot("relay") as older,
+        harness.connected_bot("relay") as newer,
+    ):
+        await user.say_text("one")
+        held = await older.wait_for(is_event("one"))  # events go to the oldest
+        await older.close()
+        moved = await newer.wait_for(is_event("one"))
+        assert moved["event_id"] == held["event_id"]
+        await newer.push_text(user.conversation_id, "one, answered")
+        await newer.ack_event(moved["event_id"])
+        await user.wait_for(text_entry("one, answered"))
+
+
+async def test_an_event_owed_before_the_bot_connects_is_delivered_when_it_does(
+    harness: WsHarness,
+) -> None:
+    registry = harness.services.bot_connections
+    async with harness.user(bot_id="relay") as user:
+        seq = await user.say_text("hello, anyone?")
+        await trio.testing.wait_all_tasks_blocked()
+        owed = f"{user.conversation_id}:{seq}"
+        assert registry.unacknowledged("relay") == [owed]
+        async with harness.connected_bot("relay") as bot:
+            event = await bot.wait_for(lambda f: f["type"] == "event")
+            assert (event["event_id"], event["content"]) == (owed, {"text": "hello, anyone?"})
+            await bot.push_text(user.conversation_id, "here now")
+            await bot.ack_event(owed)
+            await user.wait_for(text_entry("here now"))
+        assert not [f for f in user.take_all() if f.get("metadata", {}).get("code")]
+
+
+async def test_an_acknowledged_event_is_not_delivered_again(harness: WsHarness) -> None:
+    async with harness.user(bot_id="relay") as user:
+        async with harness.connected_bot("relay") as bot:
+            await user.say_text("first")
+            await user.say_text("second")
+            first = await bot.wait_for(lambda f: f["type"] == "event")
+            assert first["content"] == {"text": "first"}
+            # One event of a conversation at a time: the next waits for this one's ack.
+            await trio.testing.wait_all_tasks_blocked()
+            assert not [f for f in bot.take_all() if f["type"] == "event"]
+            await bot.ack_event(first["event_id"])
+            await bot.ack_event(first["event_id"])  # twice: harmless, still answered
+        async with harness.connected_bot("relay") as back:
+            event = await back.wait_for(lambda f: f["type"] == "event")
+            assert event["content"] == {"text": "second"}, "not the acknowledged one again"
+            await back.ack_event(event["event_id"])
+            await back.ping()
+            assert not [f for f in back.take_all() if f["type"] == "event"]
 
 
 # -- shutdown -------------------------------------------------------------------------------
@@ -516,7 +600,11 @@ json_values = st.recursive(
     max_leaves=8,
 )
 framey = st.fixed_dictionaries(
-    {"type": st.sampled_from(["message", "typing", "ping", "presence", "claim", "hello", "x"])},
+    {
+        "type": st.sampled_from(
+            ["message", "typing", "ping", "presence", "claim", "event_ack", "hello", "x"]
+        )
+    },
     optional={
         "id": st.one_of(st.text(max_size=8), st.integers()),
         "content_type": st.sampled_from(["text", "payload", ""]),
@@ -524,6 +612,7 @@ framey = st.fixed_dictionaries(
             st.just({"payload": SESSION_START}), st.just({"payload": SESSION_END}), json_values
         ),
         "conversation_id": st.text(max_size=8),
+        "event_id": st.one_of(st.text(max_size=8), st.integers()),
         "status": st.sampled_from(["online", "away", "gone"]),
         "v": st.integers(0, 2),
     },

@@ -270,7 +270,7 @@ class AgentClient(Peer):
 
 
 class BotClient(Peer):
-    """A connected bot: receives ``event`` frames, pushes messages."""
+    """A connected bot: receives ``event`` frames, pushes messages, acknowledges events."""
 
     @property
     def bot_id(self) -> str:
@@ -289,6 +289,13 @@ class BotClient(Peer):
         return await self.push(
             conversation_id, [{"content_type": "text", "content": {"text": text}}]
         )
+
+    async def ack_event(self, event_id: str) -> None:
+        """Acknowledge the event ``event_id`` (after pushing its answer, so the answer is
+        kept before the event stops being owed); waits for the server's ``ack``. Until a bot
+        acknowledges an event, it may be delivered again, and the conversation's next events
+        wait behind it."""
+        await self.request({"type": "event_ack", "event_id": event_id})
 
 
 @asynccontextmanager

@@ -313,8 +313,19 @@ class Peer:
                 self._agent_event(frame, AgentTyping(self._agent()), quiet=True)
         elif isinstance(frame, wire.BotPush):
             self._submit(frame.id, frame.conversation_id, BotSays(frame.contents))
+        elif isinstance(frame, wire.EventAck):
+            self._event_acked(frame)
         else:
             self._agent_frame(frame)
+
+    def _event_acked(self, frame: wire.EventAck) -> None:
+        """The bot has the event: its delivery is complete, on whichever of the bot's
+        connections it was sent. An id that awaits no acknowledgement of this bot (already
+        acknowledged, never sent, another bot's) changes nothing; either way a frame id is
+        answered with an ack, so acknowledging twice is harmless."""
+        assert self.bot_id is not None
+        self.services.bot_connections.acknowledge(self.bot_id, frame.event_id)
+        self._ack(frame.id, None)
 
     def _agent(self) -> str:
         assert self.agent_id is not None

@@ -104,7 +104,11 @@ _CLIENT_SCHEMAS: Final[dict[str, dict[str, str]]] = {
         "replay": "client.agent.replay",
         "ping": "client.ping",
     },
-    "bot": {"message": "client.bot.message", "ping": "client.ping"},
+    "bot": {
+        "message": "client.bot.message",
+        "event_ack": "client.bot.event_ack",
+        "ping": "client.ping",
+    },
 }
 _CLIENT_VALIDATORS: Final = {
     role: {kind: validator(name) for kind, name in kinds.items()}
@@ -198,11 +202,30 @@ class BotPush:
 
 
 @attrs.frozen
+class EventAck:
+    """A connected bot acknowledges the event ``event_id``."""
+
+    id: FrameId | None
+    event_id: str
+
+
+@attrs.frozen
 class Ping:
     id: FrameId | None
 
 
-Frame = Say | TypingNow | SetPresence | SignOff | Transfer | Claim | ReplayAfter | BotPush | Ping
+Frame = (
+    Say
+    | TypingNow
+    | SetPresence
+    | SignOff
+    | Transfer
+    | Claim
+    | ReplayAfter
+    | BotPush
+    | EventAck
+    | Ping
+)
 
 
 class BadFrame(Exception):
@@ -288,6 +311,18 @@ def _quick_push(data: dict[str, Any]) -> bool:
         ):
             return False
     return True
+
+
+_EVENT_ACK_KEYS: Final = frozenset({"type", "id", "event_id"})
+
+
+def _quick_event_ack(data: dict[str, Any]) -> bool:
+    """True only if a bot's event_ack surely passes its schema (one per event)."""
+    return (
+        _EVENT_ACK_KEYS.issuperset(data)
+        and _text(data.get("event_id"), 256)
+        and ("id" not in data or _readable_id(data) is not None)
+    )
 
 
 _HELLO_KEYS: Final = {
@@ -392,6 +427,8 @@ def parse_frame(raw: str | bytes, role: str, max_bytes: int) -> Frame:
         )
     if kind == "message" and role == "bot" and _quick_push(data):
         return _build(kind, data)
+    if kind == "event_ack" and role == "bot" and _quick_event_ack(data):
+        return EventAck(data.get("id"), data["event_id"])
     check = validators.get(kind) if isinstance(kind, str) else None
     if check is None:
         allowed = ", ".join(sorted(validators))
@@ -425,6 +462,8 @@ def _build(kind: str, data: dict[str, Any]) -> Frame:
         return Claim(frame_id, data["conversation_id"])
     if kind == "replay":
         return ReplayAfter(frame_id, data["conversation_id"], data["after_seq"])
+    if kind == "event_ack":
+        return EventAck(frame_id, data["event_id"])
     return Ping(frame_id)
 
 
@@ -604,6 +643,7 @@ __all__ = [
     "BotHello",
     "BotPush",
     "Claim",
+    "EventAck",
     "Frame",
     "FrameId",
     "Hello",

@@ -131,15 +131,21 @@ async def running_ws_server(
     listener: str = "fast",
     store: Store | None = None,
     close_grace: float = 5.0,
+    connect_wait: float = 30.0,
+    ack_timeout: float = 10.0,
 ) -> AsyncIterator[WsHarness]:
     """Serve the WebSocket protocol on an ephemeral port of 127.0.0.1 for the block, on the
-    ``listener`` implementation named (see transport.ws_server.LISTENERS)."""
+    ``listener`` implementation named (see transport.ws_server.LISTENERS). ``connect_wait``
+    and ``ack_timeout`` are the connected bot ``relay``'s."""
     settings = settings or BotSettings(session_timeout=3600, grace_period=30)
     bot = ScriptedBot()
     registry = BotConnections()
     bots = {
         "demo": BotBinding(bot, settings),
-        "relay": BotBinding(ConnectedBot("relay", registry), settings),
+        "relay": BotBinding(
+            ConnectedBot("relay", registry, connect_wait=connect_wait, ack_timeout=ack_timeout),
+            settings,
+        ),
     }
     desk = Desk(
         {bot_id: settings for bot_id in bots},

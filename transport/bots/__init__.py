@@ -58,14 +58,9 @@ def build_bot(
     if adapter == "connected":
         from .connected import ConnectedBot
 
-        if options:
-            raise ConfigError(
-                f"bots.{bot_id}.options: the connected adapter takes no options, got "
-                + ", ".join(sorted(options))
-            )
         if connections is None:
             raise ValueError("the connected adapter needs the server's bot connections")
-        return ConnectedBot(bot_id, connections)
+        return ConnectedBot.from_options(bot_id, options, connections)
     raise ConfigError(
         f"bots.{bot_id}.adapter: unknown adapter {adapter!r}; known: {', '.join(ADAPTERS)}"
     )
