@@ -44,8 +44,9 @@ class Mailbox(Generic[T]):
     def take_nowait(self) -> list[T]:
         """Everything waiting, oldest first (possibly nothing)."""
         items = self._items
-        if items:
-            self._items = []
+        if not items:
+            return []
+        self._items = []
         return items
 
     async def take(self) -> list[T]:

@@ -3,7 +3,6 @@ wait. Nothing here sleeps: a test waits for the other tasks to block, never for 
 
 from __future__ import annotations
 
-import pytest
 import trio
 import trio.testing
 
@@ -236,11 +235,6 @@ def test_the_list_take_nowait_returns_on_items_is_the_callers() -> None:
     assert mailbox.take_nowait() == ["b"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="take_nowait on an empty mailbox returns the mailbox's own list: what the caller "
-    "adds to it lands in the mailbox, without waking the reader",
-)
 def test_the_list_take_nowait_returns_when_empty_is_the_callers() -> None:
     mailbox: Mailbox[str] = Mailbox()
     taken = mailbox.take_nowait()
