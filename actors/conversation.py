@@ -168,7 +168,7 @@ class ConversationActor:
         self._feeder = feeder
         if feeder is not None:
             feeder.post = self._post
-        self._message_ids: dict[str, fx.Outcome] | None = None
+        self._message_ids: dict[str, tuple[fx.Outcome, Event]] | None = None
         self._store_backoff: Backoff | None = None
         #: Entries stored but never answered by the bot before a restart: delivered again
         #: as soon as the state is known (set by the switchboard before the actor runs).
@@ -405,20 +405,23 @@ class ConversationActor:
         seen: dict[str, int] | None = None
         state = first
         transitions: list[Transition] = []
+        firsts: list[Envelope] = []  # the envelope of each transition
         # Per envelope dealt with: the index of its transition, or the outcome of a resend.
         plan: list[int | fx.Outcome] = []
         failure: Exception | None = None
         for envelope in envelopes:
             key = envelope.message_id
             if key is not None:
+                # A resend is the same id with the same event; the same id with another
+                # event is a client that reused an id, and its message is taken as new.
                 earlier = known.get(key) if known is not None else None
-                if earlier is not None:
-                    plan.append(earlier)
+                if earlier is not None and earlier[1] == envelope.event:
+                    plan.append(earlier[0])
                     continue
                 if seen is None:
                     seen = {}
                 index = seen.get(key)
-                if index is not None:
+                if index is not None and firsts[index].event == envelope.event:
                     plan.append(index)
                     continue
                 seen[key] = len(transitions)
@@ -430,6 +433,7 @@ class ConversationActor:
                 break
             plan.append(len(transitions))
             transitions.append(transition)
+            firsts.append(envelope)
             state = transition.state
         done = len(plan)
         if state is not first:
@@ -472,7 +476,7 @@ class ConversationActor:
                     ran = step
                     await self.effects.run(transition, envelope.origin)
                     if envelope.message_id is not None:
-                        self._remember(envelope.message_id, transition.outcome)
+                        self._remember(envelope.message_id, transition.outcome, envelope.event)
                 _answer(envelope, transition.outcome)
             else:
                 _answer(envelope, step)
@@ -490,14 +494,14 @@ class ConversationActor:
                 extra={"conversation_id": self.conversation_id},
             )
 
-    def _remember(self, message_id: str, outcome: fx.Outcome) -> None:
+    def _remember(self, message_id: str, outcome: fx.Outcome, event: Event) -> None:
         """Keep an accepted message's outcome under its id, for the last ``message_ids``."""
         if not isinstance(outcome, fx.Accepted):
             return
         known = self._message_ids
         if known is None:
             known = self._message_ids = {}
-        known[message_id] = outcome
+        known[message_id] = (outcome, event)
         if len(known) > self.context.limits.message_ids:
             del known[next(iter(known))]
 

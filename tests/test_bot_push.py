@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from actors import (
     SESSION_START,
     BotBinding,
     BotSettings,
     Content,
+    ConversationState,
     Desk,
     Entry,
+    MemoryStore,
     Party,
     UserSays,
     open_switchboard,
 )
+from transport.bots import push
 from transport.http_app import HttpApp, mount_extensions
 from transport.services import Services
 
@@ -113,3 +117,49 @@ async def test_a_push_during_a_livechat_session_is_refused(
     response = await http.post("/v1/bots/support/messages", json=body, headers=bearer(TOKEN))
     assert (response.status_code, response.json()["error"]) == (409, "session_open")
     assert all(e.content.text_value != "psst" for e in user.entries())
+
+
+class GatedStore(MemoryStore):
+    """A memory store whose writes wait while ``gate`` is closed (a stalled disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = trio.Event()
+        self.open.set()
+
+    async def record(self, state: ConversationState, entries: Sequence[Entry]) -> None:
+        await self.open.wait()
+        await super().record(state, entries)
+
+
+async def test_a_push_that_times_out_is_pending_and_a_retry_with_its_key_shows_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(push, "ANSWER_WITHIN", 0.2)
+    store = GatedStore()
+    settings = BotSettings()
+    bots = {"support": BotBinding(EchoBot(), settings)}
+    async with open_switchboard(bots, {"desk": Desk({"support": settings}, [])}, store) as board:
+        services = Services(board, board.backends["desk"], "secret", bot_tokens={TOKEN: "support"})  # type: ignore[arg-type]
+        app = HttpApp(services)
+        mount_extensions(app, services)
+        async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+            conv = (await board.open_conversation("support")).conversation_id
+            body = {"conversation_id": conv, "messages": [Content.text("Shipped.").to_json()]}
+            headers = {**bearer(TOKEN), "Idempotency-Key": "order-42-shipped"}
+            store.open = trio.Event()  # the disk stalls
+            for _ in range(2):
+                response = await http.post("/v1/bots/support/messages", json=body, headers=headers)
+                assert response.status_code == 202, response.text
+                assert response.json() == {"accepted": True, "pending": True, "seq": None}
+            store.open.set()
+            response = await http.post("/v1/bots/support/messages", json=body, headers=headers)
+            assert (response.status_code, response.json()) == (200, {"accepted": True, "seq": 1})
+            shown = [e for e in await store.entries_after(conv, 0) if e.sender is Party.BOT]
+            assert [e.content.text_value for e in shown] == ["Shipped."]
+            bad = await http.post(
+                "/v1/bots/support/messages",
+                json=body,
+                headers={**bearer(TOKEN), "Idempotency-Key": "x" * 256},
+            )
+            assert (bad.status_code, bad.json()["error"]) == (400, "bad_request")

@@ -292,8 +292,12 @@ async def test_a_resent_message_id_is_answered_with_its_first_ack_and_stored_onc
             board.submit(conv, UserSays(Content.text("twice")), outcomes.append, message_id="m2")
         await until(lambda: len(outcomes) == 2)
         assert outcomes[0] == outcomes[1]
+        # The same id with another message is a client that reused an id: taken as new.
+        reused = await board.ask(conv, UserSays(Content.text("other")), message_id="user:m1")
+        assert isinstance(reused, Accepted) and reused != first
         texts = [e.content.text_value for e in await board.store.entries_after(conv, 0)]
         assert texts.count("once") == 1 and texts.count("twice") == 1
+        assert texts.count("other") == 1
 
 
 # -- 5. a refused expiry backs off -----------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -69,6 +70,9 @@ class Peer:
         self._closed = trio.Event()
         self._pending: dict[str | int, list[Frame]] = {}
         self._answered: dict[str | int, trio.Event] = {}
+        # Ids unique beyond this connection: the conversation takes a reused id of a message
+        # it already has for a resend of that message.
+        self._id_prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
 
     # -- receiving --------------------------------------------------------------------------
@@ -154,7 +158,7 @@ class Peer:
         """Send ``frame`` with a fresh ``id`` (unless it has one) and return the ``ack`` (or
         ``pong``) that answers it. Raises :class:`ServerError` on an ``error`` answer."""
         frame = dict(frame)
-        frame_id = frame.setdefault("id", f"r{next(self._ids)}")
+        frame_id = frame.setdefault("id", f"r{self._id_prefix}-{next(self._ids)}")
         answered = self._answered[frame_id] = trio.Event()
         self._pending[frame_id] = []
         try:

@@ -60,6 +60,7 @@ NOT_FOUND: Final = 4404
 TOO_SLOW: Final = 4408
 STORE_DOWN: Final = 4503
 GOING_AWAY: Final = 1001
+INTERNAL_ERROR: Final = 1011
 
 #: How many claim/transfer ids an agent connection remembers for late desk refusals.
 _PENDING_LIMIT: Final = 256
@@ -135,6 +136,12 @@ class Peer:
             log.exception("cannot encode %r for a client", type(item).__name__)
             return
         self._send(text)
+
+    def abandon(self) -> None:
+        """The core cannot deliver to this client any more (its delivery raised): close it
+        with a code that tells it to reconnect and resume by ``seq``."""
+        if not self.closing:
+            self._close(INTERNAL_ERROR, "internal_error: reconnect and resume with last_seq")
 
     def send_frame(self, text: str) -> bool:
         """Queue a ready-made frame (FrameOutlet); ``False`` when closing."""
@@ -415,7 +422,13 @@ class Peer:
         reply = partial(self._answer, None if quiet else frame_id, conversation_id)
         origin = self if frame_id is not None and not quiet else None
         try:
-            self.board.submit(conversation_id, event, reply, origin=origin)
+            self.board.submit(
+                conversation_id,
+                event,
+                reply,
+                origin=origin,
+                message_id=None if origin is None else self._message_key(frame_id),
+            )
         except Overloaded:
             self._send(
                 wire.error_frame(
@@ -425,6 +438,13 @@ class Peer:
                     conversation_id,
                 )
             )
+
+    def _message_key(self, frame_id: FrameId | None) -> str:
+        """The conversation remembers message ids per sender: a user, one agent, one bot.
+        ``repr`` keeps the integer 7 and the string "7" apart."""
+        if self.role == "agent":
+            return f"agent:{self.agent_id}:{frame_id!r}"
+        return f"{self.role}:{frame_id!r}"
 
     def _answer(self, frame_id: FrameId | None, conversation_id: str, outcome: Outcome) -> None:
         if isinstance(outcome, Refused):
@@ -449,6 +469,7 @@ class Peer:
 __all__ = [
     "BAD_HELLO",
     "GOING_AWAY",
+    "INTERNAL_ERROR",
     "NOT_FOUND",
     "STORE_DOWN",
     "TOO_SLOW",

@@ -544,6 +544,7 @@ def transcript_frame(transcript: Transcript) -> str:
             "user_id": transcript.user_id,
             "user_metadata": dict(transcript.user_metadata),
             "entries": [entry.to_json() for entry in transcript.entries],
+            "truncated": transcript.truncated,
         }
     )
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from actors import Accepted, BotSays, Content, Overloaded
+from actors import Accepted, BotSays, Content, Outcome, Overloaded
 
 from ..services import Services
 
@@ -32,6 +32,7 @@ log = logging.getLogger("switchover.bots.push")
 PATH = "/v1/bots/{bot_id}/messages"
 MAX_BODY_BYTES = 64 * 1024
 MAX_MESSAGES = 20
+MAX_KEY_LENGTH = 255
 ANSWER_WITHIN = 10.0
 
 PushResult = tuple[int, dict[str, Any]]
@@ -41,12 +42,19 @@ def _error(status: int, code: str, message: str) -> PushResult:
     return status, {"error": code, "message": message}
 
 
-def _bearer(headers: Mapping[str, str]) -> str | None:
+def _header(headers: Mapping[str, str], name: str) -> str | None:
     for key, value in headers.items():
-        if key.lower() == "authorization":
-            scheme, _, token = value.strip().partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        if key.lower() == name:
+            return value
     return None
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    value = _header(headers, "authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _bot_of(services: Services, token: str) -> str | None:
@@ -81,6 +89,10 @@ async def push_messages(
     """Handle one push: returns the HTTP status and the JSON body to answer with.
 
     200 ``{"accepted": true, "seq": n}`` (the sequence number of the last message shown);
+    202 ``{"accepted": true, "pending": true, "seq": null}`` when the conversation did not
+    answer within ``ANSWER_WITHIN`` seconds: the messages are queued and will be shown.
+    With an ``Idempotency-Key`` header, a retry with the same key and body is answered
+    with the first outcome (200 and its ``seq`` once shown) and shows nothing twice.
     401 without a valid token, 403 with another bot's token, 404 for a conversation this
     bot does not serve, 409 when a livechat session is open, 413/400 for bad bodies, 429
     when the conversation is overloaded.
@@ -107,19 +119,41 @@ async def push_messages(
     contents = _messages(data)
     if isinstance(contents, tuple):
         return contents
+    key = _header(headers, "idempotency-key")
+    if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
+        return _error(
+            400,
+            "bad_request",
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
+        )
     board = services.board
     state = await board.store.load(conversation_id)
     if state is None or state.bot_id != bot_id:
         # The same answer for "no such conversation" and "another bot's": a bot cannot
         # probe for conversations it does not serve.
         return _error(404, "unknown_conversation", "No such conversation for this bot.")
+    outcomes: list[Outcome] = []
+    answered = trio.Event()
+
+    def reply(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        answered.set()
+
     try:
-        with trio.fail_after(ANSWER_WITHIN):
-            outcome = await board.ask(conversation_id, BotSays(tuple(contents)))
+        board.submit(
+            conversation_id,
+            BotSays(tuple(contents)),
+            reply,
+            message_id=None if key is None else f"push:{key}",
+        )
     except Overloaded:
         return _error(429, "overloaded", "The conversation is busy; retry shortly.")
-    except trio.TooSlowError:
-        return _error(503, "unavailable", "The conversation did not answer in time.")
+    with trio.move_on_after(ANSWER_WITHIN):
+        await answered.wait()
+    if not outcomes:
+        # Queued, so it will be shown: saying "unavailable" would make a bot send it again.
+        return 202, {"accepted": True, "pending": True, "seq": None}
+    outcome = outcomes[0]
     if isinstance(outcome, Accepted):
         return 200, {"accepted": True, "seq": outcome.seq}
     status = 409 if outcome.code == "session_open" else 400

@@ -137,6 +137,8 @@
       this.ready = false;
       this.attempt = 0;
       this.nextId = 1;
+      // Ids unique beyond this page: a reused id of a stored message is taken for a resend.
+      this.idPrefix = Math.random().toString(36).slice(2, 10);
       this.pending = new Map();
       this.unacked = new Map();
       this.lastTypingSent = 0;
@@ -334,7 +336,7 @@
         this.problem("Not connected right now; try again in a moment.");
         return null;
       }
-      const id = `d${this.nextId++}`;
+      const id = `d${this.idPrefix}-${this.nextId++}`;
       if (frame.type === "message") {
         const chat = this.chats.get(frame.conversation_id);
         this.unacked.set(id, {frame, seqBefore: chat ? chat.lastSeq : 0});

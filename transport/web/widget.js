@@ -119,6 +119,8 @@
       this.attempt = 0;
       this.closed = false;
       this.nextId = 1;
+      // Ids unique beyond this page: a reused id of a stored message is taken for a resend.
+      this.idPrefix = Math.random().toString(36).slice(2, 10);
       this.lastTypingSent = 0;
       if (window.SwitchoverCommon) {
         adopt(window.SwitchoverCommon);
@@ -404,7 +406,7 @@
     }
 
     submit(message) {
-      const frame = Object.assign({type: "message", id: `c${this.nextId++}`}, message);
+      const frame = Object.assign({type: "message", id: `c${this.idPrefix}-${this.nextId++}`}, message);
       if (this.ready) this.transmit(frame);
       else this.outbox.push(frame);
     }
