@@ -229,47 +229,147 @@ def _refuse(state: ConversationState, code: str, detail: str) -> Transition:
     return Transition(state, (), fx.Refused(code, detail))
 
 
+def _withdraw_stale(
+    state: ConversationState,
+    event: ev.QueuePositionChanged | ev.ReturnedToQueue,
+    now: float,
+) -> Transition:
+    """The backend speaks of a session that is no longer the open one (it ended while the
+    backend was queueing it or sending it back): it withdraws that session, or it would keep
+    a waiting entry for it."""
+    return Transition(state, (fx.WithdrawRequest(event.session_id),))
+
+
+def _release_stale(state: ConversationState, event: ev.AgentAssigned, now: float) -> Transition:
+    """An agent was assigned a session that ended (or is another one) meanwhile."""
+    release = fx.ReleaseAgent(event.session_id, event.agent_id, "stale_assignment")
+    return Transition(state, (release,))
+
+
+@attrs.frozen
+class Ignore:
+    """Table entry: the event changes nothing in this mode (it is stale, or ephemeral)."""
+
+    def __call__(self, state: ConversationState, event: ev.Event, now: float) -> Transition:
+        return Transition(state)
+
+
+@attrs.frozen
+class Refuse:
+    """Table entry: the event is refused in this mode with ``code``."""
+
+    code: str
+    detail: str
+
+    def __call__(self, state: ConversationState, event: ev.Event, now: float) -> Transition:
+        return _refuse(state, self.code, self.detail)
+
+
+IGNORE = Ignore()
+NOT_ASSIGNED = Refuse("not_assigned", "That agent does not hold this conversation.")
+SESSION_OPEN = Refuse(
+    "session_open",
+    "A livechat session is open: a human agent has this conversation, so bot messages are "
+    "not shown until the session ends.",
+)
+
+Handler = Callable[[ConversationState, Any, float], Transition]
+
+
 class Lifecycle:
-    """The transitions of one bot's conversations, under that bot's settings."""
+    """The transitions of one bot's conversations, under that bot's settings.
+
+    :attr:`table` says, for each mode and each event type, what happens: a handler, ``IGNORE``
+    or a ``Refuse``. It is the one place that decides what a mode accepts; the handlers then
+    check only what the mode does not settle (whose session, which agent).
+    """
 
     def __init__(self, settings: BotSettings) -> None:
         self.settings = settings
-        self._handlers: dict[type[Any], Callable[[ConversationState, Any, float], Transition]] = {
-            ev.UserSays: self._user_says,
-            ev.UserTyping: self._user_typing,
-            ev.BotSays: self._bot_says,
-            ev.BotUnavailable: self._bot_unavailable,
-            ev.AgentSays: self._agent_says,
-            ev.AgentSignsOff: self._agent_signs_off,
-            ev.AgentTyping: self._agent_typing,
-            ev.AgentTransfers: self._agent_transfers,
-            ev.QueuePositionChanged: self._queue_position,
-            ev.AgentAssigned: self._agent_assigned,
-            ev.ReturnedToQueue: self._returned_to_queue,
-            ev.TransferFailed: self._transfer_failed,
-            ev.TimerFired: self._timer_fired,
+        user_says_in_session = self._user_says_in_session
+        self.table: dict[Mode, dict[type[Any], Handler]] = {
+            Mode.BOT: {
+                ev.UserSays: self._user_says_to_bot,
+                ev.UserTyping: IGNORE,
+                ev.BotSays: self._bot_says,
+                ev.BotUnavailable: self._bot_unavailable,
+                ev.AgentSays: NOT_ASSIGNED,
+                ev.AgentSignsOff: NOT_ASSIGNED,
+                ev.AgentTyping: IGNORE,
+                ev.AgentTransfers: NOT_ASSIGNED,
+                ev.QueuePositionChanged: _withdraw_stale,
+                ev.AgentAssigned: _release_stale,
+                ev.ReturnedToQueue: _withdraw_stale,
+                ev.TransferFailed: IGNORE,
+                ev.TimerFired: IGNORE,
+            },
+            Mode.QUEUED: {
+                ev.UserSays: user_says_in_session,
+                ev.UserTyping: IGNORE,
+                ev.BotSays: SESSION_OPEN,
+                ev.BotUnavailable: IGNORE,
+                ev.AgentSays: NOT_ASSIGNED,
+                ev.AgentSignsOff: NOT_ASSIGNED,
+                ev.AgentTyping: IGNORE,
+                ev.AgentTransfers: NOT_ASSIGNED,
+                ev.QueuePositionChanged: self._queue_position,
+                ev.AgentAssigned: self._agent_assigned,
+                ev.ReturnedToQueue: self._returned_to_queue,
+                ev.TransferFailed: IGNORE,
+                ev.TimerFired: self._timer_fired,
+            },
+            Mode.LIVE: {
+                ev.UserSays: user_says_in_session,
+                ev.UserTyping: self._user_typing,
+                ev.BotSays: SESSION_OPEN,
+                ev.BotUnavailable: IGNORE,
+                ev.AgentSays: self._agent_says,
+                ev.AgentSignsOff: self._agent_signs_off,
+                ev.AgentTyping: self._agent_typing,
+                ev.AgentTransfers: self._agent_transfers,
+                ev.QueuePositionChanged: self._queue_position,
+                ev.AgentAssigned: self._agent_assigned,
+                ev.ReturnedToQueue: self._returned_to_queue,
+                ev.TransferFailed: IGNORE,
+                ev.TimerFired: self._timer_fired,
+            },
         }
+        self._bot = self.table[Mode.BOT]
+        self._queued = self.table[Mode.QUEUED]
+        self._live = self.table[Mode.LIVE]
 
     def deadline(self, state: ConversationState) -> float | None:
         return deadline(state, self.settings)
 
     def handle(self, state: ConversationState, event: ev.Event, now: float) -> Transition:
-        return self._handlers[type(event)](state, event, now)
+        session = state.session
+        if session is None:
+            table = self._bot
+        else:
+            table = self._queued if session.agent_id is None else self._live
+        return table[type(event)](state, event, now)
 
     # -- the user ---------------------------------------------------------------------------
 
-    def _user_says(self, state: ConversationState, event: ev.UserSays, now: float) -> Transition:
+    def _user_says_to_bot(
+        self, state: ConversationState, event: ev.UserSays, now: float
+    ) -> Transition:
+        out = _Builder(state, now)
+        if event.content.is_payload(SESSION_START):
+            return self._open_session(out, event.content)
+        seq = out.emit(Party.USER, event.content, _USER_AND_BOT)
+        return out.finish(outcome=fx.Accepted(seq))
+
+    def _user_says_in_session(
+        self, state: ConversationState, event: ev.UserSays, now: float
+    ) -> Transition:
         content = event.content
         session = state.session
-        if session is not None and session.agent_id is not None and content.content_type != PAYLOAD:
+        assert session is not None
+        if session.agent_id is not None and content.content_type != PAYLOAD:
             # Live, and neither payload that opens or ends a session: the hot path.
             return _live_message(state, session, Party.USER, content, session.agent_id, now)
         out = _Builder(state, now)
-        if session is None:
-            if content.is_payload(SESSION_START):
-                return self._open_session(out, content)
-            seq = out.emit(Party.USER, content, _USER_AND_BOT)
-            return out.finish(outcome=fx.Accepted(seq))
         if content.is_payload(SESSION_END):
             return self._end_session(out, USER_ENDED, content)
         if content.is_payload(SESSION_START):
@@ -295,20 +395,12 @@ class Lifecycle:
         self, state: ConversationState, event: ev.UserTyping, now: float
     ) -> Transition:
         session = state.session
-        if session is None or session.agent_id is None:
-            return Transition(state)
+        assert session is not None and session.agent_id is not None
         return Transition(state, (fx.Signal(Party.AGENT, _TYPING, session.agent_id),))
 
     # -- the bot ----------------------------------------------------------------------------
 
     def _bot_says(self, state: ConversationState, event: ev.BotSays, now: float) -> Transition:
-        if state.session is not None:
-            return _refuse(
-                state,
-                "session_open",
-                "A livechat session is open: a human agent has this conversation, so bot "
-                "messages are not shown until the session ends.",
-            )
         out = _Builder(state, now)
         seq = None
         for content in event.contents:
@@ -318,8 +410,6 @@ class Lifecycle:
     def _bot_unavailable(
         self, state: ConversationState, event: ev.BotUnavailable, now: float
     ) -> Transition:
-        if state.session is not None:
-            return Transition(state)
         out = _Builder(state, now)
         out.emit(
             Party.SYSTEM,
@@ -396,21 +486,15 @@ class Lifecycle:
             state, (fx.TransferChat(session.session_id, event.agent_id, event.to_agent),)
         )
 
-    def _transfer_failed(
-        self, state: ConversationState, event: ev.TransferFailed, now: float
-    ) -> Transition:
-        # The backend tells the agent itself; the lifecycle has nothing to change.
-        return Transition(state)
-
     # -- the livechat backend ---------------------------------------------------------------
 
     def _queue_position(
         self, state: ConversationState, event: ev.QueuePositionChanged, now: float
     ) -> Transition:
         session = state.session
-        if session is None or session.session_id != event.session_id:
-            # The backend still has a session that ended: it withdraws it.
-            return Transition(state, (fx.WithdrawRequest(event.session_id),))
+        assert session is not None
+        if session.session_id != event.session_id:
+            return _withdraw_stale(state, event, now)
         if session.agent_id is not None or session.position == event.position:
             return Transition(state)
         out = _Builder(state, now)
@@ -421,10 +505,9 @@ class Lifecycle:
         self, state: ConversationState, event: ev.AgentAssigned, now: float
     ) -> Transition:
         session = state.session
-        if session is None or session.session_id != event.session_id:
-            # The session ended (or is another one) while the backend was assigning it.
-            release = fx.ReleaseAgent(event.session_id, event.agent_id, "stale_assignment")
-            return Transition(state, (release,))
+        assert session is not None
+        if session.session_id != event.session_id:
+            return _release_stale(state, event, now)
         if session.agent_id == event.agent_id:
             return Transition(state)
         out = _Builder(state, now)
@@ -452,10 +535,9 @@ class Lifecycle:
         self, state: ConversationState, event: ev.ReturnedToQueue, now: float
     ) -> Transition:
         session = state.session
-        if session is None or session.session_id != event.session_id:
-            # The session ended while the backend sent it back to the queue: without this the
-            # backend would keep a waiting entry for it.
-            return Transition(state, (fx.WithdrawRequest(event.session_id),))
+        assert session is not None
+        if session.session_id != event.session_id:
+            return _withdraw_stale(state, event, now)
         if session.agent_id != event.agent_id:
             return Transition(state)
         out = _Builder(state, now)
@@ -477,8 +559,7 @@ class Lifecycle:
         self, state: ConversationState, event: ev.TimerFired, now: float
     ) -> Transition:
         session = state.session
-        if session is None:
-            return Transition(state)
+        assert session is not None
         settings = self.settings
         out = _Builder(state, now)
         if (
