@@ -363,6 +363,10 @@ class ConversationActor:
             self.subscribers.append(item.sink)
             if item.after_seq is not None:
                 await self._replay(item.sink, item.after_seq, Party.USER, None)
+            assert self.state is not None
+            position = self.effects.position_for(self.state)
+            if position is not None and item.sink in self.subscribers:
+                self.effects.to_sink(item.sink, position)
         elif isinstance(item, Unsubscribe):
             if item.sink in self.subscribers:
                 self.subscribers.remove(item.sink)
@@ -372,13 +376,9 @@ class ConversationActor:
     async def _replay(self, sink: Sink, after_seq: int, party: Party, agent_id: str | None) -> None:
         with trio.CancelScope(shield=True):
             entries = await self.context.store.entries_after(self.conversation_id, after_seq)
-        try:
-            for entry in entries:
-                if entry.visible_to(party, agent_id):
-                    sink.deliver(entry)
-        except Exception:
-            log.exception("a client failed during a replay; it is closed and will resume")
-            self.effects.drop(sink)
+        for entry in entries:
+            if entry.visible_to(party, agent_id) and not self.effects.to_sink(sink, entry):
+                return
 
     async def _handle_group(
         self, envelopes: list[Envelope], now: float | None = None

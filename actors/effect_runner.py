@@ -38,7 +38,7 @@ from . import effects as fx
 from .backoff import Backoff
 from .context import ConversationContext
 from .lifecycle import ConversationState, Transition
-from .ports import AgentRequest, Sink, Transcript, Typing
+from .ports import AgentRequest, QueuePosition, Sink, Transcript, Typing
 from .records import Entry, Party
 
 log = logging.getLogger("switchover.conversation")
@@ -70,6 +70,7 @@ class EffectRunner:
         "conversation_id",
         "feed_bot",
         "pending",
+        "position",
         "subscribers",
     )
 
@@ -88,6 +89,8 @@ class EffectRunner:
         self.pending: list[BackendEffect] = []
         self._backoff: Backoff | None = None
         self._deliver_failing = False
+        #: The last queue position told to the user (ephemeral: never stored).
+        self.position: QueuePosition | None = None
 
     @property
     def retry_due(self) -> float | None:
@@ -106,6 +109,11 @@ class EffectRunner:
                 self.deliver(effect.entry, state, origin)
             elif isinstance(effect, fx.Signal):
                 self._signal(effect, state)
+            elif isinstance(effect, fx.TellPosition):
+                self.position = QueuePosition(
+                    self.conversation_id, effect.session_id, effect.position
+                )
+                self.to_users(self.position)
             else:
                 await self._backend(effect, state)
 
@@ -120,7 +128,14 @@ class EffectRunner:
         if Party.BOT in audience:
             self.feed_bot(entry, state)
 
-    def to_users(self, item: Entry | Typing, skip: Sink | None = None) -> None:
+    def position_for(self, state: ConversationState) -> QueuePosition | None:
+        """The last position told, if the session it was for is still waiting."""
+        position, session = self.position, state.session
+        if position is None or session is None or session.session_id != position.session_id:
+            return None
+        return position if session.agent_id is None else None
+
+    def to_users(self, item: Entry | Typing | QueuePosition, skip: Sink | None = None) -> None:
         failed: list[Sink] | None = None
         for sink in self.subscribers:
             if sink is not skip:
@@ -132,6 +147,16 @@ class EffectRunner:
         if failed:
             for sink in failed:
                 self.drop(sink)
+
+    def to_sink(self, sink: Sink, item: Entry | QueuePosition) -> bool:
+        """Deliver to one user's client; a client that raises is dropped. Whether it took it."""
+        try:
+            sink.deliver(item)
+        except Exception:
+            log.exception("a user's client failed; it is closed and will resume")
+            self.drop(sink)
+            return False
+        return True
 
     def drop(self, sink: Sink) -> None:
         if sink in self.subscribers:

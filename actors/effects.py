@@ -30,6 +30,14 @@ class Signal:
 
 
 @attrs.frozen
+class TellPosition:
+    """Tell the user's clients their place in the queue (ephemeral, not stored)."""
+
+    session_id: str
+    position: int
+
+
+@attrs.frozen
 class RequestAgent:
     """Ask the livechat backend for a human for this session."""
 
@@ -72,7 +80,14 @@ class ShareTranscript:
 
 
 Effect = (
-    Emit | Signal | RequestAgent | WithdrawRequest | ReleaseAgent | TransferChat | ShareTranscript
+    Emit
+    | Signal
+    | TellPosition
+    | RequestAgent
+    | WithdrawRequest
+    | ReleaseAgent
+    | TransferChat
+    | ShareTranscript
 )
 
 

@@ -67,7 +67,6 @@ class Session:
     queued_at: float | None
     agent_id: str | None = None
     agent_name: str = ""
-    position: int | None = None
     sign_off_offered: bool = False
 
 
@@ -184,7 +183,6 @@ def _touched(session: Session, now: float, sign_off_offered: bool) -> Session:
         session.queued_at,
         session.agent_id,
         session.agent_name,
-        session.position,
         sign_off_offered,
     )
 
@@ -495,11 +493,10 @@ class Lifecycle:
         assert session is not None
         if session.session_id != event.session_id:
             return _withdraw_stale(state, event, now)
-        if session.agent_id is not None or session.position == event.position:
+        if session.agent_id is not None:
             return Transition(state)
-        out = _Builder(state, now)
-        out.emit(Party.SYSTEM, Content.notice("queued", position=event.position), _USER)
-        return out.finish(attrs.evolve(session, position=event.position))
+        # Not stored: a pickup moves every waiting user, and the backend reports only changes.
+        return Transition(state, (fx.TellPosition(session.session_id, event.position),))
 
     def _agent_assigned(
         self, state: ConversationState, event: ev.AgentAssigned, now: float
@@ -527,7 +524,6 @@ class Lifecycle:
             agent_id=event.agent_id,
             agent_name=event.agent_name,
             queued_at=None,
-            position=None,
         )
         return out.finish(live)
 
@@ -548,7 +544,6 @@ class Lifecycle:
             agent_id=None,
             agent_name="",
             queued_at=now,
-            position=None,
             sign_off_offered=False,
         )
         return out.finish(waiting)

@@ -57,6 +57,17 @@ class Typing:
 
 
 @attrs.frozen
+class QueuePosition:
+    """The user's place in the queue (1 is next): ephemeral like typing, not numbered and not
+    stored, since every pickup moves every waiting user. A client that (re)connects while
+    waiting is told the latest one."""
+
+    conversation_id: str
+    session_id: str
+    position: int
+
+
+@attrs.frozen
 class Transcript:
     """What an agent sees on pickup: the conversation so far and who the user is.
     ``truncated``: only the latest entries are here; earlier ones come with ``replay``."""
@@ -122,7 +133,7 @@ class DeskStatus:
     colleagues: tuple[Colleague, ...] = ()
 
 
-Delivery = Entry | Typing | Transcript | Problem | DeskStatus
+Delivery = Entry | Typing | QueuePosition | Transcript | Problem | DeskStatus
 
 
 class Sink(Protocol):

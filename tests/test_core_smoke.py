@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from actors import (
+    QueuePosition,
     SESSION_END,
     SESSION_START,
     Accepted,
@@ -32,7 +33,7 @@ async def test_a_whole_session(
     await user.wait_for(lambda i: isinstance(i, Entry) and i.content.text_value == "echo: hello")
 
     await board.ask(conv, UserSays(Content.payload(SESSION_START)))
-    await user.wait_for(notice("queued"))
+    await user.wait_for(lambda item: isinstance(item, QueuePosition))
     await board.ask(conv, UserSays(Content.text("anyone?")))
 
     agent = RecordingSink()

@@ -185,9 +185,9 @@ async def test_kill_nine_loses_nothing_acknowledged(tmp_path: Path) -> None:
             await live.wait_for(notice("agent_joined"))
             # alice is full (capacity 1): these wait, in this order.
             await first.click(SESSION_START)
-            await first.wait_for(notice("queued"))
+            await first.wait_for(lambda f: f["type"] == "queue")
             await second.click(SESSION_START)
-            await second.wait_for(notice("queued"))
+            await second.wait_for(lambda f: f["type"] == "queue")
             brief_seq = await brief.click(SESSION_START)  # nobody serves "brief"
             acked.add(brief.conversation_id, brief_seq, SESSION_START)
             for name, user in users.items():

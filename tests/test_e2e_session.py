@@ -86,8 +86,8 @@ async def test_a_full_session_from_bot_to_human_and_back(server: RunningServer) 
             # The user clicks the button: a session opens and waits in the queue.
             await user.click(SESSION_START)
             await user.wait_for(notice("session_started"))
-            queued = await user.wait_for(notice("queued"))
-            assert queued["content"]["position"] == 1
+            queued = await user.wait_for(lambda f: f["type"] == "queue")
+            assert queued["position"] == 1
             assert await user.say_text("is anyone there?") == user.last_seq  # acked, not echoed
 
             async with connect_agent(url, ALICE_TOKEN, frame_check=check_schema) as agent:

@@ -161,16 +161,14 @@ def test_messages_while_queued_are_kept_for_the_agent_not_the_bot() -> None:
     assert run.state.session is not None and run.state.session.last_activity == T0 + 5
 
 
-def test_position_notices_only_when_the_position_changes() -> None:
+def test_positions_are_told_not_stored() -> None:
     run = Run()
     run.queued()
+    before = run.state
     first = run(QueuePositionChanged(run.session_id, 3))
-    assert codes(to(Party.USER, first)) == ["queued"]
-    assert emitted(first)[0].content.content["position"] == 3
-    same = run(QueuePositionChanged(run.session_id, 3))
-    assert same.effects == ()
-    moved = run(QueuePositionChanged(run.session_id, 2))
-    assert emitted(moved)[0].content.content["position"] == 2
+    assert first.effects == (fx.TellPosition(run.session_id, 3),)
+    # Nothing numbered and no new state: a pickup does not write every waiting user.
+    assert emitted(first) == [] and first.state is before
 
 
 def test_position_of_another_session_withdraws_that_session() -> None:
@@ -188,7 +186,7 @@ def test_assignment_makes_the_session_live_and_shares_the_transcript() -> None:
     assert run.state.mode is Mode.LIVE
     session = run.state.session
     assert session is not None
-    assert session.agent_id == "alice" and session.queued_at is None and session.position is None
+    assert session.agent_id == "alice" and session.queued_at is None
     [joined] = emitted(assigned)
     assert joined.audience == {Party.USER, Party.AGENT} and joined.agent_id == "alice"
     assert joined.content.content["code"] == "agent_joined"
@@ -428,7 +426,8 @@ def test_returned_to_queue_waits_again() -> None:
     assert session.queued_at == T0 + 40 and not session.sign_off_offered
     assert codes(emitted(back)) == ["agent_left"]
     # A queued session gets its position reported again.
-    assert emitted(run(QueuePositionChanged(run.session_id, 1)))
+    told = run(QueuePositionChanged(run.session_id, 1)).effects
+    assert told == (fx.TellPosition(run.session_id, 1),)
 
 
 def test_returned_to_queue_from_an_agent_who_no_longer_holds_it_is_ignored() -> None:
@@ -509,7 +508,7 @@ def test_the_live_fast_path_builds_what_the_general_builder_builds(
     sender: Party, text: str, next_seq: int, offered: bool, elapsed: float
 ) -> None:
     """Plain live messages skip the general builder for speed; they must not differ."""
-    session = Session("c1/1", T0, T0, None, "alice", "Alice", None, offered)
+    session = Session("c1/1", T0, T0, None, "alice", "Alice", offered)
     state = ConversationState("c1", "demo", "u1", {"name": "Uma"}, next_seq, session, 1)
     now = T0 + elapsed
     content = Content.text(text)

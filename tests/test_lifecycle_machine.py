@@ -369,7 +369,6 @@ class LifecycleWithDesk(RuleBasedStateMachine):
             elif session.agent_id is None:
                 assert holder is None
                 assert waiting is not None and waiting.session_id == session.session_id
-                assert session.position == waiting.position
             else:
                 assert waiting is None
                 assert holder is not None and holder.agent_id == session.agent_id

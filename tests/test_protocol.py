@@ -61,6 +61,7 @@ def test_every_documented_frame_type_has_a_schema() -> None:
         "ack",
         "entry",
         "typing",
+        "queue",
         "transcript",
         "desk",
         "event",

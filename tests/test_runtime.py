@@ -145,7 +145,7 @@ async def test_a_connected_bot_talks_hands_over_and_gets_its_user_back() -> None
 
                 # The user asks for a human, and an agent takes over.
                 await user.click(SESSION_START)
-                await user.wait_for(_notice("queued"))
+                await user.wait_for(lambda f: f["type"] == "queue")
                 async with connect_agent(url, AGENT_TOKEN, frame_check=check_schema) as agent:
                     await agent.set_presence("online")
                     await agent.wait_for(lambda f: f["type"] == "transcript")

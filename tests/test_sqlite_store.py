@@ -104,7 +104,7 @@ def _desk(board: Switchboard) -> Desk:
 
 async def test_state_and_entries_round_trip_through_the_file(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    session = Session("c1/1", 1000.0, 1010.5, None, "alice", "Alice", None, True)
+    session = Session("c1/1", 1000.0, 1010.5, None, "alice", "Alice", True)
     state = _state("c1", 4, session)
     question = Content.question("Done?", [("End", "LIVECHAT_SESSION_END")])
     entries = [
@@ -154,7 +154,7 @@ async def test_live_messages_skip_the_row_and_restarts_still_know_their_last_act
     path = tmp_path / "s.db"
 
     def live(next_seq: int, last_activity: float, sign_off: bool = False) -> ConversationState:
-        session = Session("c1/1", 1000.0, last_activity, None, "alice", "Alice", None, sign_off)
+        session = Session("c1/1", 1000.0, last_activity, None, "alice", "Alice", sign_off)
         return _state("c1", next_seq, session)
 
     def said(seq: int, at: float) -> Entry:

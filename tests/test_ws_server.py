@@ -66,7 +66,7 @@ async def harness(listener: str) -> AsyncIterator[WsHarness]:
 async def hand_to_alice(harness: WsHarness, user: UserClient) -> Any:
     """Open a session for ``user`` and have alice pick it up; returns alice's client context."""
     await user.click(SESSION_START)
-    await user.wait_for(notice("queued"))
+    await user.wait_for(lambda f: f["type"] == "queue")
     return harness.agent("alice")
 
 
@@ -82,7 +82,7 @@ async def test_a_whole_session_over_sockets(harness: WsHarness) -> None:
 
         await user.click(SESSION_START)
         await user.wait_for(notice("session_started"))
-        assert (await user.wait_for(notice("queued")))["content"]["position"] == 1
+        assert (await user.wait_for(lambda f: f["type"] == "queue"))["position"] == 1
         await user.say_text("anyone there?")
 
         async with harness.agent("alice") as alice:

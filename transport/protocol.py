@@ -24,7 +24,16 @@ import attrs
 import jsonschema
 from referencing import Registry, Resource
 
-from actors import BotEvent, Content, DeskStatus, Entry, Problem, Transcript, Typing
+from actors import (
+    BotEvent,
+    Content,
+    DeskStatus,
+    Entry,
+    Problem,
+    QueuePosition,
+    Transcript,
+    Typing,
+)
 from actors.ports import Delivery
 
 VERSION: Final = 1
@@ -534,6 +543,17 @@ def typing_frame(typing: Typing) -> str:
     return _dumps(data)
 
 
+def queue_frame(position: QueuePosition) -> str:
+    return _dumps(
+        {
+            "type": "queue",
+            "conversation_id": position.conversation_id,
+            "session_id": position.session_id,
+            "position": position.position,
+        }
+    )
+
+
 def transcript_frame(transcript: Transcript) -> str:
     return _dumps(
         {
@@ -614,6 +634,8 @@ def encode(item: Delivery) -> str:
     """The frame for one core delivery."""
     if isinstance(item, Entry):
         return entry_frame(item)
+    if isinstance(item, QueuePosition):
+        return queue_frame(item)
     if isinstance(item, Typing):
         return typing_frame(item)
     if isinstance(item, Transcript):

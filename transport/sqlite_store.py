@@ -678,7 +678,7 @@ class SQLiteStore:
             session.queued_at,
             session.agent_id,
             session.agent_name,
-            session.position,
+            None,  # the queue position is no longer stored (it is ephemeral)
             int(session.sign_off_offered),
         )
         if (
@@ -745,7 +745,7 @@ class SQLiteStore:
             session.queued_at,
             session.agent_id,
             session.agent_name,
-            session.position,
+            None,  # the queue position is no longer stored (it is ephemeral)
             int(session.sign_off_offered),
             idle_deadline,
             now,
@@ -975,7 +975,7 @@ def _state_from_row(row: Sequence[Any]) -> ConversationState:
         queued_at,
         agent_id,
         agent_name,
-        position,
+        _position,
         sign_off_offered,
         _deadline,
         _updated_at,
@@ -991,7 +991,6 @@ def _state_from_row(row: Sequence[Any]) -> ConversationState:
             queued_at,
             agent_id,
             agent_name or "",
-            position,
             bool(sign_off_offered),
         )
     return ConversationState(

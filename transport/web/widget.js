@@ -525,6 +525,13 @@
         case "typing":
           if (frame.party === "agent") this.agentTyping();
           break;
+        case "queue":
+          // Ephemeral: the banner says where the user stands; nothing goes in the log.
+          if (this.root.dataset.mode !== "live") {
+            this.queueText = NOTICES.queued(frame);
+            this.setMode("queued");
+          }
+          break;
         case "error":
           if (frame.id !== undefined) this.unacked.delete(frame.id);
           this.problem(frame.message || `The server refused that (${frame.code}).`);
