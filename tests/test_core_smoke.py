@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from actors import (
-    QueuePosition,
     SESSION_END,
     SESSION_START,
     Accepted,
@@ -11,6 +10,7 @@ from actors import (
     Entry,
     Party,
     Presence,
+    QueuePosition,
     Switchboard,
     Transcript,
     UserSays,
