@@ -50,6 +50,62 @@ class UnknownAgent(Exception):
     pass
 
 
+# -- what the desk is asked, on its one channel ---------------------------------------------
+
+
+@attrs.frozen
+class Connected:
+    agent_id: str
+
+
+@attrs.frozen
+class Disconnected:
+    agent_id: str
+
+
+@attrs.frozen
+class SetPresence:
+    agent_id: str
+    presence: rt.Presence
+
+
+@attrs.frozen
+class Claim:
+    agent_id: str
+    conversation_id: str
+
+
+@attrs.frozen
+class Request:
+    request: AgentRequest
+
+
+@attrs.frozen
+class Withdraw:
+    conversation_id: str
+    session_id: str
+
+
+@attrs.frozen
+class Release:
+    conversation_id: str
+    session_id: str
+    agent_id: str
+
+
+@attrs.frozen
+class Transfer:
+    conversation_id: str
+    session_id: str
+    from_agent: str
+    to_agent: str | None
+
+
+DeskRequest = (
+    Connected | Disconnected | SetPresence | Claim | Request | Withdraw | Release | Transfer
+)
+
+
 class Desk:
     """Implements :class:`~actors.ports.LivechatBackend` with a queue and online agents.
 
@@ -76,7 +132,7 @@ class Desk:
         self.profiles: dict[str, AgentProfile] = {}
         self._sinks: dict[str, list[Sink]] = {}
         self._routing = rt.Routing([], self.settings)
-        send, receive = trio.open_memory_channel[tuple[str, tuple[object, ...]]](math.inf)
+        send, receive = trio.open_memory_channel[DeskRequest](math.inf)
         self._send = send
         self._receive = receive
         self._core: CoreLink | None = None
@@ -118,37 +174,37 @@ class Desk:
         if agent_id not in self.profiles:
             raise UnknownAgent(agent_id)
         self._sinks.setdefault(agent_id, []).append(sink)
-        self._post("connected", agent_id)
+        self._send.send_nowait(Connected(agent_id))
 
     def detach(self, agent_id: str, sink: Sink) -> None:
         sinks = self._sinks.get(agent_id, [])
         if sink in sinks:
             sinks.remove(sink)
-            self._post("disconnected", agent_id)
+            self._send.send_nowait(Disconnected(agent_id))
 
     def set_presence(self, agent_id: str, presence: rt.Presence) -> None:
         if agent_id not in self.profiles:
             raise UnknownAgent(agent_id)
-        self._post("set_presence", agent_id, presence)
+        self._send.send_nowait(SetPresence(agent_id, presence))
 
     def claim(self, agent_id: str, conversation_id: str) -> None:
-        self._post("claim", agent_id, conversation_id)
+        self._send.send_nowait(Claim(agent_id, conversation_id))
 
     # -- the conversations' side (LivechatBackend) ------------------------------------------
 
     def request_agent(self, request: AgentRequest) -> None:
-        self._post("request", request)
+        self._send.send_nowait(Request(request))
 
     def withdraw(self, conversation_id: str, session_id: str) -> None:
-        self._post("withdraw", conversation_id, session_id)
+        self._send.send_nowait(Withdraw(conversation_id, session_id))
 
     def release(self, conversation_id: str, session_id: str, agent_id: str, reason: str) -> None:
-        self._post("release", conversation_id, session_id, agent_id)
+        self._send.send_nowait(Release(conversation_id, session_id, agent_id))
 
     def transfer(
         self, conversation_id: str, session_id: str, from_agent: str, to_agent: str | None
     ) -> None:
-        self._post("transfer", conversation_id, session_id, from_agent, to_agent)
+        self._send.send_nowait(Transfer(conversation_id, session_id, from_agent, to_agent))
 
     def deliver(self, agent_id: str, item: Delivery, *, skip: Sink | None = None) -> None:
         failed: list[Sink] = []
@@ -164,9 +220,6 @@ class Desk:
             abandon(sink)
 
     # -- the actor --------------------------------------------------------------------------
-
-    def _post(self, verb: str, *args: object) -> None:
-        self._send.send_nowait((verb, args))
 
     async def run(self, core: CoreLink, *, task_status: trio.TaskStatus[None]) -> None:
         """Serve requests until cancelled. Each run starts from a fresh view of the sessions
@@ -186,14 +239,14 @@ class Desk:
                 armed = min(armed, published_at + self.publish_interval)
             changed = False
             with trio.move_on_at(armed):
-                verb, args = await self._receive.receive()
-                changed = self._apply(verb, args)
+                request = await self._receive.receive()
+                changed = self._apply(request)
                 while True:
                     try:
-                        verb, args = self._receive.receive_nowait()
+                        request = self._receive.receive_nowait()
                     except trio.WouldBlock:
                         break
-                    changed = self._apply(verb, args) or changed
+                    changed = self._apply(request) or changed
             if grace is not None and clock.now() >= grace:
                 changed = self._carry_out(routing.expire_grace(clock.now())) or changed
             unpublished = unpublished or changed
@@ -202,18 +255,37 @@ class Desk:
                 unpublished = False
                 published_at = trio.current_time()
 
-    def _apply(self, verb: str, args: tuple[object, ...]) -> bool:
+    def _apply(self, request: DeskRequest) -> bool:
         assert self._core is not None
-        now = self._core.clock.now()
-        routing = self._routing
-        method = getattr(routing, verb)
         try:
-            effects: list[rt.RoutingEffect] = method(*args, now)
-        except Exception:
-            # One bad request must not take the desk down with every agent's queue.
-            log.exception("desk: %s%r failed", verb, args)
+            effects = self._route(request, self._core.clock.now())
+        except (KeyError, ValueError):
+            # One request about an agent or chat the desk does not know (a race with a
+            # restart) must not take the desk down with every agent's queue.
+            log.exception("desk: %r failed", request)
             return False
         return self._carry_out(effects)
+
+    def _route(self, request: DeskRequest, now: float) -> list[rt.RoutingEffect]:
+        routing = self._routing
+        match request:
+            case Request(agent_request):
+                return routing.request(agent_request, now)
+            case Withdraw(conversation_id, session_id):
+                return routing.withdraw(conversation_id, session_id, now)
+            case Release(conversation_id, session_id, agent_id):
+                return routing.release(conversation_id, session_id, agent_id, now)
+            case Transfer(conversation_id, session_id, from_agent, to_agent):
+                return routing.transfer(conversation_id, session_id, from_agent, to_agent, now)
+            case Claim(agent_id, conversation_id):
+                return routing.claim(agent_id, conversation_id, now)
+            case SetPresence(agent_id, presence):
+                return routing.set_presence(agent_id, presence, now)
+            case Connected(agent_id):
+                return routing.connected(agent_id, now)
+            case Disconnected(agent_id):
+                return routing.disconnected(agent_id, now)
+        raise TypeError(f"the desk cannot handle {request!r}")
 
     def _carry_out(self, effects: list[rt.RoutingEffect]) -> bool:
         assert self._core is not None

@@ -375,7 +375,7 @@ class CrashOnceDesk(Desk):
     def claim(self, agent_id: str, conversation_id: str) -> None:
         if not self.crashed:
             self.crashed = True
-            self._send.send_nowait(("crash", ()))  # type: ignore[arg-type]
+            self._send.send_nowait(object())  # type: ignore[arg-type]
         else:
             super().claim(agent_id, conversation_id)
 
