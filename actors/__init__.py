@@ -13,6 +13,7 @@ See docs/embedding.md for a complete, runnable example.
 
 from .clock import Clock
 from .content import SESSION_END, SESSION_EXPIRED, SESSION_START, Content
+from .context import ConversationLimits
 from .desk import AgentProfile, Desk, UnknownAgent
 from .effects import Accepted, Outcome, Refused
 from .events import (
@@ -72,6 +73,7 @@ __all__ = [
     "Clock",
     "Colleague",
     "Content",
+    "ConversationLimits",
     "ConversationState",
     "CoreLink",
     "Delivery",

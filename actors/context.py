@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 @attrs.frozen
-class Limits:
+class ConversationLimits:
     """Per-conversation bounds.
 
     ``bot_queue``: bot events that may wait for one conversation's bot before the user's
@@ -53,4 +53,4 @@ class ConversationContext:
     retire: Callable[[ConversationActor], None]
     """Take an actor out of the registry (it hibernates, or its conversation is gone)."""
     hibernate_after: float | None = None
-    limits: Limits = Limits()
+    limits: ConversationLimits = ConversationLimits()

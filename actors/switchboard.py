@@ -21,7 +21,7 @@ import trio
 from . import effects as fx
 from .alarms import Alarms
 from .clock import Clock
-from .context import ConversationContext, Limits
+from .context import ConversationContext, ConversationLimits
 from .conversation import (
     ConversationActor,
     Envelope,
@@ -94,7 +94,7 @@ class Switchboard:
         hibernate_after: float | None = 600.0,
         inbox_limit: int = 256,
         expiry_batch: int = 64,
-        limits: Limits = Limits(),
+        limits: ConversationLimits = ConversationLimits(),
     ) -> None:
         missing = {b.backend for b in bots.values()} - set(backends)
         if missing:

@@ -235,7 +235,9 @@ async def _serve(
     listen = config.listeners
     desk, connections = parts.desk, parts.connections
     async with open_store(config) as store, trio.open_nursery() as core:
-        board = Switchboard(parts.bindings, {"desk": desk}, store)
+        board = Switchboard(
+            parts.bindings, {"desk": desk}, store, limits=config.limits.for_conversations()
+        )
         await core.start(board.run)
         # Open sessions are restored: freeze what start-up built and space out collections,
         # so a crowd of expiries is not stalled by a full collection (actors/collector.py).

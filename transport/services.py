@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from actors import Desk, Switchboard
+from actors import ConversationLimits, Desk, Switchboard
 
 from .bot_connections import BotConnections
 
@@ -19,6 +19,11 @@ def _positive_seconds(_: object, attribute: attrs.Attribute[float], value: float
         raise ValueError(f"{attribute.name} must be a positive, finite number of seconds")
 
 
+def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"{attribute.name} must be a whole number of at least 1")
+
+
 @attrs.frozen
 class Limits:
     """Per-connection protection. ``max_frame_bytes``: larger frames are refused.
@@ -26,7 +31,9 @@ class Limits:
     ``max_buffered``: deliveries queued for a slow client before it is disconnected (it can
     resume by sequence number). ``hello_timeout``: seconds a new connection has to say hello.
     ``resume_token_max_age``: seconds after which a user's resume token is refused (each
-    resume hands out a fresh one), so a leaked token does not open a conversation forever."""
+    resume hands out a fresh one), so a leaked token does not open a conversation forever.
+    ``bot_queue``, ``message_ids``, ``transcript_tail``: the per-conversation bounds of
+    :class:`actors.context.ConversationLimits`."""
 
     max_frame_bytes: int = 64 * 1024
     rate: float = 20.0
@@ -34,6 +41,13 @@ class Limits:
     max_buffered: int = 1000
     hello_timeout: float = 10.0
     resume_token_max_age: float = attrs.field(default=30 * 24 * 3600.0, validator=_positive_seconds)
+    bot_queue: int = attrs.field(default=64, validator=_at_least_one)
+    message_ids: int = attrs.field(default=256, validator=_at_least_one)
+    transcript_tail: int = attrs.field(default=200, validator=_at_least_one)
+
+    def for_conversations(self) -> ConversationLimits:
+        """The per-conversation bounds the core keeps."""
+        return ConversationLimits(self.bot_queue, self.message_ids, self.transcript_tail)
 
 
 @attrs.define
