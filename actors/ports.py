@@ -167,6 +167,14 @@ class AgentRequest:
 class LivechatBackend(Protocol):
     """Where the humans are: the built-in desk, or an external livechat platform.
 
+    The conversation owns its session; a backend keeps a view derived from it, keyed by
+    session id, and every request is idempotent: ``request_agent`` for a session it already
+    has (waiting or held) changes nothing, and for a newer session of the same conversation
+    replaces the older one; ``withdraw`` and ``release`` forget the session wherever it is.
+    Conversations re-assert their open session after any restart, and all of them do after
+    the backend's ``run`` is restarted, so a backend may start each run from nothing.
+    A call that raises is retried by the conversation with backoff.
+
     Calls from conversations never block (a backend queues work for its own tasks). The
     backend answers through the :class:`CoreLink` it is given in :meth:`run`, with
     ``QueuePositionChanged``, ``AgentAssigned``, ``ReturnedToQueue`` and ``TransferFailed``
