@@ -342,3 +342,53 @@ async def test_kill_nine_hands_a_connected_bot_the_event_it_had_not_acknowledged
             await bot.ack_event(again["event_id"])
         async with connect_user(server.ws_url, resume_token=token, last_seq=0) as user:
             await user.wait_for(text_entry("yes, still here"))
+
+
+async def wait_for_log(tmp_path: Path, run: int, text: str, timeout: float = 20.0) -> None:
+    """Wait until the server's log of ``run`` says ``text`` (the server is another process:
+    its log is the event to wait on)."""
+    log = tmp_path / f"server-{run}.log"
+    with trio.fail_after(timeout):
+        while text not in log.read_text():  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+
+EXPIRING = f"""
+[listeners]
+host = "127.0.0.1"
+ws_port = 0
+http_port = 0
+
+[bots.relay]
+adapter = "connected"
+token = "{RELAY}"
+[bots.relay.options]
+connect_wait = 0.5
+[bots.relay.settings]
+session_timeout = 1.0
+"""
+
+
+async def test_kill_nine_then_an_expiry_reaches_a_bot_that_connects_late(tmp_path: Path) -> None:
+    """The deadline passes while the server is down; at start-up no bot is connected, so the
+    EXPIRED cannot be handed over: it stays owed, is retried with backoff, and reaches the
+    bot once it connects."""
+    async with (
+        serving(tmp_path, 1, EXPIRING) as server,
+        connect_user(server.ws_url, bot_id="relay") as user,
+    ):
+        conversation_id = user.conversation_id
+        await user.click(SESSION_START)
+        await user.wait_for(notice("session_started"))
+        server.process.send_signal(signal.SIGKILL)
+        await trio.to_thread.run_sync(server.process.wait)
+
+    async with serving(tmp_path, 2, EXPIRING) as server:
+        # The session expired at start-up and the bot was not there to be told.
+        await wait_for_log(tmp_path, 2, "retrying with backoff")
+        async with connect_bot(server.ws_url, RELAY) as bot:
+            event = await bot.wait_for(lambda f: f["type"] == "event", timeout=120)
+            assert event["conversation_id"] == conversation_id
+            assert event["content"] == {"payload": SESSION_EXPIRED}
+            assert (event["sender"], event["metadata"]["reason"]) == ("system", "idle_timeout")
+            await bot.ack_event(event["event_id"])
