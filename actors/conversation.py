@@ -469,16 +469,23 @@ class ConversationActor:
                     extra={"conversation_id": self.conversation_id},
                 )
         ran = -1
+        runner = self.effects
         for envelope, step in zip(envelopes, plan, strict=False):
-            if isinstance(step, int):
+            if type(step) is int:
                 transition = transitions[step]
                 if step > ran:
                     ran = step
-                    await self.effects.run(transition, envelope.origin)
+                    after = transition.state
+                    for effect in transition.effects:
+                        if type(effect) is fx.Emit:
+                            runner.deliver(effect.entry, after, envelope.origin)
+                        else:
+                            await runner.carry_out(effect, after)
                     if envelope.message_id is not None:
                         self._remember(envelope.message_id, transition.outcome, envelope.event)
                 _answer(envelope, transition.outcome)
             else:
+                assert not isinstance(step, int)
                 _answer(envelope, step)
         if failure is not None:
             _refuse(envelopes[done : done + 1], _INTERNAL_ERROR)

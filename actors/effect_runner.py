@@ -105,17 +105,23 @@ class EffectRunner:
         """Carry out every effect of ``transition``. Never raises (but for cancellation)."""
         state = transition.state
         for effect in transition.effects:
-            if isinstance(effect, fx.Emit):
+            if type(effect) is fx.Emit:
                 self.deliver(effect.entry, state, origin)
-            elif isinstance(effect, fx.Signal):
-                self._signal(effect, state)
-            elif isinstance(effect, fx.TellPosition):
-                self.position = QueuePosition(
-                    self.conversation_id, effect.session_id, effect.position
-                )
-                self.to_users(self.position)
             else:
-                await self._backend(effect, state)
+                await self.carry_out(effect, state)
+
+    async def carry_out(self, effect: fx.Effect, state: ConversationState) -> None:
+        """One effect other than an ``Emit`` (the actor delivers those itself, without an
+        await: they are most of what a conversation does)."""
+        if isinstance(effect, fx.Emit):
+            self.deliver(effect.entry, state, None)
+        elif isinstance(effect, fx.Signal):
+            self._signal(effect, state)
+        elif isinstance(effect, fx.TellPosition):
+            self.position = QueuePosition(self.conversation_id, effect.session_id, effect.position)
+            self.to_users(self.position)
+        else:
+            await self._backend(effect, state)
 
     def deliver(self, entry: Entry, state: ConversationState, origin: Sink | None) -> None:
         audience = entry.audience
