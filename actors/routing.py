@@ -132,9 +132,13 @@ class Routing:
         # Indexes by conversation id, so no request walks the queue or the agents.
         self._waiting: dict[str, Waiting] = {}
         self._held: dict[str, Agent] = {}
+        # Agents away while holding chats: the only ones with grace periods running.
+        self._in_grace: set[str] = set()
         for agent in self.agents.values():
-            for conversation_id in agent.chats:
+            for conversation_id, chat in agent.chats.items():
                 self._held[conversation_id] = agent
+                if chat.grace_until is not None:
+                    self._in_grace.add(agent.agent_id)
         # Whose view of the desk changed since the desk last published: agents whose chats
         # or presence changed, and bots whose queue changed (seen by all their agents).
         self.changed_agents: set[str] = set()
@@ -167,8 +171,8 @@ class Routing:
     def next_deadline(self) -> float | None:
         deadlines = [
             chat.grace_until
-            for agent in self.agents.values()
-            for chat in agent.chats.values()
+            for agent_id in self._in_grace
+            for chat in self.agents[agent_id].chats.values()
             if chat.grace_until is not None
         ]
         return min(deadlines, default=None)
@@ -276,7 +280,8 @@ class Routing:
 
     def expire_grace(self, now: float) -> list[RoutingEffect]:
         effects: list[RoutingEffect] = []
-        for agent in self.agents.values():
+        for agent_id in sorted(self._in_grace):
+            agent = self.agents[agent_id]
             for chat in list(agent.chats.values()):
                 if chat.grace_until is not None and chat.grace_until <= now:
                     self._unhold(agent, chat.conversation_id)
@@ -314,9 +319,12 @@ class Routing:
             for chat in agent.chats.values():
                 if chat.grace_until is None:
                     chat.grace_until = now + self.settings[chat.bot_id].grace_period
+            if agent.chats:
+                self._in_grace.add(agent.agent_id)
         else:
             for chat in agent.chats.values():
                 chat.grace_until = None
+            self._in_grace.discard(agent.agent_id)
 
     def _session_of(self, conversation_id: str) -> str | None:
         """The session of the conversation the desk knows about, waiting or held."""
@@ -359,6 +367,8 @@ class Routing:
     def _unhold(self, agent: Agent, conversation_id: str) -> None:
         chat = agent.chats.pop(conversation_id)
         del self._held[conversation_id]
+        if not agent.chats:
+            self._in_grace.discard(agent.agent_id)
         self.changed_agents.add(agent.agent_id)
         self.changed_bots.add(chat.bot_id)
 
