@@ -36,9 +36,14 @@ log = logging.getLogger("switchover.conversation")
 SYSTEM_METADATA = frozenset({"reason", "session_id", "sender"})
 """Bot event metadata keys only Switchover sets: a user's metadata of that name is dropped."""
 
-_NOT_STORED = frozenset({"store_unavailable", "internal_error"})
-"""Refusals that mean the bot's answer was not stored (rather than turned down): the event it
-answered stays owed and is delivered again on restart."""
+_NOT_STORED = frozenset({"store_unavailable"})
+"""The store refused the bot's answer: the event it answered stays owed (in the store) and is
+delivered again on restart."""
+
+_ASK_AGAIN = frozenset({"internal_error", "conversation_failed"})
+"""The conversation failed before it could store the answer and restarts (or is rebuilt):
+the event is handed to the bot again, first in line. A conversation that fails whatever it
+is given escalates, and its rebuild waits longer each time, so this cannot spin."""
 
 Post = Callable[[Event, Callable[[fx.Outcome], None] | None], None]
 
@@ -94,6 +99,9 @@ class BotFeeder:
                 ),
             )
         )
+        self._start()
+
+    def _start(self) -> None:
         if not self._busy:
             self._busy = True
             self.context.spawn(self._run)
@@ -132,7 +140,7 @@ class BotFeeder:
                         extra={"conversation_id": self.conversation_id},
                     )
                 if replies:
-                    self.post(BotSays(tuple(replies)), self._answered(seq))
+                    self.post(BotSays(tuple(replies)), self._answered(seq, event))
                 else:
                     store.bot_done(self.conversation_id, seq)
         finally:
@@ -152,11 +160,15 @@ class BotFeeder:
             )
         await trio.sleep_until(self._backoff.due)
 
-    def _answered(self, seq: int) -> Callable[[fx.Outcome], None]:
+    def _answered(self, seq: int, event: BotEvent) -> Callable[[fx.Outcome], None]:
         """Once the bot's answer to entry ``seq`` is stored (or turned down), the bot is no
         longer owed that entry."""
 
         def answered(outcome: fx.Outcome) -> None:
+            if isinstance(outcome, fx.Refused) and outcome.code in _ASK_AGAIN:
+                self._queue.appendleft((seq, event))
+                self._start()
+                return
             if isinstance(outcome, fx.Refused):
                 log.warning(
                     "bot reply dropped: %s (%s)",

@@ -422,3 +422,36 @@ async def test_an_assignment_for_an_ended_session_is_released(autojump_clock: ob
         await until(lambda: desk.queue_length == 0)
         await trio.testing.wait_all_tasks_blocked()
         assert not desk.holds("alice", conv) and desk.queue_length == 0
+
+
+class GatedBot(EchoBot):
+    """An echo bot that answers only once ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = trio.Event()
+
+    async def on_event(self, event: BotEvent) -> Sequence[Content]:
+        await self.release.wait()
+        return await super().on_event(event)
+
+
+async def test_a_bot_answer_lost_to_a_crash_is_asked_for_again(autojump_clock: object) -> None:
+    store = SwitchableStore()
+    bot = GatedBot()
+    policy = RestartPolicy(max_restarts=0, window=60.0)
+    async with running(store=store, bot=bot, restart_policy=policy) as (board, _):
+        conv = (await board.open_conversation("demo")).conversation_id
+        user = RecordingSink()
+        board.subscribe(conv, user)
+        assert await board.ask(conv, UserSays(Content.text("hi"))) == Accepted(1)
+        store.breaking = conv  # the answer's write fails: the conversation is rebuilt
+        bot.release.set()
+        await until(lambda: board.stats.escalations == 1)
+        store.breaking = None
+        # The bot is asked again (same event id) and its answer reaches the user once.
+        await user.wait_for(lambda i: isinstance(i, Entry) and i.content.text_value == "echo: hi")
+        assert [e.event_id for e in bot.events] == [f"{conv}:1", f"{conv}:1"]
+        texts = [e.content.text_value for e in await store.entries_after(conv, 0)]
+        assert texts == ["hi", "echo: hi"]
+        assert await store.bot_backlog() == []
