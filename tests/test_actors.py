@@ -272,7 +272,10 @@ async def test_a_crash_restarts_that_conversation_from_its_last_state_while_othe
     store = CrashingStore()
     async with running(BotSettings(), store=store) as (board, _):
         broken = (await board.open_conversation("demo")).conversation_id
+        user = RecordingSink()
+        board.subscribe(broken, user)
         assert await board.ask(broken, UserSays(Content.text("one"))) == Accepted(1)
+        await user.wait_for(lambda i: isinstance(i, Entry) and i.content.text_value == "echo: one")
         store.crashes[broken] = 1
         others = [(await board.open_conversation("demo")).conversation_id for _ in range(1000)]
         outcomes: list[object] = []
@@ -290,7 +293,7 @@ async def test_a_crash_restarts_that_conversation_from_its_last_state_while_othe
         assert len(outcomes) == 2000 and all(isinstance(o, Accepted) for o in outcomes)
         # Nothing of "two" was stored: the restarted actor resumes from the last commit, so
         # numbering goes on without a gap or a repeat.
-        assert await board.ask(broken, UserSays(Content.text("two"))) == Accepted(2)
+        assert await board.ask(broken, UserSays(Content.text("two"))) == Accepted(3)
         entries = await board.store.entries_after(broken, 0)
         assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
         assert [e.content.text_value for e in entries].count("two") == 1
