@@ -353,20 +353,10 @@ async def wait_for_log(tmp_path: Path, run: int, text: str, timeout: float = 20.
             await trio.sleep(0.05)
 
 
-EXPIRING = f"""
-[listeners]
-host = "127.0.0.1"
-ws_port = 0
-http_port = 0
-
-[bots.relay]
-adapter = "connected"
-token = "{RELAY}"
-[bots.relay.options]
-connect_wait = 0.5
-[bots.relay.settings]
-session_timeout = 1.0
-"""
+# The relay bot again, with a connect window shorter than the restart and a one-second session.
+EXPIRING = CONNECTED.replace("connect_wait = 60.0", "connect_wait = 0.5") + (
+    "[bots.relay.settings]\nsession_timeout = 1.0\n"
+)
 
 
 async def test_kill_nine_then_an_expiry_reaches_a_bot_that_connects_late(tmp_path: Path) -> None:
