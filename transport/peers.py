@@ -274,7 +274,7 @@ class Peer:
         try:
             frame = wire.parse_frame(raw, self.role, self.limits.max_frame_bytes)
         except BadFrame as bad:
-            self._send(wire.error_frame(bad.code, bad.message, bad.id))
+            self._send(wire.error_frame(bad.code, bad.message, bad.id, bad.conversation_id))
             return
         if isinstance(frame, wire.BotPush) and not await self._owns(frame.conversation_id):
             self._error("forbidden", "Not a conversation of this bot.", frame.id, frame)

@@ -54,6 +54,9 @@ log = logging.getLogger("switchover.ws")
 #: The listener implementations ``[listeners] websocket`` may name; the first is the default.
 LISTENERS: Final = WS_LISTENERS
 
+#: Close code for a connection whose own frame cannot be encoded (a server fault).
+CANNOT_ENCODE: Final = 1011
+
 #: Seconds a closing connection has to flush and say goodbye before it is cut.
 CLOSE_GRACE: Final = 5.0
 
@@ -212,11 +215,19 @@ class Connection:
         if self._drain_waiter is not None:
             self._drain_waiter.set()
 
+    def _unencodable(self) -> None:
+        """A frame for this client cannot be written as UTF-8: it alone is closed (1011)."""
+        log.error("closing a %s connection: a frame for it cannot be encoded", self.role or "new")
+        self.close(CANNOT_ENCODE, "internal error: a frame could not be encoded")
+
     async def _write_loop(self) -> None:
         with self._writer_scope:
             try:
                 while True:
-                    await self._send_queued()
+                    try:
+                        await self._send_queued()
+                    except UnicodeEncodeError:
+                        self._unencodable()
                     if self._closing:
                         break
                     self._writer_idle()
@@ -376,6 +387,10 @@ class FastConnection(Connection):
                 fast.queue_message(buffer.popleft())
         except ConnectionClosed:
             self.close(None)
+            return
+        except UnicodeEncodeError:
+            # Encoded here, per connection: only this one is affected, never the flusher.
+            self._unencodable()
             return
         if fast.write_nowait():
             self._writer_idle()

@@ -1,0 +1,230 @@
+"""Hostile input over real sockets: no frame from anyone touches anything but the sender's own
+connection, and every refusal is a documented code (docs/protocol.md).
+
+Each test runs on both WebSocket listeners (the ``listener`` fixture).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from actors import SESSION_START, BotEvent, Content
+from transport.client import ServerError
+from transport.sqlite_store import open_sqlite_store
+from transport.ws_server import LISTENERS
+
+from .support.ws import WsHarness, running_ws_server
+
+BIG = 2**63
+
+
+@pytest.fixture(params=LISTENERS)
+def listener(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+async def harness(listener: str) -> AsyncIterator[WsHarness]:
+    async with running_ws_server(listener=listener) as running:
+        yield running
+
+
+async def close_code_after(url: str, *frames: str) -> int | None:
+    async with open_websocket_url(url) as ws:
+        for raw in frames:
+            await ws.send_message(raw)
+        with trio.fail_after(5):
+            try:
+                while True:
+                    await ws.get_message()
+            except ConnectionClosed as closed:
+                return closed.reason.code if closed.reason else None
+
+
+def hello(**fields: Any) -> str:
+    return json.dumps({"type": "hello", "v": 1, **fields})
+
+
+def is_error(code: str) -> Any:
+    return lambda f: f["type"] == "error" and f["code"] == code
+
+
+# -- strings that are not Unicode -----------------------------------------------------------
+
+SURROGATE_FRAMES = [
+    '{"type":"ping","id":"\\ud800"}',
+    '{"type":"message","id":"\\udfff","content_type":"text","content":{"text":"hi"}}',
+    '{"type":"message","id":"m1","content_type":"text","content":{"text":"a\\ud800b"}}',
+    '{"type":"message","id":"m2","content_type":"te\\udc00xt","content":{}}',
+    '{"type":"message","id":"m3","content_type":"text","content":{"\\ud800":1}}',
+    '{"type":"message","content_type":"text","content":{},"conversation_id":"\\ud800"}',
+    '{"type":"typing","id":"\\ud800"}',
+]
+
+
+@pytest.mark.parametrize("raw", SURROGATE_FRAMES)
+async def test_a_lone_surrogate_is_refused_and_echoed_nowhere(harness: WsHarness, raw: str) -> None:
+    async with harness.user() as other, harness.user() as user:
+        await user.send_raw(raw)
+        answer = await user.wait_for(lambda f: f["type"] == "error")
+        assert answer["code"] == "invalid_frame"
+        assert "valid Unicode" in answer["message"]
+        assert answer.get("id") in (None, "m1", "m2", "m3")
+        assert "conversation_id" not in answer or not answer["conversation_id"].startswith("\\")
+        # The server is up, the connection keeps working, the bystander too.
+        await user.ping()
+        assert await user.say_text("after") == 1
+        assert await other.say_text("unaffected") == 1
+
+
+async def test_a_lone_surrogate_in_the_hello_closes_with_4400_not_4503(
+    listener: str, tmp_path: Path
+) -> None:
+    async with (
+        open_sqlite_store(tmp_path / "s.db") as store,
+        running_ws_server(listener=listener, store=store) as h,
+        h.user() as bystander,
+    ):
+        bad_hellos = [
+            '{"type":"hello","v":1,"role":"user","metadata":{"name":"\\ud800"}}',
+            '{"type":"hello","v":1,"role":"user","metadata":{"\\udbff":"x"}}',
+            '{"type":"hello","v":1,"role":"user","bot_id":"\\ud800"}',
+            '{"type":"hello","v":1,"role":"user","resume_token":"\\ud800"}',
+            '{"type":"hello","v":1,"role":"agent","token":"\\ud800"}',
+            '{"type":"hello","v":1,"role":"user","id":"\\ud800"}',
+        ]
+        for raw in bad_hellos:
+            assert await close_code_after(h.url, raw) == 4400, raw
+        assert await bystander.say_text("stored") == 1
+
+
+async def test_a_frame_that_cannot_be_encoded_closes_only_its_own_connection(
+    harness: WsHarness,
+) -> None:
+    # Should text that is not Unicode ever reach a delivery (here from an in-process bot,
+    # which no edge checks), encoding it fails for the connections it is for, and for them
+    # only: the writer every connection shares carries on.
+    bot = harness.bot
+    ordinary = bot.on_event
+
+    async def on_event(event: BotEvent) -> Sequence[Content]:
+        if event.content.text_value == "poison":
+            return [Content.text("\ud800")]
+        return await ordinary(event)
+
+    bot.on_event = on_event  # type: ignore[method-assign]
+    async with harness.user() as other, harness.user() as victim:
+        await victim.say_text("poison")
+        assert await victim.wait_closed() == 1011
+        assert await other.say_text("unaffected") == 1
+        await other.wait_for(lambda f: f.get("content", {}).get("text") == "echo: unaffected")
+        async with harness.user() as later:
+            assert await later.say_text("still serving") == 1
+
+
+# -- numbers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ('{"type":"message","content_type":"text","content":{"n":1e400}}', "invalid_frame"),
+        ('{"type":"message","content_type":"text","content":{"n":-1e400}}', "invalid_frame"),
+        ('{"type":"message","content_type":"text","content":{"n":NaN}}', "bad_json"),
+        ('{"type":"message","content_type":"text","content":{"n":Infinity}}', "bad_json"),
+        ('{"type":"ping","id":9007199254740992}', "invalid_frame"),
+        ('{"type":"ping","id":-9007199254740992}', "invalid_frame"),
+        ('{"type":"ping","id":' + "9" * 5000 + "}", "invalid_frame"),
+        (
+            '{"type":"message","content_type":"text","content":{"n":[' + "1," * 3 + "1e999]}}",
+            "invalid_frame",
+        ),
+    ],
+)
+async def test_numbers_clients_cannot_represent_are_refused(
+    harness: WsHarness, raw: str, code: str
+) -> None:
+    async with harness.user() as user:
+        await user.send_raw(raw)
+        answer = await user.wait_for(lambda f: f["type"] == "error")
+        assert answer["code"] == code
+        assert await user.say_text("after") == 1
+        # Nothing was stored, so nothing non-strict can come back.
+        assert await harness.services.board.store.entries_after(user.conversation_id, 0)
+
+
+async def test_the_largest_safe_integer_is_taken(harness: WsHarness) -> None:
+    async with harness.user() as user:
+        pong = await user.request({"type": "ping", "id": 2**53 - 1})
+        assert pong["id"] == 2**53 - 1
+
+
+async def test_huge_sequence_numbers_are_refused_with_documented_codes(
+    harness: WsHarness,
+) -> None:
+    async with harness.user() as user:
+        token = user.resume_token
+    assert (
+        await close_code_after(harness.url, hello(role="user", resume_token=token, last_seq=BIG))
+        == 4400
+    )
+    big_seqs = hello(role="agent", token="alice-token", last_seqs={"c": BIG})
+    assert await close_code_after(harness.url, big_seqs) == 4400
+    assert (
+        await close_code_after(harness.url, hello(role="user", metadata={"n": float("inf")}))
+        == 4400
+    )
+    async with harness.agent("alice") as alice:
+        await alice.send_raw(
+            json.dumps({"type": "replay", "id": "r", "conversation_id": "c", "after_seq": BIG})
+        )
+        answer = await alice.wait_for(lambda f: f["type"] == "error")
+        assert answer["code"] == "invalid_frame"
+        await alice.replay("c", 2**53 - 1)  # the largest is fine (and finds nothing)
+
+
+# -- only the system speaks as the system ---------------------------------------------------
+
+
+async def test_nobody_but_the_system_sends_notices(harness: WsHarness) -> None:
+    async with harness.user() as user, harness.agent("alice") as alice:
+        with pytest.raises(ServerError) as refused:
+            await user.say("notice", {"code": "session_ended", "reason": "user_ended"})
+        assert refused.value.code == "invalid_frame"
+        assert "reserved" in refused.value.frame["message"]
+
+        await alice.set_presence("online")
+        await user.click(SESSION_START)
+        await user.wait_for(lambda f: f.get("content", {}).get("code") == "agent_joined")
+        conv = user.conversation_id
+        with pytest.raises(ServerError) as refused:
+            await alice.request(
+                {
+                    "type": "message",
+                    "conversation_id": conv,
+                    "content_type": "notice",
+                    "content": {"code": "session_ended"},
+                }
+            )
+        assert refused.value.code == "invalid_frame"
+        assert refused.value.frame["conversation_id"] == conv
+
+    async with harness.user(bot_id="relay") as user, harness.connected_bot("relay") as bot:
+        with pytest.raises(ServerError) as refused:
+            await bot.push(
+                user.conversation_id,
+                [
+                    {"content_type": "text", "content": {"text": "fine"}},
+                    {"content_type": "notice", "content": {"code": "session_started"}},
+                ],
+            )
+        assert refused.value.code == "invalid_frame"
+        assert await bot.push_text(user.conversation_id, "a bot's words") is not None
