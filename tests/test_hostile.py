@@ -16,7 +16,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from actors import SESSION_START, BotEvent, Content
-from transport.client import ServerError
+from transport.client import Frame, ServerError
 from transport.sqlite_store import open_sqlite_store
 from transport.ws_server import LISTENERS
 
@@ -228,3 +228,25 @@ async def test_nobody_but_the_system_sends_notices(harness: WsHarness) -> None:
             )
         assert refused.value.code == "invalid_frame"
         assert await bot.push_text(user.conversation_id, "a bot's words") is not None
+
+
+# -- claims ---------------------------------------------------------------------------------
+
+
+async def test_two_claims_of_one_chat_each_get_their_own_answer(harness: WsHarness) -> None:
+    async with harness.user() as user, harness.agent("alice") as alice:
+        conv = user.conversation_id  # not waiting: every claim is refused
+        await alice.send_frame({"type": "claim", "id": "k1", "conversation_id": conv})
+        await alice.send_frame({"type": "claim", "id": "k2", "conversation_id": conv})
+        answers: dict[str, Frame] = {}
+        while len(answers) < 2:
+            frame = await alice.wait_for(lambda f: f["type"] == "error")
+            assert frame["id"] not in answers, frame
+            answers[frame["id"]] = frame
+        assert answers["k1"]["code"] == "not_waiting"
+        assert answers["k2"]["code"] in ("not_waiting", "cannot_claim")
+        assert {f["conversation_id"] for f in answers.values()} == {conv}
+        # Once both are answered, a third claim goes to the desk again.
+        await alice.send_frame({"type": "claim", "id": "k3", "conversation_id": conv})
+        third = await alice.wait_for(lambda f: f["type"] == "error")
+        assert (third["id"], third["code"]) == ("k3", "not_waiting")

@@ -41,6 +41,7 @@ from actors import (
     Problem,
     Refused,
     StoreUnavailable,
+    Transcript,
     UnknownAgent,
     UserSays,
     UserTyping,
@@ -63,6 +64,8 @@ GOING_AWAY: Final = 1001
 
 #: How many claim/transfer ids an agent connection remembers for late desk refusals.
 _PENDING_LIMIT: Final = 256
+_CLAIM_REFUSALS: Final = frozenset({"not_waiting", "cannot_claim"})
+_TRANSFER_REFUSALS: Final = frozenset({"transfer_failed"})
 #: How many conversations a bot connection remembers as its own.
 _OWNED_LIMIT: Final = 4096
 
@@ -113,7 +116,11 @@ class Peer:
         self.conversation_id: str | None = None
         self.agent_id: str | None = None
         self.bot_id: str | None = None
-        self._pending: OrderedDict[str, FrameId] = OrderedDict()
+        # The claim and the transfer waiting for the desk's answer, by conversation, with the
+        # id their answer must carry: at most one claim per chat waits at a time, so a refusal
+        # never carries another claim's id.
+        self._claims: OrderedDict[str, FrameId | None] = OrderedDict()
+        self._transfers: OrderedDict[str, FrameId | None] = OrderedDict()
         self._owned: OrderedDict[str, bool] = OrderedDict()
         self._joined: Callable[[], None] | None = None
 
@@ -124,17 +131,28 @@ class Peer:
         if self.closing:
             return
         if isinstance(item, Problem):
-            frame_id = (
-                self._pending.pop(item.conversation_id, None) if item.conversation_id else None
-            )
+            frame_id = self._answering(item)
             self._send(wire.error_frame(item.code, item.detail, frame_id, item.conversation_id))
             return
+        if isinstance(item, Transcript):
+            self._claims.pop(item.conversation_id, None)  # a claim of it succeeded
         try:
             text = wire.encode(item)
         except Exception:
             log.exception("cannot encode %r for a client", type(item).__name__)
             return
         self._send(text)
+
+    def _answering(self, problem: Problem) -> FrameId | None:
+        """The id of the claim or transfer a refusal from the desk answers."""
+        conversation_id = problem.conversation_id
+        if conversation_id is None:
+            return None
+        if problem.code in _CLAIM_REFUSALS:
+            return self._claims.pop(conversation_id, None)
+        if problem.code in _TRANSFER_REFUSALS:
+            return self._transfers.pop(conversation_id, None)
+        return None
 
     def send_frame(self, text: str) -> bool:
         """Queue a ready-made frame (FrameOutlet); ``False`` when closing."""
@@ -338,21 +356,30 @@ class Peer:
             self._agent_event(frame, AgentSignsOff(agent_id))
         elif isinstance(frame, wire.Transfer):
             if self._agent_event(frame, AgentTransfers(agent_id, frame.to_agent)):
-                self._remember(frame.conversation_id, frame.id)
+                _remember(self._transfers, frame.conversation_id, frame.id)
         elif isinstance(frame, wire.Claim):
-            self._remember(frame.conversation_id, frame.id)
-            self.desk.claim(agent_id, frame.conversation_id)
-            self._ack(frame.id, None)
+            self._claim(agent_id, frame)
 
-    def _remember(self, conversation_id: str, frame_id: FrameId | None) -> None:
-        """Keep a claim's or transfer's id so that a later refusal from the desk carries it."""
-        if frame_id is None:
+    def _claim(self, agent_id: str, frame: wire.Claim) -> None:
+        """Ask the desk for a waiting chat; a second claim of the same chat is refused while
+        the first waits for its answer (so each answer carries its own claim's id)."""
+        conversation_id = frame.conversation_id
+        claims = self._claims
+        if conversation_id in claims and self.desk.holds(agent_id, conversation_id):
+            del claims[conversation_id]  # the earlier claim succeeded
+        if conversation_id in claims:
+            self._send(
+                wire.error_frame(
+                    "cannot_claim",
+                    "An earlier claim of this chat is still waiting for its answer.",
+                    frame.id,
+                    conversation_id,
+                )
+            )
             return
-        pending = self._pending
-        pending[conversation_id] = frame_id
-        pending.move_to_end(conversation_id)
-        if len(pending) > _PENDING_LIMIT:
-            pending.popitem(last=False)
+        _remember(claims, conversation_id, frame.id)
+        self.desk.claim(agent_id, conversation_id)
+        self._ack(frame.id, None)
 
     def _ack(self, frame_id: FrameId | None, seq: int | None) -> None:
         if frame_id is not None:
@@ -417,7 +444,8 @@ class Peer:
 
     def _answer(self, frame_id: FrameId | None, conversation_id: str, outcome: Outcome) -> None:
         if isinstance(outcome, Refused):
-            self._pending.pop(conversation_id, None)
+            if frame_id is not None and self._transfers.get(conversation_id) == frame_id:
+                del self._transfers[conversation_id]  # the conversation refused the transfer
             self._send(wire.error_frame(outcome.code, outcome.detail, frame_id, conversation_id))
         elif frame_id is not None:
             self._send(wire.ack_frame(frame_id, outcome.seq))
@@ -433,6 +461,16 @@ class Peer:
             if len(owned) > _OWNED_LIMIT:
                 owned.popitem(last=False)
         return known
+
+
+def _remember(
+    pending: OrderedDict[str, FrameId | None], conversation_id: str, frame_id: FrameId | None
+) -> None:
+    """Keep a claim's or transfer's id so that a later refusal from the desk carries it."""
+    pending[conversation_id] = frame_id
+    pending.move_to_end(conversation_id)
+    if len(pending) > _PENDING_LIMIT:
+        pending.popitem(last=False)
 
 
 __all__ = [
