@@ -3,6 +3,7 @@ their key."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -250,6 +251,38 @@ def test_the_signing_secret_is_made_once_and_kept(tmp_path: Path) -> None:
     in_memory = from_mapping({"store": {"kind": "memory"}})
     assert in_memory.store.data_dir is None
     assert signing_secret(in_memory) != signing_secret(in_memory)
+
+
+def test_an_empty_secret_file_counts_as_absent_and_is_replaced_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a power cut right after a first start could leave: the server must still start.
+    config = load(environ={"SWITCHOVER_DATA_DIR": str(tmp_path / "data")})
+    path = tmp_path / "data" / "secret"
+    path.parent.mkdir()
+    path.write_text("\n")
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    secret = signing_secret(config)
+    assert len(secret) >= 32
+    assert path.read_text().strip() == secret
+    assert path.stat().st_mode & 0o077 == 0
+    assert synced, "the secret is flushed to disk before it is used"
+    assert [p.name for p in path.parent.iterdir()] == ["secret"]  # no temporary left behind
+    assert signing_secret(config) == secret
+
+
+def test_a_secret_file_others_may_read_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load(environ={"SWITCHOVER_DATA_DIR": str(tmp_path)})
+    path = tmp_path / "secret"
+    path.write_text("kept-secret-of-enough-length-0123456789\n")
+    path.chmod(0o644)
+    with caplog.at_level("WARNING", logger="switchover.config"):
+        assert signing_secret(config) == "kept-secret-of-enough-length-0123456789"
+    assert "may be read by other users" in caplog.text
 
 
 def test_retention_is_off_unless_asked_for_and_survives_overrides(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ See docs/configuration.md for the reference.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import secrets
@@ -26,6 +28,8 @@ from actors import BotSettings
 
 from .logs import LOG_FORMATS
 from .services import Limits
+
+log = logging.getLogger("switchover.config")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_WS_PORT = 8765
@@ -587,8 +591,10 @@ def signing_secret(config: Config) -> str:
     """The key that signs users' resume tokens.
 
     Taken from the config when set; otherwise read from ``data_dir/secret``, which is created
-    (readable by its owner only) on first start, so tokens stay valid across restarts. With
-    no data directory, a fresh key per process: nothing else survives a restart either.
+    (readable by its owner only) on first start, so tokens stay valid across restarts. The
+    file is written whole or not at all (a temporary file, flushed to disk, then renamed), an
+    empty file counts as absent, and a file others may read is logged as a warning. With no
+    data directory, a fresh key per process: nothing else survives a restart either.
     """
     if config.secret:
         return config.secret
@@ -601,10 +607,43 @@ def signing_secret(config: Config) -> str:
     except FileNotFoundError:
         existing = ""
     if existing:
+        _warn_if_readable(path)
         return existing
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(secret + "\n")
+    _write_atomically(path, secret + "\n")
     return secret
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` (mode 0600) so that it holds all of ``text`` or stays as it was, even
+    after a power cut: a temporary file beside it, fsync, rename, fsync of the folder."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def _warn_if_readable(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            log.warning(
+                "the secret file %s may be read by other users (mode %o); run chmod 600 on it",
+                path,
+                mode & 0o777,
+            )
