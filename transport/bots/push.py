@@ -23,6 +23,7 @@ import trio
 from actors import Accepted, BotSays, Content, Overloaded
 
 from ..services import Services
+from .checks import check_push_body
 
 if TYPE_CHECKING:
     from ..http_app import HttpApp, Request, Response
@@ -95,6 +96,8 @@ async def push_messages(
         return _error(403, "forbidden", f"This token does not belong to bot {bot_id!r}.")
     if len(body) > MAX_BODY_BYTES:
         return _error(413, "too_large", f"Bodies are limited to {MAX_BODY_BYTES} bytes.")
+    if (refused := check_push_body(body)) is not None:
+        return refused
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
