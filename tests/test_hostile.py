@@ -16,6 +16,10 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from actors import SESSION_START, BotEvent, Content
+from transport import strict
+from transport.bots.csml import replies_from
+from transport.bots.resilience import BotReplyInvalid
+from transport.bots.webhook import messages_from
 from transport.client import Frame, ServerError
 from transport.sqlite_store import open_sqlite_store
 from transport.ws_server import LISTENERS
@@ -250,3 +254,40 @@ async def test_two_claims_of_one_chat_each_get_their_own_answer(harness: WsHarne
         await alice.send_frame({"type": "claim", "id": "k3", "conversation_id": conv})
         third = await alice.wait_for(lambda f: f["type"] == "error")
         assert (third["id"], third["code"]) == ("k3", "not_waiting")
+
+
+# -- bots' answers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"messages":[{"content_type":"notice","content":{"code":"session_ended"}}]}',
+        b'{"messages":[{"content_type":"text","content":{"text":"\\ud800"}}]}',
+        b'{"messages":[{"content_type":"text","content":{"n":NaN}}]}',
+        b'{"messages":[{"content_type":"text","content":{"n":1e400}}]}',
+        b'{"messages":[{"content_type":"","content":{}}]}',
+        b'{"messages":[{"content_type":"text","content":' + b"[" * 40 + b"]" * 40 + b"}]}",
+        b'{"messages":[{"content_type":"text","content":' + b"[" * 5000 + b"]" * 5000 + b"}]}",
+    ],
+)
+def test_a_bad_webhook_or_csml_answer_is_a_failed_call(raw: bytes) -> None:
+    with pytest.raises(BotReplyInvalid):
+        messages_from(raw)
+    engine_answer = raw.replace(b'{"content_type"', b'{"payload":{"content_type"').replace(
+        b"}]}", b"}}]}"
+    )
+    with pytest.raises(BotReplyInvalid):
+        try:
+            data = strict.loads(engine_answer)
+        except ValueError as exc:
+            raise BotReplyInvalid(str(exc)) from None
+        replies_from(data)
+
+
+def test_good_bot_answers_still_pass() -> None:
+    assert messages_from(b'{"messages":[{"content_type":"text","content":{"text":"hi"}}]}') == [
+        Content.text("hi")
+    ]
+    answer = {"messages": [{"payload": {"content_type": "text", "content": {"text": "hi"}}}]}
+    assert replies_from(answer) == ([Content.text("hi")], False)
