@@ -291,3 +291,57 @@ def test_good_bot_answers_still_pass() -> None:
     ]
     answer = {"messages": [{"payload": {"content_type": "text", "content": {"text": "hi"}}}]}
     assert replies_from(answer) == ([Content.text("hi")], False)
+
+
+# -- invalid UTF-8 --------------------------------------------------------------------------
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    assert len(payload) < 126
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+
+
+async def _close_code_of_raw(url: str, *frames: bytes) -> int | None:
+    """Send hand-made WebSocket frames (the client libraries only send valid UTF-8) and
+    return the close code the server answers with (``None``: it closed the TCP connection
+    without a close frame)."""
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        data = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some()
+            assert data.startswith(b"HTTP/1.1 101"), data
+            data = data.split(b"\r\n\r\n", 1)[1]
+            for frame in frames:
+                await stream.send_all(frame)
+            while True:
+                # Skip whole server frames (short ones: welcome, errors) up to the close.
+                while len(data) >= 2 and len(data) >= 2 + (data[1] & 0x7F):
+                    opcode, size = data[0] & 0x0F, data[1] & 0x7F
+                    assert size < 126
+                    if opcode == 0x8:
+                        return int.from_bytes(data[2:4], "big")
+                    data = data[2 + size :]
+                chunk = await stream.receive_some()
+                if not chunk:
+                    return None
+                data += chunk
+
+
+async def test_invalid_utf8_closes_with_1007_before_and_after_hello(harness: WsHarness) -> None:
+    # trio-websocket (wsproto) ends the TCP connection without sending its close frame.
+    expected = {1007} if harness.listener == "fast" else {1007, None}
+    bad = _masked(0x1, b'{"type":"ping","id":"\xff"}')
+    assert await _close_code_of_raw(harness.url, bad) in expected
+    user_hello = _masked(0x1, b'{"type":"hello","v":1,"role":"user"}')
+    assert await _close_code_of_raw(harness.url, user_hello, bad) in expected
+    async with harness.user() as bystander:
+        assert await bystander.say_text("unaffected") == 1
