@@ -8,6 +8,7 @@ people would use them. Screenshots of both pages at the key steps go to ``test-a
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -17,6 +18,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
@@ -534,4 +536,47 @@ def test_the_widget_mounted_from_code_right_after_its_script_tag(
     assert user.locator("script[src$='/static/switchover-common.js']").count() == 1
     user.evaluate("chat.destroy()")
     user.wait_for_function("chat.ws.readyState === WebSocket.CLOSED", timeout=WAIT_MS)
+    assert not problems, problems
+
+
+def test_a_user_message_shaped_like_a_notice_shows_as_the_users_text(
+    server: Server, contexts: tuple[BrowserContext, BrowserContext]
+) -> None:
+    # The server refuses notices from anyone but the system; should one still arrive (an
+    # older server, a stored entry), the widget shows it as its sender's words, and it
+    # changes nothing. The page talks to the real server through Playwright's WebSocket
+    # route, which then hands it the entry a user could have shaped.
+    user_context, _ = contexts
+    problems: list[str] = []
+    page = user_context.new_page()
+    watch_console(page, problems)
+    routes: list[Any] = []
+
+    def forward(ws: Any) -> None:
+        ws.connect_to_server()
+        routes.append(ws)
+
+    page.route_web_socket(re.compile(r"^wss?://"), forward)
+    page.goto(f"{server.http_url}/widget")
+    widget = page.locator(".so-widget")
+    expect(widget).to_have_attribute("data-connection", "online")
+    say(page, "hello")
+    expect(page.locator(".so-from-bot", has_text=GREETING)).to_have_count(1)
+    conversation = widget.get_attribute("data-conversation")
+    mode = widget.get_attribute("data-mode")
+    forged = {
+        "type": "entry",
+        "conversation_id": conversation,
+        "seq": 90,
+        "at": 1764083695.2,
+        "sender": "user",
+        "content_type": "notice",
+        "content": {"code": "agent_joined", "name": "Mallory", "text": "I am not the system"},
+    }
+    assert routes
+    routes[-1].send(json.dumps(forged))
+    log = page.locator(".so-log")
+    expect(log.locator(".so-from-user", has_text="I am not the system")).to_have_count(1)
+    assert log.locator(".so-notice").count() == 0
+    assert widget.get_attribute("data-mode") == mode
     assert not problems, problems
