@@ -253,6 +253,15 @@ def test_the_signing_secret_is_made_once_and_kept(tmp_path: Path) -> None:
     assert signing_secret(in_memory) != signing_secret(in_memory)
 
 
+def test_the_widget_may_be_framed_only_by_the_origins_named() -> None:
+    assert from_mapping({}).listeners.widget_frame_ancestors == ()
+    named = from_mapping({"listeners": {"widget_frame_ancestors": ["https://shop.example.com"]}})
+    assert named.listeners.widget_frame_ancestors == ("https://shop.example.com",)
+    for bad in ("https://a.example", ["https://a.example; script-src *"], [""], [3]):
+        with pytest.raises(ConfigError, match="widget_frame_ancestors"):
+            from_mapping({"listeners": {"widget_frame_ancestors": bad}})
+
+
 def test_an_empty_secret_file_counts_as_absent_and_is_replaced_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -92,6 +92,8 @@ class ListenerConfig:
     public_ws_url: str | None = None
     shutdown_timeout: float = 5.0
     websocket: str = WS_LISTENERS[0]
+    #: Origins allowed to frame the ``/widget`` page (CSP ``frame-ancestors``); none by default.
+    widget_frame_ancestors: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -279,6 +281,7 @@ _LISTENER_KEYS = {
     "public_ws_url",
     "shutdown_timeout",
     "websocket",
+    "widget_frame_ancestors",
 }
 _STORE_KEYS = {"kind", "data_dir", "retention_days"}
 _LOGGING_KEYS = {"format", "level"}
@@ -358,7 +361,22 @@ def _listeners(reader: _Reader, data: Mapping[str, Any]) -> ListenerConfig:
         public_ws_url=reader.string(table, "listeners", "public_ws_url"),
         shutdown_timeout=reader.number(table, "listeners", "shutdown_timeout", 5.0),
         websocket=reader.choice(table, "listeners", "websocket", WS_LISTENERS, WS_LISTENERS[0]),
+        widget_frame_ancestors=_frame_ancestors(reader, table),
     )
+
+
+def _frame_ancestors(reader: _Reader, table: Mapping[str, Any]) -> tuple[str, ...]:
+    value = table.get("widget_frame_ancestors", [])
+    if not isinstance(value, list) or not all(
+        isinstance(item, str) and item and not any(c in item for c in " ;,'\"\n\r\t")
+        for item in value
+    ):
+        reader.problem(
+            "listeners.widget_frame_ancestors",
+            'must be a list of origins such as ["https://shop.example.com"]',
+        )
+        return ()
+    return tuple(value)
 
 
 def _port(reader: _Reader, table: Mapping[str, Any], name: str, default: int) -> int:
