@@ -303,6 +303,21 @@ def _masked(opcode: int, payload: bytes) -> bytes:
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
 
 
+def _server_frame(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """The first whole (unmasked) server frame of ``data``: opcode, payload, the rest."""
+    if len(data) < 2:
+        return None
+    size, start = data[1] & 0x7F, 2
+    if size == 126:
+        if len(data) < 4:
+            return None
+        size, start = int.from_bytes(data[2:4], "big"), 4
+    assert size < 65536
+    if len(data) < start + size:
+        return None
+    return data[0] & 0x0F, data[start : start + size], data[start + size :]
+
+
 async def _close_code_of_raw(url: str, *frames: bytes) -> int | None:
     """Send hand-made WebSocket frames (the client libraries only send valid UTF-8) and
     return the close code the server answers with (``None``: it closed the TCP connection
@@ -323,13 +338,11 @@ async def _close_code_of_raw(url: str, *frames: bytes) -> int | None:
             for frame in frames:
                 await stream.send_all(frame)
             while True:
-                # Skip whole server frames (short ones: welcome, errors) up to the close.
-                while len(data) >= 2 and len(data) >= 2 + (data[1] & 0x7F):
-                    opcode, size = data[0] & 0x0F, data[1] & 0x7F
-                    assert size < 126
+                # Skip whole server frames (a welcome, errors) up to the close.
+                while (frame := _server_frame(data)) is not None:
+                    opcode, payload, data = frame
                     if opcode == 0x8:
-                        return int.from_bytes(data[2:4], "big")
-                    data = data[2 + size :]
+                        return int.from_bytes(payload[:2], "big")
                 chunk = await stream.receive_some()
                 if not chunk:
                     return None
