@@ -19,6 +19,7 @@ from actors import (
     UserSays,
     open_switchboard,
 )
+from transport.credentials import hash_token
 from transport.http_app import HttpApp, mount_extensions
 from transport.services import Services
 
@@ -157,3 +158,17 @@ async def test_a_push_during_a_livechat_session_is_refused(
     response = await http.post("/v1/bots/support/messages", json=body, headers=bearer(TOKEN))
     assert (response.status_code, response.json()["error"]) == (409, "session_open")
     assert all(e.content.text_value != "psst" for e in user.entries())
+
+
+async def test_a_bot_may_push_with_a_token_configured_as_its_hash(
+    services: Services, http: httpx.AsyncClient
+) -> None:
+    services.bot_tokens = {hash_token(TOKEN): "support"}
+    conv = (await services.board.open_conversation("support")).conversation_id
+    body = {"conversation_id": conv, "messages": [Content.text("hi").to_json()]}
+    response = await http.post("/v1/bots/support/messages", json=body, headers=bearer(TOKEN))
+    assert response.status_code == 200, response.text
+    hashed = await http.post(
+        "/v1/bots/support/messages", json=body, headers=bearer(hash_token(TOKEN))
+    )
+    assert hashed.status_code == 401

@@ -49,7 +49,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ALICE_TOKEN = "alice-desk-token"
-BOB_TOKEN = "bob-desk-token"
+BOB_TOKEN = "bob-desk-token-long"
 BOT_TOKEN = "demo-bot-push-token"
 END_MESSAGE = "Alice has finished helping you. Anything else? Otherwise click below."
 END_LABEL = "Close this chat"

@@ -92,7 +92,7 @@ capacity = 2
 bots = ["support"]
 
 [agents.bob]
-token = "bob-token-5678"
+token = "bob-token-56789012"
 """
     )
     config = load_file(path)
@@ -163,9 +163,9 @@ sesion_timeout = 5
 name = "Alice"
 bots = ["demo", "nobody"]
 [agents.bob]
-token = "same-token-here"
+token = "same-token-here-twice"
 [agents.carol]
-token = "same-token-here"
+token = "same-token-here-twice"
 capacity = 0
 """,
         tmp_path,
@@ -225,7 +225,7 @@ def test_unreadable_and_invalid_files_say_so(tmp_path: Path) -> None:
 
 
 def test_a_file_without_bots_serves_the_demo_bot() -> None:
-    config = from_mapping({"agents": {"a": {"token": "tok-a-123"}}})
+    config = from_mapping({"agents": {"a": {"token": "tok-a-1234567890ab"}}})
     assert list(config.bots) == ["demo"]
     assert config.agents["a"].bots == {"demo"}
 
@@ -309,9 +309,11 @@ def test_retention_is_off_unless_asked_for_and_survives_overrides(tmp_path: Path
 
 
 def test_a_connected_bot_is_configured_with_its_token() -> None:
-    config = from_mapping({"bots": {"relay": {"adapter": "connected", "token": "relay-token-1"}}})
+    config = from_mapping(
+        {"bots": {"relay": {"adapter": "connected", "token": "relay-token-1234567"}}}
+    )
     assert config.bots["relay"].adapter == "connected"
-    assert config.bots["relay"].token == "relay-token-1"
+    assert config.bots["relay"].token == "relay-token-1234567"
 
 
 def test_the_websocket_listener_is_a_setting(tmp_path: Path) -> None:

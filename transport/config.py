@@ -26,6 +26,7 @@ import attrs
 
 from actors import BotSettings
 
+from .credentials import hash_token, is_hashed, token_problem
 from .logs import LOG_FORMATS
 from .services import Limits
 
@@ -258,8 +259,10 @@ def _attrs_from_table(
         if not ok:
             reader.problem(full, f"must be {expected}, got {_shown(value)}")
             continue
-        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-            reader.problem(full, f"must be positive, got {value}")
+        zero_is_off = fields[name].metadata.get("zero_is_off", False)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and (value < 0 or (value == 0 and not zero_is_off)):
+            reader.problem(full, f"must be positive{' or 0' if zero_is_off else ''}, got {value}")
             continue
         values[name] = float(value) if "float" in declared and isinstance(value, int) else value
     try:
@@ -416,6 +419,8 @@ def _logging(reader: _Reader, data: Mapping[str, Any]) -> LoggingConfig:
 
 
 def _check_tokens(reader: _Reader, config: Config) -> None:
+    """Every token long enough (or a well-formed SHA-256 of one), and no two alike, even when
+    one is given in clear and the other hashed."""
     seen: dict[str, str] = {}
     owners = [(f"agents.{a.agent_id}.token", a.token) for a in config.agents.values()] + [
         (f"bots.{b.bot_id}.token", b.token) for b in config.bots.values() if b.token
@@ -423,10 +428,15 @@ def _check_tokens(reader: _Reader, config: Config) -> None:
     for key, token in owners:
         if not token:
             continue
-        if token in seen:
-            reader.problem(key, f"is the same token as {seen[token]}")
+        problem = token_problem(token)
+        if problem is not None:
+            reader.problem(key, problem)
+            continue
+        same = token if is_hashed(token) else hash_token(token)
+        if same in seen:
+            reader.problem(key, f"is the same token as {seen[same]}")
         else:
-            seen[token] = key
+            seen[same] = key
 
 
 # -- building a config --------------------------------------------------------------------
@@ -470,7 +480,7 @@ def embedded_defaults() -> Config:
     agent = AgentConfig(
         DEFAULT_AGENT,
         "Demo Agent",
-        secrets.token_urlsafe(18),
+        secrets.token_urlsafe(32),
         frozenset({DEFAULT_BOT}),
         generated=True,
     )

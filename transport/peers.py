@@ -49,6 +49,7 @@ from actors import (
 from actors.ports import Delivery
 
 from . import protocol as wire
+from .credentials import AddressGuard, find_token, retry_words
 from .protocol import BadFrame, FrameId
 from .services import Services
 from .tokens import ExpiredToken, InvalidToken, ResumeTokens
@@ -59,6 +60,7 @@ BAD_HELLO: Final = 4400
 UNAUTHORIZED: Final = 4401
 NOT_FOUND: Final = 4404
 TOO_SLOW: Final = 4408
+TOO_MANY: Final = 4429
 STORE_DOWN: Final = 4503
 GOING_AWAY: Final = 1001
 
@@ -102,8 +104,12 @@ class Peer:
         send: Send,
         close: Close,
         drained: Drained,
+        address: str = "",
+        guard: AddressGuard | None = None,
     ) -> None:
         self.services = services
+        self.address = address
+        self.guard = guard
         self.board = services.board
         self.desk = services.desk
         self.limits = services.limits
@@ -197,6 +203,16 @@ class Peer:
         except BadFrame as bad:
             self._close(BAD_HELLO, f"{bad.code}: {bad.message}")
             return False
+        guard = self.guard
+        authenticates = not isinstance(hello, wire.UserHello) or hello.resume_token is not None
+        if guard is not None and authenticates:
+            wait = guard.locked_for(self.address)
+            if wait > 0:
+                self._close(
+                    TOO_MANY,
+                    f"too many failed authentications from this address; {retry_words(wait)}",
+                )
+                return False
         if isinstance(hello, wire.UserHello):
             return await self._user_hello(hello)
         if isinstance(hello, wire.AgentHello):
@@ -210,6 +226,12 @@ class Peer:
             if bot_id not in board.bots:
                 self._close(NOT_FOUND, f"unknown bot {bot_id[:64]!r}")
                 return False
+            wait = self.guard.new_conversation(self.address) if self.guard is not None else 0.0
+            if wait > 0:
+                self._close(
+                    TOO_MANY, f"too many new conversations from this address; {retry_words(wait)}"
+                )
+                return False
             try:
                 state = await board.open_conversation(bot_id, metadata=hello.metadata)
             except StoreUnavailable as exc:
@@ -222,10 +244,10 @@ class Peer:
             try:
                 grant = self.tokens.verify(hello.resume_token)
             except ExpiredToken:
-                self._close(UNAUTHORIZED, "the resume token has expired")
+                self._unauthorized("the resume token has expired")
                 return False
             except InvalidToken:
-                self._close(UNAUTHORIZED, "the resume token is not valid")
+                self._unauthorized("the resume token is not valid")
                 return False
             conversation_id, bot_id = grant.conversation_id, grant.bot_id
             missing = bot_id not in board.bots or (
@@ -253,10 +275,10 @@ class Peer:
         return not self.closing
 
     async def _agent_hello(self, hello: wire.AgentHello) -> bool:
-        agent_id = self.services.agent_tokens.get(hello.token)
+        agent_id = find_token(self.services.agent_tokens, hello.token)
         profile = self.desk.profiles.get(agent_id) if agent_id is not None else None
         if agent_id is None or profile is None:
-            self._close(UNAUTHORIZED, "unknown agent token")
+            self._unauthorized("unknown agent token")
             return False
         self.role = "agent"
         self.agent_id = agent_id
@@ -272,9 +294,9 @@ class Peer:
         return not self.closing
 
     def _bot_hello(self, hello: wire.BotHello) -> bool:
-        bot_id = self.services.bot_tokens.get(hello.token)
+        bot_id = find_token(self.services.bot_tokens, hello.token)
         if bot_id is None or bot_id not in self.board.bots:
-            self._close(UNAUTHORIZED, "unknown bot token")
+            self._unauthorized("unknown bot token")
             return False
         self.role = "bot"
         self.bot_id = bot_id
@@ -283,6 +305,12 @@ class Peer:
         registry.add(bot_id, self)
         self._joined = partial(registry.remove, bot_id, self)
         return True
+
+    def _unauthorized(self, reason: str) -> None:
+        """Refuse a credential (4401), and count it against the client's address."""
+        if self.guard is not None:
+            self.guard.failed(self.address)
+        self._close(UNAUTHORIZED, reason)
 
     # -- every frame after the hello --------------------------------------------------------
 
@@ -478,6 +506,7 @@ __all__ = [
     "GOING_AWAY",
     "NOT_FOUND",
     "STORE_DOWN",
+    "TOO_MANY",
     "TOO_SLOW",
     "UNAUTHORIZED",
     "Close",

@@ -26,7 +26,9 @@ class Limits:
     ``max_buffered``: deliveries queued for a slow client before it is disconnected (it can
     resume by sequence number). ``hello_timeout``: seconds a new connection has to say hello.
     ``resume_token_max_age``: seconds after which a user's resume token is refused (each
-    resume hands out a fresh one), so a leaked token does not open a conversation forever."""
+    resume hands out a fresh one), so a leaked token does not open a conversation forever.
+    ``auth_failures``/``auth_window`` and ``new_conversations_per_minute``/``_burst`` limit
+    each client address (see transport/credentials.py)."""
 
     max_frame_bytes: int = 64 * 1024
     rate: float = 20.0
@@ -34,6 +36,14 @@ class Limits:
     max_buffered: int = 1000
     hello_timeout: float = 10.0
     resume_token_max_age: float = attrs.field(default=30 * 24 * 3600.0, validator=_positive_seconds)
+    #: Failed authentications one client address may make within ``auth_window`` seconds
+    #: before its hellos are refused (4429) for the rest of the window; 0: never refused.
+    auth_failures: int = attrs.field(default=10, metadata={"zero_is_off": True})
+    auth_window: float = attrs.field(default=60.0, validator=_positive_seconds)
+    #: New conversations per minute from one client address, in bursts of
+    #: ``new_conversations_burst``; beyond them a new user's hello is refused (4429). 0: no limit.
+    new_conversations_per_minute: float = attrs.field(default=60.0, metadata={"zero_is_off": True})
+    new_conversations_burst: int = 60
 
 
 @attrs.define

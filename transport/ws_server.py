@@ -45,6 +45,7 @@ from trio_websocket import ConnectionClosed
 from . import fastws
 from . import protocol as wire
 from .config import WS_LISTENERS
+from .credentials import AddressGuard
 from .peers import BAD_HELLO, GOING_AWAY, TOO_SLOW, Peer
 from .services import Limits, Services
 from .tokens import ResumeTokens
@@ -65,6 +66,12 @@ def hard_frame_ceiling(limits: Limits) -> int:
     """Beyond this size the listener itself closes with 1009; below it, oversize frames get
     an error and the connection stays open."""
     return max(4 * limits.max_frame_bytes, 1 << 20)
+
+
+def _address(ws: object) -> str:
+    """The client's IP address (both listeners' connections have ``remote``)."""
+    remote = getattr(ws, "remote", None)
+    return str(getattr(remote, "address", remote or ""))
 
 
 def _close_reason(text: str) -> str:
@@ -95,7 +102,15 @@ class Hub:
         if listener not in LISTENERS:
             raise ValueError(f"unknown WebSocket listener {listener!r}; known: {LISTENERS}")
         self.services = services
-        self.tokens = ResumeTokens(services.secret, max_age=services.limits.resume_token_max_age)
+        limits = services.limits
+        self.tokens = ResumeTokens(services.secret, max_age=limits.resume_token_max_age)
+        self.guard = AddressGuard(
+            auth_failures=limits.auth_failures,
+            auth_window=limits.auth_window,
+            conversations_per_minute=limits.new_conversations_per_minute,
+            conversations_burst=limits.new_conversations_burst,
+            clock=trio.current_time,
+        )
         self.connections: set[Connection] = set()
         self.stopping = False
         self.close_grace = close_grace
@@ -163,7 +178,13 @@ class Connection:
         self._tokens = float(limits.burst)
         self._refilled = trio.current_time()
         self.peer = Peer(
-            hub.services, hub.tokens, send=self._push, close=self.close, drained=self._drained
+            hub.services,
+            hub.tokens,
+            send=self._push,
+            close=self.close,
+            drained=self._drained,
+            address=_address(ws),
+            guard=hub.guard,
         )
 
     @property

@@ -12,7 +12,6 @@ mount it; :func:`register` mounts it on Switchover's own HTTP app.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ import trio
 
 from actors import Accepted, BotSays, Content, Overloaded
 
+from ..credentials import find_token
 from ..services import Services
 from .checks import check_push_body
 
@@ -52,11 +52,7 @@ def _bearer(headers: Mapping[str, str]) -> str | None:
 
 def _bot_of(services: Services, token: str) -> str | None:
     """The bot a token belongs to, comparing in constant time."""
-    found = None
-    for known, bot_id in services.bot_tokens.items():
-        if hmac.compare_digest(known.encode("utf-8"), token.encode("utf-8")):
-            found = bot_id
-    return found
+    return find_token(services.bot_tokens, token)  # clear or hashed, in constant time
 
 
 def _messages(data: Mapping[str, Any]) -> list[Content] | PushResult:
