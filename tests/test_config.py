@@ -253,6 +253,12 @@ def test_the_signing_secret_is_made_once_and_kept(tmp_path: Path) -> None:
     assert signing_secret(in_memory) != signing_secret(in_memory)
 
 
+def test_environment_values_that_are_not_utf8_are_refused() -> None:
+    # os.environ decodes bytes that are not UTF-8 to lone surrogates (surrogateescape).
+    with pytest.raises(ConfigError, match="SWITCHOVER_SECRET: is not valid UTF-8 text"):
+        load(environ={"SWITCHOVER_SECRET": "abc\udcff"})
+
+
 def test_the_widget_may_be_framed_only_by_the_origins_named() -> None:
     assert from_mapping({}).listeners.widget_frame_ancestors == ()
     named = from_mapping({"listeners": {"widget_frame_ancestors": ["https://shop.example.com"]}})

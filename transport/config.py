@@ -29,6 +29,7 @@ from actors import BotSettings
 from .credentials import hash_token, is_hashed, token_problem
 from .logs import LOG_FORMATS
 from .services import Limits
+from .strict import bad_text
 
 log = logging.getLogger("switchover.config")
 
@@ -555,6 +556,9 @@ def with_overrides(
         if value is None or value == "":
             continue
         text = str(value)
+        if bad_text(text):  # bytes that are not UTF-8, decoded with surrogateescape
+            problems.append(f"{named(name)}: is not valid UTF-8 text")
+            continue
         if name == "host":
             listeners = attrs.evolve(listeners, host=text)
         elif name == "ws_port":

@@ -78,7 +78,8 @@ class Response:
 
     @classmethod
     def json(cls, data: Any, status: int = 200) -> Response:
-        return cls(status, json.dumps(data).encode("utf-8"), "application/json")
+        # allow_nan=False: an answer is strict JSON, or it is not sent (500 instead).
+        return cls(status, json.dumps(data, allow_nan=False).encode("utf-8"), "application/json")
 
     @classmethod
     def error(cls, status: int, code: str, message: str) -> Response:
