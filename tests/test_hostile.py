@@ -358,3 +358,61 @@ async def test_invalid_utf8_closes_with_1007_before_and_after_hello(harness: WsH
     assert await _close_code_of_raw(harness.url, user_hello, bad) in expected
     async with harness.user() as bystander:
         assert await bystander.say_text("unaffected") == 1
+
+
+# -- replays ----------------------------------------------------------------------------------
+
+
+async def test_a_replay_reads_only_the_agents_own_entries_a_page_at_a_time(
+    listener: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An agent may name any conversation in a replay: one it never held, with a long history,
+    # must not cost the server that whole history. Pages of 2 here, to see the paging work.
+    import transport.peers as peers
+
+    monkeypatch.setattr(peers, "CATCH_UP_PAGE", 2)
+    async with (
+        open_sqlite_store(tmp_path / "s.db") as store,
+        running_ws_server(listener=listener, store=store) as h,
+    ):
+        read: list[tuple[int, int, str | None]] = []
+        paged = store.entries_page
+
+        async def counting(
+            conversation_id: str, after_seq: int, limit: int, agent_id: str | None = None
+        ) -> list[Any]:
+            entries = await paged(conversation_id, after_seq, limit, agent_id)
+            read.append((after_seq, len(entries), agent_id))
+            return entries
+
+        async def whole(conversation_id: str, after_seq: int) -> list[Any]:
+            raise AssertionError("a catch-up reads the whole history at once")
+
+        monkeypatch.setattr(store, "entries_page", counting)
+        monkeypatch.setattr(store, "entries_after", whole)
+        async with h.user() as user, h.agent("alice") as alice, h.agent("bob") as bob:
+            for n in range(5):
+                await user.say_text(f"before {n}")
+            await alice.set_presence("online")
+            await user.click(SESSION_START)
+            await user.wait_for(lambda f: f.get("content", {}).get("code") == "agent_joined")
+            conv = user.conversation_id
+            said = [await alice.say(conv, f"alice {n}") for n in range(3)]
+            alice.take_all()
+            read.clear()
+            await alice.replay(conv, 0)
+            replayed = [f["seq"] for f in alice.take_all() if f["type"] == "entry"]
+            assert set(said) <= set(replayed)
+            assert all(agent == "alice" for _, _, agent in read)
+            assert len(read) >= 2  # paged
+
+            read.clear()
+            await bob.replay(conv, 0)
+            assert not [f for f in bob.take_all() if f["type"] == "entry"]
+            assert read == [(0, 0, "bob")]  # bob's rows: none, and nothing else was read
+
+        # A returning user still gets everything after its last_seq, across pages.
+        async with h.user(resume_token=user.resume_token, last_seq=3) as back:
+            await back.say_text("back")
+            seqs = [f["seq"] for f in back.take_all() if f["type"] == "entry"]
+            assert seqs[:3] == [4, 5, 6] and seqs == sorted(seqs)

@@ -45,7 +45,9 @@ from actors import (
 from actors.lifecycle import Session
 from transport.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
 from transport.sqlite_store import (
+    AGENT_ENTRIES_PAGE,
     ENTRIES_AFTER,
+    ENTRIES_PAGE,
     LOAD_CONVERSATION,
     MESSAGE_COLUMNS,
     OPEN_SESSIONS,
@@ -690,6 +692,8 @@ def test_every_read_of_messages_goes_through_the_index() -> None:
     transcript = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY seq"
     queries = [
         (ENTRIES_AFTER, ("c", 1)),
+        (ENTRIES_PAGE, ("c", 1, 10)),
+        (AGENT_ENTRIES_PAGE, ("c", 1, "alice", 10)),
         (LOAD_CONVERSATION, ("c",)),
         (OPEN_SESSIONS, ()),
         (PRUNE_CANDIDATES, (1.0, 1.0)),

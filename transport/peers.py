@@ -33,6 +33,7 @@ from actors import (
     AgentTyping,
     BotSays,
     Content,
+    Entry,
     Event,
     Outcome,
     Overloaded,
@@ -86,6 +87,21 @@ class PresenceLog(Protocol):
     async def record_presence(
         self, agent_id: str, presence: str, at: float | None = None
     ) -> None: ...
+
+
+@runtime_checkable
+class PagedEntries(Protocol):
+    """A store that reads a catch-up a page at a time, and only an agent's own entries for
+    an agent (the SQLite store does): a replay of a long conversation, or of one the agent
+    never held, then costs neither the whole history in memory nor its conversion."""
+
+    async def entries_page(
+        self, conversation_id: str, after_seq: int, limit: int, agent_id: str | None = None
+    ) -> list[Entry]: ...
+
+
+#: Entries read from the store at a time during a catch-up.
+CATCH_UP_PAGE: Final = 500
 
 
 class Peer:
@@ -180,19 +196,31 @@ class Peer:
         """Send the entries after ``after_seq`` that ``party`` may see, straight from the
         store, in chunks the connection drains between: a long history must not count as
         falling behind. Returns the last ``seq`` looked at."""
-        entries = await self.board.store.entries_after(conversation_id, after_seq)
+        store = self.board.store
         chunk = max(1, self.limits.max_buffered // 2)
         sent = 0
-        for entry in entries:
-            if not entry.visible_to(party, agent_id):
-                continue
-            if sent and sent % chunk == 0:
-                await self._drained()
-            if self.closing:
-                break
-            self._send(wire.entry_frame(entry))
-            sent += 1
-        return entries[-1].seq if entries else after_seq
+        last = after_seq
+        while True:
+            if isinstance(store, PagedEntries):
+                page_agent = agent_id if party is Party.AGENT else None
+                entries = await store.entries_page(conversation_id, last, CATCH_UP_PAGE, page_agent)
+                more = len(entries) == CATCH_UP_PAGE
+            else:
+                entries = await store.entries_after(conversation_id, last)
+                more = False
+            for entry in entries:
+                if not entry.visible_to(party, agent_id):
+                    continue
+                if sent and sent % chunk == 0:
+                    await self._drained()
+                if self.closing:
+                    return last
+                self._send(wire.entry_frame(entry))
+                sent += 1
+            if entries:
+                last = entries[-1].seq
+            if not more or self.closing:
+                return last
 
     # -- hello ------------------------------------------------------------------------------
 
@@ -511,6 +539,7 @@ __all__ = [
     "UNAUTHORIZED",
     "Close",
     "Drained",
+    "PagedEntries",
     "Peer",
     "PresenceLog",
     "Send",

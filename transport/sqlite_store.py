@@ -188,6 +188,13 @@ MESSAGE_COLUMNS = (
 ENTRIES_AFTER = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq"
 )
+# A page of a catch-up, and a page of what one agent may see (its own entries): a replay of
+# a long conversation is read a page at a time, and an agent's skips the others' rows in SQLite.
+ENTRIES_PAGE = f"{ENTRIES_AFTER} LIMIT ?"
+AGENT_ENTRIES_PAGE = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ?"
+    " AND agent_id = ? ORDER BY seq LIMIT ?"
+)
 LOAD_CONVERSATION = (
     f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations"
     " WHERE id = ?"
@@ -500,6 +507,22 @@ class SQLiteStore:
     async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]:
         def read(db: sqlite3.Connection) -> list[Entry]:
             rows = db.execute(ENTRIES_AFTER, (conversation_id, after_seq)).fetchall()
+            return [entry_from_row(row) for row in rows]
+
+        return await self._read(read)
+
+    async def entries_page(
+        self, conversation_id: str, after_seq: int, limit: int, agent_id: str | None = None
+    ) -> list[Entry]:
+        """At most ``limit`` entries after ``after_seq``, in order; with ``agent_id``, only
+        those written with that agent's id (the only ones an agent may be shown)."""
+
+        def read(db: sqlite3.Connection) -> list[Entry]:
+            if agent_id is None:
+                rows = db.execute(ENTRIES_PAGE, (conversation_id, after_seq, limit)).fetchall()
+            else:
+                parameters = (conversation_id, after_seq, agent_id, limit)
+                rows = db.execute(AGENT_ENTRIES_PAGE, parameters).fetchall()
             return [entry_from_row(row) for row in rows]
 
         return await self._read(read)
