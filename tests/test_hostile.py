@@ -416,3 +416,10 @@ async def test_a_replay_reads_only_the_agents_own_entries_a_page_at_a_time(
             await back.say_text("back")
             seqs = [f["seq"] for f in back.take_all() if f["type"] == "entry"]
             assert seqs[:3] == [4, 5, 6] and seqs == sorted(seqs)
+
+
+def test_a_close_reason_that_is_not_unicode_is_still_sent() -> None:
+    from transport.ws_server import _close_reason
+
+    assert _close_reason("unknown bot '\ud800'") == "unknown bot '?'"
+    assert len(_close_reason("é" * 200).encode()) <= 123

@@ -75,8 +75,9 @@ def _address(ws: object) -> str:
 
 
 def _close_reason(text: str) -> str:
-    """Close reasons must fit in 123 bytes of UTF-8."""
-    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
+    """Close reasons must fit in 123 bytes of UTF-8 (and be UTF-8: "replace" keeps text that
+    is not valid Unicode from failing the close)."""
+    return text.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
 
 
 class WebSocket(Protocol):
