@@ -198,7 +198,7 @@ def attacker(harness: WsHarness, role: str) -> Any:
 
 
 @settings(
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
