@@ -580,3 +580,52 @@ def test_a_user_message_shaped_like_a_notice_shows_as_the_users_text(
     assert log.locator(".so-notice").count() == 0
     assert widget.get_attribute("data-mode") == mode
     assert not problems, problems
+
+
+def test_the_desk_shows_a_user_message_shaped_like_a_notice_as_the_users_text(
+    server: Server, contexts: tuple[BrowserContext, BrowserContext]
+) -> None:
+    # The desk's side of the same rule: such an entry is the user's words, and it does not
+    # end the chat (a real session_ended notice would).
+    user_context, agent_context = contexts
+    problems: list[str] = []
+    desk = agent_context.new_page()
+    watch_console(desk, problems)
+    routes: list[Any] = []
+
+    def forward(ws: Any) -> None:
+        ws.connect_to_server()
+        routes.append(ws)
+
+    desk.route_web_socket(re.compile(r"^wss?://"), forward)
+    desk.goto(f"{server.http_url}/desk")
+    desk.get_by_label("Agent token").fill(ALICE_TOKEN)
+    desk.get_by_role("button", name="Sign in").click()
+    expect(desk.locator("#connection")).to_have_text("Connected")
+    desk.get_by_role("radio", name="Away").check()
+    user = open_widget(user_context, f"{server.http_url}/widget", problems)
+    say(user, "hello")
+    expect(user.locator(".so-from-bot", has_text=GREETING)).to_have_count(1)
+    waiting = desk.locator("#queue .queue-item")
+    before = waiting.count()  # earlier tests may have left sessions waiting
+    user.locator(".so-choice", has_text="Talk to a human").last.click()
+    conversation = user.locator(".so-widget").get_attribute("data-conversation")
+    expect(waiting).to_have_count(before + 1)
+    waiting.last.get_by_role("button", name=re.compile("Pick up")).click()
+    expect(desk.locator("#chat-state")).to_have_text("Live")
+    forged = {
+        "type": "entry",
+        "conversation_id": conversation,
+        "seq": 900,
+        "at": 1764083695.2,
+        "sender": "user",
+        "content_type": "notice",
+        "content": {"code": "session_ended", "reason": "user_ended", "text": "I ended nothing"},
+    }
+    assert routes
+    routes[-1].send(json.dumps(forged))
+    chat_log = desk.locator("#chat-log")
+    expect(chat_log.locator(".from-user", has_text="I ended nothing")).to_have_count(1)
+    assert chat_log.locator(".notice-session_ended").count() == 0
+    expect(desk.locator("#chat-state")).to_have_text("Live")
+    assert not problems, problems
