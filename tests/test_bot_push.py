@@ -172,3 +172,19 @@ async def test_a_bot_may_push_with_a_token_configured_as_its_hash(
         "/v1/bots/support/messages", json=body, headers=bearer(hash_token(TOKEN))
     )
     assert hashed.status_code == 401
+
+
+async def test_repeated_failed_pushes_from_one_address_are_throttled(
+    services: Services, http: httpx.AsyncClient
+) -> None:
+    conv = (await services.board.open_conversation("support")).conversation_id
+    body = {"conversation_id": conv, "messages": [Content.text("hi").to_json()]}
+    url = "/v1/bots/support/messages"
+    for _ in range(services.limits.auth_failures):
+        response = await http.post(url, json=body, headers=bearer("guessing-the-token"))
+        assert response.status_code == 401
+    locked = await http.post(url, json=body, headers=bearer(TOKEN))
+    assert locked.status_code == 429
+    assert locked.json()["error"] == "too_many_attempts"
+    assert int(locked.headers["retry-after"]) >= 1
+    assert (await http.get("/healthz")).status_code == 200  # nothing else is refused

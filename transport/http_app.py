@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import math
 import mimetypes
 import re
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import attrs
 import trio
 
+from .credentials import AddressGuard, retry_words
 from .services import Services
 from .version import version
 
@@ -147,6 +149,15 @@ class HttpApp:
         self.ws_port = ws_port
         self.public_ws_url = public_ws_url
         self.ws_host = ws_host
+        limits = services.limits
+        # Failed authentications (401) per client address, as on the WebSocket listener.
+        self.guard = AddressGuard(
+            auth_failures=limits.auth_failures,
+            auth_window=limits.auth_window,
+            conversations_per_minute=0.0,
+            conversations_burst=1,
+            clock=time.monotonic,
+        )
         self._page_policy = _page_policy("'none'")
         self._widget_policy = _page_policy(" ".join(widget_frame_ancestors) or "'none'")
         self.stopping = False
@@ -236,11 +247,32 @@ class HttpApp:
                 body,
                 match.groupdict(),
             )
+            client = scope.get("client")
+            address = str(client[0]) if client else ""
+            if "authorization" in request.headers:
+                wait = self.guard.locked_for(address)
+                if wait > 0:
+                    seconds = max(1, math.ceil(wait))
+                    return Response(
+                        429,
+                        json.dumps(
+                            {
+                                "error": "too_many_attempts",
+                                "message": "Too many failed authentications from this address;"
+                                f" {retry_words(wait)}.",
+                            }
+                        ).encode("utf-8"),
+                        "application/json",
+                        {"retry-after": str(seconds)},
+                    )
             try:
-                return await route.handler(request)
+                response = await route.handler(request)
             except Exception:
                 log.exception("%s %s failed", method, path)
                 return Response.error(500, "internal_error", "The request could not be handled.")
+            if response.status == 401:
+                self.guard.failed(address)
+            return response
         if allowed:
             return Response(
                 405,
