@@ -1,8 +1,8 @@
 """Agents' and bots' tokens, and the guard against guessing them.
 
 A token is configured in clear or as its SHA-256 (``"sha256:<64 hex digits>"``, made with
-``switchover hash-token`` or ``printf %s TOKEN | sha256sum``), so a config file that leaks does
-not hand out working tokens. :func:`find_token` compares a presented token with every
+``printf %s TOKEN | sha256sum`` or :func:`hash_token`), so a config file that leaks does not
+hand out working tokens. :func:`find_token` compares a presented token with every
 configured one in constant time: how long it takes says nothing about which, or how much of
 one, matched.
 
