@@ -15,7 +15,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from actors import SESSION_START, BotEvent, Content
+from actors import SESSION_START, BotEvent, Content, StoreUnavailable
 from transport import strict
 from transport.bots.csml import replies_from
 from transport.bots.resilience import BotReplyInvalid
@@ -423,3 +423,29 @@ def test_a_close_reason_that_is_not_unicode_is_still_sent() -> None:
 
     assert _close_reason("unknown bot '\ud800'") == "unknown bot '?'"
     assert len(_close_reason("é" * 200).encode()) <= 123
+
+
+async def test_a_store_that_cannot_be_read_refuses_the_frame_not_the_connection(
+    harness: WsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = harness.services.board.store
+
+    async def unreadable(*args: object) -> Any:
+        raise StoreUnavailable("the disk is gone")
+
+    monkeypatch.setattr(store, "entries_after", unreadable)
+    monkeypatch.setattr(store, "load", unreadable)
+    async with (
+        harness.user() as user,
+        harness.agent("alice") as alice,
+        harness.connected_bot("relay") as bot,
+    ):
+        with pytest.raises(ServerError) as refused:
+            await alice.replay(user.conversation_id, 0)
+        assert refused.value.code == "store_unavailable"
+        assert "disk" not in refused.value.frame["message"]
+        await alice.ping()
+        with pytest.raises(ServerError) as refused:
+            await bot.push_text(user.conversation_id, "hello")
+        assert refused.value.code == "store_unavailable"
+        await bot.ping()

@@ -350,6 +350,18 @@ class Peer:
         except BadFrame as bad:
             self._send(wire.error_frame(bad.code, bad.message, bad.id, bad.conversation_id))
             return
+        try:
+            await self._carry_out(frame)
+        except StoreUnavailable as exc:
+            # A read for a replay or a bot's push failed: this frame is refused, the
+            # connection goes on (bad luck with the store never closes it after hello).
+            log.warning("a %s frame could not be read for: %s", self.role, exc)
+            self._error("store_unavailable", "The store cannot be read right now.", frame.id, frame)
+        except Exception:
+            log.exception("a %s frame could not be handled", self.role)
+            self._error("internal_error", "The frame could not be handled.", frame.id, frame)
+
+    async def _carry_out(self, frame: wire.Frame) -> None:
         if isinstance(frame, wire.BotPush) and not await self._owns(frame.conversation_id):
             self._error("forbidden", "Not a conversation of this bot.", frame.id, frame)
             return
@@ -360,13 +372,7 @@ class Peer:
         if isinstance(frame, wire.SetPresence):
             await self._set_presence(frame)
             return
-        try:
-            self._dispatch(frame)
-        except Exception:
-            log.exception("a %s frame could not be handled", self.role)
-            self._send(
-                wire.error_frame("internal_error", "The frame could not be handled.", frame.id)
-            )
+        self._dispatch(frame)
 
     def _error(self, code: str, message: str, frame_id: FrameId | None, frame: object) -> None:
         conversation_id = getattr(frame, "conversation_id", None)
