@@ -449,3 +449,21 @@ async def test_a_store_that_cannot_be_read_refuses_the_frame_not_the_connection(
             await bot.push_text(user.conversation_id, "hello")
         assert refused.value.code == "store_unavailable"
         await bot.ping()
+
+
+async def test_a_store_that_cannot_be_read_at_hello_closes_with_4503(
+    harness: WsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with harness.user() as user:
+        token = user.resume_token
+    store = harness.services.board.store
+
+    async def unreadable(*args: object) -> Any:
+        raise StoreUnavailable("the disk is gone")
+
+    monkeypatch.setattr(store, "entries_after", unreadable)
+    monkeypatch.setattr(store, "load", unreadable)
+    resume = hello(role="user", resume_token=token, last_seq=0)
+    assert await close_code_after(harness.url, resume) == 4503
+    seqs = hello(role="agent", token="alice-token", last_seqs={"c": 0})
+    assert await close_code_after(harness.url, seqs) == 4503

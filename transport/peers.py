@@ -241,11 +241,18 @@ class Peer:
                     f"too many failed authentications from this address; {retry_words(wait)}",
                 )
                 return False
-        if isinstance(hello, wire.UserHello):
-            return await self._user_hello(hello)
-        if isinstance(hello, wire.AgentHello):
-            return await self._agent_hello(hello)
-        return self._bot_hello(hello)
+        try:
+            if isinstance(hello, wire.UserHello):
+                return await self._user_hello(hello)
+            if isinstance(hello, wire.AgentHello):
+                return await self._agent_hello(hello)
+            return self._bot_hello(hello)
+        except StoreUnavailable as exc:
+            # A resume or a catch-up could not read the store: a documented close, not a
+            # connection that fails in the listener.
+            log.error("a %s hello could not be carried out: %s", self.role or "new", exc)
+            self._close(STORE_DOWN, "store_unavailable: the store cannot be read right now")
+            return False
 
     async def _user_hello(self, hello: wire.UserHello) -> bool:
         board = self.board
