@@ -237,8 +237,12 @@ def _readable_id(data: Mapping[str, Any]) -> FrameId | None:
     value = data.get("id")
     if isinstance(value, str) and len(value) <= 64 and not strict.bad_text(value):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value  # within ±(2^53 - 1): the decoder refuses any other
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and -strict.MAX_SAFE_INTEGER <= value <= strict.MAX_SAFE_INTEGER
+    ):
+        return value
     return None
 
 
@@ -309,7 +313,7 @@ def _text(value: object, longest: int) -> bool:
 
 
 def _seq(value: object) -> bool:
-    return type(value) is int and value >= 0
+    return type(value) is int and 0 <= value <= strict.MAX_SAFE_INTEGER
 
 
 def _quick_hello(data: dict[str, Any], role: str) -> bool:
