@@ -161,6 +161,8 @@ def write_config(
         "rate = 1000000.0",
         "burst = 1000000",
         "max_buffered = 100000",
+        "new_conversations_per_minute = 0",
+        "auth_failures = 0",
         "[logging]",
         'level = "warning"',
         "[bots.demo]",

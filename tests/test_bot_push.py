@@ -23,6 +23,7 @@ from actors import (
     open_switchboard,
 )
 from transport.bots import push
+from transport.credentials import hash_token
 from transport.http_app import HttpApp, mount_extensions
 from transport.services import Services
 
@@ -104,6 +105,50 @@ async def test_pushes_are_refused_with_clear_errors(
     assert (garbage.status_code, garbage.json()["error"]) == (400, "bad_request")
 
 
+async def test_a_push_is_held_to_what_the_websocket_takes(
+    services: Services, http: httpx.AsyncClient
+) -> None:
+    conv = (await services.board.open_conversation("support")).conversation_id
+
+    def nested(levels: int) -> str:
+        return '{"a":' * levels + "1" + "}" * levels
+
+    def body(messages: str, conversation_id: str = conv, extra: str = "") -> str:
+        return '{"conversation_id":"' + conversation_id + '","messages":' + messages + extra + "}"
+
+    def content(inner: str, content_type: str = "text", extra: str = "") -> str:
+        return '[{"content_type":"' + content_type + '","content":' + inner + extra + "}]"
+
+    text = content('{"text":"hi"}')
+    bodies = [
+        body(content(nested(10_000))),
+        body(content(nested(30))),
+        body(content("{}", content_type="")),
+        body(text, extra=',"extra":1'),
+        body(content("{}", extra=',"x":1')),
+        body(content('{"n":NaN}')),
+        body(content('{"n":Infinity}')),
+        body(content('{"n":1e400}')),
+        body(content('{"n":' + str(2**63) + "}")),
+        body(content('{"t":"\\ud800"}')),
+        body(text, conversation_id="\\ud800"),
+        body(content('{"code":"session_ended"}', content_type="notice")),
+    ]
+    for raw in bodies:
+        response = await http.post(
+            "/v1/bots/support/messages", content=raw.encode(), headers=bearer(TOKEN)
+        )
+        assert response.status_code == 400, (raw[:120], response.text)
+        assert response.json()["error"] == "bad_request"
+        assert response.json()["message"]
+    assert await services.board.store.entries_after(conv, 0) == []
+    fine = body(text)
+    response = await http.post(
+        "/v1/bots/support/messages", content=fine.encode(), headers=bearer(TOKEN)
+    )
+    assert response.status_code == 200, response.text
+
+
 async def test_a_push_during_a_livechat_session_is_refused(
     services: Services, http: httpx.AsyncClient
 ) -> None:
@@ -163,3 +208,33 @@ async def test_a_push_that_times_out_is_pending_and_a_retry_with_its_key_shows_i
                 headers={**bearer(TOKEN), "Idempotency-Key": "x" * 256},
             )
             assert (bad.status_code, bad.json()["error"]) == (400, "bad_request")
+
+
+async def test_a_bot_may_push_with_a_token_configured_as_its_hash(
+    services: Services, http: httpx.AsyncClient
+) -> None:
+    services.bot_tokens = {hash_token(TOKEN): "support"}
+    conv = (await services.board.open_conversation("support")).conversation_id
+    body = {"conversation_id": conv, "messages": [Content.text("hi").to_json()]}
+    response = await http.post("/v1/bots/support/messages", json=body, headers=bearer(TOKEN))
+    assert response.status_code == 200, response.text
+    hashed = await http.post(
+        "/v1/bots/support/messages", json=body, headers=bearer(hash_token(TOKEN))
+    )
+    assert hashed.status_code == 401
+
+
+async def test_repeated_failed_pushes_from_one_address_are_throttled(
+    services: Services, http: httpx.AsyncClient
+) -> None:
+    conv = (await services.board.open_conversation("support")).conversation_id
+    body = {"conversation_id": conv, "messages": [Content.text("hi").to_json()]}
+    url = "/v1/bots/support/messages"
+    for _ in range(services.limits.auth_failures):
+        response = await http.post(url, json=body, headers=bearer("guessing-the-token"))
+        assert response.status_code == 401
+    locked = await http.post(url, json=body, headers=bearer(TOKEN))
+    assert locked.status_code == 429
+    assert locked.json()["error"] == "too_many_attempts"
+    assert int(locked.headers["retry-after"]) >= 1
+    assert (await http.get("/healthz")).status_code == 200  # nothing else is refused

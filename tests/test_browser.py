@@ -8,6 +8,7 @@ people would use them. Screenshots of both pages at the key steps go to ``test-a
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -17,6 +18,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
@@ -47,7 +49,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ALICE_TOKEN = "alice-desk-token"
-BOB_TOKEN = "bob-desk-token"
+BOB_TOKEN = "bob-desk-token-long"
 BOT_TOKEN = "demo-bot-push-token"
 END_MESSAGE = "Alice has finished helping you. Anything else? Otherwise click below."
 END_LABEL = "Close this chat"
@@ -533,4 +535,96 @@ def test_the_widget_mounted_from_code_right_after_its_script_tag(
     assert user.locator("script[src$='/static/switchover-common.js']").count() == 1
     user.evaluate("chat.destroy()")
     user.wait_for_function("chat.ws.readyState === WebSocket.CLOSED", timeout=WAIT_MS)
+    assert not problems, problems
+
+
+def test_a_user_message_shaped_like_a_notice_shows_as_the_users_text(
+    server: Server, contexts: tuple[BrowserContext, BrowserContext]
+) -> None:
+    # The server refuses notices from anyone but the system; should one still arrive (an
+    # older server, a stored entry), the widget shows it as its sender's words, and it
+    # changes nothing. The page talks to the real server through Playwright's WebSocket
+    # route, which then hands it the entry a user could have shaped.
+    user_context, _ = contexts
+    problems: list[str] = []
+    page = user_context.new_page()
+    watch_console(page, problems)
+    routes: list[Any] = []
+
+    def forward(ws: Any) -> None:
+        ws.connect_to_server()
+        routes.append(ws)
+
+    page.route_web_socket(re.compile(r"^wss?://"), forward)
+    page.goto(f"{server.http_url}/widget")
+    widget = page.locator(".so-widget")
+    expect(widget).to_have_attribute("data-connection", "online")
+    say(page, "hello")
+    expect(page.locator(".so-from-bot", has_text=GREETING)).to_have_count(1)
+    conversation = widget.get_attribute("data-conversation")
+    mode = widget.get_attribute("data-mode")
+    forged = {
+        "type": "entry",
+        "conversation_id": conversation,
+        "seq": 90,
+        "at": 1764083695.2,
+        "sender": "user",
+        "content_type": "notice",
+        "content": {"code": "agent_joined", "name": "Mallory", "text": "I am not the system"},
+    }
+    assert routes
+    routes[-1].send(json.dumps(forged))
+    log = page.locator(".so-log")
+    expect(log.locator(".so-from-user", has_text="I am not the system")).to_have_count(1)
+    assert log.locator(".so-notice").count() == 0
+    assert widget.get_attribute("data-mode") == mode
+    assert not problems, problems
+
+
+def test_the_desk_shows_a_user_message_shaped_like_a_notice_as_the_users_text(
+    server: Server, contexts: tuple[BrowserContext, BrowserContext]
+) -> None:
+    # The desk's side of the same rule: such an entry is the user's words, and it does not
+    # end the chat (a real session_ended notice would).
+    user_context, agent_context = contexts
+    problems: list[str] = []
+    desk = agent_context.new_page()
+    watch_console(desk, problems)
+    routes: list[Any] = []
+
+    def forward(ws: Any) -> None:
+        ws.connect_to_server()
+        routes.append(ws)
+
+    desk.route_web_socket(re.compile(r"^wss?://"), forward)
+    desk.goto(f"{server.http_url}/desk")
+    desk.get_by_label("Agent token").fill(ALICE_TOKEN)
+    desk.get_by_role("button", name="Sign in").click()
+    expect(desk.locator("#connection")).to_have_text("Connected")
+    desk.get_by_role("radio", name="Away").check()
+    user = open_widget(user_context, f"{server.http_url}/widget", problems)
+    say(user, "hello")
+    expect(user.locator(".so-from-bot", has_text=GREETING)).to_have_count(1)
+    waiting = desk.locator("#queue .queue-item")
+    before = waiting.count()  # earlier tests may have left sessions waiting
+    user.locator(".so-choice", has_text="Talk to a human").last.click()
+    conversation = user.locator(".so-widget").get_attribute("data-conversation")
+    expect(waiting).to_have_count(before + 1)
+    waiting.last.get_by_role("button", name=re.compile("Pick up")).click()
+    expect(desk.locator("#chat-state")).to_have_text("Live")
+    forged = {
+        "type": "entry",
+        "conversation_id": conversation,
+        "seq": 900,
+        "at": 1764083695.2,
+        "sender": "user",
+        "content_type": "notice",
+        "content": {"code": "session_ended", "reason": "user_ended", "text": "I ended nothing"},
+    }
+    assert routes
+    routes[-1].send(json.dumps(forged))
+    chat_log = desk.locator("#chat-log")
+    expect(chat_log.locator(".from-user", has_text="I ended nothing")).to_have_count(1)
+    assert chat_log.locator(".notice-session_ended").count() == 0
+    expect(desk.locator("#chat-state")).to_have_text("Live")
     assert not problems, problems

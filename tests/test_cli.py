@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -86,6 +87,18 @@ def test_check_lists_every_problem_and_fails(tmp_path: Path) -> None:
     result = run("check", "--config", str(bad))
     assert result.returncode == 1
     assert "bots.demo.adapter: unknown adapter 'fax'" in result.stderr
+
+
+def test_check_refuses_a_short_token_and_takes_a_hashed_one(tmp_path: Path) -> None:
+    config = tmp_path / "tokens.toml"
+    config.write_text('[agents.a]\nname = "A"\ntoken = "abc123"\n')
+    result = run("check", "--config", str(config))
+    assert result.returncode == 1
+    assert "agents.a.token: is shorter than 16 characters" in result.stderr
+    hashed = "sha256:" + hashlib.sha256(b"a-long-random-agent-token").hexdigest()
+    config.write_text(f'[agents.a]\nname = "A"\ntoken = "{hashed}"\n')
+    result = run("check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
 
 
 def test_check_reports_unreadable_files(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ their key."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ capacity = 2
 bots = ["support"]
 
 [agents.bob]
-token = "bob-token-5678"
+token = "bob-token-56789012"
 """
     )
     config = load_file(path)
@@ -162,9 +163,9 @@ sesion_timeout = 5
 name = "Alice"
 bots = ["demo", "nobody"]
 [agents.bob]
-token = "same-token-here"
+token = "same-token-here-twice"
 [agents.carol]
-token = "same-token-here"
+token = "same-token-here-twice"
 capacity = 0
 """,
         tmp_path,
@@ -224,7 +225,7 @@ def test_unreadable_and_invalid_files_say_so(tmp_path: Path) -> None:
 
 
 def test_a_file_without_bots_serves_the_demo_bot() -> None:
-    config = from_mapping({"agents": {"a": {"token": "tok-a-123"}}})
+    config = from_mapping({"agents": {"a": {"token": "tok-a-1234567890ab"}}})
     assert list(config.bots) == ["demo"]
     assert config.agents["a"].bots == {"demo"}
 
@@ -252,6 +253,53 @@ def test_the_signing_secret_is_made_once_and_kept(tmp_path: Path) -> None:
     assert signing_secret(in_memory) != signing_secret(in_memory)
 
 
+def test_environment_values_that_are_not_utf8_are_refused() -> None:
+    # os.environ decodes bytes that are not UTF-8 to lone surrogates (surrogateescape).
+    with pytest.raises(ConfigError, match="SWITCHOVER_SECRET: is not valid UTF-8 text"):
+        load(environ={"SWITCHOVER_SECRET": "abc\udcff"})
+
+
+def test_the_widget_may_be_framed_only_by_the_origins_named() -> None:
+    assert from_mapping({}).listeners.widget_frame_ancestors == ()
+    named = from_mapping({"listeners": {"widget_frame_ancestors": ["https://shop.example.com"]}})
+    assert named.listeners.widget_frame_ancestors == ("https://shop.example.com",)
+    for bad in ("https://a.example", ["https://a.example; script-src *"], [""], [3]):
+        with pytest.raises(ConfigError, match="widget_frame_ancestors"):
+            from_mapping({"listeners": {"widget_frame_ancestors": bad}})
+
+
+def test_an_empty_secret_file_counts_as_absent_and_is_replaced_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a power cut right after a first start could leave: the server must still start.
+    config = load(environ={"SWITCHOVER_DATA_DIR": str(tmp_path / "data")})
+    path = tmp_path / "data" / "secret"
+    path.parent.mkdir()
+    path.write_text("\n")
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    secret = signing_secret(config)
+    assert len(secret) >= 32
+    assert path.read_text().strip() == secret
+    assert path.stat().st_mode & 0o077 == 0
+    assert synced, "the secret is flushed to disk before it is used"
+    assert [p.name for p in path.parent.iterdir()] == ["secret"]  # no temporary left behind
+    assert signing_secret(config) == secret
+
+
+def test_a_secret_file_others_may_read_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load(environ={"SWITCHOVER_DATA_DIR": str(tmp_path)})
+    path = tmp_path / "secret"
+    path.write_text("kept-secret-of-enough-length-0123456789\n")
+    path.chmod(0o644)
+    with caplog.at_level("WARNING", logger="switchover.config"):
+        assert signing_secret(config) == "kept-secret-of-enough-length-0123456789"
+    assert "may be read by other users" in caplog.text
+
+
 def test_retention_is_off_unless_asked_for_and_survives_overrides(tmp_path: Path) -> None:
     assert from_mapping({}).store.retention_days is None
     config = from_mapping({"store": {"data_dir": "data", "retention_days": 30}}, base=tmp_path)
@@ -267,9 +315,11 @@ def test_retention_is_off_unless_asked_for_and_survives_overrides(tmp_path: Path
 
 
 def test_a_connected_bot_is_configured_with_its_token() -> None:
-    config = from_mapping({"bots": {"relay": {"adapter": "connected", "token": "relay-token-1"}}})
+    config = from_mapping(
+        {"bots": {"relay": {"adapter": "connected", "token": "relay-token-1234567"}}}
+    )
     assert config.bots["relay"].adapter == "connected"
-    assert config.bots["relay"].token == "relay-token-1"
+    assert config.bots["relay"].token == "relay-token-1234567"
 
 
 def test_the_websocket_listener_is_a_setting(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -153,13 +154,56 @@ async def test_the_bot_push_route_is_mounted(served: Served, client: httpx.Async
 async def test_config_json_tells_the_pages_where_the_websocket_is(
     served: Served, client: httpx.AsyncClient
 ) -> None:
-    data = (await client.get("/config.json")).json()
-    assert data["ws_url"] == "ws://127.0.0.1:9999/"
+    served.app.ws_host = "127.0.0.1"
+    response = await client.get("/config.json")
+    assert response.headers["cache-control"] == "no-store"
+    data = response.json()
+    assert (data["ws_url"], data["ws_port"]) == ("ws://127.0.0.1:9999/", 9999)
     assert data["default_bot"] == "demo"
-    behind = await client.get("/config.json", headers={"host": "chat.example.com:80"})
-    assert behind.json()["ws_url"] == "ws://chat.example.com:9999/"
+    # The request's Host header is never reflected: anyone (or a cache) could choose it.
+    forged = await client.get("/config.json", headers={"host": "evil.example.com:80"})
+    assert forged.json()["ws_url"] == "ws://127.0.0.1:9999/"
+    # Listening on every address: the page uses ws_port on the host config.json came from.
+    served.app.ws_host = "0.0.0.0"
+    assert (await client.get("/config.json")).json()["ws_url"] is None
+    served.app.ws_host = "::1"
+    assert (await client.get("/config.json")).json()["ws_url"] == "ws://[::1]:9999/"
     served.app.public_ws_url = "wss://chat.example.com/ws"
     assert (await client.get("/config.json")).json()["ws_url"] == "wss://chat.example.com/ws"
+
+
+async def test_every_answer_carries_the_security_headers(
+    served: Served, client: httpx.AsyncClient
+) -> None:
+    for path in ("/", "/desk", "/widget", "/static/widget.js", "/healthz", "/nothing-here"):
+        headers = (await client.get(path)).headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["referrer-policy"] == "no-referrer", path
+    for path in ("/", "/desk"):
+        policy = (await client.get(path)).headers["content-security-policy"]
+        assert "script-src 'self';" in policy and "unsafe-inline" not in policy
+        assert "frame-ancestors 'none'" in policy
+    assert (
+        "frame-ancestors 'none'" in (await client.get("/widget")).headers["content-security-policy"]
+    )
+    svg = (await client.get("/static/img/logo.svg")).headers["content-security-policy"]
+    assert svg.startswith("default-src 'none'")
+    framed = HttpApp(
+        served.app.services,
+        web_dir=served.app.web_dir,
+        widget_frame_ancestors=["https://shop.example.com", "'self'"],
+    )
+    assert "frame-ancestors https://shop.example.com 'self'" in framed._widget_policy
+    assert "frame-ancestors 'none'" in framed._page_policy
+
+
+def test_the_pages_have_no_inline_script_or_style() -> None:
+    for page in WEB_DIR.glob("*.html"):
+        html = page.read_text()
+        assert "<style" not in html, page
+        for tag in re.findall(r"<script[^>]*>", html):
+            assert "src=" in tag, (page, tag)
+        assert not re.search(r"<[^>]+\son[a-z]+\s*=", html), page  # no inline handlers
 
 
 @pytest.mark.parametrize(

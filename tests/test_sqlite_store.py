@@ -4,6 +4,7 @@ hibernation through the core."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -44,7 +45,9 @@ from actors import (
 from actors.lifecycle import Session
 from transport.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
 from transport.sqlite_store import (
+    AGENT_ENTRIES_PAGE,
     ENTRIES_AFTER,
+    ENTRIES_PAGE,
     LOAD_CONVERSATION,
     MESSAGE_COLUMNS,
     OPEN_SESSIONS,
@@ -233,6 +236,75 @@ async def test_a_message_that_cannot_be_stored_fails_alone(tmp_path: Path) -> No
         assert "cannot be stored" in str(results["bad"])
         assert await store.load("b") is None
         assert len(await store.entries_after("g", 0)) == 1
+
+
+async def _record_all(
+    store: SQLiteStore, calls: dict[str, tuple[ConversationState, list[Entry]]]
+) -> dict[str, str]:
+    """Record every call at once (so they share a batch); what each was told."""
+    results: dict[str, str] = {}
+
+    async def record(name: str, state: ConversationState, entries: list[Entry]) -> None:
+        try:
+            await store.record(state, entries)
+            results[name] = "stored"
+        except StoreUnavailable as exc:
+            results[name] = str(exc)
+
+    async with trio.open_nursery() as nursery:
+        for name, (state, entries) in calls.items():
+            nursery.start_soon(record, name, state, entries)
+    return results
+
+
+def _hundred_with_a_poison(poison: str) -> dict[str, tuple[ConversationState, list[Entry]]]:
+    calls = {f"c{n}": (_state(f"c{n}", 2), [_entry(f"c{n}", 1, f"m{n}")]) for n in range(99)}
+    calls["bad"] = (_state("bad", 2), [_entry("bad", 1, poison)])
+    return calls
+
+
+async def test_text_that_is_not_unicode_is_refused_before_it_joins_a_batch(
+    tmp_path: Path,
+) -> None:
+    async with open_sqlite_store(tmp_path / "s.db") as store:
+        results = await _record_all(store, _hundred_with_a_poison("secret \ud800 words"))
+        assert results.pop("bad") == "this message cannot be stored: its text is not valid Unicode"
+        assert set(results.values()) == {"stored"}
+        assert store.commits == 1
+        assert await store.load("bad") is None
+        assert len(await store.entries_after("c98", 0)) == 1
+
+
+async def test_a_poison_row_in_a_batch_of_100_refuses_only_its_sender(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Should a row the check lets through still fail the commit, the writer finds it by
+    # halving the batch: the other 99 are stored, and nobody hears the poison's text.
+    import transport.sqlite_store as module
+
+    monkeypatch.setattr(module, "_writable", lambda rows: True)
+    async with open_sqlite_store(tmp_path / "s.db") as store:
+        results = await _record_all(store, _hundred_with_a_poison("secret \ud800 words"))
+        assert results.pop("bad") == "this message cannot be stored"
+        assert set(results.values()) == {"stored"}, results
+        assert store.committed_calls == 99
+        assert await store.load("bad") is None
+        for n in range(99):
+            assert [e.content.text_value for e in await store.entries_after(f"c{n}", 0)] == [
+                f"m{n}"
+            ]
+
+
+async def test_a_number_that_is_not_json_is_refused_alone(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "s.db") as store:
+        calls = _hundred_with_a_poison("fine")
+        calls["bad"] = (
+            _state("bad", 2),
+            [Entry("bad", 1, 1.0, Party.USER, Content("x", {"v": math.inf}), frozenset())],
+        )
+        results = await _record_all(store, calls)
+        assert "cannot be stored" in results.pop("bad")
+        assert set(results.values()) == {"stored"}
 
 
 # -- the core on the store ------------------------------------------------------------------
@@ -620,6 +692,8 @@ def test_every_read_of_messages_goes_through_the_index() -> None:
     transcript = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY seq"
     queries = [
         (ENTRIES_AFTER, ("c", 1)),
+        (ENTRIES_PAGE, ("c", 1, 10)),
+        (AGENT_ENTRIES_PAGE, ("c", 1, "alice", 10)),
         (LOAD_CONVERSATION, ("c",)),
         (OPEN_SESSIONS, ()),
         (PRUNE_CANDIDATES, (1.0, 1.0)),

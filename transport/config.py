@@ -12,6 +12,8 @@ See docs/configuration.md for the reference.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import secrets
@@ -24,8 +26,12 @@ import attrs
 
 from actors import BotSettings
 
+from .credentials import hash_token, is_hashed, token_problem
 from .logs import LOG_FORMATS
 from .services import Limits
+from .strict import bad_text
+
+log = logging.getLogger("switchover.config")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_WS_PORT = 8765
@@ -88,6 +94,8 @@ class ListenerConfig:
     public_ws_url: str | None = None
     shutdown_timeout: float = 5.0
     websocket: str = WS_LISTENERS[0]
+    #: Origins allowed to frame the ``/widget`` page (CSP ``frame-ancestors``); none by default.
+    widget_frame_ancestors: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -252,8 +260,10 @@ def _attrs_from_table(
         if not ok:
             reader.problem(full, f"must be {expected}, got {_shown(value)}")
             continue
-        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-            reader.problem(full, f"must be positive, got {value}")
+        zero_is_off = fields[name].metadata.get("zero_is_off", False)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and (value < 0 or (value == 0 and not zero_is_off)):
+            reader.problem(full, f"must be positive{' or 0' if zero_is_off else ''}, got {value}")
             continue
         values[name] = float(value) if "float" in declared and isinstance(value, int) else value
     try:
@@ -275,6 +285,7 @@ _LISTENER_KEYS = {
     "public_ws_url",
     "shutdown_timeout",
     "websocket",
+    "widget_frame_ancestors",
 }
 _STORE_KEYS = {"kind", "data_dir", "retention_days"}
 _LOGGING_KEYS = {"format", "level"}
@@ -354,7 +365,22 @@ def _listeners(reader: _Reader, data: Mapping[str, Any]) -> ListenerConfig:
         public_ws_url=reader.string(table, "listeners", "public_ws_url"),
         shutdown_timeout=reader.number(table, "listeners", "shutdown_timeout", 5.0),
         websocket=reader.choice(table, "listeners", "websocket", WS_LISTENERS, WS_LISTENERS[0]),
+        widget_frame_ancestors=_frame_ancestors(reader, table),
     )
+
+
+def _frame_ancestors(reader: _Reader, table: Mapping[str, Any]) -> tuple[str, ...]:
+    value = table.get("widget_frame_ancestors", [])
+    if not isinstance(value, list) or not all(
+        isinstance(item, str) and item and not any(c in item for c in " ;,'\"\n\r\t")
+        for item in value
+    ):
+        reader.problem(
+            "listeners.widget_frame_ancestors",
+            'must be a list of origins such as ["https://shop.example.com"]',
+        )
+        return ()
+    return tuple(value)
 
 
 def _port(reader: _Reader, table: Mapping[str, Any], name: str, default: int) -> int:
@@ -394,6 +420,8 @@ def _logging(reader: _Reader, data: Mapping[str, Any]) -> LoggingConfig:
 
 
 def _check_tokens(reader: _Reader, config: Config) -> None:
+    """Every token long enough (or a well-formed SHA-256 of one), and no two alike, even when
+    one is given in clear and the other hashed."""
     seen: dict[str, str] = {}
     owners = [(f"agents.{a.agent_id}.token", a.token) for a in config.agents.values()] + [
         (f"bots.{b.bot_id}.token", b.token) for b in config.bots.values() if b.token
@@ -401,10 +429,15 @@ def _check_tokens(reader: _Reader, config: Config) -> None:
     for key, token in owners:
         if not token:
             continue
-        if token in seen:
-            reader.problem(key, f"is the same token as {seen[token]}")
+        problem = token_problem(token)
+        if problem is not None:
+            reader.problem(key, problem)
+            continue
+        same = token if is_hashed(token) else hash_token(token)
+        if same in seen:
+            reader.problem(key, f"is the same token as {seen[same]}")
         else:
-            seen[token] = key
+            seen[same] = key
 
 
 # -- building a config --------------------------------------------------------------------
@@ -448,7 +481,7 @@ def embedded_defaults() -> Config:
     agent = AgentConfig(
         DEFAULT_AGENT,
         "Demo Agent",
-        secrets.token_urlsafe(18),
+        secrets.token_urlsafe(32),
         frozenset({DEFAULT_BOT}),
         generated=True,
     )
@@ -523,6 +556,9 @@ def with_overrides(
         if value is None or value == "":
             continue
         text = str(value)
+        if bad_text(text):  # bytes that are not UTF-8, decoded with surrogateescape
+            problems.append(f"{named(name)}: is not valid UTF-8 text")
+            continue
         if name == "host":
             listeners = attrs.evolve(listeners, host=text)
         elif name == "ws_port":
@@ -587,8 +623,10 @@ def signing_secret(config: Config) -> str:
     """The key that signs users' resume tokens.
 
     Taken from the config when set; otherwise read from ``data_dir/secret``, which is created
-    (readable by its owner only) on first start, so tokens stay valid across restarts. With
-    no data directory, a fresh key per process: nothing else survives a restart either.
+    (readable by its owner only) on first start, so tokens stay valid across restarts. The
+    file is written whole or not at all (a temporary file, flushed to disk, then renamed), an
+    empty file counts as absent, and a file others may read is logged as a warning. With no
+    data directory, a fresh key per process: nothing else survives a restart either.
     """
     if config.secret:
         return config.secret
@@ -601,10 +639,43 @@ def signing_secret(config: Config) -> str:
     except FileNotFoundError:
         existing = ""
     if existing:
+        _warn_if_readable(path)
         return existing
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(secret + "\n")
+    _write_atomically(path, secret + "\n")
     return secret
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` (mode 0600) so that it holds all of ``text`` or stays as it was, even
+    after a power cut: a temporary file beside it, fsync, rename, fsync of the folder."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def _warn_if_readable(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            log.warning(
+                "the secret file %s may be read by other users (mode %o); run chmod 600 on it",
+                path,
+                mode & 0o777,
+            )

@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import math
 import mimetypes
 import re
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import attrs
 import trio
 
+from .credentials import AddressGuard, retry_words
 from .services import Services
 from .version import version
 
@@ -78,7 +80,8 @@ class Response:
 
     @classmethod
     def json(cls, data: Any, status: int = 200) -> Response:
-        return cls(status, json.dumps(data).encode("utf-8"), "application/json")
+        # allow_nan=False: an answer is strict JSON, or it is not sent (500 instead).
+        return cls(status, json.dumps(data, allow_nan=False).encode("utf-8"), "application/json")
 
     @classmethod
     def error(cls, status: int, code: str, message: str) -> Response:
@@ -138,11 +141,25 @@ class HttpApp:
         web_dir: Path = WEB_DIR,
         ws_port: int = 0,
         public_ws_url: str | None = None,
+        ws_host: str | None = None,
+        widget_frame_ancestors: Iterable[str] = (),
     ) -> None:
         self.services = services
         self.web_dir = web_dir.resolve()
         self.ws_port = ws_port
         self.public_ws_url = public_ws_url
+        self.ws_host = ws_host
+        limits = services.limits
+        # Failed authentications (401) per client address, as on the WebSocket listener.
+        self.guard = AddressGuard(
+            auth_failures=limits.auth_failures,
+            auth_window=limits.auth_window,
+            conversations_per_minute=0.0,
+            conversations_burst=1,
+            clock=time.monotonic,
+        )
+        self._page_policy = _page_policy("'none'")
+        self._widget_policy = _page_policy(" ".join(widget_frame_ancestors) or "'none'")
         self.stopping = False
         self.started_at = time.monotonic()
         self.routes: list[Route] = []
@@ -175,15 +192,36 @@ class HttpApp:
         if scope["type"] != "http":
             return
         response = await self._respond(scope, receive)
+        own = {key.lower() for key in response.headers}
         headers = [
             (b"content-type", response.content_type.encode("latin-1")),
             (b"content-length", str(len(response.body)).encode("latin-1")),
-            (b"x-content-type-options", b"nosniff"),
             *((k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()),
+            *(
+                (k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in self._security_headers(scope["path"], response).items()
+                if k not in own
+            ),
         ]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         body = b"" if scope["method"] == "HEAD" else response.body
         await send({"type": "http.response.body", "body": body})
+
+    def _security_headers(self, path: str, response: Response) -> dict[str, str]:
+        """On every answer: no sniffing, no referrer; a page may run only its own scripts and
+        styles (none inline) and be framed by nobody, the widget page by the configured
+        origins; anything else may load nothing at all."""
+        headers = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
+        if response.content_type.startswith("text/html"):
+            policy = self._widget_policy if path.rstrip("/") == "/widget" else self._page_policy
+        elif response.content_type.startswith("application/json"):
+            return headers  # data for scripts, never a document
+        else:
+            policy = _NOTHING_POLICY  # scripts, styles, images (an SVG opened on its own)
+        headers["content-security-policy"] = policy
+        if "frame-ancestors 'none'" in policy:
+            headers["x-frame-options"] = "DENY"
+        return headers
 
     async def _respond(self, scope: Scope, receive: Receive) -> Response:
         body = await _read_body(receive, MAX_BODY_BYTES)
@@ -209,11 +247,32 @@ class HttpApp:
                 body,
                 match.groupdict(),
             )
+            client = scope.get("client")
+            address = str(client[0]) if client else ""
+            if "authorization" in request.headers:
+                wait = self.guard.locked_for(address)
+                if wait > 0:
+                    seconds = max(1, math.ceil(wait))
+                    return Response(
+                        429,
+                        json.dumps(
+                            {
+                                "error": "too_many_attempts",
+                                "message": "Too many failed authentications from this address;"
+                                f" {retry_words(wait)}.",
+                            }
+                        ).encode("utf-8"),
+                        "application/json",
+                        {"retry-after": str(seconds)},
+                    )
             try:
-                return await route.handler(request)
+                response = await route.handler(request)
             except Exception:
                 log.exception("%s %s failed", method, path)
                 return Response.error(500, "internal_error", "The request could not be handled.")
+            if response.status == 401:
+                self.guard.failed(address)
+            return response
         if allowed:
             return Response(
                 405,
@@ -258,18 +317,28 @@ class HttpApp:
 
     async def client_config(self, request: Request) -> Response:
         data = {
-            "ws_url": self.ws_url(request.headers.get("host", "")),
+            "ws_url": self.ws_url(),
+            "ws_port": self.ws_port,
             "default_bot": self.services.default_bot,
             "version": version(),
         }
-        return Response.json(data)
+        return Response(
+            200,
+            json.dumps(data).encode("utf-8"),
+            "application/json",
+            {"cache-control": "no-store"},
+        )
 
-    def ws_url(self, host_header: str) -> str:
-        """Where browsers connect: the configured public address, else the host the page
-        came from with the WebSocket port."""
+    def ws_url(self) -> str | None:
+        """Where browsers connect: the configured public address, else the address the
+        WebSocket listener is bound to. ``None`` when it listens on every address: the page
+        then connects to ``ws_port`` on the host it loaded ``config.json`` from. Never the
+        request's ``Host`` header, which any client (or a cache in between) may choose."""
         if self.public_ws_url:
             return self.public_ws_url
-        host = _host_name(host_header) or "127.0.0.1"
+        if not self.ws_host or self.ws_host in _WILDCARDS:
+            return None
+        host = f"[{self.ws_host}]" if ":" in self.ws_host else self.ws_host
         return f"ws://{host}:{self.ws_port}/"
 
     async def static(self, request: Request) -> Response:
@@ -356,12 +425,19 @@ def _sample(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _host_name(host_header: str) -> str:
-    """The host part of a ``Host`` header (``[::1]:8080`` → ``[::1]``)."""
-    if host_header.startswith("["):
-        end = host_header.find("]")
-        return host_header[: end + 1] if end != -1 else ""
-    return host_header.rsplit(":", 1)[0] if ":" in host_header else host_header
+_WILDCARDS = frozenset({"0.0.0.0", "::", "*", "[::]"})
+_NOTHING_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+
+
+def _page_policy(frame_ancestors: str) -> str:
+    """The Content-Security-Policy of a web page: its own scripts and styles only (the pages
+    have no inline script or style), WebSockets to the listener, pictures and media a bot
+    links to over https."""
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: data:;"
+        " media-src 'self' https:; connect-src 'self' ws: wss:; form-action 'self';"
+        f" base-uri 'none'; frame-ancestors {frame_ancestors}"
+    )
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -33,6 +33,7 @@ from actors import (
     AgentTyping,
     BotSays,
     Content,
+    Entry,
     Event,
     Outcome,
     Overloaded,
@@ -41,6 +42,7 @@ from actors import (
     Problem,
     Refused,
     StoreUnavailable,
+    Transcript,
     UnknownAgent,
     UserSays,
     UserTyping,
@@ -48,6 +50,7 @@ from actors import (
 from actors.ports import Delivery
 
 from . import protocol as wire
+from .credentials import AddressGuard, find_token, retry_words
 from .protocol import BadFrame, FrameId
 from .services import Services
 from .tokens import ExpiredToken, InvalidToken, ResumeTokens
@@ -58,12 +61,15 @@ BAD_HELLO: Final = 4400
 UNAUTHORIZED: Final = 4401
 NOT_FOUND: Final = 4404
 TOO_SLOW: Final = 4408
+TOO_MANY: Final = 4429
 STORE_DOWN: Final = 4503
 GOING_AWAY: Final = 1001
 INTERNAL_ERROR: Final = 1011
 
 #: How many claim/transfer ids an agent connection remembers for late desk refusals.
 _PENDING_LIMIT: Final = 256
+_CLAIM_REFUSALS: Final = frozenset({"not_waiting", "cannot_claim"})
+_TRANSFER_REFUSALS: Final = frozenset({"transfer_failed"})
 #: How many conversations a bot connection remembers as its own.
 _OWNED_LIMIT: Final = 4096
 
@@ -84,6 +90,21 @@ class PresenceLog(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class PagedEntries(Protocol):
+    """A store that reads a catch-up a page at a time, and only an agent's own entries for
+    an agent (the SQLite store does): a replay of a long conversation, or of one the agent
+    never held, then costs neither the whole history in memory nor its conversion."""
+
+    async def entries_page(
+        self, conversation_id: str, after_seq: int, limit: int, agent_id: str | None = None
+    ) -> list[Entry]: ...
+
+
+#: Entries read from the store at a time during a catch-up.
+CATCH_UP_PAGE: Final = 500
+
+
 class Peer:
     """One client's side of the protocol: its role and identity after hello, and what each
     of its frames does.
@@ -100,8 +121,12 @@ class Peer:
         send: Send,
         close: Close,
         drained: Drained,
+        address: str = "",
+        guard: AddressGuard | None = None,
     ) -> None:
         self.services = services
+        self.address = address
+        self.guard = guard
         self.board = services.board
         self.desk = services.desk
         self.limits = services.limits
@@ -114,7 +139,11 @@ class Peer:
         self.conversation_id: str | None = None
         self.agent_id: str | None = None
         self.bot_id: str | None = None
-        self._pending: OrderedDict[str, FrameId] = OrderedDict()
+        # The claim and the transfer waiting for the desk's answer, by conversation, with the
+        # id their answer must carry: at most one claim per chat waits at a time, so a refusal
+        # never carries another claim's id.
+        self._claims: OrderedDict[str, FrameId | None] = OrderedDict()
+        self._transfers: OrderedDict[str, FrameId | None] = OrderedDict()
         self._owned: OrderedDict[str, bool] = OrderedDict()
         self._joined: Callable[[], None] | None = None
 
@@ -125,11 +154,11 @@ class Peer:
         if self.closing:
             return
         if isinstance(item, Problem):
-            frame_id = (
-                self._pending.pop(item.conversation_id, None) if item.conversation_id else None
-            )
+            frame_id = self._answering(item)
             self._send(wire.error_frame(item.code, item.detail, frame_id, item.conversation_id))
             return
+        if isinstance(item, Transcript):
+            self._claims.pop(item.conversation_id, None)  # a claim of it succeeded
         try:
             text = wire.encode(item)
         except Exception:
@@ -142,6 +171,17 @@ class Peer:
         with a code that tells it to reconnect and resume by ``seq``."""
         if not self.closing:
             self._close(INTERNAL_ERROR, "internal_error: reconnect and resume with last_seq")
+
+    def _answering(self, problem: Problem) -> FrameId | None:
+        """The id of the claim or transfer a refusal from the desk answers."""
+        conversation_id = problem.conversation_id
+        if conversation_id is None:
+            return None
+        if problem.code in _CLAIM_REFUSALS:
+            return self._claims.pop(conversation_id, None)
+        if problem.code in _TRANSFER_REFUSALS:
+            return self._transfers.pop(conversation_id, None)
+        return None
 
     def send_frame(self, text: str) -> bool:
         """Queue a ready-made frame (FrameOutlet); ``False`` when closing."""
@@ -163,19 +203,31 @@ class Peer:
         """Send the entries after ``after_seq`` that ``party`` may see, straight from the
         store, in chunks the connection drains between: a long history must not count as
         falling behind. Returns the last ``seq`` looked at."""
-        entries = await self.board.store.entries_after(conversation_id, after_seq)
+        store = self.board.store
         chunk = max(1, self.limits.max_buffered // 2)
         sent = 0
-        for entry in entries:
-            if not entry.visible_to(party, agent_id):
-                continue
-            if sent and sent % chunk == 0:
-                await self._drained()
-            if self.closing:
-                break
-            self._send(wire.entry_frame(entry))
-            sent += 1
-        return entries[-1].seq if entries else after_seq
+        last = after_seq
+        while True:
+            if isinstance(store, PagedEntries):
+                page_agent = agent_id if party is Party.AGENT else None
+                entries = await store.entries_page(conversation_id, last, CATCH_UP_PAGE, page_agent)
+                more = len(entries) == CATCH_UP_PAGE
+            else:
+                entries = await store.entries_after(conversation_id, last)
+                more = False
+            for entry in entries:
+                if not entry.visible_to(party, agent_id):
+                    continue
+                if sent and sent % chunk == 0:
+                    await self._drained()
+                if self.closing:
+                    return last
+                self._send(wire.entry_frame(entry))
+                sent += 1
+            if entries:
+                last = entries[-1].seq
+            if not more or self.closing:
+                return last
 
     # -- hello ------------------------------------------------------------------------------
 
@@ -186,11 +238,28 @@ class Peer:
         except BadFrame as bad:
             self._close(BAD_HELLO, f"{bad.code}: {bad.message}")
             return False
-        if isinstance(hello, wire.UserHello):
-            return await self._user_hello(hello)
-        if isinstance(hello, wire.AgentHello):
-            return await self._agent_hello(hello)
-        return self._bot_hello(hello)
+        guard = self.guard
+        authenticates = not isinstance(hello, wire.UserHello) or hello.resume_token is not None
+        if guard is not None and authenticates:
+            wait = guard.locked_for(self.address)
+            if wait > 0:
+                self._close(
+                    TOO_MANY,
+                    f"too many failed authentications from this address; {retry_words(wait)}",
+                )
+                return False
+        try:
+            if isinstance(hello, wire.UserHello):
+                return await self._user_hello(hello)
+            if isinstance(hello, wire.AgentHello):
+                return await self._agent_hello(hello)
+            return self._bot_hello(hello)
+        except StoreUnavailable as exc:
+            # A resume or a catch-up could not read the store: a documented close, not a
+            # connection that fails in the listener.
+            log.error("a %s hello could not be carried out: %s", self.role or "new", exc)
+            self._close(STORE_DOWN, "store_unavailable: the store cannot be read right now")
+            return False
 
     async def _user_hello(self, hello: wire.UserHello) -> bool:
         board = self.board
@@ -198,6 +267,12 @@ class Peer:
             bot_id = hello.bot_id or self.services.default_bot
             if bot_id not in board.bots:
                 self._close(NOT_FOUND, f"unknown bot {bot_id[:64]!r}")
+                return False
+            wait = self.guard.new_conversation(self.address) if self.guard is not None else 0.0
+            if wait > 0:
+                self._close(
+                    TOO_MANY, f"too many new conversations from this address; {retry_words(wait)}"
+                )
                 return False
             try:
                 state = await board.open_conversation(bot_id, metadata=hello.metadata)
@@ -211,10 +286,10 @@ class Peer:
             try:
                 grant = self.tokens.verify(hello.resume_token)
             except ExpiredToken:
-                self._close(UNAUTHORIZED, "the resume token has expired")
+                self._unauthorized("the resume token has expired")
                 return False
             except InvalidToken:
-                self._close(UNAUTHORIZED, "the resume token is not valid")
+                self._unauthorized("the resume token is not valid")
                 return False
             conversation_id, bot_id = grant.conversation_id, grant.bot_id
             missing = bot_id not in board.bots or (
@@ -242,10 +317,10 @@ class Peer:
         return not self.closing
 
     async def _agent_hello(self, hello: wire.AgentHello) -> bool:
-        agent_id = self.services.agent_tokens.get(hello.token)
+        agent_id = find_token(self.services.agent_tokens, hello.token)
         profile = self.desk.profiles.get(agent_id) if agent_id is not None else None
         if agent_id is None or profile is None:
-            self._close(UNAUTHORIZED, "unknown agent token")
+            self._unauthorized("unknown agent token")
             return False
         self.role = "agent"
         self.agent_id = agent_id
@@ -261,9 +336,9 @@ class Peer:
         return not self.closing
 
     def _bot_hello(self, hello: wire.BotHello) -> bool:
-        bot_id = self.services.bot_tokens.get(hello.token)
+        bot_id = find_token(self.services.bot_tokens, hello.token)
         if bot_id is None or bot_id not in self.board.bots:
-            self._close(UNAUTHORIZED, "unknown bot token")
+            self._unauthorized("unknown bot token")
             return False
         self.role = "bot"
         self.bot_id = bot_id
@@ -273,6 +348,12 @@ class Peer:
         self._joined = partial(registry.remove, bot_id, self)
         return True
 
+    def _unauthorized(self, reason: str) -> None:
+        """Refuse a credential (4401), and count it against the client's address."""
+        if self.guard is not None:
+            self.guard.failed(self.address)
+        self._close(UNAUTHORIZED, reason)
+
     # -- every frame after the hello --------------------------------------------------------
 
     async def received(self, raw: str | bytes) -> None:
@@ -281,8 +362,20 @@ class Peer:
         try:
             frame = wire.parse_frame(raw, self.role, self.limits.max_frame_bytes)
         except BadFrame as bad:
-            self._send(wire.error_frame(bad.code, bad.message, bad.id))
+            self._send(wire.error_frame(bad.code, bad.message, bad.id, bad.conversation_id))
             return
+        try:
+            await self._carry_out(frame)
+        except StoreUnavailable as exc:
+            # A read for a replay or a bot's push failed: this frame is refused, the
+            # connection goes on (bad luck with the store never closes it after hello).
+            log.warning("a %s frame could not be read for: %s", self.role, exc)
+            self._error("store_unavailable", "The store cannot be read right now.", frame.id, frame)
+        except Exception:
+            log.exception("a %s frame could not be handled", self.role)
+            self._error("internal_error", "The frame could not be handled.", frame.id, frame)
+
+    async def _carry_out(self, frame: wire.Frame) -> None:
         if isinstance(frame, wire.BotPush) and not await self._owns(frame.conversation_id):
             self._error("forbidden", "Not a conversation of this bot.", frame.id, frame)
             return
@@ -293,13 +386,7 @@ class Peer:
         if isinstance(frame, wire.SetPresence):
             await self._set_presence(frame)
             return
-        try:
-            self._dispatch(frame)
-        except Exception:
-            log.exception("a %s frame could not be handled", self.role)
-            self._send(
-                wire.error_frame("internal_error", "The frame could not be handled.", frame.id)
-            )
+        self._dispatch(frame)
 
     def _error(self, code: str, message: str, frame_id: FrameId | None, frame: object) -> None:
         conversation_id = getattr(frame, "conversation_id", None)
@@ -356,21 +443,30 @@ class Peer:
             self._agent_event(frame, AgentSignsOff(agent_id))
         elif isinstance(frame, wire.Transfer):
             if self._agent_event(frame, AgentTransfers(agent_id, frame.to_agent)):
-                self._remember(frame.conversation_id, frame.id)
+                _remember(self._transfers, frame.conversation_id, frame.id)
         elif isinstance(frame, wire.Claim):
-            self._remember(frame.conversation_id, frame.id)
-            self.desk.claim(agent_id, frame.conversation_id)
-            self._ack(frame.id, None)
+            self._claim(agent_id, frame)
 
-    def _remember(self, conversation_id: str, frame_id: FrameId | None) -> None:
-        """Keep a claim's or transfer's id so that a later refusal from the desk carries it."""
-        if frame_id is None:
+    def _claim(self, agent_id: str, frame: wire.Claim) -> None:
+        """Ask the desk for a waiting chat; a second claim of the same chat is refused while
+        the first waits for its answer (so each answer carries its own claim's id)."""
+        conversation_id = frame.conversation_id
+        claims = self._claims
+        if conversation_id in claims and self.desk.holds(agent_id, conversation_id):
+            del claims[conversation_id]  # the earlier claim succeeded
+        if conversation_id in claims:
+            self._send(
+                wire.error_frame(
+                    "cannot_claim",
+                    "An earlier claim of this chat is still waiting for its answer.",
+                    frame.id,
+                    conversation_id,
+                )
+            )
             return
-        pending = self._pending
-        pending[conversation_id] = frame_id
-        pending.move_to_end(conversation_id)
-        if len(pending) > _PENDING_LIMIT:
-            pending.popitem(last=False)
+        _remember(claims, conversation_id, frame.id)
+        self.desk.claim(agent_id, conversation_id)
+        self._ack(frame.id, None)
 
     def _ack(self, frame_id: FrameId | None, seq: int | None) -> None:
         if frame_id is not None:
@@ -448,7 +544,8 @@ class Peer:
 
     def _answer(self, frame_id: FrameId | None, conversation_id: str, outcome: Outcome) -> None:
         if isinstance(outcome, Refused):
-            self._pending.pop(conversation_id, None)
+            if frame_id is not None and self._transfers.get(conversation_id) == frame_id:
+                del self._transfers[conversation_id]  # the conversation refused the transfer
             self._send(wire.error_frame(outcome.code, outcome.detail, frame_id, conversation_id))
         elif frame_id is not None:
             self._send(wire.ack_frame(frame_id, outcome.seq))
@@ -466,16 +563,28 @@ class Peer:
         return known
 
 
+def _remember(
+    pending: OrderedDict[str, FrameId | None], conversation_id: str, frame_id: FrameId | None
+) -> None:
+    """Keep a claim's or transfer's id so that a later refusal from the desk carries it."""
+    pending[conversation_id] = frame_id
+    pending.move_to_end(conversation_id)
+    if len(pending) > _PENDING_LIMIT:
+        pending.popitem(last=False)
+
+
 __all__ = [
     "BAD_HELLO",
     "GOING_AWAY",
     "INTERNAL_ERROR",
     "NOT_FOUND",
     "STORE_DOWN",
+    "TOO_MANY",
     "TOO_SLOW",
     "UNAUTHORIZED",
     "Close",
     "Drained",
+    "PagedEntries",
     "Peer",
     "PresenceLog",
     "Send",

@@ -36,6 +36,8 @@ from actors import (
 )
 from actors.ports import Delivery
 
+from . import strict
+
 VERSION: Final = 1
 Role = Literal["user", "agent", "bot"]
 ROLES: Final = ("user", "agent", "bot")
@@ -241,31 +243,37 @@ class BadFrame(Exception):
     """A frame that cannot be taken: ``code`` is the stable error code, ``message`` says why,
     ``id`` is the frame's id when it could be read."""
 
-    def __init__(self, code: str, message: str, frame_id: FrameId | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        frame_id: FrameId | None = None,
+        conversation_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.id = frame_id
+        self.conversation_id = conversation_id
 
 
 # -- parsing --------------------------------------------------------------------------------
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_loads = json.JSONDecoder(parse_constant=_no_constants).decode
-MAX_DEPTH: Final = 32
+MAX_DEPTH: Final = strict.MAX_DEPTH
 _SAY_KEYS: Final = frozenset({"type", "id", "conversation_id", "content_type", "content"})
 
 
 def _readable_id(data: Mapping[str, Any]) -> FrameId | None:
     """The frame's id if it is a valid one (so an error can carry it), else ``None``."""
     value = data.get("id")
-    if isinstance(value, str) and len(value) <= 64:
+    if isinstance(value, str) and len(value) <= 64 and not strict.bad_text(value):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and -strict.MAX_SAFE_INTEGER <= value <= strict.MAX_SAFE_INTEGER
+    ):
         return value
     return None
 
@@ -349,7 +357,7 @@ def _text(value: object, longest: int) -> bool:
 
 
 def _seq(value: object) -> bool:
-    return type(value) is int and value >= 0
+    return type(value) is int and 0 <= value <= strict.MAX_SAFE_INTEGER
 
 
 def _quick_hello(data: dict[str, Any], role: str) -> bool:
@@ -397,11 +405,11 @@ def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
     if len(raw) * 4 > max_bytes and len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
         raise BadFrame("frame_too_large", f"Frames are limited to {max_bytes} bytes.")
     try:
-        data = _loads(raw)
+        data = strict.loads(raw)
+    except strict.Unrepresentable as exc:
+        raise BadFrame("invalid_frame", f"The frame cannot be taken: {exc}.") from None
     except ValueError as exc:
         raise BadFrame("bad_json", f"The frame is not valid JSON: {exc}"[:300]) from None
-    except RecursionError:
-        raise BadFrame("bad_json", "The frame nests too deeply.") from None
     if not isinstance(data, dict):
         raise BadFrame("bad_json", "A frame must be a JSON object.")
     # Deep nesting is cheap to send and costly to carry around: refuse it outright. Counting
@@ -410,6 +418,12 @@ def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
         raise BadFrame(
             "invalid_frame", f"The frame nests deeper than {MAX_DEPTH} levels.", _readable_id(data)
         )
+    # A lone surrogate can only come from a \u escape (text from the socket is valid UTF-8):
+    # only a frame with one, or a str that did not come from a socket, pays for the walk.
+    if ("\\u" in raw or (not raw.isascii() and strict.bad_text(raw))) and (
+        found := strict.problem(data)
+    ):
+        raise BadFrame("invalid_frame", f"The frame cannot be taken: {found}.", _readable_id(data))
     return data
 
 
@@ -429,13 +443,15 @@ def parse_frame(raw: str | bytes, role: str, max_bytes: int) -> Frame:
     kind = data.get("type")
     validators = _CLIENT_VALIDATORS[role]
     if kind == "message" and role != "bot" and _quick_say(data, role):
-        return Say(
-            data.get("id"),
-            data.get("conversation_id"),
-            Content(data["content_type"], data["content"]),
+        return _unreserved(
+            Say(
+                data.get("id"),
+                data.get("conversation_id"),
+                Content(data["content_type"], data["content"]),
+            )
         )
     if kind == "message" and role == "bot" and _quick_push(data):
-        return _build(kind, data)
+        return _unreserved(_build(kind, data))
     if kind == "event_ack" and role == "bot" and _quick_event_ack(data):
         return EventAck(data.get("id"), data["event_id"])
     check = validators.get(kind) if isinstance(kind, str) else None
@@ -448,7 +464,26 @@ def parse_frame(raw: str | bytes, role: str, max_bytes: int) -> Frame:
         )
     _check(data, check)
     assert isinstance(kind, str)
-    return _build(kind, data)
+    return _unreserved(_build(kind, data))
+
+
+def _unreserved(frame: Frame) -> Frame:
+    """Refuse a message in a content type only the system may use (its notices)."""
+    if isinstance(frame, Say):
+        types: tuple[str, ...] = (frame.content.content_type,)
+    elif isinstance(frame, BotPush):
+        types = tuple(content.content_type for content in frame.contents)
+    else:
+        return frame
+    for content_type in types:
+        if content_type in strict.RESERVED_CONTENT_TYPES:
+            raise BadFrame(
+                "invalid_frame",
+                f"content_type {content_type!r} is reserved for the system.",
+                frame.id,
+                frame.conversation_id,
+            )
+    return frame
 
 
 def _build(kind: str, data: dict[str, Any]) -> Frame:
@@ -504,7 +539,10 @@ def parse_hello(raw: str | bytes, max_bytes: int) -> Hello:
 
 # -- building server frames -----------------------------------------------------------------
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+# allow_nan=False: what the server sends is strict JSON, or it is not sent.
+_dumps = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
+).encode
 
 
 def dumps(frame: Mapping[str, Any]) -> str:

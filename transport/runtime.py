@@ -253,7 +253,12 @@ async def _serve(
             default_bot=config.default_bot,
             bot_connections=connections,
         )
-        app = HttpApp(services, public_ws_url=listen.public_ws_url)
+        app = HttpApp(
+            services,
+            public_ws_url=listen.public_ws_url,
+            ws_host=listen.host,
+            widget_frame_ancestors=listen.widget_frame_ancestors,
+        )
         for name in mount_extensions(app, services):
             log.info("mounted HTTP routes from %s", name)
         if handle_signals:

@@ -40,6 +40,7 @@ from actors.lifecycle import Mode, Session, deadline
 from actors.settings import BotSettings
 
 from .sqlite_schema import SchemaTooNew, check_version, migrate
+from .strict import bad_text
 
 log = logging.getLogger("switchover.store")
 
@@ -187,6 +188,13 @@ MESSAGE_COLUMNS = (
 ENTRIES_AFTER = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq"
 )
+# A page of a catch-up, and a page of what one agent may see (its own entries): a replay of
+# a long conversation is read a page at a time, and an agent's skips the others' rows in SQLite.
+ENTRIES_PAGE = f"{ENTRIES_AFTER} LIMIT ?"
+AGENT_ENTRIES_PAGE = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ?"
+    " AND agent_id = ? ORDER BY seq LIMIT ?"
+)
 LOAD_CONVERSATION = (
     f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations"
     " WHERE id = ?"
@@ -212,9 +220,10 @@ def _compact_encoder() -> Callable[[Mapping[str, Any]], str]:
     new C encoder on every call, which costs twice the encoding of a small message."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # no C accelerator: the pure-Python encoder
-        return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
     # No circular-reference markers (a cycle ends in RecursionError, which ``record``
-    # reports like any other unencodable value); unknown types raise TypeError as usual.
+    # reports like any other unencodable value); unknown types raise TypeError as usual, and
+    # a float that is not finite ValueError.
     encode = make(
         None,
         json.JSONEncoder().default,
@@ -224,7 +233,7 @@ def _compact_encoder() -> Callable[[Mapping[str, Any]], str]:
         ",",
         False,
         False,
-        True,
+        False,  # allow_nan: NaN and Infinity are not JSON; such a message is refused
     )
 
     def dumps(value: Mapping[str, Any]) -> str:
@@ -278,6 +287,35 @@ def _in_chunks(
         chunk = rows[start : start + size]
         db.execute(sql, [value for row in chunk for value in row])
         start += size
+
+
+#: What a batch can fail on because of one call's data rather than the file: that call is
+#: isolated and refused, the others are stored.
+_DATA_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+
+
+def _writable(rows: _Rows) -> bool:
+    """Whether every string of ``rows`` can be written as UTF-8 (no lone surrogate): checked
+    before the rows join a batch, so one call's text cannot fail everyone's commit."""
+    for row in (rows.conversation, *rows.messages):
+        if row is None:
+            continue
+        for value in row:
+            if type(value) is str and bad_text(value):
+                return False
+    return all(
+        not (type(value) is str and bad_text(value))
+        for _, parameters in rows.session_changes
+        for value in parameters
+    )
 
 
 def _describe(path: Path, exc: BaseException) -> str:
@@ -414,12 +452,13 @@ class SQLiteStore:
                         # waiting); lost with a failed commit, they are redelivered later.
                         await trio.to_thread.run_sync(self._commit, chunk, answered)
                         answered = []
-                    except Exception as exc:
-                        # A bug, not a disk problem: nobody in the batch may hear "stored".
+                    except Exception:
+                        # A bug, not a disk problem: nobody in the batch may hear "stored",
+                        # and nobody hears what the others wrote (it is in the log).
                         log.exception("the store's writer failed")
                         for pending in chunk:
                             if pending.error is None:
-                                pending.error = StoreUnavailable(f"the store failed: {exc!r}")
+                                pending.error = StoreUnavailable("the store failed")
                     # Each chunk's callers go on as soon as it is durable: their work on
                     # trio's thread overlaps the next chunk's commit in the worker thread.
                     for pending in chunk:
@@ -434,6 +473,8 @@ class SQLiteStore:
             rows = self._rows(state, entries)
         except (TypeError, ValueError, RecursionError) as exc:
             raise StoreUnavailable(f"this message cannot be stored: {exc!r}") from exc
+        if not _writable(rows):
+            raise StoreUnavailable("this message cannot be stored: its text is not valid Unicode")
         await self._submit(_Pending(rows))
 
     async def record_presence(self, agent_id: str, presence: str, at: float | None = None) -> None:
@@ -466,6 +507,22 @@ class SQLiteStore:
     async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]:
         def read(db: sqlite3.Connection) -> list[Entry]:
             rows = db.execute(ENTRIES_AFTER, (conversation_id, after_seq)).fetchall()
+            return [entry_from_row(row) for row in rows]
+
+        return await self._read(read)
+
+    async def entries_page(
+        self, conversation_id: str, after_seq: int, limit: int, agent_id: str | None = None
+    ) -> list[Entry]:
+        """At most ``limit`` entries after ``after_seq``, in order; with ``agent_id``, only
+        those written with that agent's id (the only ones an agent may be shown)."""
+
+        def read(db: sqlite3.Connection) -> list[Entry]:
+            if agent_id is None:
+                rows = db.execute(ENTRIES_PAGE, (conversation_id, after_seq, limit)).fetchall()
+            else:
+                parameters = (conversation_id, after_seq, agent_id, limit)
+                rows = db.execute(AGENT_ENTRIES_PAGE, parameters).fetchall()
             return [entry_from_row(row) for row in rows]
 
         return await self._read(read)
@@ -542,15 +599,15 @@ class SQLiteStore:
     ) -> None:
         try:
             self._write([rows for _, rows in good], answered)
-        except sqlite3.IntegrityError:
-            # One call's rows clash with what is stored (a bug somewhere): store the others.
-            for pending, rows in good:
-                try:
-                    self._write([rows], [])
-                except sqlite3.Error as exc:
-                    pending.error = StoreUnavailable(_describe(self.path, exc))
-                else:
-                    self._remember([rows])
+        except _DATA_ERRORS:
+            # Some call's rows cannot be written (they clash with what is stored, or hold a
+            # value SQLite refuses): find them by halving the batch, and store the others.
+            log.warning(
+                "a commit of %d calls failed on its data; isolating the culprits", len(good)
+            )
+            half = len(good) // 2
+            for part in (good[:half], good[half:]):
+                self._write_part(part)
             with contextlib.suppress(sqlite3.Error):
                 self._write([], answered)
         except sqlite3.Error as exc:
@@ -562,7 +619,30 @@ class SQLiteStore:
         else:
             self._remember([rows for _, rows in good])
         self.commits += 1
-        self.committed_calls += len(good)
+        self.committed_calls += sum(1 for pending, _ in good if pending.error is None)
+
+    def _write_part(self, part: list[tuple[_Pending, _Rows]]) -> None:
+        """Commit ``part`` of a batch that failed on its data; halve it again on failure, so
+        only the calls whose own rows cannot be written are refused (with words that say
+        nothing of what anyone wrote)."""
+        if not part:
+            return
+        try:
+            self._write([rows for _, rows in part], [])
+        except _DATA_ERRORS as exc:
+            if len(part) > 1:
+                half = len(part) // 2
+                self._write_part(part[:half])
+                self._write_part(part[half:])
+                return
+            log.error("a call's rows cannot be stored: %s", type(exc).__name__)
+            part[0][0].error = StoreUnavailable("this message cannot be stored")
+        except sqlite3.Error as exc:
+            message = _describe(self.path, exc)
+            for pending, _ in part:
+                pending.error = StoreUnavailable(message)
+        else:
+            self._remember([rows for _, rows in part])
 
     def _remember(self, committed: list[_Rows]) -> None:
         """Note which conversations now have a bot-mode row on disk (after the commit only:

@@ -45,7 +45,8 @@ from trio_websocket import ConnectionClosed
 from . import fastws
 from . import protocol as wire
 from .config import WS_LISTENERS
-from .peers import BAD_HELLO, GOING_AWAY, TOO_SLOW, Peer
+from .credentials import AddressGuard
+from .peers import BAD_HELLO, GOING_AWAY, INTERNAL_ERROR, TOO_SLOW, Peer
 from .services import Limits, Services
 from .tokens import ResumeTokens
 
@@ -53,6 +54,8 @@ log = logging.getLogger("switchover.ws")
 
 #: The listener implementations ``[listeners] websocket`` may name; the first is the default.
 LISTENERS: Final = WS_LISTENERS
+
+#: Close code for a connection whose own frame cannot be encoded (a server fault).
 
 #: Seconds a closing connection has to flush and say goodbye before it is cut.
 CLOSE_GRACE: Final = 5.0
@@ -64,9 +67,16 @@ def hard_frame_ceiling(limits: Limits) -> int:
     return max(4 * limits.max_frame_bytes, 1 << 20)
 
 
+def _address(ws: object) -> str:
+    """The client's IP address (both listeners' connections have ``remote``)."""
+    remote = getattr(ws, "remote", None)
+    return str(getattr(remote, "address", remote or ""))
+
+
 def _close_reason(text: str) -> str:
-    """Close reasons must fit in 123 bytes of UTF-8."""
-    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
+    """Close reasons must fit in 123 bytes of UTF-8 (and be UTF-8: "replace" keeps text that
+    is not valid Unicode from failing the close)."""
+    return text.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
 
 
 class WebSocket(Protocol):
@@ -92,7 +102,15 @@ class Hub:
         if listener not in LISTENERS:
             raise ValueError(f"unknown WebSocket listener {listener!r}; known: {LISTENERS}")
         self.services = services
-        self.tokens = ResumeTokens(services.secret, max_age=services.limits.resume_token_max_age)
+        limits = services.limits
+        self.tokens = ResumeTokens(services.secret, max_age=limits.resume_token_max_age)
+        self.guard = AddressGuard(
+            auth_failures=limits.auth_failures,
+            auth_window=limits.auth_window,
+            conversations_per_minute=limits.new_conversations_per_minute,
+            conversations_burst=limits.new_conversations_burst,
+            clock=trio.current_time,
+        )
         self.connections: set[Connection] = set()
         self.stopping = False
         self.close_grace = close_grace
@@ -160,7 +178,13 @@ class Connection:
         self._tokens = float(limits.burst)
         self._refilled = trio.current_time()
         self.peer = Peer(
-            hub.services, hub.tokens, send=self._push, close=self.close, drained=self._drained
+            hub.services,
+            hub.tokens,
+            send=self._push,
+            close=self.close,
+            drained=self._drained,
+            address=_address(ws),
+            guard=hub.guard,
         )
 
     @property
@@ -212,11 +236,19 @@ class Connection:
         if self._drain_waiter is not None:
             self._drain_waiter.set()
 
+    def _unencodable(self) -> None:
+        """A frame for this client cannot be written as UTF-8: it alone is closed (1011)."""
+        log.error("closing a %s connection: a frame for it cannot be encoded", self.role or "new")
+        self.close(INTERNAL_ERROR, "internal_error: a frame could not be encoded")
+
     async def _write_loop(self) -> None:
         with self._writer_scope:
             try:
                 while True:
-                    await self._send_queued()
+                    try:
+                        await self._send_queued()
+                    except UnicodeEncodeError:
+                        self._unencodable()
                     if self._closing:
                         break
                     self._writer_idle()
@@ -376,6 +408,10 @@ class FastConnection(Connection):
                 fast.queue_message(buffer.popleft())
         except ConnectionClosed:
             self.close(None)
+            return
+        except UnicodeEncodeError:
+            # Encoded here, per connection: only this one is affected, never the flusher.
+            self._unencodable()
             return
         if fast.write_nowait():
             self._writer_idle()

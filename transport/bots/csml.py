@@ -51,6 +51,7 @@ import httpx
 
 from actors import SESSION_END, SESSION_EXPIRED, BotEvent, Content
 
+from .. import strict
 from .options import RESILIENCE_KEYS, OptionReader
 from .resilience import (
     BotReplyInvalid,
@@ -134,6 +135,9 @@ def replies_from(data: object) -> tuple[list[Content], bool]:
             raise BotReplyInvalid(f"message {index} has no content_type")
         if not isinstance(content, Mapping):
             raise BotReplyInvalid(f"message {index} has a content that is not an object")
+        problem = strict.content_problem(content_type, content)
+        if problem is not None:
+            raise BotReplyInvalid(f"message {index} of the engine's answer: {problem}")
         order = message.get("interaction_order")
         order = order if isinstance(order, int) and not isinstance(order, bool) else index
         ordered.append((order, index, Content(content_type, dict(content))))
@@ -208,9 +212,11 @@ class CsmlBot:
             response = await self.http.post(url, json=body, headers=headers, timeout=timeout)
             check_status(response)
             try:
-                data = response.json()
-            except ValueError:
-                raise BotReplyInvalid("the engine's answer is not JSON") from None
+                data = strict.loads(response.content)
+            except ValueError as exc:
+                raise BotReplyInvalid(
+                    f"the engine's answer is not strict JSON: {exc}"[:200]
+                ) from None
             replies = replies_from(data)
             echoed = data.get("request_id")
             if echoed is not None and echoed != event.event_id:

@@ -12,7 +12,6 @@ mount it; :func:`register` mounts it on Switchover's own HTTP app.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Mapping
@@ -22,7 +21,9 @@ import trio
 
 from actors import Accepted, BotSays, Content, Outcome, Overloaded
 
+from ..credentials import find_token
 from ..services import Services
+from .checks import check_push_body
 
 if TYPE_CHECKING:
     from ..http_app import HttpApp, Request, Response
@@ -59,11 +60,7 @@ def _bearer(headers: Mapping[str, str]) -> str | None:
 
 def _bot_of(services: Services, token: str) -> str | None:
     """The bot a token belongs to, comparing in constant time."""
-    found = None
-    for known, bot_id in services.bot_tokens.items():
-        if hmac.compare_digest(known.encode("utf-8"), token.encode("utf-8")):
-            found = bot_id
-    return found
+    return find_token(services.bot_tokens, token)  # clear or hashed, in constant time
 
 
 def _messages(data: Mapping[str, Any]) -> list[Content] | PushResult:
@@ -107,6 +104,8 @@ async def push_messages(
         return _error(403, "forbidden", f"This token does not belong to bot {bot_id!r}.")
     if len(body) > MAX_BODY_BYTES:
         return _error(413, "too_large", f"Bodies are limited to {MAX_BODY_BYTES} bytes.")
+    if (refused := check_push_body(body)) is not None:
+        return refused
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

@@ -29,6 +29,7 @@ import httpx
 
 from actors import BotEvent, Content
 
+from .. import strict
 from .options import RESILIENCE_KEYS, OptionReader
 from .resilience import BotReplyInvalid, Resilience, check_status, make_http_client
 
@@ -118,15 +119,18 @@ def messages_from(raw: bytes) -> list[Content]:
     if not raw.strip():
         return []
     try:
-        data = json.loads(raw)
-    except ValueError:
-        raise BotReplyInvalid("the bot's answer is not JSON") from None
+        data = strict.loads(raw)
+    except ValueError as exc:
+        raise BotReplyInvalid(f"the bot's answer is not strict JSON: {exc}"[:200]) from None
     if not isinstance(data, Mapping) or not isinstance(data.get("messages", []), list):
         raise BotReplyInvalid('the bot\'s answer must be {"messages": [...]}')
     contents: list[Content] = []
     for index, item in enumerate(data.get("messages", [])):
         if not isinstance(item, Mapping):
             raise BotReplyInvalid(f"message {index} of the bot's answer is not an object")
+        problem = strict.content_problem(item.get("content_type"), item.get("content", {}))
+        if problem is not None:
+            raise BotReplyInvalid(f"message {index} of the bot's answer: {problem}")
         try:
             contents.append(Content.from_json(item))
         except ValueError as exc:

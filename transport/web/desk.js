@@ -475,7 +475,8 @@
       if (typeof entry.seq !== "number" || chat.entries.has(entry.seq)) return;
       chat.entries.set(entry.seq, entry);
       // A transcript holds notices of earlier sessions too: only live ones change the state.
-      if (live && entry.content_type === "notice") this.followNotice(chat, entry.content || {});
+      // Only the system's notices change it: anything else shaped like one is its sender's.
+      if (live && entry.content_type === "notice" && entry.sender === "system") this.followNotice(chat, entry.content || {});
       const looking = this.selected === chat.id && document.visibilityState === "visible";
       if (live && entry.sender === "user") {
         if (!looking) chat.unread += 1;
@@ -803,7 +804,7 @@
 
     renderEntry(entry) {
       const content = entry.content || {};
-      if (entry.content_type === "notice") {
+      if (entry.content_type === "notice" && entry.sender === "system") {
         const describe = NOTICES[content.code];
         return el("li", {class: `entry notice notice-${content.code}`, text: describe ? describe(content) : content.code});
       }

@@ -81,13 +81,21 @@
     }
   }
 
-  /** The WebSocket address that `config.json` gives; throws when it gives none. */
+  /**
+   * The WebSocket address that `config.json` gives; throws when it gives none. Without a
+   * `ws_url` (the server listens on every address), `ws_port` on the host config.json came from.
+   */
   async function websocketUrl(configUrl) {
     const response = await fetch(configUrl, {cache: "no-store"});
     if (!response.ok) throw new Error(`config.json answered ${response.status}`);
     const config = await response.json();
-    if (!config || typeof config.ws_url !== "string") throw new Error("config.json has no ws_url");
-    return config.ws_url;
+    if (config && typeof config.ws_url === "string") return config.ws_url;
+    if (config && Number.isInteger(config.ws_port) && config.ws_port > 0) {
+      const base = new URL(configUrl, window.location.href);
+      const scheme = base.protocol === "https:" ? "wss:" : "ws:";
+      return `${scheme}//${base.hostname}:${config.ws_port}/`;
+    }
+    throw new Error("config.json has no ws_url");
   }
 
   /**

@@ -275,8 +275,9 @@
 
     render(entry) {
       const content = entry.content || {};
-      if (entry.content_type === "notice") return this.renderNotice(entry, content);
-      const sender = ["user", "bot", "agent", "system"].includes(entry.sender) ? entry.sender : "system";
+      // Only the system's notices are notices: anything else shaped like one is its sender's.
+      if (entry.content_type === "notice" && entry.sender === "system") return this.renderNotice(entry, content);
+      const sender = ["user", "bot", "agent", "system"].includes(entry.sender) ? entry.sender : "bot";
       const item = el("li", {class: `so-entry so-from-${sender}`});
       const who = {user: "You", bot: "Assistant", agent: this.agentName || "Agent", system: "Notice"};
       if (sender === "agent") {
