@@ -53,6 +53,7 @@ from transport.sqlite_store import (
     PRUNE_CANDIDATES,
     PRUNE_NEXT,
     PRUNE_OLDEST_MESSAGES,
+    PRUNE_READ_AHEAD,
     SQLiteStore,
     database_path,
     keep_pruning,
@@ -631,6 +632,7 @@ def test_every_read_of_messages_goes_through_the_index() -> None:
         (PRUNE_NEXT, (1.0, 1.0, 0.5, 3, 10)),
         (PRUNE_OLDEST_MESSAGES, ("c", "c", 4)),
         ("DELETE FROM messages WHERE conversation_id IN (?, ?)", ("c", "d")),
+        (PRUNE_READ_AHEAD[0].format(rows="?, ?"), ("c", "d")),
         (transcript, ("c",)),
         ("DELETE FROM messages WHERE conversation_id = ?", ("c",)),
     ]

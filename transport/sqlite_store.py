@@ -534,12 +534,17 @@ class SQLiteStore:
         next. So an acknowledgement waits for at most one chunk (one in its batch, or one
         being written as it arrives) on top of its own commit, never for the whole prune.
 
+        Before each chunk it reads what the chunk will delete on a reader connection
+        (:func:`prune_read_ahead`), while the writer goes on committing: the conversations a
+        prune deletes are long cold, and reading their pages from disk inside the chunk held
+        the writer for up to a quarter of a second on the bench machine (bench/README.md,
+        Retention); read ahead, a chunk only finds them in the operating system's cache.
+
         Every :data:`PRUNE_CHECKPOINT_EVERY` chunks, and at the end, it also checkpoints the
-        write-ahead log (passively, as a job of its own, given way to in the same manner): a
-        large prune writes a great deal of log, and left to the writer's automatic
-        checkpoint it would be copied into the database :data:`WAL_CHECKPOINT_PAGES` pages at
-        a time, in whatever commit crosses the mark (about 100 ms on the bench machine,
-        bench/README.md, Retention).
+        write-ahead log (passively, as a job of its own, given way to in the same manner), so
+        the log a large prune writes is copied into the database about a thousand pages at a
+        time (~5 ms) rather than by the writer's automatic checkpoint,
+        :data:`WAL_CHECKPOINT_PAGES` pages at once inside whatever commit crosses the mark.
 
         Why on the writer rather than on a connection of its own: SQLite lets one connection
         write at a time, and one that finds the lock taken sleeps in its busy handler (1, 2,
@@ -562,6 +567,11 @@ class SQLiteStore:
         chunks = 0
         while after is not None:
             start = after
+
+            def read_ahead(db: sqlite3.Connection, start: tuple[float, int] = start) -> None:
+                prune_read_ahead(db, cutoff, start, chunk_rows)
+
+            await self._read(read_ahead)
 
             def job(db: sqlite3.Connection, start: tuple[float, int] = start) -> _PruneChunk:
                 chunk = prune_chunk(db, cutoff, start, chunk_rows)
@@ -1023,20 +1033,9 @@ def prune_chunk(
     db.execute("BEGIN IMMEDIATE")
     try:
         found = db.execute(PRUNE_NEXT, (cutoff, cutoff, after[0], after[1], PRUNE_SCAN)).fetchall()
-        doomed: list[tuple[str]] = []
-        budget = rows
-        cursor = after
-        for rowid, updated_at, conversation_id, prunable, messages in found:
-            if prunable:
-                if messages + 1 > budget:
-                    if not doomed:
-                        db.execute(
-                            PRUNE_OLDEST_MESSAGES, (conversation_id, conversation_id, budget - 1)
-                        )
-                    break
-                doomed.append((conversation_id,))
-                budget -= messages + 1
-            cursor = (updated_at, rowid)
+        doomed, cursor, piece = _choose(found, after, rows)
+        if piece is not None:
+            db.execute(PRUNE_OLDEST_MESSAGES, piece)
         for table, column in _PRUNED_TABLES:
             _in_chunks(db, f"DELETE FROM {table} WHERE {column} IN ({{rows}})", doomed, "?")
         db.execute("COMMIT")
@@ -1047,6 +1046,55 @@ def prune_chunk(
     # Done when this chunk looked at the last conversations old enough, and finished them.
     done = len(found) < PRUNE_SCAN and (not found or cursor == (found[-1][1], found[-1][0]))
     return _PruneChunk([cid for (cid,) in doomed], None if done else cursor)
+
+
+def _choose(
+    found: list[tuple[Any, ...]], after: tuple[float, int], rows: int
+) -> tuple[list[tuple[str]], tuple[float, int], tuple[str, str, int] | None]:
+    """From the rows of :data:`PRUNE_NEXT`: the conversations to delete whole (within the
+    budget of ``rows``), the cursor past them, and the parameters of
+    :data:`PRUNE_OLDEST_MESSAGES` when the first prunable one is too large for one chunk."""
+    doomed: list[tuple[str]] = []
+    budget = rows
+    cursor = after
+    for rowid, updated_at, conversation_id, prunable, messages in found:
+        if prunable:
+            if messages + 1 > budget:
+                if not doomed:
+                    return doomed, cursor, (conversation_id, conversation_id, budget - 1)
+                break
+            doomed.append((conversation_id,))
+            budget -= messages + 1
+        cursor = (updated_at, rowid)
+    return doomed, cursor, None
+
+
+def prune_read_ahead(
+    db: sqlite3.Connection, cutoff: float, after: tuple[float, int], rows: int = PRUNE_CHUNK_ROWS
+) -> None:
+    """Read, without writing, every page the chunk :func:`prune_chunk` would delete from
+    (the same arguments), so that they are in the operating system's cache when it runs.
+    Meant for a reader connection while the writer commits: the chunk then holds the writer
+    for the deletions only, not for reading long-cold pages from disk."""
+    found = db.execute(PRUNE_NEXT, (cutoff, cutoff, after[0], after[1], PRUNE_SCAN)).fetchall()
+    doomed, _, piece = _choose(found, after, rows)
+    if piece is not None:
+        doomed = [(piece[0],)]
+    ids = [cid for (cid,) in doomed]
+    for start in range(0, len(ids), _ROWS_PER_STATEMENT):
+        part = ids[start : start + _ROWS_PER_STATEMENT]
+        marks = ", ".join("?" * len(part))
+        for statement in PRUNE_READ_AHEAD:
+            db.execute(statement.format(rows=marks), part).fetchall()
+
+
+PRUNE_READ_AHEAD = (
+    "SELECT sum(length(content)) FROM messages WHERE conversation_id IN ({rows})",
+    "SELECT count(*) FROM bot_outbox WHERE conversation_id IN ({rows})",
+    "SELECT count(end_reason) FROM sessions WHERE session_id IN"
+    " (SELECT session_id FROM sessions WHERE conversation_id IN ({rows}))",
+    "SELECT count(*) FROM conversations WHERE id IN ({rows})",
+)
 
 
 def _checkpoint(db: sqlite3.Connection) -> None:
