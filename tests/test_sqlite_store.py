@@ -54,6 +54,7 @@ from transport.sqlite_store import (
     PRUNE_NEXT,
     PRUNE_OLDEST_MESSAGES,
     PRUNE_READ_AHEAD,
+    PRUNE_READ_AHEAD_OLDEST,
     SQLiteStore,
     database_path,
     keep_pruning,
@@ -633,6 +634,7 @@ def test_every_read_of_messages_goes_through_the_index() -> None:
         (PRUNE_OLDEST_MESSAGES, ("c", "c", 4)),
         ("DELETE FROM messages WHERE conversation_id IN (?, ?)", ("c", "d")),
         (PRUNE_READ_AHEAD[0].format(rows="?, ?"), ("c", "d")),
+        (PRUNE_READ_AHEAD_OLDEST, ("c", 5)),
         (transcript, ("c",)),
         ("DELETE FROM messages WHERE conversation_id = ?", ("c",)),
     ]

@@ -1079,7 +1079,8 @@ def prune_read_ahead(
     found = db.execute(PRUNE_NEXT, (cutoff, cutoff, after[0], after[1], PRUNE_SCAN)).fetchall()
     doomed, _, piece = _choose(found, after, rows)
     if piece is not None:
-        doomed = [(piece[0],)]
+        # Only the oldest messages of a conversation too large for one chunk go this time.
+        db.execute(PRUNE_READ_AHEAD_OLDEST, (piece[0], piece[2] + 1)).fetchall()
     ids = [cid for (cid,) in doomed]
     for start in range(0, len(ids), _ROWS_PER_STATEMENT):
         part = ids[start : start + _ROWS_PER_STATEMENT]
@@ -1088,6 +1089,10 @@ def prune_read_ahead(
             db.execute(statement.format(rows=marks), part).fetchall()
 
 
+PRUNE_READ_AHEAD_OLDEST = (
+    "SELECT sum(length(content)) FROM (SELECT content FROM messages WHERE conversation_id = ?"
+    " ORDER BY seq LIMIT ?)"
+)
 PRUNE_READ_AHEAD = (
     "SELECT sum(length(content)) FROM messages WHERE conversation_id IN ({rows})",
     "SELECT count(*) FROM bot_outbox WHERE conversation_id IN ({rows})",
