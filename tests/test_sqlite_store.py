@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -52,10 +54,15 @@ from transport.sqlite_store import (
     MESSAGE_COLUMNS,
     OPEN_SESSIONS,
     PRUNE_CANDIDATES,
+    PRUNE_NEXT,
+    PRUNE_OLDEST_MESSAGES,
+    PRUNE_READ_AHEAD,
+    PRUNE_READ_AHEAD_OLDEST,
     SQLiteStore,
     database_path,
     keep_pruning,
     open_sqlite_store,
+    prune_connection,
 )
 
 from .conftest import EchoBot, RecordingSink, StallingBot, notice
@@ -697,6 +704,11 @@ def test_every_read_of_messages_goes_through_the_index() -> None:
         (LOAD_CONVERSATION, ("c",)),
         (OPEN_SESSIONS, ()),
         (PRUNE_CANDIDATES, (1.0, 1.0)),
+        (PRUNE_NEXT, (1.0, 1.0, 0.5, 3, 10)),
+        (PRUNE_OLDEST_MESSAGES, ("c", "c", 4)),
+        ("DELETE FROM messages WHERE conversation_id IN (?, ?)", ("c", "d")),
+        (PRUNE_READ_AHEAD[0].format(rows="?, ?"), ("c", "d")),
+        (PRUNE_READ_AHEAD_OLDEST, ("c", 5)),
         (transcript, ("c",)),
         ("DELETE FROM messages WHERE conversation_id = ?", ("c",)),
     ]
@@ -858,6 +870,172 @@ async def test_prune_deletes_old_conversations_without_open_sessions(tmp_path: P
         assert (await store.load("old")).next_seq == 3  # type: ignore[union-attr]
         await store.record(_state("new", 2), [_entry("new", 1, "today")])
         assert await store.prune(7) == 0
+
+
+DAY = 86400.0
+
+
+def _build_for_pruning(path: Path, seed: int = 7) -> float:
+    """A file of 240 conversations straight through sqlite3: old and recent rows (many written
+    at the same instant), open sessions, recent messages behind old rows, conversations with
+    many messages, sessions and outbox rows. Returns the cutoff to prune at."""
+    rng = random.Random(seed)
+    db = sqlite3.connect(path, isolation_level=None)
+    migrate(db)
+    cutoff = 1_000_000.0
+    db.execute("BEGIN")
+    for n in range(240):
+        cid = f"c{n:03d}"
+        # A few instants only: keyset order must break ties on the rowid.
+        updated = cutoff + rng.choice([-3, -2, -1, 5]) * DAY
+        open_session = rng.random() < 0.15
+        db.execute(
+            "INSERT INTO conversations (id, bot_id, user_id, metadata, next_seq,"
+            " sessions_opened, mode, session_id, started_at, updated_at)"
+            " VALUES (?, 'demo', ?, '{}', 1, 1, ?, ?, ?, ?)",
+            (
+                cid,
+                f"u{n}",
+                "queued" if open_session else "bot",
+                f"{cid}/1" if open_session else None,
+                updated if open_session else None,
+                updated,
+            ),
+        )
+        count = rng.choice([0, 1, 3, 4, 4, 40])
+        recent = rng.random() < 0.15
+        for seq in range(1, count + 1):
+            at = cutoff + DAY if recent and seq == count else updated - count + seq
+            db.execute(
+                f"INSERT INTO messages ({MESSAGE_COLUMNS})"
+                " VALUES (?, ?, ?, 'user', 'text', '{}', 'bot,user', NULL, NULL, NULL)",
+                (cid, seq, at),
+            )
+            if seq == count and rng.random() < 0.3:
+                db.execute("INSERT INTO bot_outbox VALUES (?, ?)", (cid, seq))
+        if rng.random() < 0.5:
+            db.execute(
+                "INSERT INTO sessions (session_id, conversation_id, bot_id, started_at)"
+                " VALUES (?, ?, 'demo', ?)",
+                (f"{cid}/0", cid, updated - 100),
+            )
+    db.execute("COMMIT")
+    db.close()
+    return cutoff
+
+
+def _prune_in_one_transaction(path: Path, cutoff: float) -> list[str]:
+    """Retention as it was before chunking: one transaction for everything."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    old = [row[0] for row in db.execute(PRUNE_CANDIDATES, (cutoff, cutoff))]
+    for cid in old:
+        db.execute("DELETE FROM messages WHERE conversation_id = ?", (cid,))
+        db.execute("DELETE FROM bot_outbox WHERE conversation_id = ?", (cid,))
+        db.execute("DELETE FROM sessions WHERE conversation_id = ?", (cid,))
+        db.execute("DELETE FROM conversations WHERE id = ?", (cid,))
+    db.execute("COMMIT")
+    db.close()
+    return old
+
+
+def _contents(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    with sqlite3.connect(path) as db:
+        return {
+            table: sorted(db.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+            for table in ("conversations", "messages", "sessions", "bot_outbox")
+        }
+
+
+@pytest.mark.parametrize("scan", [7, 500])
+async def test_chunked_prune_deletes_what_one_transaction_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan: int
+) -> None:
+    monkeypatch.setattr("transport.sqlite_store.PRUNE_SCAN", scan)
+    original = tmp_path / "original.db"
+    cutoff = _build_for_pruning(original)
+    reference, chunked, bare = (tmp_path / f"{name}.db" for name in ("ref", "chunked", "bare"))
+    for copy in (reference, chunked, bare):
+        shutil.copy(original, copy)
+    expected = _prune_in_one_transaction(reference, cutoff)
+    assert 50 < len(expected) < 200, "the file has both kinds"
+
+    async with open_sqlite_store(chunked, synchronous="OFF") as store:
+        deleted = await store.prune(0, now=cutoff, chunk_rows=12)
+        # Dozens of transactions, among them pieces of the 40-message conversations.
+        assert store.prune_chunks > 20
+    assert deleted == len(expected)
+    assert _contents(chunked) == _contents(reference)
+
+    with sqlite3.connect(bare, isolation_level=None) as db:
+        db.execute("PRAGMA synchronous = OFF")
+        assert sorted(prune_connection(db, cutoff, rows=5)) == sorted(expected)
+    assert _contents(bare) == _contents(reference)
+
+
+async def test_open_sessions_are_never_pruned(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    _build_for_pruning(path, seed=11)
+    with sqlite3.connect(path) as db:
+        everyone = {row[0] for row in db.execute("SELECT id FROM conversations")}
+        opened = {
+            row[0]
+            for row in db.execute("SELECT id FROM conversations WHERE session_id IS NOT NULL")
+        }
+        # The last one the prune will come to opens a session while the prune runs.
+        reopened = db.execute(
+            "SELECT id FROM conversations WHERE session_id IS NULL"
+            " ORDER BY updated_at DESC, rowid DESC LIMIT 1"
+        ).fetchone()[0]
+    assert opened
+    session = Session(f"{reopened}/2", 1.0, 1.0, 1.0)
+    async with open_sqlite_store(path, synchronous="OFF") as store:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: store.record(
+                    _state(reopened, 60, session), [_entry(reopened, 59, "a human, please")]
+                )
+            )
+            # A cutoff after everything: only an open session keeps a conversation.
+            deleted = await store.prune(0, now=time.time() + DAY, chunk_rows=3)
+        assert store.prune_chunks > 10
+    with sqlite3.connect(path) as db:
+        left = {row[0] for row in db.execute("SELECT id FROM conversations")}
+    assert left == opened | {reopened}
+    assert deleted == len(everyone) - len(left)
+
+
+async def test_commits_are_acknowledged_between_the_chunks_of_a_prune(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    cutoff = _build_for_pruning(path)
+    order: list[str] = []
+    chunks_at_ack: list[int] = []
+    async with open_sqlite_store(path, synchronous="OFF") as store:
+        pruned = trio.Event()
+
+        async def prune() -> None:
+            await store.prune(0, now=cutoff, chunk_rows=4)
+            order.append("prune finished")
+            pruned.set()
+
+        async def talk() -> None:
+            seq = 1
+            while not pruned.is_set():
+                await store.record(_state("live", seq + 1), [_entry("live", seq, "hi")])
+                order.append("ack")
+                chunks_at_ack.append(store.prune_chunks)
+                seq += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prune)
+            nursery.start_soon(talk)
+        total = store.prune_chunks
+    assert total > 30
+    # The first commit asked for during the prune was acknowledged long before it ended,
+    # and acknowledgements kept coming between its chunks, not after them all.
+    assert order.index("ack") < order.index("prune finished")
+    during = {n for n in chunks_at_ack if n < total}
+    assert len(during) > total // 2, (sorted(during), total)
 
 
 # -- the maintenance commands ---------------------------------------------------------------
