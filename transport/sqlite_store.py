@@ -475,22 +475,31 @@ class SQLiteStore:
             with trio.CancelScope(shield=True):
                 for start in range(0, max(len(calls), 1), self.max_batch):
                     chunk = calls[start : start + self.max_batch]
-                    try:
-                        # The answers ride with the first chunk (or alone, when no call is
-                        # waiting); lost with a failed commit, they are redelivered later.
-                        await trio.to_thread.run_sync(self._commit, chunk, answered)
-                        answered = []
-                    except Exception:
-                        # A bug, not a disk problem: nobody in the batch may hear "stored",
-                        # and nobody hears what the others wrote (it is in the log).
-                        log.exception("the store's writer failed")
-                        for pending in chunk:
-                            if pending.error is None:
-                                pending.error = StoreUnavailable("the store failed")
-                    # Each chunk's callers go on as soon as it is durable: their work on
-                    # trio's thread overlaps the next chunk's commit in the worker thread.
-                    for pending in chunk:
-                        pending.release()
+                    # Records first, released as soon as they are durable; jobs (a prune's
+                    # chunk, a checkpoint) after, so no acknowledgement waits for a job.
+                    writes = [pending for pending in chunk if pending.job is None]
+                    jobs = [pending for pending in chunk if pending.job is not None]
+                    for part in (writes, jobs):
+                        if part or answered:
+                            await self._commit_part(part, answered)
+                            answered = []
+
+    async def _commit_part(self, part: list[_Pending], answered: list[tuple[str, int]]) -> None:
+        try:
+            # The answers ride with the first part (or alone, when no call is waiting); lost
+            # with a failed commit, they are redelivered later.
+            await trio.to_thread.run_sync(self._commit, part, answered)
+        except Exception:
+            # A bug, not a disk problem: nobody in the batch may hear "stored", and nobody
+            # hears what the others wrote (it is in the log).
+            log.exception("the store's writer failed")
+            for pending in part:
+                if pending.error is None:
+                    pending.error = StoreUnavailable("the store failed")
+        # The callers go on as soon as their part is durable: their work on trio's thread
+        # overlaps the next commit in the worker thread.
+        for pending in part:
+            pending.release()
 
     # -- the Store protocol -----------------------------------------------------------------
 
