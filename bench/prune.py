@@ -180,7 +180,7 @@ class Stream:
         now = time.time()
         for n in range(live):
             cid = f"live-{n:04d}"
-            session = Session(f"{cid}/1", now, now, now, "alice", "Alice", None)
+            session = Session(f"{cid}/1", now, now, now, "alice", "Alice")
             self.states[cid] = ConversationState(
                 cid, "demo", f"live-user-{n}", {"name": "Uma"}, 1, session, 1
             )
@@ -222,7 +222,6 @@ class Stream:
                     state.session.queued_at,
                     "alice",
                     "Alice",
-                    None,
                 ),
                 state.sessions_opened,
             )
