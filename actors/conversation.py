@@ -39,7 +39,7 @@ from .backoff import Backoff
 from .bot_feeder import BotFeeder
 from .context import ConversationContext
 from .effect_runner import EffectRunner
-from .events import Event, TimerFired
+from .events import AgentAssigned, Event, ReturnedToQueue, TimerFired
 from .lifecycle import ConversationState, Lifecycle, Transition
 from .mailbox import Mailbox
 from .ports import Sink, StoreUnavailable
@@ -112,6 +112,9 @@ _REASSERT = Envelope(TimerFired())
 again (it restarted and lost its view)."""
 
 _INTERNAL_ERROR = fx.Refused("internal_error", "The message could not be handled.")
+
+_DECISIONS = frozenset({AgentAssigned, ReturnedToQueue})
+"""Backend events that carry a decision stamp the conversation re-asserts "as of"."""
 
 
 def _answer(envelope: Envelope, outcome: fx.Outcome) -> None:
@@ -476,6 +479,9 @@ class ConversationActor:
                 if step > ran:
                     ran = step
                     after = transition.state
+                    event = envelope.event
+                    if type(event) in _DECISIONS:
+                        runner.applied(event.session_id, event.decision)  # type: ignore[union-attr]
                     for effect in transition.effects:
                         if type(effect) is fx.Emit:
                             runner.deliver(effect.entry, after, envelope.origin)

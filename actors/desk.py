@@ -153,7 +153,7 @@ class Desk:
             )
             for a in old.values()
         ]
-        return rt.Routing(agents, self.settings)
+        return rt.Routing(agents, self.settings, run=self._routing.run + 1)
 
     def add_agent(self, profile: AgentProfile) -> None:
         unknown = profile.bots - set(self.settings)
@@ -295,7 +295,9 @@ class Desk:
             if isinstance(effect, rt.Assign):
                 core.post(
                     effect.conversation_id,
-                    ev.AgentAssigned(effect.session_id, effect.agent_id, effect.agent_name),
+                    ev.AgentAssigned(
+                        effect.session_id, effect.agent_id, effect.agent_name, effect.decision
+                    ),
                 )
             elif isinstance(effect, rt.Position):
                 core.post(
@@ -305,7 +307,9 @@ class Desk:
             elif isinstance(effect, rt.Requeued):
                 core.post(
                     effect.conversation_id,
-                    ev.ReturnedToQueue(effect.session_id, effect.agent_id, effect.reason),
+                    ev.ReturnedToQueue(
+                        effect.session_id, effect.agent_id, effect.reason, effect.decision
+                    ),
                 )
             elif isinstance(effect, rt.Refusal):
                 self.deliver(

@@ -38,7 +38,15 @@ from . import effects as fx
 from .backoff import Backoff
 from .context import ConversationContext
 from .lifecycle import ConversationState, Transition
-from .ports import AgentRequest, QueuePosition, Sink, Transcript, Typing
+from .ports import (
+    NO_DECISION,
+    AgentRequest,
+    Decision,
+    QueuePosition,
+    Sink,
+    Transcript,
+    Typing,
+)
 from .records import Entry, Party
 
 log = logging.getLogger("switchover.conversation")
@@ -68,6 +76,7 @@ class EffectRunner:
         "_deliver_failing",
         "context",
         "conversation_id",
+        "decision",
         "feed_bot",
         "pending",
         "position",
@@ -91,6 +100,8 @@ class EffectRunner:
         self._deliver_failing = False
         #: The last queue position told to the user (ephemeral: never stored).
         self.position: QueuePosition | None = None
+        #: The session and stamp of the last backend decision applied (see ``Decision``).
+        self.decision: tuple[str, Decision] | None = None
 
     @property
     def retry_due(self) -> float | None:
@@ -133,6 +144,15 @@ class EffectRunner:
             self._to_agent(entry.agent_id, entry, state, skip)
         if Party.BOT in audience:
             self.feed_bot(entry, state)
+
+    def applied(self, session_id: str, decision: Decision) -> None:
+        """The conversation applied a backend decision about ``session_id``."""
+        if decision > self.as_of(session_id):
+            self.decision = (session_id, decision)
+
+    def as_of(self, session_id: str) -> Decision:
+        known = self.decision
+        return known[1] if known is not None and known[0] == session_id else NO_DECISION
 
     def position_for(self, state: ConversationState) -> QueuePosition | None:
         """The last position told, if the session it was for is still waiting."""
@@ -229,6 +249,7 @@ class EffectRunner:
                     state.bot_id,
                     effect.queued_at,
                     held_by=session.agent_id,
+                    as_of=self.as_of(session.session_id),
                 )
             )
         elif isinstance(effect, fx.WithdrawRequest):

@@ -78,11 +78,13 @@ class QueuePositionChanged:
 
 @attrs.frozen
 class AgentAssigned:
-    """From the livechat backend: an agent now holds the session (on pickup or transfer)."""
+    """From the livechat backend: an agent now holds the session (on pickup or transfer).
+    ``decision`` is the backend's stamp on it (see :data:`actors.ports.Decision`)."""
 
     session_id: str
     agent_id: str
     agent_name: str = ""
+    decision: tuple[int, int] = attrs.field(default=(0, 0), eq=False)
 
 
 @attrs.frozen
@@ -93,6 +95,7 @@ class ReturnedToQueue:
     session_id: str
     agent_id: str
     reason: str
+    decision: tuple[int, int] = attrs.field(default=(0, 0), eq=False)
 
 
 @attrs.frozen

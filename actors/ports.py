@@ -19,6 +19,15 @@ from .events import Event
 from .lifecycle import ConversationState
 from .records import Entry, Party
 
+Decision = tuple[int, int]
+"""A backend's stamp on what it decided about a session (an assignment, a return to the
+queue): its run (it grows with every restart of the backend) and a counter, so two stamps
+compare in the order they were made. A re-assertion carries the stamp of the last decision
+the conversation applied: a backend that decided since keeps its own view (its word is on
+the way to the conversation); otherwise the conversation's view wins."""
+
+NO_DECISION: Decision = (0, 0)
+
 
 @attrs.frozen
 class BotEvent:
@@ -154,14 +163,16 @@ class CoreLink(Protocol):
 
 @attrs.frozen
 class AgentRequest:
-    """A session asking for a human. ``held_by`` is set when a restarted server hands a
-    session back to the agent who held it."""
+    """A session asking for a human, or re-asserting where it stands: ``held_by`` is the
+    agent the conversation last heard holds it (``None``: it waits), ``as_of`` the stamp of
+    the last backend decision about it the conversation applied (see :data:`Decision`)."""
 
     conversation_id: str
     session_id: str
     bot_id: str
     queued_at: float
     held_by: str | None = None
+    as_of: Decision = NO_DECISION
 
 
 class LivechatBackend(Protocol):
@@ -169,8 +180,10 @@ class LivechatBackend(Protocol):
 
     The conversation owns its session; a backend keeps a view derived from it, keyed by
     session id, and every request is idempotent: ``request_agent`` for a session it already
-    has (waiting or held) changes nothing, and for a newer session of the same conversation
-    replaces the older one; ``withdraw`` and ``release`` forget the session wherever it is.
+    has (waiting or held) changes nothing unless the backend never decided about it since the
+    request's ``as_of`` (then the request says where it is), and for a newer session of the
+    same conversation replaces the older one; ``withdraw`` and ``release`` forget the session
+    wherever it is.
     Conversations re-assert their open session after any restart, and all of them do after
     the backend's ``run`` is restarted, so a backend may start each run from nothing.
     A call that raises is retried by the conversation with backoff.

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from .ports import AgentRequest
+from .ports import NO_DECISION, AgentRequest, Decision
 from .settings import BotSettings
 
 
@@ -43,10 +43,15 @@ class Presence(enum.Enum):
 
 @attrs.define
 class Chat:
+    """``given_back``: the chat came back to its agent by a re-assertion (after a restart),
+    not by an offer; it may take the agent over its capacity, since the user and the agent
+    are already talking (the agent then gets no offer until back under it)."""
+
     conversation_id: str
     session_id: str
     bot_id: str
     grace_until: float | None = None
+    given_back: bool = False
 
 
 @attrs.define
@@ -85,6 +90,7 @@ class Assign:
     session_id: str
     agent_id: str
     agent_name: str
+    decision: Decision = attrs.field(default=NO_DECISION, eq=False)
 
 
 @attrs.frozen
@@ -100,6 +106,7 @@ class Requeued:
     session_id: str
     agent_id: str
     reason: str
+    decision: Decision = attrs.field(default=NO_DECISION, eq=False)
 
 
 @attrs.frozen
@@ -125,8 +132,14 @@ _CHANGED = DeskChanged()
 class Routing:
     """The queue and the agents of the built-in desk."""
 
-    def __init__(self, agents: Iterable[Agent], settings: Mapping[str, BotSettings]) -> None:
+    def __init__(
+        self, agents: Iterable[Agent], settings: Mapping[str, BotSettings], run: int = 1
+    ) -> None:
         self.agents: dict[str, Agent] = {agent.agent_id: agent for agent in agents}
+        # Stamps on decisions told to conversations: ``run`` grows with every restart.
+        self.run = run
+        self._stamps = itertools.count(1)
+        self._decided: dict[str, Decision] = {}
         self.settings = dict(settings)
         self.queue: list[Waiting] = []
         # Indexes by conversation id, so no request walks the queue or the agents.
@@ -184,21 +197,51 @@ class Routing:
         conversation_id = request.conversation_id
         current = self._session_of(conversation_id)
         if current == request.session_id:
-            return []
+            return self._reconcile(request, now)
         if current is not None:
             # What is left of an older session of the same conversation: the new one wins.
             self._forget(conversation_id, current)
         holder = self.agents.get(request.held_by) if request.held_by else None
         if holder is not None:
-            # A restarted server (or desk) gives the session back to its agent; if that agent
-            # is not connected, the grace period starts now.
-            self._hold(holder, Chat(conversation_id, request.session_id, request.bot_id))
-            self._update_grace(holder, now)
-            return [_CHANGED]
+            return self._give_back(holder, request, now)
         self._enqueue(
             Waiting(conversation_id, request.session_id, request.bot_id, request.queued_at)
         )
         return self._settle(now)
+
+    def _give_back(self, holder: Agent, request: AgentRequest, now: float) -> list[RoutingEffect]:
+        """A restarted server (or desk) gives the session back to the agent the conversation
+        says holds it; if that agent is not connected, the grace period starts now."""
+        self._hold(
+            holder,
+            Chat(request.conversation_id, request.session_id, request.bot_id, given_back=True),
+        )
+        self._update_grace(holder, now)
+        return [_CHANGED]
+
+    def _reconcile(self, request: AgentRequest, now: float) -> list[RoutingEffect]:
+        """A re-assertion of a session the desk has. If the desk decided about it since the
+        decision the conversation last applied, its word is on the way: nothing changes.
+        Otherwise the conversation's view wins: the desk moves the session to where the
+        conversation says it is (it applied an older run's decision the desk never made)."""
+        conversation_id, session_id = request.conversation_id, request.session_id
+        decided = self._decided.get(session_id)
+        if decided is not None and decided > request.as_of:
+            return []
+        holder = self._held.get(conversation_id)
+        wanted = self.agents.get(request.held_by) if request.held_by else None
+        if wanted is None:
+            if holder is None:
+                return []
+            # The conversation waits: the desk's chat is a stale one.
+            chat = holder.chats[conversation_id]
+            self._unhold(holder, conversation_id)
+            self._enqueue(Waiting(conversation_id, session_id, chat.bot_id, now), first=True)
+            return self._settle(now)
+        if holder is wanted:
+            return []
+        self._forget(conversation_id, session_id)
+        return [*self._give_back(wanted, request, now), *self._settle(now)]
 
     def withdraw(self, conversation_id: str, session_id: str, now: float) -> list[RoutingEffect]:
         """The session is no longer current: forget it, waiting or held."""
@@ -232,7 +275,9 @@ class Routing:
                 Waiting(conversation_id, session_id, chat.bot_id, now, not_agent=from_agent),
                 first=True,
             )
-            requeued = Requeued(conversation_id, session_id, from_agent, "transferred")
+            requeued = Requeued(
+                conversation_id, session_id, from_agent, "transferred", self._stamp(session_id)
+            )
             return [requeued, *self._settle(now)]
         target = self.agents.get(to_agent)
         problem = self._cannot_take(target, chat.bot_id)
@@ -243,7 +288,9 @@ class Routing:
         self._hold(target, Chat(conversation_id, session_id, chat.bot_id))
         target.last_pickup = now
         return [
-            Assign(conversation_id, session_id, target.agent_id, target.name),
+            Assign(
+                conversation_id, session_id, target.agent_id, target.name, self._stamp(session_id)
+            ),
             *self._settle(now),
         ]
 
@@ -291,7 +338,11 @@ class Routing:
                     )
                     effects.append(
                         Requeued(
-                            chat.conversation_id, chat.session_id, agent.agent_id, "agent_left"
+                            chat.conversation_id,
+                            chat.session_id,
+                            agent.agent_id,
+                            "agent_left",
+                            self._stamp(chat.session_id),
                         )
                     )
         return [*effects, *self._settle(now)] if effects else []
@@ -336,6 +387,7 @@ class Routing:
 
     def _forget(self, conversation_id: str, session_id: str) -> bool:
         """Remove ``session_id`` from the queue or from its holder; whether it was there."""
+        self._decided.pop(session_id, None)
         waiting = self._waiting.get(conversation_id)
         if waiting is not None and waiting.session_id == session_id:
             self._dequeue(waiting)
@@ -376,7 +428,18 @@ class Routing:
         self._dequeue(waiting)
         self._hold(agent, Chat(waiting.conversation_id, waiting.session_id, waiting.bot_id))
         agent.last_pickup = now
-        return Assign(waiting.conversation_id, waiting.session_id, agent.agent_id, agent.name)
+        return Assign(
+            waiting.conversation_id,
+            waiting.session_id,
+            agent.agent_id,
+            agent.name,
+            self._stamp(waiting.session_id),
+        )
+
+    def _stamp(self, session_id: str) -> Decision:
+        decision = (self.run, next(self._stamps))
+        self._decided[session_id] = decision
+        return decision
 
     def _best_agent(self, waiting: Waiting) -> Agent | None:
         best: Agent | None = None

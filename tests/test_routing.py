@@ -317,3 +317,45 @@ def test_a_presence_change_is_seen_by_every_colleague_and_only_them() -> None:
     assert routing.take_changes() == ["alice", "bob", "carol"]
     routing.set_presence("dave", Presence.ONLINE, 3.0)
     assert routing.take_changes() == ["dave"]
+
+
+# -- re-assertions after a restart ----------------------------------------------------------
+
+
+def reassert(
+    routing: rt.Routing, conv: str, held_by: str | None, as_of: tuple[int, int] = (0, 0)
+) -> list[rt.RoutingEffect]:
+    request = AgentRequest(conv, f"{conv}/1", "demo", 0.0, held_by=held_by, as_of=as_of)
+    return routing.request(request, 10.0)
+
+
+def test_a_held_reassertion_moves_a_waiting_session_the_desk_never_decided_about() -> None:
+    routing = rt.Routing([agent("alice", 1)], SETTINGS, run=2)
+    ask(routing, "c1", 0.0)  # an older re-assertion: waiting
+    reassert(routing, "c1", "alice", as_of=(1, 7))  # it went live with Alice, run 1
+    holder = routing.holder_of("c1")
+    assert holder is not None and holder.agent_id == "alice"
+    assert routing.waiting("c1") is None
+
+
+def test_a_reassertion_older_than_the_desks_decision_changes_nothing() -> None:
+    routing = rt.Routing([agent("alice", 1)], SETTINGS, run=2)
+    online(routing, "alice")
+    effects = ask(routing, "c1", 0.0)
+    (assign,) = [e for e in effects if isinstance(e, rt.Assign)]
+    assert assign.decision[0] == 2
+    # The conversation has not heard of the assignment yet: it still says it waits.
+    assert reassert(routing, "c1", None, as_of=(0, 0)) == []
+    holder = routing.holder_of("c1")
+    assert holder is not None and holder.agent_id == "alice"
+
+
+def test_a_chat_given_back_may_exceed_capacity_but_no_offer_does() -> None:
+    routing = rt.Routing([agent("alice", 1)], SETTINGS)
+    online(routing, "alice")
+    ask(routing, "c2", 0.0)  # offered to Alice: her one slot
+    reassert(routing, "c1", "alice")  # a live chat given back after a restart
+    alice = routing.agents["alice"]
+    assert sorted(alice.chats) == ["c1", "c2"]
+    ask(routing, "c3", 1.0)
+    assert routing.waiting("c3") is not None  # Alice is offered nothing more
