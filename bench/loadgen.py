@@ -250,12 +250,13 @@ class Agent:
                 if frame.get("content_type") != "text":
                     continue
                 # With an id, as the desk sends it: the answer is acked (with its seq)
-                # rather than echoed back.
+                # rather than echoed back. Unique per answer: a conversation takes a
+                # repeated id with the same text for a resend.
                 await ws.send(
                     dumps(
                         {
                             "type": "message",
-                            "id": "a",
+                            "id": f"a{self.answered}",
                             "conversation_id": frame["conversation_id"],
                             "content_type": "text",
                             "content": {"text": "re: " + str(content.get("text", ""))[:40]},
@@ -349,18 +350,21 @@ async def run_sessions(args: argparse.Namespace, server: psutil.Process | None) 
     setup_seconds = time.monotonic() - setup_started
     window = Window()
     # With an id, as the chat widget and the Python client send it: the server acks it with
-    # its seq instead of echoing the entry back.
-    frame = json.dumps(
-        {"type": "message", "id": "u", "content_type": "text", "content": {"text": PING_TEXT}}
-    )
+    # its seq instead of echoing the entry back. Unique per message (a numbered suffix on a
+    # frame made once): a conversation takes a repeated id with the same text for a resend.
+    head, tail = json.dumps(
+        {"type": "message", "id": "u#", "content_type": "text", "content": {"text": PING_TEXT}}
+    ).split("u#", 1)
 
     async def ping_pong(user: User) -> None:
         ws = user.ws
         clock = time.perf_counter
         loads = json.loads
+        sent_count = 0
         while True:
             sent = clock()
-            await ws.send(frame)
+            sent_count += 1
+            await ws.send(f"{head}u{sent_count}{tail}")
             while True:
                 reply = loads(await ws.recv())
                 if reply.get("type") == "entry" and reply.get("sender") == "agent":
