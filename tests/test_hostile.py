@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
 
 from actors import SESSION_START, BotEvent, Content, StoreUnavailable
 from transport import strict
@@ -24,7 +23,7 @@ from transport.client import Frame, ServerError
 from transport.sqlite_store import open_sqlite_store
 from transport.ws_server import LISTENERS
 
-from .support.ws import WsHarness, running_ws_server
+from .support.ws import WsHarness, close_code_after, hello, running_ws_server
 
 BIG = 2**63
 
@@ -39,22 +38,6 @@ def listener(request: pytest.FixtureRequest) -> str:
 async def harness(listener: str) -> AsyncIterator[WsHarness]:
     async with running_ws_server(listener=listener) as running:
         yield running
-
-
-async def close_code_after(url: str, *frames: str) -> int | None:
-    async with open_websocket_url(url) as ws:
-        for raw in frames:
-            await ws.send_message(raw)
-        with trio.fail_after(5):
-            try:
-                while True:
-                    await ws.get_message()
-            except ConnectionClosed as closed:
-                return closed.reason.code if closed.reason else None
-
-
-def hello(**fields: Any) -> str:
-    return json.dumps({"type": "hello", "v": 1, **fields})
 
 
 def is_error(code: str) -> Any:

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
+from trio_websocket import ConnectionClosed, wrap_client_stream
 
 from actors import SESSION_END, SESSION_START, BotSettings, MemoryStore, StoreUnavailable
 from actors.lifecycle import ConversationState
@@ -32,7 +32,7 @@ from transport.sqlite_store import open_sqlite_store
 from transport.tokens import ResumeTokens
 from transport.ws_server import LISTENERS, serve_websockets
 
-from .support.ws import WsHarness, check_frame, running_ws_server
+from .support.ws import WsHarness, check_frame, close_code_after, hello, running_ws_server
 
 Predicate = Callable[[Frame], bool]
 
@@ -187,22 +187,6 @@ async def test_an_agent_catches_up_on_what_it_missed(harness: WsHarness) -> None
 
 
 # -- hello failures -------------------------------------------------------------------------
-
-
-async def close_code_after(url: str, *frames: str | bytes) -> int | None:
-    async with open_websocket_url(url) as ws:
-        for raw in frames:
-            await ws.send_message(raw)
-        with trio.fail_after(5):
-            try:
-                while True:
-                    await ws.get_message()
-            except ConnectionClosed as closed:
-                return closed.reason.code if closed.reason else None
-
-
-def hello(**fields: Any) -> str:
-    return json.dumps({"type": "hello", "v": 1, **fields})
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ made by :meth:`WsHarness.user` and friends receive is checked against the protoc
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
@@ -15,6 +16,7 @@ from typing import Any
 
 import attrs
 import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from actors import (
     SESSION_END,
@@ -174,3 +176,20 @@ async def running_ws_server(
             yield WsHarness(f"ws://127.0.0.1:{port}/", services, bot, listener)
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def close_code_after(url: str, *frames: str | bytes) -> int | None:
+    """Send ``frames`` on a new connection and return the code it is closed with."""
+    async with open_websocket_url(url) as ws:
+        for raw in frames:
+            await ws.send_message(raw)
+        with trio.fail_after(5):
+            try:
+                while True:
+                    await ws.get_message()
+            except ConnectionClosed as closed:
+                return closed.reason.code if closed.reason else None
+
+
+def hello(**fields: Any) -> str:
+    return json.dumps({"type": "hello", "v": 1, **fields})
