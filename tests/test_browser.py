@@ -538,6 +538,21 @@ def test_the_widget_mounted_from_code_right_after_its_script_tag(
     assert not problems, problems
 
 
+def routed_page(context: BrowserContext, problems: list[str]) -> tuple[Page, list[Any]]:
+    """A page whose WebSockets reach the real server through Playwright's route, so a test
+    can hand the page a frame the server would never send; the routes, newest last."""
+    page = context.new_page()
+    watch_console(page, problems)
+    routes: list[Any] = []
+
+    def forward(ws: Any) -> None:
+        ws.connect_to_server()
+        routes.append(ws)
+
+    page.route_web_socket(re.compile(r"^wss?://"), forward)
+    return page, routes
+
+
 def test_a_user_message_shaped_like_a_notice_shows_as_the_users_text(
     server: Server, contexts: tuple[BrowserContext, BrowserContext]
 ) -> None:
@@ -547,15 +562,7 @@ def test_a_user_message_shaped_like_a_notice_shows_as_the_users_text(
     # route, which then hands it the entry a user could have shaped.
     user_context, _ = contexts
     problems: list[str] = []
-    page = user_context.new_page()
-    watch_console(page, problems)
-    routes: list[Any] = []
-
-    def forward(ws: Any) -> None:
-        ws.connect_to_server()
-        routes.append(ws)
-
-    page.route_web_socket(re.compile(r"^wss?://"), forward)
+    page, routes = routed_page(user_context, problems)
     page.goto(f"{server.http_url}/widget")
     widget = page.locator(".so-widget")
     expect(widget).to_have_attribute("data-connection", "online")
@@ -588,15 +595,7 @@ def test_the_desk_shows_a_user_message_shaped_like_a_notice_as_the_users_text(
     # end the chat (a real session_ended notice would).
     user_context, agent_context = contexts
     problems: list[str] = []
-    desk = agent_context.new_page()
-    watch_console(desk, problems)
-    routes: list[Any] = []
-
-    def forward(ws: Any) -> None:
-        ws.connect_to_server()
-        routes.append(ws)
-
-    desk.route_web_socket(re.compile(r"^wss?://"), forward)
+    desk, routes = routed_page(agent_context, problems)
     desk.goto(f"{server.http_url}/desk")
     desk.get_by_label("Agent token").fill(ALICE_TOKEN)
     desk.get_by_role("button", name="Sign in").click()
