@@ -166,7 +166,7 @@ class ConversationActor:
         self.state = state
         self.lifecycle: Lifecycle | None = None
         self.subscribers: list[Sink] = subscribers if subscribers is not None else []
-        self.effects = EffectRunner(context, conversation_id, self.subscribers, self._feed_bot)
+        self.effects = EffectRunner(context, conversation_id, self.subscribers, self)
         # Created on first use: most conversations never need them.
         self._feeder = feeder
         if feeder is not None:
@@ -213,7 +213,7 @@ class ConversationActor:
         self.lifecycle = lifecycle
         if self.owed_to_bot:
             for entry in self.owed_to_bot:
-                self._feed_bot(entry, self.state)
+                self.feed_bot(entry, self.state)
         self.owed_to_bot = None
         # After any start or restart, the backend hears about the open session again: it
         # changes nothing where the backend already has it, and mends whatever was lost.
@@ -520,7 +520,7 @@ class ConversationActor:
 
     # -- the bot ----------------------------------------------------------------------------
 
-    def _feed_bot(self, entry: Entry, state: ConversationState) -> None:
+    def feed_bot(self, entry: Entry, state: ConversationState) -> None:
         feeder = self._feeder
         if feeder is None:
             feeder = self._feeder = BotFeeder(

@@ -30,7 +30,8 @@ any restart, safe.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Protocol
 
 import trio
 
@@ -67,6 +68,12 @@ def abandon(sink: Sink) -> None:
             log.exception("a client could not be closed")
 
 
+class BotFeed(Protocol):
+    """Who feeds the conversation's bot (the actor, which owns the bot feeder)."""
+
+    def feed_bot(self, entry: Entry, state: ConversationState) -> None: ...
+
+
 class EffectRunner:
     """Carries out the effects of one conversation's transitions. ``subscribers`` is the
     conversation's own list of user sinks (shared, not copied)."""
@@ -77,7 +84,7 @@ class EffectRunner:
         "context",
         "conversation_id",
         "decision",
-        "feed_bot",
+        "owner",
         "pending",
         "position",
         "subscribers",
@@ -88,14 +95,14 @@ class EffectRunner:
         context: ConversationContext,
         conversation_id: str,
         subscribers: list[Sink],
-        feed_bot: Callable[[Entry, ConversationState], None],
+        owner: BotFeed,
     ) -> None:
         self.context = context
         self.conversation_id = conversation_id
         self.subscribers = subscribers
-        self.feed_bot = feed_bot
+        self.owner = owner
         #: Backend effects that raised, in order, waiting for their retry.
-        self.pending: list[BackendEffect] = []
+        self.pending: Sequence[BackendEffect] = ()
         self._backoff: Backoff | None = None
         self._deliver_failing = False
         #: The last queue position told to the user (ephemeral: never stored).
@@ -143,7 +150,7 @@ class EffectRunner:
         if Party.AGENT in audience and entry.agent_id is not None:
             self._to_agent(entry.agent_id, entry, state, skip)
         if Party.BOT in audience:
-            self.feed_bot(entry, state)
+            self.owner.feed_bot(entry, state)
 
     def applied(self, session_id: str, decision: Decision) -> None:
         """The conversation applied a backend decision about ``session_id``."""
@@ -219,7 +226,7 @@ class EffectRunner:
         try:
             await self._request(effect, state)
         except Exception as exc:
-            self.pending.append(effect)
+            self.pending = [*self.pending, effect]
             if self._backoff is None:
                 self._backoff = Backoff(first=0.5, cap=30.0)
             if self._backoff.failed(trio.current_time()):
@@ -296,7 +303,7 @@ class EffectRunner:
 
     async def retry(self, state: ConversationState) -> None:
         """Try the pending backend effects again, dropping those no longer current."""
-        pending, self.pending = self.pending, []
+        pending, self.pending = self.pending, ()
         for effect in pending:
             if _still_current(effect, state):
                 await self._backend(effect, state)
