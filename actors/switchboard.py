@@ -188,16 +188,19 @@ class Switchboard:
                 continue
             # Each actor re-asserts its session when it starts; asking here too, in the
             # order the sessions opened, keeps the queue in that order.
+            # (A backend that raises here is asked again by the actor, with backoff.)
             queued_at = session.queued_at if session.queued_at is not None else session.started_at
-            self._backend_for(state.bot_id).request_agent(
-                AgentRequest(
-                    state.conversation_id,
-                    session.session_id,
-                    state.bot_id,
-                    queued_at,
-                    held_by=session.agent_id,
-                )
+            request = AgentRequest(
+                state.conversation_id,
+                session.session_id,
+                state.bot_id,
+                queued_at,
+                held_by=session.agent_id,
             )
+            try:
+                self._backend_for(state.bot_id).request_agent(request)
+            except Exception:
+                log.exception("restoring session %s", session.session_id)
             self._start(state.conversation_id, state)
         for conversation_id, entries in owed.items():
             self._actor(conversation_id).owed_to_bot = entries
