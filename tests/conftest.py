@@ -19,6 +19,9 @@ from actors import (
     Switchboard,
     open_switchboard,
 )
+from transport.ws_server import LISTENERS
+
+from .support.ws import WsHarness, running_ws_server
 
 
 class RecordingSink:
@@ -124,3 +127,17 @@ async def board(echo_bot: EchoBot) -> AsyncIterator[Switchboard]:
     )
     async with open_switchboard({"demo": BotBinding(echo_bot, settings)}, {"desk": desk}) as board:
         yield board
+
+
+@pytest.fixture(params=LISTENERS)
+def listener(request: pytest.FixtureRequest) -> str:
+    """Each WebSocket listener in turn."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+async def harness(listener: str) -> AsyncIterator[WsHarness]:
+    """A WebSocket server on 127.0.0.1 with each listener in turn."""
+    async with running_ws_server(listener=listener) as running:
+        yield running

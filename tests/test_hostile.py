@@ -7,7 +7,7 @@ Each test runs on both WebSocket listeners (the ``listener`` fixture).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +21,10 @@ from transport.bots.resilience import BotReplyInvalid
 from transport.bots.webhook import messages_from
 from transport.client import Frame, ServerError
 from transport.sqlite_store import open_sqlite_store
-from transport.ws_server import LISTENERS
 
 from .support.ws import WsHarness, close_code_after, hello, running_ws_server
 
 BIG = 2**63
-
-
-@pytest.fixture(params=LISTENERS)
-def listener(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-async def harness(listener: str) -> AsyncIterator[WsHarness]:
-    async with running_ws_server(listener=listener) as running:
-        yield running
 
 
 def is_error(code: str) -> Any:

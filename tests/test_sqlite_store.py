@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -227,18 +227,10 @@ async def test_concurrent_records_share_commits_and_all_land(tmp_path: Path) -> 
 async def test_a_message_that_cannot_be_stored_fails_alone(tmp_path: Path) -> None:
     async with open_sqlite_store(tmp_path / "s.db") as store:
         bad = Entry("b", 1, 1.0, Party.USER, Content("x", {"v": object()}), frozenset())
-        results: dict[str, object] = {}
-
-        async def record(name: str, state: ConversationState, entries: Sequence[Entry]) -> None:
-            try:
-                await store.record(state, entries)
-                results[name] = "stored"
-            except StoreUnavailable as exc:
-                results[name] = str(exc)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(record, "bad", _state("b", 2), [bad])
-            nursery.start_soon(record, "good", _state("g", 2), [_entry("g", 1, "fine")])
+        results = await _record_all(
+            store,
+            {"bad": (_state("b", 2), [bad]), "good": (_state("g", 2), [_entry("g", 1, "fine")])},
+        )
         assert results["good"] == "stored"
         assert "cannot be stored" in str(results["bad"])
         assert await store.load("b") is None

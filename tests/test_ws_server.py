@@ -11,7 +11,7 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -32,7 +32,13 @@ from transport.sqlite_store import open_sqlite_store
 from transport.tokens import ResumeTokens
 from transport.ws_server import LISTENERS, serve_websockets
 
-from .support.ws import WsHarness, check_frame, close_code_after, hello, running_ws_server
+from .support.ws import (
+    WsHarness,
+    check_frame,
+    close_code_after,
+    hello,
+    running_ws_server,
+)
 
 Predicate = Callable[[Frame], bool]
 
@@ -49,18 +55,6 @@ def notice(code: str) -> Predicate:
 
 def error(code: str) -> Predicate:
     return lambda f: f["type"] == "error" and f["code"] == code
-
-
-@pytest.fixture(params=LISTENERS)
-def listener(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-async def harness(listener: str) -> AsyncIterator[WsHarness]:
-    async with running_ws_server(listener=listener) as running:
-        yield running
 
 
 async def hand_to_alice(harness: WsHarness, user: UserClient) -> Any:
