@@ -340,7 +340,7 @@ class ConversationActor:
         assert state is not None
         request = self.effects.reassert(state)
         if request is not None:
-            await self.effects.run(Transition(state, (request,)), None)
+            await self.effects.carry_out(request, state)
 
     def _may_hibernate(self) -> bool:
         hibernate_after = self.context.hibernate_after

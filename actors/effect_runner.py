@@ -38,7 +38,7 @@ import trio
 from . import effects as fx
 from .backoff import Backoff
 from .context import ConversationContext
-from .lifecycle import ConversationState, Transition
+from .lifecycle import ConversationState
 from .ports import (
     NO_DECISION,
     AgentRequest,
@@ -119,18 +119,10 @@ class EffectRunner:
 
     # -- one transition ---------------------------------------------------------------------
 
-    async def run(self, transition: Transition, origin: Sink | None) -> None:
-        """Carry out every effect of ``transition``. Never raises (but for cancellation)."""
-        state = transition.state
-        for effect in transition.effects:
-            if type(effect) is fx.Emit:
-                self.deliver(effect.entry, state, origin)
-            else:
-                await self.carry_out(effect, state)
-
     async def carry_out(self, effect: fx.Effect, state: ConversationState) -> None:
-        """One effect other than an ``Emit`` (the actor delivers those itself, without an
-        await: they are most of what a conversation does)."""
+        """Carry out one effect of the transition that led to ``state``; never raises (but
+        for cancellation). The actor delivers ``Emit`` itself with :meth:`deliver`, without
+        an await: that is most of what a conversation does."""
         if isinstance(effect, fx.Emit):
             self.deliver(effect.entry, state, None)
         elif isinstance(effect, fx.Signal):

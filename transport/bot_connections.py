@@ -120,10 +120,6 @@ class BotConnections:
         """Whether the bot has a connection open."""
         return bool(self._by_bot.get(bot_id))
 
-    def send(self, bot_id: str, text: str) -> bool:
-        """Hand ``text`` to one open connection of the bot; ``False`` when none took it."""
-        return self._send(bot_id, text) is not None
-
     def _send(self, bot_id: str, text: str) -> FrameOutlet | None:
         for outlet in list(self._by_bot.get(bot_id, ())):
             if outlet.send_frame(text):
