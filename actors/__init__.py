@@ -11,12 +11,12 @@ what users and agents do and subscribe sinks to hear what they are told::
 See docs/embedding.md for a complete, runnable example.
 """
 
-from .clock import Clock
-from .content import SESSION_END, SESSION_EXPIRED, SESSION_START, Content
-from .context import ConversationLimits
-from .desk import AgentProfile, Desk, UnknownAgent
-from .effects import Accepted, Outcome, Refused
-from .events import (
+from actors.clock import Clock
+from actors.content import SESSION_END, SESSION_EXPIRED, SESSION_START, Content
+from actors.context import ConversationLimits
+from actors.desk import AgentProfile, Desk, UnknownAgent
+from actors.effects import Accepted, Outcome, Refused
+from actors.events import (
     AgentSays,
     AgentSignsOff,
     AgentTransfers,
@@ -26,9 +26,16 @@ from .events import (
     UserSays,
     UserTyping,
 )
-from .lifecycle import IDLE_TIMEOUT, QUEUE_TIMEOUT, USER_ENDED, ConversationState, Lifecycle, Mode
-from .memory_store import MemoryStore
-from .ports import (
+from actors.lifecycle import (
+    IDLE_TIMEOUT,
+    QUEUE_TIMEOUT,
+    USER_ENDED,
+    ConversationState,
+    Lifecycle,
+    Mode,
+)
+from actors.memory_store import MemoryStore
+from actors.ports import (
     AgentRequest,
     Bot,
     BotEvent,
@@ -45,11 +52,11 @@ from .ports import (
     Transcript,
     Typing,
 )
-from .records import Entry, Party
-from .routing import Presence
-from .settings import BotSettings
-from .supervision import RestartPolicy
-from .switchboard import BotBinding, Overloaded, Switchboard, UnknownBot, open_switchboard
+from actors.records import Entry, Party
+from actors.routing import Presence
+from actors.settings import BotSettings
+from actors.supervision import RestartPolicy
+from actors.switchboard import BotBinding, Overloaded, Switchboard, UnknownBot, open_switchboard
 
 __all__ = [
     "IDLE_TIMEOUT",

@@ -23,13 +23,13 @@ from typing import Any
 
 import trio
 
-from . import effects as fx
-from .backoff import Backoff
-from .content import SESSION_END, SESSION_EXPIRED
-from .context import ConversationContext
-from .events import BotSays, BotUnavailable, Event
-from .ports import BotEvent
-from .records import Entry, Party
+from actors import effects as fx
+from actors.backoff import Backoff
+from actors.content import SESSION_END, SESSION_EXPIRED
+from actors.context import ConversationContext
+from actors.events import BotSays, BotUnavailable, Event
+from actors.ports import BotEvent
+from actors.records import Entry, Party
 
 log = logging.getLogger("switchover.conversation")
 

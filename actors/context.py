@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .alarms import Alarms
-from .clock import Clock
-from .lifecycle import Lifecycle
-from .ports import Bot, LivechatBackend, Store
+from actors.alarms import Alarms
+from actors.clock import Clock
+from actors.lifecycle import Lifecycle
+from actors.ports import Bot, LivechatBackend, Store
 
 if TYPE_CHECKING:
-    from .conversation import ConversationActor
+    from actors.conversation import ConversationActor
 
 
 @attrs.frozen

@@ -34,16 +34,16 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from . import effects as fx
-from .backoff import Backoff
-from .bot_feeder import BotFeeder
-from .context import ConversationContext
-from .effect_runner import EffectRunner
-from .events import AgentAssigned, Event, ReturnedToQueue, TimerFired
-from .lifecycle import ConversationState, Lifecycle, Transition
-from .mailbox import Mailbox
-from .ports import Sink, StoreUnavailable
-from .records import Entry, Party
+from actors import effects as fx
+from actors.backoff import Backoff
+from actors.bot_feeder import BotFeeder
+from actors.context import ConversationContext
+from actors.effect_runner import EffectRunner
+from actors.events import AgentAssigned, Event, ReturnedToQueue, TimerFired
+from actors.lifecycle import ConversationState, Lifecycle, Transition
+from actors.mailbox import Mailbox
+from actors.ports import Sink, StoreUnavailable
+from actors.records import Entry, Party
 
 log = logging.getLogger("switchover.conversation")
 

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping
 import attrs
 import trio
 
-from . import events as ev
-from . import routing as rt
-from .effect_runner import abandon
-from .ports import (
+from actors import events as ev
+from actors import routing as rt
+from actors.effect_runner import abandon
+from actors.ports import (
     AgentRequest,
     Colleague,
     CoreLink,
@@ -30,7 +30,7 @@ from .ports import (
     Sink,
     WaitingItem,
 )
-from .settings import BotSettings
+from actors.settings import BotSettings
 
 log = logging.getLogger("switchover.desk")
 

@@ -35,11 +35,11 @@ from typing import Protocol
 
 import trio
 
-from . import effects as fx
-from .backoff import Backoff
-from .context import ConversationContext
-from .lifecycle import ConversationState
-from .ports import (
+from actors import effects as fx
+from actors.backoff import Backoff
+from actors.context import ConversationContext
+from actors.lifecycle import ConversationState
+from actors.ports import (
     NO_DECISION,
     AgentRequest,
     Decision,
@@ -48,7 +48,7 @@ from .ports import (
     Transcript,
     Typing,
 )
-from .records import Entry, Party
+from actors.records import Entry, Party
 
 log = logging.getLogger("switchover.conversation")
 

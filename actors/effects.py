@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import attrs
 
-from .content import Content
-from .records import Entry, Party
+from actors.content import Content
+from actors.records import Entry, Party
 
 
 @attrs.frozen

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from .content import Content
+from actors.content import Content
 
 
 @attrs.frozen

@@ -26,9 +26,9 @@ from typing import Any
 
 import attrs
 
-from . import effects as fx
-from . import events as ev
-from .content import (
+from actors import effects as fx
+from actors import events as ev
+from actors.content import (
     PAYLOAD,
     SESSION_END,
     SESSION_EXPIRED,
@@ -36,8 +36,8 @@ from .content import (
     Content,
     split_sign_off,
 )
-from .records import Entry, Party
-from .settings import BotSettings
+from actors.records import Entry, Party
+from actors.settings import BotSettings
 
 USER_ENDED = "user_ended"
 IDLE_TIMEOUT = "idle_timeout"

@@ -13,11 +13,11 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from .clock import Clock
-from .content import Content
-from .events import Event
-from .lifecycle import ConversationState
-from .records import Entry, Party
+from actors.clock import Clock
+from actors.content import Content
+from actors.events import Event
+from actors.lifecycle import ConversationState
+from actors.records import Entry, Party
 
 Decision = tuple[int, int]
 """A backend's stamp on what it decided about a session (an assignment, a return to the

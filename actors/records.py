@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .content import Content
+from actors.content import Content
 
 
 class Party(enum.Enum):

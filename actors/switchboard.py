@@ -18,11 +18,11 @@ from functools import partial
 import attrs
 import trio
 
-from . import effects as fx
-from .alarms import Alarms
-from .clock import Clock
-from .context import ConversationContext, ConversationLimits
-from .conversation import (
+from actors import effects as fx
+from actors.alarms import Alarms
+from actors.clock import Clock
+from actors.context import ConversationContext, ConversationLimits
+from actors.conversation import (
     ConversationActor,
     Envelope,
     Inbound,
@@ -31,13 +31,13 @@ from .conversation import (
     Subscribe,
     Unsubscribe,
 )
-from .events import Event, UserSays
-from .lifecycle import ConversationState, Lifecycle
-from .memory_store import MemoryStore
-from .ports import AgentRequest, Bot, LivechatBackend, Sink, Store
-from .records import Entry, Party
-from .settings import BotSettings
-from .supervision import Escalated, RestartPolicy, supervise, supervise_service
+from actors.events import Event, UserSays
+from actors.lifecycle import ConversationState, Lifecycle
+from actors.memory_store import MemoryStore
+from actors.ports import AgentRequest, Bot, LivechatBackend, Sink, Store
+from actors.records import Entry, Party
+from actors.settings import BotSettings
+from actors.supervision import Escalated, RestartPolicy, supervise, supervise_service
 
 log = logging.getLogger("switchover.switchboard")
 
@@ -389,7 +389,7 @@ async def open_switchboard(
     With no ``backends``, every bot's sessions go to a built-in :class:`~actors.desk.Desk`
     named ``"desk"``, reachable as ``board.backends["desk"]``.
     """
-    from .desk import Desk
+    from actors.desk import Desk
 
     if backends is None:
         backends = {"desk": Desk(settings={k: b.settings for k, b in bots.items()})}

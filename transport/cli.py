@@ -20,8 +20,7 @@ from typing import Any, TextIO
 import trio
 
 from actors import StoreUnavailable
-
-from .config import (
+from transport.config import (
     DEFAULT_HOST,
     DEFAULT_HTTP_PORT,
     DEFAULT_WS_PORT,
@@ -33,9 +32,9 @@ from .config import (
     load_file,
     with_overrides,
 )
-from .logs import LOG_FORMATS, configure_logging
-from .runtime import ListenError
-from .version import version
+from transport.logs import LOG_FORMATS, configure_logging
+from transport.runtime import ListenError
+from transport.version import version
 
 SUBCOMMAND_MODULES = ("transport.store_commands",)
 
@@ -120,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    from .runtime import build_bindings
+    from transport.runtime import build_bindings
 
     path: Path = args.config
     try:
@@ -190,7 +189,7 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
 
 
 async def _serve(config: Config) -> None:
-    from .runtime import run_server
+    from transport.runtime import run_server
 
     for agent in config.generated_agents:
         print(

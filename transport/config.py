@@ -25,11 +25,10 @@ from typing import Any
 import attrs
 
 from actors import BotSettings
-
-from .credentials import hash_token, is_hashed, token_problem
-from .logs import LOG_FORMATS
-from .services import Limits
-from .strict import bad_text
+from transport.credentials import hash_token, is_hashed, token_problem
+from transport.logs import LOG_FORMATS
+from transport.services import Limits
+from transport.strict import bad_text
 
 log = logging.getLogger("switchover.config")
 

@@ -24,9 +24,9 @@ from typing import Any
 import attrs
 import trio
 
-from .credentials import AddressGuard, retry_words
-from .services import Services
-from .version import version
+from transport.credentials import AddressGuard, retry_words
+from transport.services import Services
+from transport.version import version
 
 log = logging.getLogger("switchover.http")
 

@@ -48,12 +48,11 @@ from actors import (
     UserTyping,
 )
 from actors.ports import Delivery
-
-from . import protocol as wire
-from .credentials import AddressGuard, find_token, retry_words
-from .protocol import BadFrame, FrameId
-from .services import Services
-from .tokens import ExpiredToken, InvalidToken, ResumeTokens
+from transport import protocol as wire
+from transport.credentials import AddressGuard, find_token, retry_words
+from transport.protocol import BadFrame, FrameId
+from transport.services import Services
+from transport.tokens import ExpiredToken, InvalidToken, ResumeTokens
 
 log = logging.getLogger("switchover.ws")
 

@@ -35,8 +35,7 @@ from actors import (
     Typing,
 )
 from actors.ports import Delivery
-
-from . import strict
+from transport import strict
 
 VERSION: Final = 1
 Role = Literal["user", "agent", "bot"]

@@ -24,14 +24,13 @@ import trio
 
 from actors import AgentProfile, BotBinding, BotSettings, Desk, MemoryStore, Store, Switchboard
 from actors.collector import tune_collector
-
-from .bot_connections import BotConnections
-from .bots import build_bot
-from .bots.resilience import make_http_client
-from .config import Config, ConfigError, ListenerConfig, signing_secret
-from .http_app import HttpApp, mount_extensions, serve_http
-from .services import Services
-from .version import version
+from transport.bot_connections import BotConnections
+from transport.bots import build_bot
+from transport.bots.resilience import make_http_client
+from transport.config import Config, ConfigError, ListenerConfig, signing_secret
+from transport.http_app import HttpApp, mount_extensions, serve_http
+from transport.services import Services
+from transport.version import version
 
 log = logging.getLogger("switchover.runtime")
 
@@ -119,7 +118,7 @@ def open_store(config: Config) -> AbstractAsyncContextManager[Store]:
     """The SQLite store in ``data_dir`` when asked for and available, else memory."""
     if config.store.kind == "sqlite" and config.store.data_dir is not None:
         if importlib.util.find_spec("transport.sqlite_store") is not None:
-            from .sqlite_store import database_path, open_sqlite_store
+            from transport.sqlite_store import database_path, open_sqlite_store
 
             config.store.data_dir.mkdir(parents=True, exist_ok=True)
             return open_sqlite_store(
@@ -138,7 +137,7 @@ async def _memory_store() -> AsyncIterator[Store]:
 async def _serve_websockets(
     services: Services, listen: ListenerConfig, *, task_status: trio.TaskStatus[int]
 ) -> None:
-    from .ws_server import serve_websockets
+    from transport.ws_server import serve_websockets
 
     await serve_websockets(
         services,
@@ -216,7 +215,7 @@ def _start_retention(config: Config, store: Store, nursery: trio.Nursery, every:
     if config.store.kind != "sqlite" or importlib.util.find_spec("transport.sqlite_store") is None:
         log.warning("store.retention_days is ignored: conversations are kept in memory")
         return
-    from . import sqlite_store
+    from transport import sqlite_store
 
     if not isinstance(store, sqlite_store.SQLiteStore):
         log.warning("store.retention_days is ignored: this store cannot prune")

@@ -8,8 +8,7 @@ from collections.abc import Mapping
 import attrs
 
 from actors import ConversationLimits, Desk, Switchboard
-
-from .bot_connections import BotConnections
+from transport.bot_connections import BotConnections
 
 
 def _positive_seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:

@@ -39,9 +39,8 @@ from actors import ConversationState, Entry, Party, StoreUnavailable
 from actors.content import SESSION_END, SESSION_EXPIRED, Content
 from actors.lifecycle import Mode, Session, deadline
 from actors.settings import BotSettings
-
-from .sqlite_schema import SchemaTooNew, check_version, migrate
-from .strict import bad_text
+from transport.sqlite_schema import SchemaTooNew, check_version, migrate
+from transport.strict import bad_text
 
 log = logging.getLogger("switchover.store")
 

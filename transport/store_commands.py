@@ -21,9 +21,8 @@ from typing import Any
 import trio
 
 from actors import Entry, StoreUnavailable
-
-from .sqlite_schema import SchemaTooNew, check_version
-from .sqlite_store import MESSAGE_COLUMNS, database_path, entry_from_row, open_sqlite_store
+from transport.sqlite_schema import SchemaTooNew, check_version
+from transport.sqlite_store import MESSAGE_COLUMNS, database_path, entry_from_row, open_sqlite_store
 
 FORMATS = ("json", "text")
 
@@ -67,12 +66,12 @@ def _database(args: argparse.Namespace) -> Path:
     if data_dir is None and os.environ.get("SWITCHOVER_DATA_DIR"):
         data_dir = Path(os.environ["SWITCHOVER_DATA_DIR"])
     if data_dir is None and args.config is not None:
-        from .config import load_file
+        from transport.config import load_file
 
         data_dir = load_file(args.config).store.data_dir
     if data_dir is None:
         # Where `switchover serve` keeps it when told nothing.
-        from .config import DEFAULT_DATA_DIR
+        from transport.config import DEFAULT_DATA_DIR
 
         data_dir = DEFAULT_DATA_DIR
     path = database_path(data_dir)

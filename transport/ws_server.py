@@ -42,13 +42,13 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed
 
-from . import fastws
-from . import protocol as wire
-from .config import WS_LISTENERS
-from .credentials import AddressGuard
-from .peers import BAD_HELLO, GOING_AWAY, INTERNAL_ERROR, TOO_SLOW, Peer
-from .services import Limits, Services
-from .tokens import ResumeTokens
+from transport import fastws
+from transport import protocol as wire
+from transport.config import WS_LISTENERS
+from transport.credentials import AddressGuard
+from transport.peers import BAD_HELLO, GOING_AWAY, INTERNAL_ERROR, TOO_SLOW, Peer
+from transport.services import Limits, Services
+from transport.tokens import ResumeTokens
 
 log = logging.getLogger("switchover.ws")
 

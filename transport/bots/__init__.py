@@ -48,15 +48,15 @@ def build_bot(
                 f"bots.{bot_id}.options: not accepted by the demo bot: {exc}"
             ) from None
     if adapter == "csml":
-        from .csml import CsmlBot
+        from transport.bots.csml import CsmlBot
 
         return CsmlBot.from_options(bot_id, options, http=http)
     if adapter == "webhook":
-        from .webhook import WebhookBot
+        from transport.bots.webhook import WebhookBot
 
         return WebhookBot.from_options(bot_id, options, http=http)
     if adapter == "connected":
-        from .connected import ConnectedBot
+        from transport.bots.connected import ConnectedBot
 
         if connections is None:
             raise ValueError("the connected adapter needs the server's bot connections")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .. import strict
+from transport import strict
 
 #: The fields a push body may have; anything else is refused (400), as on the WebSocket.
 PUSH_FIELDS: Final = frozenset({"conversation_id", "messages"})

@@ -22,9 +22,8 @@ from transport.bot_connections import (
     BotNotAcknowledging,
     BotNotConnected,
 )
+from transport.bots.options import OptionReader
 from transport.protocol import event_frame
-
-from .options import OptionReader
 
 OPTION_KEYS: Final = frozenset({"connect_wait", "ack_timeout"})
 

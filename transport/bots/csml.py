@@ -50,10 +50,9 @@ import attrs
 import httpx
 
 from actors import SESSION_END, SESSION_EXPIRED, BotEvent, Content
-
-from .. import strict
-from .options import RESILIENCE_KEYS, OptionReader
-from .resilience import (
+from transport import strict
+from transport.bots.options import RESILIENCE_KEYS, OptionReader
+from transport.bots.resilience import (
     BotReplyInvalid,
     Resilience,
     check_status,

@@ -7,9 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from transport.bots.resilience import CircuitBreaker, Resilience, RetryPolicy
 from transport.config import ConfigError
-
-from .resilience import CircuitBreaker, Resilience, RetryPolicy
 
 RESILIENCE_KEYS = frozenset(
     {"timeout", "attempts", "backoff", "max_backoff", "breaker_threshold", "breaker_cooldown"}

@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from actors import Accepted, BotSays, Content, Outcome, Overloaded
-
-from ..credentials import find_token
-from ..services import Services
-from .checks import check_push_body
+from transport.bots.checks import check_push_body
+from transport.credentials import find_token
+from transport.services import Services
 
 if TYPE_CHECKING:
-    from ..http_app import HttpApp, Request, Response
+    from transport.http_app import HttpApp, Request, Response
 
 log = logging.getLogger("switchover.bots.push")
 
@@ -166,7 +165,7 @@ async def push_messages(
 
 def register(app: HttpApp, services: Services) -> None:
     """Mount :func:`push_messages` on Switchover's HTTP app."""
-    from ..http_app import Response
+    from transport.http_app import Response
 
     async def handle(request: Request) -> Response:
         status, answer = await push_messages(

@@ -28,10 +28,9 @@ from typing import Any
 import httpx
 
 from actors import BotEvent, Content
-
-from .. import strict
-from .options import RESILIENCE_KEYS, OptionReader
-from .resilience import BotReplyInvalid, Resilience, check_status, make_http_client
+from transport import strict
+from transport.bots.options import RESILIENCE_KEYS, OptionReader
+from transport.bots.resilience import BotReplyInvalid, Resilience, check_status, make_http_client
 
 OPTION_KEYS = RESILIENCE_KEYS | {"url", "secret"}
 
