@@ -11,12 +11,19 @@ what users and agents do and subscribe sinks to hear what they are told::
 See docs/embedding.md for a complete, runnable example.
 """
 
-from actors.clock import Clock
-from actors.content import SESSION_END, SESSION_EXPIRED, SESSION_START, Content
-from actors.context import ConversationLimits
-from actors.desk import AgentProfile, Desk, UnknownAgent
-from actors.effects import Accepted, Outcome, Refused
-from actors.events import (
+from actors.machines.lifecycle import (
+    IDLE_TIMEOUT,
+    QUEUE_TIMEOUT,
+    USER_ENDED,
+    ConversationState,
+    Lifecycle,
+    Mode,
+)
+from actors.machines.routing import Presence
+from actors.memory_store import MemoryStore
+from actors.model.content import SESSION_END, SESSION_EXPIRED, SESSION_START, Content
+from actors.model.effects import Accepted, Outcome, Refused
+from actors.model.events import (
     AgentSays,
     AgentSignsOff,
     AgentTransfers,
@@ -26,15 +33,8 @@ from actors.events import (
     UserSays,
     UserTyping,
 )
-from actors.lifecycle import (
-    IDLE_TIMEOUT,
-    QUEUE_TIMEOUT,
-    USER_ENDED,
-    ConversationState,
-    Lifecycle,
-    Mode,
-)
-from actors.memory_store import MemoryStore
+from actors.model.records import Entry, Party
+from actors.model.settings import BotSettings
 from actors.ports import (
     AgentRequest,
     Bot,
@@ -52,11 +52,17 @@ from actors.ports import (
     Transcript,
     Typing,
 )
-from actors.records import Entry, Party
-from actors.routing import Presence
-from actors.settings import BotSettings
-from actors.supervision import RestartPolicy
-from actors.switchboard import BotBinding, Overloaded, Switchboard, UnknownBot, open_switchboard
+from actors.trio.clock import Clock
+from actors.trio.context import ConversationLimits
+from actors.trio.desk import AgentProfile, Desk, UnknownAgent
+from actors.trio.supervision import RestartPolicy
+from actors.trio.switchboard import (
+    BotBinding,
+    Overloaded,
+    Switchboard,
+    UnknownBot,
+    open_switchboard,
+)
 
 __all__ = [
     "IDLE_TIMEOUT",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actors.lifecycle import ConversationState
-from actors.records import Entry, Party
+from actors.machines.lifecycle import ConversationState
+from actors.model.records import Entry, Party
 
 
 class MemoryStore:

@@ -13,11 +13,11 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from actors.clock import Clock
-from actors.content import Content
-from actors.events import Event
-from actors.lifecycle import ConversationState
-from actors.records import Entry, Party
+from actors.machines.lifecycle import ConversationState
+from actors.model.content import Content
+from actors.model.events import Event
+from actors.model.records import Entry, Party
+from actors.trio.clock import Clock
 
 Decision = tuple[int, int]
 """A backend's stamp on what it decided about a session (an assignment, a return to the

@@ -65,8 +65,8 @@ from actors import (
     UserSays,
     open_switchboard,
 )
-from actors.collector import tune_collector
-from actors.mailbox import Mailbox
+from actors.trio.collector import tune_collector
+from actors.trio.mailbox import Mailbox
 
 AGENTS = 100
 DEFAULT_EXPIRY_BATCH: int = inspect.signature(Switchboard).parameters["expiry_batch"].default
@@ -192,7 +192,7 @@ def rates(messages: int, elapsed: float, cpu: float) -> dict[str, float]:
 
 def collector_for_run(tuned: bool) -> Any:
     """The collector as the server runs it (``tuned``: frozen after start-up, raised
-    thresholds, ``actors/collector.py``), or as Python starts; returns how to undo it."""
+    thresholds, ``actors/trio/collector.py``), or as Python starts; returns how to undo it."""
     thresholds = gc.get_threshold()
     if tuned:
         tune_collector()
@@ -503,7 +503,7 @@ async def expiry_stall(
         gc.collect()
         thresholds = gc.get_threshold()
         if tuned:
-            # What the server does after start-up (actors/collector.py): freeze, and raise
+            # What the server does after start-up (actors/trio/collector.py): freeze, and raise
             # the collector's thresholds.
             tune_collector()
         elif freeze_gc:

@@ -1,4 +1,4 @@
-"""The wake-up service (:class:`actors.alarms.Alarms`), on trio's MockClock.
+"""The wake-up service (:class:`actors.trio.alarms.Alarms`), on trio's MockClock.
 
 ``mock_clock`` moves only when a test jumps it, so "not before" is checked by jumping to just
 short of a deadline; ``autojump_clock`` jumps straight to the next deadline, so every wake-up is
@@ -15,8 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from actors.alarms import Alarms
-from actors.mailbox import Mailbox
+from actors.trio.alarms import Alarms
+from actors.trio.mailbox import Mailbox
 
 TINY = 2.0**-20
 """Less than a microsecond, and exact in binary: times built with it compare exactly."""
@@ -302,7 +302,7 @@ async def test_a_sleeper_may_ask_again_from_inside_wake(
 
 
 class LazyActor:
-    """The consumer side, as :class:`actors.conversation.ConversationActor` does it: ask for a
+    """The consumer side, as :class:`actors.trio.conversation.ConversationActor` does it: ask for a
     wake-up only when the deadline comes earlier than the one already asked for; a wake-up is
     only a hint to look at the deadline, and one that comes early (or stale) is answered by
     asking again for what remains."""

@@ -36,8 +36,9 @@ from actors import (
     UserSays,
     UserTyping,
 )
-from actors import effects as fx
-from actors.events import (
+from actors.machines.lifecycle import Session, Transition, _Builder, _live_message, _touched
+from actors.model import effects as fx
+from actors.model.events import (
     AgentAssigned,
     BotUnavailable,
     Event,
@@ -46,7 +47,6 @@ from actors.events import (
     TimerFired,
     TransferFailed,
 )
-from actors.lifecycle import Session, Transition, _Builder, _live_message, _touched
 
 SETTINGS = BotSettings(
     session_timeout=3600.0,

@@ -1,14 +1,14 @@
 """Random interleavings of users, a bot, agents, presence, the clock and messages in flight.
 
-One model drives the pure :class:`~actors.lifecycle.Lifecycle` of several conversations
-together with the pure desk :class:`~actors.routing.Routing`, the way the conversation actors
-and the desk actor run: each on its own, talking through channels. What a conversation asks
-of the desk (a request, a withdrawal, a release, a transfer) goes into the desk's one channel;
-what the desk tells a conversation (an assignment, a queue position, a return to the queue)
-goes into that conversation's inbox. Each channel is first in, first out, but which channel
-delivers next, and whether users, agents or the clock act first, is up to hypothesis. The desk
-may also restart: it loses every session and is rebuilt by the open sessions re-asserting
-themselves, as the switchboard has them do.
+One model drives the pure :class:`~actors.machines.lifecycle.Lifecycle` of several conversations
+together with the pure desk :class:`~actors.machines.routing.Routing`, the way the conversation
+actors and the desk actor run: each on its own, talking through channels. What a conversation asks
+of the desk (a request, a withdrawal, a release, a transfer) goes into the desk's one channel; what
+the desk tells a conversation (an assignment, a queue position, a return to the queue) goes into
+that conversation's inbox. Each channel is first in, first out, but which channel delivers next, and
+whether users, agents or the clock act first, is up to hypothesis. The desk may also restart: it
+loses every session and is rebuilt by the open sessions re-asserting themselves, as the switchboard
+has them do.
 
 Hypothesis then looks for an interleaving that breaks one of these invariants.
 
@@ -79,9 +79,9 @@ from actors import (
     UserSays,
     UserTyping,
 )
-from actors import effects as fx
-from actors import routing as rt
-from actors.events import (
+from actors.machines import routing as rt
+from actors.model import effects as fx
+from actors.model.events import (
     AgentAssigned,
     Event,
     QueuePositionChanged,
@@ -115,8 +115,9 @@ class Reassert:
 REASSERT = Reassert()
 
 DeskRequest = tuple[str, tuple[object, ...]]
-"""A conversation's request in the desk's channel: a :class:`~actors.routing.Routing` method
-and its arguments but the time, as the desk actor posts them."""
+"""A conversation's request in the desk's channel: a
+:class:`~actors.machines.routing.Routing` method and its arguments but the time, as the desk
+actor posts them."""
 
 
 class LifecycleWithDesk(RuleBasedStateMachine):

@@ -12,8 +12,8 @@ import typing
 import pytest
 
 from actors import Accepted, BotSettings, Content, ConversationState, Lifecycle, Mode, Refused
-from actors import events as ev
-from actors.lifecycle import Ignore, Refuse, Session
+from actors.machines.lifecycle import Ignore, Refuse, Session
+from actors.model import events as ev
 
 NOW = 1_000.0
 

@@ -1,4 +1,4 @@
-"""The conversation's inbox (:class:`actors.mailbox.Mailbox`): one reader, writers that never
+"""The conversation's inbox (:class:`actors.trio.mailbox.Mailbox`): one reader, writers that never
 wait. Nothing here sleeps: a test waits for the other tasks to block, never for time to pass."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from actors.mailbox import Mailbox
+from actors.trio.mailbox import Mailbox
 
 
 class Reader:

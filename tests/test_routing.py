@@ -1,11 +1,11 @@
-"""The desk's routing rules, on the pure :class:`~actors.routing.Routing` machine."""
+"""The desk's routing rules, on the pure :class:`~actors.machines.routing.Routing` machine."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from actors import AgentRequest, BotSettings, Presence
-from actors import routing as rt
+from actors.machines import routing as rt
 
 SETTINGS = {"demo": BotSettings(grace_period=30.0), "other": BotSettings(grace_period=5.0)}
 

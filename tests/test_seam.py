@@ -43,7 +43,7 @@ from actors import (
     UserSays,
     open_switchboard,
 )
-from actors.events import AgentAssigned
+from actors.model.events import AgentAssigned
 
 from .conftest import EchoBot, RecordingSink, notice
 

@@ -36,8 +36,8 @@ from actors import (
     MemoryStore,
     UserSays,
 )
-from actors import effects as fx
-from actors.events import (
+from actors.model import effects as fx
+from actors.model.events import (
     AgentAssigned,
     Event,
     QueuePositionChanged,

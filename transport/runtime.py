@@ -23,7 +23,7 @@ import httpx
 import trio
 
 from actors import AgentProfile, BotBinding, BotSettings, Desk, MemoryStore, Store, Switchboard
-from actors.collector import tune_collector
+from actors.trio.collector import tune_collector
 from transport.bot_connections import BotConnections
 from transport.bots import build_bot
 from transport.bots.resilience import make_http_client
@@ -239,7 +239,7 @@ async def _serve(
         )
         await core.start(board.run)
         # Open sessions are restored: freeze what start-up built and space out collections,
-        # so a crowd of expiries is not stalled by a full collection (actors/collector.py).
+        # so a crowd of expiries is not stalled by a full collection (actors/trio/collector.py).
         tune_collector()
         _start_retention(config, store, core, parts.prune_every)
         services = Services(

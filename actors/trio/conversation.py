@@ -1,11 +1,11 @@
 """One trio task per conversation: the thin, I/O-doing shell around the lifecycle.
 
 The actor owns its conversation's state and takes everything that happens to the
-conversation from its own inbox (:class:`~actors.mailbox.Mailbox`), in order. For the events
+conversation from its own inbox (:class:`~actors.trio.mailbox.Mailbox`), in order. For the events
 waiting there it asks the lifecycle what must happen, makes the result durable in the store
-with one write, then has the :class:`~actors.effect_runner.EffectRunner` carry out the
+with one write, then has the :class:`~actors.trio.effect_runner.EffectRunner` carry out the
 effects (deliveries to the user's clients, to the agent through the livechat backend, to the
-bot through the :class:`~actors.bot_feeder.BotFeeder`), and only then tells each sender its
+bot through the :class:`~actors.trio.bot_feeder.BotFeeder`), and only then tells each sender its
 outcome. Once the store has a transition its sender is told ``Accepted``: nothing that fails
 after the commit changes that (see the effect runner's table).
 
@@ -15,7 +15,7 @@ Measured costs shape the loop (see bench/README.md):
   one scheduler pass and one store commit for a whole run of events, not one per event.
 * The deadline pattern: the session's deadline is derived from the state, so activity only
   moves a timestamp. The actor holds no cancel scope: it asks the
-  :class:`~actors.alarms.Alarms` to post it a wake-up, and only when its next wake-up comes
+  :class:`~actors.trio.alarms.Alarms` to post it a wake-up, and only when its next wake-up comes
   *earlier* than the one it already asked for (a session opening, a retry). A wake-up that
   comes before the real deadline (activity moved it) is answered by asking again for the
   remainder. The same wake-ups drive hibernation in bot mode and the retries of a refused
@@ -34,16 +34,16 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from actors import effects as fx
-from actors.backoff import Backoff
-from actors.bot_feeder import BotFeeder
-from actors.context import ConversationContext
-from actors.effect_runner import EffectRunner
-from actors.events import AgentAssigned, Event, ReturnedToQueue, TimerFired
-from actors.lifecycle import ConversationState, Lifecycle, Transition
-from actors.mailbox import Mailbox
+from actors.machines.backoff import Backoff
+from actors.machines.lifecycle import ConversationState, Lifecycle, Transition
+from actors.model import effects as fx
+from actors.model.events import AgentAssigned, Event, ReturnedToQueue, TimerFired
+from actors.model.records import Entry, Party
 from actors.ports import Sink, StoreUnavailable
-from actors.records import Entry, Party
+from actors.trio.bot_feeder import BotFeeder
+from actors.trio.context import ConversationContext
+from actors.trio.effect_runner import EffectRunner
+from actors.trio.mailbox import Mailbox
 
 log = logging.getLogger("switchover.conversation")
 

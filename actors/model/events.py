@@ -2,15 +2,15 @@
 
 Small frozen classes, one per thing that can happen to a conversation, whoever causes it: the
 user, the bot, an agent, the livechat backend (queue positions, assignments) or the clock.
-The lifecycle (:mod:`actors.lifecycle`) takes one of these and the current time and says what
-must happen; nothing here does any I/O.
+The lifecycle (:mod:`actors.machines.lifecycle`) takes one of these and the current time
+and says what must happen; nothing here does any I/O.
 """
 
 from __future__ import annotations
 
 import attrs
 
-from actors.content import Content
+from actors.model.content import Content
 
 
 @attrs.frozen

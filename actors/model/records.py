@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from actors.content import Content
+from actors.model.content import Content
 
 
 class Party(enum.Enum):

@@ -26,9 +26,9 @@ from typing import Any
 
 import attrs
 
-from actors import effects as fx
-from actors import events as ev
-from actors.content import (
+from actors.model import effects as fx
+from actors.model import events as ev
+from actors.model.content import (
     PAYLOAD,
     SESSION_END,
     SESSION_EXPIRED,
@@ -36,8 +36,8 @@ from actors.content import (
     Content,
     split_sign_off,
 )
-from actors.records import Entry, Party
-from actors.settings import BotSettings
+from actors.model.records import Entry, Party
+from actors.model.settings import BotSettings
 
 USER_ENDED = "user_ended"
 IDLE_TIMEOUT = "idle_timeout"

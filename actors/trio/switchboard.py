@@ -18,11 +18,17 @@ from functools import partial
 import attrs
 import trio
 
-from actors import effects as fx
-from actors.alarms import Alarms
-from actors.clock import Clock
-from actors.context import ConversationContext, ConversationLimits
-from actors.conversation import (
+from actors.machines.lifecycle import ConversationState, Lifecycle
+from actors.memory_store import MemoryStore
+from actors.model import effects as fx
+from actors.model.events import Event, UserSays
+from actors.model.records import Entry, Party
+from actors.model.settings import BotSettings
+from actors.ports import AgentRequest, Bot, LivechatBackend, Sink, Store
+from actors.trio.alarms import Alarms
+from actors.trio.clock import Clock
+from actors.trio.context import ConversationContext, ConversationLimits
+from actors.trio.conversation import (
     ConversationActor,
     Envelope,
     Inbound,
@@ -31,13 +37,7 @@ from actors.conversation import (
     Subscribe,
     Unsubscribe,
 )
-from actors.events import Event, UserSays
-from actors.lifecycle import ConversationState, Lifecycle
-from actors.memory_store import MemoryStore
-from actors.ports import AgentRequest, Bot, LivechatBackend, Sink, Store
-from actors.records import Entry, Party
-from actors.settings import BotSettings
-from actors.supervision import Escalated, RestartPolicy, supervise, supervise_service
+from actors.trio.supervision import Escalated, RestartPolicy, supervise, supervise_service
 
 log = logging.getLogger("switchover.switchboard")
 
@@ -80,7 +80,7 @@ class Switchboard:
     ``inbox_limit``: how many events may wait for one conversation before :meth:`submit`
     refuses more with :class:`Overloaded`. ``expiry_batch``: how many conversations the
     alarms wake per scheduler tick when many deadlines come due at once (see
-    :mod:`actors.alarms`); it bounds how long a crowd of expiries can stall everything else.
+    :mod:`actors.trio.alarms`); it bounds how long a crowd of expiries can stall everything else.
     """
 
     def __init__(
@@ -386,10 +386,10 @@ async def open_switchboard(
 ) -> AsyncIterator[Switchboard]:
     """Run a switchboard for the duration of the ``async with`` block.
 
-    With no ``backends``, every bot's sessions go to a built-in :class:`~actors.desk.Desk`
+    With no ``backends``, every bot's sessions go to a built-in :class:`~actors.trio.desk.Desk`
     named ``"desk"``, reachable as ``board.backends["desk"]``.
     """
-    from actors.desk import Desk
+    from actors.trio.desk import Desk
 
     if backends is None:
         backends = {"desk": Desk(settings={k: b.settings for k, b in bots.items()})}

@@ -35,10 +35,10 @@ from typing import Protocol
 
 import trio
 
-from actors import effects as fx
-from actors.backoff import Backoff
-from actors.context import ConversationContext
-from actors.lifecycle import ConversationState
+from actors.machines.backoff import Backoff
+from actors.machines.lifecycle import ConversationState
+from actors.model import effects as fx
+from actors.model.records import Entry, Party
 from actors.ports import (
     NO_DECISION,
     AgentRequest,
@@ -48,7 +48,7 @@ from actors.ports import (
     Transcript,
     Typing,
 )
-from actors.records import Entry, Party
+from actors.trio.context import ConversationContext
 
 log = logging.getLogger("switchover.conversation")
 

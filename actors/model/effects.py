@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import attrs
 
-from actors.content import Content
-from actors.records import Entry, Party
+from actors.model.content import Content
+from actors.model.records import Entry, Party
 
 
 @attrs.frozen

@@ -23,13 +23,13 @@ from typing import Any
 
 import trio
 
-from actors import effects as fx
-from actors.backoff import Backoff
-from actors.content import SESSION_END, SESSION_EXPIRED
-from actors.context import ConversationContext
-from actors.events import BotSays, BotUnavailable, Event
+from actors.machines.backoff import Backoff
+from actors.model import effects as fx
+from actors.model.content import SESSION_END, SESSION_EXPIRED
+from actors.model.events import BotSays, BotUnavailable, Event
+from actors.model.records import Entry, Party
 from actors.ports import BotEvent
-from actors.records import Entry, Party
+from actors.trio.context import ConversationContext
 
 log = logging.getLogger("switchover.conversation")
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from actors.alarms import Alarms
-from actors.clock import Clock
-from actors.lifecycle import Lifecycle
+from actors.machines.lifecycle import Lifecycle
 from actors.ports import Bot, LivechatBackend, Store
+from actors.trio.alarms import Alarms
+from actors.trio.clock import Clock
 
 if TYPE_CHECKING:
-    from actors.conversation import ConversationActor
+    from actors.trio.conversation import ConversationActor
 
 
 @attrs.frozen

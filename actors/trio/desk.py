@@ -1,6 +1,6 @@
 """The built-in agent desk: Switchover's own livechat backend, as an actor.
 
-The desk's queue and agent pool live in :class:`~actors.routing.Routing`, owned by one task
+The desk's queue and agent pool live in :class:`~actors.machines.routing.Routing`, owned by one task
 that takes requests from conversations and from agents' connections on its own channel, and
 owns the one timer that ends agents' grace periods. Deliveries to agents do not pass through
 that task: a conversation hands them straight to the agent's connected sinks, so a live
@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping
 import attrs
 import trio
 
-from actors import events as ev
-from actors import routing as rt
-from actors.effect_runner import abandon
+from actors.machines import routing as rt
+from actors.model import events as ev
+from actors.model.settings import BotSettings
 from actors.ports import (
     AgentRequest,
     Colleague,
@@ -30,7 +30,7 @@ from actors.ports import (
     Sink,
     WaitingItem,
 )
-from actors.settings import BotSettings
+from actors.trio.effect_runner import abandon
 
 log = logging.getLogger("switchover.desk")
 
