@@ -25,7 +25,7 @@ from actors import (
     Transcript,
     Typing,
 )
-from actors.ports import HeldChat, WaitingItem
+from actors.model.deliveries import HeldChat, WaitingItem
 from transport import protocol as wire
 from transport import strict
 from transport.protocol import BadFrame, parse_frame, parse_hello
@@ -555,3 +555,11 @@ def test_a_tampered_old_token_is_invalid_not_expired() -> None:
 def test_a_max_age_must_be_positive_and_finite(max_age: float) -> None:
     with pytest.raises(ValueError, match="max age"):
         ResumeTokens("s3cret", max_age=max_age)
+
+
+@pytest.mark.parametrize("after_seq", ["1.0", "1e0", "2.5"])
+def test_a_seq_with_a_fraction_or_exponent_is_refused(after_seq: str) -> None:
+    raw = '{"type": "replay", "id": "r1", "conversation_id": "c1", "after_seq": ' + after_seq + "}"
+    with pytest.raises(wire.BadFrame) as refused:
+        wire.parse_frame(raw, "agent", 65536)
+    assert refused.value.code == "invalid_frame"

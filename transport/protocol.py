@@ -34,7 +34,7 @@ from actors import (
     Transcript,
     Typing,
 )
-from actors.ports import Delivery
+from actors.model.deliveries import Delivery
 from transport import strict
 
 VERSION: Final = 1
@@ -90,10 +90,20 @@ _REGISTRY: Final = Registry().with_resources(
 )
 
 
+def _whole_number(_: object, value: object) -> bool:
+    return type(value) is int
+
+
 def validator(name: str) -> jsonschema.protocols.Validator:
-    """A compiled validator for the schema ``name`` (a file name without ``.json``)."""
+    """A compiled validator for the schema ``name`` (a file name without ``.json``).
+
+    ``"integer"`` means a JSON number written without a fraction or exponent: JSON Schema
+    also counts ``1.0`` as an integer, which would reach the core as a float (a slice index,
+    a seq) from a client's hostile frame."""
     schema = SCHEMAS[name]
-    cls = jsonschema.validators.validator_for(schema)
+    base = jsonschema.validators.validator_for(schema)
+    checker = base.TYPE_CHECKER.redefine("integer", _whole_number)
+    cls = jsonschema.validators.extend(base, type_checker=checker)
     return cls(schema, registry=_REGISTRY)
 
 
