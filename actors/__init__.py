@@ -11,17 +11,21 @@ what users and agents do and subscribe sinks to hear what they are told::
 See docs/embedding.md for a complete, runnable example.
 """
 
-from actors.machines.lifecycle import (
-    IDLE_TIMEOUT,
-    QUEUE_TIMEOUT,
-    USER_ENDED,
-    ConversationState,
-    Lifecycle,
-    Mode,
-)
+from actors.machines.lifecycle import IDLE_TIMEOUT, QUEUE_TIMEOUT, USER_ENDED, Lifecycle
 from actors.machines.routing import Presence
 from actors.memory_store import MemoryStore
+from actors.model.agent_request import AgentRequest
 from actors.model.content import SESSION_END, SESSION_EXPIRED, SESSION_START, Content
+from actors.model.deliveries import (
+    BotEvent,
+    Colleague,
+    Delivery,
+    DeskStatus,
+    Problem,
+    QueuePosition,
+    Transcript,
+    Typing,
+)
 from actors.model.effects import Accepted, Outcome, Refused
 from actors.model.events import (
     AgentSays,
@@ -33,27 +37,12 @@ from actors.model.events import (
     UserSays,
     UserTyping,
 )
+from actors.model.limits import ConversationLimits
 from actors.model.records import Entry, Party
 from actors.model.settings import BotSettings
-from actors.ports import (
-    AgentRequest,
-    Bot,
-    BotEvent,
-    Colleague,
-    CoreLink,
-    Delivery,
-    DeskStatus,
-    LivechatBackend,
-    Problem,
-    QueuePosition,
-    Sink,
-    Store,
-    StoreUnavailable,
-    Transcript,
-    Typing,
-)
+from actors.model.state import ConversationState, Mode
+from actors.ports import Bot, CoreLink, LivechatBackend, Sink, Store, StoreUnavailable
 from actors.trio.clock import Clock
-from actors.trio.context import ConversationLimits
 from actors.trio.desk import AgentProfile, Desk, UnknownAgent
 from actors.trio.supervision import RestartPolicy
 from actors.trio.switchboard import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actors.machines.lifecycle import ConversationState
 from actors.model.records import Entry, Party
+from actors.model.state import ConversationState
 
 
 class MemoryStore:

@@ -7,42 +7,21 @@ WebSocket clients and SQLite, and an embedding application can implement them it
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
-import attrs
-import trio
-
-from actors.machines.lifecycle import ConversationState
+from actors.model.agent_request import AgentRequest
 from actors.model.content import Content
+from actors.model.deliveries import BotEvent, Delivery
 from actors.model.events import Event
-from actors.model.records import Entry, Party
-from actors.trio.clock import Clock
+from actors.model.records import Entry
+from actors.model.state import ConversationState
 
-Decision = tuple[int, int]
-"""A backend's stamp on what it decided about a session (an assignment, a return to the
-queue): its run (it grows with every restart of the backend) and a counter, so two stamps
-compare in the order they were made. A re-assertion carries the stamp of the last decision
-the conversation applied: a backend that decided since keeps its own view (its word is on
-the way to the conversation); otherwise the conversation's view wins."""
+if TYPE_CHECKING:
+    # Only named in signatures: the interfaces stay importable without the trio half.
+    import trio
 
-NO_DECISION: Decision = (0, 0)
-
-
-@attrs.frozen
-class BotEvent:
-    """One event a bot must see. ``event_id`` is stable across retries, so a bot can
-    de-duplicate a delivery it has already handled. ``sender`` says who it comes from: a
-    ``LIVECHAT_SESSION_END`` from :attr:`Party.SYSTEM` is a real session ending, the same
-    payload from :attr:`Party.USER` is only something the user typed or clicked."""
-
-    event_id: str
-    conversation_id: str
-    bot_id: str
-    user_id: str
-    content: Content
-    metadata: Mapping[str, Any] = attrs.field(factory=dict)
-    sender: Party = Party.USER
+    from actors.trio.clock import Clock
 
 
 class Bot(Protocol):
@@ -54,95 +33,6 @@ class Bot(Protocol):
     """
 
     async def on_event(self, event: BotEvent) -> Sequence[Content]: ...
-
-
-@attrs.frozen
-class Typing:
-    """Someone in the conversation is typing (ephemeral: not numbered, not stored)."""
-
-    conversation_id: str
-    party: Party
-    agent_id: str | None = None
-
-
-@attrs.frozen
-class QueuePosition:
-    """The user's place in the queue (1 is next): ephemeral like typing, not numbered and not
-    stored, since every pickup moves every waiting user. A client that (re)connects while
-    waiting is told the latest one."""
-
-    conversation_id: str
-    session_id: str
-    position: int
-
-
-@attrs.frozen
-class Transcript:
-    """What an agent sees on pickup: the conversation so far and who the user is.
-    ``truncated``: only the latest entries are here; earlier ones come with ``replay``."""
-
-    conversation_id: str
-    session_id: str
-    bot_id: str
-    user_id: str
-    user_metadata: Mapping[str, Any]
-    entries: tuple[Entry, ...]
-    truncated: bool = False
-
-
-@attrs.frozen
-class Problem:
-    """An error for one client: a stable ``code`` and words for a person."""
-
-    code: str
-    detail: str
-    conversation_id: str | None = None
-
-
-@attrs.frozen
-class WaitingItem:
-    conversation_id: str
-    bot_id: str
-    queued_at: float
-    position: int
-
-
-@attrs.frozen
-class HeldChat:
-    conversation_id: str
-    session_id: str
-    bot_id: str
-    grace_until: float | None
-
-
-@attrs.frozen
-class Colleague:
-    """Another agent serving one of the same bots, as a transfer target: ``presence`` is
-    "offline" while none of its clients is connected, whatever it last chose, since only a
-    connected agent can take a chat."""
-
-    agent_id: str
-    name: str
-    presence: str
-    free_slots: int
-
-
-@attrs.frozen
-class DeskStatus:
-    """An agent's view of the desk: presence, the chats it holds, the waiting queue of the
-    bots it serves, and its colleagues (agents sharing one of those bots, who a chat can be
-    transferred to). Sent whenever any of it changes."""
-
-    agent_id: str
-    name: str
-    presence: str
-    capacity: int
-    chats: tuple[HeldChat, ...]
-    queue: tuple[WaitingItem, ...]
-    colleagues: tuple[Colleague, ...] = ()
-
-
-Delivery = Entry | Typing | QueuePosition | Transcript | Problem | DeskStatus
 
 
 class Sink(Protocol):
@@ -159,20 +49,6 @@ class CoreLink(Protocol):
     def clock(self) -> Clock: ...
 
     def post(self, conversation_id: str, event: Event) -> None: ...
-
-
-@attrs.frozen
-class AgentRequest:
-    """A session asking for a human, or re-asserting where it stands: ``held_by`` is the
-    agent the conversation last heard holds it (``None``: it waits), ``as_of`` the stamp of
-    the last backend decision about it the conversation applied (see :data:`Decision`)."""
-
-    conversation_id: str
-    session_id: str
-    bot_id: str
-    queued_at: float
-    held_by: str | None = None
-    as_of: Decision = NO_DECISION
 
 
 class LivechatBackend(Protocol):

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import transport.sqlite_store as sqlite_store
 from actors import BotSettings, Content, ConversationState, Entry, Party
-from actors.machines.lifecycle import Session
+from actors.model.state import Session
 from transport.sqlite_schema import migrate
 from transport.sqlite_store import PRUNE_CHUNK_ROWS, SQLiteStore, open_sqlite_store
 

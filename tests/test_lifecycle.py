@@ -36,7 +36,7 @@ from actors import (
     UserSays,
     UserTyping,
 )
-from actors.machines.lifecycle import Session, Transition, _Builder, _live_message, _touched
+from actors.machines.lifecycle import Transition, _Builder, _live_message, _touched
 from actors.model import effects as fx
 from actors.model.events import (
     AgentAssigned,
@@ -47,6 +47,7 @@ from actors.model.events import (
     TimerFired,
     TransferFailed,
 )
+from actors.model.state import Session
 
 SETTINGS = BotSettings(
     session_timeout=3600.0,

@@ -12,8 +12,9 @@ import typing
 import pytest
 
 from actors import Accepted, BotSettings, Content, ConversationState, Lifecycle, Mode, Refused
-from actors.machines.lifecycle import Ignore, Refuse, Session
+from actors.machines.lifecycle import Ignore, Refuse
 from actors.model import events as ev
+from actors.model.state import Session
 
 NOW = 1_000.0
 

@@ -44,7 +44,7 @@ from actors import (
     UserSays,
     open_switchboard,
 )
-from actors.machines.lifecycle import Session
+from actors.model.state import Session
 from transport.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
 from transport.sqlite_store import (
     AGENT_ENTRIES_PAGE,

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, wrap_client_stream
 
 from actors import SESSION_END, SESSION_START, BotSettings, MemoryStore, StoreUnavailable
-from actors.machines.lifecycle import ConversationState
 from actors.model.records import Entry
+from actors.model.state import ConversationState
 from transport import protocol as wire
 from transport.client import Closed, Frame, ServerError, UserClient, connect_user
 from transport.services import Limits

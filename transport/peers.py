@@ -47,7 +47,7 @@ from actors import (
     UserSays,
     UserTyping,
 )
-from actors.ports import Delivery
+from actors.model.deliveries import Delivery
 from transport import protocol as wire
 from transport.credentials import AddressGuard, find_token, retry_words
 from transport.protocol import BadFrame, FrameId

@@ -34,7 +34,7 @@ class Limits:
     ``auth_failures``/``auth_window`` and ``new_conversations_per_minute``/``_burst`` limit
     each client address (see transport/credentials.py). ``bot_queue``, ``message_ids``,
     ``transcript_tail``: the per-conversation bounds of
-    :class:`actors.trio.context.ConversationLimits`."""
+    :class:`actors.model.limits.ConversationLimits`."""
 
     max_frame_bytes: int = 64 * 1024
     rate: float = 20.0

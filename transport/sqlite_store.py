@@ -36,9 +36,9 @@ from typing import Any, TypeVar
 import trio
 
 from actors import ConversationState, Entry, Party, StoreUnavailable
-from actors.machines.lifecycle import Mode, Session, deadline
 from actors.model.content import SESSION_END, SESSION_EXPIRED, Content
 from actors.model.settings import BotSettings
+from actors.model.state import Mode, Session, deadline
 from transport.sqlite_schema import SchemaTooNew, check_version, migrate
 from transport.strict import bad_text
 

@@ -38,6 +38,7 @@ from actors.model.content import (
 )
 from actors.model.records import Entry, Party
 from actors.model.settings import BotSettings
+from actors.model.state import ConversationState, Mode, Session, deadline
 
 USER_ENDED = "user_ended"
 IDLE_TIMEOUT = "idle_timeout"
@@ -51,61 +52,11 @@ _USER_AND_BOT = frozenset({Party.USER, Party.BOT})
 _BOT = frozenset({Party.BOT})
 
 
-class Mode(enum.Enum):
-    BOT = "bot"
-    QUEUED = "queued"
-    LIVE = "live"
-
-
-@attrs.frozen
-class Session:
-    """An open livechat session. ``agent_id`` is ``None`` while it waits in the queue."""
-
-    session_id: str
-    started_at: float
-    last_activity: float
-    queued_at: float | None
-    agent_id: str | None = None
-    agent_name: str = ""
-    sign_off_offered: bool = False
-
-
-@attrs.frozen
-class ConversationState:
-    """Everything the lifecycle knows about one conversation; a snapshot is enough to resume
-    it after a crash or a restart."""
-
-    conversation_id: str
-    bot_id: str
-    user_id: str
-    user_metadata: Mapping[str, Any] = attrs.field(factory=dict)
-    next_seq: int = 1
-    session: Session | None = None
-    sessions_opened: int = 0
-
-    @property
-    def mode(self) -> Mode:
-        if self.session is None:
-            return Mode.BOT
-        return Mode.QUEUED if self.session.agent_id is None else Mode.LIVE
-
-
 @attrs.frozen
 class Transition:
     state: ConversationState
     effects: tuple[fx.Effect, ...] = ()
     outcome: fx.Outcome = fx.Accepted()
-
-
-def deadline(state: ConversationState, settings: BotSettings) -> float | None:
-    """When the open session ends unless something happens first; ``None`` in bot mode."""
-    session = state.session
-    if session is None:
-        return None
-    idle = session.last_activity + settings.session_timeout
-    if session.queued_at is not None and settings.queue_timeout is not None:
-        return min(idle, session.queued_at + settings.queue_timeout)
-    return idle
 
 
 class _Keep(enum.Enum):

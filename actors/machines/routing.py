@@ -31,8 +31,8 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from actors.model.agent_request import NO_DECISION, AgentRequest, Decision
 from actors.model.settings import BotSettings
-from actors.ports import NO_DECISION, AgentRequest, Decision
 
 
 class Presence(enum.Enum):

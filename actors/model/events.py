@@ -79,7 +79,7 @@ class QueuePositionChanged:
 @attrs.frozen
 class AgentAssigned:
     """From the livechat backend: an agent now holds the session (on pickup or transfer).
-    ``decision`` is the backend's stamp on it (see :data:`actors.ports.Decision`)."""
+    ``decision`` is the backend's stamp on it (see :data:`actors.model.agent_request.Decision`)."""
 
     session_id: str
     agent_id: str

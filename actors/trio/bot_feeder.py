@@ -26,9 +26,9 @@ import trio
 from actors.machines.backoff import Backoff
 from actors.model import effects as fx
 from actors.model.content import SESSION_END, SESSION_EXPIRED
+from actors.model.deliveries import BotEvent
 from actors.model.events import BotSays, BotUnavailable, Event
 from actors.model.records import Entry, Party
-from actors.ports import BotEvent
 from actors.trio.context import ConversationContext
 
 log = logging.getLogger("switchover.conversation")

@@ -14,27 +14,13 @@ from typing import TYPE_CHECKING
 import attrs
 
 from actors.machines.lifecycle import Lifecycle
+from actors.model.limits import ConversationLimits
 from actors.ports import Bot, LivechatBackend, Store
 from actors.trio.alarms import Alarms
 from actors.trio.clock import Clock
 
 if TYPE_CHECKING:
     from actors.trio.conversation import ConversationActor
-
-
-@attrs.frozen
-class ConversationLimits:
-    """Per-conversation bounds.
-
-    ``bot_queue``: bot events that may wait for one conversation's bot before the user's
-    next message is refused ``overloaded``. ``message_ids``: client message ids remembered
-    per conversation, so a resend is answered with its first ``ack`` and stored once.
-    ``transcript_tail``: entries an agent is given on pickup (the rest through ``replay``).
-    """
-
-    bot_queue: int = 64
-    message_ids: int = 256
-    transcript_tail: int = 200
 
 
 @attrs.frozen

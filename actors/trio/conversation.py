@@ -35,10 +35,11 @@ import attrs
 import trio
 
 from actors.machines.backoff import Backoff
-from actors.machines.lifecycle import ConversationState, Lifecycle, Transition
+from actors.machines.lifecycle import Lifecycle, Transition
 from actors.model import effects as fx
 from actors.model.events import AgentAssigned, Event, ReturnedToQueue, TimerFired
 from actors.model.records import Entry, Party
+from actors.model.state import ConversationState
 from actors.ports import Sink, StoreUnavailable
 from actors.trio.bot_feeder import BotFeeder
 from actors.trio.context import ConversationContext

@@ -18,18 +18,10 @@ import trio
 
 from actors.machines import routing as rt
 from actors.model import events as ev
+from actors.model.agent_request import AgentRequest
+from actors.model.deliveries import Colleague, Delivery, DeskStatus, HeldChat, Problem, WaitingItem
 from actors.model.settings import BotSettings
-from actors.ports import (
-    AgentRequest,
-    Colleague,
-    CoreLink,
-    Delivery,
-    DeskStatus,
-    HeldChat,
-    Problem,
-    Sink,
-    WaitingItem,
-)
+from actors.ports import CoreLink, Sink
 from actors.trio.effect_runner import abandon
 
 log = logging.getLogger("switchover.desk")
@@ -113,11 +105,12 @@ class Desk:
     :meth:`claim`; conversations call the backend methods. All of them only post to the
     desk's channel, so none blocks.
 
-    ``publish_interval``: agents' views of the desk (:class:`~actors.ports.DeskStatus`) are
-    re-sent at most this often (seconds); changes in between are gathered into the next
-    one. A view lists every chat and the whole queue, so rebuilding views after every change
-    would cost the desk more than the changes themselves when thousands of sessions move at
-    once. Messages, assignments and problems are never delayed, only the views.
+    ``publish_interval``: agents' views of the desk
+    (:class:`~actors.model.deliveries.DeskStatus`) are re-sent at most this often (seconds); changes
+    in between are gathered into the next one. A view lists every chat and the whole queue, so
+    rebuilding views after every change would cost the desk more than the changes themselves when
+    thousands of sessions move at once. Messages, assignments and problems are never delayed, only
+    the views.
     """
 
     def __init__(

@@ -36,18 +36,12 @@ from typing import Protocol
 import trio
 
 from actors.machines.backoff import Backoff
-from actors.machines.lifecycle import ConversationState
 from actors.model import effects as fx
+from actors.model.agent_request import NO_DECISION, AgentRequest, Decision
+from actors.model.deliveries import QueuePosition, Transcript, Typing
 from actors.model.records import Entry, Party
-from actors.ports import (
-    NO_DECISION,
-    AgentRequest,
-    Decision,
-    QueuePosition,
-    Sink,
-    Transcript,
-    Typing,
-)
+from actors.model.state import ConversationState
+from actors.ports import Sink
 from actors.trio.context import ConversationContext
 
 log = logging.getLogger("switchover.conversation")

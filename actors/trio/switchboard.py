@@ -18,16 +18,19 @@ from functools import partial
 import attrs
 import trio
 
-from actors.machines.lifecycle import ConversationState, Lifecycle
+from actors.machines.lifecycle import Lifecycle
 from actors.memory_store import MemoryStore
 from actors.model import effects as fx
+from actors.model.agent_request import AgentRequest
 from actors.model.events import Event, UserSays
+from actors.model.limits import ConversationLimits
 from actors.model.records import Entry, Party
 from actors.model.settings import BotSettings
-from actors.ports import AgentRequest, Bot, LivechatBackend, Sink, Store
+from actors.model.state import ConversationState
+from actors.ports import Bot, LivechatBackend, Sink, Store
 from actors.trio.alarms import Alarms
 from actors.trio.clock import Clock
-from actors.trio.context import ConversationContext, ConversationLimits
+from actors.trio.context import ConversationContext
 from actors.trio.conversation import (
     ConversationActor,
     Envelope,
