@@ -11,7 +11,7 @@ Run it by hand::
 
 It takes the same ``--host``/``--port`` as ``switchover serve`` (port 0: pick a free one) and
 prints ``listening on ws://HOST:PORT`` once it accepts connections. ``--impl fastws`` runs
-the same echo on ``transport.fastws`` instead, to see what the framing layer alone is worth.
+the same echo on ``transport.servers.fastws`` instead, to see what the framing layer alone is worth.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def raise_fd_limit() -> int:
 async def main(host: str, port: int, impl: str) -> None:
     serve: Any
     if impl == "fastws":
-        from transport import fastws
+        from transport.servers import fastws
 
         serve = fastws.serve_websocket
     else:

@@ -37,7 +37,7 @@ from trio_websocket import (
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.servers import BENCH, HOST, LISTENERS, PYTHON, free_port, running, scratch
-from transport import protocol as wire
+from transport.protocol import frames as wire
 
 INPUT_ERRORS = wire.ERROR_CODES - {"internal_error", "conversation_failed", "store_unavailable"}
 HELLO_CLOSES = {4400, 4401, 4404}

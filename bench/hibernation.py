@@ -49,7 +49,7 @@ from actors import (
     UserSays,
     open_switchboard,
 )
-from transport.sqlite_store import SQLiteStore, open_sqlite_store
+from transport.store.sqlite import SQLiteStore, open_sqlite_store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hibernation.json"
 SETTINGS = BotSettings()

@@ -35,11 +35,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import transport.sqlite_store as sqlite_store
+import transport.store.sqlite as sqlite_store
 from actors import BotSettings, Content, ConversationState, Entry, Party
 from actors.model.state import Session
-from transport.sqlite_schema import migrate
-from transport.sqlite_store import PRUNE_CHUNK_ROWS, SQLiteStore, open_sqlite_store
+from transport.store.schema import migrate
+from transport.store.sqlite import PRUNE_CHUNK_ROWS, SQLiteStore, open_sqlite_store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prune.json"
 SETTINGS = BotSettings()

@@ -45,7 +45,7 @@ from actors import (
     UserSays,
     open_switchboard,
 )
-from transport.sqlite_store import SQLiteStore, open_sqlite_store
+from transport.store.sqlite import SQLiteStore, open_sqlite_store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "store.json"
 SETTINGS = BotSettings()

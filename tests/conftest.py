@@ -19,7 +19,7 @@ from actors import (
     Switchboard,
     open_switchboard,
 )
-from transport.ws_server import LISTENERS
+from transport.servers.websocket import LISTENERS
 
 from .support.ws import WsHarness, running_ws_server
 

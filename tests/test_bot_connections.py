@@ -11,15 +11,15 @@ import pytest
 import trio
 import trio.testing
 
-from transport.bot_connections import (
+from transport.bots import build_bot
+from transport.bots.connected import ConnectedBot
+from transport.bots.connections import (
     MAX_SENDS,
     BotConnections,
     BotNotAcknowledging,
     BotNotConnected,
 )
-from transport.bots import build_bot
-from transport.bots.connected import ConnectedBot
-from transport.config import ConfigError
+from transport.errors import ConfigError
 
 
 class Outlet:

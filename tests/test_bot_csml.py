@@ -28,7 +28,7 @@ from actors import (
 )
 from transport.bots import build_bot
 from transport.bots.csml import CsmlBot
-from transport.config import ConfigError
+from transport.errors import ConfigError
 
 from .conftest import RecordingSink, notice
 from .fakes.asgi_server import serving

@@ -22,10 +22,10 @@ from actors import (
     UserSays,
     open_switchboard,
 )
-from transport.bots import push
-from transport.credentials import hash_token
-from transport.http_app import HttpApp, mount_extensions
-from transport.services import Services
+from transport.protocol.credentials import hash_token
+from transport.protocol.services import Services
+from transport.servers import push
+from transport.servers.http import HttpApp, mount_extensions
 
 from .conftest import EchoBot, RecordingSink, notice
 from .fakes.asgi_server import serving
@@ -46,7 +46,7 @@ async def services() -> AsyncIterator[Services]:
 @pytest.fixture
 async def http(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     app = HttpApp(services)
-    assert "transport.bots.push" in mount_extensions(app, services)
+    assert "transport.servers.push" in mount_extensions(app, services)
     async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
         yield client
 

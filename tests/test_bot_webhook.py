@@ -38,7 +38,7 @@ from transport.bots.webhook import (
     signed_headers,
     verify_signature,
 )
-from transport.config import ConfigError
+from transport.errors import ConfigError
 
 from .conftest import RecordingSink, notice
 from .fakes.webhook_bot import SECRET, BotServer

@@ -11,7 +11,6 @@ import pytest
 from transport.config import (
     DEFAULT_AGENT,
     DEFAULT_BOT,
-    ConfigError,
     StoreConfig,
     embedded_defaults,
     from_mapping,
@@ -19,6 +18,7 @@ from transport.config import (
     load_file,
     signing_secret,
 )
+from transport.errors import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "docs" / "examples" / "switchover.toml"
 

@@ -7,15 +7,16 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from transport.config import ConfigError, embedded_defaults, from_mapping
-from transport.credentials import (
+from transport.config import embedded_defaults, from_mapping
+from transport.errors import ConfigError
+from transport.protocol.credentials import (
     MIN_TOKEN_LENGTH,
     AddressGuard,
     find_token,
     hash_token,
     token_problem,
 )
-from transport.services import Limits
+from transport.protocol.limits import Limits
 
 from .support.ws import running_ws_server
 

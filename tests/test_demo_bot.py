@@ -26,7 +26,7 @@ from actors import (
 )
 from transport.bots import build_bot
 from transport.bots.demo import APOLOGY, GREETING, HOURS, HUMAN_BUTTON, THANKS, DemoBot, reply_to
-from transport.config import ConfigError
+from transport.errors import ConfigError
 
 from .conftest import RecordingSink, notice
 

@@ -14,8 +14,8 @@ from actors import SESSION_END, SESSION_START
 from transport.bots.demo import APOLOGY, GREETING, HUMAN_BUTTON, THANKS
 from transport.client import Frame, connect_agent, connect_user
 from transport.config import Config, from_mapping
-from transport.protocol import server_frame_errors
-from transport.runtime import RunningServer, run_server
+from transport.protocol.frames import server_frame_errors
+from transport.servers.runtime import RunningServer, run_server
 
 ALICE_TOKEN = "alice-token-for-tests"
 

@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from actors import SESSION_END, SESSION_START
-from transport import protocol as wire
-from transport.services import Limits
-from transport.ws_server import LISTENERS
+from transport.protocol import frames as wire
+from transport.protocol.limits import Limits
+from transport.servers.websocket import LISTENERS
 
 from .support.ws import AGENT_TOKENS, BOT_TOKENS, WsHarness, running_ws_server
 

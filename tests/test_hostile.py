@@ -15,12 +15,12 @@ import pytest
 import trio
 
 from actors import SESSION_START, BotEvent, Content, StoreUnavailable
-from transport import strict
 from transport.bots.csml import replies_from
 from transport.bots.resilience import BotReplyInvalid
 from transport.bots.webhook import messages_from
 from transport.client import Frame, ServerError
-from transport.sqlite_store import open_sqlite_store
+from transport.protocol import strict
+from transport.store.sqlite import open_sqlite_store
 
 from .support.ws import WsHarness, close_code_after, hello, running_ws_server
 
@@ -338,7 +338,7 @@ async def test_a_replay_reads_only_the_agents_own_entries_a_page_at_a_time(
 ) -> None:
     # An agent may name any conversation in a replay: one it never held, with a long history,
     # must not cost the server that whole history. Pages of 2 here, to see the paging work.
-    import transport.peers as peers
+    import transport.protocol.peer as peers
 
     monkeypatch.setattr(peers, "CATCH_UP_PAGE", 2)
     async with (
@@ -389,7 +389,7 @@ async def test_a_replay_reads_only_the_agents_own_entries_a_page_at_a_time(
 
 
 def test_a_close_reason_that_is_not_unicode_is_still_sent() -> None:
-    from transport.ws_server import _close_reason
+    from transport.servers.websocket import _close_reason
 
     assert _close_reason("unknown bot '\ud800'") == "unknown bot '?'"
     assert len(_close_reason("é" * 200).encode()) <= 123

@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from actors import SESSION_START, Content, Desk, Switchboard, UserSays
-from transport.http_app import WEB_DIR, HttpApp, Request, Response, mount_extensions, serve_http
-from transport.services import Services
+from transport.protocol.services import Services
+from transport.servers.http import WEB_DIR, HttpApp, Request, Response, mount_extensions, serve_http
 
 
 @attrs.frozen
@@ -115,7 +115,7 @@ async def test_metrics_are_prometheus_text(served: Served, client: httpx.AsyncCl
 async def test_other_modules_add_metrics_and_routes(
     served: Served, client: httpx.AsyncClient
 ) -> None:
-    from transport.http_app import Metric
+    from transport.servers.http import Metric
 
     served.app.add_metrics(lambda: [Metric("switchover_test_things", "gauge", "Things.", 2.5)])
 
@@ -136,7 +136,7 @@ async def test_other_modules_add_metrics_and_routes(
 
 
 async def test_the_bot_push_route_is_mounted(served: Served, client: httpx.AsyncClient) -> None:
-    assert mount_extensions(served.app, served.app.services) == ["transport.bots.push"]
+    assert mount_extensions(served.app, served.app.services) == ["transport.servers.push"]
     response = await client.post("/v1/bots/demo/messages", json={"conversation_id": "x"})
     assert response.status_code == 401
     state = await served.board.open_conversation("demo")

@@ -26,10 +26,9 @@ from actors import (
     Typing,
 )
 from actors.model.deliveries import HeldChat, WaitingItem
-from transport import protocol as wire
-from transport import strict
-from transport.protocol import BadFrame, parse_frame, parse_hello
-from transport.tokens import ExpiredToken, InvalidToken, ResumeTokens
+from transport.protocol import frames as wire
+from transport.protocol.frames import BadFrame, parse_frame, parse_hello, strict
+from transport.protocol.tokens import ExpiredToken, InvalidToken, ResumeTokens
 
 LIMIT = 64 * 1024
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
@@ -232,8 +231,9 @@ def test_bad_hellos_are_refused(raw: str, fragment: str) -> None:
 
 
 def taken(data: dict[str, Any], schema_ok: bool) -> bool:
-    """What the parser must take: what the schema accepts, in strict JSON (transport/strict.py:
-    integers within +-(2^53 - 1), valid Unicode, bounded nesting), and no message in a content
+    """What the parser must take: what the schema accepts, in strict JSON
+    (transport/protocol/strict.py: integers within +-(2^53 - 1), valid Unicode, bounded nesting),
+    and no message in a content
     type reserved for the system."""
     contents = data.get("messages") if isinstance(data.get("messages"), list) else [data]
     reserved = any(

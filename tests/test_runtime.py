@@ -15,10 +15,11 @@ import trio
 
 from actors import SESSION_END, SESSION_START, ConversationState, Store
 from transport.client import Frame, connect_agent, connect_bot, connect_user
-from transport.config import ConfigError, from_mapping
-from transport.protocol import server_frame_errors
-from transport.runtime import RunningServer, build_bindings, run_server
-from transport.sqlite_store import database_path, open_sqlite_store
+from transport.config import from_mapping
+from transport.errors import ConfigError
+from transport.protocol.frames import server_frame_errors
+from transport.servers.runtime import RunningServer, build_bindings, run_server
+from transport.store.sqlite import database_path, open_sqlite_store
 
 AGENT_TOKEN = "alice-token-for-runtime-tests"
 BOT_TOKEN = "relay-token-for-runtime-tests"

@@ -45,8 +45,8 @@ from actors import (
     open_switchboard,
 )
 from actors.model.state import Session
-from transport.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
-from transport.sqlite_store import (
+from transport.store.schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
+from transport.store.sqlite import (
     AGENT_ENTRIES_PAGE,
     ENTRIES_AFTER,
     ENTRIES_PAGE,
@@ -279,7 +279,7 @@ async def test_a_poison_row_in_a_batch_of_100_refuses_only_its_sender(
 ) -> None:
     # Should a row the check lets through still fail the commit, the writer finds it by
     # halving the batch: the other 99 are stored, and nobody hears the poison's text.
-    import transport.sqlite_store as module
+    import transport.store.sqlite as module
 
     monkeypatch.setattr(module, "_writable", lambda rows: True)
     async with open_sqlite_store(tmp_path / "s.db") as store:
@@ -943,7 +943,7 @@ def _contents(path: Path) -> dict[str, list[tuple[object, ...]]]:
 async def test_chunked_prune_deletes_what_one_transaction_deleted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan: int
 ) -> None:
-    monkeypatch.setattr("transport.sqlite_store.PRUNE_SCAN", scan)
+    monkeypatch.setattr("transport.store.sqlite.PRUNE_SCAN", scan)
     original = tmp_path / "original.db"
     cutoff = _build_for_pruning(original)
     reference, chunked, bare = (tmp_path / f"{name}.db" for name in ("ref", "chunked", "bare"))

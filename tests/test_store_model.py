@@ -44,7 +44,7 @@ from actors.model.events import (
     ReturnedToQueue,
     TimerFired,
 )
-from transport.sqlite_store import SQLiteStore, open_sqlite_store
+from transport.store.sqlite import SQLiteStore, open_sqlite_store
 
 SETTINGS = BotSettings(session_timeout=100.0, queue_timeout=60.0)
 CONVERSATIONS = ("c1", "c2")

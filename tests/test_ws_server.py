@@ -25,12 +25,12 @@ from trio_websocket import ConnectionClosed, wrap_client_stream
 from actors import SESSION_END, SESSION_START, BotSettings, MemoryStore, StoreUnavailable
 from actors.model.records import Entry
 from actors.model.state import ConversationState
-from transport import protocol as wire
 from transport.client import Closed, Frame, ServerError, UserClient, connect_user
-from transport.services import Limits
-from transport.sqlite_store import open_sqlite_store
-from transport.tokens import ResumeTokens
-from transport.ws_server import LISTENERS, serve_websockets
+from transport.protocol import frames as wire
+from transport.protocol.limits import Limits
+from transport.protocol.tokens import ResumeTokens
+from transport.servers.websocket import LISTENERS, serve_websockets
+from transport.store.sqlite import open_sqlite_store
 
 from .support.ws import (
     WsHarness,

@@ -27,16 +27,16 @@ from transport.config import (
     ENVIRONMENT,
     WS_LISTENERS,
     Config,
-    ConfigError,
     load,
     load_file,
     with_overrides,
 )
+from transport.errors import ConfigError
 from transport.logs import LOG_FORMATS, configure_logging
-from transport.runtime import ListenError
+from transport.servers.runtime import ListenError
 from transport.version import version
 
-SUBCOMMAND_MODULES = ("transport.store_commands",)
+SUBCOMMAND_MODULES = ("transport.store.commands",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    from transport.runtime import build_bindings
+    from transport.servers.runtime import build_bindings
 
     path: Path = args.config
     try:
@@ -189,7 +189,7 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
 
 
 async def _serve(config: Config) -> None:
-    from transport.runtime import run_server
+    from transport.servers.runtime import run_server
 
     for agent in config.generated_agents:
         print(

@@ -25,10 +25,11 @@ from typing import Any
 import attrs
 
 from actors import BotSettings
-from transport.credentials import hash_token, is_hashed, token_problem
+from transport.errors import ConfigError
 from transport.logs import LOG_FORMATS
-from transport.services import Limits
-from transport.strict import bad_text
+from transport.protocol.credentials import hash_token, is_hashed, token_problem
+from transport.protocol.limits import Limits
+from transport.protocol.strict import bad_text
 
 log = logging.getLogger("switchover.config")
 
@@ -39,18 +40,11 @@ DEFAULT_BOT = "demo"
 DEFAULT_AGENT = "demo-agent"
 STORE_KINDS = ("sqlite", "memory")
 DEFAULT_DATA_DIR = Path("data")
-#: WebSocket listener implementations; the first is the default (see transport/ws_server.py).
+#: WebSocket listener implementations; the first is the default (see
+#: transport/servers/websocket.py).
 WS_LISTENERS = ("fast", "trio-websocket")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECRET_FILE = "secret"
-
-
-class ConfigError(Exception):
-    """The configuration is wrong. ``problems`` lists each one, naming its key."""
-
-    def __init__(self, problems: list[str] | str) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("; ".join(self.problems))
 
 
 @attrs.frozen
@@ -84,7 +78,7 @@ class ListenerConfig:
     """Where the server listens. ``public_ws_url`` is the WebSocket address the web pages
     are told to use when the server sits behind a proxy; by default they use the host they
     loaded the page from with ``ws_port``. ``websocket`` picks the WebSocket listener's
-    implementation: "fast" (transport/fastws.py) or "trio-websocket"; both speak the same
+    implementation: "fast" (transport/servers/fastws.py) or "trio-websocket"; both speak the same
     protocol."""
 
     host: str = DEFAULT_HOST

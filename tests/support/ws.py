@@ -30,8 +30,8 @@ from actors import (
     Store,
     open_switchboard,
 )
-from transport.bot_connections import BotConnections
 from transport.bots.connected import ConnectedBot
+from transport.bots.connections import BotConnections
 from transport.client import (
     AgentClient,
     BotClient,
@@ -41,9 +41,10 @@ from transport.client import (
     connect_bot,
     connect_user,
 )
-from transport.protocol import server_frame_errors
-from transport.services import Limits, Services
-from transport.ws_server import serve_websockets
+from transport.protocol.frames import server_frame_errors
+from transport.protocol.limits import Limits
+from transport.protocol.services import Services
+from transport.servers.websocket import serve_websockets
 
 AGENT_TOKENS = {"alice-token": "alice", "bob-token": "bob"}
 BOT_TOKENS = {"demo-bot-token": "demo", "relay-bot-token": "relay"}
@@ -137,7 +138,7 @@ async def running_ws_server(
     ack_timeout: float = 10.0,
 ) -> AsyncIterator[WsHarness]:
     """Serve the WebSocket protocol on an ephemeral port of 127.0.0.1 for the block, on the
-    ``listener`` implementation named (see transport.ws_server.LISTENERS). ``connect_wait``
+    ``listener`` implementation named (see transport.servers.websocket.LISTENERS). ``connect_wait``
     and ``ack_timeout`` are the connected bot ``relay``'s."""
     settings = settings or BotSettings(session_timeout=3600, grace_period=30)
     bot = ScriptedBot()

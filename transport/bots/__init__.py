@@ -15,8 +15,8 @@ from typing import Any, cast
 import httpx
 
 from actors import Bot
-from transport.bot_connections import BotConnections
-from transport.config import ConfigError
+from transport.bots.connections import BotConnections
+from transport.errors import ConfigError
 
 ADAPTERS = ("demo", "csml", "webhook", "connected")
 
@@ -33,10 +33,10 @@ def build_bot(
     ``[bots.<id>.options]`` table). ``http`` is the pooled client remote adapters share;
     without one, each remote bot makes its own (closed by its ``aclose()``).
     ``connections`` is the registry of open bot connections the WebSocket server fills
-    (:attr:`transport.services.Services.bot_connections`): a connected bot is only reachable
-    through the very registry its connections join, so it has no default.
+    (:attr:`transport.protocol.services.Services.bot_connections`): a connected bot is only
+    reachable through the very registry its connections join, so it has no default.
 
-    Raises :class:`~transport.config.ConfigError` naming every bad option.
+    Raises :class:`~transport.errors.ConfigError` naming every bad option.
     """
     if adapter == "demo":
         # Imported only when used: the demo bot is one adapter among others.

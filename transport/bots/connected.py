@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from actors import BotEvent, Content
-from transport.bot_connections import (
+from transport.bots.connections import (
     ACK_TIMEOUT,
     CONNECT_WAIT,
     BotConnections,
@@ -23,14 +23,14 @@ from transport.bot_connections import (
     BotNotConnected,
 )
 from transport.bots.options import OptionReader
-from transport.protocol import event_frame
+from transport.protocol.frames import event_frame
 
 OPTION_KEYS: Final = frozenset({"connect_wait", "ack_timeout"})
 
 
 class ConnectedBot:
     """The bot ``bot_id``, reached through the connections registered in ``connections``
-    (share the one in :attr:`transport.services.Services.bot_connections`)."""
+    (share the one in :attr:`transport.protocol.services.Services.bot_connections`)."""
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from transport.bots.resilience import CircuitBreaker, Resilience, RetryPolicy
-from transport.config import ConfigError
+from transport.errors import ConfigError
 
 RESILIENCE_KEYS = frozenset(
     {"timeout", "attempts", "backoff", "max_backoff", "breaker_threshold", "breaker_cooldown"}

@@ -1,14 +1,12 @@
-"""What a running server is made of, gathered in one object the listeners share."""
+"""The ``[limits]`` a server keeps per connection, per client address and per conversation."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import attrs
 
-from actors import ConversationLimits, Desk, Switchboard
-from transport.bot_connections import BotConnections
+from actors.model.limits import ConversationLimits
 
 
 def _positive_seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -32,7 +30,7 @@ class Limits:
     ``resume_token_max_age``: seconds after which a user's resume token is refused (each
     resume hands out a fresh one), so a leaked token does not open a conversation forever.
     ``auth_failures``/``auth_window`` and ``new_conversations_per_minute``/``_burst`` limit
-    each client address (see transport/credentials.py). ``bot_queue``, ``message_ids``,
+    each client address (see transport/protocol/credentials.py). ``bot_queue``, ``message_ids``,
     ``transcript_tail``: the per-conversation bounds of
     :class:`actors.model.limits.ConversationLimits`."""
 
@@ -57,23 +55,3 @@ class Limits:
     def for_conversations(self) -> ConversationLimits:
         """The per-conversation bounds the core keeps."""
         return ConversationLimits(self.bot_queue, self.message_ids, self.transcript_tail)
-
-
-@attrs.define
-class Services:
-    """The core and the credentials every listener needs.
-
-    ``agent_tokens`` maps a secret token to an agent id; ``bot_tokens`` maps a secret token to
-    a bot id (for bots that connect or push). ``secret`` signs users' resume tokens.
-    ``bot_connections`` lists the bots connected over WebSocket (the connected-bot adapter
-    reaches them through it).
-    """
-
-    board: Switchboard
-    desk: Desk
-    secret: str
-    agent_tokens: Mapping[str, str] = attrs.field(factory=dict)
-    bot_tokens: Mapping[str, str] = attrs.field(factory=dict)
-    limits: Limits = Limits()
-    default_bot: str = "demo"
-    bot_connections: BotConnections = attrs.field(factory=BotConnections)

@@ -24,12 +24,13 @@ import trio
 
 from actors import AgentProfile, BotBinding, BotSettings, Desk, MemoryStore, Store, Switchboard
 from actors.trio.collector import tune_collector
-from transport.bot_connections import BotConnections
 from transport.bots import build_bot
+from transport.bots.connections import BotConnections
 from transport.bots.resilience import make_http_client
-from transport.config import Config, ConfigError, ListenerConfig, signing_secret
-from transport.http_app import HttpApp, mount_extensions, serve_http
-from transport.services import Services
+from transport.config import Config, ListenerConfig, signing_secret
+from transport.errors import ConfigError
+from transport.protocol.services import Services
+from transport.servers.http import HttpApp, mount_extensions, serve_http
 from transport.version import version
 
 log = logging.getLogger("switchover.runtime")
@@ -117,8 +118,8 @@ def build_desk(config: Config) -> Desk:
 def open_store(config: Config) -> AbstractAsyncContextManager[Store]:
     """The SQLite store in ``data_dir`` when asked for and available, else memory."""
     if config.store.kind == "sqlite" and config.store.data_dir is not None:
-        if importlib.util.find_spec("transport.sqlite_store") is not None:
-            from transport.sqlite_store import database_path, open_sqlite_store
+        if importlib.util.find_spec("transport.store.sqlite") is not None:
+            from transport.store.sqlite import database_path, open_sqlite_store
 
             config.store.data_dir.mkdir(parents=True, exist_ok=True)
             return open_sqlite_store(
@@ -137,7 +138,7 @@ async def _memory_store() -> AsyncIterator[Store]:
 async def _serve_websockets(
     services: Services, listen: ListenerConfig, *, task_status: trio.TaskStatus[int]
 ) -> None:
-    from transport.ws_server import serve_websockets
+    from transport.servers.websocket import serve_websockets
 
     await serve_websockets(
         services,
@@ -212,10 +213,10 @@ def _start_retention(config: Config, store: Store, nursery: trio.Nursery, every:
     days = config.store.retention_days
     if days is None:
         return
-    if config.store.kind != "sqlite" or importlib.util.find_spec("transport.sqlite_store") is None:
+    if config.store.kind != "sqlite" or importlib.util.find_spec("transport.store.sqlite") is None:
         log.warning("store.retention_days is ignored: conversations are kept in memory")
         return
-    from transport import sqlite_store
+    from transport.store import sqlite as sqlite_store
 
     if not isinstance(store, sqlite_store.SQLiteStore):
         log.warning("store.retention_days is ignored: this store cannot prune")

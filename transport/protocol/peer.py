@@ -6,11 +6,11 @@ registers for its events), then every frame: submitting it to its conversation, 
 an agent's presence and claims, a bot's pushes to the conversations it owns. What it says
 back goes through the ``send`` callable it is given, and it ends the connection through
 ``close``; it never touches a socket, a buffer or a task. So the same peer serves both
-listeners of :mod:`transport.ws_server`, and what the protocol does can be read here apart
+listeners of :mod:`transport.servers.websocket`, and what the protocol does can be read here apart
 from how frames travel.
 
 The peer is the :class:`actors.Sink` the core delivers to and the
-:class:`transport.bot_connections.FrameOutlet` a connected bot is reached through: delivering
+:class:`transport.bots.connections.FrameOutlet` a connected bot is reached through: delivering
 only serialises and calls ``send``, which never blocks, whoever calls it.
 
 It is async only where it must wait: for the store (opening or resuming a conversation,
@@ -48,11 +48,11 @@ from actors import (
     UserTyping,
 )
 from actors.model.deliveries import Delivery
-from transport import protocol as wire
-from transport.credentials import AddressGuard, find_token, retry_words
-from transport.protocol import BadFrame, FrameId
-from transport.services import Services
-from transport.tokens import ExpiredToken, InvalidToken, ResumeTokens
+from transport.protocol import frames as wire
+from transport.protocol.credentials import AddressGuard, find_token, retry_words
+from transport.protocol.frames import BadFrame, FrameId
+from transport.protocol.services import Services
+from transport.protocol.tokens import ExpiredToken, InvalidToken, ResumeTokens
 
 log = logging.getLogger("switchover.ws")
 

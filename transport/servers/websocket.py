@@ -3,7 +3,7 @@
 This file owns what travels: streams, buffers, the writer and flusher tasks, the hello
 timeout, the rate limit, closing, :func:`serve_websockets` and :meth:`Hub.close_all`. What the
 frames mean (the hello by role, dispatch to the core, acks and errors) is a
-:class:`transport.peers.Peer`, which each :class:`Connection` wires to its own buffer with a
+:class:`transport.protocol.peer.Peer`, which each :class:`Connection` wires to its own buffer with a
 ``send`` and a ``close`` callable: the protocol can be read, and changed, without the I/O.
 
 Each connection is one :class:`Connection`: a reader loop that hands frames to its peer,
@@ -15,11 +15,11 @@ than ``limits.max_buffered`` frames pile up is closed with 4408 and resumes by s
 number; it never slows its conversation or anyone else.
 
 Nothing here creates a task per message, and the hot path (a user's or an agent's message)
-parses its JSON once and skips the schema validator (see :mod:`transport.protocol`).
+parses its JSON once and skips the schema validator (see :mod:`transport.protocol.frames`).
 
 Two listeners carry the same protocol, chosen with ``[listeners] websocket`` in the config:
 
-* ``"fast"`` (the default), :mod:`transport.fastws`: frames are read and written on the
+* ``"fast"`` (the default), :mod:`transport.servers.fastws`: frames are read and written on the
   socket directly; one :class:`Flusher` task writes what every :class:`FastConnection` got
   during a pass of the scheduler, one system call per connection, so a connection's writer
   task only runs for a backlog (bench/README.md has the figures).
@@ -42,13 +42,14 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed
 
-from transport import fastws
-from transport import protocol as wire
 from transport.config import WS_LISTENERS
-from transport.credentials import AddressGuard
-from transport.peers import BAD_HELLO, GOING_AWAY, INTERNAL_ERROR, TOO_SLOW, Peer
-from transport.services import Limits, Services
-from transport.tokens import ResumeTokens
+from transport.protocol import frames as wire
+from transport.protocol.credentials import AddressGuard
+from transport.protocol.limits import Limits
+from transport.protocol.peer import BAD_HELLO, GOING_AWAY, INTERNAL_ERROR, TOO_SLOW, Peer
+from transport.protocol.services import Services
+from transport.protocol.tokens import ResumeTokens
+from transport.servers import fastws
 
 log = logging.getLogger("switchover.ws")
 
@@ -375,7 +376,7 @@ class Flusher:
 
 
 class FastConnection(Connection):
-    """A connection on :mod:`transport.fastws`, written by the listener's :class:`Flusher`
+    """A connection on :mod:`transport.servers.fastws`, written by the listener's :class:`Flusher`
     while its socket has room, and by its own writer task only when it is full."""
 
     def __init__(self, hub: Hub, ws: WebSocket) -> None:

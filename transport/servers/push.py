@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from actors import Accepted, BotSays, Content, Outcome, Overloaded
-from transport.bots.checks import check_push_body
-from transport.credentials import find_token
-from transport.services import Services
+from transport.protocol.credentials import find_token
+from transport.protocol.push import check_push_body
+from transport.protocol.services import Services
 
 if TYPE_CHECKING:
-    from transport.http_app import HttpApp, Request, Response
+    from transport.servers.http import HttpApp, Request, Response
 
 log = logging.getLogger("switchover.bots.push")
 
@@ -165,7 +165,7 @@ async def push_messages(
 
 def register(app: HttpApp, services: Services) -> None:
     """Mount :func:`push_messages` on Switchover's HTTP app."""
-    from transport.http_app import Response
+    from transport.servers.http import Response
 
     async def handle(request: Request) -> Response:
         status, answer = await push_messages(

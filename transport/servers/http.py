@@ -24,13 +24,13 @@ from typing import Any
 import attrs
 import trio
 
-from transport.credentials import AddressGuard, retry_words
-from transport.services import Services
+from transport.protocol.credentials import AddressGuard, retry_words
+from transport.protocol.services import Services
 from transport.version import version
 
 log = logging.getLogger("switchover.http")
 
-WEB_DIR = Path(__file__).parent / "web"
+WEB_DIR = Path(__file__).parent.parent / "web"
 MAX_BODY_BYTES = 1024 * 1024
 
 # Files the web pages may load: plain names in web/ (and its subfolders), no dot-files.
@@ -468,7 +468,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 # -- extensions ---------------------------------------------------------------------------
 
-EXTENSIONS = ("transport.bots.push",)
+EXTENSIONS = ("transport.servers.push",)
 
 
 def mount_extensions(app: HttpApp, services: Services) -> list[str]:

@@ -1,13 +1,12 @@
 """The WebSocket wire protocol: client frames in, server frames out (docs/protocol.md).
 
 Inbound, :func:`parse_frame` turns one WebSocket message into a typed frame or raises
-:class:`BadFrame` with a stable error code; :func:`parse_hello` does the same for the first
-frame of a connection. Every frame is checked against its JSON Schema in
-``transport/schemas/``, compiled once at import. The common cases, a ``message`` from a user,
-an agent or a bot and every hello, are checked by hand first: when that quick check passes,
-the schema would accept the frame too, and when it does not, the schema decides (and words
-the error), so behaviour is the same either way and the schema costs nothing on the hot
-path.
+:class:`BadFrame` with a stable error code; :func:`parse_hello` does the same for the first frame of
+a connection. Every frame is checked against its JSON Schema in ``transport/protocol/schemas/``,
+compiled once at import. The common cases, a ``message`` from a user, an agent or a bot and every
+hello, are checked by hand first: when that quick check passes, the schema would accept the frame
+too, and when it does not, the schema decides (and words the error), so behaviour is the same either
+way and the schema costs nothing on the hot path.
 
 Outbound, :func:`encode` turns a core delivery into the text of one frame. Frames are
 serialised once: the same entry delivered to a user and to an agent in a row is encoded once.
@@ -35,7 +34,7 @@ from actors import (
     Typing,
 )
 from actors.model.deliveries import Delivery
-from transport import strict
+from transport.protocol import strict
 
 VERSION: Final = 1
 Role = Literal["user", "agent", "bot"]
@@ -76,7 +75,7 @@ _URN: Final = "urn:switchover:"
 
 
 def _load_schemas() -> dict[str, dict[str, Any]]:
-    folder = resources.files("transport") / "schemas"
+    folder = resources.files("transport.protocol") / "schemas"
     schemas: dict[str, dict[str, Any]] = {}
     for item in folder.iterdir():
         if item.name.endswith(".json"):

@@ -1,11 +1,11 @@
 """Which bots are connected over WebSocket right now, how to reach them, and which events
 they still have to acknowledge.
 
-The WebSocket server registers each bot connection here after its hello and passes on the
-bot's ``event_ack`` frames; the connected-bot adapter (:mod:`transport.bots.connected`) hands
-events out through :meth:`BotConnections.deliver`, which returns only once the bot has
-acknowledged the event. It lives apart from both so that :class:`~transport.services.Services`
-can own one without importing either.
+The WebSocket server registers each bot connection here after its hello and passes on the bot's
+``event_ack`` frames; the connected-bot adapter (:mod:`transport.bots.connected`) hands events out
+through :meth:`BotConnections.deliver`, which returns only once the bot has acknowledged the event.
+It lives apart from both so that :class:`~transport.protocol.services.Services` can own one without
+importing either.
 
 The rules (docs/protocol.md, "Connected bots"):
 
