@@ -13,7 +13,8 @@ import trio
 
 from actors import SESSION_START, Content, Desk, Switchboard, UserSays
 from transport.protocol.services import Services
-from transport.servers.http import WEB_DIR, HttpApp, Request, Response, mount_extensions, serve_http
+from transport.servers import push
+from transport.servers.http import WEB_DIR, HttpApp, Request, Response, serve_http
 
 
 @attrs.frozen
@@ -136,7 +137,7 @@ async def test_other_modules_add_metrics_and_routes(
 
 
 async def test_the_bot_push_route_is_mounted(served: Served, client: httpx.AsyncClient) -> None:
-    assert mount_extensions(served.app, served.app.services) == ["transport.servers.push"]
+    push.register(served.app, served.app.services)
     response = await client.post("/v1/bots/demo/messages", json={"conversation_id": "x"})
     assert response.status_code == 401
     state = await served.board.open_conversation("demo")

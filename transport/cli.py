@@ -10,8 +10,7 @@ status.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import trio
 
 from actors import StoreUnavailable
 from transport.config import (
+    DEFAULT_DATA_DIR,
     DEFAULT_HOST,
     DEFAULT_HTTP_PORT,
     DEFAULT_WS_PORT,
@@ -34,9 +34,8 @@ from transport.config import (
 from transport.errors import ConfigError
 from transport.logs import LOG_FORMATS, configure_logging
 from transport.servers.runtime import ListenError
+from transport.store import commands as store_commands
 from transport.version import version
-
-SUBCOMMAND_MODULES = ("transport.store.commands",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,17 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, required=True, help="the TOML config file")
     check.set_defaults(handler=check_command)
 
-    for name in SUBCOMMAND_MODULES:
-        if _installed(name):
-            importlib.import_module(name).register(subparsers)
+    store_commands.register(subparsers, data_dir_of)
     return parser
 
 
-def _installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
+def data_dir_of(args: argparse.Namespace) -> Path:
+    """The data directory a maintenance command works on: ``--data-dir``, else
+    ``$SWITCHOVER_DATA_DIR``, else the one ``--config`` names, else where ``switchover serve``
+    keeps it when told nothing."""
+    data_dir: Path | None = args.data_dir
+    if data_dir is None and os.environ.get("SWITCHOVER_DATA_DIR"):
+        data_dir = Path(os.environ["SWITCHOVER_DATA_DIR"])
+    if data_dir is None and args.config is not None:
+        data_dir = load_file(args.config).store.data_dir
+    return data_dir if data_dir is not None else DEFAULT_DATA_DIR
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,14 +3,12 @@
 trio-websocket cannot answer plain HTTP, so a second listener serves this small ASGI app with
 hypercorn's trio worker. It has no framework underneath on purpose: a handful of routes, each
 an ``async`` function from :class:`Request` to :class:`Response`, registered with
-:meth:`HttpApp.add_route`. Bot push endpoints and webhooks from livechat platforms register
-their routes the same way (see :func:`mount_extensions`).
+:meth:`HttpApp.add_route`. The bot push endpoint registers its
+route the same way (:func:`transport.servers.push.register`).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import math
@@ -464,30 +462,6 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
-
-
-# -- extensions ---------------------------------------------------------------------------
-
-EXTENSIONS = ("transport.servers.push",)
-
-
-def mount_extensions(app: HttpApp, services: Services) -> list[str]:
-    """Let optional modules add their routes: each module in :data:`EXTENSIONS` that is
-    installed and has ``register(app, services)`` is called. Returns the ones mounted."""
-    mounted = []
-    for name in EXTENSIONS:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            continue
-        module = importlib.import_module(name)
-        register = getattr(module, "register", None)
-        if callable(register):
-            register(app, services)
-            mounted.append(name)
-    return mounted
 
 
 # -- serving ------------------------------------------------------------------------------

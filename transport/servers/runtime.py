@@ -10,7 +10,6 @@ listener, gives them ``listeners.shutdown_timeout`` seconds to finish, then stop
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import signal
 import threading
@@ -22,15 +21,19 @@ import attrs
 import httpx
 import trio
 
-from actors import AgentProfile, BotBinding, BotSettings, Desk, MemoryStore, Store, Switchboard
+from actors import BotBinding, Desk, MemoryStore, Store, Switchboard
 from actors.trio.collector import tune_collector
 from transport.bots import build_bot
 from transport.bots.connections import BotConnections
 from transport.bots.resilience import make_http_client
 from transport.config import Config, ListenerConfig, signing_secret
 from transport.errors import ConfigError
+from transport.livechat.desk import build_desk
 from transport.protocol.services import Services
-from transport.servers.http import HttpApp, mount_extensions, serve_http
+from transport.servers import push
+from transport.servers.http import HttpApp, serve_http
+from transport.servers.websocket import serve_websockets
+from transport.store import sqlite as sqlite_store
 from transport.version import version
 
 log = logging.getLogger("switchover.runtime")
@@ -106,27 +109,14 @@ def build_bindings(
     return bindings
 
 
-def build_desk(config: Config) -> Desk:
-    settings: Mapping[str, BotSettings] = {k: b.settings for k, b in config.bots.items()}
-    profiles = [
-        AgentProfile(agent.agent_id, agent.name, agent.bots, agent.capacity)
-        for agent in config.agents.values()
-    ]
-    return Desk(settings, profiles)
-
-
 def open_store(config: Config) -> AbstractAsyncContextManager[Store]:
-    """The SQLite store in ``data_dir`` when asked for and available, else memory."""
+    """The SQLite store in ``data_dir`` when asked for, else memory."""
     if config.store.kind == "sqlite" and config.store.data_dir is not None:
-        if importlib.util.find_spec("transport.store.sqlite") is not None:
-            from transport.store.sqlite import database_path, open_sqlite_store
-
-            config.store.data_dir.mkdir(parents=True, exist_ok=True)
-            return open_sqlite_store(
-                database_path(config.store.data_dir),
-                settings={k: b.settings for k, b in config.bots.items()},
-            )
-        log.warning("the SQLite store is not installed: conversations are kept in memory")
+        config.store.data_dir.mkdir(parents=True, exist_ok=True)
+        return sqlite_store.open_sqlite_store(
+            sqlite_store.database_path(config.store.data_dir),
+            settings={k: b.settings for k, b in config.bots.items()},
+        )
     return _memory_store()
 
 
@@ -138,8 +128,6 @@ async def _memory_store() -> AsyncIterator[Store]:
 async def _serve_websockets(
     services: Services, listen: ListenerConfig, *, task_status: trio.TaskStatus[int]
 ) -> None:
-    from transport.servers.websocket import serve_websockets
-
     await serve_websockets(
         services,
         listen.host,
@@ -213,11 +201,6 @@ def _start_retention(config: Config, store: Store, nursery: trio.Nursery, every:
     days = config.store.retention_days
     if days is None:
         return
-    if config.store.kind != "sqlite" or importlib.util.find_spec("transport.store.sqlite") is None:
-        log.warning("store.retention_days is ignored: conversations are kept in memory")
-        return
-    from transport.store import sqlite as sqlite_store
-
     if not isinstance(store, sqlite_store.SQLiteStore):
         log.warning("store.retention_days is ignored: this store cannot prune")
         return
@@ -259,8 +242,7 @@ async def _serve(
             ws_host=listen.host,
             widget_frame_ancestors=listen.widget_frame_ancestors,
         )
-        for name in mount_extensions(app, services):
-            log.info("mounted HTTP routes from %s", name)
+        push.register(app, services)
         if handle_signals:
             core.start_soon(_on_signals, shutdown)
         http_stop = trio.Event()

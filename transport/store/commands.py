@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ from transport.store.sqlite import MESSAGE_COLUMNS, database_path, entry_from_ro
 FORMATS = ("json", "text")
 
 
-def register(subparsers: Any) -> None:
-    """Add ``transcript`` and ``prune`` to the ``switchover`` command."""
+def register(subparsers: Any, data_dir_of: Callable[[argparse.Namespace], Path]) -> None:
+    """Add ``transcript`` and ``prune`` to the ``switchover`` command. ``data_dir_of`` finds
+    the data directory from the arguments (the CLI knows the config; the store does not)."""
     transcript = subparsers.add_parser(
         "transcript",
         help="print one conversation from the data directory",
@@ -37,7 +38,7 @@ def register(subparsers: Any) -> None:
     transcript.add_argument("conversation_id", metavar="CONVERSATION_ID")
     transcript.add_argument("--format", choices=FORMATS, default="text")
     _data_dir_arguments(transcript)
-    transcript.set_defaults(handler=transcript_command)
+    transcript.set_defaults(handler=transcript_command, data_dir_of=data_dir_of)
 
     prune = subparsers.add_parser(
         "prune",
@@ -49,7 +50,7 @@ def register(subparsers: Any) -> None:
     )
     prune.add_argument("--older-than-days", type=float, required=True, metavar="N")
     _data_dir_arguments(prune)
-    prune.set_defaults(handler=prune_command)
+    prune.set_defaults(handler=prune_command, data_dir_of=data_dir_of)
 
 
 def _data_dir_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,19 +63,7 @@ def _data_dir_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _database(args: argparse.Namespace) -> Path:
-    data_dir: Path | None = args.data_dir
-    if data_dir is None and os.environ.get("SWITCHOVER_DATA_DIR"):
-        data_dir = Path(os.environ["SWITCHOVER_DATA_DIR"])
-    if data_dir is None and args.config is not None:
-        from transport.config import load_file
-
-        data_dir = load_file(args.config).store.data_dir
-    if data_dir is None:
-        # Where `switchover serve` keeps it when told nothing.
-        from transport.config import DEFAULT_DATA_DIR
-
-        data_dir = DEFAULT_DATA_DIR
-    path = database_path(data_dir)
+    path = database_path(args.data_dir_of(args))
     if not path.is_file():
         raise _Failure(f"no database at {path}")
     return path
