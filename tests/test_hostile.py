@@ -15,11 +15,11 @@ import pytest
 import trio
 
 from actors import SESSION_START, BotEvent, Content, StoreUnavailable
+from transport import strict
 from transport.bots.csml import replies_from
 from transport.bots.resilience import BotReplyInvalid
 from transport.bots.webhook import messages_from
 from transport.client import Frame, ServerError
-from transport.protocol import strict
 from transport.store.sqlite import open_sqlite_store
 
 from .support.ws import WsHarness, close_code_after, hello, running_ws_server

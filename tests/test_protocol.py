@@ -232,7 +232,7 @@ def test_bad_hellos_are_refused(raw: str, fragment: str) -> None:
 
 def taken(data: dict[str, Any], schema_ok: bool) -> bool:
     """What the parser must take: what the schema accepts, in strict JSON
-    (transport/protocol/strict.py: integers within +-(2^53 - 1), valid Unicode, bounded nesting),
+    (transport/strict.py: integers within +-(2^53 - 1), valid Unicode, bounded nesting),
     and no message in a content
     type reserved for the system."""
     contents = data.get("messages") if isinstance(data.get("messages"), list) else [data]

@@ -24,12 +24,12 @@ from typing import Any
 
 import attrs
 
-from actors import BotSettings
+from actors.model.settings import BotSettings
 from transport.errors import ConfigError
 from transport.logs import LOG_FORMATS
 from transport.protocol.credentials import hash_token, is_hashed, token_problem
 from transport.protocol.limits import Limits
-from transport.protocol.strict import bad_text
+from transport.strict import bad_text
 
 log = logging.getLogger("switchover.config")
 

@@ -50,6 +50,7 @@ import attrs
 import httpx
 
 from actors import SESSION_END, SESSION_EXPIRED, BotEvent, Content
+from transport import strict
 from transport.bots.options import RESILIENCE_KEYS, OptionReader
 from transport.bots.resilience import (
     BotReplyInvalid,
@@ -57,7 +58,6 @@ from transport.bots.resilience import (
     check_status,
     make_http_client,
 )
-from transport.protocol import strict
 
 log = logging.getLogger("switchover.bots.csml")
 

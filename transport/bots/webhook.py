@@ -28,9 +28,9 @@ from typing import Any
 import httpx
 
 from actors import BotEvent, Content
+from transport import strict
 from transport.bots.options import RESILIENCE_KEYS, OptionReader
 from transport.bots.resilience import BotReplyInvalid, Resilience, check_status, make_http_client
-from transport.protocol import strict
 
 OPTION_KEYS = RESILIENCE_KEYS | {"url", "secret"}
 

@@ -34,7 +34,7 @@ from actors import (
     Typing,
 )
 from actors.model.deliveries import Delivery
-from transport.protocol import strict
+from transport import strict
 
 VERSION: Final = 1
 Role = Literal["user", "agent", "bot"]

@@ -1,5 +1,5 @@
 """The checks every bot entrance applies to what a bot sends: the HTTP push's body, and the
-answers of webhook and CSML bots (see :mod:`transport.protocol.strict`).
+answers of webhook and CSML bots (see :mod:`transport.strict`).
 
 A push is held to what the WebSocket takes from a connected bot: strict JSON (valid
 Unicode, finite numbers, integers within ±(2^53 - 1)), nesting at most 32 levels, closed
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from transport.protocol import strict
+from transport import strict
 
 #: The fields a push body may have; anything else is refused (400), as on the WebSocket.
 PUSH_FIELDS: Final = frozenset({"conversation_id", "messages"})

@@ -39,8 +39,8 @@ from actors import ConversationState, Entry, Party, StoreUnavailable
 from actors.model.content import SESSION_END, SESSION_EXPIRED, Content
 from actors.model.settings import BotSettings
 from actors.model.state import Mode, Session, deadline
-from transport.protocol.strict import bad_text
 from transport.store.schema import SchemaTooNew, check_version, migrate
+from transport.strict import bad_text
 
 log = logging.getLogger("switchover.store")
 
