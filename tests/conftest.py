@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
 import trio
@@ -49,6 +49,20 @@ class RecordingSink:
                         return item
                 seen = len(self.items)
                 await self._changed.wait()
+
+
+async def open_watched(
+    board: Switchboard,
+    bot_id: str,
+    *,
+    user_id: str | None = None,
+    metadata: Mapping[str, object] | None = None,
+) -> tuple[str, RecordingSink]:
+    """A new conversation with ``bot_id``, watched by a user's sink: its id and the sink."""
+    state = await board.open_conversation(bot_id, user_id=user_id, metadata=metadata)
+    user = RecordingSink()
+    board.subscribe(state.conversation_id, user)
+    return state.conversation_id, user
 
 
 def notice(code: str) -> object:

@@ -41,7 +41,7 @@ from actors import (
     open_switchboard,
 )
 
-from .conftest import EchoBot, RecordingSink, StallingBot, notice
+from .conftest import EchoBot, RecordingSink, StallingBot, notice, open_watched
 
 HOUR = 3600.0
 
@@ -375,9 +375,7 @@ class CountingStore(MemoryStore):
 async def test_events_waiting_together_share_one_store_write_and_keep_their_order() -> None:
     store = CountingStore()
     async with running(BotSettings(), store=store) as (board, _):
-        conv = (await board.open_conversation("demo")).conversation_id
-        user = RecordingSink()
-        board.subscribe(conv, user)
+        conv, user = await open_watched(board, "demo")
         await board.ask(conv, UserSays(Content.text("warm up")))
         outcomes: list[object] = []
         done = trio.Event()

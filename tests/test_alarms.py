@@ -338,44 +338,48 @@ class LazyActor:
                     self.deadline = math.inf
 
 
+@asynccontextmanager
+async def serving_lazy_actor(deadline_in: float) -> AsyncIterator[tuple[LazyActor, float]]:
+    """A :class:`LazyActor` with its own running :class:`Alarms` and a deadline
+    ``deadline_in`` seconds away, served until the block ends: the actor and the time it
+    started at."""
+    alarms = Alarms()
+    start = trio.current_time()
+    actor = LazyActor(alarms, start + deadline_in)
+    async with running(alarms), trio.open_nursery() as nursery:
+        nursery.start_soon(actor.serve)
+        yield actor, start
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_deadline_moved_later_fires_once_at_the_new_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    alarms = Alarms()
-    start = trio.current_time()
-    actor = LazyActor(alarms, start + 10.0)
-    async with running(alarms), trio.open_nursery() as nursery:
-        nursery.start_soon(actor.serve)
+    async with serving_lazy_actor(10.0) as (actor, start):
         await trio.sleep(4.0)
         actor.move_deadline(start + 14.0)
         await trio.sleep(4.0)
         actor.move_deadline(start + 18.0)
         await trio.sleep(20.0)
-        nursery.cancel_scope.cancel()
 
     # Activity asked for nothing: the early wake-up at 10 found the deadline moved and asked
     # for the rest, which came at 18.
     assert actor.wakes == [start + 10.0, start + 18.0]
     assert actor.fired == [start + 18.0]
-    assert alarms.pending == 0
+    assert actor.alarms.pending == 0
 
 
 async def test_a_stale_wake_up_after_an_earlier_deadline_fired_is_ignored(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    alarms = Alarms()
-    start = trio.current_time()
-    actor = LazyActor(alarms, start + 10.0)
-    async with running(alarms), trio.open_nursery() as nursery:
-        nursery.start_soon(actor.serve)
+    async with serving_lazy_actor(10.0) as (actor, start):
         await trio.sleep(1.0)
         actor.move_deadline(start + 6.0)  # Earlier: a second request, the first goes stale.
         await trio.testing.wait_all_tasks_blocked()
-        assert alarms.pending == 2
+        assert actor.alarms.pending == 2
         await trio.sleep(20.0)
-        nursery.cancel_scope.cancel()
 
     # Both wake-ups were delivered; only the one at the deadline did anything.
     assert actor.wakes == [start + 6.0, start + 10.0]
     assert actor.fired == [start + 6.0]
-    assert alarms.pending == 0
+    assert actor.alarms.pending == 0

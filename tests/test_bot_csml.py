@@ -30,7 +30,7 @@ from transport.bots import build_bot
 from transport.bots.csml import CsmlBot
 from transport.errors import ConfigError
 
-from .conftest import RecordingSink, notice
+from .conftest import RecordingSink, notice, open_watched
 from .fakes.asgi_server import serving
 from .fakes.csml_engine import EVERYTHING, EXPIRY, GREETING, THANKS, FakeCsmlEngine
 
@@ -77,10 +77,7 @@ async def test_a_full_session_through_the_engine(ending: str) -> None:
     engine = FakeCsmlEngine(api_keys=frozenset({API_KEY}))
     settings = BotSettings(session_timeout=0.5 if ending == SESSION_EXPIRED else 60.0)
     async with serving(engine) as url, switchboard_with(csml_bot(url), settings) as (board, desk):
-        state = await board.open_conversation("support", user_id="uma", metadata={"plan": "pro"})
-        conv = state.conversation_id
-        user = RecordingSink()
-        board.subscribe(conv, user)
+        conv, user = await open_watched(board, "support", user_id="uma", metadata={"plan": "pro"})
 
         await board.ask(conv, UserSays(Content.text("hi")))
         await user.wait_for(said(GREETING))
@@ -144,9 +141,7 @@ async def test_a_full_session_through_the_engine(ending: str) -> None:
 async def test_every_kind_of_reply_reaches_the_user_untouched() -> None:
     engine = FakeCsmlEngine(api_keys=frozenset({API_KEY}))
     async with serving(engine) as url, switchboard_with(csml_bot(url)) as (board, _):
-        conv = (await board.open_conversation("support")).conversation_id
-        user = RecordingSink()
-        board.subscribe(conv, user)
+        conv, user = await open_watched(board, "support")
         await board.ask(conv, UserSays(Content.text("hi")))
         await user.wait_for(said(GREETING))
         await board.ask(conv, UserSays(Content.text("show me everything")))
@@ -166,9 +161,7 @@ async def test_a_wrong_api_key_is_refused_once_and_the_user_is_told() -> None:
         serving(engine) as url,
         switchboard_with(csml_bot(url, api_key="wrong")) as (board, _),
     ):
-        conv = (await board.open_conversation("support")).conversation_id
-        user = RecordingSink()
-        board.subscribe(conv, user)
+        conv, user = await open_watched(board, "support")
         await board.ask(conv, UserSays(Content.text("hi")))
         await user.wait_for(unavailable)
         # A 403 is not retried: retrying cannot fix a key.
@@ -185,9 +178,7 @@ async def test_a_session_end_the_engine_missed_reaches_it_once_it_is_back() -> N
         serving(engine) as url,
         switchboard_with(csml_bot(url, api_key=None)) as (board, _),
     ):
-        conv = (await board.open_conversation("support", user_id="uma")).conversation_id
-        user = RecordingSink()
-        board.subscribe(conv, user)
+        conv, user = await open_watched(board, "support", user_id="uma")
         await board.ask(conv, UserSays(Content.text("hi")))
         await user.wait_for(said(GREETING))
 

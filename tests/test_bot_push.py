@@ -27,7 +27,7 @@ from transport.protocol.services import Services
 from transport.servers import push
 from transport.servers.http import HttpApp
 
-from .conftest import EchoBot, RecordingSink, notice
+from .conftest import EchoBot, notice, open_watched
 from .fakes.asgi_server import serving
 
 TOKEN = "support-bot-token"
@@ -58,10 +58,7 @@ def bearer(token: str) -> dict[str, str]:
 async def test_a_pushed_message_reaches_the_user(
     services: Services, http: httpx.AsyncClient
 ) -> None:
-    board = services.board
-    conv = (await board.open_conversation("support")).conversation_id
-    user = RecordingSink()
-    board.subscribe(conv, user)
+    conv, user = await open_watched(services.board, "support")
     question = Content.question("Still there?", [("Talk to a human", SESSION_START)])
     body = {
         "conversation_id": conv,
@@ -153,9 +150,7 @@ async def test_a_push_during_a_livechat_session_is_refused(
     services: Services, http: httpx.AsyncClient
 ) -> None:
     board = services.board
-    conv = (await board.open_conversation("support")).conversation_id
-    user = RecordingSink()
-    board.subscribe(conv, user)
+    conv, user = await open_watched(board, "support")
     await board.ask(conv, UserSays(Content.payload(SESSION_START)))
     await user.wait_for(notice("session_started"))
     body = {"conversation_id": conv, "messages": [Content.text("psst").to_json()]}

@@ -40,7 +40,7 @@ from transport.bots.webhook import (
 )
 from transport.errors import ConfigError
 
-from .conftest import RecordingSink, notice
+from .conftest import notice, open_watched
 from .fakes.webhook_bot import SECRET, BotServer
 
 
@@ -102,10 +102,7 @@ def test_a_signature_verifies_only_for_the_same_secret_body_and_recent_time() ->
 async def test_the_bot_gets_a_signed_event_and_its_answer_reaches_the_user() -> None:
     server = BotServer()
     async with serving_bot(server) as url, board_with(webhook_bot(url)) as board:
-        state = await board.open_conversation("hooks", user_id="uma", metadata={"lang": "en"})
-        conv = state.conversation_id
-        user = RecordingSink()
-        board.subscribe(conv, user)
+        conv, user = await open_watched(board, "hooks", user_id="uma", metadata={"lang": "en"})
         await board.ask(conv, UserSays(Content.text("hi")))
         await user.wait_for(said("echo: hi"))
         assert server.events == [
@@ -129,9 +126,7 @@ async def test_a_bot_rejects_a_bad_signature_and_the_user_is_told() -> None:
         serving_bot(server) as url,
         board_with(webhook_bot(url, secret="not-the-bots-secret-at-all")) as board,
     ):
-        conv = (await board.open_conversation("hooks")).conversation_id
-        user = RecordingSink()
-        board.subscribe(conv, user)
+        conv, user = await open_watched(board, "hooks")
         await board.ask(conv, UserSays(Content.text("hi")))
         await user.wait_for(unavailable)
         # 401 is final: not retried.
@@ -175,9 +170,7 @@ async def test_a_failing_bot_never_sticks_the_conversation(
         else:
             url = await nursery.start(_serve_in_background, server, port)
         async with board_with(webhook_bot(url, breaker_threshold=100)) as board:
-            conv = (await board.open_conversation("hooks")).conversation_id
-            user = RecordingSink()
-            board.subscribe(conv, user)
+            conv, user = await open_watched(board, "hooks")
             with trio.fail_after(5):
                 await board.ask(conv, UserSays(Content.text("are you there?")))
                 await user.wait_for(unavailable)
@@ -236,9 +229,7 @@ async def test_the_circuit_breaker_stops_calls_then_half_opens() -> None:
     async with serving_bot(server) as url:
         bot = WebhookBot("hooks", url, SECRET, resilience=resilience)
         async with board_with(bot) as board:
-            conv = (await board.open_conversation("hooks")).conversation_id
-            user = RecordingSink()
-            board.subscribe(conv, user)
+            conv, user = await open_watched(board, "hooks")
 
             async def say_and_wait_unavailable(text: str) -> None:
                 outcome = await board.ask(conv, UserSays(Content.text(text)))

@@ -16,7 +16,7 @@ from actors import (
     UserSays,
 )
 
-from .conftest import EchoBot, RecordingSink, notice
+from .conftest import EchoBot, RecordingSink, notice, open_watched
 
 
 async def test_a_whole_session(
@@ -24,10 +24,7 @@ async def test_a_whole_session(
 ) -> None:
     desk = board.backends["desk"]
     assert isinstance(desk, Desk)
-    state = await board.open_conversation("demo", metadata={"name": "Uma"})
-    conv = state.conversation_id
-    user = RecordingSink()
-    board.subscribe(conv, user)
+    conv, user = await open_watched(board, "demo", metadata={"name": "Uma"})
     outcome = await board.ask(conv, UserSays(Content.text("hello")))
     assert outcome == Accepted(1)
     await user.wait_for(lambda i: isinstance(i, Entry) and i.content.text_value == "echo: hello")

@@ -28,7 +28,7 @@ from transport.bots import build_bot
 from transport.bots.demo import APOLOGY, GREETING, HOURS, HUMAN_BUTTON, THANKS, DemoBot, reply_to
 from transport.errors import ConfigError
 
-from .conftest import RecordingSink, notice
+from .conftest import RecordingSink, notice, open_watched
 
 
 def buttons(content: Content) -> dict[str, str]:
@@ -106,10 +106,7 @@ def bot_said(text: str) -> object:
 async def test_in_the_core_the_bot_thanks_after_an_ended_session(
     demo_board: Switchboard, autojump_clock: object
 ) -> None:
-    state = await demo_board.open_conversation("demo")
-    conv = state.conversation_id
-    user = RecordingSink()
-    demo_board.subscribe(conv, user)
+    conv, user = await open_watched(demo_board, "demo")
     await demo_board.ask(conv, UserSays(Content.text("hi")))
     await user.wait_for(bot_said(GREETING))
     await demo_board.ask(conv, UserSays(Content.payload(SESSION_START)))
@@ -129,10 +126,7 @@ async def test_in_the_core_the_bot_thanks_after_an_ended_session(
 async def test_in_the_core_the_bot_apologises_after_an_expired_session(
     demo_board: Switchboard, autojump_clock: object
 ) -> None:
-    state = await demo_board.open_conversation("demo")
-    conv = state.conversation_id
-    user = RecordingSink()
-    demo_board.subscribe(conv, user)
+    conv, user = await open_watched(demo_board, "demo")
     await demo_board.ask(conv, UserSays(Content.payload(SESSION_START)))
     await user.wait_for(notice("session_started"))
     # Nobody picks up and nobody writes: the session expires after session_timeout.

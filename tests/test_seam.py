@@ -45,7 +45,7 @@ from actors import (
 )
 from actors.model.events import AgentAssigned
 
-from .conftest import EchoBot, RecordingSink, notice
+from .conftest import EchoBot, RecordingSink, notice, open_watched
 
 SETTINGS = BotSettings(session_timeout=3600.0, grace_period=30.0)
 
@@ -259,9 +259,7 @@ async def test_a_rebuilt_conversation_keeps_its_healthy_clients(autojump_clock: 
     store = SwitchableStore()
     policy = RestartPolicy(max_restarts=1, window=60.0)
     async with running(store=store, restart_policy=policy) as (board, _):
-        conv = (await board.open_conversation("demo")).conversation_id
-        client = RecordingSink()
-        board.subscribe(conv, client)
+        conv, client = await open_watched(board, "demo")
         store.breaking = conv
         for _ in range(2):
             outcome = await board.ask(conv, UserSays(Content.text("boom")))
@@ -354,9 +352,7 @@ async def test_a_user_message_the_bot_cannot_take_is_answered_unavailable(
     bot = UnreachableBot()
     bot.down = True
     async with running(bot=bot) as (board, _):
-        conv = (await board.open_conversation("demo")).conversation_id
-        user = RecordingSink()
-        board.subscribe(conv, user)
+        conv, user = await open_watched(board, "demo")
         await board.ask(conv, UserSays(Content.text("anyone?")))
         await user.wait_for(
             lambda i: isinstance(i, Entry) and i.metadata.get("code") == "bot_unavailable"
@@ -441,9 +437,7 @@ async def test_a_bot_answer_lost_to_a_crash_is_asked_for_again(autojump_clock: o
     bot = GatedBot()
     policy = RestartPolicy(max_restarts=0, window=60.0)
     async with running(store=store, bot=bot, restart_policy=policy) as (board, _):
-        conv = (await board.open_conversation("demo")).conversation_id
-        user = RecordingSink()
-        board.subscribe(conv, user)
+        conv, user = await open_watched(board, "demo")
         assert await board.ask(conv, UserSays(Content.text("hi"))) == Accepted(1)
         store.breaking = conv  # the answer's write fails: the conversation is rebuilt
         bot.release.set()

@@ -281,35 +281,23 @@ class Desk:
         raise TypeError(f"the desk cannot handle {request!r}")
 
     def _carry_out(self, effects: list[rt.RoutingEffect]) -> bool:
+        """Tell each routing outcome to the conversation or agent it concerns; True when
+        the agents' views changed."""
         assert self._core is not None
-        core = self._core
+        post = self._core.post
         changed = False
         for effect in effects:
-            if isinstance(effect, rt.Assign):
-                core.post(
-                    effect.conversation_id,
-                    ev.AgentAssigned(
-                        effect.session_id, effect.agent_id, effect.agent_name, effect.decision
-                    ),
-                )
-            elif isinstance(effect, rt.Position):
-                core.post(
-                    effect.conversation_id,
-                    ev.QueuePositionChanged(effect.session_id, effect.position),
-                )
-            elif isinstance(effect, rt.Requeued):
-                core.post(
-                    effect.conversation_id,
-                    ev.ReturnedToQueue(
-                        effect.session_id, effect.agent_id, effect.reason, effect.decision
-                    ),
-                )
-            elif isinstance(effect, rt.Refusal):
-                self.deliver(
-                    effect.agent_id, Problem(effect.code, effect.detail, effect.conversation_id)
-                )
-            else:
-                changed = True
+            match effect:
+                case rt.Assign(conv, session, agent, name, decision):
+                    post(conv, ev.AgentAssigned(session, agent, name, decision))
+                case rt.Position(conv, session, position):
+                    post(conv, ev.QueuePositionChanged(session, position))
+                case rt.Requeued(conv, session, agent, reason, decision):
+                    post(conv, ev.ReturnedToQueue(session, agent, reason, decision))
+                case rt.Refusal(agent, conv, code, detail):
+                    self.deliver(agent, Problem(code, detail, conv))
+                case _:  # DeskChanged
+                    changed = True
         return changed
 
     def _publish(self) -> None:

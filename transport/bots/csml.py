@@ -52,12 +52,8 @@ import httpx
 from actors import SESSION_END, SESSION_EXPIRED, BotEvent, Content
 from transport import strict
 from transport.bots.options import RESILIENCE_KEYS, OptionReader
-from transport.bots.resilience import (
-    BotReplyInvalid,
-    Resilience,
-    check_status,
-    make_http_client,
-)
+from transport.bots.remote import RemoteBot
+from transport.bots.resilience import BotReplyInvalid, Resilience
 
 log = logging.getLogger("switchover.bots.csml")
 
@@ -145,12 +141,9 @@ def replies_from(data: object) -> tuple[list[Content], bool]:
     return [content for _, _, content in ordered], ended
 
 
-class CsmlBot:
-    """A Switchover bot backed by a CSML engine server.
-
-    ``http`` is the pooled client to use (shared by the server's bots); without one the bot
-    makes its own and :meth:`aclose` closes it.
-    """
+class CsmlBot(RemoteBot):
+    """A Switchover bot backed by a CSML engine server (``http`` and ``resilience``: see
+    :class:`~transport.bots.remote.RemoteBot`)."""
 
     def __init__(
         self,
@@ -160,11 +153,8 @@ class CsmlBot:
         http: httpx.AsyncClient | None = None,
         resilience: Resilience | None = None,
     ) -> None:
-        self.bot_id = bot_id
+        super().__init__(bot_id, http=http, resilience=resilience)
         self.engine = engine
-        self.resilience = resilience or Resilience(bot_id)
-        self._owns_http = http is None
-        self.http = http or make_http_client(timeout=self.resilience.policy.timeout)
         # Conversations whose session end never reached the engine: closed before their
         # next event (see the module's docstring).
         self._to_close: dict[str, str] = {}
@@ -205,11 +195,9 @@ class CsmlBot:
         body = run_request(self.engine, event)
         url = self.engine.url("/run")
         headers = self.engine.headers()
-        timeout = self.resilience.policy.timeout
 
         async def attempt(number: int) -> tuple[list[Content], bool]:
-            response = await self.http.post(url, json=body, headers=headers, timeout=timeout)
-            check_status(response)
+            response = await self._post(url, headers, json=body)
             try:
                 data = strict.loads(response.content)
             except ValueError as exc:
@@ -238,15 +226,9 @@ class CsmlBot:
         body = client_for(self.engine, conversation_id, user_id)
         url = self.engine.url("/conversations/close")
         headers = self.engine.headers()
-        timeout = self.resilience.policy.timeout
 
         async def attempt(number: int) -> None:
-            response = await self.http.post(url, json=body, headers=headers, timeout=timeout)
-            check_status(response)
+            await self._post(url, headers, json=body)
 
         await self.resilience.call(conversation_id, "POST /conversations/close", attempt)
         self._to_close.pop(conversation_id, None)
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self.http.aclose()

@@ -29,8 +29,10 @@ import httpx
 
 from actors import BotEvent, Content
 from transport import strict
+from transport.bots.events import event_fields
 from transport.bots.options import RESILIENCE_KEYS, OptionReader
-from transport.bots.resilience import BotReplyInvalid, Resilience, check_status, make_http_client
+from transport.bots.remote import RemoteBot
+from transport.bots.resilience import BotReplyInvalid, Resilience
 
 OPTION_KEYS = RESILIENCE_KEYS | {"url", "secret"}
 
@@ -101,12 +103,7 @@ def verify_signature(
 def event_body(event: BotEvent) -> dict[str, Any]:
     """The JSON a webhook bot receives for one event."""
     return {
-        "type": "event",
-        "event_id": event.event_id,
-        "conversation_id": event.conversation_id,
-        "bot_id": event.bot_id,
-        "user_id": event.user_id,
-        "sender": event.sender.value,
+        **event_fields(event),
         "content": event.content.to_json(),
         "metadata": dict(event.metadata),
     }
@@ -137,12 +134,9 @@ def messages_from(raw: bytes) -> list[Content]:
     return contents
 
 
-class WebhookBot:
-    """A Switchover bot reached by signed HTTP POSTs to ``url``.
-
-    ``http`` is the pooled client to use (shared by the server's bots); without one the bot
-    makes its own and :meth:`aclose` closes it.
-    """
+class WebhookBot(RemoteBot):
+    """A Switchover bot reached by signed HTTP POSTs to ``url`` (``http`` and
+    ``resilience``: see :class:`~transport.bots.remote.RemoteBot`)."""
 
     def __init__(
         self,
@@ -155,12 +149,9 @@ class WebhookBot:
     ) -> None:
         if len(secret) < MIN_SECRET_LENGTH:
             raise ValueError(f"a webhook secret needs at least {MIN_SECRET_LENGTH} characters")
-        self.bot_id = bot_id
+        super().__init__(bot_id, http=http, resilience=resilience)
         self.url = url
         self._secret = secret
-        self.resilience = resilience or Resilience(bot_id)
-        self._owns_http = http is None
-        self.http = http or make_http_client(timeout=self.resilience.policy.timeout)
 
     @classmethod
     def from_options(
@@ -187,16 +178,9 @@ class WebhookBot:
                 EVENT_ID_HEADER: event.event_id,
                 **signed_headers(self._secret, body),
             }
-            response = await self.http.post(
-                self.url, content=body, headers=headers, timeout=self.resilience.policy.timeout
-            )
-            check_status(response)
+            response = await self._post(self.url, headers, content=body)
             return messages_from(response.content)
 
         return await self.resilience.call(
             event.conversation_id, f"webhook for event {event.event_id}", attempt
         )
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self.http.aclose()

@@ -35,6 +35,7 @@ from actors import (
 )
 from actors.model.deliveries import Delivery
 from transport import strict
+from transport.bots.events import event_fields
 
 VERSION: Final = 1
 Role = Literal["user", "agent", "bot"]
@@ -663,12 +664,7 @@ def event_frame(event: BotEvent) -> str:
     """What a connected bot receives for one event."""
     return _dumps(
         {
-            "type": "event",
-            "event_id": event.event_id,
-            "conversation_id": event.conversation_id,
-            "bot_id": event.bot_id,
-            "user_id": event.user_id,
-            "sender": event.sender.value,
+            **event_fields(event),
             "content_type": event.content.content_type,
             "content": dict(event.content.content),
             "metadata": dict(event.metadata),
