@@ -40,7 +40,7 @@ from actors.model.content import SESSION_END, SESSION_EXPIRED, Content
 from actors.model.settings import BotSettings
 from actors.model.state import Mode, Session, deadline
 from transport.store.schema import SchemaTooNew, check_version, migrate
-from transport.strict import bad_text
+from transport.strict import bad_text, compact_encoder
 
 log = logging.getLogger("switchover.store")
 
@@ -241,34 +241,9 @@ PRUNE_CHECKPOINT_EVERY = 16
 some tens of pages, so each checkpoint copies about a thousand)."""
 
 
-def _compact_encoder() -> Callable[[Mapping[str, Any]], str]:
-    """One JSON encoder for every row. ``json.dumps`` (and ``JSONEncoder.encode``) build a
-    new C encoder on every call, which costs twice the encoding of a small message."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # no C accelerator: the pure-Python encoder
-        return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-    # No circular-reference markers (a cycle ends in RecursionError, which ``record``
-    # reports like any other unencodable value); unknown types raise TypeError as usual, and
-    # a float that is not finite ValueError.
-    encode = make(
-        None,
-        json.JSONEncoder().default,
-        json.encoder.encode_basestring,
-        None,
-        ":",
-        ",",
-        False,
-        False,
-        False,  # allow_nan: NaN and Infinity are not JSON; such a message is refused
-    )
-
-    def dumps(value: Mapping[str, Any]) -> str:
-        return "".join(encode(value, 0))
-
-    return dumps
-
-
-_dumps = _compact_encoder()
+# What it cannot encode (a type JSON does not have, NaN or Infinity, a cycle) makes ``record``
+# refuse the message.
+_dumps = compact_encoder()
 _SENDERS = {party: party.value for party in Party}
 _AUDIENCES: dict[frozenset[Party], str] = {}
 
