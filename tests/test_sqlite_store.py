@@ -45,13 +45,13 @@ from actors import (
     open_switchboard,
 )
 from actors.model.state import Session
+from transport.store.rows import MESSAGE_COLUMNS
 from transport.store.schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
 from transport.store.sqlite import (
     AGENT_ENTRIES_PAGE,
     ENTRIES_AFTER,
     ENTRIES_PAGE,
     LOAD_CONVERSATION,
-    MESSAGE_COLUMNS,
     OPEN_SESSIONS,
     PRUNE_CANDIDATES,
     PRUNE_NEXT,
@@ -281,7 +281,7 @@ async def test_a_poison_row_in_a_batch_of_100_refuses_only_its_sender(
     # halving the batch: the other 99 are stored, and nobody hears the poison's text.
     import transport.store.sqlite as module
 
-    monkeypatch.setattr(module, "_writable", lambda rows: True)
+    monkeypatch.setattr(module, "writable", lambda rows: True)
     async with open_sqlite_store(tmp_path / "s.db") as store:
         results = await _record_all(store, _hundred_with_a_poison("secret \ud800 words"))
         assert results.pop("bad") == "this message cannot be stored"

@@ -21,8 +21,9 @@ from typing import Any
 import trio
 
 from actors import Entry, StoreUnavailable
+from transport.store.rows import MESSAGE_COLUMNS, entry_from_row
 from transport.store.schema import SchemaTooNew, check_version
-from transport.store.sqlite import MESSAGE_COLUMNS, database_path, entry_from_row, open_sqlite_store
+from transport.store.sqlite import database_path, open_sqlite_store
 
 FORMATS = ("json", "text")
 

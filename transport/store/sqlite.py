@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import math
 import os
@@ -35,12 +34,20 @@ from typing import Any, TypeVar
 
 import trio
 
-from actors import ConversationState, Entry, Party, StoreUnavailable
-from actors.model.content import SESSION_END, SESSION_EXPIRED, Content
+from actors import ConversationState, Entry, StoreUnavailable
 from actors.model.settings import BotSettings
-from actors.model.state import Mode, Session, deadline
+from actors.model.state import Mode, deadline
+from transport.store.rows import (
+    CONVERSATION_COLUMNS,
+    MESSAGE_COLUMNS,
+    Rows,
+    dumps,
+    entry_from_row,
+    message_rows,
+    state_from_row,
+    writable,
+)
 from transport.store.schema import SchemaTooNew, check_version, migrate
-from transport.strict import bad_text, compact_encoder
 
 log = logging.getLogger("switchover.store")
 
@@ -67,45 +74,6 @@ def database_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / DATABASE_FILENAME
 
 
-class _Rows:
-    """One ``record`` call turned into rows (plain slots: built once per message)."""
-
-    __slots__ = (
-        "bot_mode",
-        "conversation",
-        "live_shape",
-        "messages",
-        "owed_to_bot",
-        "presence",
-        "session_changes",
-    )
-
-    def __init__(
-        self,
-        conversation: tuple[Any, ...] | None,
-        messages: list[tuple[Any, ...]],
-        session_changes: list[tuple[str, tuple[Any, ...]]],
-        presence: tuple[str, str, float] | None,
-        bot_mode: tuple[str, int | None] | None = None,
-        live_shape: tuple[Any, ...] | None = None,
-        owed_to_bot: list[tuple[str, int]] | None = None,
-    ) -> None:
-        self.conversation = conversation
-        self.messages = messages
-        self.session_changes = session_changes
-        self.presence = presence
-        # (conversation id, seq) of the messages the bot must see: written to its outbox in
-        # the same transaction.
-        self.owed_to_bot = owed_to_bot
-        # (conversation id, sessions opened) when the row written is in bot mode; (id, None)
-        # when it has a session.
-        self.bot_mode = bot_mode
-        # The row written for a session, less what its messages say on their own (next_seq,
-        # last_activity, deadline, updated_at): what a live message must leave unchanged for
-        # the row to be skipped.
-        self.live_shape = live_shape
-
-
 class _Pending:
     """One call waiting for the commit of its rows, or for its job to run.
 
@@ -117,7 +85,7 @@ class _Pending:
     __slots__ = ("error", "finished", "job", "result", "rows", "task")
 
     def __init__(
-        self, rows: _Rows | None, job: Callable[[sqlite3.Connection], Any] | None = None
+        self, rows: Rows | None, job: Callable[[sqlite3.Connection], Any] | None = None
     ) -> None:
         self.rows = rows
         self.job = job
@@ -152,21 +120,10 @@ _INSERT_MESSAGE = (
     "INSERT INTO messages (conversation_id, seq, at, sender, content_type, content, audience,"
     " agent_id, session_id, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_CONVERSATION_COLUMNS = (
-    "id, bot_id, user_id, metadata, next_seq, sessions_opened, mode, session_id, started_at,"
-    " last_activity, queued_at, agent_id, agent_name, position, sign_off_offered, deadline,"
-    " updated_at"
-)
 _UPSERT_CONVERSATION = (
-    f"INSERT OR REPLACE INTO conversations ({_CONVERSATION_COLUMNS})"
+    f"INSERT OR REPLACE INTO conversations ({CONVERSATION_COLUMNS})"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_SESSION_STARTED = (
-    "INSERT OR IGNORE INTO sessions (session_id, conversation_id, bot_id, started_at, queued_at)"
-    " VALUES (?, ?, ?, ?, ?)"
-)
-_SESSION_ASSIGNED = "UPDATE sessions SET agent_id = ? WHERE session_id = ?"
-_SESSION_ENDED = "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE session_id = ?"
 _UPSERT_PRESENCE = "INSERT OR REPLACE INTO agents (agent_id, presence, at) VALUES (?, ?, ?)"
 _OWE_BOT = "INSERT OR IGNORE INTO bot_outbox (conversation_id, seq) VALUES (?, ?)"
 _BOT_ANSWERED = "DELETE FROM bot_outbox WHERE (conversation_id, seq) IN (VALUES {rows})"
@@ -178,10 +135,6 @@ _LAST_SEQ = "(SELECT max(m.seq) FROM messages m WHERE m.conversation_id = conver
 _LATER_ACTIVITY = (
     "(SELECT max(m.at) FROM messages m WHERE m.conversation_id = conversations.id"
     " AND m.seq >= conversations.next_seq)"
-)
-MESSAGE_COLUMNS = (
-    "conversation_id, seq, at, sender, content_type, content, audience, agent_id, session_id,"
-    " metadata"
 )
 # Every read of messages goes through the (conversation_id, seq) index (a test checks the
 # query plans): the table itself is in insertion order, all conversations interleaved.
@@ -196,11 +149,10 @@ AGENT_ENTRIES_PAGE = (
     " AND agent_id = ? ORDER BY seq LIMIT ?"
 )
 LOAD_CONVERSATION = (
-    f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations"
-    " WHERE id = ?"
+    f"SELECT {CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations WHERE id = ?"
 )
 OPEN_SESSIONS = (
-    f"SELECT {_CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations"
+    f"SELECT {CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations"
     " WHERE session_id IS NOT NULL ORDER BY started_at"
 )
 BOT_BACKLOG = (
@@ -239,20 +191,6 @@ PRUNE_SCAN = 500
 PRUNE_CHECKPOINT_EVERY = 16
 """Retention transactions between two checkpoints of the write-ahead log (each chunk writes
 some tens of pages, so each checkpoint copies about a thousand)."""
-
-
-# What it cannot encode (a type JSON does not have, NaN or Infinity, a cycle) makes ``record``
-# refuse the message.
-_dumps = compact_encoder()
-_SENDERS = {party: party.value for party in Party}
-_AUDIENCES: dict[frozenset[Party], str] = {}
-
-
-def _audience(parties: frozenset[Party]) -> str:
-    text = _AUDIENCES.get(parties)
-    if text is None:
-        text = _AUDIENCES[parties] = ",".join(sorted(p.value for p in parties))
-    return text
 
 
 _ROWS_PER_STATEMENT = 128
@@ -301,22 +239,6 @@ _DATA_ERRORS = (
     TypeError,
     OverflowError,
 )
-
-
-def _writable(rows: _Rows) -> bool:
-    """Whether every string of ``rows`` can be written as UTF-8 (no lone surrogate): checked
-    before the rows join a batch, so one call's text cannot fail everyone's commit."""
-    for row in (rows.conversation, *rows.messages):
-        if row is None:
-            continue
-        for value in row:
-            if type(value) is str and bad_text(value):
-                return False
-    return all(
-        not (type(value) is str and bad_text(value))
-        for _, parameters in rows.session_changes
-        for value in parameters
-    )
 
 
 def _describe(path: Path, exc: BaseException) -> str:
@@ -484,14 +406,14 @@ class SQLiteStore:
             rows = self._rows(state, entries)
         except (TypeError, ValueError, RecursionError) as exc:
             raise StoreUnavailable(f"this message cannot be stored: {exc!r}") from exc
-        if not _writable(rows):
+        if not writable(rows):
             raise StoreUnavailable("this message cannot be stored: its text is not valid Unicode")
         await self._submit(_Pending(rows))
 
     async def record_presence(self, agent_id: str, presence: str, at: float | None = None) -> None:
         """Keep an agent's last presence (``online``, ``away``...), as of ``at``."""
         presence_row = (agent_id, presence, at or time.time())
-        await self._submit(_Pending(_Rows(None, [], [], presence_row)))
+        await self._submit(_Pending(Rows(None, [], [], presence_row)))
 
     def bot_done(self, conversation_id: str, seq: int) -> None:
         """Take entry ``seq`` out of the bot's outbox with the next commit, without waiting
@@ -511,7 +433,7 @@ class SQLiteStore:
     async def load(self, conversation_id: str) -> ConversationState | None:
         def read(db: sqlite3.Connection) -> ConversationState | None:
             row = db.execute(LOAD_CONVERSATION, (conversation_id,)).fetchone()
-            return None if row is None else _state_from_row(row)
+            return None if row is None else state_from_row(row)
 
         return await self._read(read)
 
@@ -541,7 +463,7 @@ class SQLiteStore:
     async def open_sessions(self) -> list[ConversationState]:
         def read(db: sqlite3.Connection) -> list[ConversationState]:
             rows = db.execute(OPEN_SESSIONS).fetchall()
-            return [_state_from_row(row) for row in rows]
+            return [state_from_row(row) for row in rows]
 
         return await self._read(read)
 
@@ -668,7 +590,7 @@ class SQLiteStore:
                 pending.error = StoreUnavailable(_describe(self.path, exc))
 
     def _write_batch(
-        self, good: list[tuple[_Pending, _Rows]], answered: list[tuple[str, int]]
+        self, good: list[tuple[_Pending, Rows]], answered: list[tuple[str, int]]
     ) -> None:
         try:
             self._write([rows for _, rows in good], answered)
@@ -694,7 +616,7 @@ class SQLiteStore:
         self.commits += 1
         self.committed_calls += sum(1 for pending, _ in good if pending.error is None)
 
-    def _write_part(self, part: list[tuple[_Pending, _Rows]]) -> None:
+    def _write_part(self, part: list[tuple[_Pending, Rows]]) -> None:
         """Commit ``part`` of a batch that failed on its data; halve it again on failure, so
         only the calls whose own rows cannot be written are refused (with words that say
         nothing of what anyone wrote)."""
@@ -717,7 +639,7 @@ class SQLiteStore:
         else:
             self._remember([rows for _, rows in part])
 
-    def _remember(self, committed: list[_Rows]) -> None:
+    def _remember(self, committed: list[Rows]) -> None:
         """Note which conversations now have a bot-mode row on disk (after the commit only:
         a rolled-back row must be written again)."""
         marks = self._bot_mode_rows
@@ -738,7 +660,7 @@ class SQLiteStore:
                 else:
                     live[cid] = rows.live_shape
 
-    def _write(self, batch: list[_Rows], answered: list[tuple[str, int]]) -> None:
+    def _write(self, batch: list[Rows], answered: list[tuple[str, int]]) -> None:
         db = self._writer
         if db is None:
             raise sqlite3.OperationalError("the store is closed")
@@ -774,30 +696,8 @@ class SQLiteStore:
                 db.execute("ROLLBACK")
             raise
 
-    def _rows(self, state: ConversationState, entries: Sequence[Entry]) -> _Rows:
-        messages = []
-        changes: list[tuple[str, tuple[Any, ...]]] = []
-        owed: list[tuple[str, int]] = []
-        for entry in entries:
-            if Party.BOT in entry.audience:
-                owed.append((entry.conversation_id, entry.seq))
-            messages.append(
-                (
-                    entry.conversation_id,
-                    entry.seq,
-                    entry.at,
-                    _SENDERS[entry.sender],
-                    entry.content.content_type,
-                    _dumps(entry.content.content),
-                    _audience(entry.audience),
-                    entry.agent_id,
-                    entry.session_id,
-                    _dumps(entry.metadata) if entry.metadata else None,
-                )
-            )
-            change = _session_change(state, entry)
-            if change is not None:
-                changes.append(change)
+    def _rows(self, state: ConversationState, entries: Sequence[Entry]) -> Rows:
+        messages, changes, owed = message_rows(state, entries)
         rows = self._with_conversation_row(state, messages, changes)
         rows.owed_to_bot = owed or None
         return rows
@@ -807,7 +707,7 @@ class SQLiteStore:
         state: ConversationState,
         messages: list[tuple[Any, ...]],
         changes: list[tuple[str, tuple[Any, ...]]],
-    ) -> _Rows:
+    ) -> Rows:
         """The rows of one call, with the conversation's own row unless the messages already
         say everything that moved."""
         cid = state.conversation_id
@@ -815,9 +715,9 @@ class SQLiteStore:
             if messages and self._bot_mode_rows.get(cid) == state.sessions_opened:
                 # Only next_seq moved, and the messages written with it say it: a bot-mode
                 # message costs one row, not two (load takes next_seq from the last message).
-                return _Rows(None, messages, changes, None)
+                return Rows(None, messages, changes, None)
             mark: tuple[str, int | None] = (cid, state.sessions_opened)
-            return _Rows(self._conversation_row(state), messages, changes, None, mark)
+            return Rows(self._conversation_row(state), messages, changes, None, mark)
         session = state.session
         shape = (
             cid,
@@ -844,8 +744,8 @@ class SQLiteStore:
             # message costs one row, not two (load takes them from the messages numbered
             # from the row's next_seq on; should the wall clock step back meanwhile, it
             # takes the latest time seen, a deadline later by at most the step).
-            return _Rows(None, messages, changes, None)
-        return _Rows(self._conversation_row(state), messages, changes, None, (cid, None), shape)
+            return Rows(None, messages, changes, None)
+        return Rows(self._conversation_row(state), messages, changes, None, (cid, None), shape)
 
     def _metadata_json(self, state: ConversationState) -> str:
         """The user's metadata as JSON, encoded once per conversation: every state of a
@@ -855,7 +755,7 @@ class SQLiteStore:
             return cached[1]
         if len(self._metadata_cache) >= 10_000:
             self._metadata_cache.clear()
-        text = _dumps(state.user_metadata)
+        text = dumps(state.user_metadata)
         self._metadata_cache[state.conversation_id] = (state.user_metadata, text)
         return text
 
@@ -1185,101 +1085,3 @@ def prune_connection(
         deleted.extend(chunk.deleted)
         after = chunk.after
     return deleted
-
-
-# -- rows <-> the core's records ------------------------------------------------------------
-
-
-def _session_change(state: ConversationState, entry: Entry) -> tuple[str, tuple[Any, ...]] | None:
-    """The change to the ``sessions`` table an entry marks: the session's start, an agent
-    joining it, its end and reason. Derived from the entries, in their order, so a session
-    that opens and ends within one batch is still recorded whole."""
-    content = entry.content
-    session_id = entry.session_id
-    if session_id is None:
-        return None
-    if entry.sender is Party.SYSTEM and content.content_type == "notice":
-        code = content.content.get("code")
-        if code == "session_started":
-            return (
-                _SESSION_STARTED,
-                (session_id, state.conversation_id, state.bot_id, entry.at, entry.at),
-            )
-        if code == "agent_joined":
-            return (_SESSION_ASSIGNED, (content.content.get("agent_id"), session_id))
-        return None
-    if Party.BOT in entry.audience and (
-        content.is_payload(SESSION_END) or content.is_payload(SESSION_EXPIRED)
-    ):
-        return (_SESSION_ENDED, (entry.at, entry.metadata.get("reason"), session_id))
-    return None
-
-
-def _state_from_row(row: Sequence[Any]) -> ConversationState:
-    (
-        conversation_id,
-        bot_id,
-        user_id,
-        metadata,
-        next_seq,
-        sessions_opened,
-        _mode,
-        session_id,
-        started_at,
-        last_activity,
-        queued_at,
-        agent_id,
-        agent_name,
-        _position,
-        sign_off_offered,
-        _deadline,
-        _updated_at,
-        last_seq,
-        later_activity,
-    ) = row
-    session = None
-    if session_id is not None:
-        session = Session(
-            session_id,
-            started_at,
-            last_activity if later_activity is None else max(last_activity, later_activity),
-            queued_at,
-            agent_id,
-            agent_name or "",
-            bool(sign_off_offered),
-        )
-    return ConversationState(
-        conversation_id,
-        bot_id,
-        user_id,
-        json.loads(metadata),
-        max(next_seq, (last_seq or 0) + 1),
-        session,
-        sessions_opened,
-    )
-
-
-def entry_from_row(row: Sequence[Any]) -> Entry:
-    (
-        conversation_id,
-        seq,
-        at,
-        sender,
-        content_type,
-        content,
-        audience,
-        agent_id,
-        session_id,
-        meta,
-    ) = row
-    return Entry(
-        conversation_id,
-        seq,
-        at,
-        Party(sender),
-        Content(content_type, json.loads(content)),
-        frozenset(Party(p) for p in audience.split(",") if p),
-        agent_id,
-        session_id,
-        json.loads(meta) if meta else {},
-    )
