@@ -36,14 +36,12 @@ import trio
 
 from actors import ConversationState, Entry, StoreUnavailable
 from actors.model.settings import BotSettings
-from actors.model.state import Mode, deadline
+from transport.store.row_cache import RowCache
 from transport.store.rows import (
     CONVERSATION_COLUMNS,
     MESSAGE_COLUMNS,
     Rows,
-    dumps,
     entry_from_row,
-    message_rows,
     state_from_row,
     writable,
 )
@@ -312,9 +310,7 @@ class SQLiteStore:
         # (conversation id, seq) of bot events answered since the last commit: taken out of
         # the outbox by the next one, with no caller waiting for it.
         self._answered: list[tuple[str, int]] = []
-        self._metadata_cache: dict[str, tuple[Mapping[str, Any], str]] = {}
-        self._bot_mode_rows: dict[str, int] = {}
-        self._live_rows: dict[str, tuple[Any, ...]] = {}
+        self._row_cache = RowCache(self.settings)
         self._wake = trio.Event()
         self._running = False
         self._failure: str | None = None
@@ -403,7 +399,7 @@ class SQLiteStore:
         # Rows are built here, on trio's thread: the writer thread then holds the GIL only
         # briefly, and a message that cannot be encoded fails alone, before any batch.
         try:
-            rows = self._rows(state, entries)
+            rows = self._row_cache.rows(state, entries)
         except (TypeError, ValueError, RecursionError) as exc:
             raise StoreUnavailable(f"this message cannot be stored: {exc!r}") from exc
         if not writable(rows):
@@ -539,8 +535,7 @@ class SQLiteStore:
                 chunk = prune_chunk(db, cutoff, start, chunk_rows)
                 for conversation_id in chunk.deleted:
                     # Its row is gone: a next message must write it again, not skip it.
-                    self._bot_mode_rows.pop(conversation_id, None)
-                    self._live_rows.pop(conversation_id, None)
+                    self._row_cache.forget(conversation_id)
                 return chunk
 
             pending = _Pending(None, job=job)
@@ -612,7 +607,7 @@ class SQLiteStore:
                 pending.error = StoreUnavailable(message)
             return
         else:
-            self._remember([rows for _, rows in good])
+            self._row_cache.remember([rows for _, rows in good])
         self.commits += 1
         self.committed_calls += sum(1 for pending, _ in good if pending.error is None)
 
@@ -637,28 +632,7 @@ class SQLiteStore:
             for pending, _ in part:
                 pending.error = StoreUnavailable(message)
         else:
-            self._remember([rows for _, rows in part])
-
-    def _remember(self, committed: list[Rows]) -> None:
-        """Note which conversations now have a bot-mode row on disk (after the commit only:
-        a rolled-back row must be written again)."""
-        marks = self._bot_mode_rows
-        live = self._live_rows
-        if len(marks) > 100_000:
-            marks.clear()
-        if len(live) > 100_000:
-            live.clear()
-        for rows in committed:
-            if rows.bot_mode is not None:
-                cid, opened = rows.bot_mode
-                if opened is None:
-                    marks.pop(cid, None)
-                else:
-                    marks[cid] = opened
-                if rows.live_shape is None:
-                    live.pop(cid, None)
-                else:
-                    live[cid] = rows.live_shape
+            self._row_cache.remember([rows for _, rows in part])
 
     def _write(self, batch: list[Rows], answered: list[tuple[str, int]]) -> None:
         db = self._writer
@@ -695,114 +669,6 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
-
-    def _rows(self, state: ConversationState, entries: Sequence[Entry]) -> Rows:
-        messages, changes, owed = message_rows(state, entries)
-        rows = self._with_conversation_row(state, messages, changes)
-        rows.owed_to_bot = owed or None
-        return rows
-
-    def _with_conversation_row(
-        self,
-        state: ConversationState,
-        messages: list[tuple[Any, ...]],
-        changes: list[tuple[str, tuple[Any, ...]]],
-    ) -> Rows:
-        """The rows of one call, with the conversation's own row unless the messages already
-        say everything that moved."""
-        cid = state.conversation_id
-        if state.session is None:
-            if messages and self._bot_mode_rows.get(cid) == state.sessions_opened:
-                # Only next_seq moved, and the messages written with it say it: a bot-mode
-                # message costs one row, not two (load takes next_seq from the last message).
-                return Rows(None, messages, changes, None)
-            mark: tuple[str, int | None] = (cid, state.sessions_opened)
-            return Rows(self._conversation_row(state), messages, changes, None, mark)
-        session = state.session
-        shape = (
-            cid,
-            state.bot_id,
-            state.user_id,
-            self._metadata_json(state),
-            state.sessions_opened,
-            state.mode.value,
-            session.session_id,
-            session.started_at,
-            session.queued_at,
-            session.agent_id,
-            session.agent_name,
-            None,  # the queue position is no longer stored (it is ephemeral)
-            int(session.sign_off_offered),
-        )
-        if (
-            messages
-            and not changes
-            and self._live_rows.get(cid) == shape
-            and session.last_activity == max(message[2] for message in messages)
-        ):
-            # Only next_seq and last_activity moved, and the messages say both: a live
-            # message costs one row, not two (load takes them from the messages numbered
-            # from the row's next_seq on; should the wall clock step back meanwhile, it
-            # takes the latest time seen, a deadline later by at most the step).
-            return Rows(None, messages, changes, None)
-        return Rows(self._conversation_row(state), messages, changes, None, (cid, None), shape)
-
-    def _metadata_json(self, state: ConversationState) -> str:
-        """The user's metadata as JSON, encoded once per conversation: every state of a
-        conversation shares the same mapping, and it rarely changes."""
-        cached = self._metadata_cache.get(state.conversation_id)
-        if cached is not None and cached[0] is state.user_metadata:
-            return cached[1]
-        if len(self._metadata_cache) >= 10_000:
-            self._metadata_cache.clear()
-        text = dumps(state.user_metadata)
-        self._metadata_cache[state.conversation_id] = (state.user_metadata, text)
-        return text
-
-    def _conversation_row(self, state: ConversationState) -> tuple[Any, ...]:
-        session = state.session
-        settings = self.settings.get(state.bot_id)
-        idle_deadline = deadline(state, settings) if settings is not None else None
-        now = time.time()
-        if session is None:
-            return (
-                state.conversation_id,
-                state.bot_id,
-                state.user_id,
-                self._metadata_json(state),
-                state.next_seq,
-                state.sessions_opened,
-                Mode.BOT.value,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                0,
-                None,
-                now,
-            )
-        return (
-            state.conversation_id,
-            state.bot_id,
-            state.user_id,
-            self._metadata_json(state),
-            state.next_seq,
-            state.sessions_opened,
-            state.mode.value,
-            session.session_id,
-            session.started_at,
-            session.last_activity,
-            session.queued_at,
-            session.agent_id,
-            session.agent_name,
-            None,  # the queue position is no longer stored (it is ephemeral)
-            int(session.sign_off_offered),
-            idle_deadline,
-            now,
-        )
 
     # -- reading ----------------------------------------------------------------------------
 
