@@ -10,8 +10,8 @@ from typing import Any
 
 from actors import ConversationState, Entry
 from actors.model.settings import BotSettings
-from actors.model.state import Mode, deadline
-from transport.store.rows import Rows, dumps, message_rows
+from actors.model.state import deadline
+from transport.store.rows import Rows, conversation_row, dumps, message_rows
 
 
 class RowCache:
@@ -92,49 +92,9 @@ class RowCache:
         return text
 
     def _conversation_row(self, state: ConversationState) -> tuple[Any, ...]:
-        session = state.session
         settings = self.settings.get(state.bot_id)
         idle_deadline = deadline(state, settings) if settings is not None else None
-        now = time.time()
-        if session is None:
-            return (
-                state.conversation_id,
-                state.bot_id,
-                state.user_id,
-                self._metadata_json(state),
-                state.next_seq,
-                state.sessions_opened,
-                Mode.BOT.value,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                0,
-                None,
-                now,
-            )
-        return (
-            state.conversation_id,
-            state.bot_id,
-            state.user_id,
-            self._metadata_json(state),
-            state.next_seq,
-            state.sessions_opened,
-            state.mode.value,
-            session.session_id,
-            session.started_at,
-            session.last_activity,
-            session.queued_at,
-            session.agent_id,
-            session.agent_name,
-            None,  # the queue position is no longer stored (it is ephemeral)
-            int(session.sign_off_offered),
-            idle_deadline,
-            now,
-        )
+        return conversation_row(state, self._metadata_json(state), idle_deadline, time.time())
 
     def remember(self, committed: list[Rows]) -> None:
         """Note which conversations now have a bot-mode row on disk (after the commit only:

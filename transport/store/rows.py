@@ -128,6 +128,43 @@ def message_rows(
     return messages, changes, owed
 
 
+# The session's columns (session_id to sign_off_offered) of a conversation in bot mode.
+_NO_SESSION = (None, None, None, None, None, None, None, 0)
+
+
+def conversation_row(
+    state: ConversationState, metadata: str, idle_deadline: float | None, now: float
+) -> tuple[Any, ...]:
+    """The ``conversations`` row of ``state`` (:data:`CONVERSATION_COLUMNS`), given the user's
+    metadata as JSON, the open session's deadline as an absolute time, and the time now."""
+    session = state.session
+    if session is None:
+        columns: tuple[Any, ...] = _NO_SESSION
+    else:
+        columns = (
+            session.session_id,
+            session.started_at,
+            session.last_activity,
+            session.queued_at,
+            session.agent_id,
+            session.agent_name,
+            None,  # the queue position is no longer stored (it is ephemeral)
+            int(session.sign_off_offered),
+        )
+    return (
+        state.conversation_id,
+        state.bot_id,
+        state.user_id,
+        metadata,
+        state.next_seq,
+        state.sessions_opened,
+        state.mode.value,
+        *columns,
+        idle_deadline,
+        now,
+    )
+
+
 def session_change(state: ConversationState, entry: Entry) -> tuple[str, tuple[Any, ...]] | None:
     """The change to the ``sessions`` table an entry marks: the session's start, an agent
     joining it, its end and reason. Derived from the entries, in their order, so a session
