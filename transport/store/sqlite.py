@@ -11,10 +11,6 @@ Reads (loading a conversation, resuming after a sequence number, the open sessio
 start-up) use their own connections in worker threads: in WAL mode they never wait for the
 writer, and they see every batch committed before they start.
 
-A second Switchover on the same file would restore the same sessions twice, so the store
-holds an exclusive lock on ``<file>.lock`` while it runs (the kernel drops it if the process
-dies, so ``kill -9`` never leaves it stale).
-
 Run it with :func:`open_sqlite_store` (or :meth:`SQLiteStore.run` in your own nursery).
 """
 
@@ -22,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import math
 import os
@@ -36,6 +31,7 @@ import trio
 
 from actors import ConversationState, Entry, StoreUnavailable
 from actors.model.settings import BotSettings
+from transport.store.lock import take_lock
 from transport.store.row_cache import RowCache
 from transport.store.rows import (
     CONVERSATION_COLUMNS,
@@ -713,7 +709,7 @@ class SQLiteStore:
                     f"the database {path} cannot be opened for writing: {target} is not "
                     "writable; check that the data directory is writable"
                 )
-        self._take_file_lock()
+        self._lock_file = take_lock(path)
         try:
             self._writer = self._connect_writer()
         except SchemaTooNew as exc:
@@ -725,25 +721,6 @@ class SQLiteStore:
         except BaseException:
             self._close()
             raise
-
-    def _take_file_lock(self) -> None:
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreUnavailable(
-                f"the database {self.path} cannot be opened for writing: {lock_path}: "
-                f"{exc.strerror or exc}; check that the data directory is writable"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            raise StoreUnavailable(
-                f"the database {self.path} is in use by another Switchover process; stop it "
-                "or use another data directory"
-            ) from exc
-        self._lock_file = fd
 
     def _connect_writer(self) -> sqlite3.Connection:
         db = sqlite3.connect(
