@@ -17,7 +17,6 @@ Run it with :func:`open_sqlite_store` (or :meth:`SQLiteStore.run` in your own nu
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
@@ -31,6 +30,12 @@ import trio
 
 from actors import ConversationState, Entry, StoreUnavailable
 from actors.model.settings import BotSettings
+from transport.store.connections import (
+    check_directory,
+    connect_reader,
+    connect_writer,
+    describe,
+)
 from transport.store.lock import take_lock
 from transport.store.row_cache import RowCache
 from transport.store.rows import (
@@ -41,15 +46,11 @@ from transport.store.rows import (
     state_from_row,
     writable,
 )
-from transport.store.schema import SchemaTooNew, check_version, migrate
+from transport.store.schema import SchemaTooNew
 
 log = logging.getLogger("switchover.store")
 
 DATABASE_FILENAME = "switchover.db"
-WAL_CHECKPOINT_PAGES = 8192
-"""Pages (4 KiB) the write-ahead log grows to before it is copied into the database."""
-CACHE_KIB = 32768
-"""The writer's page cache: the pages many live conversations write to stay in memory."""
 
 T = TypeVar("T")
 
@@ -233,31 +234,6 @@ _DATA_ERRORS = (
     TypeError,
     OverflowError,
 )
-
-
-def _describe(path: Path, exc: BaseException) -> str:
-    """Words for an operator: what is wrong with the database file, and what to do."""
-    text = str(exc)
-    lowered = text.lower()
-    code = getattr(exc, "sqlite_errorcode", None)
-    if "locked" in lowered or "busy" in lowered:
-        return (
-            f"the database {path} is locked by another process ({text}); stop the other "
-            "process or use another data directory"
-        )
-    if "full" in lowered or code == sqlite3.SQLITE_FULL or getattr(exc, "errno", 0) == errno.ENOSPC:
-        return f"the database {path} cannot grow: the disk (or its size limit) is full ({text})"
-    if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
-        return (
-            f"the database {path} cannot be opened for writing ({text}); check that the data "
-            "directory exists and is writable"
-        )
-    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
-        return (
-            f"the database {path} is damaged ({text}); restore it from a backup or move it "
-            "away to start afresh"
-        )
-    return f"the database {path} failed: {text}"
 
 
 class SQLiteStore:
@@ -578,7 +554,7 @@ class SQLiteStore:
                     raise sqlite3.OperationalError("the store is closed")
                 pending.result = pending.job(db)
             except sqlite3.Error as exc:
-                pending.error = StoreUnavailable(_describe(self.path, exc))
+                pending.error = StoreUnavailable(describe(self.path, exc))
 
     def _write_batch(
         self, good: list[tuple[_Pending, Rows]], answered: list[tuple[str, int]]
@@ -597,7 +573,7 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 self._write([], answered)
         except sqlite3.Error as exc:
-            message = _describe(self.path, exc)
+            message = describe(self.path, exc)
             log.error("commit of %d calls failed: %s", len(good), message)
             for pending, _ in good:
                 pending.error = StoreUnavailable(message)
@@ -624,7 +600,7 @@ class SQLiteStore:
             log.error("a call's rows cannot be stored: %s", type(exc).__name__)
             part[0][0].error = StoreUnavailable("this message cannot be stored")
         except sqlite3.Error as exc:
-            message = _describe(self.path, exc)
+            message = describe(self.path, exc)
             for pending, _ in part:
                 pending.error = StoreUnavailable(message)
         else:
@@ -677,17 +653,14 @@ class SQLiteStore:
             try:
                 return read(db)
             except sqlite3.Error as exc:
-                raise StoreUnavailable(_describe(self.path, exc)) from exc
+                raise StoreUnavailable(describe(self.path, exc)) from exc
             finally:
                 self._idle_readers.append(db)
 
         return await trio.to_thread.run_sync(with_reader, limiter=self._reader_limit)
 
     def _new_reader(self) -> sqlite3.Connection:
-        db = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        db.execute("PRAGMA query_only = ON")
+        db = connect_reader(self.path, self.busy_timeout)
         self._all_readers.append(db)
         return db
 
@@ -696,66 +669,25 @@ class SQLiteStore:
     def _open(self) -> None:
         """Open, check, lock and upgrade the file (worker thread). Raises StoreUnavailable."""
         path = self.path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailable(
-                f"the data directory {path.parent} cannot be created: {exc.strerror or exc}"
-            ) from exc
-        for target in (path.parent, path):
-            # SQLite's own errors for this vary (read-only, I/O error): say it plainly.
-            if target.exists() and not os.access(target, os.W_OK):
-                raise StoreUnavailable(
-                    f"the database {path} cannot be opened for writing: {target} is not "
-                    "writable; check that the data directory is writable"
-                )
+        check_directory(path)
         self._lock_file = take_lock(path)
         try:
-            self._writer = self._connect_writer()
+            self._writer, self.migrated_from = connect_writer(
+                path,
+                busy_timeout=self.busy_timeout,
+                synchronous=self.synchronous,
+                verify=self.verify,
+                max_bytes=self.max_bytes,
+            )
         except SchemaTooNew as exc:
             self._close()
             raise StoreUnavailable(f"the database {path} is refused: {exc}") from exc
         except (sqlite3.Error, OSError) as exc:
             self._close()
-            raise StoreUnavailable(_describe(path, exc)) from exc
+            raise StoreUnavailable(describe(path, exc)) from exc
         except BaseException:
             self._close()
             raise
-
-    def _connect_writer(self) -> sqlite3.Connection:
-        db = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            # Read-only checks first: a file we refuse must leave exactly as it came.
-            check_version(db)
-            if self.verify:
-                problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
-                if problems != ["ok"]:
-                    raise sqlite3.DatabaseError(f"malformed: {'; '.join(problems[:3])}")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode!r})")
-            db.execute(f"PRAGMA synchronous = {self.synchronous}")
-            # Messages of many conversations interleave, so each commit dirties about one
-            # page per conversation; checkpointing less often copies each page once for many
-            # commits instead of once for every few (bench/README.md, Store).
-            db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
-            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            found, now = migrate(db)
-            self.migrated_from = found
-            if found is not None and found != now:
-                log.warning("database %s upgraded from schema %d to %d", self.path, found, now)
-            if self.max_bytes is not None:
-                page_size = db.execute("PRAGMA page_size").fetchone()[0]
-                db.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page_size)}")
-            # Prove we can take the write lock now, rather than on the first message.
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("COMMIT")
-        except BaseException:
-            db.close()
-            raise
-        return db
 
     def _close(self) -> None:
         for db in self._all_readers:
