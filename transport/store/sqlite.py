@@ -47,6 +47,7 @@ from transport.store.rows import (
     writable,
 )
 from transport.store.schema import SchemaTooNew
+from transport.store.writer import ROWS_PER_STATEMENT, Pending, Writer, in_chunks
 
 log = logging.getLogger("switchover.store")
 
@@ -69,59 +70,6 @@ def database_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / DATABASE_FILENAME
 
 
-class _Pending:
-    """One call waiting for the commit of its rows, or for its job to run.
-
-    The caller's task parks itself here and the writer reschedules it once the commit is
-    done (a bare park costs less than a :class:`trio.Event` with its parking lot, and it
-    lets the writer release each chunk of a large batch as soon as that chunk is durable).
-    """
-
-    __slots__ = ("error", "finished", "job", "result", "rows", "task")
-
-    def __init__(
-        self, rows: Rows | None, job: Callable[[sqlite3.Connection], Any] | None = None
-    ) -> None:
-        self.rows = rows
-        self.job = job
-        self.error: Exception | None = None
-        self.result: Any = None
-        self.task: trio.lowlevel.Task | None = None
-        self.finished = False
-
-    async def wait(self) -> None:
-        """Park until :meth:`release`; a cancelled caller stops waiting (its rows are still
-        committed, it just does not hear of it)."""
-        if self.finished:
-            await trio.lowlevel.checkpoint()
-            return
-        self.task = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self.task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def release(self) -> None:
-        self.finished = True
-        task = self.task
-        if task is not None:
-            self.task = None
-            trio.lowlevel.reschedule(task)
-
-
-_INSERT_MESSAGE = (
-    "INSERT INTO messages (conversation_id, seq, at, sender, content_type, content, audience,"
-    " agent_id, session_id, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_UPSERT_CONVERSATION = (
-    f"INSERT OR REPLACE INTO conversations ({CONVERSATION_COLUMNS})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_UPSERT_PRESENCE = "INSERT OR REPLACE INTO agents (agent_id, presence, at) VALUES (?, ?, ?)"
-_OWE_BOT = "INSERT OR IGNORE INTO bot_outbox (conversation_id, seq) VALUES (?, ?)"
-_BOT_ANSWERED = "DELETE FROM bot_outbox WHERE (conversation_id, seq) IN (VALUES {rows})"
 # A bot-mode message does not rewrite its conversation's row: the true next_seq is one past
 # the last message when that is higher than the row's.
 _LAST_SEQ = "(SELECT max(m.seq) FROM messages m WHERE m.conversation_id = conversations.id)"
@@ -188,54 +136,6 @@ PRUNE_CHECKPOINT_EVERY = 16
 some tens of pages, so each checkpoint copies about a thousand)."""
 
 
-_ROWS_PER_STATEMENT = 128
-_MULTI_ROW_SQL: dict[tuple[str, int], str] = {}
-
-
-def _insert_rows(db: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]]) -> None:
-    """Insert ``rows`` with multi-row ``INSERT ... VALUES (...), (...)`` statements (see
-    :func:`_in_chunks`)."""
-    head, _, values = insert.partition(" VALUES ")
-    _in_chunks(db, f"{head} VALUES {{rows}}", rows, values)
-
-
-def _in_chunks(
-    db: sqlite3.Connection, statement: str, rows: Sequence[tuple[Any, ...]], group: str = ""
-) -> None:
-    """Run ``statement`` over ``rows``, many at a time: its ``{rows}`` becomes a list of
-    ``group`` (by default one ``?`` per value of a row, in parentheses), one per row.
-
-    Why not ``executemany``: it steps once per row, and the sqlite3 module releases and
-    takes back the GIL around every step. While trio's thread is busy, each take-back waits
-    for the interpreter's switch interval, so a 500-row commit took ~0.4 s of wall time
-    (bench/README.md, Store). Here a commit takes the GIL back a handful of times. Chunk
-    sizes are powers of two, so only a few statements are ever prepared (and cached).
-    """
-    start = 0
-    while start < len(rows):
-        size = min(_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
-        sql = _MULTI_ROW_SQL.get((statement, size))
-        if sql is None:
-            one = group or f"({', '.join('?' * len(rows[start]))})"
-            sql = _MULTI_ROW_SQL[(statement, size)] = statement.format(rows=", ".join([one] * size))
-        chunk = rows[start : start + size]
-        db.execute(sql, [value for row in chunk for value in row])
-        start += size
-
-
-#: What a batch can fail on because of one call's data rather than the file: that call is
-#: isolated and refused, the others are stored.
-_DATA_ERRORS = (
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,
-    ValueError,
-    TypeError,
-    OverflowError,
-)
-
-
 class SQLiteStore:
     """Implements :class:`actors.ports.Store` on one SQLite file.
 
@@ -270,22 +170,23 @@ class SQLiteStore:
         self.max_batch = max_batch
         self.verify = verify
         self.migrated_from: int | None = None
-        self.commits = 0
-        self.committed_calls = 0
         self.prune_chunks = 0
-        self._writer: sqlite3.Connection | None = None
         self._lock_file: int | None = None
         self._idle_readers: list[sqlite3.Connection] = []
         self._all_readers: list[sqlite3.Connection] = []
         self._reader_limit = trio.CapacityLimiter(readers)
-        self._filling: list[_Pending] = []
-        # (conversation id, seq) of bot events answered since the last commit: taken out of
-        # the outbox by the next one, with no caller waiting for it.
-        self._answered: list[tuple[str, int]] = []
         self._row_cache = RowCache(self.settings)
-        self._wake = trio.Event()
-        self._running = False
-        self._failure: str | None = None
+        self._writer = Writer(self.path, max_batch, self._row_cache.remember)
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed for calls."""
+        return self._writer.commits
+
+    @property
+    def committed_calls(self) -> int:
+        """Calls stored."""
+        return self._writer.committed_calls
 
     # -- running ----------------------------------------------------------------------------
 
@@ -304,66 +205,12 @@ class SQLiteStore:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit batches until cancelled, on a store already :meth:`open`."""
-        if self._writer is None:
+        if self._writer.db is None:
             raise RuntimeError("open the store before serving it")
-        self._running = True
-        task_status.started()
         try:
-            await self._write_forever()
+            await self._writer.serve(task_status=task_status)
         finally:
-            self._running = False
-            self._failure = "the store has stopped"
-            # Bots' answers noted since the last commit are written before closing, so a
-            # clean stop hands no answered event to a bot again. Messages still waiting are
-            # not: their senders were never told they were stored, and are gone.
-            answered, self._answered = self._answered, []
-            if answered:
-                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await trio.to_thread.run_sync(self._commit, [], answered)
-            for pending in self._filling:
-                pending.error = StoreUnavailable("the store has stopped")
-                pending.release()
-            self._filling = []
             self._close()
-
-    async def _write_forever(self) -> None:
-        while True:
-            await self._wake.wait()
-            # Let every task that is ready to run now queue its record too: one scheduler
-            # pass costs microseconds, a commit costs an fsync.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            self._wake = trio.Event()
-            calls, self._filling = self._filling, []
-            answered, self._answered = self._answered, []
-            # A started commit finishes even on shutdown: its waiters must hear the truth.
-            with trio.CancelScope(shield=True):
-                for start in range(0, max(len(calls), 1), self.max_batch):
-                    chunk = calls[start : start + self.max_batch]
-                    # Records first, released as soon as they are durable; jobs (a prune's
-                    # chunk, a checkpoint) after, so no acknowledgement waits for a job.
-                    writes = [pending for pending in chunk if pending.job is None]
-                    jobs = [pending for pending in chunk if pending.job is not None]
-                    for part in (writes, jobs):
-                        if part or answered:
-                            await self._commit_part(part, answered)
-                            answered = []
-
-    async def _commit_part(self, part: list[_Pending], answered: list[tuple[str, int]]) -> None:
-        try:
-            # The answers ride with the first part (or alone, when no call is waiting); lost
-            # with a failed commit, they are redelivered later.
-            await trio.to_thread.run_sync(self._commit, part, answered)
-        except Exception:
-            # A bug, not a disk problem: nobody in the batch may hear "stored", and nobody
-            # hears what the others wrote (it is in the log).
-            log.exception("the store's writer failed")
-            for pending in part:
-                if pending.error is None:
-                    pending.error = StoreUnavailable("the store failed")
-        # The callers go on as soon as their part is durable: their work on trio's thread
-        # overlaps the next commit in the worker thread.
-        for pending in part:
-            pending.release()
 
     # -- the Store protocol -----------------------------------------------------------------
 
@@ -376,21 +223,17 @@ class SQLiteStore:
             raise StoreUnavailable(f"this message cannot be stored: {exc!r}") from exc
         if not writable(rows):
             raise StoreUnavailable("this message cannot be stored: its text is not valid Unicode")
-        await self._submit(_Pending(rows))
+        await self._writer.submit(Pending(rows))
 
     async def record_presence(self, agent_id: str, presence: str, at: float | None = None) -> None:
         """Keep an agent's last presence (``online``, ``away``...), as of ``at``."""
         presence_row = (agent_id, presence, at or time.time())
-        await self._submit(_Pending(Rows(None, [], [], presence_row)))
+        await self._writer.submit(Pending(Rows(None, [], [], presence_row)))
 
     def bot_done(self, conversation_id: str, seq: int) -> None:
         """Take entry ``seq`` out of the bot's outbox with the next commit, without waiting
         for it: should that commit be lost, the bot is handed the event once more."""
-        if not self._running:
-            return
-        if not self._filling and not self._answered:
-            self._wake.set()
-        self._answered.append((conversation_id, seq))
+        self._writer.answer(conversation_id, seq)
 
     async def bot_backlog(self) -> list[Entry]:
         def read(db: sqlite3.Connection) -> list[Entry]:
@@ -510,8 +353,8 @@ class SQLiteStore:
                     self._row_cache.forget(conversation_id)
                 return chunk
 
-            pending = _Pending(None, job=job)
-            await self._submit(pending)
+            pending = Pending(None, job=job)
+            await self._writer.submit(pending)
             chunk: _PruneChunk = pending.result
             chunks += 1
             self.prune_chunks += 1
@@ -519,134 +362,17 @@ class SQLiteStore:
             after = chunk.after
             # Give the writer back: what was queued while the chunk ran is committed (and
             # acknowledged) before anything more of the prune is queued.
-            await self._submit(_Pending(None))
+            await self._writer.submit(Pending(None))
             if chunks % PRUNE_CHECKPOINT_EVERY == 0 or after is None:
-                await self._submit(_Pending(None, job=_checkpoint))
+                await self._writer.submit(Pending(None, job=_checkpoint))
                 if after is not None:
-                    await self._submit(_Pending(None))
+                    await self._writer.submit(Pending(None))
         return deleted
-
-    # -- writing ----------------------------------------------------------------------------
-
-    async def _submit(self, pending: _Pending) -> None:
-        if not self._running:
-            raise StoreUnavailable(self._failure or "the store is not running")
-        if not self._filling and not self._answered:
-            self._wake.set()
-        self._filling.append(pending)
-        await pending.wait()
-        if pending.error is not None:
-            raise pending.error
-
-    def _commit(self, batch: list[_Pending], answered: list[tuple[str, int]]) -> None:
-        """Write one batch in one transaction (worker thread), and take the ``answered`` bot
-        events out of the outbox. Sets ``error`` on the calls that were not stored; the
-        others are durable when this returns."""
-        good = [(pending, pending.rows) for pending in batch if pending.rows is not None]
-        jobs = [pending for pending in batch if pending.job is not None]
-        if good or answered:
-            self._write_batch(good, answered)
-        for pending in jobs:
-            assert pending.job is not None
-            db = self._writer
-            try:
-                if db is None:
-                    raise sqlite3.OperationalError("the store is closed")
-                pending.result = pending.job(db)
-            except sqlite3.Error as exc:
-                pending.error = StoreUnavailable(describe(self.path, exc))
-
-    def _write_batch(
-        self, good: list[tuple[_Pending, Rows]], answered: list[tuple[str, int]]
-    ) -> None:
-        try:
-            self._write([rows for _, rows in good], answered)
-        except _DATA_ERRORS:
-            # Some call's rows cannot be written (they clash with what is stored, or hold a
-            # value SQLite refuses): find them by halving the batch, and store the others.
-            log.warning(
-                "a commit of %d calls failed on its data; isolating the culprits", len(good)
-            )
-            half = len(good) // 2
-            for part in (good[:half], good[half:]):
-                self._write_part(part)
-            with contextlib.suppress(sqlite3.Error):
-                self._write([], answered)
-        except sqlite3.Error as exc:
-            message = describe(self.path, exc)
-            log.error("commit of %d calls failed: %s", len(good), message)
-            for pending, _ in good:
-                pending.error = StoreUnavailable(message)
-            return
-        else:
-            self._row_cache.remember([rows for _, rows in good])
-        self.commits += 1
-        self.committed_calls += sum(1 for pending, _ in good if pending.error is None)
-
-    def _write_part(self, part: list[tuple[_Pending, Rows]]) -> None:
-        """Commit ``part`` of a batch that failed on its data; halve it again on failure, so
-        only the calls whose own rows cannot be written are refused (with words that say
-        nothing of what anyone wrote)."""
-        if not part:
-            return
-        try:
-            self._write([rows for _, rows in part], [])
-        except _DATA_ERRORS as exc:
-            if len(part) > 1:
-                half = len(part) // 2
-                self._write_part(part[:half])
-                self._write_part(part[half:])
-                return
-            log.error("a call's rows cannot be stored: %s", type(exc).__name__)
-            part[0][0].error = StoreUnavailable("this message cannot be stored")
-        except sqlite3.Error as exc:
-            message = describe(self.path, exc)
-            for pending, _ in part:
-                pending.error = StoreUnavailable(message)
-        else:
-            self._row_cache.remember([rows for _, rows in part])
-
-    def _write(self, batch: list[Rows], answered: list[tuple[str, int]]) -> None:
-        db = self._writer
-        if db is None:
-            raise sqlite3.OperationalError("the store is closed")
-        conversations: dict[str, tuple[Any, ...]] = {}
-        messages: list[tuple[Any, ...]] = []
-        owed: list[tuple[str, int]] = []
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            for rows in batch:
-                if rows.conversation is not None:
-                    conversations[rows.conversation[0]] = rows.conversation
-                messages.extend(rows.messages)
-                if rows.owed_to_bot:
-                    owed.extend(rows.owed_to_bot)
-            if messages:
-                _insert_rows(db, _INSERT_MESSAGE, messages)
-            if conversations:
-                _insert_rows(db, _UPSERT_CONVERSATION, list(conversations.values()))
-            if owed:
-                _insert_rows(db, _OWE_BOT, owed)
-            if answered:
-                # After the inserts: an answer never comes in the batch that stored its
-                # event (the bot hears of it only after the commit), but order it anyway.
-                _in_chunks(db, _BOT_ANSWERED, answered)
-            for rows in batch:
-                for statement, parameters in rows.session_changes:
-                    db.execute(statement, parameters)
-                if rows.presence is not None:
-                    db.execute(_UPSERT_PRESENCE, rows.presence)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
 
     # -- reading ----------------------------------------------------------------------------
 
     async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
-        if not self._running:
-            raise StoreUnavailable(self._failure or "the store is not running")
+        self._writer.check_running()
 
         def with_reader() -> T:
             db = self._idle_readers.pop() if self._idle_readers else self._new_reader()
@@ -672,7 +398,7 @@ class SQLiteStore:
         check_directory(path)
         self._lock_file = take_lock(path)
         try:
-            self._writer, self.migrated_from = connect_writer(
+            self._writer.db, self.migrated_from = connect_writer(
                 path,
                 busy_timeout=self.busy_timeout,
                 synchronous=self.synchronous,
@@ -695,10 +421,7 @@ class SQLiteStore:
                 db.close()
         self._all_readers.clear()
         self._idle_readers.clear()
-        if self._writer is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._writer.close()
-            self._writer = None
+        self._writer.close()
         if self._lock_file is not None:
             os.close(self._lock_file)
             self._lock_file = None
@@ -775,7 +498,7 @@ def prune_chunk(
         if piece is not None:
             db.execute(PRUNE_OLDEST_MESSAGES, piece)
         for table, column in _PRUNED_TABLES:
-            _in_chunks(db, f"DELETE FROM {table} WHERE {column} IN ({{rows}})", doomed, "?")
+            in_chunks(db, f"DELETE FROM {table} WHERE {column} IN ({{rows}})", doomed, "?")
         db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
@@ -820,8 +543,8 @@ def prune_read_ahead(
         # Only the oldest messages of a conversation too large for one chunk go this time.
         db.execute(PRUNE_READ_AHEAD_OLDEST, (piece[0], piece[2] + 1)).fetchall()
     ids = [cid for (cid,) in doomed]
-    for start in range(0, len(ids), _ROWS_PER_STATEMENT):
-        part = ids[start : start + _ROWS_PER_STATEMENT]
+    for start in range(0, len(ids), ROWS_PER_STATEMENT):
+        part = ids[start : start + ROWS_PER_STATEMENT]
         marks = ", ".join("?" * len(part))
         for statement in PRUNE_READ_AHEAD:
             db.execute(statement.format(rows=marks), part).fetchall()
