@@ -45,14 +45,16 @@ from actors import (
     open_switchboard,
 )
 from actors.model.state import Session
-from transport.store.rows import MESSAGE_COLUMNS
-from transport.store.schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
-from transport.store.sqlite import (
+from transport.store.readers import (
     AGENT_ENTRIES_PAGE,
     ENTRIES_AFTER,
     ENTRIES_PAGE,
     LOAD_CONVERSATION,
     OPEN_SESSIONS,
+)
+from transport.store.rows import MESSAGE_COLUMNS
+from transport.store.schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
+from transport.store.sqlite import (
     PRUNE_CANDIDATES,
     PRUNE_NEXT,
     PRUNE_OLDEST_MESSAGES,

@@ -30,20 +30,17 @@ import trio
 
 from actors import ConversationState, Entry, StoreUnavailable
 from actors.model.settings import BotSettings
+from transport.store import readers
 from transport.store.connections import (
     check_directory,
-    connect_reader,
     connect_writer,
     describe,
 )
 from transport.store.lock import take_lock
+from transport.store.readers import Readers
 from transport.store.row_cache import RowCache
 from transport.store.rows import (
-    CONVERSATION_COLUMNS,
-    MESSAGE_COLUMNS,
     Rows,
-    entry_from_row,
-    state_from_row,
     writable,
 )
 from transport.store.schema import SchemaTooNew
@@ -70,39 +67,6 @@ def database_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / DATABASE_FILENAME
 
 
-# A bot-mode message does not rewrite its conversation's row: the true next_seq is one past
-# the last message when that is higher than the row's.
-_LAST_SEQ = "(SELECT max(m.seq) FROM messages m WHERE m.conversation_id = conversations.id)"
-# Nor does a live-session message that only touched the session: its last_activity is the
-# time of the newest message written after the row (numbered from the row's next_seq on).
-_LATER_ACTIVITY = (
-    "(SELECT max(m.at) FROM messages m WHERE m.conversation_id = conversations.id"
-    " AND m.seq >= conversations.next_seq)"
-)
-# Every read of messages goes through the (conversation_id, seq) index (a test checks the
-# query plans): the table itself is in insertion order, all conversations interleaved.
-ENTRIES_AFTER = (
-    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq"
-)
-# A page of a catch-up, and a page of what one agent may see (its own entries): a replay of
-# a long conversation is read a page at a time, and an agent's skips the others' rows in SQLite.
-ENTRIES_PAGE = f"{ENTRIES_AFTER} LIMIT ?"
-AGENT_ENTRIES_PAGE = (
-    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ?"
-    " AND agent_id = ? ORDER BY seq LIMIT ?"
-)
-LOAD_CONVERSATION = (
-    f"SELECT {CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations WHERE id = ?"
-)
-OPEN_SESSIONS = (
-    f"SELECT {CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations"
-    " WHERE session_id IS NOT NULL ORDER BY started_at"
-)
-BOT_BACKLOG = (
-    f"SELECT {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}"
-    " FROM bot_outbox o JOIN messages m ON m.conversation_id = o.conversation_id"
-    " AND m.seq = o.seq ORDER BY o.conversation_id, o.seq"
-)
 # Retention's rule: a conversation whose row was last written before the cutoff, with no open
 # session, and whose last message (if any) is older than the cutoff too (a bot-mode message
 # does not rewrite the row).
@@ -172,9 +136,7 @@ class SQLiteStore:
         self.migrated_from: int | None = None
         self.prune_chunks = 0
         self._lock_file: int | None = None
-        self._idle_readers: list[sqlite3.Connection] = []
-        self._all_readers: list[sqlite3.Connection] = []
-        self._reader_limit = trio.CapacityLimiter(readers)
+        self._reader_pool = Readers(self.path, busy_timeout, readers)
         self._row_cache = RowCache(self.settings)
         self._writer = Writer(self.path, max_batch, self._row_cache.remember)
 
@@ -236,56 +198,29 @@ class SQLiteStore:
         self._writer.answer(conversation_id, seq)
 
     async def bot_backlog(self) -> list[Entry]:
-        def read(db: sqlite3.Connection) -> list[Entry]:
-            return [entry_from_row(row) for row in db.execute(BOT_BACKLOG).fetchall()]
-
-        return await self._read(read)
+        return await self._read(readers.bot_backlog)
 
     async def load(self, conversation_id: str) -> ConversationState | None:
-        def read(db: sqlite3.Connection) -> ConversationState | None:
-            row = db.execute(LOAD_CONVERSATION, (conversation_id,)).fetchone()
-            return None if row is None else state_from_row(row)
-
-        return await self._read(read)
+        return await self._read(lambda db: readers.load(db, conversation_id))
 
     async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]:
-        def read(db: sqlite3.Connection) -> list[Entry]:
-            rows = db.execute(ENTRIES_AFTER, (conversation_id, after_seq)).fetchall()
-            return [entry_from_row(row) for row in rows]
-
-        return await self._read(read)
+        return await self._read(lambda db: readers.entries_after(db, conversation_id, after_seq))
 
     async def entries_page(
         self, conversation_id: str, after_seq: int, limit: int, agent_id: str | None = None
     ) -> list[Entry]:
         """At most ``limit`` entries after ``after_seq``, in order; with ``agent_id``, only
         those written with that agent's id (the only ones an agent may be shown)."""
-
-        def read(db: sqlite3.Connection) -> list[Entry]:
-            if agent_id is None:
-                rows = db.execute(ENTRIES_PAGE, (conversation_id, after_seq, limit)).fetchall()
-            else:
-                parameters = (conversation_id, after_seq, agent_id, limit)
-                rows = db.execute(AGENT_ENTRIES_PAGE, parameters).fetchall()
-            return [entry_from_row(row) for row in rows]
-
-        return await self._read(read)
+        return await self._read(
+            lambda db: readers.entries_page(db, conversation_id, after_seq, limit, agent_id)
+        )
 
     async def open_sessions(self) -> list[ConversationState]:
-        def read(db: sqlite3.Connection) -> list[ConversationState]:
-            rows = db.execute(OPEN_SESSIONS).fetchall()
-            return [state_from_row(row) for row in rows]
-
-        return await self._read(read)
+        return await self._read(readers.open_sessions)
 
     async def last_presences(self) -> dict[str, tuple[str, float]]:
         """Each agent's last recorded presence and when it was set."""
-
-        def read(db: sqlite3.Connection) -> dict[str, tuple[str, float]]:
-            rows = db.execute("SELECT agent_id, presence, at FROM agents").fetchall()
-            return {agent_id: (presence, at) for agent_id, presence, at in rows}
-
-        return await self._read(read)
+        return await self._read(readers.last_presences)
 
     async def prune(
         self,
@@ -373,22 +308,7 @@ class SQLiteStore:
 
     async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
         self._writer.check_running()
-
-        def with_reader() -> T:
-            db = self._idle_readers.pop() if self._idle_readers else self._new_reader()
-            try:
-                return read(db)
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(describe(self.path, exc)) from exc
-            finally:
-                self._idle_readers.append(db)
-
-        return await trio.to_thread.run_sync(with_reader, limiter=self._reader_limit)
-
-    def _new_reader(self) -> sqlite3.Connection:
-        db = connect_reader(self.path, self.busy_timeout)
-        self._all_readers.append(db)
-        return db
+        return await self._reader_pool.run(read)
 
     # -- opening and closing ----------------------------------------------------------------
 
@@ -416,11 +336,7 @@ class SQLiteStore:
             raise
 
     def _close(self) -> None:
-        for db in self._all_readers:
-            with contextlib.suppress(sqlite3.Error):
-                db.close()
-        self._all_readers.clear()
-        self._idle_readers.clear()
+        self._reader_pool.close()
         self._writer.close()
         if self._lock_file is not None:
             os.close(self._lock_file)
