@@ -52,20 +52,18 @@ from transport.store.readers import (
     LOAD_CONVERSATION,
     OPEN_SESSIONS,
 )
-from transport.store.rows import MESSAGE_COLUMNS
-from transport.store.schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
-from transport.store.sqlite import (
+from transport.store.retention import (
     PRUNE_CANDIDATES,
     PRUNE_NEXT,
     PRUNE_OLDEST_MESSAGES,
     PRUNE_READ_AHEAD,
     PRUNE_READ_AHEAD_OLDEST,
-    SQLiteStore,
-    database_path,
     keep_pruning,
-    open_sqlite_store,
     prune_connection,
 )
+from transport.store.rows import MESSAGE_COLUMNS
+from transport.store.schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
+from transport.store.sqlite import SQLiteStore, database_path, open_sqlite_store
 
 from .conftest import EchoBot, RecordingSink, StallingBot, notice
 
@@ -945,7 +943,7 @@ def _contents(path: Path) -> dict[str, list[tuple[object, ...]]]:
 async def test_chunked_prune_deletes_what_one_transaction_deleted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan: int
 ) -> None:
-    monkeypatch.setattr("transport.store.sqlite.PRUNE_SCAN", scan)
+    monkeypatch.setattr("transport.store.retention.PRUNE_SCAN", scan)
     original = tmp_path / "original.db"
     cutoff = _build_for_pruning(original)
     reference, chunked, bare = (tmp_path / f"{name}.db" for name in ("ref", "chunked", "bare"))

@@ -4,7 +4,7 @@
 server runs (WAL lets a reader in beside the writer), and never writes to the file.
 ``switchover prune --older-than-days N`` deletes old conversations; it opens the store the
 way the server does, so it refuses to run beside a running server (which prunes by itself
-when told to, see :func:`transport.store.sqlite.keep_pruning`).
+when told to, see :func:`transport.store.retention.keep_pruning`).
 """
 
 from __future__ import annotations

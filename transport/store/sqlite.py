@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import sqlite3
 import time
@@ -38,13 +37,14 @@ from transport.store.connections import (
 )
 from transport.store.lock import take_lock
 from transport.store.readers import Readers
+from transport.store.retention import PRUNE_CHUNK_ROWS, Pruner
 from transport.store.row_cache import RowCache
 from transport.store.rows import (
     Rows,
     writable,
 )
 from transport.store.schema import SchemaTooNew
-from transport.store.writer import ROWS_PER_STATEMENT, Pending, Writer, in_chunks
+from transport.store.writer import Pending, Writer
 
 log = logging.getLogger("switchover.store")
 
@@ -57,7 +57,6 @@ __all__ = [
     "SQLiteStore",
     "StoreUnavailable",
     "database_path",
-    "keep_pruning",
     "open_sqlite_store",
 ]
 
@@ -65,39 +64,6 @@ __all__ = [
 def database_path(data_dir: str | os.PathLike[str]) -> Path:
     """Where the database lives in a data directory."""
     return Path(data_dir) / DATABASE_FILENAME
-
-
-# Retention's rule: a conversation whose row was last written before the cutoff, with no open
-# session, and whose last message (if any) is older than the cutoff too (a bot-mode message
-# does not rewrite the row).
-_PRUNABLE = (
-    "c.session_id IS NULL AND COALESCE((SELECT m.at FROM messages m WHERE m.conversation_id = c.id"
-    " ORDER BY m.seq DESC LIMIT 1), 0) < ?"
-)
-PRUNE_CANDIDATES = f"SELECT id FROM conversations c WHERE updated_at < ? AND {_PRUNABLE}"
-# The same rule over the next conversations in (updated_at, rowid) order after a cursor, the
-# order of the index on updated_at: each retention transaction takes up where the last one
-# stopped, so conversations kept (an open session, a recent message) are looked at once.
-PRUNE_NEXT = (
-    "SELECT p.rid, p.updated_at, p.id, p.prunable, CASE WHEN p.prunable THEN"
-    " (SELECT count(*) FROM messages m WHERE m.conversation_id = p.id) ELSE 0 END"
-    f" FROM (SELECT c.rowid AS rid, c.updated_at, c.id, {_PRUNABLE} AS prunable"
-    " FROM conversations c WHERE c.updated_at < ? AND (c.updated_at, c.rowid) > (?, ?)"
-    " ORDER BY c.updated_at, c.rowid LIMIT ?) p"
-)
-# A conversation's N oldest messages (parameters: the id twice, N - 1).
-PRUNE_OLDEST_MESSAGES = (
-    "DELETE FROM messages WHERE conversation_id = ? AND seq <= (SELECT seq FROM messages"
-    " WHERE conversation_id = ? ORDER BY seq LIMIT 1 OFFSET ?)"
-)
-PRUNE_CHUNK_ROWS = 500
-"""Messages and conversation rows one retention transaction deletes at most (each
-conversation's few session and outbox rows go with it, uncounted)."""
-PRUNE_SCAN = 500
-"""Conversations one retention transaction looks at, at most."""
-PRUNE_CHECKPOINT_EVERY = 16
-"""Retention transactions between two checkpoints of the write-ahead log (each chunk writes
-some tens of pages, so each checkpoint copies about a thousand)."""
 
 
 class SQLiteStore:
@@ -134,11 +100,11 @@ class SQLiteStore:
         self.max_batch = max_batch
         self.verify = verify
         self.migrated_from: int | None = None
-        self.prune_chunks = 0
         self._lock_file: int | None = None
         self._reader_pool = Readers(self.path, busy_timeout, readers)
         self._row_cache = RowCache(self.settings)
         self._writer = Writer(self.path, max_batch, self._row_cache.remember)
+        self._pruner = Pruner(self._writer, self._read, self._row_cache.forget)
 
     @property
     def commits(self) -> int:
@@ -149,6 +115,11 @@ class SQLiteStore:
     def committed_calls(self) -> int:
         """Calls stored."""
         return self._writer.committed_calls
+
+    @property
+    def prune_chunks(self) -> int:
+        """Retention transactions committed."""
+        return self._pruner.chunks
 
     # -- running ----------------------------------------------------------------------------
 
@@ -235,31 +206,9 @@ class SQLiteStore:
         Meant for conversations long out of memory (hibernated): one still in memory would
         write its row again on its next event, without the deleted messages.
 
-        Retention never stalls traffic. It runs as many small transactions
-        (:func:`prune_chunk`: at most ``chunk_rows`` messages and conversation rows each, a
-        few milliseconds), each a job of its own on the writer's queue, and after each one it
-        waits for an ordinary commit of whatever was queued meanwhile before it queues the
-        next. So an acknowledgement waits for at most one chunk (one in its batch, or one
-        being written as it arrives) on top of its own commit, never for the whole prune.
-
-        Before each chunk it reads what the chunk will delete on a reader connection
-        (:func:`prune_read_ahead`), while the writer goes on committing: the conversations a
-        prune deletes are long cold, and reading their pages from disk inside the chunk held
-        the writer for up to a quarter of a second on the bench machine (bench/README.md,
-        Retention); read ahead, a chunk only finds them in the operating system's cache.
-
-        Every :data:`PRUNE_CHECKPOINT_EVERY` chunks, and at the end, it also checkpoints the
-        write-ahead log (passively, as a job of its own, given way to in the same manner), so
-        the log a large prune writes is copied into the database about a thousand pages at a
-        time (~5 ms) rather than by the writer's automatic checkpoint,
-        :data:`WAL_CHECKPOINT_PAGES` pages at once inside whatever commit crosses the mark.
-
-        Why on the writer rather than on a connection of its own: SQLite lets one connection
-        write at a time, and one that finds the lock taken sleeps in its busy handler (1, 2,
-        5, 10 ... ms) instead of being woken when the lock goes, so every commit that met a
-        prune transaction would pay such a sleep on top of it. On the writer the two take
-        turns with no lock to wait for, and the writer's bookkeeping (which conversations
-        have a row on disk) is updated in the same thread as the deletions.
+        It never holds up traffic for long: it deletes in small transactions of at most
+        ``chunk_rows`` messages and conversation rows, which take turns with the writer's
+        commits (:class:`~transport.store.retention.Pruner`).
 
         Each chunk applies the rule afresh in its own transaction, so a conversation that
         speaks again or opens a session during a prune is kept; the cutoff is fixed when the
@@ -270,39 +219,7 @@ class SQLiteStore:
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
         cutoff = (now if now is not None else time.time()) - older_than_days * 86400.0
-        after: tuple[float, int] | None = (-math.inf, -1)
-        deleted = 0
-        chunks = 0
-        while after is not None:
-            start = after
-
-            def read_ahead(db: sqlite3.Connection, start: tuple[float, int] = start) -> None:
-                prune_read_ahead(db, cutoff, start, chunk_rows)
-
-            await self._read(read_ahead)
-
-            def job(db: sqlite3.Connection, start: tuple[float, int] = start) -> _PruneChunk:
-                chunk = prune_chunk(db, cutoff, start, chunk_rows)
-                for conversation_id in chunk.deleted:
-                    # Its row is gone: a next message must write it again, not skip it.
-                    self._row_cache.forget(conversation_id)
-                return chunk
-
-            pending = Pending(None, job=job)
-            await self._writer.submit(pending)
-            chunk: _PruneChunk = pending.result
-            chunks += 1
-            self.prune_chunks += 1
-            deleted += len(chunk.deleted)
-            after = chunk.after
-            # Give the writer back: what was queued while the chunk ran is committed (and
-            # acknowledged) before anything more of the prune is queued.
-            await self._writer.submit(Pending(None))
-            if chunks % PRUNE_CHECKPOINT_EVERY == 0 or after is None:
-                await self._writer.submit(Pending(None, job=_checkpoint))
-                if after is not None:
-                    await self._writer.submit(Pending(None))
-        return deleted
+        return await self._pruner.prune(cutoff, chunk_rows)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -361,141 +278,3 @@ async def open_sqlite_store(
             yield store
         finally:
             nursery.cancel_scope.cancel()
-
-
-async def keep_pruning(
-    store: SQLiteStore, older_than_days: float, *, every: float = 3600.0
-) -> None:
-    """Retention for a running server: prune now, then every ``every`` seconds, until
-    cancelled. A failed round is logged and tried again next time."""
-    while True:
-        try:
-            deleted = await store.prune(older_than_days)
-        except StoreUnavailable as exc:
-            log.error("retention: pruning failed: %s", exc)
-        else:
-            if deleted:
-                log.info("retention: deleted %d conversations", deleted)
-        await trio.sleep(every)
-
-
-class _PruneChunk:
-    """What one retention transaction did: the conversations it deleted, and where the next
-    one starts (``None``: nothing is left to look at)."""
-
-    __slots__ = ("after", "deleted")
-
-    def __init__(self, deleted: list[str], after: tuple[float, int] | None) -> None:
-        self.deleted = deleted
-        self.after = after
-
-
-_PRUNED_TABLES = (
-    ("messages", "conversation_id"),
-    ("bot_outbox", "conversation_id"),
-    ("sessions", "conversation_id"),
-    ("conversations", "id"),
-)
-
-
-def prune_chunk(
-    db: sqlite3.Connection, cutoff: float, after: tuple[float, int], rows: int = PRUNE_CHUNK_ROWS
-) -> _PruneChunk:
-    """One retention transaction: look at the next :data:`PRUNE_SCAN` conversations last
-    written before ``cutoff`` (wall-clock seconds), in ``(updated_at, rowid)`` order after
-    ``after``, and delete those with no open session and no message since the cutoff, with
-    their messages, sessions and outbox rows, until ``rows`` messages and conversation rows
-    are deleted. A prunable conversation with more messages than that, met first, loses its
-    ``rows`` oldest messages and is looked at again by the next chunk."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        found = db.execute(PRUNE_NEXT, (cutoff, cutoff, after[0], after[1], PRUNE_SCAN)).fetchall()
-        doomed, cursor, piece = _choose(found, after, rows)
-        if piece is not None:
-            db.execute(PRUNE_OLDEST_MESSAGES, piece)
-        for table, column in _PRUNED_TABLES:
-            in_chunks(db, f"DELETE FROM {table} WHERE {column} IN ({{rows}})", doomed, "?")
-        db.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
-    # Done when this chunk looked at the last conversations old enough, and finished them.
-    done = len(found) < PRUNE_SCAN and (not found or cursor == (found[-1][1], found[-1][0]))
-    return _PruneChunk([cid for (cid,) in doomed], None if done else cursor)
-
-
-def _choose(
-    found: list[tuple[Any, ...]], after: tuple[float, int], rows: int
-) -> tuple[list[tuple[str]], tuple[float, int], tuple[str, str, int] | None]:
-    """From the rows of :data:`PRUNE_NEXT`: the conversations to delete whole (within the
-    budget of ``rows``), the cursor past them, and the parameters of
-    :data:`PRUNE_OLDEST_MESSAGES` when the first prunable one is too large for one chunk."""
-    doomed: list[tuple[str]] = []
-    budget = rows
-    cursor = after
-    for rowid, updated_at, conversation_id, prunable, messages in found:
-        if prunable:
-            if messages + 1 > budget:
-                if not doomed:
-                    return doomed, cursor, (conversation_id, conversation_id, budget - 1)
-                break
-            doomed.append((conversation_id,))
-            budget -= messages + 1
-        cursor = (updated_at, rowid)
-    return doomed, cursor, None
-
-
-def prune_read_ahead(
-    db: sqlite3.Connection, cutoff: float, after: tuple[float, int], rows: int = PRUNE_CHUNK_ROWS
-) -> None:
-    """Read, without writing, every page the chunk :func:`prune_chunk` would delete from
-    (the same arguments), so that they are in the operating system's cache when it runs.
-    Meant for a reader connection while the writer commits: the chunk then holds the writer
-    for the deletions only, not for reading long-cold pages from disk."""
-    found = db.execute(PRUNE_NEXT, (cutoff, cutoff, after[0], after[1], PRUNE_SCAN)).fetchall()
-    doomed, _, piece = _choose(found, after, rows)
-    if piece is not None:
-        # Only the oldest messages of a conversation too large for one chunk go this time.
-        db.execute(PRUNE_READ_AHEAD_OLDEST, (piece[0], piece[2] + 1)).fetchall()
-    ids = [cid for (cid,) in doomed]
-    for start in range(0, len(ids), ROWS_PER_STATEMENT):
-        part = ids[start : start + ROWS_PER_STATEMENT]
-        marks = ", ".join("?" * len(part))
-        for statement in PRUNE_READ_AHEAD:
-            db.execute(statement.format(rows=marks), part).fetchall()
-
-
-PRUNE_READ_AHEAD_OLDEST = (
-    "SELECT sum(length(content)) FROM (SELECT content FROM messages WHERE conversation_id = ?"
-    " ORDER BY seq LIMIT ?)"
-)
-PRUNE_READ_AHEAD = (
-    "SELECT sum(length(content)) FROM messages WHERE conversation_id IN ({rows})",
-    "SELECT count(*) FROM bot_outbox WHERE conversation_id IN ({rows})",
-    "SELECT count(end_reason) FROM sessions WHERE session_id IN"
-    " (SELECT session_id FROM sessions WHERE conversation_id IN ({rows}))",
-    "SELECT count(*) FROM conversations WHERE id IN ({rows})",
-)
-
-
-def _checkpoint(db: sqlite3.Connection) -> None:
-    """Copy the write-ahead log into the database as far as readers allow, without waiting
-    for them (the log starts afresh with the next commit once it is all copied)."""
-    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-
-def prune_connection(
-    db: sqlite3.Connection, cutoff: float, rows: int = PRUNE_CHUNK_ROWS
-) -> list[str]:
-    """Delete conversations last written before ``cutoff`` (wall-clock seconds) that have no
-    open session, chunk after chunk (:func:`prune_chunk`) on a connection nobody else writes
-    through. Returns the ids deleted. The running store prunes with :meth:`SQLiteStore.prune`,
-    which lets its commits in between the chunks."""
-    deleted: list[str] = []
-    after: tuple[float, int] | None = (-math.inf, -1)
-    while after is not None:
-        chunk = prune_chunk(db, cutoff, after, rows)
-        deleted.extend(chunk.deleted)
-        after = chunk.after
-    return deleted
