@@ -1,15 +1,18 @@
 """The durable store: conversations in one SQLite file, written with group commit.
 
-Acknowledgement means durable, and durability must cost little. One writer task owns the
-only writing connection. :meth:`SQLiteStore.record` queues its state and entries and waits;
-the writer takes everything queued so far, commits it as one transaction in a worker thread,
-then wakes every waiter of that batch. While one batch commits the next one gathers, so under
-load many messages share one commit (and one fsync), and under light load a message waits for
-exactly one small commit.
+Acknowledgement means durable, and durability must cost little: :meth:`SQLiteStore.record`
+returns once its rows are committed, in one transaction with everything else queued
+meanwhile. :class:`SQLiteStore` puts the parts together, each in a module of its own:
 
-Reads (loading a conversation, resuming after a sequence number, the open sessions at
-start-up) use their own connections in worker threads: in WAL mode they never wait for the
-writer, and they see every batch committed before they start.
+* :mod:`~transport.store.rows`: the core's states and entries as rows, and back;
+* :mod:`~transport.store.row_cache`: which rows are on disk, so a message can skip its
+  conversation's row;
+* :mod:`~transport.store.writer`: the one writer task and its group commit;
+* :mod:`~transport.store.readers`: reads in worker threads, beside the writer;
+* :mod:`~transport.store.connections`: opening the file (checks, WAL, the schema upgrade);
+* :mod:`~transport.store.lock`: one Switchover per file;
+* :mod:`~transport.store.retention`: pruning old conversations;
+* :mod:`~transport.store.schema`: the schema and its migrations.
 
 Run it with :func:`open_sqlite_store` (or :meth:`SQLiteStore.run` in your own nursery).
 """
@@ -17,7 +20,6 @@ Run it with :func:`open_sqlite_store` (or :meth:`SQLiteStore.run` in your own nu
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import time
@@ -30,23 +32,14 @@ import trio
 from actors import ConversationState, Entry, StoreUnavailable
 from actors.model.settings import BotSettings
 from transport.store import readers
-from transport.store.connections import (
-    check_directory,
-    connect_writer,
-    describe,
-)
+from transport.store.connections import check_directory, connect_writer, describe
 from transport.store.lock import take_lock
 from transport.store.readers import Readers
 from transport.store.retention import PRUNE_CHUNK_ROWS, Pruner
 from transport.store.row_cache import RowCache
-from transport.store.rows import (
-    Rows,
-    writable,
-)
+from transport.store.rows import Rows, writable
 from transport.store.schema import SchemaTooNew
 from transport.store.writer import Pending, Writer
-
-log = logging.getLogger("switchover.store")
 
 DATABASE_FILENAME = "switchover.db"
 
