@@ -60,7 +60,8 @@ def connect_writer(
         db.execute(f"PRAGMA synchronous = {synchronous}")
         # Messages of many conversations interleave, so each commit dirties about one
         # page per conversation; checkpointing less often copies each page once for many
-        # commits instead of once for every few (bench/README.md, Store).
+        # commits instead of once for every few (bench/README.md, Store, 2026-11-25, second
+        # pass).
         db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         found, now = migrate(db)

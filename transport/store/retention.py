@@ -203,9 +203,9 @@ class Pruner:
 
     Before each chunk it reads what the chunk will delete on a reader connection
     (:func:`prune_read_ahead`), while the writer goes on committing: the conversations a
-    prune deletes are long cold, and reading their pages from disk inside the chunk held
-    the writer for up to a quarter of a second on the bench machine (bench/README.md,
-    Retention); read ahead, a chunk only finds them in the operating system's cache.
+    prune deletes are long cold, and a chunk reading their pages from disk holds the writer
+    meanwhile (bench/README.md, Retention, 2026-12-02); read ahead, it finds them in the
+    operating system's cache.
 
     Every :data:`PRUNE_CHECKPOINT_EVERY` chunks, and at the end, it also checkpoints the
     write-ahead log (passively, as a job of its own, given way to in the same manner), so

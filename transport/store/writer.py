@@ -92,11 +92,10 @@ def in_chunks(
     """Run ``statement`` over ``rows``, many at a time: its ``{rows}`` becomes a list of
     ``group`` (by default one ``?`` per value of a row, in parentheses), one per row.
 
-    Why not ``executemany``: it steps once per row, and the sqlite3 module releases and
-    takes back the GIL around every step. While trio's thread is busy, each take-back waits
-    for the interpreter's switch interval, so a 500-row commit took ~0.4 s of wall time
-    (bench/README.md, Store). Here a commit takes the GIL back a handful of times. Chunk
-    sizes are powers of two, so only a few statements are ever prepared (and cached).
+    Not ``executemany``: it takes the GIL back after every row, each time waiting out the
+    switch interval while trio's thread is busy (bench/README.md, Store, 2026-11-25, second
+    pass). Chunk sizes are powers of two, so only a few statements are ever prepared (and
+    cached).
     """
     start = 0
     while start < len(rows):
