@@ -11,7 +11,7 @@ from typing import Any
 from actors import ConversationState, Entry
 from actors.model.settings import BotSettings
 from actors.model.state import deadline
-from transport.store.rows import Rows, conversation_row, dumps, message_rows
+from transport.store.rows import Rows, conversation_row, dumps, message_rows, row_shape
 
 
 class RowCache:
@@ -49,23 +49,10 @@ class RowCache:
                 # message costs one row, not two (load takes next_seq from the last message).
                 return Rows(None, messages, changes, None)
             mark: tuple[str, int | None] = (cid, state.sessions_opened)
-            return Rows(self._conversation_row(state), messages, changes, None, mark)
+            row = self._conversation_row(state, row_shape(state, self._metadata_json(state)))
+            return Rows(row, messages, changes, None, mark)
         session = state.session
-        shape = (
-            cid,
-            state.bot_id,
-            state.user_id,
-            self._metadata_json(state),
-            state.sessions_opened,
-            state.mode.value,
-            session.session_id,
-            session.started_at,
-            session.queued_at,
-            session.agent_id,
-            session.agent_name,
-            None,  # the queue position is no longer stored (it is ephemeral)
-            int(session.sign_off_offered),
-        )
+        shape = row_shape(state, self._metadata_json(state))
         if (
             messages
             and not changes
@@ -77,7 +64,8 @@ class RowCache:
             # from the row's next_seq on; should the wall clock step back meanwhile, it
             # takes the latest time seen, a deadline later by at most the step).
             return Rows(None, messages, changes, None)
-        return Rows(self._conversation_row(state), messages, changes, None, (cid, None), shape)
+        row = self._conversation_row(state, shape)
+        return Rows(row, messages, changes, None, (cid, None), shape)
 
     def _metadata_json(self, state: ConversationState) -> str:
         """The user's metadata as JSON, encoded once per conversation: every state of a
@@ -91,10 +79,14 @@ class RowCache:
         self._metadata_cache[state.conversation_id] = (state.user_metadata, text)
         return text
 
-    def _conversation_row(self, state: ConversationState) -> tuple[Any, ...]:
+    def _conversation_row(
+        self, state: ConversationState, shape: tuple[Any, ...]
+    ) -> tuple[Any, ...]:
         settings = self.settings.get(state.bot_id)
         idle_deadline = deadline(state, settings) if settings is not None else None
-        return conversation_row(state, self._metadata_json(state), idle_deadline, time.time())
+        session = state.session
+        last_activity = None if session is None else session.last_activity
+        return conversation_row(shape, state.next_seq, last_activity, idle_deadline, time.time())
 
     def remember(self, committed: list[Rows]) -> None:
         """Note which conversations now have a bot-mode row on disk (after the commit only:

@@ -128,41 +128,51 @@ def message_rows(
     return messages, changes, owed
 
 
-# The session's columns (session_id to sign_off_offered) of a conversation in bot mode.
-_NO_SESSION = (None, None, None, None, None, None, None, 0)
+# A conversation's session columns, less last_activity, in bot mode: session_id, started_at,
+# queued_at, agent_id, agent_name, position, sign_off_offered.
+_NO_SESSION = (None, None, None, None, None, None, 0)
 
 
-def conversation_row(
-    state: ConversationState, metadata: str, idle_deadline: float | None, now: float
-) -> tuple[Any, ...]:
-    """The ``conversations`` row of ``state`` (:data:`CONVERSATION_COLUMNS`), given the user's
-    metadata as JSON, the open session's deadline as an absolute time, and the time now."""
-    session = state.session
-    if session is None:
-        columns: tuple[Any, ...] = _NO_SESSION
-    else:
-        columns = (
-            session.session_id,
-            session.started_at,
-            session.last_activity,
-            session.queued_at,
-            session.agent_id,
-            session.agent_name,
-            None,  # the queue position is no longer stored (it is ephemeral)
-            int(session.sign_off_offered),
-        )
-    return (
+def row_shape(state: ConversationState, metadata: str) -> tuple[Any, ...]:
+    """The ``conversations`` row of ``state`` less what its messages say on their own
+    (``next_seq``, ``last_activity``) and what is worked out as it is written (``deadline``,
+    ``updated_at``), given the user's metadata as JSON: while it stays the same, a live
+    message need not rewrite the row."""
+    head = (
         state.conversation_id,
         state.bot_id,
         state.user_id,
         metadata,
-        state.next_seq,
         state.sessions_opened,
         state.mode.value,
-        *columns,
-        idle_deadline,
-        now,
     )
+    session = state.session
+    if session is None:
+        return head + _NO_SESSION
+    return (
+        *head,
+        session.session_id,
+        session.started_at,
+        session.queued_at,
+        session.agent_id,
+        session.agent_name,
+        None,  # the queue position is no longer stored (it is ephemeral)
+        int(session.sign_off_offered),
+    )
+
+
+def conversation_row(
+    shape: tuple[Any, ...],
+    next_seq: int,
+    last_activity: float | None,
+    idle_deadline: float | None,
+    now: float,
+) -> tuple[Any, ...]:
+    """The ``conversations`` row (:data:`CONVERSATION_COLUMNS`) of a conversation of that
+    :func:`row_shape`, with what the shape leaves out: the open session's deadline as an
+    absolute time, and the time now."""
+    # next_seq goes after metadata, last_activity after started_at.
+    return (*shape[:4], next_seq, *shape[4:8], last_activity, *shape[8:], idle_deadline, now)
 
 
 def session_change(state: ConversationState, entry: Entry) -> tuple[str, tuple[Any, ...]] | None:
