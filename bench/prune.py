@@ -35,11 +35,12 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import transport.store.sqlite as sqlite_store
+import transport.store.retention as retention
 from actors import BotSettings, Content, ConversationState, Entry, Party
 from actors.model.state import Session
+from transport.store.retention import PRUNE_CHUNK_ROWS
 from transport.store.schema import migrate
-from transport.store.sqlite import PRUNE_CHUNK_ROWS, SQLiteStore, open_sqlite_store
+from transport.store.sqlite import SQLiteStore, open_sqlite_store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prune.json"
 SETTINGS = BotSettings()
@@ -127,7 +128,7 @@ class WriterTime:
         self.checkpoints: list[float] = []
 
     def __enter__(self) -> WriterTime:
-        self.saved = sqlite_store.prune_chunk, sqlite_store._checkpoint
+        self.saved = retention.prune_chunk, retention._checkpoint
         chunk, checkpoint = self.saved
 
         def timed_chunk(
@@ -146,12 +147,12 @@ class WriterTime:
             finally:
                 self.checkpoints.append(time.perf_counter() - started)
 
-        sqlite_store.prune_chunk = timed_chunk
-        sqlite_store._checkpoint = timed_checkpoint
+        retention.prune_chunk = timed_chunk
+        retention._checkpoint = timed_checkpoint
         return self
 
     def __exit__(self, *exc: object) -> None:
-        sqlite_store.prune_chunk, sqlite_store._checkpoint = self.saved
+        retention.prune_chunk, retention._checkpoint = self.saved
 
     def summary(self) -> dict[str, Any]:
         result = {}

@@ -45,25 +45,25 @@ from actors import (
     open_switchboard,
 )
 from actors.model.state import Session
-from transport.store.schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
-from transport.store.sqlite import (
+from transport.store.readers import (
     AGENT_ENTRIES_PAGE,
     ENTRIES_AFTER,
     ENTRIES_PAGE,
     LOAD_CONVERSATION,
-    MESSAGE_COLUMNS,
     OPEN_SESSIONS,
+)
+from transport.store.retention import (
     PRUNE_CANDIDATES,
     PRUNE_NEXT,
     PRUNE_OLDEST_MESSAGES,
     PRUNE_READ_AHEAD,
     PRUNE_READ_AHEAD_OLDEST,
-    SQLiteStore,
-    database_path,
     keep_pruning,
-    open_sqlite_store,
     prune_connection,
 )
+from transport.store.rows import MESSAGE_COLUMNS
+from transport.store.schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
+from transport.store.sqlite import SQLiteStore, database_path, open_sqlite_store
 
 from .conftest import EchoBot, RecordingSink, StallingBot, notice
 
@@ -281,7 +281,7 @@ async def test_a_poison_row_in_a_batch_of_100_refuses_only_its_sender(
     # halving the batch: the other 99 are stored, and nobody hears the poison's text.
     import transport.store.sqlite as module
 
-    monkeypatch.setattr(module, "_writable", lambda rows: True)
+    monkeypatch.setattr(module, "writable", lambda rows: True)
     async with open_sqlite_store(tmp_path / "s.db") as store:
         results = await _record_all(store, _hundred_with_a_poison("secret \ud800 words"))
         assert results.pop("bad") == "this message cannot be stored"
@@ -943,7 +943,7 @@ def _contents(path: Path) -> dict[str, list[tuple[object, ...]]]:
 async def test_chunked_prune_deletes_what_one_transaction_deleted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan: int
 ) -> None:
-    monkeypatch.setattr("transport.store.sqlite.PRUNE_SCAN", scan)
+    monkeypatch.setattr("transport.store.retention.PRUNE_SCAN", scan)
     original = tmp_path / "original.db"
     cutoff = _build_for_pruning(original)
     reference, chunked, bare = (tmp_path / f"{name}.db" for name in ("ref", "chunked", "bare"))

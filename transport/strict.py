@@ -12,6 +12,8 @@ always be stored and sent back as strict JSON to a browser:
   client can represent;
 * values nest at most :data:`MAX_DEPTH` levels.
 
+What the server writes back (frames, stored rows) goes through :func:`compact_encoder`.
+
 Content types in :data:`RESERVED_CONTENT_TYPES` are the system's own: a client or a bot
 that sends one is refused (see :func:`content_problem`).
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 MAX_DEPTH: Final = 32
@@ -82,6 +84,42 @@ def loads(text: str | bytes) -> Any:
         raise NotJson("nests too deeply") from None
     except ValueError as exc:
         raise NotJson(str(exc)) from None
+
+
+def compact_encoder(*, default: Callable[[Any], Any] | None = None) -> Callable[[Any], str]:
+    """``json.dumps(value, ensure_ascii=False, separators=(",", ":"))`` from one encoder built
+    once: ``json.dumps`` builds one per call (bench/README.md, Store, 2026-11-25, second pass).
+
+    NaN and Infinity raise ``ValueError`` (they are not JSON). A value JSON does not have goes
+    through ``default`` (without one it raises ``TypeError``). There are no circular-reference
+    checks: a cycle ends in ``RecursionError``, like nesting too deep.
+    """
+    fallback = json.JSONEncoder(
+        ensure_ascii=False,
+        separators=(",", ":"),
+        allow_nan=False,
+        check_circular=False,
+        default=default,
+    )
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the pure-Python encoder
+        return fallback.encode
+    encode = make(
+        None,  # no circular-reference markers
+        fallback.default,
+        json.encoder.encode_basestring,
+        None,  # indent
+        ":",
+        ",",
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+    def dumps(value: Any) -> str:
+        return "".join(encode(value, 0))
+
+    return dumps
 
 
 def bad_text(value: str) -> bool:
@@ -146,6 +184,7 @@ __all__ = [
     "NotJson",
     "Unrepresentable",
     "bad_text",
+    "compact_encoder",
     "content_problem",
     "loads",
     "problem",

@@ -548,10 +548,8 @@ def parse_hello(raw: str | bytes, max_bytes: int) -> Hello:
 
 # -- building server frames -----------------------------------------------------------------
 
-# allow_nan=False: what the server sends is strict JSON, or it is not sent.
-_dumps = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
-).encode
+# What the server sends is strict JSON (no NaN or Infinity), or it is not sent.
+_dumps = strict.compact_encoder(default=str)
 
 
 def dumps(frame: Mapping[str, Any]) -> str:

@@ -34,6 +34,7 @@ from transport.servers import push
 from transport.servers.http import HttpApp, serve_http
 from transport.servers.websocket import serve_websockets
 from transport.store import sqlite as sqlite_store
+from transport.store.retention import keep_pruning
 from transport.version import version
 
 log = logging.getLogger("switchover.runtime")
@@ -205,7 +206,7 @@ def _start_retention(config: Config, store: Store, nursery: trio.Nursery, every:
         log.warning("store.retention_days is ignored: this store cannot prune")
         return
     log.info("retention: deleting conversations quiet for %g days", days)
-    nursery.start_soon(partial(sqlite_store.keep_pruning, store, days, every=every))
+    nursery.start_soon(partial(keep_pruning, store, days, every=every))
 
 
 async def _serve(

@@ -4,7 +4,7 @@
 server runs (WAL lets a reader in beside the writer), and never writes to the file.
 ``switchover prune --older-than-days N`` deletes old conversations; it opens the store the
 way the server does, so it refuses to run beside a running server (which prunes by itself
-when told to, see :func:`transport.store.sqlite.keep_pruning`).
+when told to, see :func:`transport.store.retention.keep_pruning`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Any
 import trio
 
 from actors import Entry, StoreUnavailable
+from transport.store.rows import MESSAGE_COLUMNS, entry_from_row
 from transport.store.schema import SchemaTooNew, check_version
-from transport.store.sqlite import MESSAGE_COLUMNS, database_path, entry_from_row, open_sqlite_store
+from transport.store.sqlite import database_path, open_sqlite_store
 
 FORMATS = ("json", "text")
 

@@ -35,19 +35,13 @@ class SchemaTooNew(Exception):
     """The file was written by a newer Switchover."""
 
 
-# The first schema, kept verbatim: tests build version-1 files from it, and it documents
-# what the migration to version 2 starts from.
-V1_SCHEMA = """
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-CREATE TABLE conversations (
-    id TEXT PRIMARY KEY,
-    bot_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    next_seq INTEGER NOT NULL,
-    sessions_opened INTEGER NOT NULL,
-    session TEXT
-);
+# Each version's SQL below is frozen: a migration must go on building exactly the tables it
+# built, and the old versions' texts say what an old file holds. Where a later table repeats
+# an earlier one's columns (conversations in versions 1 and 2, messages in versions 1 and 3),
+# the repetition is that history, kept as it was written.
+
+# The messages table of versions 1 and 2 (the migration to version 2 leaves it alone).
+_MESSAGES_V1 = """
 CREATE TABLE messages (
     conversation_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -61,8 +55,25 @@ CREATE TABLE messages (
     metadata TEXT,
     PRIMARY KEY (conversation_id, seq)
 ) WITHOUT ROWID;
-INSERT INTO schema_version (version) VALUES (1);
 """
+
+# The first schema, kept verbatim: tests build version-1 files from it, and it documents
+# what the migration to version 2 starts from.
+V1_SCHEMA = (
+    """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE conversations (
+    id TEXT PRIMARY KEY,
+    bot_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    next_seq INTEGER NOT NULL,
+    sessions_opened INTEGER NOT NULL,
+    session TEXT
+);"""
+    + _MESSAGES_V1
+    + "INSERT INTO schema_version (version) VALUES (1);\n"
+)
 
 _V2_TABLES = """
 CREATE TABLE conversations (
@@ -104,27 +115,10 @@ CREATE TABLE agents (
 );
 """
 
-_MESSAGES_V2 = """
-CREATE TABLE messages (
-    conversation_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    at REAL NOT NULL,
-    sender TEXT NOT NULL,
-    content_type TEXT NOT NULL,
-    content TEXT NOT NULL,
-    audience TEXT NOT NULL,
-    agent_id TEXT,
-    session_id TEXT,
-    metadata TEXT,
-    PRIMARY KEY (conversation_id, seq)
-) WITHOUT ROWID;
-"""
-
-
 # The second schema as a whole, kept verbatim for the same reasons as the first.
 V2_SCHEMA = (
     "CREATE TABLE schema_version (version INTEGER NOT NULL);\n"
-    + _MESSAGES_V2
+    + _MESSAGES_V1
     + _V2_TABLES
     + "INSERT INTO schema_version (version) VALUES (2);\n"
 )
