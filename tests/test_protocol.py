@@ -21,7 +21,7 @@ from actors import (
     DeskStatus,
     Entry,
     Party,
-    Problem,
+    Refusal,
     Transcript,
     Typing,
 )
@@ -437,7 +437,7 @@ def entry(seq: int = 1, **extra: Any) -> Entry:
             (HeldChat("conv", "conv/1", "demo", None),),
             (WaitingItem("c2", "demo", 1700000000.0, 1),),
         ),
-        Problem("not_waiting", "That chat is not waiting.", "conv"),
+        Refusal("not_waiting", "That chat is not waiting.", "conv"),
     ],
 )
 def test_deliveries_encode_to_valid_frames(delivery: Any) -> None:

@@ -174,8 +174,8 @@ def _live_message(
     return Transition(after, (fx.Emit(entry),), fx.Accepted(seq))
 
 
-def _refuse(state: ConversationState, code: str, detail: str) -> Transition:
-    return Transition(state, (), fx.Refused(code, detail))
+def _refuse(state: ConversationState, code: str, message: str) -> Transition:
+    return Transition(state, (), fx.Refusal(code, message))
 
 
 def _withdraw_stale(
@@ -205,13 +205,13 @@ class Ignore:
 
 @attrs.frozen
 class Refuse:
-    """Table entry: the event is refused in this mode with ``code``."""
+    """Table entry: the event is answered in this mode with a refusal of ``code``."""
 
     code: str
-    detail: str
+    message: str
 
     def __call__(self, state: ConversationState, event: ev.Event, now: float) -> Transition:
-        return _refuse(state, self.code, self.detail)
+        return _refuse(state, self.code, self.message)
 
 
 IGNORE = Ignore()

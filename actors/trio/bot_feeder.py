@@ -165,14 +165,14 @@ class BotFeeder:
         longer owed that entry."""
 
         def answered(outcome: fx.Outcome) -> None:
-            if isinstance(outcome, fx.Refused) and outcome.code in _ASK_AGAIN:
+            if isinstance(outcome, fx.Refusal) and outcome.code in _ASK_AGAIN:
                 self._queue.appendleft((seq, event))
                 self._start()
                 return
-            if isinstance(outcome, fx.Refused):
+            if isinstance(outcome, fx.Refusal):
                 log.warning(
                     "bot reply dropped: %s (%s)",
-                    outcome.detail,
+                    outcome.message,
                     outcome.code,
                     extra={"conversation_id": self.conversation_id},
                 )

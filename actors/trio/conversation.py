@@ -112,7 +112,7 @@ _REASSERT = Envelope(TimerFired())
 """Posted by :meth:`ConversationActor.reassert`: tell the backend about the open session
 again (it restarted and lost its view)."""
 
-_INTERNAL_ERROR = fx.Refused("internal_error", "The message could not be handled.")
+_INTERNAL_ERROR = fx.Refusal("internal_error", "The message could not be handled.")
 
 _DECISIONS = frozenset({AgentAssigned, ReturnedToQueue})
 """Backend events that carry a decision stamp the conversation re-asserts "as of"."""
@@ -127,7 +127,7 @@ def _answer(envelope: Envelope, outcome: fx.Outcome) -> None:
             log.exception("a sender's answer could not be given")
 
 
-def _refuse(envelopes: list[Envelope], refusal: fx.Refused) -> None:
+def _refuse(envelopes: list[Envelope], refusal: fx.Refusal) -> None:
     for envelope in envelopes:
         _answer(envelope, refusal)
 
@@ -354,10 +354,10 @@ class ConversationActor:
             and trio.current_time() >= self.last_touch + hibernate_after
         )
 
-    def refuse_waiting(self, code: str, detail: str) -> None:
+    def refuse_waiting(self, code: str, message: str) -> None:
         for item in self.inbox.take_nowait():
             if isinstance(item, Envelope):
-                _answer(item, fx.Refused(code, detail))
+                _answer(item, fx.Refusal(code, message))
 
     # -- one item ---------------------------------------------------------------------------
 
@@ -456,7 +456,7 @@ class ConversationActor:
                 # Nothing changed: the state is still the last stored one. Refuse and go on
                 # rather than restart, so a full disk does not escalate every conversation.
                 self._store_refused(exc)
-                refusal = fx.Refused("store_unavailable", str(exc))
+                refusal = fx.Refusal("store_unavailable", str(exc))
                 for envelope, step in zip(envelopes, plan, strict=False):
                     _answer(envelope, step if isinstance(step, fx.Outcome) else refusal)
                 if failure is not None:

@@ -19,7 +19,7 @@ import trio
 from actors.machines import routing as rt
 from actors.model import events as ev
 from actors.model.agent_request import AgentRequest
-from actors.model.deliveries import Colleague, Delivery, DeskStatus, HeldChat, Problem, WaitingItem
+from actors.model.deliveries import Colleague, Delivery, DeskStatus, HeldChat, WaitingItem
 from actors.model.settings import BotSettings
 from actors.ports import CoreLink, Sink
 from actors.trio.effect_runner import abandon
@@ -304,10 +304,8 @@ class Desk:
                         effect.session_id, effect.agent_id, effect.reason, effect.decision
                     ),
                 )
-            elif isinstance(effect, rt.Refusal):
-                self.deliver(
-                    effect.agent_id, Problem(effect.code, effect.detail, effect.conversation_id)
-                )
+            elif isinstance(effect, rt.AgentRefusal):
+                self.deliver(effect.agent_id, effect.refusal)
             else:
                 changed = True
         return changed

@@ -28,8 +28,8 @@ from actors import (
     Content,
     DeskStatus,
     Entry,
-    Problem,
     QueuePosition,
+    Refusal,
     Transcript,
     Typing,
 )
@@ -688,8 +688,8 @@ def encode(item: Delivery) -> str:
         return transcript_frame(item)
     if isinstance(item, DeskStatus):
         return desk_frame(item)
-    assert isinstance(item, Problem)
-    return error_frame(item.code, item.detail, conversation_id=item.conversation_id)
+    assert isinstance(item, Refusal)
+    return error_frame(item.code, item.message, conversation_id=item.conversation_id)
 
 
 def server_frame_errors(frame: Mapping[str, Any]) -> Iterator[str]:

@@ -39,8 +39,7 @@ from actors import (
     Overloaded,
     Party,
     Presence,
-    Problem,
-    Refused,
+    Refusal,
     StoreUnavailable,
     Transcript,
     UnknownAgent,
@@ -152,9 +151,9 @@ class Peer:
         """The core hands this client something (Sink)."""
         if self.closing:
             return
-        if isinstance(item, Problem):
+        if isinstance(item, Refusal):
             frame_id = self._answering(item)
-            self._send(wire.error_frame(item.code, item.detail, frame_id, item.conversation_id))
+            self._send(wire.error_frame(item.code, item.message, frame_id, item.conversation_id))
             return
         if isinstance(item, Transcript):
             self._claims.pop(item.conversation_id, None)  # a claim of it succeeded
@@ -171,14 +170,14 @@ class Peer:
         if not self.closing:
             self._close(INTERNAL_ERROR, "internal_error: reconnect and resume with last_seq")
 
-    def _answering(self, problem: Problem) -> FrameId | None:
+    def _answering(self, refusal: Refusal) -> FrameId | None:
         """The id of the claim or transfer a refusal from the desk answers."""
-        conversation_id = problem.conversation_id
+        conversation_id = refusal.conversation_id
         if conversation_id is None:
             return None
-        if problem.code in _CLAIM_REFUSALS:
+        if refusal.code in _CLAIM_REFUSALS:
             return self._claims.pop(conversation_id, None)
-        if problem.code in _TRANSFER_REFUSALS:
+        if refusal.code in _TRANSFER_REFUSALS:
             return self._transfers.pop(conversation_id, None)
         return None
 
@@ -542,10 +541,10 @@ class Peer:
         return f"{self.role}:{frame_id!r}"
 
     def _answer(self, frame_id: FrameId | None, conversation_id: str, outcome: Outcome) -> None:
-        if isinstance(outcome, Refused):
+        if isinstance(outcome, Refusal):
             if frame_id is not None and self._transfers.get(conversation_id) == frame_id:
                 del self._transfers[conversation_id]  # the conversation refused the transfer
-            self._send(wire.error_frame(outcome.code, outcome.detail, frame_id, conversation_id))
+            self._send(wire.error_frame(outcome.code, outcome.message, frame_id, conversation_id))
         elif frame_id is not None:
             self._send(wire.ack_frame(frame_id, outcome.seq))
 
