@@ -49,7 +49,7 @@ from actors import (
 from actors.model.deliveries import Delivery
 from transport.protocol import frames as wire
 from transport.protocol.credentials import AddressGuard, find_token, retry_words
-from transport.protocol.frames import BadFrame, FrameId
+from transport.protocol.frames import FrameId, FrameRefused
 from transport.protocol.services import Services
 from transport.protocol.tokens import ExpiredToken, InvalidToken, ResumeTokens
 
@@ -233,8 +233,8 @@ class Peer:
         """Carry out the client's first frame; ``False`` when the connection is closing."""
         try:
             hello = wire.parse_hello(raw, self.limits.max_frame_bytes)
-        except BadFrame as bad:
-            self._close(BAD_HELLO, f"{bad.code}: {bad.message}")
+        except FrameRefused as refused:
+            self._close(BAD_HELLO, f"{refused.refusal.code}: {refused.refusal.message}")
             return False
         guard = self.guard
         authenticates = not isinstance(hello, wire.UserHello) or hello.resume_token is not None
@@ -359,8 +359,11 @@ class Peer:
         bot's first push to a conversation, a replay, presence) awaits anything."""
         try:
             frame = wire.parse_frame(raw, self.role, self.limits.max_frame_bytes)
-        except BadFrame as bad:
-            self._send(wire.error_frame(bad.code, bad.message, bad.id, bad.conversation_id))
+        except FrameRefused as refused:
+            refusal = refused.refusal
+            self._send(
+                wire.error_frame(refusal.code, refusal.message, refused.id, refusal.conversation_id)
+            )
             return
         try:
             await self._carry_out(frame)
