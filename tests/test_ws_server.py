@@ -616,11 +616,11 @@ async def test_random_frames_never_break_the_server(
     with trio.fail_after(10):
         async with running_ws_server(listener=listener) as harness:
             opened = {"user": harness.user, "agent": harness.agent, "bot": harness.connected_bot}
-            async with opened[role]() as peer:
+            async with opened[role]() as client:
                 for raw in frames:
-                    await peer.send_raw(raw)
-                await peer.ping()  # everything before it was handled, and it still answers
-                for frame in peer.take_all():
+                    await client.send_raw(raw)
+                await client.ping()  # everything before it was handled, and it still answers
+                for frame in client.take_all():
                     if frame["type"] == "error":
                         assert frame["code"] in INPUT_ERRORS, frame
             # The same garbage before a hello closes with 4400 and nothing else.

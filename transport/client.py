@@ -9,7 +9,7 @@ manager::
         reply = await user.wait_for(lambda f: f["type"] == "entry" and f["sender"] == "bot")
 
 Every frame the server sends, except the acks and errors that answer a request, lands in the
-client's inbox in order: :meth:`Peer.next_frame` takes the next one, :meth:`Peer.wait_for`
+client's inbox in order: :meth:`Client.next_frame` takes the next one, :meth:`Client.wait_for`
 skips to the first that matches. Requests (``say_text``, ``claim``...) send a frame with a
 fresh ``id`` and wait for its ``ack``; an ``error`` answer raises :class:`ServerError`.
 A message sent that way is not echoed back to this connection as an ``entry``: its ack
@@ -32,7 +32,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 Frame = dict[str, Any]
 FrameCheck = Callable[[Frame], None]
 
-P = TypeVar("P", bound="Peer")
+C = TypeVar("C", bound="Client")
 
 
 class ServerError(Exception):
@@ -53,8 +53,9 @@ class Closed(Exception):
         self.reason = reason
 
 
-class Peer:
-    """One connection. The role-specific clients below add the frames of their role."""
+class Client:
+    """One connection to the server. The role-specific clients below add the frames of their
+    role."""
 
     def __init__(
         self, ws: WebSocketConnection, *, frame_check: FrameCheck | None, keep_frames: bool
@@ -183,7 +184,7 @@ class Peer:
         await self.ws.aclose()
 
 
-class UserClient(Peer):
+class UserClient(Client):
     """A user: one conversation. ``last_seq`` is the highest ``seq`` seen; hand it and
     ``resume_token`` to :func:`connect_user` to come back without missing anything."""
 
@@ -223,7 +224,7 @@ class UserClient(Peer):
         await self.send_frame({"type": "typing"})
 
 
-class AgentClient(Peer):
+class AgentClient(Client):
     """An agent at the desk. ``desk`` is the latest ``desk`` frame."""
 
     desk: Frame | None = None
@@ -273,7 +274,7 @@ class AgentClient(Peer):
         await self.send_frame({"type": "typing", "conversation_id": conversation_id})
 
 
-class BotClient(Peer):
+class BotClient(Client):
     """A connected bot: receives ``event`` frames, pushes messages, acknowledges events."""
 
     @property
@@ -304,29 +305,29 @@ class BotClient(Peer):
 
 @asynccontextmanager
 async def _connect(
-    cls: type[P],
+    cls: type[C],
     url: str,
     hello: Mapping[str, Any],
     frame_check: FrameCheck | None,
     keep_frames: bool,
     timeout: float,
-) -> AsyncIterator[P]:
+) -> AsyncIterator[C]:
     async with open_websocket_url(url) as ws:
         refused: Exception | None = None
         async with trio.open_nursery() as nursery:
-            peer = cls(ws, frame_check=frame_check, keep_frames=keep_frames)
-            nursery.start_soon(peer._read_forever)
-            await peer.send_frame({"type": "hello", "v": 1, **hello})
+            client = cls(ws, frame_check=frame_check, keep_frames=keep_frames)
+            nursery.start_soon(client._read_forever)
+            await client.send_frame({"type": "hello", "v": 1, **hello})
             try:
-                peer.welcome = await peer.next_frame(timeout=timeout)
-                if peer.welcome.get("type") != "welcome":
-                    raise ServerError(peer.welcome)
+                client.welcome = await client.next_frame(timeout=timeout)
+                if client.welcome.get("type") != "welcome":
+                    raise ServerError(client.welcome)
             except (Closed, ServerError) as exc:
                 # Raised outside the nursery, so callers see it bare, not in a group.
                 refused = exc
             else:
                 try:
-                    yield peer
+                    yield client
                 finally:
                     nursery.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
@@ -408,8 +409,8 @@ def connect_bot(
 __all__ = [
     "AgentClient",
     "BotClient",
+    "Client",
     "Closed",
-    "Peer",
     "ServerError",
     "UserClient",
     "connect_agent",
