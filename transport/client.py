@@ -11,7 +11,7 @@ manager::
 Every frame the server sends, except the acks and errors that answer a request, lands in the
 client's inbox in order: :meth:`Client.next_frame` takes the next one, :meth:`Client.wait_for`
 skips to the first that matches. Requests (``say_text``, ``claim``...) send a frame with a
-fresh ``id`` and wait for its ``ack``; an ``error`` answer raises :class:`ServerError`.
+fresh ``id`` and wait for its ``ack``; an ``error`` answer raises :class:`RequestRefused`.
 A message sent that way is not echoed back to this connection as an ``entry``: its ack
 carries the ``seq`` it was given (the client's other connections do get the entry).
 """
@@ -35,8 +35,9 @@ FrameCheck = Callable[[Frame], None]
 C = TypeVar("C", bound="Client")
 
 
-class ServerError(Exception):
-    """The server answered a request with an ``error`` frame."""
+class RequestRefused(Exception):
+    """The server refused a request: it answered with an ``error`` frame (``code``; the whole
+    ``frame``, with its ``message``), or a hello with anything but a ``welcome``."""
 
     def __init__(self, frame: Frame) -> None:
         super().__init__(f"{frame.get('code')}: {frame.get('message')}")
@@ -157,7 +158,7 @@ class Client:
 
     async def request(self, frame: Mapping[str, Any], *, timeout: float = 5.0) -> Frame:
         """Send ``frame`` with a fresh ``id`` (unless it has one) and return the ``ack`` (or
-        ``pong``) that answers it. Raises :class:`ServerError` on an ``error`` answer."""
+        ``pong``) that answers it. Raises :class:`RequestRefused` on an ``error`` answer."""
         frame = dict(frame)
         frame_id = frame.setdefault("id", f"r{self._id_prefix}-{next(self._ids)}")
         answered = self._answered[frame_id] = trio.Event()
@@ -174,7 +175,7 @@ class Client:
             raise Closed(self.close_code, self.close_reason)
         answer = answers[0]
         if answer["type"] == "error":
-            raise ServerError(answer)
+            raise RequestRefused(answer)
         return answer
 
     async def ping(self) -> None:
@@ -321,8 +322,8 @@ async def _connect(
             try:
                 client.welcome = await client.next_frame(timeout=timeout)
                 if client.welcome.get("type") != "welcome":
-                    raise ServerError(client.welcome)
-            except (Closed, ServerError) as exc:
+                    raise RequestRefused(client.welcome)
+            except (Closed, RequestRefused) as exc:
                 # Raised outside the nursery, so callers see it bare, not in a group.
                 refused = exc
             else:
@@ -411,7 +412,7 @@ __all__ = [
     "BotClient",
     "Client",
     "Closed",
-    "ServerError",
+    "RequestRefused",
     "UserClient",
     "connect_agent",
     "connect_bot",
