@@ -394,7 +394,7 @@ def _quick_hello(data: dict[str, Any], role: str) -> bool:
     return True
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe_schema_error(error: jsonschema.ValidationError) -> str:
     where = "/".join(str(part) for part in error.absolute_path)
     return f"{where or 'frame'}: {error.message}"[:300]
 
@@ -402,7 +402,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def _check(data: dict[str, Any], check: jsonschema.protocols.Validator) -> None:
     error = jsonschema.exceptions.best_match(check.iter_errors(data))
     if error is not None:
-        raise FrameRefused("invalid_frame", _describe(error), _readable_id(data))
+        raise FrameRefused("invalid_frame", _describe_schema_error(error), _readable_id(data))
 
 
 def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
@@ -701,7 +701,7 @@ def server_frame_errors(frame: Mapping[str, Any]) -> Iterator[str]:
         yield f"unknown server frame type {kind!r}"
         return
     for error in check.iter_errors(frame):
-        yield _describe(error)
+        yield _describe_schema_error(error)
 
 
 __all__ = [

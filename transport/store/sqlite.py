@@ -344,7 +344,7 @@ def _writable(rows: _Rows) -> bool:
     )
 
 
-def _describe(path: Path, exc: BaseException) -> str:
+def _explain_database_error(path: Path, exc: BaseException) -> str:
     """Words for an operator: what is wrong with the database file, and what to do."""
     text = str(exc)
     lowered = text.lower()
@@ -690,7 +690,7 @@ class SQLiteStore:
                     raise sqlite3.OperationalError("the store is closed")
                 pending.result = pending.job(db)
             except sqlite3.Error as exc:
-                pending.error = StoreUnavailable(_describe(self.path, exc))
+                pending.error = StoreUnavailable(_explain_database_error(self.path, exc))
 
     def _write_batch(
         self, good: list[tuple[_Pending, _Rows]], answered: list[tuple[str, int]]
@@ -709,7 +709,7 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 self._write([], answered)
         except sqlite3.Error as exc:
-            message = _describe(self.path, exc)
+            message = _explain_database_error(self.path, exc)
             log.error("commit of %d calls failed: %s", len(good), message)
             for pending, _ in good:
                 pending.error = StoreUnavailable(message)
@@ -736,7 +736,7 @@ class SQLiteStore:
             log.error("a call's rows cannot be stored: %s", type(exc).__name__)
             part[0][0].error = StoreUnavailable("this message cannot be stored")
         except sqlite3.Error as exc:
-            message = _describe(self.path, exc)
+            message = _explain_database_error(self.path, exc)
             for pending, _ in part:
                 pending.error = StoreUnavailable(message)
         else:
@@ -940,7 +940,7 @@ class SQLiteStore:
             try:
                 return read(db)
             except sqlite3.Error as exc:
-                raise StoreUnavailable(_describe(self.path, exc)) from exc
+                raise StoreUnavailable(_explain_database_error(self.path, exc)) from exc
             finally:
                 self._idle_readers.append(db)
 
@@ -980,7 +980,7 @@ class SQLiteStore:
             raise StoreUnavailable(f"the database {path} is refused: {exc}") from exc
         except (sqlite3.Error, OSError) as exc:
             self._close()
-            raise StoreUnavailable(_describe(path, exc)) from exc
+            raise StoreUnavailable(_explain_database_error(path, exc)) from exc
         except BaseException:
             self._close()
             raise
