@@ -127,7 +127,7 @@ def _answer(envelope: Envelope, outcome: fx.Outcome) -> None:
             log.exception("a sender's answer could not be given")
 
 
-def _refuse(envelopes: list[Envelope], refusal: fx.Refusal) -> None:
+def _refuse_all(envelopes: list[Envelope], refusal: fx.Refusal) -> None:
     for envelope in envelopes:
         _answer(envelope, refusal)
 
@@ -460,10 +460,10 @@ class ConversationActor:
                 for envelope, step in zip(envelopes, plan, strict=False):
                     _answer(envelope, step if isinstance(step, fx.Outcome) else refusal)
                 if failure is not None:
-                    _refuse(envelopes[done : done + 1], _INTERNAL_ERROR)
+                    _refuse_all(envelopes[done : done + 1], _INTERNAL_ERROR)
                 return done + (failure is not None), failure
             except Exception:
-                _refuse(envelopes, _INTERNAL_ERROR)
+                _refuse_all(envelopes, _INTERNAL_ERROR)
                 raise
             self.state = state
             backoff = self._store_backoff
@@ -495,7 +495,7 @@ class ConversationActor:
                 assert not isinstance(step, int)
                 _answer(envelope, step)
         if failure is not None:
-            _refuse(envelopes[done : done + 1], _INTERNAL_ERROR)
+            _refuse_all(envelopes[done : done + 1], _INTERNAL_ERROR)
         return done + (failure is not None), failure
 
     def _store_refused(self, exc: StoreUnavailable) -> None:
