@@ -371,14 +371,16 @@ class Peer:
             # A read for a replay or a bot's push failed: this frame is refused, the
             # connection goes on (bad luck with the store never closes it after hello).
             log.warning("a %s frame could not be read for: %s", self.role, exc)
-            self._error("store_unavailable", "The store cannot be read right now.", frame.id, frame)
+            self._refuse_frame(
+                "store_unavailable", "The store cannot be read right now.", frame.id, frame
+            )
         except Exception:
             log.exception("a %s frame could not be handled", self.role)
-            self._error("internal_error", "The frame could not be handled.", frame.id, frame)
+            self._refuse_frame("internal_error", "The frame could not be handled.", frame.id, frame)
 
     async def _carry_out(self, frame: wire.Frame) -> None:
         if isinstance(frame, wire.BotPush) and not await self._owns(frame.conversation_id):
-            self._error("forbidden", "Not a conversation of this bot.", frame.id, frame)
+            self._refuse_frame("forbidden", "Not a conversation of this bot.", frame.id, frame)
             return
         if isinstance(frame, wire.ReplayAfter):
             await self._catch_up(frame.conversation_id, frame.after_seq, Party.AGENT, self._agent())
@@ -389,7 +391,9 @@ class Peer:
             return
         self._dispatch(frame)
 
-    def _error(self, code: str, message: str, frame_id: FrameId | None, frame: object) -> None:
+    def _refuse_frame(
+        self, code: str, message: str, frame_id: FrameId | None, frame: object
+    ) -> None:
         conversation_id = getattr(frame, "conversation_id", None)
         self._send(wire.error_frame(code, message, frame_id, conversation_id))
 
