@@ -517,10 +517,10 @@ class Peer:
     def _submit(
         self, frame_id: FrameId | None, conversation_id: str, event: Event, *, quiet: bool = False
     ) -> None:
-        """Hand ``event`` to its conversation; the outcome comes back to :meth:`_answer`.
+        """Hand ``event`` to its conversation; the outcome comes back to :meth:`_send_outcome`.
         ``quiet`` events (typing) report only refusals. A frame with an id is answered with
         the seq of what it wrote, so that entry is not sent back here as well."""
-        reply = partial(self._answer, None if quiet else frame_id, conversation_id)
+        reply = partial(self._send_outcome, None if quiet else frame_id, conversation_id)
         origin = self if frame_id is not None and not quiet else None
         try:
             self.board.submit(
@@ -547,7 +547,9 @@ class Peer:
             return f"agent:{self.agent_id}:{frame_id!r}"
         return f"{self.role}:{frame_id!r}"
 
-    def _answer(self, frame_id: FrameId | None, conversation_id: str, outcome: Outcome) -> None:
+    def _send_outcome(
+        self, frame_id: FrameId | None, conversation_id: str, outcome: Outcome
+    ) -> None:
         if isinstance(outcome, Refusal):
             if frame_id is not None and self._transfers.get(conversation_id) == frame_id:
                 del self._transfers[conversation_id]  # the conversation refused the transfer
