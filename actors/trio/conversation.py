@@ -489,7 +489,7 @@ class ConversationActor:
                         else:
                             await runner.carry_out(effect, after)
                     if envelope.message_id is not None:
-                        self._remember(envelope.message_id, transition.outcome, envelope.event)
+                        self._remember_id(envelope.message_id, transition.outcome, envelope.event)
                 _answer(envelope, transition.outcome)
             else:
                 assert not isinstance(step, int)
@@ -508,7 +508,7 @@ class ConversationActor:
                 extra={"conversation_id": self.conversation_id},
             )
 
-    def _remember(self, message_id: str, outcome: fx.Outcome, event: Event) -> None:
+    def _remember_id(self, message_id: str, outcome: fx.Outcome, event: Event) -> None:
         """Keep an accepted message's outcome under its id, for the last ``message_ids``."""
         if not isinstance(outcome, fx.Accepted):
             return

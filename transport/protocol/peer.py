@@ -448,7 +448,7 @@ class Peer:
             self._agent_event(frame, AgentSignsOff(agent_id))
         elif isinstance(frame, wire.Transfer):
             if self._agent_event(frame, AgentTransfers(agent_id, frame.to_agent)):
-                _remember(self._transfers, frame.conversation_id, frame.id)
+                _remember_pending(self._transfers, frame.conversation_id, frame.id)
         elif isinstance(frame, wire.Claim):
             self._claim(agent_id, frame)
 
@@ -469,7 +469,7 @@ class Peer:
                 )
             )
             return
-        _remember(claims, conversation_id, frame.id)
+        _remember_pending(claims, conversation_id, frame.id)
         self.desk.claim(agent_id, conversation_id)
         self._ack(frame.id, None)
 
@@ -570,7 +570,7 @@ class Peer:
         return known
 
 
-def _remember(
+def _remember_pending(
     pending: OrderedDict[str, FrameId | None], conversation_id: str, frame_id: FrameId | None
 ) -> None:
     """Keep a claim's or transfer's id so that a later refusal from the desk carries it."""
