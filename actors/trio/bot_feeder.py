@@ -99,9 +99,9 @@ class BotFeeder:
                 ),
             )
         )
-        self._start()
+        self._start_delivering()
 
-    def _start(self) -> None:
+    def _start_delivering(self) -> None:
         if not self._busy:
             self._busy = True
             self.context.spawn(self._run)
@@ -167,7 +167,7 @@ class BotFeeder:
         def answered(outcome: fx.Outcome) -> None:
             if isinstance(outcome, fx.Refusal) and outcome.code in _ASK_AGAIN:
                 self._queue.appendleft((seq, event))
-                self._start()
+                self._start_delivering()
                 return
             if isinstance(outcome, fx.Refusal):
                 log.warning(

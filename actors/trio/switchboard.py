@@ -204,7 +204,7 @@ class Switchboard:
                 self._backend_for(state.bot_id).request_agent(request)
             except Exception:
                 log.exception("restoring session %s", session.session_id)
-            self._start(state.conversation_id, state)
+            self._start_actor(state.conversation_id, state)
         for conversation_id, entries in owed.items():
             self._actor(conversation_id).owed_to_bot = entries
         if owed:
@@ -253,7 +253,7 @@ class Switchboard:
             conversation_id, bot_id, user_id or conversation_id, dict(metadata or {})
         )
         await self.store.record(state, [])
-        self._start(conversation_id, state)
+        self._start_actor(conversation_id, state)
         return state
 
     def submit(
@@ -329,10 +329,10 @@ class Switchboard:
     def _actor(self, conversation_id: str) -> ConversationActor:
         actor = self._actors.get(conversation_id)
         if actor is None:
-            actor = self._start(conversation_id, None)
+            actor = self._start_actor(conversation_id, None)
         return actor
 
-    def _start(
+    def _start_actor(
         self,
         conversation_id: str,
         state: ConversationState | None,
@@ -377,7 +377,7 @@ class Switchboard:
             actor.refuse_waiting("conversation_failed", "The conversation failed; try again.")
             if self._actors.get(actor.conversation_id) is None:
                 pause = min(max(_FIRST_PAUSE, pause * 2), _MAX_PAUSE)
-                self._start(actor.conversation_id, None, predecessor=actor, pause=pause)
+                self._start_actor(actor.conversation_id, None, predecessor=actor, pause=pause)
 
 
 @asynccontextmanager
