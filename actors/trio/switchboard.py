@@ -284,7 +284,7 @@ class Switchboard:
 
     def post(self, conversation_id: str, event: Event) -> None:
         """Like :meth:`submit`, for the core's own parts (backends): never refused."""
-        self._send(conversation_id, Envelope(event))
+        self._post_to_actor(conversation_id, Envelope(event))
 
     async def ask(
         self, conversation_id: str, event: Event, *, message_id: str | None = None
@@ -304,11 +304,11 @@ class Switchboard:
     def subscribe(self, conversation_id: str, sink: Sink, after_seq: int | None = None) -> None:
         """Deliver the user's side of the conversation to ``sink``: the entries after
         ``after_seq`` first (when given), then everything live."""
-        self._send(conversation_id, Subscribe(sink, after_seq))
+        self._post_to_actor(conversation_id, Subscribe(sink, after_seq))
 
     def unsubscribe(self, conversation_id: str, sink: Sink) -> None:
         if conversation_id in self._actors:
-            self._send(conversation_id, Unsubscribe(sink))
+            self._post_to_actor(conversation_id, Unsubscribe(sink))
 
     def replay(
         self,
@@ -319,11 +319,11 @@ class Switchboard:
         agent_id: str | None = None,
     ) -> None:
         """Send ``sink`` the entries after ``after_seq`` that ``party`` may see."""
-        self._send(conversation_id, Replay(sink, after_seq, party, agent_id))
+        self._post_to_actor(conversation_id, Replay(sink, after_seq, party, agent_id))
 
     # -- internals --------------------------------------------------------------------------
 
-    def _send(self, conversation_id: str, item: Inbound) -> None:
+    def _post_to_actor(self, conversation_id: str, item: Inbound) -> None:
         self._actor(conversation_id).inbox.put(item)
 
     def _actor(self, conversation_id: str) -> ConversationActor:
