@@ -366,7 +366,7 @@ class Peer:
             )
             return
         try:
-            await self._carry_out(frame)
+            await self._carry_out_frame(frame)
         except StoreUnavailable as exc:
             # A read for a replay or a bot's push failed: this frame is refused, the
             # connection goes on (bad luck with the store never closes it after hello).
@@ -378,7 +378,7 @@ class Peer:
             log.exception("a %s frame could not be handled", self.role)
             self._refuse_frame("internal_error", "The frame could not be handled.", frame.id, frame)
 
-    async def _carry_out(self, frame: wire.Frame) -> None:
+    async def _carry_out_frame(self, frame: wire.Frame) -> None:
         if isinstance(frame, wire.BotPush) and not await self._owns(frame.conversation_id):
             self._refuse_frame("forbidden", "Not a conversation of this bot.", frame.id, frame)
             return
