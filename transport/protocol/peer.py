@@ -411,7 +411,7 @@ class Peer:
             else:
                 self._agent_event(frame, AgentTyping(self._agent()), quiet=True)
         elif isinstance(frame, wire.BotPush):
-            self._submit(frame.id, frame.conversation_id, BotSays(frame.contents))
+            self._submit_event(frame.id, frame.conversation_id, BotSays(frame.contents))
         elif isinstance(frame, wire.EventAck):
             self._event_acked(frame)
         else:
@@ -487,7 +487,7 @@ class Peer:
                 wire.error_frame("forbidden", "That is not your conversation.", frame_id, named)
             )
             return
-        self._submit(frame_id, own, event, quiet=quiet)
+        self._submit_event(frame_id, own, event, quiet=quiet)
 
     def _agent_submit(
         self, frame_id: FrameId | None, conversation_id: str | None, content: Content
@@ -496,7 +496,7 @@ class Peer:
         if not self.desk.holds(self._agent(), conversation_id):
             self._not_assigned(frame_id, conversation_id)
             return
-        self._submit(frame_id, conversation_id, AgentSays(self._agent(), content))
+        self._submit_event(frame_id, conversation_id, AgentSays(self._agent(), content))
 
     def _agent_event(self, frame: wire.Frame, event: Event, *, quiet: bool = False) -> bool:
         conversation_id = getattr(frame, "conversation_id", None)
@@ -504,7 +504,7 @@ class Peer:
         if not self.desk.holds(self._agent(), conversation_id):
             self._not_assigned(frame.id, conversation_id)
             return False
-        self._submit(frame.id, conversation_id, event, quiet=quiet)
+        self._submit_event(frame.id, conversation_id, event, quiet=quiet)
         return True
 
     def _not_assigned(self, frame_id: FrameId | None, conversation_id: str) -> None:
@@ -514,7 +514,7 @@ class Peer:
             )
         )
 
-    def _submit(
+    def _submit_event(
         self, frame_id: FrameId | None, conversation_id: str, event: Event, *, quiet: bool = False
     ) -> None:
         """Hand ``event`` to its conversation; the outcome comes back to :meth:`_send_outcome`.
