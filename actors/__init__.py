@@ -21,12 +21,11 @@ from actors.model.deliveries import (
     Colleague,
     Delivery,
     DeskStatus,
-    Problem,
     QueuePosition,
     Transcript,
     Typing,
 )
-from actors.model.effects import Accepted, Outcome, Refused
+from actors.model.effects import Accepted, Outcome, Refusal
 from actors.model.events import (
     AgentSays,
     AgentSignsOff,
@@ -91,9 +90,8 @@ __all__ = [
     "Overloaded",
     "Party",
     "Presence",
-    "Problem",
     "QueuePosition",
-    "Refused",
+    "Refusal",
     "RestartPolicy",
     "Sink",
     "Store",

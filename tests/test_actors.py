@@ -31,7 +31,7 @@ from actors import (
     MemoryStore,
     Party,
     Presence,
-    Refused,
+    Refusal,
     RestartPolicy,
     StoreUnavailable,
     Switchboard,
@@ -288,7 +288,7 @@ async def test_a_crash_restarts_that_conversation_from_its_last_state_while_othe
             for conv in others:
                 nursery.start_soon(chat, conv)
             crashed = await board.ask(broken, UserSays(Content.text("two")))
-        assert isinstance(crashed, Refused) and crashed.code == "internal_error"
+        assert isinstance(crashed, Refusal) and crashed.code == "internal_error"
         assert board.stats.restarts == 1
         assert len(outcomes) == 2000 and all(isinstance(o, Accepted) for o in outcomes)
         # Nothing of "two" was stored: the restarted actor resumes from the last commit, so
@@ -311,7 +311,7 @@ async def test_failures_past_the_limit_escalate_and_the_store_has_the_last_word(
         store.crashes[conv] = None
         for attempt in range(3):
             outcome = await board.ask(conv, UserSays(Content.text(f"try {attempt}")))
-            assert isinstance(outcome, Refused) and outcome.code == "internal_error"
+            assert isinstance(outcome, Refusal) and outcome.code == "internal_error"
         # The third failure was one too many: the actor gave up as it answered.
         assert board.stats.escalations == 1
         assert board.stats.restarts == 2

@@ -215,20 +215,20 @@ async def test_hostile_frames_touch_nothing_but_their_sender(
             running_ws_server(limits=LIMITS, listener=listener) as harness,
             harness.user() as bystander,
             harness.user() as control,
-            attacker(harness, role) as peer,
+            attacker(harness, role) as client,
         ):
-            own = getattr(peer, "conversation_id", "")
+            own = getattr(client, "conversation_id", "")
             frames = data.draw(st.lists(role_frames(role, own), min_size=1, max_size=12))
             bystander.take_all()
             seqs: list[int] = []
             for number, frame in enumerate(frames):
-                await peer.send_raw(encode(frame, control.conversation_id))
+                await client.send_raw(encode(frame, control.conversation_id))
                 seq_of = await control.say_text(f"control {number}")
                 assert seq_of is not None
                 seqs.append(seq_of)
-            await peer.ping()  # it handled all of it, and still answers
-            assert not peer.closed
-            for frame in peer.take_all():
+            await client.ping()  # it handled all of it, and still answers
+            assert not client.closed
+            for frame in client.take_all():
                 if frame["type"] == "error":
                     assert frame["code"] in INPUT_ERRORS, frame
             # The control conversation: every message acknowledged in order, every echo too.

@@ -19,7 +19,7 @@ from transport import strict
 from transport.bots.csml import replies_from
 from transport.bots.resilience import BotReplyInvalid
 from transport.bots.webhook import messages_from
-from transport.client import Frame, ServerError
+from transport.client import Frame, RequestRefused
 from transport.store.sqlite import open_sqlite_store
 
 from .support.ws import WsHarness, close_code_after, hello, running_ws_server
@@ -170,7 +170,7 @@ async def test_huge_sequence_numbers_are_refused_with_documented_codes(
 
 async def test_nobody_but_the_system_sends_notices(harness: WsHarness) -> None:
     async with harness.user() as user, harness.agent("alice") as alice:
-        with pytest.raises(ServerError) as refused:
+        with pytest.raises(RequestRefused) as refused:
             await user.say("notice", {"code": "session_ended", "reason": "user_ended"})
         assert refused.value.code == "invalid_frame"
         assert "reserved" in refused.value.frame["message"]
@@ -179,7 +179,7 @@ async def test_nobody_but_the_system_sends_notices(harness: WsHarness) -> None:
         await user.click(SESSION_START)
         await user.wait_for(lambda f: f.get("content", {}).get("code") == "agent_joined")
         conv = user.conversation_id
-        with pytest.raises(ServerError) as refused:
+        with pytest.raises(RequestRefused) as refused:
             await alice.request(
                 {
                     "type": "message",
@@ -192,7 +192,7 @@ async def test_nobody_but_the_system_sends_notices(harness: WsHarness) -> None:
         assert refused.value.frame["conversation_id"] == conv
 
     async with harness.user(bot_id="relay") as user, harness.connected_bot("relay") as bot:
-        with pytest.raises(ServerError) as refused:
+        with pytest.raises(RequestRefused) as refused:
             await bot.push(
                 user.conversation_id,
                 [
@@ -410,12 +410,12 @@ async def test_a_store_that_cannot_be_read_refuses_the_frame_not_the_connection(
         harness.agent("alice") as alice,
         harness.connected_bot("relay") as bot,
     ):
-        with pytest.raises(ServerError) as refused:
+        with pytest.raises(RequestRefused) as refused:
             await alice.replay(user.conversation_id, 0)
         assert refused.value.code == "store_unavailable"
         assert "disk" not in refused.value.frame["message"]
         await alice.ping()
-        with pytest.raises(ServerError) as refused:
+        with pytest.raises(RequestRefused) as refused:
             await bot.push_text(user.conversation_id, "hello")
         assert refused.value.code == "store_unavailable"
         await bot.ping()

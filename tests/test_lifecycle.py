@@ -32,7 +32,7 @@ from actors import (
     Lifecycle,
     Mode,
     Party,
-    Refused,
+    Refusal,
     UserSays,
     UserTyping,
 )
@@ -146,7 +146,7 @@ def test_start_while_a_session_is_open_is_refused() -> None:
     run = Run()
     run.queued()
     again = run(UserSays(Content.payload(SESSION_START)))
-    assert isinstance(again.outcome, Refused)
+    assert isinstance(again.outcome, Refusal)
     assert again.outcome.code == "session_already_open"
     assert again.effects == ()
 
@@ -345,7 +345,7 @@ def test_bot_message_during_a_session_is_refused() -> None:
     run = Run()
     run.queued()
     refused = run(BotSays((Content.text("I am still here"),)))
-    assert isinstance(refused.outcome, Refused) and refused.outcome.code == "session_open"
+    assert isinstance(refused.outcome, Refusal) and refused.outcome.code == "session_open"
     assert refused.effects == ()
 
 
@@ -358,14 +358,14 @@ def test_agent_not_holding_the_chat_is_refused() -> None:
         AgentTransfers("bob", None),
     ):
         refused = run(event)
-        assert isinstance(refused.outcome, Refused)
+        assert isinstance(refused.outcome, Refusal)
         assert refused.outcome.code == "not_assigned"
         assert refused.effects == ()
 
 
 def test_agent_message_in_bot_mode_is_refused() -> None:
     refused = Run()(AgentSays("alice", Content.text("hi")))
-    assert isinstance(refused.outcome, Refused) and refused.outcome.code == "not_assigned"
+    assert isinstance(refused.outcome, Refusal) and refused.outcome.code == "not_assigned"
 
 
 def test_typing_passes_both_ways_and_never_resets_the_timer() -> None:
@@ -406,7 +406,7 @@ def test_transfer_to_oneself_is_refused() -> None:
     run = Run()
     run.live("alice")
     refused = run(AgentTransfers("alice", "alice"))
-    assert isinstance(refused.outcome, Refused) and refused.outcome.code == "transfer_failed"
+    assert isinstance(refused.outcome, Refusal) and refused.outcome.code == "transfer_failed"
 
 
 def test_transfer_failed_changes_nothing() -> None:

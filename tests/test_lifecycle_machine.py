@@ -75,7 +75,7 @@ from actors import (
     Mode,
     Party,
     Presence,
-    Refused,
+    Refusal,
     UserSays,
     UserTyping,
 )
@@ -173,7 +173,7 @@ class LifecycleWithDesk(RuleBasedStateMachine):
         if after.session is not None:
             self.opened.add(after.session.session_id)
         note(f"reached {after.mode.value}")
-        if isinstance(event, UserSays) and not isinstance(transition.outcome, Refused):
+        if isinstance(event, UserSays) and not isinstance(transition.outcome, Refusal):
             self._check_user_message(before, event, transition.outcome, emitted)
         for effect in transition.effects:
             self._carry_out(conv, effect, after)
@@ -298,8 +298,8 @@ class LifecycleWithDesk(RuleBasedStateMachine):
                     effect.session_id, effect.agent_id, effect.reason, effect.decision
                 )
                 self.inboxes[effect.conversation_id].append(event)
-            elif isinstance(effect, rt.Refusal):
-                note(f"refused: {effect.code}")
+            elif isinstance(effect, rt.AgentRefusal):
+                note(f"refused: {effect.refusal.code}")
 
     # -- delivery -------------------------------------------------------------------------------
 
@@ -366,7 +366,7 @@ class LifecycleWithDesk(RuleBasedStateMachine):
     def user_starts(self, conv: str) -> None:
         mode = self.states[conv].mode
         outcome = self.handle(conv, UserSays(Content.payload(SESSION_START)))
-        assert isinstance(outcome, Refused) == (mode is not Mode.BOT)
+        assert isinstance(outcome, Refusal) == (mode is not Mode.BOT)
 
     @rule(conv=conversations)
     def user_ends(self, conv: str) -> None:
@@ -390,7 +390,7 @@ class LifecycleWithDesk(RuleBasedStateMachine):
     def bot_says(self, conv: str) -> None:
         open_session = self.states[conv].session is not None
         outcome = self.handle(conv, BotSays((Content.text("bot here"),)))
-        assert isinstance(outcome, Refused) == open_session
+        assert isinstance(outcome, Refusal) == open_session
 
     # -- agents -------------------------------------------------------------------------------
     # An agent's action at the desk is applied at once: agents act independently of what is
@@ -402,7 +402,7 @@ class LifecycleWithDesk(RuleBasedStateMachine):
         holds = session is not None and session.agent_id == agent
         text = "bye LIVECHAT_SESSION_END" if sign_off else "hello"
         outcome = self.handle(conv, AgentSays(agent, Content.text(text)))
-        assert isinstance(outcome, Refused) != holds
+        assert isinstance(outcome, Refusal) != holds
 
     @rule(agent=agents, conv=conversations)
     def agent_signs_off(self, agent: str, conv: str) -> None:

@@ -11,7 +11,7 @@ import typing
 
 import pytest
 
-from actors import Accepted, BotSettings, Content, ConversationState, Lifecycle, Mode, Refused
+from actors import Accepted, BotSettings, Content, ConversationState, Lifecycle, Mode, Refusal
 from actors.machines.lifecycle import Ignore, Refuse
 from actors.model import events as ev
 from actors.model.state import Session
@@ -68,12 +68,12 @@ def test_each_cell_does_what_the_table_says(mode: Mode, event_type: type[typing.
         assert transition.outcome == Accepted()
     elif isinstance(cell, Refuse):
         assert transition.state is state and transition.effects == ()
-        assert transition.outcome == Refused(cell.code, cell.detail)
+        assert transition.outcome == Refusal(cell.code, cell.message)
     else:
         # A handler: it may change anything, but never refuses what its mode accepts
         # without a code, and never leaves the conversation without a mode.
         assert transition.state.mode in Mode
-        if isinstance(transition.outcome, Refused):
+        if isinstance(transition.outcome, Refusal):
             assert transition.outcome.code
 
 

@@ -21,13 +21,13 @@ from actors import (
     DeskStatus,
     Entry,
     Party,
-    Problem,
+    Refusal,
     Transcript,
     Typing,
 )
 from actors.model.deliveries import HeldChat, WaitingItem
 from transport.protocol import frames as wire
-from transport.protocol.frames import BadFrame, parse_frame, parse_hello, strict
+from transport.protocol.frames import FrameRefused, parse_frame, parse_hello, strict
 from transport.protocol.tokens import ExpiredToken, InvalidToken, ResumeTokens
 
 LIMIT = 64 * 1024
@@ -38,8 +38,8 @@ def frame(**fields: Any) -> str:
     return json.dumps(fields)
 
 
-def rejection(raw: str | bytes, role: str = "user") -> BadFrame:
-    with pytest.raises(BadFrame) as caught:
+def rejection(raw: str | bytes, role: str = "user") -> FrameRefused:
+    with pytest.raises(FrameRefused) as caught:
         parse_frame(raw, role, LIMIT)
     return caught.value
 
@@ -139,7 +139,7 @@ def test_a_bot_acknowledges_an_event() -> None:
         None, "c9:3"
     )
     for role in ("user", "agent"):
-        assert rejection(raw, role).code == "unknown_type"
+        assert rejection(raw, role).refusal.code == "unknown_type"
 
 
 def test_hellos_by_role() -> None:
@@ -187,13 +187,13 @@ def test_hellos_by_role() -> None:
     ],
 )
 def test_bad_frames_get_their_code(raw: str | bytes, role: str, code: str) -> None:
-    assert rejection(raw, role).code == code
+    assert rejection(raw, role).refusal.code == code
 
 
 def test_errors_carry_a_readable_id() -> None:
     bad = rejection('{"type":"message","id":"c9","content_type":"","content":{}}')
-    assert (bad.code, bad.id) == ("invalid_frame", "c9")
-    assert "content_type" in bad.message
+    assert (bad.refusal.code, bad.id) == ("invalid_frame", "c9")
+    assert "content_type" in bad.refusal.message
 
 
 def test_size_is_counted_in_utf8_bytes() -> None:
@@ -202,11 +202,11 @@ def test_size_is_counted_in_utf8_bytes() -> None:
         ensure_ascii=False,
     )
     parse_frame(small, "user", 300)
-    assert rejection_with_limit(small, 200).code == "frame_too_large"
+    assert rejection_with_limit(small, 200).refusal.code == "frame_too_large"
 
 
-def rejection_with_limit(raw: str, limit: int) -> BadFrame:
-    with pytest.raises(BadFrame) as caught:
+def rejection_with_limit(raw: str, limit: int) -> FrameRefused:
+    with pytest.raises(FrameRefused) as caught:
         parse_frame(raw, "user", limit)
     return caught.value
 
@@ -222,9 +222,9 @@ def rejection_with_limit(raw: str, limit: int) -> BadFrame:
     ],
 )
 def test_bad_hellos_are_refused(raw: str, fragment: str) -> None:
-    with pytest.raises(BadFrame) as caught:
+    with pytest.raises(FrameRefused) as caught:
         parse_hello(raw, LIMIT)
-    assert fragment in caught.value.message
+    assert fragment in caught.value.refusal.message
 
 
 # -- the quick path agrees with the schema ----------------------------------------------------
@@ -283,9 +283,9 @@ def test_the_quick_path_accepts_exactly_what_the_schema_accepts(
         assert schema_ok
     try:
         parsed = parse_frame(json.dumps(data), role, LIMIT)
-    except BadFrame as bad:
+    except FrameRefused as bad:
         assert not taken(data, schema_ok)
-        assert bad.code == "invalid_frame"
+        assert bad.refusal.code == "invalid_frame"
     else:
         assert taken(data, schema_ok)
         assert isinstance(parsed, wire.Say)
@@ -321,9 +321,9 @@ def test_the_quick_push_path_accepts_exactly_what_the_schema_accepts(data: dict[
         assert schema_ok
     try:
         parsed = parse_frame(json.dumps(data), "bot", LIMIT)
-    except BadFrame as bad:
+    except FrameRefused as bad:
         assert not taken(data, schema_ok)
-        assert bad.code == "invalid_frame"
+        assert bad.refusal.code == "invalid_frame"
     else:
         assert taken(data, schema_ok)
         assert isinstance(parsed, wire.BotPush)
@@ -350,9 +350,9 @@ def test_the_quick_event_ack_path_accepts_exactly_what_the_schema_accepts(
         assert schema_ok
     try:
         parsed = parse_frame(json.dumps(data), "bot", LIMIT)
-    except BadFrame as bad:
+    except FrameRefused as bad:
         assert not schema_ok
-        assert bad.code == "invalid_frame"
+        assert bad.refusal.code == "invalid_frame"
     else:
         assert schema_ok
         assert parsed == wire.EventAck(data.get("id"), data["event_id"])
@@ -393,9 +393,9 @@ def test_the_quick_hello_path_accepts_exactly_what_the_schema_accepts(
         assert schema_ok
     try:
         parsed = parse_hello(json.dumps(data), LIMIT)
-    except BadFrame as bad:
+    except FrameRefused as bad:
         assert not taken(data, schema_ok)
-        assert bad.code == "invalid_frame"
+        assert bad.refusal.code == "invalid_frame"
     else:
         assert taken(data, schema_ok)
         assert type(parsed).__name__.lower() == f"{role}hello"
@@ -437,7 +437,7 @@ def entry(seq: int = 1, **extra: Any) -> Entry:
             (HeldChat("conv", "conv/1", "demo", None),),
             (WaitingItem("c2", "demo", 1700000000.0, 1),),
         ),
-        Problem("not_waiting", "That chat is not waiting.", "conv"),
+        Refusal("not_waiting", "That chat is not waiting.", "conv"),
     ],
 )
 def test_deliveries_encode_to_valid_frames(delivery: Any) -> None:
@@ -560,6 +560,6 @@ def test_a_max_age_must_be_positive_and_finite(max_age: float) -> None:
 @pytest.mark.parametrize("after_seq", ["1.0", "1e0", "2.5"])
 def test_a_seq_with_a_fraction_or_exponent_is_refused(after_seq: str) -> None:
     raw = '{"type": "replay", "id": "r1", "conversation_id": "c1", "after_seq": ' + after_seq + "}"
-    with pytest.raises(wire.BadFrame) as refused:
+    with pytest.raises(wire.FrameRefused) as refused:
         wire.parse_frame(raw, "agent", 65536)
-    assert refused.value.code == "invalid_frame"
+    assert refused.value.refusal.code == "invalid_frame"

@@ -196,7 +196,9 @@ def test_transfer_to_an_unavailable_or_full_agent_is_refused() -> None:
         for target in ("carol", "nobody", full)
         for e in routing.transfer("c1", "c1/1", holder.agent_id, target, 1.0)
     ]
-    assert [r.code for r in refusals if isinstance(r, rt.Refusal)] == ["transfer_failed"] * 3
+    assert [r.refusal.code for r in refusals if isinstance(r, rt.AgentRefusal)] == [
+        "transfer_failed"
+    ] * 3
     assert routing.holder_of("c1") is holder
 
 
@@ -205,7 +207,7 @@ def test_transfer_by_an_agent_who_does_not_hold_it_is_refused() -> None:
     online(routing, "alice")
     ask(routing, "c1")
     [refusal] = routing.transfer("c1", "c1/1", "bob", None, 1.0)
-    assert isinstance(refusal, rt.Refusal) and refusal.code == "not_assigned"
+    assert isinstance(refusal, rt.AgentRefusal) and refusal.refusal.code == "not_assigned"
 
 
 def test_transfer_back_to_the_queue_goes_to_the_head_and_skips_the_sender() -> None:
@@ -230,7 +232,7 @@ def test_claim_picks_a_waiting_session_by_hand() -> None:
     assert routing.holder_of("c2") is not None
     ask(routing, "c3")
     refused = routing.claim("alice", "c3", 3.0)
-    assert [e.code for e in refused if isinstance(e, rt.Refusal)] == ["cannot_claim"]
+    assert [e.refusal.code for e in refused if isinstance(e, rt.AgentRefusal)] == ["cannot_claim"]
     routing.release("c2", "c2/1", "alice", 4.0)
     assert routing.holder_of("c3") is not None
     ask(routing, "c4")
@@ -248,14 +250,14 @@ def test_an_away_agent_is_offered_nothing_but_may_claim_by_hand() -> None:
     ask(routing, "c2", 3.0)
     routing.set_presence("alice", Presence.OFFLINE, 4.0)
     refused = routing.claim("alice", "c2", 5.0)
-    assert [e.code for e in refused if isinstance(e, rt.Refusal)] == ["cannot_claim"]
+    assert [e.refusal.code for e in refused if isinstance(e, rt.AgentRefusal)] == ["cannot_claim"]
 
 
 def test_claiming_what_is_not_waiting_is_refused() -> None:
     routing = rt.Routing([agent("alice")], SETTINGS)
     online(routing, "alice")
     [refusal] = routing.claim("alice", "ghost", 1.0)
-    assert isinstance(refusal, rt.Refusal) and refusal.code == "not_waiting"
+    assert isinstance(refusal, rt.AgentRefusal) and refusal.refusal.code == "not_waiting"
 
 
 def test_release_frees_a_slot_for_the_queue() -> None:

@@ -36,7 +36,7 @@ from actors import (
     MemoryStore,
     Party,
     Presence,
-    Refused,
+    Refusal,
     RestartPolicy,
     StoreUnavailable,
     Switchboard,
@@ -263,7 +263,7 @@ async def test_a_rebuilt_conversation_keeps_its_healthy_clients(autojump_clock: 
         store.breaking = conv
         for _ in range(2):
             outcome = await board.ask(conv, UserSays(Content.text("boom")))
-            assert isinstance(outcome, Refused) and outcome.code == "internal_error"
+            assert isinstance(outcome, Refusal) and outcome.code == "internal_error"
         assert board.stats.escalations == 1
         store.breaking = None
         assert await board.ask(conv, UserSays(Content.text("hello"))) == Accepted(1)

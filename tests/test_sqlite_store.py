@@ -37,7 +37,7 @@ from actors import (
     Mode,
     Party,
     Presence,
-    Refused,
+    Refusal,
     StoreUnavailable,
     Switchboard,
     Transcript,
@@ -805,9 +805,9 @@ async def test_a_file_locked_by_another_process_is_refused_then_recovers(tmp_pat
         other.execute("BEGIN IMMEDIATE")
         refused = await board.ask(conv, UserSays(Content.text("while locked")))
         other.execute("ROLLBACK")
-        assert isinstance(refused, Refused)
+        assert isinstance(refused, Refusal)
         assert refused.code == "store_unavailable"
-        assert "locked" in refused.detail
+        assert "locked" in refused.message
         # Nothing of the refused message was kept, and the numbering goes on without a gap.
         assert await board.ask(conv, UserSays(Content.text("after"))) == Accepted(5)
         texts = [e.content.text_value for e in await store.entries_after(conv, 0)]
@@ -822,7 +822,7 @@ async def test_a_full_disk_refuses_messages_and_never_acknowledges_one_it_lost(
     path = tmp_path / "s.db"
     bot = EchoBot()
     acknowledged: list[str] = []
-    refused: list[Refused] = []
+    refused: list[Refusal] = []
     async with (
         open_sqlite_store(path, max_bytes=160 * 1024) as store,
         running_board(store, bot) as board,
@@ -831,7 +831,7 @@ async def test_a_full_disk_refuses_messages_and_never_acknowledges_one_it_lost(
         for n in range(400):
             text = f"{n:04d} " + "x" * 2000
             outcome = await board.ask(conv, UserSays(Content.text(text)))
-            if isinstance(outcome, Refused):
+            if isinstance(outcome, Refusal):
                 refused.append(outcome)
                 if len(refused) >= 3:
                     break
@@ -839,7 +839,7 @@ async def test_a_full_disk_refuses_messages_and_never_acknowledges_one_it_lost(
                 acknowledged.append(text)
     assert acknowledged, "some messages fit before the disk filled"
     assert refused and all(r.code == "store_unavailable" for r in refused)
-    assert "full" in refused[0].detail
+    assert "full" in refused[0].message
     async with open_sqlite_store(path) as store:
         kept = {e.content.text_value for e in await store.entries_after(conv, 0)}
     assert set(acknowledged) <= kept

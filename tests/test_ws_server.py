@@ -25,7 +25,7 @@ from trio_websocket import ConnectionClosed, wrap_client_stream
 from actors import SESSION_END, SESSION_START, BotSettings, MemoryStore, StoreUnavailable
 from actors.model.records import Entry
 from actors.model.state import ConversationState
-from transport.client import Closed, Frame, ServerError, UserClient, connect_user
+from transport.client import Closed, Frame, RequestRefused, UserClient, connect_user
 from transport.protocol import frames as wire
 from transport.protocol.limits import Limits
 from transport.protocol.tokens import ResumeTokens
@@ -287,7 +287,7 @@ async def test_bad_frames_get_an_error_and_the_connection_keeps_working(
 
 async def test_invalid_frames_say_where_and_carry_the_id(harness: WsHarness) -> None:
     async with harness.user() as user:
-        with pytest.raises(ServerError) as refused:
+        with pytest.raises(RequestRefused) as refused:
             await user.request({"type": "message", "content_type": "", "content": {}})
         assert refused.value.code == "invalid_frame"
         assert "content_type" in refused.value.frame["message"]
@@ -322,7 +322,7 @@ async def test_an_agent_may_only_touch_the_chats_it_holds(harness: WsHarness) ->
                 "content": {},
             },
         ):
-            with pytest.raises(ServerError) as refused:
+            with pytest.raises(RequestRefused) as refused:
                 await alice.request(attempt)
             assert refused.value.code == "not_assigned"
             assert refused.value.frame["id"] == attempt["id"]
@@ -337,7 +337,7 @@ async def test_an_agent_may_only_touch_the_chats_it_holds(harness: WsHarness) ->
         await alice.set_presence("online")
         await user.click(SESSION_START)
         await user.wait_for(notice("agent_joined"))
-        with pytest.raises(ServerError) as refused:
+        with pytest.raises(RequestRefused) as refused:
             await bob.say(conv, "let me in")
         assert refused.value.code == "not_assigned"
         await alice.send_frame(
@@ -351,7 +351,7 @@ async def test_an_agent_may_only_touch_the_chats_it_holds(harness: WsHarness) ->
 async def test_a_user_cannot_restart_an_open_session(harness: WsHarness) -> None:
     async with harness.user() as user:
         await user.click(SESSION_START)
-        with pytest.raises(ServerError) as refused:
+        with pytest.raises(RequestRefused) as refused:
             await user.click(SESSION_START)
         assert refused.value.code == "session_already_open"
 
@@ -442,13 +442,13 @@ async def test_a_connected_bot_gets_events_and_pushes_replies(harness: WsHarness
         await bot.ack_event(event["event_id"])
 
         async with harness.user(bot_id="demo") as stranger:
-            with pytest.raises(ServerError) as refused:
+            with pytest.raises(RequestRefused) as refused:
                 await bot.push_text(stranger.conversation_id, "not mine")
             assert refused.value.code == "forbidden"
 
         await user.click(SESSION_START)
         await user.wait_for(notice("session_started"))
-        with pytest.raises(ServerError) as refused:
+        with pytest.raises(RequestRefused) as refused:
             await bot.push_text(user.conversation_id, "during the session")
         assert refused.value.code == "session_open"
 
@@ -616,11 +616,11 @@ async def test_random_frames_never_break_the_server(
     with trio.fail_after(10):
         async with running_ws_server(listener=listener) as harness:
             opened = {"user": harness.user, "agent": harness.agent, "bot": harness.connected_bot}
-            async with opened[role]() as peer:
+            async with opened[role]() as client:
                 for raw in frames:
-                    await peer.send_raw(raw)
-                await peer.ping()  # everything before it was handled, and it still answers
-                for frame in peer.take_all():
+                    await client.send_raw(raw)
+                await client.ping()  # everything before it was handled, and it still answers
+                for frame in client.take_all():
                     if frame["type"] == "error":
                         assert frame["code"] in INPUT_ERRORS, frame
             # The same garbage before a hello closes with 4400 and nothing else.

@@ -167,7 +167,7 @@ def serve_command(args: argparse.Namespace) -> int:
         return 1
     configure_logging(config.logging.format, config.logging.level)
     try:
-        trio.run(_serve, config)
+        trio.run(_serve_and_announce, config)
     except ConfigError as exc:
         _print_problems(source, exc, sys.stderr)
         return 1
@@ -190,7 +190,7 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-async def _serve(config: Config) -> None:
+async def _serve_and_announce(config: Config) -> None:
     from transport.servers.runtime import run_server
 
     for agent in config.generated_agents:

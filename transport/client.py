@@ -9,9 +9,9 @@ manager::
         reply = await user.wait_for(lambda f: f["type"] == "entry" and f["sender"] == "bot")
 
 Every frame the server sends, except the acks and errors that answer a request, lands in the
-client's inbox in order: :meth:`Peer.next_frame` takes the next one, :meth:`Peer.wait_for`
+client's inbox in order: :meth:`Client.next_frame` takes the next one, :meth:`Client.wait_for`
 skips to the first that matches. Requests (``say_text``, ``claim``...) send a frame with a
-fresh ``id`` and wait for its ``ack``; an ``error`` answer raises :class:`ServerError`.
+fresh ``id`` and wait for its ``ack``; an ``error`` answer raises :class:`RequestRefused`.
 A message sent that way is not echoed back to this connection as an ``entry``: its ack
 carries the ``seq`` it was given (the client's other connections do get the entry).
 """
@@ -32,11 +32,12 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 Frame = dict[str, Any]
 FrameCheck = Callable[[Frame], None]
 
-P = TypeVar("P", bound="Peer")
+C = TypeVar("C", bound="Client")
 
 
-class ServerError(Exception):
-    """The server answered a request with an ``error`` frame."""
+class RequestRefused(Exception):
+    """The server refused a request: it answered with an ``error`` frame (``code``; the whole
+    ``frame``, with its ``message``), or a hello with anything but a ``welcome``."""
 
     def __init__(self, frame: Frame) -> None:
         super().__init__(f"{frame.get('code')}: {frame.get('message')}")
@@ -53,8 +54,9 @@ class Closed(Exception):
         self.reason = reason
 
 
-class Peer:
-    """One connection. The role-specific clients below add the frames of their role."""
+class Client:
+    """One connection to the server. The role-specific clients below add the frames of their
+    role."""
 
     def __init__(
         self, ws: WebSocketConnection, *, frame_check: FrameCheck | None, keep_frames: bool
@@ -156,7 +158,7 @@ class Peer:
 
     async def request(self, frame: Mapping[str, Any], *, timeout: float = 5.0) -> Frame:
         """Send ``frame`` with a fresh ``id`` (unless it has one) and return the ``ack`` (or
-        ``pong``) that answers it. Raises :class:`ServerError` on an ``error`` answer."""
+        ``pong``) that answers it. Raises :class:`RequestRefused` on an ``error`` answer."""
         frame = dict(frame)
         frame_id = frame.setdefault("id", f"r{self._id_prefix}-{next(self._ids)}")
         answered = self._answered[frame_id] = trio.Event()
@@ -173,7 +175,7 @@ class Peer:
             raise Closed(self.close_code, self.close_reason)
         answer = answers[0]
         if answer["type"] == "error":
-            raise ServerError(answer)
+            raise RequestRefused(answer)
         return answer
 
     async def ping(self) -> None:
@@ -183,7 +185,7 @@ class Peer:
         await self.ws.aclose()
 
 
-class UserClient(Peer):
+class UserClient(Client):
     """A user: one conversation. ``last_seq`` is the highest ``seq`` seen; hand it and
     ``resume_token`` to :func:`connect_user` to come back without missing anything."""
 
@@ -223,7 +225,7 @@ class UserClient(Peer):
         await self.send_frame({"type": "typing"})
 
 
-class AgentClient(Peer):
+class AgentClient(Client):
     """An agent at the desk. ``desk`` is the latest ``desk`` frame."""
 
     desk: Frame | None = None
@@ -273,7 +275,7 @@ class AgentClient(Peer):
         await self.send_frame({"type": "typing", "conversation_id": conversation_id})
 
 
-class BotClient(Peer):
+class BotClient(Client):
     """A connected bot: receives ``event`` frames, pushes messages, acknowledges events."""
 
     @property
@@ -304,29 +306,29 @@ class BotClient(Peer):
 
 @asynccontextmanager
 async def _connect(
-    cls: type[P],
+    cls: type[C],
     url: str,
     hello: Mapping[str, Any],
     frame_check: FrameCheck | None,
     keep_frames: bool,
     timeout: float,
-) -> AsyncIterator[P]:
+) -> AsyncIterator[C]:
     async with open_websocket_url(url) as ws:
         refused: Exception | None = None
         async with trio.open_nursery() as nursery:
-            peer = cls(ws, frame_check=frame_check, keep_frames=keep_frames)
-            nursery.start_soon(peer._read_forever)
-            await peer.send_frame({"type": "hello", "v": 1, **hello})
+            client = cls(ws, frame_check=frame_check, keep_frames=keep_frames)
+            nursery.start_soon(client._read_forever)
+            await client.send_frame({"type": "hello", "v": 1, **hello})
             try:
-                peer.welcome = await peer.next_frame(timeout=timeout)
-                if peer.welcome.get("type") != "welcome":
-                    raise ServerError(peer.welcome)
-            except (Closed, ServerError) as exc:
+                client.welcome = await client.next_frame(timeout=timeout)
+                if client.welcome.get("type") != "welcome":
+                    raise RequestRefused(client.welcome)
+            except (Closed, RequestRefused) as exc:
                 # Raised outside the nursery, so callers see it bare, not in a group.
                 refused = exc
             else:
                 try:
-                    yield peer
+                    yield client
                 finally:
                     nursery.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
@@ -408,9 +410,9 @@ def connect_bot(
 __all__ = [
     "AgentClient",
     "BotClient",
+    "Client",
     "Closed",
-    "Peer",
-    "ServerError",
+    "RequestRefused",
     "UserClient",
     "connect_agent",
     "connect_bot",

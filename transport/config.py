@@ -30,6 +30,7 @@ from transport.logs import LOG_FORMATS
 from transport.protocol.credentials import hash_token, is_hashed, token_problem
 from transport.protocol.limits import Limits
 from transport.strict import bad_text
+from transport.validators import sign_problem
 
 log = logging.getLogger("switchover.config")
 
@@ -199,8 +200,9 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.problem(_join(key, name), f"must be a number, got {_shown(value)}")
             return default
-        if value <= 0:
-            self.problem(_join(key, name), f"must be positive, got {value}")
+        problem = sign_problem(value)
+        if problem is not None:
+            self.problem(_join(key, name), problem)
             return default
         return float(value)
 
@@ -255,8 +257,9 @@ def _attrs_from_table(
             continue
         zero_is_off = fields[name].metadata.get("zero_is_off", False)
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if number and (value < 0 or (value == 0 and not zero_is_off)):
-            reader.problem(full, f"must be positive{' or 0' if zero_is_off else ''}, got {value}")
+        problem = sign_problem(value, zero_is_off=zero_is_off) if number else None
+        if problem is not None:
+            reader.problem(full, problem)
             continue
         values[name] = float(value) if "float" in declared and isinstance(value, int) else value
     try:

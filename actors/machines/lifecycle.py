@@ -174,8 +174,8 @@ def _live_message(
     return Transition(after, (fx.Emit(entry),), fx.Accepted(seq))
 
 
-def _refuse(state: ConversationState, code: str, detail: str) -> Transition:
-    return Transition(state, (), fx.Refused(code, detail))
+def _refused(state: ConversationState, code: str, message: str) -> Transition:
+    return Transition(state, (), fx.Refusal(code, message))
 
 
 def _withdraw_stale(
@@ -205,13 +205,13 @@ class Ignore:
 
 @attrs.frozen
 class Refuse:
-    """Table entry: the event is refused in this mode with ``code``."""
+    """Table entry: the event is answered in this mode with a refusal of ``code``."""
 
     code: str
-    detail: str
+    message: str
 
     def __call__(self, state: ConversationState, event: ev.Event, now: float) -> Transition:
-        return _refuse(state, self.code, self.detail)
+        return _refused(state, self.code, self.message)
 
 
 IGNORE = Ignore()
@@ -322,7 +322,7 @@ class Lifecycle:
         if content.is_payload(SESSION_END):
             return self._end_session(out, USER_ENDED, content)
         if content.is_payload(SESSION_START):
-            return _refuse(state, "session_already_open", "A livechat session is already open.")
+            return _refused(state, "session_already_open", "A livechat session is already open.")
         touched = _touched(session, now, sign_off_offered=False)
         if session.agent_id is None:
             seq = out.emit(Party.USER, content, _USER, metadata={"queued": True})
@@ -373,7 +373,7 @@ class Lifecycle:
     def _holding(self, state: ConversationState, agent_id: str) -> Session | Transition:
         session = state.session
         if session is None or session.agent_id != agent_id:
-            return _refuse(
+            return _refused(
                 state,
                 "not_assigned",
                 f"Agent {agent_id!r} does not hold conversation {state.conversation_id!r}.",
@@ -430,7 +430,7 @@ class Lifecycle:
         if isinstance(session, Transition):
             return session
         if event.to_agent == event.agent_id:
-            return _refuse(state, "transfer_failed", "A chat cannot be transferred to its holder.")
+            return _refused(state, "transfer_failed", "A chat cannot be transferred to its holder.")
         return Transition(
             state, (fx.TransferChat(session.session_id, event.agent_id, event.to_agent),)
         )

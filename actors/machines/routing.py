@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from actors.model.agent_request import NO_DECISION, AgentRequest, Decision
+from actors.model.effects import Refusal
 from actors.model.settings import BotSettings
 
 
@@ -110,13 +111,12 @@ class Requeued:
 
 
 @attrs.frozen
-class Refusal:
-    """A request from an agent (transfer, pickup) that could not be done."""
+class AgentRefusal:
+    """A request from an agent (transfer, pickup) that could not be done: the desk delivers
+    ``refusal`` (which names the conversation) to that agent."""
 
     agent_id: str
-    conversation_id: str
-    code: str
-    detail: str
+    refusal: Refusal
 
 
 @attrs.frozen
@@ -124,7 +124,7 @@ class DeskChanged:
     """The queue or some agent's chats changed: the desk refreshes the agents' views."""
 
 
-RoutingEffect = Assign | Position | Requeued | Refusal | DeskChanged
+RoutingEffect = Assign | Position | Requeued | AgentRefusal | DeskChanged
 
 _CHANGED = DeskChanged()
 
@@ -267,7 +267,8 @@ class Routing:
         source = self.agents.get(from_agent)
         chat = source.chats.get(conversation_id) if source else None
         if source is None or chat is None or chat.session_id != session_id:
-            return [Refusal(from_agent, conversation_id, "not_assigned", "You do not hold it.")]
+            refusal = Refusal("not_assigned", "You do not hold it.", conversation_id)
+            return [AgentRefusal(from_agent, refusal)]
         self.changed_agents.add(from_agent)
         if to_agent is None:
             self._unhold(source, conversation_id)
@@ -282,8 +283,8 @@ class Routing:
         target = self.agents.get(to_agent)
         problem = self._cannot_take(target, chat.bot_id)
         if target is None or problem is not None:
-            detail = problem or f"There is no agent {to_agent!r}."
-            return [Refusal(from_agent, conversation_id, "transfer_failed", detail)]
+            message = problem or f"There is no agent {to_agent!r}."
+            return [AgentRefusal(from_agent, Refusal("transfer_failed", message, conversation_id))]
         self._unhold(source, conversation_id)
         self._hold(target, Chat(conversation_id, session_id, chat.bot_id))
         target.last_pickup = now
@@ -299,10 +300,11 @@ class Routing:
         agent = self.agents.get(agent_id)
         waiting = self.waiting(conversation_id)
         if agent is None or waiting is None:
-            return [Refusal(agent_id, conversation_id, "not_waiting", "That chat is not waiting.")]
+            refusal = Refusal("not_waiting", "That chat is not waiting.", conversation_id)
+            return [AgentRefusal(agent_id, refusal)]
         problem = self._cannot_take(agent, waiting.bot_id, by_hand=True)
         if problem is not None:
-            return [Refusal(agent_id, conversation_id, "cannot_claim", problem)]
+            return [AgentRefusal(agent_id, Refusal("cannot_claim", problem, conversation_id))]
         return [self._assign(waiting, agent, now), *self._settle(now)]
 
     # -- agents -----------------------------------------------------------------------------

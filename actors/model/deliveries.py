@@ -1,5 +1,5 @@
 """What the core hands out: events to bots, and what clients are told besides numbered
-entries (typing, queue positions, an agent's transcript and desk view, problems)."""
+entries (typing, queue positions, an agent's transcript and desk view, refusals)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from actors.model.content import Content
+from actors.model.effects import Refusal
 from actors.model.records import Entry, Party
 
 
@@ -63,15 +64,6 @@ class Transcript:
 
 
 @attrs.frozen
-class Problem:
-    """An error for one client: a stable ``code`` and words for a person."""
-
-    code: str
-    detail: str
-    conversation_id: str | None = None
-
-
-@attrs.frozen
 class WaitingItem:
     conversation_id: str
     bot_id: str
@@ -114,4 +106,6 @@ class DeskStatus:
     colleagues: tuple[Colleague, ...] = ()
 
 
-Delivery = Entry | Typing | QueuePosition | Transcript | Problem | DeskStatus
+Delivery = Entry | Typing | QueuePosition | Transcript | Refusal | DeskStatus
+"""What a :class:`actors.ports.Sink` is handed. A :class:`Refusal` here names its
+conversation: it answers a request an agent made to the desk (a claim, a transfer)."""

@@ -99,12 +99,25 @@ class Accepted:
 
 
 @attrs.frozen
-class Refused:
-    """The event was not taken. ``code`` is stable and machine-readable; ``detail`` says why
-    in words for whoever sent it."""
+class Refusal:
+    """Something asked of Switchover was not done: an event the core did not take (its
+    outcome, answered to its sender), or a request from an agent the desk could not carry
+    out (delivered to the agent). ``code`` is stable and
+    machine-readable; ``message`` says why in words for a person. On the wire a refusal is an
+    ``error`` frame with the same ``code`` and ``message`` (docs/protocol.md).
+
+    ``conversation_id`` names the conversation when the refusal is delivered on its own (an
+    agent's client hears of many conversations); an outcome leaves it unset, since its sender
+    knows which conversation it asked."""
 
     code: str
-    detail: str
+    message: str
+    conversation_id: str | None = None
+
+    @property
+    def detail(self) -> str:
+        """Deprecated: the same as :attr:`message`."""
+        return self.message
 
 
-Outcome = Accepted | Refused
+Outcome = Accepted | Refusal

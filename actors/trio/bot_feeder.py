@@ -99,9 +99,9 @@ class BotFeeder:
                 ),
             )
         )
-        self._start()
+        self._start_delivering()
 
-    def _start(self) -> None:
+    def _start_delivering(self) -> None:
         if not self._busy:
             self._busy = True
             self.context.spawn(self._run)
@@ -165,14 +165,14 @@ class BotFeeder:
         longer owed that entry."""
 
         def answered(outcome: fx.Outcome) -> None:
-            if isinstance(outcome, fx.Refused) and outcome.code in _ASK_AGAIN:
+            if isinstance(outcome, fx.Refusal) and outcome.code in _ASK_AGAIN:
                 self._queue.appendleft((seq, event))
-                self._start()
+                self._start_delivering()
                 return
-            if isinstance(outcome, fx.Refused):
+            if isinstance(outcome, fx.Refusal):
                 log.warning(
                     "bot reply dropped: %s (%s)",
-                    outcome.detail,
+                    outcome.message,
                     outcome.code,
                     extra={"conversation_id": self.conversation_id},
                 )

@@ -112,7 +112,7 @@ _REASSERT = Envelope(TimerFired())
 """Posted by :meth:`ConversationActor.reassert`: tell the backend about the open session
 again (it restarted and lost its view)."""
 
-_INTERNAL_ERROR = fx.Refused("internal_error", "The message could not be handled.")
+_INTERNAL_ERROR = fx.Refusal("internal_error", "The message could not be handled.")
 
 _DECISIONS = frozenset({AgentAssigned, ReturnedToQueue})
 """Backend events that carry a decision stamp the conversation re-asserts "as of"."""
@@ -127,7 +127,7 @@ def _answer(envelope: Envelope, outcome: fx.Outcome) -> None:
             log.exception("a sender's answer could not be given")
 
 
-def _refuse(envelopes: list[Envelope], refusal: fx.Refused) -> None:
+def _refuse_all(envelopes: list[Envelope], refusal: fx.Refusal) -> None:
     for envelope in envelopes:
         _answer(envelope, refusal)
 
@@ -354,10 +354,10 @@ class ConversationActor:
             and trio.current_time() >= self.last_touch + hibernate_after
         )
 
-    def refuse_waiting(self, code: str, detail: str) -> None:
+    def refuse_waiting(self, code: str, message: str) -> None:
         for item in self.inbox.take_nowait():
             if isinstance(item, Envelope):
-                _answer(item, fx.Refused(code, detail))
+                _answer(item, fx.Refusal(code, message))
 
     # -- one item ---------------------------------------------------------------------------
 
@@ -456,14 +456,14 @@ class ConversationActor:
                 # Nothing changed: the state is still the last stored one. Refuse and go on
                 # rather than restart, so a full disk does not escalate every conversation.
                 self._store_refused(exc)
-                refusal = fx.Refused("store_unavailable", str(exc))
+                refusal = fx.Refusal("store_unavailable", str(exc))
                 for envelope, step in zip(envelopes, plan, strict=False):
                     _answer(envelope, step if isinstance(step, fx.Outcome) else refusal)
                 if failure is not None:
-                    _refuse(envelopes[done : done + 1], _INTERNAL_ERROR)
+                    _refuse_all(envelopes[done : done + 1], _INTERNAL_ERROR)
                 return done + (failure is not None), failure
             except Exception:
-                _refuse(envelopes, _INTERNAL_ERROR)
+                _refuse_all(envelopes, _INTERNAL_ERROR)
                 raise
             self.state = state
             backoff = self._store_backoff
@@ -489,13 +489,13 @@ class ConversationActor:
                         else:
                             await runner.carry_out(effect, after)
                     if envelope.message_id is not None:
-                        self._remember(envelope.message_id, transition.outcome, envelope.event)
+                        self._remember_id(envelope.message_id, transition.outcome, envelope.event)
                 _answer(envelope, transition.outcome)
             else:
                 assert not isinstance(step, int)
                 _answer(envelope, step)
         if failure is not None:
-            _refuse(envelopes[done : done + 1], _INTERNAL_ERROR)
+            _refuse_all(envelopes[done : done + 1], _INTERNAL_ERROR)
         return done + (failure is not None), failure
 
     def _store_refused(self, exc: StoreUnavailable) -> None:
@@ -508,7 +508,7 @@ class ConversationActor:
                 extra={"conversation_id": self.conversation_id},
             )
 
-    def _remember(self, message_id: str, outcome: fx.Outcome, event: Event) -> None:
+    def _remember_id(self, message_id: str, outcome: fx.Outcome, event: Event) -> None:
         """Keep an accepted message's outcome under its id, for the last ``message_ids``."""
         if not isinstance(outcome, fx.Accepted):
             return

@@ -19,7 +19,7 @@ import trio
 from actors.machines import routing as rt
 from actors.model import events as ev
 from actors.model.agent_request import AgentRequest
-from actors.model.deliveries import Colleague, Delivery, DeskStatus, HeldChat, Problem, WaitingItem
+from actors.model.deliveries import Colleague, Delivery, DeskStatus, HeldChat, WaitingItem
 from actors.model.settings import BotSettings
 from actors.ports import CoreLink, Sink
 from actors.trio.effect_runner import abandon
@@ -294,8 +294,8 @@ class Desk:
                     post(conv, ev.QueuePositionChanged(session, position))
                 case rt.Requeued(conv, session, agent, reason, decision):
                     post(conv, ev.ReturnedToQueue(session, agent, reason, decision))
-                case rt.Refusal(agent, conv, code, detail):
-                    self.deliver(agent, Problem(code, detail, conv))
+                case rt.AgentRefusal(agent, refusal):
+                    self.deliver(agent, refusal)
                 case _:  # DeskChanged
                     changed = True
         return changed

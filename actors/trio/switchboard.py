@@ -204,7 +204,7 @@ class Switchboard:
                 self._backend_for(state.bot_id).request_agent(request)
             except Exception:
                 log.exception("restoring session %s", session.session_id)
-            self._start(state.conversation_id, state)
+            self._start_actor(state.conversation_id, state)
         for conversation_id, entries in owed.items():
             self._actor(conversation_id).owed_to_bot = entries
         if owed:
@@ -253,7 +253,7 @@ class Switchboard:
             conversation_id, bot_id, user_id or conversation_id, dict(metadata or {})
         )
         await self.store.record(state, [])
-        self._start(conversation_id, state)
+        self._start_actor(conversation_id, state)
         return state
 
     def submit(
@@ -284,7 +284,7 @@ class Switchboard:
 
     def post(self, conversation_id: str, event: Event) -> None:
         """Like :meth:`submit`, for the core's own parts (backends): never refused."""
-        self._send(conversation_id, Envelope(event))
+        self._post_to_actor(conversation_id, Envelope(event))
 
     async def ask(
         self, conversation_id: str, event: Event, *, message_id: str | None = None
@@ -304,11 +304,11 @@ class Switchboard:
     def subscribe(self, conversation_id: str, sink: Sink, after_seq: int | None = None) -> None:
         """Deliver the user's side of the conversation to ``sink``: the entries after
         ``after_seq`` first (when given), then everything live."""
-        self._send(conversation_id, Subscribe(sink, after_seq))
+        self._post_to_actor(conversation_id, Subscribe(sink, after_seq))
 
     def unsubscribe(self, conversation_id: str, sink: Sink) -> None:
         if conversation_id in self._actors:
-            self._send(conversation_id, Unsubscribe(sink))
+            self._post_to_actor(conversation_id, Unsubscribe(sink))
 
     def replay(
         self,
@@ -319,20 +319,20 @@ class Switchboard:
         agent_id: str | None = None,
     ) -> None:
         """Send ``sink`` the entries after ``after_seq`` that ``party`` may see."""
-        self._send(conversation_id, Replay(sink, after_seq, party, agent_id))
+        self._post_to_actor(conversation_id, Replay(sink, after_seq, party, agent_id))
 
     # -- internals --------------------------------------------------------------------------
 
-    def _send(self, conversation_id: str, item: Inbound) -> None:
+    def _post_to_actor(self, conversation_id: str, item: Inbound) -> None:
         self._actor(conversation_id).inbox.put(item)
 
     def _actor(self, conversation_id: str) -> ConversationActor:
         actor = self._actors.get(conversation_id)
         if actor is None:
-            actor = self._start(conversation_id, None)
+            actor = self._start_actor(conversation_id, None)
         return actor
 
-    def _start(
+    def _start_actor(
         self,
         conversation_id: str,
         state: ConversationState | None,
@@ -377,7 +377,7 @@ class Switchboard:
             actor.refuse_waiting("conversation_failed", "The conversation failed; try again.")
             if self._actors.get(actor.conversation_id) is None:
                 pause = min(max(_FIRST_PAUSE, pause * 2), _MAX_PAUSE)
-                self._start(actor.conversation_id, None, predecessor=actor, pause=pause)
+                self._start_actor(actor.conversation_id, None, predecessor=actor, pause=pause)
 
 
 @asynccontextmanager

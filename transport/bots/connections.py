@@ -120,7 +120,7 @@ class BotConnections:
         """Whether the bot has a connection open."""
         return bool(self._by_bot.get(bot_id))
 
-    def _send(self, bot_id: str, text: str) -> FrameOutlet | None:
+    def _send_to_any(self, bot_id: str, text: str) -> FrameOutlet | None:
         for outlet in list(self._by_bot.get(bot_id, ())):
             if outlet.send_frame(text):
                 return outlet
@@ -186,7 +186,7 @@ class BotConnections:
                         f"bot {bot_id!r} lost event {handout.event_id!r} on {MAX_SENDS} "
                         "connections without acknowledging it"
                     )
-                outlet = self._send(bot_id, handout.frame)
+                outlet = self._send_to_any(bot_id, handout.frame)
                 if outlet is None:
                     if bot_id in self._away:
                         raise BotNotConnected(

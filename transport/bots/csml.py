@@ -179,7 +179,7 @@ class CsmlBot(RemoteBot):
         if conversation_id in self._to_close:
             await self.close_conversation(conversation_id, self._to_close[conversation_id])
         try:
-            replies, ended = await self._run(event)
+            replies, ended = await self._call_engine(event)
         except Exception:
             if event.content.is_payload(SESSION_END) or event.content.is_payload(SESSION_EXPIRED):
                 self._to_close[conversation_id] = event.user_id
@@ -191,7 +191,7 @@ class CsmlBot(RemoteBot):
             )
         return replies
 
-    async def _run(self, event: BotEvent) -> tuple[list[Content], bool]:
+    async def _call_engine(self, event: BotEvent) -> tuple[list[Content], bool]:
         body = run_request(self.engine, event)
         url = self.engine.url("/run")
         headers = self.engine.headers()

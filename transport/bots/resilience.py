@@ -24,6 +24,8 @@ import attrs
 import httpx
 import trio
 
+from transport.validators import at_least_one, positive
+
 log = logging.getLogger("switchover.bots")
 
 T = TypeVar("T")
@@ -53,26 +55,16 @@ class RetryableFailure(BotDeliveryError):
 # -- settings -----------------------------------------------------------------------------
 
 
-def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
-
-
-def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, got {value!r}")
-
-
 @attrs.frozen
 class RetryPolicy:
     """``attempts`` calls at most per event (the first one included); before attempt *n*
     the caller waits ``min(backoff * 2 ** (n - 2), max_backoff)`` seconds. ``timeout`` bounds
     each attempt as a whole, from connecting to the last byte of the answer."""
 
-    attempts: int = attrs.field(default=3, validator=_at_least_one)
-    backoff: float = attrs.field(default=0.2, validator=_positive)
-    max_backoff: float = attrs.field(default=2.0, validator=_positive)
-    timeout: float = attrs.field(default=10.0, validator=_positive)
+    attempts: int = attrs.field(default=3, validator=at_least_one)
+    backoff: float = attrs.field(default=0.2, validator=positive)
+    max_backoff: float = attrs.field(default=2.0, validator=positive)
+    timeout: float = attrs.field(default=10.0, validator=positive)
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before ``attempt`` (numbered from 1)."""

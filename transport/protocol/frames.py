@@ -1,7 +1,7 @@
 """The WebSocket wire protocol: client frames in, server frames out (docs/protocol.md).
 
 Inbound, :func:`parse_frame` turns one WebSocket message into a typed frame or raises
-:class:`BadFrame` with a stable error code; :func:`parse_hello` does the same for the first frame of
+:class:`FrameRefused` with its refusal; :func:`parse_hello` does the same for the first frame of
 a connection. Every frame is checked against its JSON Schema in ``transport/protocol/schemas/``,
 compiled once at import. The common cases, a ``message`` from a user, an agent or a bot and every
 hello, are checked by hand first: when that quick check passes, the schema would accept the frame
@@ -28,8 +28,8 @@ from actors import (
     Content,
     DeskStatus,
     Entry,
-    Problem,
     QueuePosition,
+    Refusal,
     Transcript,
     Typing,
 )
@@ -248,9 +248,10 @@ Frame = (
 )
 
 
-class BadFrame(Exception):
-    """A frame that cannot be taken: ``code`` is the stable error code, ``message`` says why,
-    ``id`` is the frame's id when it could be read."""
+class FrameRefused(Exception):
+    """A frame that cannot be taken. ``refusal`` says why (its stable ``code``, its
+    ``message``, and the ``conversation_id`` the frame named, when it could be read); ``id``
+    is the frame's id when it could be read."""
 
     def __init__(
         self,
@@ -260,10 +261,8 @@ class BadFrame(Exception):
         conversation_id: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.code = code
-        self.message = message
+        self.refusal = Refusal(code, message, conversation_id)
         self.id = frame_id
-        self.conversation_id = conversation_id
 
 
 # -- parsing --------------------------------------------------------------------------------
@@ -396,7 +395,7 @@ def _quick_hello(data: dict[str, Any], role: str) -> bool:
     return True
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe_schema_error(error: jsonschema.ValidationError) -> str:
     where = "/".join(str(part) for part in error.absolute_path)
     return f"{where or 'frame'}: {error.message}"[:300]
 
@@ -404,27 +403,27 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def _check(data: dict[str, Any], check: jsonschema.protocols.Validator) -> None:
     error = jsonschema.exceptions.best_match(check.iter_errors(data))
     if error is not None:
-        raise BadFrame("invalid_frame", _describe(error), _readable_id(data))
+        raise FrameRefused("invalid_frame", _describe_schema_error(error), _readable_id(data))
 
 
 def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
     if not isinstance(raw, str):
-        raise BadFrame("binary_frame", "Binary frames are not part of the protocol; send text.")
+        raise FrameRefused("binary_frame", "Binary frames are not part of the protocol; send text.")
     # A str of n characters holds at most 4n bytes of UTF-8: only long frames are encoded.
     if len(raw) * 4 > max_bytes and len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise BadFrame("frame_too_large", f"Frames are limited to {max_bytes} bytes.")
+        raise FrameRefused("frame_too_large", f"Frames are limited to {max_bytes} bytes.")
     try:
         data = strict.loads(raw)
     except strict.Unrepresentable as exc:
-        raise BadFrame("invalid_frame", f"The frame cannot be taken: {exc}.") from None
+        raise FrameRefused("invalid_frame", f"The frame cannot be taken: {exc}.") from None
     except ValueError as exc:
-        raise BadFrame("bad_json", f"The frame is not valid JSON: {exc}"[:300]) from None
+        raise FrameRefused("bad_json", f"The frame is not valid JSON: {exc}"[:300]) from None
     if not isinstance(data, dict):
-        raise BadFrame("bad_json", "A frame must be a JSON object.")
+        raise FrameRefused("bad_json", "A frame must be a JSON object.")
     # Deep nesting is cheap to send and costly to carry around: refuse it outright. Counting
     # brackets first keeps the common, shallow frame from paying for the walk.
     if raw.count("{") + raw.count("[") > MAX_DEPTH and _depth(data) > MAX_DEPTH:
-        raise BadFrame(
+        raise FrameRefused(
             "invalid_frame", f"The frame nests deeper than {MAX_DEPTH} levels.", _readable_id(data)
         )
     # A lone surrogate can only come from a \u escape (text from the socket is valid UTF-8):
@@ -432,7 +431,9 @@ def _decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
     if ("\\u" in raw or (not raw.isascii() and strict.bad_text(raw))) and (
         found := strict.problem(data)
     ):
-        raise BadFrame("invalid_frame", f"The frame cannot be taken: {found}.", _readable_id(data))
+        raise FrameRefused(
+            "invalid_frame", f"The frame cannot be taken: {found}.", _readable_id(data)
+        )
     return data
 
 
@@ -466,7 +467,7 @@ def parse_frame(raw: str | bytes, role: str, max_bytes: int) -> Frame:
     check = validators.get(kind) if isinstance(kind, str) else None
     if check is None:
         allowed = ", ".join(sorted(validators))
-        raise BadFrame(
+        raise FrameRefused(
             "unknown_type",
             f"A {role} may send frames of type {allowed}; got {str(kind)[:40]!r}.",
             _readable_id(data),
@@ -486,7 +487,7 @@ def _unreserved(frame: Frame) -> Frame:
         return frame
     for content_type in types:
         if content_type in strict.RESERVED_CONTENT_TYPES:
-            raise BadFrame(
+            raise FrameRefused(
                 "invalid_frame",
                 f"content_type {content_type!r} is reserved for the system.",
                 frame.id,
@@ -521,15 +522,15 @@ def _build(kind: str, data: dict[str, Any]) -> Frame:
 
 
 def parse_hello(raw: str | bytes, max_bytes: int) -> Hello:
-    """Read a connection's first frame. Any :class:`BadFrame` here closes with 4400."""
+    """Read a connection's first frame. Any :class:`FrameRefused` here closes with 4400."""
     data = _decode(raw, max_bytes)
     if data.get("type") != "hello":
-        raise BadFrame("unknown_type", "The first frame must be a hello.", _readable_id(data))
+        raise FrameRefused("unknown_type", "The first frame must be a hello.", _readable_id(data))
     role = data.get("role")
     if role not in ROLES:
-        raise BadFrame("invalid_frame", "hello needs a role: user, agent or bot.")
+        raise FrameRefused("invalid_frame", "hello needs a role: user, agent or bot.")
     if data.get("v") != VERSION:
-        raise BadFrame(
+        raise FrameRefused(
             "invalid_frame", f"Unsupported protocol version; this server speaks {VERSION}."
         )
     if not _quick_hello(data, role):
@@ -682,8 +683,8 @@ def encode(item: Delivery) -> str:
         return transcript_frame(item)
     if isinstance(item, DeskStatus):
         return desk_frame(item)
-    assert isinstance(item, Problem)
-    return error_frame(item.code, item.detail, conversation_id=item.conversation_id)
+    assert isinstance(item, Refusal)
+    return error_frame(item.code, item.message, conversation_id=item.conversation_id)
 
 
 def server_frame_errors(frame: Mapping[str, Any]) -> Iterator[str]:
@@ -694,7 +695,7 @@ def server_frame_errors(frame: Mapping[str, Any]) -> Iterator[str]:
         yield f"unknown server frame type {kind!r}"
         return
     for error in check.iter_errors(frame):
-        yield _describe(error)
+        yield _describe_schema_error(error)
 
 
 __all__ = [
@@ -702,13 +703,13 @@ __all__ = [
     "SCHEMAS",
     "VERSION",
     "AgentHello",
-    "BadFrame",
     "BotHello",
     "BotPush",
     "Claim",
     "EventAck",
     "Frame",
     "FrameId",
+    "FrameRefused",
     "Hello",
     "Ping",
     "ReplayAfter",

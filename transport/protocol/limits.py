@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import attrs
 
 from actors.model.limits import ConversationLimits
-
-
-def _positive_seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    """A duration has to be a positive, finite number of seconds (infinity would not mean
-    "forever" to the code that counts with it)."""
-    if not (isinstance(value, int | float) and 0 < value < math.inf):
-        raise ValueError(f"{attribute.name} must be a positive, finite number of seconds")
-
-
-def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not (isinstance(value, int) and value >= 1):
-        raise ValueError(f"{attribute.name} must be a whole number of at least 1")
+from transport.validators import positive_seconds, whole_number_at_least_one
 
 
 @attrs.frozen
@@ -39,18 +26,18 @@ class Limits:
     burst: int = 40
     max_buffered: int = 1000
     hello_timeout: float = 10.0
-    resume_token_max_age: float = attrs.field(default=30 * 24 * 3600.0, validator=_positive_seconds)
+    resume_token_max_age: float = attrs.field(default=30 * 24 * 3600.0, validator=positive_seconds)
     #: Failed authentications one client address may make within ``auth_window`` seconds
     #: before its hellos are refused (4429) for the rest of the window; 0: never refused.
     auth_failures: int = attrs.field(default=10, metadata={"zero_is_off": True})
-    auth_window: float = attrs.field(default=60.0, validator=_positive_seconds)
+    auth_window: float = attrs.field(default=60.0, validator=positive_seconds)
     #: New conversations per minute from one client address, in bursts of
     #: ``new_conversations_burst``; beyond them a new user's hello is refused (4429). 0: no limit.
     new_conversations_per_minute: float = attrs.field(default=60.0, metadata={"zero_is_off": True})
     new_conversations_burst: int = 60
-    bot_queue: int = attrs.field(default=64, validator=_at_least_one)
-    message_ids: int = attrs.field(default=256, validator=_at_least_one)
-    transcript_tail: int = attrs.field(default=200, validator=_at_least_one)
+    bot_queue: int = attrs.field(default=64, validator=whole_number_at_least_one)
+    message_ids: int = attrs.field(default=256, validator=whole_number_at_least_one)
+    transcript_tail: int = attrs.field(default=200, validator=whole_number_at_least_one)
 
     def for_conversations(self) -> ConversationLimits:
         """The per-conversation bounds the core keeps."""

@@ -39,8 +39,7 @@ from actors import (
     Overloaded,
     Party,
     Presence,
-    Problem,
-    Refused,
+    Refusal,
     StoreUnavailable,
     Transcript,
     UnknownAgent,
@@ -50,7 +49,7 @@ from actors import (
 from actors.model.deliveries import Delivery
 from transport.protocol import frames as wire
 from transport.protocol.credentials import AddressGuard, find_token, retry_words
-from transport.protocol.frames import BadFrame, FrameId
+from transport.protocol.frames import FrameId, FrameRefused
 from transport.protocol.services import Services
 from transport.protocol.tokens import ExpiredToken, InvalidToken, ResumeTokens
 
@@ -152,9 +151,9 @@ class Peer:
         """The core hands this client something (Sink)."""
         if self.closing:
             return
-        if isinstance(item, Problem):
+        if isinstance(item, Refusal):
             frame_id = self._answering(item)
-            self._send(wire.error_frame(item.code, item.detail, frame_id, item.conversation_id))
+            self._send(wire.error_frame(item.code, item.message, frame_id, item.conversation_id))
             return
         if isinstance(item, Transcript):
             self._claims.pop(item.conversation_id, None)  # a claim of it succeeded
@@ -171,14 +170,14 @@ class Peer:
         if not self.closing:
             self._close(INTERNAL_ERROR, "internal_error: reconnect and resume with last_seq")
 
-    def _answering(self, problem: Problem) -> FrameId | None:
+    def _answering(self, refusal: Refusal) -> FrameId | None:
         """The id of the claim or transfer a refusal from the desk answers."""
-        conversation_id = problem.conversation_id
+        conversation_id = refusal.conversation_id
         if conversation_id is None:
             return None
-        if problem.code in _CLAIM_REFUSALS:
+        if refusal.code in _CLAIM_REFUSALS:
             return self._claims.pop(conversation_id, None)
-        if problem.code in _TRANSFER_REFUSALS:
+        if refusal.code in _TRANSFER_REFUSALS:
             return self._transfers.pop(conversation_id, None)
         return None
 
@@ -234,8 +233,8 @@ class Peer:
         """Carry out the client's first frame; ``False`` when the connection is closing."""
         try:
             hello = wire.parse_hello(raw, self.limits.max_frame_bytes)
-        except BadFrame as bad:
-            self._close(BAD_HELLO, f"{bad.code}: {bad.message}")
+        except FrameRefused as refused:
+            self._close(BAD_HELLO, f"{refused.refusal.code}: {refused.refusal.message}")
             return False
         guard = self.guard
         authenticates = not isinstance(hello, wire.UserHello) or hello.resume_token is not None
@@ -360,23 +359,28 @@ class Peer:
         bot's first push to a conversation, a replay, presence) awaits anything."""
         try:
             frame = wire.parse_frame(raw, self.role, self.limits.max_frame_bytes)
-        except BadFrame as bad:
-            self._send(wire.error_frame(bad.code, bad.message, bad.id, bad.conversation_id))
+        except FrameRefused as refused:
+            refusal = refused.refusal
+            self._send(
+                wire.error_frame(refusal.code, refusal.message, refused.id, refusal.conversation_id)
+            )
             return
         try:
-            await self._carry_out(frame)
+            await self._carry_out_frame(frame)
         except StoreUnavailable as exc:
             # A read for a replay or a bot's push failed: this frame is refused, the
             # connection goes on (bad luck with the store never closes it after hello).
             log.warning("a %s frame could not be read for: %s", self.role, exc)
-            self._error("store_unavailable", "The store cannot be read right now.", frame.id, frame)
+            self._refuse_frame(
+                "store_unavailable", "The store cannot be read right now.", frame.id, frame
+            )
         except Exception:
             log.exception("a %s frame could not be handled", self.role)
-            self._error("internal_error", "The frame could not be handled.", frame.id, frame)
+            self._refuse_frame("internal_error", "The frame could not be handled.", frame.id, frame)
 
-    async def _carry_out(self, frame: wire.Frame) -> None:
+    async def _carry_out_frame(self, frame: wire.Frame) -> None:
         if isinstance(frame, wire.BotPush) and not await self._owns(frame.conversation_id):
-            self._error("forbidden", "Not a conversation of this bot.", frame.id, frame)
+            self._refuse_frame("forbidden", "Not a conversation of this bot.", frame.id, frame)
             return
         if isinstance(frame, wire.ReplayAfter):
             await self._catch_up(frame.conversation_id, frame.after_seq, Party.AGENT, self._agent())
@@ -387,7 +391,9 @@ class Peer:
             return
         self._dispatch(frame)
 
-    def _error(self, code: str, message: str, frame_id: FrameId | None, frame: object) -> None:
+    def _refuse_frame(
+        self, code: str, message: str, frame_id: FrameId | None, frame: object
+    ) -> None:
         conversation_id = getattr(frame, "conversation_id", None)
         self._send(wire.error_frame(code, message, frame_id, conversation_id))
 
@@ -405,7 +411,7 @@ class Peer:
             else:
                 self._agent_event(frame, AgentTyping(self._agent()), quiet=True)
         elif isinstance(frame, wire.BotPush):
-            self._submit(frame.id, frame.conversation_id, BotSays(frame.contents))
+            self._submit_event(frame.id, frame.conversation_id, BotSays(frame.contents))
         elif isinstance(frame, wire.EventAck):
             self._event_acked(frame)
         else:
@@ -442,7 +448,7 @@ class Peer:
             self._agent_event(frame, AgentSignsOff(agent_id))
         elif isinstance(frame, wire.Transfer):
             if self._agent_event(frame, AgentTransfers(agent_id, frame.to_agent)):
-                _remember(self._transfers, frame.conversation_id, frame.id)
+                _remember_pending(self._transfers, frame.conversation_id, frame.id)
         elif isinstance(frame, wire.Claim):
             self._claim(agent_id, frame)
 
@@ -463,7 +469,7 @@ class Peer:
                 )
             )
             return
-        _remember(claims, conversation_id, frame.id)
+        _remember_pending(claims, conversation_id, frame.id)
         self.desk.claim(agent_id, conversation_id)
         self._ack(frame.id, None)
 
@@ -481,7 +487,7 @@ class Peer:
                 wire.error_frame("forbidden", "That is not your conversation.", frame_id, named)
             )
             return
-        self._submit(frame_id, own, event, quiet=quiet)
+        self._submit_event(frame_id, own, event, quiet=quiet)
 
     def _agent_submit(
         self, frame_id: FrameId | None, conversation_id: str | None, content: Content
@@ -490,7 +496,7 @@ class Peer:
         if not self.desk.holds(self._agent(), conversation_id):
             self._not_assigned(frame_id, conversation_id)
             return
-        self._submit(frame_id, conversation_id, AgentSays(self._agent(), content))
+        self._submit_event(frame_id, conversation_id, AgentSays(self._agent(), content))
 
     def _agent_event(self, frame: wire.Frame, event: Event, *, quiet: bool = False) -> bool:
         conversation_id = getattr(frame, "conversation_id", None)
@@ -498,7 +504,7 @@ class Peer:
         if not self.desk.holds(self._agent(), conversation_id):
             self._not_assigned(frame.id, conversation_id)
             return False
-        self._submit(frame.id, conversation_id, event, quiet=quiet)
+        self._submit_event(frame.id, conversation_id, event, quiet=quiet)
         return True
 
     def _not_assigned(self, frame_id: FrameId | None, conversation_id: str) -> None:
@@ -508,13 +514,13 @@ class Peer:
             )
         )
 
-    def _submit(
+    def _submit_event(
         self, frame_id: FrameId | None, conversation_id: str, event: Event, *, quiet: bool = False
     ) -> None:
-        """Hand ``event`` to its conversation; the outcome comes back to :meth:`_answer`.
+        """Hand ``event`` to its conversation; the outcome comes back to :meth:`_send_outcome`.
         ``quiet`` events (typing) report only refusals. A frame with an id is answered with
         the seq of what it wrote, so that entry is not sent back here as well."""
-        reply = partial(self._answer, None if quiet else frame_id, conversation_id)
+        reply = partial(self._send_outcome, None if quiet else frame_id, conversation_id)
         origin = self if frame_id is not None and not quiet else None
         try:
             self.board.submit(
@@ -541,11 +547,13 @@ class Peer:
             return f"agent:{self.agent_id}:{frame_id!r}"
         return f"{self.role}:{frame_id!r}"
 
-    def _answer(self, frame_id: FrameId | None, conversation_id: str, outcome: Outcome) -> None:
-        if isinstance(outcome, Refused):
+    def _send_outcome(
+        self, frame_id: FrameId | None, conversation_id: str, outcome: Outcome
+    ) -> None:
+        if isinstance(outcome, Refusal):
             if frame_id is not None and self._transfers.get(conversation_id) == frame_id:
                 del self._transfers[conversation_id]  # the conversation refused the transfer
-            self._send(wire.error_frame(outcome.code, outcome.detail, frame_id, conversation_id))
+            self._send(wire.error_frame(outcome.code, outcome.message, frame_id, conversation_id))
         elif frame_id is not None:
             self._send(wire.ack_frame(frame_id, outcome.seq))
 
@@ -562,7 +570,7 @@ class Peer:
         return known
 
 
-def _remember(
+def _remember_pending(
     pending: OrderedDict[str, FrameId | None], conversation_id: str, frame_id: FrameId | None
 ) -> None:
     """Keep a claim's or transfer's id so that a later refusal from the desk carries it."""

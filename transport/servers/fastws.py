@@ -388,7 +388,7 @@ class WebSocketConnection:
             self._close_reason = self._closing_reason()
         if not self._stream_gone():
             state = self._protocol.state
-            _close(self._sock, abort=state is State.OPEN or state is State.CLOSING)
+            _notify_and_close(self._sock, abort=state is State.OPEN or state is State.CLOSING)
         self._closed_event.set()
 
 
@@ -461,7 +461,7 @@ class WebSocketRequest:
 Handler = Callable[[WebSocketRequest], Awaitable[None]]
 
 
-def _close(sock: stdlib_socket.socket, *, abort: bool = False) -> None:
+def _notify_and_close(sock: stdlib_socket.socket, *, abort: bool = False) -> None:
     """Close ``sock``, telling trio first so that any task waiting on it wakes."""
     if sock.fileno() < 0:
         return
@@ -511,7 +511,7 @@ class WebSocketServer:
                 await trio.sleep_forever()
         finally:
             for listener in self.listeners:
-                _close(listener)
+                _notify_and_close(listener)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _accept_forever(self, listener: stdlib_socket.socket, handlers: trio.Nursery) -> None:
@@ -542,7 +542,7 @@ class WebSocketServer:
         try:
             await self._serve_connection(sock)
         finally:
-            _close(sock, abort=True)  # a no-op unless something above left it open
+            _notify_and_close(sock, abort=True)  # a no-op unless something above left it open
 
     async def _serve_connection(self, sock: stdlib_socket.socket) -> None:
         protocol = ServerProtocol(max_size=self.max_message_size)

@@ -259,11 +259,11 @@
       document.body.dataset.connection = state;
     }
 
-    problem(text) {
+    showAlert(text) {
       $("alert").textContent = text;
       $("alert").hidden = !text;
       clearTimeout(this.alertTimer);
-      if (text) this.alertTimer = setTimeout(() => this.problem(""), 8000);
+      if (text) this.alertTimer = setTimeout(() => this.showAlert(""), 8000);
     }
 
     // -- the connection -------------------------------------------------------------------
@@ -318,7 +318,7 @@
         this.showSignIn("That token was not accepted. Check it and sign in again.");
         return;
       }
-      if (event.code === 4400) this.problem(`The server refused the connection: ${event.reason}`);
+      if (event.code === 4400) this.showAlert(`The server refused the connection: ${event.reason}`);
       this.retry();
     }
 
@@ -333,7 +333,7 @@
 
     send(frame) {
       if (!this.ready) {
-        this.problem("Not connected right now; try again in a moment.");
+        this.showAlert("Not connected right now; try again in a moment.");
         return null;
       }
       const id = `d${this.idPrefix}-${this.nextId++}`;
@@ -377,7 +377,7 @@
         entry: () => this.entry(frame, true),
         transcript: () => this.transcript(frame),
         typing: () => this.userTyping(frame),
-        error: () => this.refused(frame),
+        error: () => this.showRefusal(frame),
         ack: () => this.acknowledged(frame),
       }[frame.type];
       if (handler) handler();
@@ -507,11 +507,11 @@
       common.showTyping(this, $("chat-typing"), `${this.chats.get(this.selected).label} is typing…`);
     }
 
-    refused(frame) {
+    showRefusal(frame) {
       if (frame.id !== undefined) this.unacked.delete(frame.id);
       this.claiming = null;
       const what = frame.message || "The server refused that.";
-      this.problem(`${what} (${frame.code})`);
+      this.showAlert(`${what} (${frame.code})`);
     }
 
     // -- what the agent does --------------------------------------------------------------
@@ -537,7 +537,7 @@
     transfer() {
       const choice = $("transfer-to").selectedOptions[0];
       if (!choice || (!choice.value && !choice.dataset.queue)) {
-        this.problem("Choose a colleague to transfer to, or Back to the queue.");
+        this.showAlert("Choose a colleague to transfer to, or Back to the queue.");
         $("transfer-to").focus();
         return;
       }

@@ -221,9 +221,14 @@
       this.root.dataset.connection = state;
     }
 
-    problem(text) {
+    showAlert(text) {
       this.alert.textContent = text;
       this.alert.hidden = !text;
+    }
+
+    showRefusal(frame) {
+      if (frame.id !== undefined) this.unacked.delete(frame.id);
+      this.showAlert(frame.message || `The server refused that (${frame.code}).`);
     }
 
     scrollDown() {
@@ -490,14 +495,14 @@
         // The saved conversation cannot be resumed: its token expired, it belongs to another
         // server, or the conversation was removed.
         this.forget();
-        this.problem("Your previous conversation could not be resumed, so a new one was started.");
+        this.showAlert("Your previous conversation could not be resumed, so a new one was started.");
         this.reconnectSoon(0);
         return;
       }
       if (refused || event.code === 4400) {
         // Retrying would be refused the same way: say so and stop.
         this.setConnection("Unavailable", "offline");
-        this.problem(`The chat is not available: ${event.reason || `refused (${event.code})`}.`);
+        this.showAlert(`The chat is not available: ${event.reason || `refused (${event.code})`}.`);
         return;
       }
       this.reconnectSoon();
@@ -534,12 +539,11 @@
           }
           break;
         case "error":
-          if (frame.id !== undefined) this.unacked.delete(frame.id);
-          this.problem(frame.message || `The server refused that (${frame.code}).`);
+          this.showRefusal(frame);
           break;
         case "ack":
           this.acknowledged(frame);
-          this.problem("");
+          this.showAlert("");
           break;
         default:
           break;
@@ -581,7 +585,7 @@
 
     restart() {
       this.forget();
-      this.problem("");
+      this.showAlert("");
       if (this.ws) {
         const old = this.ws;
         this.ws = null;
