@@ -43,6 +43,7 @@ from actors.model.state import ConversationState, Mode, Session, deadline
 USER_ENDED = "user_ended"
 IDLE_TIMEOUT = "idle_timeout"
 QUEUE_TIMEOUT = "queue_timeout"
+AGENT_CLOSED = "agent_closed"
 
 _TYPING = Content("typing")
 _USER = frozenset({Party.USER})
@@ -250,6 +251,8 @@ class Lifecycle:
                 ev.AgentAssigned: _release_stale,
                 ev.ReturnedToQueue: _withdraw_stale,
                 ev.TransferFailed: IGNORE,
+                ev.AgentEndsSession: IGNORE,
+                ev.LivechatUnreachable: IGNORE,
                 ev.TimerFired: IGNORE,
             },
             Mode.QUEUED: {
@@ -265,6 +268,8 @@ class Lifecycle:
                 ev.AgentAssigned: self._agent_assigned,
                 ev.ReturnedToQueue: self._returned_to_queue,
                 ev.TransferFailed: IGNORE,
+                ev.AgentEndsSession: self._agent_ends_session,
+                ev.LivechatUnreachable: self._livechat_unreachable,
                 ev.TimerFired: self._timer_fired,
             },
             Mode.LIVE: {
@@ -280,6 +285,8 @@ class Lifecycle:
                 ev.AgentAssigned: self._agent_assigned,
                 ev.ReturnedToQueue: self._returned_to_queue,
                 ev.TransferFailed: IGNORE,
+                ev.AgentEndsSession: self._agent_ends_session,
+                ev.LivechatUnreachable: self._livechat_unreachable,
                 ev.TimerFired: self._timer_fired,
             },
         }
@@ -325,7 +332,9 @@ class Lifecycle:
             return _refused(state, "session_already_open", "A livechat session is already open.")
         touched = _touched(session, now, sign_off_offered=False)
         if session.agent_id is None:
-            seq = out.emit(Party.USER, content, _USER, metadata={"queued": True})
+            # No agent yet: the backend passes it on (a platform) or keeps it for the
+            # transcript at pickup (the desk).
+            seq = out.emit(Party.USER, content, _USER_AND_AGENT, metadata={"queued": True})
         else:
             seq = out.emit(Party.USER, content, _USER_AND_AGENT, agent_id=session.agent_id)
         return out.finish(touched, fx.Accepted(seq))
@@ -499,6 +508,37 @@ class Lifecycle:
         )
         return out.finish(waiting)
 
+    def _agent_ends_session(
+        self, state: ConversationState, event: ev.AgentEndsSession, now: float
+    ) -> Transition:
+        session = state.session
+        assert session is not None
+        if session.session_id != event.session_id or (
+            event.agent_id is not None and session.agent_id != event.agent_id
+        ):
+            return _refused(
+                state,
+                "not_assigned",
+                f"Session {event.session_id!r} is not open with that agent.",
+            )
+        return self._end_session(_Builder(state, now), event.reason, expired=False)
+
+    def _livechat_unreachable(
+        self, state: ConversationState, event: ev.LivechatUnreachable, now: float
+    ) -> Transition:
+        session = state.session
+        assert session is not None
+        if session.session_id != event.session_id:
+            return Transition(state)
+        out = _Builder(state, now)
+        out.emit(
+            Party.SYSTEM,
+            Content.notice("livechat_unreachable"),
+            _USER,
+            metadata={"code": "livechat_unreachable"},
+        )
+        return out.finish()
+
     # -- the clock --------------------------------------------------------------------------
 
     def _timer_fired(
@@ -521,11 +561,19 @@ class Lifecycle:
     # -- ending -----------------------------------------------------------------------------
 
     def _end_session(
-        self, out: _Builder, reason: str, by_user: Content | None = None
+        self,
+        out: _Builder,
+        reason: str,
+        by_user: Content | None = None,
+        *,
+        expired: bool | None = None,
     ) -> Transition:
+        """End the open session: ``by_user`` is the user's own ending, if it is one;
+        a session ends as expired when neither the user nor the human side ended it."""
         session = out.state.session
         assert session is not None
-        expired = by_user is None
+        if expired is None:
+            expired = by_user is None
         code = "session_expired" if expired else "session_ended"
         agent_id = session.agent_id
         seq = None
