@@ -41,9 +41,9 @@ from actors.model import effects as fx
 from actors.model.events import (
     AgentAssigned,
     AgentEndsSession,
-    LivechatUnreachable,
     BotUnavailable,
     Event,
+    LivechatUnreachable,
     QueuePositionChanged,
     ReturnedToQueue,
     TimerFired,

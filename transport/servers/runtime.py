@@ -28,10 +28,13 @@ from transport.bots.connections import BotConnections
 from transport.bots.resilience import make_http_client
 from transport.config import Config, ListenerConfig, signing_secret
 from transport.errors import ConfigError
+from transport.livechat.actions import PATH as ACTIONS_PATH
+from transport.livechat.actions import take_action
+from transport.livechat.backends import Backends, build_backends
 from transport.livechat.desk import build_desk
 from transport.protocol.services import Services
 from transport.servers import push
-from transport.servers.http import HttpApp, serve_http
+from transport.servers.http import HttpApp, Request, Response, serve_http
 from transport.servers.websocket import serve_websockets
 from transport.store import sqlite as sqlite_store
 from transport.store.retention import keep_pruning
@@ -168,11 +171,15 @@ async def run_server(
     connections = BotConnections()
     bindings = build_bindings(config, http, connections)
     desk = build_desk(config)
+    data_dir = config.store.data_dir if config.store.kind == "sqlite" else None
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    backends = build_backends(config, desk, http, data_dir)
     listen = config.listeners
     try:
         await _serve(
             config,
-            _Parts(bindings, desk, connections, prune_every),
+            _Parts(bindings, desk, backends, connections, prune_every),
             shutdown,
             handle_signals,
             task_status,
@@ -193,6 +200,7 @@ class _Parts:
 
     bindings: Mapping[str, BotBinding]
     desk: Desk
+    backends: Backends
     connections: BotConnections
     prune_every: float
 
@@ -220,7 +228,10 @@ async def _serve(
     desk, connections = parts.desk, parts.connections
     async with open_store(config) as store, trio.open_nursery() as core:
         board = Switchboard(
-            parts.bindings, {"desk": desk}, store, limits=config.limits.for_conversations()
+            parts.bindings,
+            parts.backends.by_name,
+            store,
+            limits=config.limits.for_conversations(),
         )
         await core.start(board.run)
         # Open sessions are restored: freeze what start-up built and space out collections,
@@ -244,6 +255,7 @@ async def _serve(
             widget_frame_ancestors=listen.widget_frame_ancestors,
         )
         push.register(app, services)
+        _mount_platform_actions(app, parts.backends)
         if handle_signals:
             core.start_soon(_on_signals, shutdown)
         http_stop = trio.Event()
@@ -284,6 +296,18 @@ async def _serve(
             # Whatever the listeners still do after this bound is cut short.
             listeners.cancel_scope.deadline = trio.current_time() + listen.shutdown_timeout
         core.cancel_scope.cancel()
+
+
+def _mount_platform_actions(app: HttpApp, backends: Backends) -> None:
+    """Mount the generic platform's API (:func:`transport.livechat.actions.take_action`)."""
+
+    async def handle(request: Request) -> Response:
+        status, answer = await take_action(
+            backends.platforms, request.params["bot_id"], request.headers, request.body
+        )
+        return Response.json(answer, status)
+
+    app.add_route("POST", ACTIONS_PATH, handle)
 
 
 async def _cancellable(
