@@ -49,6 +49,8 @@ class Helpdesk:
     failures: collections.deque[tuple[int, str | None]] = attrs.field(factory=collections.deque)
     down: bool = False
     calls: int = 0
+    #: When each call arrived (trio's clock), and with which status it was answered.
+    answered: list[tuple[float, int]] = attrs.field(factory=list)
     _seen: set[str] = attrs.field(factory=set)
     _schemas: dict[str, Any] = attrs.field(factory=_schemas)
     _changed: trio.Event = attrs.field(factory=trio.Event)
@@ -103,6 +105,7 @@ class Helpdesk:
             return
         if self.failures:
             status, retry_after = self.failures.popleft()
+            self.answered.append((trio.current_time(), status))
             headers = [(b"retry-after", retry_after.encode())] if retry_after else []
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
@@ -118,6 +121,7 @@ class Helpdesk:
             self.rejected.append(f"schema: {errors[:1]}")
             await respond(send, 400)
             return
+        self.answered.append((trio.current_time(), 200))
         if event["id"] in self._seen:
             self.repeats += 1
         else:

@@ -64,6 +64,8 @@ log = logging.getLogger("switchover.livechat")
 TRANSCRIPT_TAIL = 200
 #: Messages kept in memory per ticket before it falls back to reading the log.
 PENDING_LIMIT = 256
+#: The reason a session ends with when its platform refuses to take it.
+HANDOFF_REFUSED = "handoff_refused"
 #: Agent action ids remembered per platform, so a repeated webhook is answered, not redone.
 ACTIONS_REMEMBERED = 10_000
 
@@ -471,7 +473,20 @@ class PlatformBackend:
         )
         ticket.user_id = state.user_id
         await self.tickets.save(ticket)
-        ref = await self._call(ticket, self.connector.open(ticket, transcript))
+        try:
+            ref = await self.connector.open(ticket, transcript)
+        except PlatformRefused as exc:
+            # The handoff failed: the session cannot be served there, so it ends.
+            log.error(
+                "%s refused session %s: %s",
+                self.name,
+                ticket.session_id,
+                exc,
+                extra={"conversation_id": ticket.conversation_id},
+            )
+            ticket.ending, ticket.reason = True, HANDOFF_REFUSED
+            self._post(ticket, AgentEndsSession(ticket.session_id, None, HANDOFF_REFUSED))
+            return
         ticket.opened, ticket.ref, ticket.sent_seq = True, ref, max(ticket.sent_seq, start)
         await self.tickets.save(ticket)
         work.catch_up = True
