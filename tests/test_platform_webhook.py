@@ -344,3 +344,48 @@ def test_the_documented_actions_parse_and_match_their_schema() -> None:
         assert list(validator.iter_errors(data)) == [], body
         kinds.add(type(parse_action(body.encode()).verb).__name__)
     assert kinds == {"Accept", "Message", "AgentIsTyping", "SignOff", "Transfer", "Release"}
+
+
+def test_the_config_names_every_livechat_problem() -> None:
+    from transport.errors import ConfigError
+    from transport.livechat.backends import check_platforms
+
+    with pytest.raises(ConfigError) as bad_kind:
+        from_mapping({"bots": {"shop": {"livechat": {"kind": "zendesk"}}}})
+    assert any("bots.shop.livechat.kind" in p for p in bad_kind.value.problems)
+    config = from_mapping(
+        {
+            "bots": {
+                "shop": {
+                    "livechat": {
+                        "kind": "webhook",
+                        "options": {"url": "ftp://x", "api_token_env": "NOT_SET_ANYWHERE"},
+                    }
+                }
+            }
+        }
+    )
+    with pytest.raises(ConfigError) as bad_options:
+        check_platforms(config, environ={})
+    problems = "\n".join(bad_options.value.problems)
+    assert "bots.shop.livechat.options.url: must be an http:// or https:// URL" in problems
+    assert "bots.shop.livechat.options.secret: is required" in problems
+    assert "NOT_SET_ANYWHERE is not set" in problems
+    fine = from_mapping(
+        {
+            "bots": {
+                "shop": {
+                    "livechat": {
+                        "kind": "webhook",
+                        "options": {
+                            "url": "https://help.example/events",
+                            "secret_env": "SHOP_SECRET",
+                            "api_token": fake.API_TOKEN,
+                        },
+                    }
+                }
+            }
+        }
+    )
+    check_platforms(fine, environ={"SHOP_SECRET": "s" * 16})
+    assert fine.bots["shop"].backend == "webhook:shop"
