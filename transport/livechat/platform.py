@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -103,6 +103,15 @@ class Connector(Protocol):
 
     async def close(self, ticket: Ticket, reason: str) -> None:
         """The session ended in Switchover, for ``reason``."""
+        ...
+
+    async def fetch(self, ticket: Ticket) -> Sequence[tuple[Action, str]]:
+        """What the platform did about the session since ``ticket.cursor`` (its own
+        position in its list of messages and changes), oldest first, each with the cursor
+        after it. A platform whose webhooks can be dropped or reordered (Chatwoot, Gorgias)
+        is read this way on a timer, at start-up and whenever a webhook pokes the ticket, so
+        every action is applied once and in order; one that posts actions itself (the
+        generic webhook protocol) returns nothing."""
         ...
 
 
@@ -203,6 +212,8 @@ class _Work:
     catch_up: bool = True
     typing: bool = False
     told_unreachable: bool = False
+    #: Read what the platform did since the ticket's cursor (see :meth:`Connector.fetch`).
+    fetch: bool = True
 
 
 class PlatformBackend:
@@ -211,7 +222,9 @@ class PlatformBackend:
     ``workers``: how many calls to the platform may run at once (each ticket's calls run
     one at a time, in order). ``unreachable_after``: seconds of failed calls after which
     waiting users are told the team cannot be reached. ``max_backoff``: the longest wait
-    between tries.
+    between tries. ``reconcile_every``: seconds between reads of what the platform did
+    (:meth:`Connector.fetch`) for every open ticket; ``None`` for a platform that posts its
+    actions itself.
     """
 
     def __init__(
@@ -223,8 +236,10 @@ class PlatformBackend:
         workers: int = 4,
         unreachable_after: float = 30.0,
         max_backoff: float = 60.0,
+        reconcile_every: float | None = None,
     ) -> None:
         self.name = name
+        self.reconcile_every = reconcile_every
         self.connector = connector
         self.tickets = tickets
         self.workers = workers
@@ -309,12 +324,17 @@ class PlatformBackend:
 
     async def act(self, action: Action) -> Answer:
         """Carry out ``action``; answer once the conversation stored what it produced."""
+        ticket = self._open.get(action.session_id)
+        if ticket is None or ticket.ending:
+            known = self._answers.get(action.action_id)
+            return known if known is not None else UNKNOWN_SESSION
+        return await self._act_once(ticket, action)
+
+    async def _act_once(self, ticket: Ticket, action: Action) -> Answer:
+        """Apply ``action`` unless it was applied already (then answer as the first time)."""
         known = self._answers.get(action.action_id)
         if known is not None:
             return known
-        ticket = self._open.get(action.session_id)
-        if ticket is None or ticket.ending:
-            return UNKNOWN_SESSION
         try:
             answer = await self._act(ticket, action)
         except Overloaded:
@@ -390,7 +410,31 @@ class PlatformBackend:
         async with trio.open_nursery() as nursery:
             for _ in range(self.workers):
                 nursery.start_soon(self._serve)
+            if self.reconcile_every is not None:
+                nursery.start_soon(self._reconcile, self.reconcile_every)
             task_status.started()
+
+    async def _reconcile(self, every: float) -> None:
+        """Read every open ticket's platform side again, so a dropped webhook delays an
+        agent's message by at most ``every`` seconds and never loses it."""
+        while True:
+            await trio.sleep(every)
+            for ticket in list(self._open.values()):
+                self.poke(ticket)
+
+    def poke(self, ticket: Ticket) -> None:
+        """Something happened on the platform's side of ``ticket`` (a webhook said so):
+        read it, in order, with :meth:`Connector.fetch`."""
+        if ticket.session_id in self._open:
+            self._work_of(ticket).fetch = True
+            self._schedule(ticket)
+
+    def ticket_by_ref(self, ref: str) -> Ticket | None:
+        """The open ticket the platform knows by ``ref`` (its own id for the session)."""
+        for ticket in self._open.values():
+            if ticket.ref == ref:
+                return ticket
+        return None
 
     async def _serve(self) -> None:
         while True:
@@ -440,6 +484,9 @@ class PlatformBackend:
                 await self.connector.typing(ticket)
             except (PlatformUnavailable, PlatformRefused) as exc:
                 log.debug("%s: typing not passed on: %s", self.name, exc)
+        if work.fetch and ticket.opened:
+            work.fetch = False
+            await self._apply_fetched(ticket)
         self._succeeded(ticket)
         if ticket.ending:
             if ticket.opened:
@@ -448,6 +495,26 @@ class PlatformBackend:
                 await self._call(ticket, self.connector.close(ticket, ticket.reason))
             await self.tickets.delete(ticket.session_id)
             self._forget(ticket)
+
+    async def _apply_fetched(self, ticket: Ticket) -> None:
+        try:
+            fetched = await self.connector.fetch(ticket)
+        except PlatformUnavailable:
+            self._work_of(ticket).fetch = True
+            raise
+        except PlatformRefused as exc:
+            log.error("%s: reading session %s failed: %s", self.name, ticket.session_id, exc)
+            return
+        for action, cursor in fetched:
+            if ticket.ending:
+                break
+            answer = await self._act_once(ticket, action)
+            if answer.status >= 500:
+                # Not stored: read it again on the next try.
+                self._work_of(ticket).fetch = True
+                raise PlatformUnavailable(f"the conversation could not store {action!r}")
+            ticket.cursor = cursor
+            await self.tickets.save(ticket)
 
     async def _open_ticket(self, ticket: Ticket, work: _Work) -> None:
         core = self._core_link()

@@ -29,7 +29,9 @@ class Ticket:
     ``sent_seq``: the last of the session's entries it has; ``ref``: the platform's own id
     for the session (a Chatwoot conversation, a Gorgias ticket), once it gave one;
     ``ending``: the session ended in Switchover and the platform must be told (``reason``:
-    why, once known); ``agent_id``/``agent_name``: the agent the platform named.
+    why, once known); ``agent_id``/``agent_name``: the agent the platform named;
+    ``cursor``: how far Switchover has read the platform's own side of the session (its last
+    message id, for a platform read with ``fetch``).
     """
 
     session_id: str
@@ -43,6 +45,7 @@ class Ticket:
     agent_name: str = ""
     ending: bool = False
     reason: str | None = None
+    cursor: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)

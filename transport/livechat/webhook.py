@@ -18,7 +18,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -27,7 +27,7 @@ import httpx
 from actors import Entry
 from actors.model.deliveries import Transcript
 from transport.bots.options import OptionReader
-from transport.livechat.platform import PlatformRefused, PlatformUnavailable
+from transport.livechat.platform import Action, PlatformRefused, PlatformUnavailable
 from transport.livechat.tickets import Ticket
 from transport.signing import EVENT_ID_HEADER, MIN_SECRET_LENGTH, signed_headers
 
@@ -141,6 +141,10 @@ class WebhookConnector:
     async def close(self, ticket: Ticket, reason: str) -> None:
         data = {"reason": reason}
         await self._send(event(ticket, "session.ended", f"{ticket.session_id}:ended", data))
+
+    async def fetch(self, ticket: Ticket) -> Sequence[tuple[Action, str]]:
+        """Nothing to read: the helpdesk posts its actions itself."""
+        return ()
 
     async def _send(self, body: Mapping[str, Any]) -> None:
         raw = json.dumps(body, separators=(",", ":")).encode("utf-8")
