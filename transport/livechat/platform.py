@@ -339,7 +339,8 @@ class PlatformBackend:
             answer = await self._act(ticket, action)
         except Overloaded:
             return Answer(503, refusal=Refusal("overloaded", "Too many events; retry shortly."))
-        if answer.status < 500:
+        if answer.status < 500 and not isinstance(action.verb, AgentIsTyping):
+            # Typing is passed on, not stored: a repeat does no harm and is not remembered.
             self._answers[action.action_id] = answer
             while len(self._answers) > ACTIONS_REMEMBERED:
                 self._answers.popitem(last=False)
@@ -617,8 +618,11 @@ class PlatformBackend:
     # -- bookkeeping --------------------------------------------------------------------------
 
     def _end(self, ticket: Ticket, reason: str | None) -> None:
-        ticket.ending = True
-        ticket.reason = reason if reason is not None else ticket.reason
+        if not ticket.ending:
+            # The first end is the session's: a later release (an agent assigned after the
+            # session ended, released as stale_assignment) does not rename it.
+            ticket.ending = True
+            ticket.reason = reason if reason is not None else ticket.reason
         work = self._work_of(ticket)
         work.catch_up = True
         self._schedule(ticket)
