@@ -31,6 +31,7 @@ from transport.errors import ConfigError
 from transport.livechat.actions import PATH as ACTIONS_PATH
 from transport.livechat.actions import take_action
 from transport.livechat.backends import Backends, build_backends
+from transport.livechat.chatwoot import webhook as chatwoot_webhook
 from transport.livechat.desk import build_desk
 from transport.protocol.services import Services
 from transport.servers import push
@@ -256,6 +257,7 @@ async def _serve(
         )
         push.register(app, services)
         _mount_platform_actions(app, parts.backends)
+        _mount_chatwoot(app, parts.backends)
         if handle_signals:
             core.start_soon(_on_signals, shutdown)
         http_stop = trio.Event()
@@ -308,6 +310,22 @@ def _mount_platform_actions(app: HttpApp, backends: Backends) -> None:
         return Response.json(answer, status)
 
     app.add_route("POST", ACTIONS_PATH, handle)
+
+
+def _mount_chatwoot(app: HttpApp, backends: Backends) -> None:
+    """Mount the Chatwoot inboxes' webhook (:func:`transport.livechat.chatwoot.webhook.receive`)."""
+
+    async def handle(request: Request) -> Response:
+        status, answer = await chatwoot_webhook.receive(
+            backends.chatwoot,
+            request.params["bot_id"],
+            request.headers,
+            request.query,
+            request.body,
+        )
+        return Response.json(answer, status)
+
+    app.add_route("POST", chatwoot_webhook.PATH, handle)
 
 
 async def _cancellable(
