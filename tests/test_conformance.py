@@ -2,11 +2,12 @@
 
 Each test runs the real server on 127.0.0.1 with a webhook bot (a real HTTP server that
 records every event it gets) and one human side: the built-in desk with an agent on the
-WebSocket protocol, or a helpdesk on the generic webhook platform (tests/fakes/helpdesk.py)
-acting through Switchover's HTTP API. The user is the Python client. Whatever the backend,
-the guarantees are the same: the bot hears nothing during a session, messages pass both ways
-in order, the sign-off takes two steps, the session ends once with its reason, and the bot
-is told at the end.
+WebSocket protocol, a helpdesk on the generic webhook platform (tests/fakes/helpdesk.py)
+acting through Switchover's HTTP API, or Chatwoot's agents in an API inbox
+(tests/fakes/chatwoot.py, whose webhooks reach Switchover's Chatwoot route). The user is the
+Python client. Whatever the backend, the guarantees are the same: the bot hears nothing
+during a session, messages pass both ways in order, the sign-off takes two steps, the
+session ends once with its reason, and the bot is told at the end.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from transport.client import AgentClient, Frame, UserClient, connect_agent, conn
 from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 
+from .fakes import chatwoot as fake_chatwoot
 from .fakes import helpdesk as fake_helpdesk
 from .fakes.asgi_server import serving
 from .fakes.webhook_bot import SECRET as BOT_SECRET
 from .fakes.webhook_bot import BotServer
 
 ALICE_TOKEN = "alice-token-for-conformance"
-BACKENDS = ("desk", "webhook")
+BACKENDS = ("desk", "webhook", "chatwoot")
 
 
 def _entry(sender: str, **content: Any) -> Callable[[Frame], bool]:
@@ -47,9 +49,13 @@ def _notice(code: str) -> Callable[[Frame], bool]:
 
 
 class HumanSide(Protocol):
-    """The people who answer, whatever backend they use."""
+    """The people who answer, whatever backend they use. ``end_reason``: what the bot is
+    told when they end a session; ``hears_payloads``: a button the user clicks reaches
+    them as a message (its text or payload)."""
 
     can_end: bool
+    end_reason: str
+    hears_payloads: bool
 
     async def picks_up(self, conversation_id: str) -> None: ...
 
@@ -70,6 +76,8 @@ class HumanSide(Protocol):
 
 class DeskAgent:
     can_end = False
+    end_reason = ""
+    hears_payloads = False
 
     def __init__(self, agent: AgentClient) -> None:
         self.agent = agent
@@ -122,6 +130,8 @@ class DeskAgent:
 
 class HelpdeskSide:
     can_end = True
+    end_reason = "ticket_closed"
+    hears_payloads = False
 
     def __init__(self, desk: fake_helpdesk.Helpdesk, agent: fake_helpdesk.HelpdeskAgent) -> None:
         self.desk = desk
@@ -158,6 +168,54 @@ class HelpdeskSide:
         return reason
 
 
+class ChatwootSide:
+    """Chatwoot's agents: picking up is being assigned, ending is resolving."""
+
+    can_end = True
+    end_reason = "resolved"
+    hears_payloads = True
+
+    def __init__(self, chatwoot: fake_chatwoot.Chatwoot) -> None:
+        self.chatwoot = chatwoot
+        self.cid = 0
+
+    async def picks_up(self, conversation_id: str) -> None:
+        found = await self.chatwoot.wait_until(
+            lambda: self.chatwoot.conversation_of(conversation_id)
+        )
+        self.cid = found["id"]
+        await self.chatwoot.assign(self.cid, fake_chatwoot.HANA)
+
+    async def says(self, text: str) -> None:
+        await self.chatwoot.agent_reply(self.cid, text)
+
+    async def signs_off(self) -> None:
+        await self.chatwoot.agent_reply(self.cid, fake_chatwoot.SIGN_OFF)
+
+    async def ends_session(self) -> None:
+        await self.chatwoot.resolve(self.cid)
+
+    async def heard(self, count: int) -> list[str]:
+        heard = await self.chatwoot.wait_until(
+            lambda: (
+                len(self.chatwoot.incoming(self.cid)) >= count and self.chatwoot.incoming(self.cid)
+            )
+        )
+        texts: list[str] = heard[:count]
+        return texts
+
+    async def told_end(self) -> str:
+        def ended() -> str | None:
+            conversation = self.chatwoot.conversations[self.cid]
+            notes = [n for n in self.chatwoot.notes(self.cid) if "reason: " in n]
+            if conversation["status"] != "resolved" or not notes:
+                return None
+            return notes[-1].split("reason: ")[1].rstrip(").")
+
+        reason: str = await self.chatwoot.wait_until(ended)
+        return reason
+
+
 class World:
     def __init__(
         self, server: RunningServer, bot: BotServer, human: HumanSide, backend: str
@@ -177,9 +235,22 @@ class World:
         ]
 
 
-def _config(backend: str, bot_url: str, helpdesk_url: str, **settings: Any) -> Any:
+def _config(
+    backend: str, bot_url: str, helpdesk_url: str, chatwoot_url: str, **settings: Any
+) -> Any:
     livechat: dict[str, Any] = {"kind": backend}
-    if backend == "webhook":
+    if backend == "chatwoot":
+        # Webhooks alone must carry it: the reconcile comes too late to help.
+        livechat["options"] = {
+            "base_url": chatwoot_url,
+            "account_id": fake_chatwoot.ACCOUNT_ID,
+            "inbox_id": fake_chatwoot.INBOX_ID,
+            "api_token": fake_chatwoot.API_TOKEN,
+            "webhook_secret": fake_chatwoot.SECRET,
+            "reconcile_every": 3600.0,
+            "max_backoff": 0.2,
+        }
+    elif backend == "webhook":
         livechat["options"] = {
             "url": helpdesk_url + "/events",
             "secret": fake_helpdesk.SECRET,
@@ -207,11 +278,14 @@ def _config(backend: str, bot_url: str, helpdesk_url: str, **settings: Any) -> A
 async def world_of(backend: str, **settings: Any) -> AsyncIterator[World]:
     bot = BotServer()
     desk = fake_helpdesk.Helpdesk()
+    chatwoot = fake_chatwoot.Chatwoot()
     async with AsyncExitStack() as stack:
         bot_url = await stack.enter_async_context(serving(bot))
         helpdesk_url = await stack.enter_async_context(serving(desk))
+        chatwoot_url = await stack.enter_async_context(serving(chatwoot))
+        await stack.enter_async_context(chatwoot.delivering())
         nursery = await stack.enter_async_context(trio.open_nursery())
-        config = _config(backend, bot_url, helpdesk_url, **settings)
+        config = _config(backend, bot_url, helpdesk_url, chatwoot_url, **settings)
         server: RunningServer = await nursery.start(
             lambda task_status: run_server(config, handle_signals=False, task_status=task_status)
         )
@@ -219,6 +293,9 @@ async def world_of(backend: str, **settings: Any) -> AsyncIterator[World]:
         if backend == "desk":
             agent = await stack.enter_async_context(connect_agent(server.ws_url, ALICE_TOKEN))
             human = DeskAgent(agent)
+        elif backend == "chatwoot":
+            chatwoot.set_webhook_url(f"{server.http_url}/v1/livechat/shop/chatwoot")
+            human = ChatwootSide(chatwoot)
         else:
             http = await stack.enter_async_context(httpx.AsyncClient())
             url = f"{server.http_url}/v1/livechat/shop/actions"
@@ -248,7 +325,12 @@ async def test_handoff_messages_both_ways_in_order_and_the_bot_hears_nothing(bac
         await user.wait_for(_notice("agent_joined"))
         for n in range(5):
             await user.say_text(f"user {n}")
-        assert await world.human.heard(6) == ["anyone there?", *[f"user {n}" for n in range(5)]]
+        clicked = ["MENU"] if world.human.hears_payloads else []
+        assert await world.human.heard(6 + len(clicked)) == [
+            "anyone there?",
+            *clicked,
+            *[f"user {n}" for n in range(5)],
+        ]
         for n in range(5):
             await world.human.says(f"agent {n}")
         for n in range(5):
@@ -282,14 +364,14 @@ async def test_the_sign_off_the_user_ignores_then_confirms(backend: str) -> None
 async def test_the_user_ends_alone_while_waiting(backend: str) -> None:
     async with world_of(backend) as world, world.user() as user:
         await _handed_over(world, user)
-        if backend == "webhook":
-            # The helpdesk has the request before the user leaves.
+        if backend != "desk":
+            # The platform has the request before the user leaves.
             await world.human.picks_up(user.conversation_id)
         await user.click(SESSION_END)
         await user.wait_for(_notice("session_ended"))
         ended = await _bot_event(world, SESSION_END)
         assert ended["metadata"]["reason"] == "user_ended"
-        if backend == "webhook":
+        if backend != "desk":
             assert await world.human.told_end() == "user_ended"
 
 
@@ -303,7 +385,7 @@ async def test_the_human_side_closes_first(backend: str) -> None:
         await world.human.ends_session()
         await user.wait_for(_notice("session_ended"))
         ended = await _bot_event(world, SESSION_END)
-        assert ended["metadata"]["reason"] == "ticket_closed"
+        assert ended["metadata"]["reason"] == world.human.end_reason
         # Back with the bot.
         await user.say_text("hi again")
         await world.bot.wait_for_calls(3)
