@@ -14,8 +14,8 @@ HMAC of ``"<timestamp>." + body``), once, from one delivery task, and never agai
 fails (like Chatwoot). Switchover's own calls send their webhooks too (its incoming
 messages, its notes, its resolve, its typing), as Chatwoot does.
 
-It misbehaves on command: drop, repeat or swap the next webhooks, sign one with the wrong
-secret or an old timestamp, sign nothing (an older installation), answer the next API
+It misbehaves on command: drop, repeat or swap an agent's message's webhook, sign it with the
+wrong secret or an old timestamp, sign nothing (an older installation), answer the next API
 calls with an error (500, 429 with ``Retry-After``), even after doing what was asked.
 """
 
@@ -112,6 +112,8 @@ class Delivery:
     conversation_id: int | None
     status: int
     answer: str = ""
+    #: The message a message_created webhook is about.
+    message_id: int | None = None
 
 
 @attrs.define
@@ -127,15 +129,13 @@ class Chatwoot:
     contact_inboxes: dict[tuple[int, int], str] = attrs.field(factory=dict)
     conversations: dict[int, dict[str, Any]] = attrs.field(factory=dict)
     messages: dict[int, dict[str, Any]] = attrs.field(factory=dict)
-    #: Every API call: (method, path, status).
-    calls: list[tuple[str, str, int]] = attrs.field(factory=list)
+    #: Every API call: (method, path, status, when on trio's clock).
+    calls: list[tuple[str, str, int, float]] = attrs.field(factory=list)
     deliveries: list[Delivery] = attrs.field(factory=list)
     #: API failures to answer: (method, path pattern, status, Retry-After, after storing).
     failures: collections.deque[tuple[str, str, int, str | None, bool]] = attrs.field(
         factory=collections.deque
     )
-    #: Webhook misbehaviours for the next deliveries, in order.
-    mishaps: collections.deque[str] = attrs.field(factory=collections.deque)
     _ids: dict[str, itertools.count[int]] = attrs.field(
         factory=lambda: {
             k: itertools.count(start)
@@ -143,6 +143,8 @@ class Chatwoot:
         }
     )
     _outbox: Any = None
+    #: Webhooks queued and not yet handled.
+    _unsent: int = 0
     _held: list[tuple[dict[str, Any], str]] = attrs.field(factory=list)
     _changed: trio.Event = attrs.field(factory=trio.Event)
 
@@ -173,11 +175,6 @@ class Chatwoot:
         """Answer the next ``count`` calls of ``method`` whose path matches ``path`` with
         ``status``; ``after_storing``: do what was asked first (the caller cannot tell)."""
         self.failures.extend([(method, path, status, retry_after, after_storing)] * count)
-
-    def misbehave(self, *mishaps: str) -> None:
-        """The next webhooks, one mishap each: "drop", "twice", "swap" (hold this one and
-        send it after the next), "wrong_secret", "stale", "unsigned"."""
-        self.mishaps.extend(mishaps)
 
     def changed(self) -> None:
         self._changed.set()
@@ -219,12 +216,18 @@ class Chatwoot:
     def notes(self, cid: int) -> list[str]:
         return [m["content"] for m in self.of(cid, "outgoing", private=True)]
 
-    async def wait_delivered(self, count: int, timeout: float = 10.0) -> list[Delivery]:
-        """Once ``count`` webhooks were handled (sent, dropped or refused)."""
-        await self.wait_until(lambda: len(self.deliveries) >= count, timeout)
-        return self.deliveries
+    async def delivery_of(self, message: dict[str, Any], timeout: float = 10.0) -> Delivery:
+        """The (first) delivery of ``message``'s webhook, once it was handled."""
+        found: list[Delivery] = await self.wait_until(
+            lambda: [d for d in self.deliveries if d.message_id == message["id"]], timeout
+        )
+        return found[0]
 
     # -- for tests: the agents ---------------------------------------------------------------
+
+    # Each takes ``mishap``, what goes wrong with its webhook: "drop" (never sent), "twice",
+    # "swap" (held back and sent after the next webhook), "wrong_secret", "stale" (signed ten
+    # minutes ago), "unsigned".
 
     async def agent_reply(
         self,
@@ -233,11 +236,14 @@ class Chatwoot:
         agent: User = HANA,
         *,
         attachments: list[dict[str, Any]] | None = None,
+        mishap: str = "",
     ) -> dict[str, Any]:
-        return self._message(cid, text, "outgoing", agent, attachments=attachments)
+        return self._message(cid, text, "outgoing", agent, attachments=attachments, mishap=mishap)
 
-    async def private_note(self, cid: int, text: str, agent: User = HANA) -> dict[str, Any]:
-        return self._message(cid, text, "outgoing", agent, private=True)
+    async def private_note(
+        self, cid: int, text: str, agent: User = HANA, *, mishap: str = ""
+    ) -> dict[str, Any]:
+        return self._message(cid, text, "outgoing", agent, private=True, mishap=mishap)
 
     async def assign(self, cid: int, agent: User | None, by: User = ADMIN) -> None:
         conversation = self._conversation(cid)
@@ -259,6 +265,13 @@ class Chatwoot:
     async def resolve(self, cid: int, by: User = HANA) -> None:
         self._set_status(self._conversation(cid), "resolved", by)
 
+    async def delete(self, cid: int) -> None:
+        """An administrator deletes the conversation (Chatwoot sends no webhook for it)."""
+        self.conversations.pop(cid)
+        for message_id in [m["id"] for m in self.of(cid)]:
+            del self.messages[message_id]
+        self.changed()
+
     async def typing(self, cid: int, agent: User = HANA, *, private: bool = False) -> None:
         self._typing(self._conversation(cid), agent, private)
 
@@ -267,7 +280,7 @@ class Chatwoot:
     @asynccontextmanager
     async def delivering(self) -> AsyncIterator[None]:
         """Send the webhooks for as long as the block runs."""
-        send, receive = trio.open_memory_channel[tuple[dict[str, Any], str]](1000)
+        send, receive = trio.open_memory_channel[tuple[dict[str, Any], str, str]](1000)
         self._outbox = send
         async with httpx.AsyncClient() as http, trio.open_nursery() as nursery:
             nursery.start_soon(self._deliver, receive, http)
@@ -277,14 +290,16 @@ class Chatwoot:
                 nursery.cancel_scope.cancel()
                 self._outbox = None
 
-    def _send_webhook(self, payload: dict[str, Any], inbox_id: int = INBOX_ID) -> None:
+    def _send_webhook(
+        self, payload: dict[str, Any], inbox_id: int = INBOX_ID, mishap: str = ""
+    ) -> None:
         url = self.inboxes[inbox_id]["webhook_url"]
         if url and self._outbox is not None:
-            self._outbox.send_nowait((payload, url))
+            self._unsent += 1
+            self._outbox.send_nowait((payload, url, mishap))
 
     async def _deliver(self, receive: Any, http: httpx.AsyncClient) -> None:
-        async for payload, url in receive:
-            mishap = self.mishaps.popleft() if self.mishaps else ""
+        async for payload, url, mishap in receive:
             if mishap == "swap":
                 self._held.append((payload, url))
                 continue
@@ -292,6 +307,10 @@ class Chatwoot:
             while self._held:
                 held, held_url = self._held.pop(0)
                 await self._post(http, held, held_url, "")
+
+    async def quiet(self, timeout: float = 10.0) -> None:
+        """Once every webhook queued so far was handled (a swapped one waits for the next)."""
+        await self.wait_until(lambda: self._unsent == len(self._held), timeout)
 
     async def _post(
         self, http: httpx.AsyncClient, payload: dict[str, Any], url: str, mishap: str
@@ -301,8 +320,10 @@ class Chatwoot:
             if "conversation" in payload
             else payload.get("id")
         )
+        message_id = payload["id"] if payload["event"].startswith("message_") else None
         if mishap == "drop":
-            self.deliveries.append(Delivery(payload["event"], cid, 0, "dropped"))
+            self.deliveries.append(Delivery(payload["event"], cid, 0, "dropped", message_id))
+            self._unsent -= 1
             self.changed()
             return
         body = json.dumps(payload).encode()
@@ -319,8 +340,10 @@ class Chatwoot:
                 status, answer = response.status_code, response.text
             except httpx.HTTPError as exc:
                 status, answer = 0, type(exc).__name__
-            self.deliveries.append(Delivery(payload["event"], cid, status, answer))
+            self.deliveries.append(Delivery(payload["event"], cid, status, answer, message_id))
             self.changed()
+        self._unsent -= 1
+        self.changed()
 
     # -- ASGI -----------------------------------------------------------------------------------
 
@@ -345,7 +368,7 @@ class Chatwoot:
                 status, answer = failure[2], {"error": "injected failure after storing"}
         if failure is not None and failure[3] is not None:
             headers = [(b"retry-after", failure[3].encode())]
-        self.calls.append((method, path, status))
+        self.calls.append((method, path, status, trio.current_time()))
         self.changed()
         raw = json.dumps(answer).encode()
         await send(
@@ -693,6 +716,7 @@ class Chatwoot:
         *,
         private: bool = False,
         attachments: list[dict[str, Any]] | None = None,
+        mishap: str = "",
     ) -> dict[str, Any]:
         conversation = self._conversation(cid)
         message = {
@@ -725,6 +749,7 @@ class Chatwoot:
                     "account": {"id": ACCOUNT_ID, "name": "Acme"},
                 },
                 conversation["inbox_id"],
+                mishap,
             )
         self.changed()
         return message
