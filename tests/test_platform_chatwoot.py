@@ -590,6 +590,16 @@ def test_the_config_names_every_chatwoot_problem() -> None:
     assert fine.reconcile_every == 30.0
 
 
+def test_every_option_is_documented() -> None:
+    from transport.livechat.chatwoot.options import OPTION_KEYS
+
+    root = Path(__file__).resolve().parent.parent
+    reference = (root / "docs" / "configuration.md").read_text()
+    table = reference[reference.index('Options of `kind = "chatwoot"`') :]
+    for key in OPTION_KEYS:
+        assert f"`{key}`" in table, key
+
+
 def _setup_config(tmp_path: Path, chatwoot_url: str) -> Path:
     path = tmp_path / "switchover.toml"
     path.write_text(
