@@ -17,20 +17,23 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
 
-from actors import SESSION_END, SESSION_START
+from actors import SESSION_END, SESSION_START, Content, Entry, Party
 from actors.model.agent_request import AgentRequest
+from actors.model.deliveries import Transcript
 from transport import cli
 from transport.client import UserClient, connect_user
 from transport.config import from_mapping
 from transport.errors import ConfigError
 from transport.livechat.backends import check_platforms
+from transport.livechat.chatwoot.connector import ChatwootConnector
 from transport.livechat.chatwoot.options import ChatwootOptions
 from transport.livechat.chatwoot.webhook import chatwoot_signature, take_webhook
-from transport.livechat.platform import PlatformBackend
+from transport.livechat.platform import PlatformBackend, PlatformUnavailable
 from transport.livechat.tickets import MemoryTickets, Ticket
 from transport.servers.runtime import RunningServer, run_server
 
@@ -523,6 +526,35 @@ async def test_a_refused_webhook_pokes_nothing_and_an_echo_needs_no_read() -> No
         status, _ = await take_webhook(backend, options, headers, fake.URL_TOKEN, own, now=now)
         assert status == 200
     assert poked == ["5"]
+
+
+async def test_opening_a_session_again_finds_what_the_first_try_made() -> None:
+    """Killed after Chatwoot made the conversation but before Switchover recorded it, or
+    answered badly after the note: the next try makes no second conversation or note."""
+    chatwoot = fake.Chatwoot()
+    hello = Entry("conv", 1, 0.0, Party.USER, Content.text("hello"), frozenset(Party))
+    transcript = Transcript("conv", "conv/1", "shop", "u-1", {"name": "Uma"}, (hello,))
+    async with serving(chatwoot) as url, httpx.AsyncClient() as http:
+        options = ChatwootOptions.read("shop", _options(url))
+        first = await ChatwootConnector(options, http).open(
+            Ticket("conv/1", "conv", "shop"), transcript
+        )
+        again = await ChatwootConnector(options, http).open(
+            Ticket("conv/1", "conv", "shop"), transcript
+        )
+        assert again == first and len(chatwoot.conversations) == 1
+        assert chatwoot.notes(int(first)) == [
+            "Conversation before the handoff (Switchover conversation conv, session conv/1):\n"
+            "User: hello"
+        ]
+        chatwoot.fail_next(1, 500, after_storing=True)
+        connector = ChatwootConnector(options, http)
+        second = attrs.evolve(transcript, session_id="conv/2")
+        with pytest.raises(PlatformUnavailable):
+            await connector.open(Ticket("conv/2", "conv", "shop"), second)
+        ref = await connector.open(Ticket("conv/2", "conv", "shop"), second)
+        assert len(chatwoot.conversations) == 2 and len(chatwoot.notes(int(ref))) == 1
+        assert len(chatwoot.contacts) == 1
 
 
 class Unused:
