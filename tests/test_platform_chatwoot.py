@@ -34,7 +34,7 @@ from transport.livechat.chatwoot.connector import ChatwootConnector
 from transport.livechat.chatwoot.options import ChatwootOptions
 from transport.livechat.chatwoot.webhook import chatwoot_signature, take_webhook
 from transport.livechat.platform import PlatformBackend, PlatformUnavailable
-from transport.livechat.tickets import MemoryTickets, Ticket
+from transport.livechat.tickets import FILE_NAME, MemoryTickets, SQLiteTickets, Ticket
 from transport.servers.runtime import RunningServer, run_server
 
 from .fakes import chatwoot as fake
@@ -126,7 +126,10 @@ async def agent_texts_until(user: UserClient, last: str) -> list[str]:
 
 @asynccontextmanager
 async def rig(
-    chatwoot: fake.Chatwoot | None = None, url_suffix: str = "", **options: Any
+    chatwoot: fake.Chatwoot | None = None,
+    url_suffix: str = "",
+    data_dir: Path | None = None,
+    **options: Any,
 ) -> AsyncIterator[Rig]:
     chatwoot = chatwoot if chatwoot is not None else fake.Chatwoot()
     bot = BotServer()
@@ -135,8 +138,10 @@ async def rig(
         chatwoot_url = await stack.enter_async_context(serving(chatwoot))
         await stack.enter_async_context(chatwoot.delivering())
         nursery = await stack.enter_async_context(trio.open_nursery())
+        store = {"store": {"kind": "sqlite", "data_dir": str(data_dir)}} if data_dir else {}
         config = from_mapping(
             {
+                **store,
                 "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
                 "bots": {
                     "shop": {
@@ -770,6 +775,40 @@ webhook_secret = "{fake.SECRET}"
 reconcile_every = 3600
 max_backoff = 0.2
 """
+
+
+async def test_an_agent_message_stored_just_before_a_crash_is_not_applied_twice(
+    tmp_path: Path,
+) -> None:
+    """The conversation stored an agent's message, then Switchover died before its ticket
+    recorded how far it had read (the ticket file lost its last write): after the restart
+    the message is read again from Chatwoot, and recognised in the log."""
+    chatwoot = fake.Chatwoot()
+    async with (
+        rig(chatwoot, data_dir=tmp_path) as r,
+        connect_user(r.server.ws_url, bot_id="shop") as user,
+    ):
+        token = user.resume_token
+        cid = await r.handed_over(user)
+        await r.joined(user, cid)
+        await settled(r)
+        [before] = [dict(t.to_json()) for t in r.backend.open_tickets.values()]
+        await r.chatwoot.agent_reply(cid, "stored, then the crash")
+        await user.wait_for(_entry("agent", text="stored, then the crash"))
+        await settled(r)
+    # What the ticket file held before that message: its last write lost.
+    tickets = SQLiteTickets(tmp_path / FILE_NAME, "shop")
+    await tickets.save(Ticket.from_json(before))
+    tickets.close()
+    async with (
+        rig(chatwoot, data_dir=tmp_path) as r,
+        connect_user(r.server.ws_url, resume_token=token, last_seq=0) as user,
+    ):
+        await r.chatwoot.agent_reply(cid, "after the restart")
+        assert await agent_texts_until(user, "after the restart") == [
+            "stored, then the crash",
+            "after the restart",
+        ]
 
 
 async def test_kill_9_and_missed_webhooks_lose_nothing(tmp_path: Path, monkeypatch: Any) -> None:

@@ -214,6 +214,9 @@ class _Work:
     told_unreachable: bool = False
     #: Read what the platform did since the ticket's cursor (see :meth:`Connector.fetch`).
     fetch: bool = True
+    #: The ticket was loaded at start-up: the first action read may have been applied
+    #: before the crash, after its entry was stored and before its cursor was.
+    check_applied: bool = False
 
 
 class PlatformBackend:
@@ -266,7 +269,9 @@ class PlatformBackend:
                 if other.conversation_id == request.conversation_id and not other.ending:
                     # A newer session of the same conversation: the older one is over.
                     self._end(other, None)
-            ticket = Ticket(request.session_id, request.conversation_id, request.bot_id)
+            ticket = Ticket(
+                request.session_id, request.conversation_id, request.bot_id, applied_seq=0
+            )
             self._open[request.session_id] = ticket
             self._work[request.session_id] = _Work()
         elif request.held_by != ticket.agent_id:
@@ -401,7 +406,7 @@ class PlatformBackend:
         for ticket in await self.tickets.load():
             if ticket.session_id not in self._open:
                 self._open[ticket.session_id] = ticket
-                self._work[ticket.session_id] = _Work()
+                self._work[ticket.session_id] = _Work(check_applied=True)
         for ticket in list(self._open.values()):
             state = await core.load(ticket.conversation_id)
             session = state.session if state is not None else None
@@ -506,16 +511,39 @@ class PlatformBackend:
         except PlatformRefused as exc:
             log.error("%s: reading session %s failed: %s", self.name, ticket.session_id, exc)
             return
+        work = self._work_of(ticket)
+        check, work.check_applied = work.check_applied, False
         for action, cursor in fetched:
             if ticket.ending:
                 break
-            answer = await self._act_once(ticket, action)
-            if answer.status >= 500:
-                # Not stored: read it again on the next try.
-                self._work_of(ticket).fetch = True
-                raise PlatformUnavailable(f"the conversation could not store {action!r}")
+            if check and await self._applied_before(ticket, action):
+                log.info("%s: %s was applied before the restart", self.name, action.action_id)
+            else:
+                answer = await self._act_once(ticket, action)
+                if answer.status >= 500:
+                    # Not stored: read it again on the next try.
+                    work.fetch = True
+                    raise PlatformUnavailable(f"the conversation could not store {action!r}")
+                if answer.seq is not None and ticket.applied_seq is not None:
+                    ticket.applied_seq = max(ticket.applied_seq, answer.seq)
+            check = False
             ticket.cursor = cursor
             await self.tickets.save(ticket)
+
+    async def _applied_before(self, ticket: Ticket, action: Action) -> bool:
+        """Whether an agent's message read first after a restart is in the log already:
+        only actions read from the platform write an agent's entries in a platform's
+        session, so one after the last entry they are known to have produced is this one."""
+        verb = action.verb
+        if not isinstance(verb, Message) or ticket.applied_seq is None:
+            return False
+        entries = await self._core_link().entries_after(ticket.conversation_id, ticket.applied_seq)
+        return any(
+            e.sender is Party.AGENT
+            and e.session_id == ticket.session_id
+            and e.agent_id == verb.agent.agent_id
+            for e in entries
+        )
 
     async def _open_ticket(self, ticket: Ticket, work: _Work) -> None:
         core = self._core_link()

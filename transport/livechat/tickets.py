@@ -31,7 +31,9 @@ class Ticket:
     ``ending``: the session ended in Switchover and the platform must be told (``reason``:
     why, once known); ``agent_id``/``agent_name``: the agent the platform named;
     ``cursor``: how far Switchover has read the platform's own side of the session (its last
-    message id, for a platform read with ``fetch``).
+    message id, for a platform read with ``fetch``); ``applied_seq``: the last entry of the
+    conversation an action read that way produced (``None`` when not known), so an action
+    applied just before a crash that lost the cursor is not applied twice.
     """
 
     session_id: str
@@ -46,6 +48,7 @@ class Ticket:
     ending: bool = False
     reason: str | None = None
     cursor: str | None = None
+    applied_seq: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
