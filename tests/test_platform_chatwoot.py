@@ -463,19 +463,6 @@ async def test_a_refused_token_ends_the_handoff_clearly() -> None:
         assert r.chatwoot.calls[0][2] == 401
 
 
-async def test_the_first_end_of_a_session_keeps_its_reason() -> None:
-    """The user ends while an assignment is on its way: the late assignment is released as
-    stale, and the platform is still told the user ended."""
-
-    backend = PlatformBackend("chatwoot:shop", Unused(), MemoryTickets())
-    backend.request_agent(AgentRequest("c", "c/1", "shop", 0.0))
-    ticket = backend.open_tickets["c/1"]
-    backend.withdraw("c", "c/1")
-    backend.release("c", "c/1", "7", "stale_assignment")
-    # No reason yet: it is read from the conversation's log (user_ended) when closing.
-    assert ticket.ending and ticket.reason is None
-
-
 async def test_a_refused_webhook_pokes_nothing_and_an_echo_needs_no_read() -> None:
     """The webhook's checks come before anything is looked up: a refused one leaves the
     ticket alone, whatever its body says."""

@@ -588,11 +588,15 @@ class PlatformBackend:
         work.catch_up = True
 
     async def _catch_up(self, ticket: Ticket, work: _Work) -> None:
-        entries = await self._core_link().entries_after(ticket.conversation_id, ticket.sent_seq)
-        work.pending = collections.deque(
-            e for e in entries if is_for_platform(e, ticket.session_id)
-        )
+        # Messages stored while the log is read may be missing from what it returns: from
+        # now on they are kept as they come, and merged with what was read.
         work.catch_up = False
+        work.pending.clear()
+        entries = await self._core_link().entries_after(ticket.conversation_id, ticket.sent_seq)
+        read = {e.seq: e for e in entries if is_for_platform(e, ticket.session_id)}
+        for entry in work.pending:
+            read.setdefault(entry.seq, entry)
+        work.pending = collections.deque(read[seq] for seq in sorted(read))
 
     async def _reason(self, ticket: Ticket) -> str:
         """Why the session ended, read from the log: the bot's ending event says."""
