@@ -617,8 +617,11 @@ class PlatformBackend:
     # -- bookkeeping --------------------------------------------------------------------------
 
     def _end(self, ticket: Ticket, reason: str | None) -> None:
+        if not ticket.ending:
+            # The first end says why; a later one (an agent assigned to the session as it
+            # ended is released as "stale_assignment") changes nothing.
+            ticket.reason = reason if reason is not None else ticket.reason
         ticket.ending = True
-        ticket.reason = reason if reason is not None else ticket.reason
         work = self._work_of(ticket)
         work.catch_up = True
         self._schedule(ticket)
