@@ -13,6 +13,7 @@ from actors import Desk
 from actors.ports import LivechatBackend
 from transport.config import Config
 from transport.errors import ConfigError
+from transport.livechat import gorgias
 from transport.livechat.platform import PlatformBackend
 from transport.livechat.tickets import FILE_NAME, MemoryTickets, SQLiteTickets, Tickets
 from transport.livechat.webhook import WebhookConnector, WebhookOptions
@@ -25,6 +26,8 @@ class Backends:
 
     by_name: Mapping[str, LivechatBackend]
     platforms: Mapping[str, tuple[PlatformBackend, str]]
+    #: Each Gorgias-backed bot's backend and the token its HTTP integration sends.
+    gorgias: Mapping[str, tuple[PlatformBackend, str]] = attrs.field(factory=dict)
 
 
 def check_platforms(config: Config, environ: Mapping[str, str] | None = None) -> None:
@@ -34,6 +37,11 @@ def check_platforms(config: Config, environ: Mapping[str, str] | None = None) ->
         if bot.livechat.kind == "webhook":
             try:
                 WebhookOptions.read(bot_id, bot.livechat.options, environ)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if bot.livechat.kind == "gorgias":
+            try:
+                gorgias.GorgiasOptions.read(bot_id, bot.livechat.options, environ)
             except ConfigError as exc:
                 problems.extend(exc.problems)
     if problems:
@@ -47,7 +55,14 @@ def build_backends(
     check_platforms(config)
     by_name: dict[str, LivechatBackend] = {"desk": desk}
     platforms: dict[str, tuple[PlatformBackend, str]] = {}
+    gorgias_bots: dict[str, tuple[PlatformBackend, str]] = {}
     for bot_id, bot in config.bots.items():
+        if bot.livechat.kind == "gorgias":
+            gorgias_bots[bot_id] = gorgias.build_backend(
+                bot.backend, bot_id, bot.livechat.options, http, _tickets(data_dir, bot_id)
+            )
+            by_name[bot.backend] = gorgias_bots[bot_id][0]
+            continue
         if bot.livechat.kind != "webhook":
             continue
         options = WebhookOptions.read(bot_id, bot.livechat.options)
@@ -64,4 +79,9 @@ def build_backends(
         )
         by_name[bot.backend] = backend
         platforms[bot_id] = (backend, options.api_token)
-    return Backends(by_name, platforms)
+    return Backends(by_name, platforms, gorgias=gorgias_bots)
+
+
+def _tickets(data_dir: Path | None, bot_id: str) -> Tickets:
+    """Where a platform-backed bot keeps its tickets: beside the store, else in memory."""
+    return SQLiteTickets(data_dir / FILE_NAME, bot_id) if data_dir is not None else MemoryTickets()

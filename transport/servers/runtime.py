@@ -16,6 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
+from urllib.parse import parse_qsl
 
 import attrs
 import httpx
@@ -32,6 +33,7 @@ from transport.livechat.actions import PATH as ACTIONS_PATH
 from transport.livechat.actions import take_action
 from transport.livechat.backends import Backends, build_backends
 from transport.livechat.desk import build_desk
+from transport.livechat.gorgias import webhook as gorgias_webhook
 from transport.protocol.services import Services
 from transport.servers import push
 from transport.servers.http import HttpApp, Request, Response, serve_http
@@ -256,6 +258,7 @@ async def _serve(
         )
         push.register(app, services)
         _mount_platform_actions(app, parts.backends)
+        _mount_gorgias(app, parts.backends)
         if handle_signals:
             core.start_soon(_on_signals, shutdown)
         http_stop = trio.Event()
@@ -308,6 +311,21 @@ def _mount_platform_actions(app: HttpApp, backends: Backends) -> None:
         return Response.json(answer, status)
 
     app.add_route("POST", ACTIONS_PATH, handle)
+
+
+def _mount_gorgias(app: HttpApp, backends: Backends) -> None:
+    """Mount the Gorgias HTTP integration's route
+    (:func:`transport.livechat.gorgias.webhook.take_webhook`)."""
+
+    async def handle(request: Request) -> Response:
+        backend, token = backends.gorgias.get(request.params["bot_id"], (None, None))
+        query = dict(parse_qsl(request.query, keep_blank_values=True))
+        status, answer = await gorgias_webhook.take_webhook(
+            backend, token, request.headers, query, request.body
+        )
+        return Response.json(answer, status)
+
+    app.add_route("POST", gorgias_webhook.PATH, handle)
 
 
 async def _cancellable(
