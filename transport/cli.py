@@ -32,6 +32,7 @@ from transport.config import (
     with_overrides,
 )
 from transport.errors import ConfigError
+from transport.livechat.gorgias import setup as gorgias_setup
 from transport.logs import LOG_FORMATS, configure_logging
 from transport.servers.runtime import ListenError
 from transport.store import commands as store_commands
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=check_command)
 
     store_commands.register(subparsers, data_dir_of)
+    gorgias_setup.register(subparsers)
     return parser
 
 
