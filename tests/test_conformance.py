@@ -2,8 +2,9 @@
 
 Each test runs the real server on 127.0.0.1 with a webhook bot (a real HTTP server that
 records every event it gets) and one human side: the built-in desk with an agent on the
-WebSocket protocol, or a helpdesk on the generic webhook platform (tests/fakes/helpdesk.py)
-acting through Switchover's HTTP API. The user is the Python client. Whatever the backend,
+WebSocket protocol, a helpdesk on the generic webhook platform (tests/fakes/helpdesk.py)
+acting through Switchover's HTTP API, or a Gorgias account (tests/fakes/gorgias.py) whose
+agents work on tickets. The user is the Python client. Whatever the backend,
 the guarantees are the same: the bot hears nothing during a session, messages pass both ways
 in order, the sign-off takes two steps, the session ends once with its reason, and the bot
 is told at the end.
@@ -24,13 +25,14 @@ from transport.client import AgentClient, Frame, UserClient, connect_agent, conn
 from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 
+from .fakes import gorgias as fake_gorgias
 from .fakes import helpdesk as fake_helpdesk
 from .fakes.asgi_server import serving
 from .fakes.webhook_bot import SECRET as BOT_SECRET
 from .fakes.webhook_bot import BotServer
 
 ALICE_TOKEN = "alice-token-for-conformance"
-BACKENDS = ("desk", "webhook")
+BACKENDS = ("desk", "webhook", "gorgias")
 
 
 def _entry(sender: str, **content: Any) -> Callable[[Frame], bool]:
@@ -158,6 +160,52 @@ class HelpdeskSide:
         return reason
 
 
+class GorgiasSide:
+    """Gorgias's agents: assigning the ticket picks the session up, closing it ends it."""
+
+    can_end = True
+
+    def __init__(self, account: fake_gorgias.Gorgias) -> None:
+        self.account = account
+        self.ticket_id = 0
+
+    async def picks_up(self, conversation_id: str) -> None:
+        def ticket() -> int:
+            for found in self.account.tickets.values():
+                if found["meta"]["switchover"]["conversation_id"] == conversation_id:
+                    return int(found["id"])
+            return 0
+
+        self.ticket_id = await self.account.wait_until(ticket)
+        await self.account.assign(self.ticket_id)
+
+    async def says(self, text: str) -> None:
+        await self.account.reply(self.ticket_id, text)
+
+    async def signs_off(self) -> None:
+        await self.account.sign_off(self.ticket_id)
+
+    async def ends_session(self) -> None:
+        await self.account.close(self.ticket_id)
+
+    async def heard(self, count: int) -> list[str]:
+        def texts() -> list[str]:
+            said = self.account.customer_texts(self.ticket_id)
+            return [t for t in said if not t.startswith("[button]")]
+
+        await self.account.wait_until(lambda: len(texts()) >= count)
+        return texts()[:count]
+
+    async def told_end(self) -> str:
+        ticket = self.account.tickets[self.ticket_id]
+        notes = await self.account.wait_until(
+            lambda: ticket["status"] == "closed" and self.account.notes(self.ticket_id)
+        )
+        [note] = notes
+        assert note.startswith("Livechat session ended. Reason: ")
+        return str(note.rpartition(" ")[2])
+
+
 class World:
     def __init__(
         self, server: RunningServer, bot: BotServer, human: HumanSide, backend: str
@@ -187,6 +235,15 @@ def _config(backend: str, bot_url: str, helpdesk_url: str, **settings: Any) -> A
             "max_backoff": 0.2,
             "unreachable_after": 0.3,
         }
+    elif backend == "gorgias":
+        livechat["options"] = {
+            "base_url": helpdesk_url,
+            "email": fake_gorgias.EMAIL,
+            "api_key": fake_gorgias.API_KEY,
+            "webhook_token": fake_gorgias.WEBHOOK_TOKEN,
+            "max_backoff": 0.2,
+            "unreachable_after": 0.3,
+        }
     return from_mapping(
         {
             "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
@@ -207,9 +264,12 @@ def _config(backend: str, bot_url: str, helpdesk_url: str, **settings: Any) -> A
 async def world_of(backend: str, **settings: Any) -> AsyncIterator[World]:
     bot = BotServer()
     desk = fake_helpdesk.Helpdesk()
+    account = fake_gorgias.Gorgias()
     async with AsyncExitStack() as stack:
         bot_url = await stack.enter_async_context(serving(bot))
-        helpdesk_url = await stack.enter_async_context(serving(desk))
+        helpdesk_url = await stack.enter_async_context(
+            serving(account if backend == "gorgias" else desk)
+        )
         nursery = await stack.enter_async_context(trio.open_nursery())
         config = _config(backend, bot_url, helpdesk_url, **settings)
         server: RunningServer = await nursery.start(
@@ -219,6 +279,9 @@ async def world_of(backend: str, **settings: Any) -> AsyncIterator[World]:
         if backend == "desk":
             agent = await stack.enter_async_context(connect_agent(server.ws_url, ALICE_TOKEN))
             human = DeskAgent(agent)
+        elif backend == "gorgias":
+            account.integrate(f"{server.http_url}/v1/livechat/shop/gorgias")
+            human = GorgiasSide(account)
         else:
             http = await stack.enter_async_context(httpx.AsyncClient())
             url = f"{server.http_url}/v1/livechat/shop/actions"
@@ -282,14 +345,14 @@ async def test_the_sign_off_the_user_ignores_then_confirms(backend: str) -> None
 async def test_the_user_ends_alone_while_waiting(backend: str) -> None:
     async with world_of(backend) as world, world.user() as user:
         await _handed_over(world, user)
-        if backend == "webhook":
+        if backend != "desk":
             # The helpdesk has the request before the user leaves.
             await world.human.picks_up(user.conversation_id)
         await user.click(SESSION_END)
         await user.wait_for(_notice("session_ended"))
         ended = await _bot_event(world, SESSION_END)
         assert ended["metadata"]["reason"] == "user_ended"
-        if backend == "webhook":
+        if backend != "desk":
             assert await world.human.told_end() == "user_ended"
 
 
