@@ -20,8 +20,9 @@ name the ticket, which Switchover then reads from the API (``fetch``): whatever 
 webhooks' order, repeats or losses, each agent's action is applied once and in order, and a
 lost webhook is made up for by the next timed read (``reconcile_every``). Two kinds of
 request need no read at all, which spares the account's rate limit: a new message from the
-customer (Switchover's own post, coming back), and a ``ticket-updated`` whose status and
-assignee are those Switchover last read.
+customer (Switchover's own post, coming back), a ``ticket-updated`` whose status and
+assignee are those Switchover last read, and anything about the ticket of a session that
+ended (Switchover's own closing note and status, coming back).
 
 The answer is 200 as soon as the read is scheduled, also for a ticket Switchover does not
 know (a session that ended, its own closing coming back, another integration's ticket):
@@ -133,7 +134,8 @@ async def take_webhook(
     ticket = _ticket(backend, fields)
     if ticket is None:
         return 200, {"ok": True, "read": False, "known": False}
-    if nothing_to_read(ticket, fields):
+    if ticket.ending or nothing_to_read(ticket, fields):
+        # (An ending session's ticket is being closed: nothing it says matters any more.)
         return 200, {"ok": True, "read": False, "known": True}
     backend.poke(ticket)
     return 200, {"ok": True, "read": True, "known": True}
