@@ -80,6 +80,17 @@ class Delivery:
     answer: Any = None
 
 
+@attrs.frozen
+class Failure:
+    """How to answer an API call: ``status`` (with ``Retry-after``), after doing what it
+    asks or not, for any call or one ``"METHOD /path"``."""
+
+    status: int
+    retry_after: str | None = None
+    after: bool = False
+    call: str | None = None
+
+
 @attrs.define
 class Gorgias:
     limit: int = 40
@@ -88,16 +99,17 @@ class Gorgias:
     messages: dict[int, dict[str, Any]] = attrs.field(factory=dict)
     customers: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     integrations: dict[int, dict[str, Any]] = attrs.field(factory=dict)
-    #: Every API call: (method, path, status), in arrival order.
-    calls: list[tuple[str, str, int]] = attrs.field(factory=list)
+    #: Every API call: (trio time, method, path, status), in arrival order.
+    calls: list[tuple[float, str, str, int]] = attrs.field(factory=list)
+    #: The ticket of each read of messages (``GET /api/messages?ticket_id=``).
+    message_reads: list[int] = attrs.field(factory=list)
     #: API calls answered 429, and the highest use of the rate limit seen.
     throttled: int = 0
     peak: float = 0.0
     deliveries: list[Delivery] = attrs.field(factory=list)
-    #: What the next API calls are answered with: (status, Retry-after, do it first).
-    failures: collections.deque[tuple[int, str | None, bool]] = attrs.field(
-        factory=collections.deque
-    )
+    failures: collections.deque[Failure] = attrs.field(factory=collections.deque)
+    #: While set to an event, API calls wait for it (a Gorgias that is slow to answer).
+    gate: trio.Event | None = None
     drop_webhooks: int = 0
     repeat_webhooks: bool = False
     holding: bool = False
@@ -111,11 +123,18 @@ class Gorgias:
     # -- misbehaviour ------------------------------------------------------------------------
 
     def fail_next(
-        self, count: int, status: int = 500, retry_after: str | None = None, *, after: bool = False
+        self,
+        count: int,
+        status: int = 500,
+        retry_after: str | None = None,
+        *,
+        after: bool = False,
+        call: str | None = None,
     ) -> None:
-        """Answer the next ``count`` API calls with ``status``; with ``after``, do what they
-        ask first (the caller cannot tell whether it happened)."""
-        self.failures.extend([(status, retry_after, after)] * count)
+        """Answer the next ``count`` API calls (of ``call`` only, such as ``"POST
+        /api/tickets"``, when given) with ``status``; with ``after``, do what they ask
+        first (the caller cannot tell whether it happened)."""
+        self.failures.extend([Failure(status, retry_after, after, call)] * count)
 
     async def release_held(self, *, reverse: bool = False) -> None:
         held, self.held, self.holding = self.held, [], False
@@ -331,7 +350,8 @@ class Gorgias:
 
     async def _send(self, delivery: Delivery, request: Mapping[str, Any]) -> None:
         try:
-            async with httpx.AsyncClient() as http:
+            # Plain HTTP to 127.0.0.1: no TLS to set up (which costs more than the call).
+            async with httpx.AsyncClient(verify=False) as http:
                 response = await http.post(
                     request["url"], headers=request["headers"], json=request["json"], timeout=10
                 )
@@ -363,11 +383,13 @@ class Gorgias:
             await lifespan(receive, send)
             return
         body = await read_body(receive)
+        if self.gate is not None:
+            await self.gate.wait()
         method, path = scope["method"], scope["path"]
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         after: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
         status, answer, extra = self._handle(method, path, query, headers_of(scope), body, after)
-        self.calls.append((method, path, status))
+        self.calls.append((trio.current_time(), method, path, status))
         used = f"{math.ceil(self._level)}/{self.limit}"
         headers = [(b"x-gorgias-account-api-call-limit", used.encode()), *extra]
         raw = json.dumps(answer).encode()
@@ -402,9 +424,11 @@ class Gorgias:
                 {"error": {"msg": "Too many requests"}},
                 [(b"retry-after", str(max(1, math.ceil(wait))).encode())],
             )
-        failure = self.failures.popleft() if self.failures else None
-        if failure is not None and not failure[2]:
-            return self._failure(failure)
+        failure = next((f for f in self.failures if f.call in (None, f"{method} {path}")), None)
+        if failure is not None:
+            self.failures.remove(failure)
+            if not failure.after:
+                return self._failure(failure)
         try:
             data = json.loads(body) if body else None
         except ValueError:
@@ -417,10 +441,9 @@ class Gorgias:
             return self._failure(failure)
         return status, answer, []
 
-    def _failure(self, failure: tuple[int, str | None, bool]) -> tuple[int, Any, list[Any]]:
-        status, retry_after, _ = failure
-        extra = [(b"retry-after", retry_after.encode())] if retry_after else []
-        return status, {"error": {"msg": "failing on command"}}, extra
+    def _failure(self, failure: Failure) -> tuple[int, Any, list[Any]]:
+        extra = [(b"retry-after", failure.retry_after.encode())] if failure.retry_after else []
+        return failure.status, {"error": {"msg": "failing on command"}}, extra
 
     def _route(
         self,
@@ -454,6 +477,8 @@ class Gorgias:
             after.append(("ticket-message-created", ticket, message))
             return 201, message
         if path == "/api/messages" and method == "GET":
+            if query.get("ticket_id", "").isdigit():
+                self.message_reads.append(int(query["ticket_id"]))
             return 200, self._list_messages(query)
         if path == "/api/integrations" and method == "GET":
             found = [
