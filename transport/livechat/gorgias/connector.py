@@ -321,6 +321,13 @@ class GorgiasConnector:
         ref = ticket.ref
         if ref is None:
             return
+        try:
+            await self._close(ticket, ref, reason)
+        except PlatformRefused:
+            self._known.pop(ref, None)
+            raise
+
+    async def _close(self, ticket: Ticket, ref: str, reason: str) -> None:
         known = await self._known_of(ref)
         if not known.noted and known.uncertain:
             await self._read_posted(ticket, ref, known)
@@ -429,8 +436,9 @@ class GorgiasConnector:
 
     async def _find(self, session_id: str) -> Mapping[str, Any] | None:
         """The ticket an earlier try opened for the session, if any."""
+        # Filtered again here: a few of the newest tickets, should the filter be ignored.
         page = await self.request(
-            "GET", "/api/tickets", params={"external_id": session_id, "limit": 1}
+            "GET", "/api/tickets", params={"external_id": session_id, "limit": 30}
         )
         data = page.get("data") if isinstance(page, Mapping) else None
         for found in data or []:
