@@ -606,3 +606,93 @@ async def test_switchover_serve_end_to_end_and_across_kill_9(
                 await account.wait_until(lambda: account.notes(ticket_id))
         assert account.notes(ticket_id) == ["Livechat session ended. Reason: ticket_closed"]
         assert account.throttled == 0
+
+
+# -- the pieces, alone ----------------------------------------------------------------------
+
+
+def test_the_customer_is_the_users_email_or_a_stable_placeholder() -> None:
+    from transport.livechat.gorgias.connector import customer_email
+
+    assert customer_email("u-42", {"email": " uma@shop.example "}) == "uma@shop.example"
+    assert customer_email("u-42", {"email": "not an address"}) == ("u-42@users.switchover.invalid")
+    odd = customer_email("Uma Smith/7", {})
+    assert odd == customer_email("Uma Smith/7", {"name": "Uma"})
+    assert odd.startswith("u-") and odd.endswith("@users.switchover.invalid")
+    assert len(odd.partition("@")[0]) == 2 + 32
+
+
+def test_the_transcript_and_messages_read_as_lines() -> None:
+    from actors import Content, Entry, Party
+    from actors.model.deliveries import Transcript
+    from transport.livechat.gorgias.connector import readable, transcript_text
+
+    def entry(seq: int, sender: Party, content: Content) -> Entry:
+        return Entry("c", seq, 0.0, sender, content, frozenset({Party.USER}))
+
+    transcript = Transcript(
+        "c",
+        "c/1",
+        "shop",
+        "u-42",
+        {"name": "Uma"},
+        (
+            entry(1, Party.USER, Content.text("where is my parcel?")),
+            entry(2, Party.BOT, Content.text("Let me find someone.")),
+            entry(3, Party.SYSTEM, Content.notice("session_started")),
+        ),
+        truncated=True,
+    )
+    assert transcript_text(transcript) == (
+        "Livechat request from Uma (user u-42).\n\n"
+        "Conversation so far (earlier messages left out):\n"
+        "User: where is my parcel?\n"
+        "Bot: Let me find someone."
+    )
+    assert readable(Content.payload("MENU")) == "[button] MENU"
+    image = Content("image", {"url": "https://cdn.example/a.png"})
+    assert readable(image) == "[image] https://cdn.example/a.png"
+
+
+async def test_the_token_bucket_spaces_calls_out_on_trios_clock(autojump_clock: Any) -> None:
+    from transport.livechat.gorgias.ratelimit import TokenBucket
+
+    bucket = TokenBucket(40, 20.0)
+    start = trio.current_time()
+    for _ in range(38):
+        await bucket.take()
+    assert trio.current_time() == start  # the burst, less the reserve of two
+    await bucket.take()
+    assert trio.current_time() - start == pytest.approx(0.5)  # then 2 a second
+    await bucket.take()
+    assert trio.current_time() - start == pytest.approx(1.0)
+    # Gorgias says the account is spent (other clients use it too): wait for that.
+    bucket.observe(39, 40)
+    before = trio.current_time()
+    await bucket.take()
+    assert trio.current_time() - before == pytest.approx(1.0)  # -1 token, then 2 a second
+    # Saying less is used never gives more than the bucket has.
+    bucket.observe(0, 40)
+    before = trio.current_time()
+    await bucket.take()
+    assert trio.current_time() - before == pytest.approx(0.5)
+
+
+def test_what_a_webhook_needs_no_read_for() -> None:
+    from transport.livechat.gorgias.webhook import nothing_to_read
+    from transport.livechat.tickets import Ticket
+
+    ticket = Ticket("c/1", "c", "shop", ref="12", cursor="40/7")
+    customer = {"event": "ticket-message-created", "from_agent": "False", "channel": "api"}
+    assert nothing_to_read(ticket, customer)
+    assert not nothing_to_read(ticket, {**customer, "from_agent": "True"})
+    assert not nothing_to_read(ticket, {**customer, "channel": "internal-note"})
+    assert not nothing_to_read(ticket, {"event": "ticket-message-created"})
+    same = {"event": "ticket-updated", "status": "open", "assignee_user_id": "7"}
+    assert nothing_to_read(ticket, same)
+    assert not nothing_to_read(ticket, {**same, "assignee_user_id": "9"})
+    assert not nothing_to_read(ticket, {**same, "assignee_user_id": "None"})
+    assert not nothing_to_read(ticket, {**same, "status": "closed"})
+    assert not nothing_to_read(ticket, {"event": "ticket-updated"})
+    unassigned = Ticket("c/1", "c", "shop", ref="12", cursor="40/")
+    assert nothing_to_read(unassigned, {**same, "assignee_user_id": "None"})
