@@ -157,10 +157,10 @@ async def push_messages(
     status = 409 if outcome.code == "session_open" else 400
     log.info(
         "push refused: %s",
-        outcome.detail,
+        outcome.message,
         extra={"conversation_id": conversation_id, "bot_id": bot_id},
     )
-    return _error(status, outcome.code, outcome.detail)
+    return _error(status, outcome.code, outcome.message)
 
 
 def register(app: HttpApp, services: Services) -> None:
