@@ -24,8 +24,8 @@ from actors import (
 )
 from transport.protocol.credentials import hash_token
 from transport.protocol.services import Services
-from transport.servers import push
-from transport.servers.http import HttpApp
+from transport.servers.http import push
+from transport.servers.http.app import HttpApp
 
 from .conftest import EchoBot, notice, open_watched
 from .fakes.asgi_server import serving

@@ -13,8 +13,9 @@ import trio
 
 from actors import SESSION_START, Content, Desk, Switchboard, UserSays
 from transport.protocol.services import Services
-from transport.servers import push
-from transport.servers.http import WEB_DIR, HttpApp, Request, Response, serve_http
+from transport.servers.http import push
+from transport.servers.http.app import WEB_DIR, HttpApp, Request, Response
+from transport.servers.http.serve import serve_http
 
 
 @attrs.frozen
@@ -116,7 +117,7 @@ async def test_metrics_are_prometheus_text(served: Served, client: httpx.AsyncCl
 async def test_other_modules_add_metrics_and_routes(
     served: Served, client: httpx.AsyncClient
 ) -> None:
-    from transport.servers.http import Metric
+    from transport.servers.http.app import Metric
 
     served.app.add_metrics(lambda: [Metric("switchover_test_things", "gauge", "Things.", 2.5)])
 

@@ -30,8 +30,9 @@ from transport.config import Config, ListenerConfig, signing_secret
 from transport.errors import ConfigError
 from transport.livechat.desk import build_desk
 from transport.protocol.services import Services
-from transport.servers import push
-from transport.servers.http import HttpApp, serve_http
+from transport.servers.http import push
+from transport.servers.http.app import HttpApp
+from transport.servers.http.serve import serve_http
 from transport.servers.websocket import serve_websockets
 from transport.store import sqlite as sqlite_store
 from transport.store.retention import keep_pruning

@@ -4,7 +4,7 @@ trio-websocket cannot answer plain HTTP, so a second listener serves this small 
 hypercorn's trio worker. It has no framework underneath on purpose: a handful of routes, each
 an ``async`` function from :class:`Request` to :class:`Response`, registered with
 :meth:`HttpApp.add_route`. The bot push endpoint registers its
-route the same way (:func:`transport.servers.push.register`).
+route the same way (:func:`transport.servers.http.push.register`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import trio
 
 from transport.protocol.credentials import AddressGuard, retry_words
 from transport.protocol.services import Services
@@ -28,7 +27,7 @@ from transport.version import version
 
 log = logging.getLogger("switchover.http")
 
-WEB_DIR = Path(__file__).parent.parent / "web"
+WEB_DIR = Path(__file__).parent.parent.parent / "web"
 MAX_BODY_BYTES = 1024 * 1024
 
 # Files the web pages may load: plain names in web/ (and its subfolders), no dot-files.
@@ -462,43 +461,3 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
-
-
-# -- serving ------------------------------------------------------------------------------
-
-
-async def serve_http(
-    app: HttpApp,
-    host: str,
-    port: int,
-    shutdown: trio.Event,
-    *,
-    graceful_timeout: float = 5.0,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``app`` with hypercorn's trio worker until ``shutdown`` is set; report the bound
-    port (useful with port 0)."""
-    from hypercorn.config import Config as HypercornConfig
-    from hypercorn.trio import serve
-
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.graceful_timeout = graceful_timeout
-    config.accesslog = None
-    config.errorlog = logging.getLogger("switchover.http.server")
-    config.include_server_header = False
-
-    class _Started:
-        def started(self, bound: list[str] | None = None) -> None:
-            task_status.started(_port_of(bound or []))
-
-    # hypercorn's own types spell out every ASGI message; this app reads them as mappings.
-    asgi_app: Any = app
-    await serve(asgi_app, config, shutdown_trigger=shutdown.wait, task_status=_Started())
-
-
-def _port_of(bound: list[str]) -> int:
-    """The port of hypercorn's first bound URL, ``http://127.0.0.1:54321``."""
-    if not bound:
-        return 0
-    return int(bound[0].rsplit(":", 1)[1])

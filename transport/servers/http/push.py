@@ -25,7 +25,7 @@ from transport.protocol.push import check_push_body
 from transport.protocol.services import Services
 
 if TYPE_CHECKING:
-    from transport.servers.http import HttpApp, Request, Response
+    from transport.servers.http.app import HttpApp, Request, Response
 
 log = logging.getLogger("switchover.bots.push")
 
@@ -165,7 +165,7 @@ async def push_messages(
 
 def register(app: HttpApp, services: Services) -> None:
     """Mount :func:`push_messages` on Switchover's HTTP app."""
-    from transport.servers.http import Response
+    from transport.servers.http.app import Response
 
     async def handle(request: Request) -> Response:
         status, answer = await push_messages(
