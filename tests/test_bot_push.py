@@ -46,7 +46,6 @@ async def services() -> AsyncIterator[Services]:
 @pytest.fixture
 async def http(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     app = HttpApp(services)
-    push.register(app, services)
     async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
         yield client
 
@@ -182,7 +181,6 @@ async def test_a_push_that_times_out_is_pending_and_a_retry_with_its_key_shows_i
     async with open_switchboard(bots, {"desk": Desk({"support": settings}, [])}, store) as board:
         services = Services(board, board.backends["desk"], "secret", bot_tokens={TOKEN: "support"})  # type: ignore[arg-type]
         app = HttpApp(services)
-        push.register(app, services)
         async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
             conv = (await board.open_conversation("support")).conversation_id
             body = {"conversation_id": conv, "messages": [Content.text("Shipped.").to_json()]}

@@ -30,7 +30,6 @@ from transport.config import Config, ListenerConfig, signing_secret
 from transport.errors import ConfigError
 from transport.livechat.desk import build_desk
 from transport.protocol.services import Services
-from transport.servers.http import push
 from transport.servers.http.app import HttpApp
 from transport.servers.http.serve import serve_http
 from transport.servers.websocket import serve_websockets
@@ -244,7 +243,6 @@ async def _serve(
             ws_host=listen.host,
             widget_frame_ancestors=listen.widget_frame_ancestors,
         )
-        push.register(app, services)
         if handle_signals:
             core.start_soon(_on_signals, shutdown)
         http_stop = trio.Event()

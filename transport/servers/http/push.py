@@ -7,7 +7,7 @@ messages are shown to the user like any other bot reply, and refused (409) while
 session is open: then a human has the conversation and the bot must stay quiet.
 
 :func:`push_messages` is a plain function of the request's parts, so any HTTP server can
-mount it; :func:`register` mounts it on Switchover's own HTTP app.
+mount it; :func:`endpoint` is its Starlette route on Switchover's own HTTP app.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from actors import Accepted, BotSays, Content, Outcome, Overloaded
 from transport.protocol.credentials import find_token
@@ -25,7 +27,7 @@ from transport.protocol.push import check_push_body
 from transport.protocol.services import Services
 
 if TYPE_CHECKING:
-    from transport.servers.http.app import HttpApp, Request, Response
+    from transport.servers.http.app import HttpApp
 
 log = logging.getLogger("switchover.bots.push")
 
@@ -163,14 +165,10 @@ async def push_messages(
     return _error(status, outcome.code, outcome.message)
 
 
-def register(app: HttpApp, services: Services) -> None:
-    """Mount :func:`push_messages` on Switchover's HTTP app."""
-    from transport.servers.http.app import Response
-
-    async def handle(request: Request) -> Response:
-        status, answer = await push_messages(
-            services, request.params["bot_id"], request.headers, request.body
-        )
-        return Response.json(answer, status)
-
-    app.add_route("POST", PATH, handle)
+async def endpoint(request: Request) -> Response:
+    """``POST`` :data:`PATH` on the HTTP app: :func:`push_messages` with the app's services."""
+    services = cast("HttpApp", request.app).services
+    status, answer = await push_messages(
+        services, request.path_params["bot_id"], request.headers, await request.body()
+    )
+    return JSONResponse(answer, status)

@@ -6,12 +6,11 @@ import logging
 from typing import Any
 
 import trio
-
-from transport.servers.http.app import HttpApp
+from starlette.types import ASGIApp
 
 
 async def serve_http(
-    app: HttpApp,
+    app: ASGIApp,
     host: str,
     port: int,
     shutdown: trio.Event,
@@ -35,7 +34,7 @@ async def serve_http(
         def started(self, bound: list[str] | None = None) -> None:
             task_status.started(_port_of(bound or []))
 
-    # hypercorn's own types spell out every ASGI message; this app reads them as mappings.
+    # hypercorn's own types spell out every ASGI message; Starlette's are plain mappings.
     asgi_app: Any = app
     await serve(asgi_app, config, shutdown_trigger=shutdown.wait, task_status=_Started())
 
