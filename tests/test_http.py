@@ -127,7 +127,7 @@ async def test_metrics_are_prometheus_text(served: Served, client: httpx.AsyncCl
 
 
 async def test_other_modules_add_metrics_and_routes(
-    served: Served, client: httpx.AsyncClient
+    served: Served, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     things = Gauge("switchover_test_things", "Things.", registry=served.app.registry)
     things.set(2.5)
@@ -144,6 +144,10 @@ async def test_other_modules_add_metrics_and_routes(
     assert too_big.status_code == 413 and too_big.json()["error"] == "too_large"
     broken = await client.post("/v1/echo/ann", content=b"{not json")
     assert broken.status_code == 500 and broken.json()["error"] == "internal_error"
+    assert broken.headers["x-content-type-options"] == "nosniff"
+    failures = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in failures] == ["POST /v1/echo/ann failed"]
+    assert failures[0].name == "switchover.http" and failures[0].exc_info is not None
     # The server is still fine after a handler failed.
     assert (await client.get("/healthz")).status_code == 200
 
