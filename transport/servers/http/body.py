@@ -13,10 +13,13 @@ MAX_BODY_BYTES = 1024 * 1024
 
 async def read_body(receive: Receive, limit: int) -> tuple[bytes | None, bool]:
     """The body, or ``None`` past ``limit`` bytes; and whether the client went away."""
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")  # the whole body at once: most requests
+        return (body if len(body) <= limit else None), False
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] != "http.request":
             return b"".join(chunks), True
         chunk = message.get("body", b"")
@@ -26,6 +29,7 @@ async def read_body(receive: Receive, limit: int) -> tuple[bytes | None, bool]:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks), False
+        message = await receive()
 
 
 class BoundedBody:

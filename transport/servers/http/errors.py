@@ -53,7 +53,11 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
             if name.lower() == "allow":
                 allowed.update(method.strip() for method in value.split(","))
     for route in request.app.routes:
-        if isinstance(route, Route) and route.methods and route.path_regex.match(request.scope["path"]):
+        if (
+            isinstance(route, Route)
+            and route.methods
+            and route.path_regex.match(request.scope["path"])
+        ):
             allowed |= route.methods
     allowed.discard("HEAD")
     allowed.discard("")

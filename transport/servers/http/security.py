@@ -76,15 +76,26 @@ class SecurityHeaders:
             # A 304 updates the headers of the answer the browser kept: it must not swap that
             # page's policy for the one of a bodiless answer, so it gets none of ours.
             if message["type"] == "http.response.start" and message["status"] != 304:
-                headers: Headers = list(message.get("headers", ()))
-                own = {name.lower() for name, _ in headers}
-                content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                headers: Headers = message.get("headers", [])
+                content_type = b""
+                own: set[bytes] | None = None
+                for name, value in headers:  # ASGI header names are lowercase
+                    if name == b"content-type":
+                        content_type = value
+                    elif name in _OURS:
+                        own = {name} if own is None else own | {name}
                 extra = self.headers_for(path, content_type)
-                headers.extend(header for header in extra if header[0] not in own)
-                message = {**message, "headers": headers}
+                if own is not None:
+                    extra = [header for header in extra if header[0] not in own]
+                message["headers"] = [*headers, *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+_OURS = frozenset(
+    {b"x-content-type-options", b"referrer-policy", b"content-security-policy", b"x-frame-options"}
+)
 
 
 class AuthThrottle:
@@ -100,23 +111,28 @@ class AuthThrottle:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        address = str(client[0]) if client else ""
-        if any(name.lower() == b"authorization" for name, _ in scope["headers"]):
-            wait = self.guard.locked_for(address)
-            if wait > 0:
-                refusal = error_response(
-                    429,
-                    "too_many_attempts",
-                    f"Too many failed authentications from this address; {retry_words(wait)}.",
-                    {"retry-after": str(max(1, math.ceil(wait)))},
-                )
-                await refusal(scope, receive, send)
-                return
+        for name, _ in scope["headers"]:  # ASGI header names are lowercase
+            if name == b"authorization":
+                wait = self.guard.locked_for(_address(scope))
+                if wait > 0:
+                    refusal = error_response(
+                        429,
+                        "too_many_attempts",
+                        f"Too many failed authentications from this address; {retry_words(wait)}.",
+                        {"retry-after": str(max(1, math.ceil(wait)))},
+                    )
+                    await refusal(scope, receive, send)
+                    return
+                break
 
         async def counted(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 401:
-                self.guard.failed(address)
+                self.guard.failed(_address(scope))
             await send(message)
 
         await self.app(scope, receive, counted)
+
+
+def _address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
