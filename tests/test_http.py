@@ -13,7 +13,7 @@ import pytest
 import trio
 from prometheus_client import Gauge
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from actors import SESSION_START, Content, Desk, Switchboard, UserSays
 from transport.protocol.services import Services
@@ -410,3 +410,20 @@ async def test_a_head_answer_sends_no_body_on_the_wire(served: Served) -> None:
     head, rest = data.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200 ")
     assert rest.startswith(b"HTTP/1.1 200 "), rest[:80]
+
+
+async def test_a_route_may_set_its_own_security_header(
+    served: Served, client: httpx.AsyncClient
+) -> None:
+    async def framed(request: Request) -> Response:
+        policy = "default-src 'none'; frame-ancestors https://partner.example.com"
+        return HTMLResponse(
+            "<!doctype html><title>framed</title>", headers={"Content-Security-Policy": policy}
+        )
+
+    served.app.add_route("/framed", framed, methods=["GET"])
+    headers = (await client.get("/framed")).headers
+    assert headers.get_list("content-security-policy") == [
+        "default-src 'none'; frame-ancestors https://partner.example.com"
+    ]
+    assert headers["x-content-type-options"] == "nosniff"
