@@ -297,8 +297,13 @@ async def test_kill_9_loses_nothing_either_way(tmp_path: Path, monkeypatch: Any)
                 await user.click(SESSION_START)
                 requested = await desk.wait_for(lambda e: e["type"] == "session.requested")
                 session_id = requested["session_id"]
-                answer = await agent.say(session_id, "noted, checking")
-                assert answer["seq"] is not None
+                noted = agent.action(
+                    session_id,
+                    "message",
+                    content={"content_type": "text", "content": {"text": "noted, checking"}},
+                )
+                first = await agent.send(noted)
+                assert first.status_code == 200 and first.json()["seq"] is not None
                 desk.down = True
                 for n in range(3):
                     await user.say_text(f"while down {n}")
@@ -306,13 +311,23 @@ async def test_kill_9_loses_nothing_either_way(tmp_path: Path, monkeypatch: Any)
         async with subprocess_server(tmp_path, 2, text) as (ws_url, http_url):
             assert await _until_texts(desk, session_id, 3) == [f"while down {n}" for n in range(3)]
             assert desk.repeats == 0 or desk.texts(session_id).count("while down 0") == 1
-            async with connect_user(ws_url, resume_token=token) as user:
-                agent = fake.HelpdeskAgent(http, f"{http_url}/v1/livechat/shop/actions")
+            seen: list[dict[str, Any]] = []
+            async with connect_user(
+                ws_url, resume_token=token, last_seq=0, frame_check=seen.append
+            ) as user:
+                agent.url = f"{http_url}/v1/livechat/shop/actions"
+                # The helpdesk never heard the first answer and sends it again: a repeat.
+                again = await agent.send(noted)
+                assert again.status_code == 200 and again.json() == first.json()
                 await agent.say(session_id, "back")
                 said = await user.wait_for(
                     lambda f: f["type"] == "entry" and f.get("content", {}).get("text") == "back"
                 )
                 assert said["sender"] == "agent"
+                # The whole conversation, replayed then live: the repeat is not in it.
+                texts = [f["content"].get("text") for f in seen if f["type"] == "entry"]
+                assert texts.count("noted, checking") == 1
+                assert texts.index("noted, checking") < texts.index("while down 0")
 
 
 def test_the_documented_actions_parse_and_match_their_schema() -> None:

@@ -333,6 +333,10 @@ class PlatformBackend:
     async def _act_once(self, ticket: Ticket, action: Action) -> Answer:
         """Apply ``action`` unless it was applied already (then answer as the first time)."""
         known = self._answers.get(action.action_id)
+        if known is None:
+            # Kept with the ticket too, so a repeat after a restart is still a repeat.
+            recalled = await self.tickets.recall(ticket.session_id, action.action_id)
+            known = None if recalled is None else _answer_from(recalled)
         if known is not None:
             return known
         try:
@@ -343,6 +347,8 @@ class PlatformBackend:
             self._answers[action.action_id] = answer
             while len(self._answers) > ACTIONS_REMEMBERED:
                 self._answers.popitem(last=False)
+            if answer.status == 200:
+                await self.tickets.remember(ticket.session_id, action.action_id, _answer_to(answer))
         return answer
 
     async def _act(self, ticket: Ticket, action: Action) -> Answer:
@@ -661,6 +667,24 @@ class PlatformBackend:
         if not self._backoff.failing:
             return 0.0
         return max(0.0, self._backoff.due - trio.current_time())
+
+
+def _answer_to(answer: Answer) -> dict[str, Any]:
+    refusal = answer.refusal
+    return {
+        "status": answer.status,
+        "seq": answer.seq,
+        "refusal": None if refusal is None else [refusal.code, refusal.message],
+    }
+
+
+def _answer_from(data: Mapping[str, Any]) -> Answer:
+    refusal = data.get("refusal")
+    return Answer(
+        int(data["status"]),
+        data.get("seq"),
+        None if refusal is None else Refusal(str(refusal[0]), str(refusal[1])),
+    )
 
 
 def _answer(outcome: Outcome) -> Answer:
