@@ -50,6 +50,12 @@ def test_the_table_names_only_known_states_and_events() -> None:
     assert {event for _, event in TRANSITIONS} == set(E), "an event that never happens"
 
 
+def test_each_state_and_event_is_also_a_module_name_for_itself() -> None:
+    for member in [*S, *E]:
+        assert getattr(fastws, member.name) is member
+        assert member.name in fastws.__all__
+
+
 @pytest.mark.parametrize(("state", "event"), ALL_PAIRS)
 def test_each_pair_moves_as_the_table_says_or_raises(state: S, event: E) -> None:
     machine = ConnectionMachine(state)
