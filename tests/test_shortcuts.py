@@ -18,7 +18,9 @@ shortcut                                  the obvious version
 ``writer._insert_rows``, ``in_chunks``    ``executemany``
 ``strict.compact_encoder``                ``json.dumps(..., separators=(",", ":"))``: in
                                           tests/test_compact_json.py
-fastws' uncontended write                 tests/test_fastws_states.py
+``fastws.OPEN`` and the other names       ``ConnectionState.OPEN`` ...: in
+                                          tests/test_fastws_states.py
+fastws' write the kernel takes whole      the writer's turn taken anyway: same file
 frames' quick parsers                     tests/test_protocol.py ("the quick path")
 ========================================  ===============================================
 """
