@@ -1,6 +1,6 @@
 """Every shortcut taken for speed gives what the obvious code gives.
 
-Each one sits behind one named helper, whose docstring says why and points to its figures in
+Each one sits behind one named function, whose docstring says why and points to its figures in
 bench/README.md (2026-12-03 unless it says otherwise); ``bench/shortcuts.py`` times each
 against its obvious version. Here each is pinned to that obvious version:
 
@@ -51,7 +51,7 @@ from transport.store.writer import _insert_rows, in_chunks
 
 # -- strategies -------------------------------------------------------------------------------
 
-# Text as it reaches these helpers: checked for lone surrogates at the edge already.
+# Text as it reaches these functions: checked for lone surrogates at the edge already.
 TEXT = st.text(st.characters(codec="utf-8"), max_size=8)
 TIMES = st.floats(0, 2e9, allow_nan=False)
 JSON = st.recursive(
