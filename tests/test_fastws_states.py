@@ -314,6 +314,8 @@ async def test_a_close_while_a_send_waits_lets_the_send_finish_first() -> None:
         assert said(connection.closed) == (1000, "bye")
         with pytest.raises(ConnectionClosed):
             await connection.get_message()
+        # The handshake was done, so the TCP connection ends gracefully (FIN), not with RST.
+        assert await peer.sock.recv(1 << 16) == b""
 
 
 async def test_a_peer_that_never_answers_the_close_is_aborted_at_the_disconnect_timeout(

@@ -569,8 +569,13 @@ class WebSocketConnection:
         if self._machine.state in _SOCKET_GONE:
             return
         self._start_closing(self._closing_reason())
-        state = self._protocol.state
-        _notify_and_close(self._sock, abort=state is State.OPEN or state is State.CLOSING)
+        protocol = self._protocol
+        # Both close frames passed: the handshake is done, though the protocol still waits
+        # for the end of the stream (it stays CLOSING until then).
+        shaken = protocol.close_sent is not None and protocol.close_rcvd is not None
+        state = protocol.state
+        cut_short = state is State.OPEN or (state is State.CLOSING and not shaken)
+        _notify_and_close(self._sock, abort=cut_short)
         self._machine.apply(SOCKET_CLOSED)
 
 
