@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from actors.model.agent_request import AgentRequest
 from actors.model.content import Content
 from actors.model.deliveries import BotEvent, Delivery
+from actors.model.effects import Outcome
 from actors.model.events import Event
 from actors.model.records import Entry
 from actors.model.state import ConversationState
@@ -43,12 +44,28 @@ class Sink(Protocol):
 
 
 class CoreLink(Protocol):
-    """How a livechat backend speaks to conversations, and reads the core's clock."""
+    """How a livechat backend speaks to conversations, reads what they stored, and reads the
+    core's clock.
+
+    ``post`` hands an event over without waiting; ``ask`` waits until the conversation has
+    stored it (or refused it), which is when a platform's webhook may be acknowledged.
+    ``message_id`` makes a repeat of the same message answer the first outcome.
+    ``load`` and ``entries_after`` read the store, so a backend that lost its view (a
+    restart, a platform that missed events) rebuilds it from the conversation's log.
+    """
 
     @property
     def clock(self) -> Clock: ...
 
     def post(self, conversation_id: str, event: Event) -> None: ...
+
+    async def ask(
+        self, conversation_id: str, event: Event, *, message_id: str | None = None
+    ) -> Outcome: ...
+
+    async def load(self, conversation_id: str) -> ConversationState | None: ...
+
+    async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]: ...
 
 
 class LivechatBackend(Protocol):
@@ -66,8 +83,10 @@ class LivechatBackend(Protocol):
 
     Calls from conversations never block (a backend queues work for its own tasks). The
     backend answers through the :class:`CoreLink` it is given in :meth:`run`, with
-    ``QueuePositionChanged``, ``AgentAssigned``, ``ReturnedToQueue`` and ``TransferFailed``
-    events, and agents' messages as ``AgentSays`` and the like.
+    ``QueuePositionChanged``, ``AgentAssigned``, ``ReturnedToQueue``, ``TransferFailed``,
+    ``AgentEndsSession`` and ``LivechatUnreachable`` events, and agents' messages as
+    ``AgentSays`` and the like. A backend that cannot tell a queue position (an external
+    platform) tells none: the user waits without one.
     """
 
     async def run(self, core: CoreLink, *, task_status: trio.TaskStatus[None]) -> None: ...
@@ -87,6 +106,11 @@ class LivechatBackend(Protocol):
     def deliver(self, agent_id: str, item: Delivery, *, skip: Sink | None = None) -> None:
         """Hand ``item`` to every connection of the agent but ``skip`` (the one that wrote
         it, which learns its seq from its answer)."""
+
+    def deliver_waiting(self, session_id: str, entry: Entry) -> None:
+        """A message the user wrote while the session waits for an agent. The built-in desk
+        keeps nothing (its agent reads it in the transcript at pickup); a platform passes it
+        on at once, to the ticket it opened for the session."""
 
 
 class StoreUnavailable(Exception):

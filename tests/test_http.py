@@ -167,6 +167,15 @@ async def test_the_bot_push_route_is_built_in(served: Served, client: httpx.Asyn
     assert pushed.status_code == 200 and pushed.json()["accepted"] is True
 
 
+async def test_the_helpdesks_actions_route_is_built_in(client: httpx.AsyncClient) -> None:
+    # No platform was given to this app: every bot's token is unknown, in JSON.
+    response = await client.post(
+        "/v1/livechat/demo/actions", json={}, headers={"authorization": "Bearer x" * 3}
+    )
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthorized"
+
+
 async def test_config_json_tells_the_pages_where_the_websocket_is(
     served: Served, client: httpx.AsyncClient
 ) -> None:

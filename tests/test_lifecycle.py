@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from actors import (
     IDLE_TIMEOUT,
@@ -36,18 +34,19 @@ from actors import (
     UserSays,
     UserTyping,
 )
-from actors.machines.lifecycle import Transition, _Builder, _live_message, _touched
+from actors.machines.lifecycle import Transition
 from actors.model import effects as fx
 from actors.model.events import (
     AgentAssigned,
+    AgentEndsSession,
     BotUnavailable,
     Event,
+    LivechatUnreachable,
     QueuePositionChanged,
     ReturnedToQueue,
     TimerFired,
     TransferFailed,
 )
-from actors.model.state import Session
 
 SETTINGS = BotSettings(
     session_timeout=3600.0,
@@ -156,7 +155,8 @@ def test_messages_while_queued_are_kept_for_the_agent_not_the_bot() -> None:
     run.queued()
     kept = run(UserSays(Content.text("anyone there?")), T0 + 5)
     [entry] = emitted(kept)
-    assert entry.audience == {Party.USER}
+    # For the human side, with no agent named yet: a platform passes it on at once.
+    assert entry.audience == {Party.USER, Party.AGENT} and entry.agent_id is None
     assert entry.metadata == {"queued": True}
     assert entry.session_id == run.session_id
     assert run.state.session is not None and run.state.session.last_activity == T0 + 5
@@ -289,6 +289,54 @@ def test_end_while_queued_withdraws_the_request() -> None:
     assert others(ended) == [fx.WithdrawRequest(session_id)]
     assert [e.content.is_payload(SESSION_END) for e in to(Party.BOT, ended)] == [True]
     assert to(Party.AGENT, ended) == []
+
+
+def test_the_human_side_ends_a_live_session_and_the_bot_hears_why() -> None:
+    run = Run()
+    run.live()
+    session_id = run.session_id
+    ended = run(AgentEndsSession(session_id, "alice"), T0 + 5)
+    [bot] = to(Party.BOT, ended)
+    # Ended, not expired: the agent closed it.
+    assert bot.content.is_payload(SESSION_END)
+    assert bot.metadata == {"reason": "agent_closed", "session_id": session_id}
+    assert codes([e for e in to(Party.USER, ended) if e.sender is Party.SYSTEM]) == [
+        "session_ended"
+    ]
+    assert others(ended) == [fx.ReleaseAgent(session_id, "alice", "agent_closed")]
+    assert run.state.mode is Mode.BOT
+
+
+def test_a_platform_may_close_a_session_nobody_joined() -> None:
+    run = Run()
+    run.queued()
+    ended = run(AgentEndsSession(run.session_id, None, "ticket_closed"))
+    assert to(Party.BOT, ended)[0].metadata["reason"] == "ticket_closed"
+    assert others(ended) == [fx.WithdrawRequest("c1/1")]
+
+
+def test_only_the_holder_or_the_open_session_can_be_ended() -> None:
+    run = Run()
+    run.live()
+    before = run.state
+    wrong_agent = run(AgentEndsSession(run.session_id, "bob"))
+    stale = run(AgentEndsSession("c1/0", None))
+    for refused in (wrong_agent, stale):
+        assert isinstance(refused.outcome, Refusal) and refused.outcome.code == "not_assigned"
+        assert refused.state is before and refused.effects == ()
+
+
+def test_an_unreachable_livechat_is_told_to_the_user_only() -> None:
+    run = Run()
+    run.queued()
+    told = run(LivechatUnreachable(run.session_id))
+    [entry] = emitted(told)
+    assert entry.audience == {Party.USER} and entry.content.content["code"] == (
+        "livechat_unreachable"
+    )
+    # It changes nothing of the session: the user's messages are kept and passed on later.
+    assert told.state.session == run.state.session and told.state.mode is Mode.QUEUED
+    assert emitted(run(LivechatUnreachable("c1/0"))) == []
 
 
 def test_idle_expiry_ends_the_session_with_a_reason() -> None:
@@ -493,28 +541,3 @@ def test_expiry_reports_the_session_in_the_bot_event(reason: str) -> None:
     [bot] = to(Party.BOT, expired)
     assert bot.metadata == {"reason": reason, "session_id": session_id}
     assert bot.session_id == session_id
-
-
-# -- the live fast path ----------------------------------------------------------------------
-
-
-@given(
-    sender=st.sampled_from([Party.USER, Party.AGENT]),
-    text=st.text(max_size=20),
-    next_seq=st.integers(1, 10**6),
-    offered=st.booleans(),
-    elapsed=st.floats(0, 10**6, allow_nan=False),
-)
-def test_the_live_fast_path_builds_what_the_general_builder_builds(
-    sender: Party, text: str, next_seq: int, offered: bool, elapsed: float
-) -> None:
-    """Plain live messages skip the general builder for speed; they must not differ."""
-    session = Session("c1/1", T0, T0, None, "alice", "Alice", offered)
-    state = ConversationState("c1", "demo", "u1", {"name": "Uma"}, next_seq, session, 1)
-    now = T0 + elapsed
-    content = Content.text(text)
-    fast = _live_message(state, session, sender, content, "alice", now)
-    builder = _Builder(state, now)
-    seq = builder.emit(sender, content, frozenset({Party.USER, Party.AGENT}), agent_id="alice")
-    general = builder.finish(_touched(session, now, False), fx.Accepted(seq))
-    assert fast == general

@@ -167,9 +167,11 @@ class LifecycleWithDesk(RuleBasedStateMachine):
             if entry.sender is Party.USER:
                 if Party.BOT in entry.audience:
                     self.delivered.append((conv, entry.seq, "bot"))
-                if Party.AGENT in entry.audience:
-                    assert entry.agent_id is not None
+                if Party.AGENT in entry.audience and entry.agent_id is not None:
                     self.delivered.append((conv, entry.seq, entry.agent_id))
+                elif Party.AGENT in entry.audience:
+                    # Written while waiting: for the human side, whoever picks it up.
+                    assert entry.metadata.get("queued") and after.mode is Mode.QUEUED
         if after.session is not None:
             self.opened.add(after.session.session_id)
         note(f"reached {after.mode.value}")
@@ -214,7 +216,7 @@ class LifecycleWithDesk(RuleBasedStateMachine):
         self.user_messages += 1
         places = [
             Party.BOT in entry.audience,
-            Party.AGENT in entry.audience,
+            Party.AGENT in entry.audience and entry.agent_id is not None,
             bool(entry.metadata.get("queued")),
         ]
         assert sum(places) == 1, entry

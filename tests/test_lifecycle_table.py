@@ -31,6 +31,8 @@ SAMPLES: dict[type[typing.Any], ev.Event] = {
     ev.AgentAssigned: ev.AgentAssigned("c1/1", "alice", "Alice"),
     ev.ReturnedToQueue: ev.ReturnedToQueue("c1/1", "alice", "agent_left"),
     ev.TransferFailed: ev.TransferFailed("c1/1", "alice", "no"),
+    ev.AgentEndsSession: ev.AgentEndsSession("c1/1", "alice"),
+    ev.LivechatUnreachable: ev.LivechatUnreachable("c1/1"),
     ev.TimerFired: ev.TimerFired(),
 }
 

@@ -121,12 +121,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
+    from transport.livechat.backends import check_platforms
     from transport.servers.runtime import build_bindings
 
     path: Path = args.config
     try:
         config = load_file(path)
-        build_bindings(config)
+        problems: list[str] = []
+        for check in (build_bindings, check_platforms):
+            try:
+                check(config)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         _print_problems(path, exc, sys.stderr)
         return 1

@@ -48,17 +48,39 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 SECRET_FILE = "secret"
 
 
+#: Where a bot's humans can be: the built-in desk, or a helpdesk through the signed
+#: webhook protocol (docs/platforms.md).
+LIVECHAT_KINDS = ("desk", "webhook")
+
+
+@attrs.frozen
+class LivechatConfig:
+    """Where a bot's livechat sessions go (``[bots.<id>.livechat]``): ``kind`` and its
+    ``options``, checked by the platform that reads them when the server is built (and by
+    ``switchover check``)."""
+
+    kind: str = "desk"
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
 @attrs.frozen
 class BotConfig:
     """A bot served: how to reach it (``adapter`` and its ``options``), its livechat
-    settings, and the backend its sessions go to. ``token`` lets it connect or push."""
+    settings, and where its sessions' humans are. ``token`` lets it connect or push."""
 
     bot_id: str
     adapter: str = "demo"
     options: Mapping[str, Any] = attrs.field(factory=dict)
     settings: BotSettings = BotSettings()
-    backend: str = "desk"
+    livechat: LivechatConfig = LivechatConfig()
     token: str | None = None
+
+    @property
+    def backend(self) -> str:
+        """The name the core knows this bot's livechat backend by: the one built-in desk
+        serves every bot that has it, each platform-backed bot has its own."""
+        kind = self.livechat.kind
+        return kind if kind == "desk" else f"{kind}:{self.bot_id}"
 
 
 @attrs.frozen
@@ -272,7 +294,8 @@ def _attrs_from_table(
 # -- the sections -------------------------------------------------------------------------
 
 _TOP_KEYS = {"bots", "agents", "listeners", "limits", "store", "logging", "secret", "default_bot"}
-_BOT_KEYS = {"adapter", "options", "settings", "backend", "token"}
+_BOT_KEYS = {"adapter", "options", "settings", "livechat", "backend", "token"}
+_LIVECHAT_KEYS = {"kind", "options"}
 _AGENT_KEYS = {"name", "token", "capacity", "bots"}
 _LISTENER_KEYS = {
     "host",
@@ -301,9 +324,7 @@ def _bots(reader: _Reader, data: Mapping[str, Any]) -> dict[str, BotConfig]:
         settings = _attrs_from_table(
             reader, reader.table(entry, key, "settings"), f"{key}.settings", BotSettings, "settings"
         )
-        backend = reader.string(entry, key, "backend", "desk") or "desk"
-        if backend != "desk":
-            reader.problem(f"{key}.backend", f"unknown livechat backend {backend!r}; known: desk")
+        livechat = _livechat(reader, entry, key)
         adapter = reader.string(entry, key, "adapter", "demo") or "demo"
         token = reader.string(entry, key, "token")
         if adapter == "connected" and token is None and "token" not in entry:
@@ -315,10 +336,27 @@ def _bots(reader: _Reader, data: Mapping[str, Any]) -> dict[str, BotConfig]:
             adapter=adapter,
             options=dict(reader.table(entry, key, "options")),
             settings=settings,
-            backend=backend,
+            livechat=livechat,
             token=token,
         )
     return bots
+
+
+def _livechat(reader: _Reader, entry: Mapping[str, Any], key: str) -> LivechatConfig:
+    """``[bots.<id>.livechat]``; the older ``backend = "desk"`` key still means the desk."""
+    backend = reader.string(entry, key, "backend", "desk") or "desk"
+    if backend != "desk":
+        reader.problem(
+            f"{key}.backend", f"unknown livechat backend {backend!r}; use [{key}.livechat]"
+        )
+    table = reader.table(entry, key, "livechat")
+    where = f"{key}.livechat"
+    reader.unknown(table, where, _LIVECHAT_KEYS)
+    kind = reader.choice(table, where, "kind", LIVECHAT_KINDS, "desk")
+    options = reader.table(table, where, "options")
+    if kind == "desk" and options:
+        reader.problem(f"{where}.options", "the built-in desk takes no options")
+    return LivechatConfig(kind, dict(options))
 
 
 def _agents(reader: _Reader, data: Mapping[str, Any], bot_ids: list[str]) -> dict[str, AgentConfig]:

@@ -43,6 +43,7 @@ from actors.model.state import ConversationState, Mode, Session, deadline
 USER_ENDED = "user_ended"
 IDLE_TIMEOUT = "idle_timeout"
 QUEUE_TIMEOUT = "queue_timeout"
+AGENT_CLOSED = "agent_closed"
 
 _TYPING = Content("typing")
 _USER = frozenset({Party.USER})
@@ -111,13 +112,8 @@ class _Builder:
         sessions_opened: int | None = None,
     ) -> Transition:
         old = self.state
-        # Built field by field: this runs for every message, and attrs.evolve costs several
-        # times more than the constructor.
-        state = ConversationState(
-            old.conversation_id,
-            old.bot_id,
-            old.user_id,
-            old.user_metadata,
+        state = _evolve_state(
+            old,
             self.next_seq,
             old.session if isinstance(session, _Keep) else session,
             old.sessions_opened if sessions_opened is None else sessions_opened,
@@ -125,8 +121,27 @@ class _Builder:
         return Transition(state, tuple(self.effects), outcome or fx.Accepted())
 
 
+def _evolve_state(
+    state: ConversationState, next_seq: int, session: Session | None, sessions_opened: int
+) -> ConversationState:
+    """``attrs.evolve(state, next_seq=..., session=..., sessions_opened=...)`` built by the
+    constructor: every message makes one, and evolve costs several times more
+    (bench/README.md, 2026-12-03)."""
+    return ConversationState(
+        state.conversation_id,
+        state.bot_id,
+        state.user_id,
+        state.user_metadata,
+        next_seq,
+        session,
+        sessions_opened,
+    )
+
+
 def _touched(session: Session, now: float, sign_off_offered: bool) -> Session:
-    """The session after a message between user and agent (the hot path: no evolve)."""
+    """``attrs.evolve(session, last_activity=now, sign_off_offered=...)`` built by the
+    constructor: the session after each message between user and agent (bench/README.md,
+    2026-12-03)."""
     return Session(
         session.session_id,
         session.started_at,
@@ -147,9 +162,8 @@ def _live_message(
     now: float,
 ) -> Transition:
     """A message between the user and the agent of a live session: one entry for both, the
-    session touched. The same transition the :class:`_Builder` makes, built directly: this is
-    most of what a live conversation ever does, and the builder's list, tuple and calls were
-    about a quarter of the lifecycle's cost per message (bench/README.md, Core)."""
+    session touched. The transition :class:`_Builder` makes, built directly: it is most of what
+    a live conversation does (bench/README.md, Core, 2026-11-25, throughput)."""
     seq = state.next_seq
     entry = Entry(
         state.conversation_id,
@@ -162,15 +176,7 @@ def _live_message(
         session.session_id,
         {},
     )
-    after = ConversationState(
-        state.conversation_id,
-        state.bot_id,
-        state.user_id,
-        state.user_metadata,
-        seq + 1,
-        _touched(session, now, False),
-        state.sessions_opened,
-    )
+    after = _evolve_state(state, seq + 1, _touched(session, now, False), state.sessions_opened)
     return Transition(after, (fx.Emit(entry),), fx.Accepted(seq))
 
 
@@ -250,6 +256,8 @@ class Lifecycle:
                 ev.AgentAssigned: _release_stale,
                 ev.ReturnedToQueue: _withdraw_stale,
                 ev.TransferFailed: IGNORE,
+                ev.AgentEndsSession: IGNORE,
+                ev.LivechatUnreachable: IGNORE,
                 ev.TimerFired: IGNORE,
             },
             Mode.QUEUED: {
@@ -265,6 +273,8 @@ class Lifecycle:
                 ev.AgentAssigned: self._agent_assigned,
                 ev.ReturnedToQueue: self._returned_to_queue,
                 ev.TransferFailed: IGNORE,
+                ev.AgentEndsSession: self._agent_ends_session,
+                ev.LivechatUnreachable: self._livechat_unreachable,
                 ev.TimerFired: self._timer_fired,
             },
             Mode.LIVE: {
@@ -280,6 +290,8 @@ class Lifecycle:
                 ev.AgentAssigned: self._agent_assigned,
                 ev.ReturnedToQueue: self._returned_to_queue,
                 ev.TransferFailed: IGNORE,
+                ev.AgentEndsSession: self._agent_ends_session,
+                ev.LivechatUnreachable: self._livechat_unreachable,
                 ev.TimerFired: self._timer_fired,
             },
         }
@@ -325,7 +337,9 @@ class Lifecycle:
             return _refused(state, "session_already_open", "A livechat session is already open.")
         touched = _touched(session, now, sign_off_offered=False)
         if session.agent_id is None:
-            seq = out.emit(Party.USER, content, _USER, metadata={"queued": True})
+            # No agent yet: the backend passes it on (a platform) or keeps it for the
+            # transcript at pickup (the desk).
+            seq = out.emit(Party.USER, content, _USER_AND_AGENT, metadata={"queued": True})
         else:
             seq = out.emit(Party.USER, content, _USER_AND_AGENT, agent_id=session.agent_id)
         return out.finish(touched, fx.Accepted(seq))
@@ -499,6 +513,37 @@ class Lifecycle:
         )
         return out.finish(waiting)
 
+    def _agent_ends_session(
+        self, state: ConversationState, event: ev.AgentEndsSession, now: float
+    ) -> Transition:
+        session = state.session
+        assert session is not None
+        if session.session_id != event.session_id or (
+            event.agent_id is not None and session.agent_id != event.agent_id
+        ):
+            return _refused(
+                state,
+                "not_assigned",
+                f"Session {event.session_id!r} is not open with that agent.",
+            )
+        return self._end_session(_Builder(state, now), event.reason, expired=False)
+
+    def _livechat_unreachable(
+        self, state: ConversationState, event: ev.LivechatUnreachable, now: float
+    ) -> Transition:
+        session = state.session
+        assert session is not None
+        if session.session_id != event.session_id:
+            return Transition(state)
+        out = _Builder(state, now)
+        out.emit(
+            Party.SYSTEM,
+            Content.notice("livechat_unreachable"),
+            _USER,
+            metadata={"code": "livechat_unreachable"},
+        )
+        return out.finish()
+
     # -- the clock --------------------------------------------------------------------------
 
     def _timer_fired(
@@ -521,11 +566,19 @@ class Lifecycle:
     # -- ending -----------------------------------------------------------------------------
 
     def _end_session(
-        self, out: _Builder, reason: str, by_user: Content | None = None
+        self,
+        out: _Builder,
+        reason: str,
+        by_user: Content | None = None,
+        *,
+        expired: bool | None = None,
     ) -> Transition:
+        """End the open session: ``by_user`` is the user's own ending, if it is one;
+        a session ends as expired when neither the user nor the human side ended it."""
         session = out.state.session
         assert session is not None
-        expired = by_user is None
+        if expired is None:
+            expired = by_user is None
         code = "session_expired" if expired else "session_ended"
         agent_id = session.agent_id
         seq = None

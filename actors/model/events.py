@@ -106,6 +106,26 @@ class TransferFailed:
 
 
 @attrs.frozen
+class AgentEndsSession:
+    """From the livechat backend: the human side closed the session (an agent ended it, a
+    platform resolved or closed its ticket). ``agent_id`` is who held it, ``None`` when no
+    agent had joined yet. The bot hears ``LIVECHAT_SESSION_END`` with ``reason``."""
+
+    session_id: str
+    agent_id: str | None
+    reason: str = "agent_closed"
+
+
+@attrs.frozen
+class LivechatUnreachable:
+    """From the livechat backend: the human side cannot be reached for this session (a
+    platform keeps failing). The user is told once; what they write is kept and passed on
+    when the platform answers again."""
+
+    session_id: str
+
+
+@attrs.frozen
 class TimerFired:
     """The conversation's deadline passed. The lifecycle checks which deadline, if any,
     really has: activity may have moved it since it was armed."""
@@ -124,5 +144,7 @@ Event = (
     | AgentAssigned
     | ReturnedToQueue
     | TransferFailed
+    | AgentEndsSession
+    | LivechatUnreachable
     | TimerFired
 )

@@ -20,6 +20,7 @@ from actors.machines import routing as rt
 from actors.model import events as ev
 from actors.model.agent_request import AgentRequest
 from actors.model.deliveries import Colleague, Delivery, DeskStatus, HeldChat, WaitingItem
+from actors.model.records import Entry
 from actors.model.settings import BotSettings
 from actors.ports import CoreLink, Sink
 from actors.trio.effect_runner import abandon
@@ -211,6 +212,9 @@ class Desk:
         for sink in failed:
             self.detach(agent_id, sink)
             abandon(sink)
+
+    def deliver_waiting(self, session_id: str, entry: Entry) -> None:
+        """Nothing to do: the agent who picks the session up reads it in the transcript."""
 
     # -- the actor --------------------------------------------------------------------------
 

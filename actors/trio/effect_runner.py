@@ -133,8 +133,11 @@ class EffectRunner:
         skip = origin if entry.sender is Party.USER or entry.sender is Party.AGENT else None
         if Party.USER in audience:
             self.to_users(entry, skip)
-        if Party.AGENT in audience and entry.agent_id is not None:
-            self._to_agent(entry.agent_id, entry, state, skip)
+        if Party.AGENT in audience:
+            if entry.agent_id is not None:
+                self._to_agent(entry.agent_id, entry, state, skip)
+            elif entry.session_id is not None:
+                self._to_waiting(entry.session_id, entry, state)
         if Party.BOT in audience:
             self.owner.feed_bot(entry, state)
 
@@ -195,6 +198,16 @@ class EffectRunner:
             if not self._deliver_failing:
                 self._deliver_failing = True
                 log.exception("delivering to agent %s failed", agent_id)
+        else:
+            self._deliver_failing = False
+
+    def _to_waiting(self, session_id: str, entry: Entry, state: ConversationState) -> None:
+        try:
+            self.context.backend_for(state.bot_id).deliver_waiting(session_id, entry)
+        except Exception:
+            if not self._deliver_failing:
+                self._deliver_failing = True
+                log.exception("passing on a waiting message of %s failed", session_id)
         else:
             self._deliver_failing = False
 

@@ -282,6 +282,14 @@ class Switchboard:
             raise Overloaded(conversation_id)
         actor.inbox.put(Envelope(event, reply, origin, message_id))
 
+    async def load(self, conversation_id: str) -> ConversationState | None:
+        """The conversation's last stored state (for backends rebuilding their view)."""
+        return await self.store.load(conversation_id)
+
+    async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]:
+        """The conversation's stored entries after ``after_seq``."""
+        return await self.store.entries_after(conversation_id, after_seq)
+
     def post(self, conversation_id: str, event: Event) -> None:
         """Like :meth:`submit`, for the core's own parts (backends): never refused."""
         self._post_to_actor(conversation_id, Envelope(event))

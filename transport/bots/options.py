@@ -3,6 +3,7 @@ bad key, and the retry and breaker options every remote adapter shares."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,13 +20,22 @@ class OptionReader:
     """Takes typed values out of one bot's options and collects every problem, so a config
     is fixed in one pass; :meth:`done` raises them all as a :class:`ConfigError`."""
 
-    def __init__(self, bot_id: str, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        bot_id: str,
+        options: Mapping[str, Any],
+        *,
+        table: str = "options",
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.bot_id = bot_id
         self.options = options
+        self.table = table
+        self.environ = os.environ if environ is None else environ
         self.problems: list[str] = []
 
     def key(self, name: str) -> str:
-        return f"bots.{self.bot_id}.options.{name}"
+        return f"bots.{self.bot_id}.{self.table}.{name}"
 
     def problem(self, name: str, message: str) -> None:
         self.problems.append(f"{self.key(name)}: {message}")
@@ -38,6 +48,29 @@ class OptionReader:
             return None
         if not isinstance(value, str) or not value.strip():
             self.problem(name, f"must be a non-empty string, got {value!r}")
+            return None
+        return value
+
+    def secret(self, name: str, *, min_length: int) -> str | None:
+        """A required secret, given as ``name`` or, to keep it out of the file, as
+        ``<name>_env``: the name of the environment variable that holds it."""
+        from_env = self.string(f"{name}_env")
+        if from_env is not None:
+            if name in self.options:
+                self.problem(name, f"give either {name} or {name}_env, not both")
+                return None
+            value = self.environ.get(from_env)
+            if not value:
+                self.problem(f"{name}_env", f"the environment variable {from_env} is not set")
+                return None
+        else:
+            value = self.string(name)
+            if value is None:
+                if name not in self.options:
+                    self.problem(name, f"is required (or {name}_env, naming a variable)")
+                return None
+        if len(value) < min_length:
+            self.problem(name, f"must be at least {min_length} characters long")
             return None
         return value
 

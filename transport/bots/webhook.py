@@ -18,10 +18,7 @@ The answer is ``{"messages": [<content>, ...]}`` (each ``{"content_type": ..., "
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,71 +30,32 @@ from transport.bots.events import event_fields
 from transport.bots.options import RESILIENCE_KEYS, OptionReader
 from transport.bots.remote import RemoteBot
 from transport.bots.resilience import BotReplyInvalid, Resilience
+from transport.signing import (
+    EVENT_ID_HEADER,
+    MIN_SECRET_LENGTH,
+    SIGNATURE_HEADER,
+    SIGNATURE_VERSION,
+    TIMESTAMP_HEADER,
+    signature,
+    signed_headers,
+    verify_signature,
+)
 
 OPTION_KEYS = RESILIENCE_KEYS | {"url", "secret"}
 
-TIMESTAMP_HEADER = "X-Switchover-Timestamp"
-SIGNATURE_HEADER = "X-Switchover-Signature"
-EVENT_ID_HEADER = "X-Switchover-Event-Id"
-SIGNATURE_VERSION = "v1"
-MIN_SECRET_LENGTH = 16
-
-
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """The hex HMAC-SHA256 of ``"<timestamp>." + body`` under ``secret``."""
-    message = timestamp.encode("ascii") + b"." + body
-    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
-
-
-def signed_headers(secret: str, body: bytes, now: float | None = None) -> dict[str, str]:
-    timestamp = str(int(time.time() if now is None else now))
-    return {
-        TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: f"{SIGNATURE_VERSION}={signature(secret, timestamp, body)}",
-    }
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    wanted = name.lower()
-    for key, value in headers.items():
-        if key.lower() == wanted:
-            return value
-    return None
-
-
-def verify_signature(
-    secret: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    tolerance: float = 300.0,
-    *,
-    now: float | None = None,
-) -> bool:
-    """Whether a webhook request really comes from Switchover, and recently.
-
-    For bot authors: pass the raw request body (before any JSON parsing) and its headers
-    (any mapping; names are matched case-insensitively). True only when the timestamp is
-    within ``tolerance`` seconds of ``now`` (the current time by default) and one of the
-    ``v1=`` signatures matches.
-    """
-    timestamp = _header(headers, TIMESTAMP_HEADER)
-    signatures = _header(headers, SIGNATURE_HEADER)
-    if timestamp is None or signatures is None:
-        return False
-    if not (timestamp.isascii() and timestamp.isdigit()):
-        return False
-    current = time.time() if now is None else now
-    if abs(current - int(timestamp)) > tolerance:
-        return False
-    expected = signature(secret, timestamp, body)
-    found = False
-    for part in signatures.split(","):
-        version, _, value = part.strip().partition("=")
-        if version == SIGNATURE_VERSION and hmac.compare_digest(
-            value.encode("utf-8", "replace"), expected.encode("ascii")
-        ):
-            found = True
-    return found
+# Bot authors verify requests with these (transport/signing.py has them for every receiver).
+__all__ = [
+    "EVENT_ID_HEADER",
+    "SIGNATURE_HEADER",
+    "SIGNATURE_VERSION",
+    "TIMESTAMP_HEADER",
+    "WebhookBot",
+    "event_body",
+    "messages_from",
+    "signature",
+    "signed_headers",
+    "verify_signature",
+]
 
 
 def event_body(event: BotEvent) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from transport.bots.connections import BotConnections
 from transport.bots.resilience import make_http_client
 from transport.config import Config, ListenerConfig, signing_secret
 from transport.errors import ConfigError
+from transport.livechat.backends import Backends, build_backends
 from transport.livechat.desk import build_desk
 from transport.protocol.services import Services
 from transport.servers.http.app import HttpApp
@@ -168,11 +169,15 @@ async def run_server(
     connections = BotConnections()
     bindings = build_bindings(config, http, connections)
     desk = build_desk(config)
+    data_dir = config.store.data_dir if config.store.kind == "sqlite" else None
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    backends = build_backends(config, desk, http, data_dir)
     listen = config.listeners
     try:
         await _serve(
             config,
-            _Parts(bindings, desk, connections, prune_every),
+            _Parts(bindings, desk, backends, connections, prune_every),
             shutdown,
             handle_signals,
             task_status,
@@ -193,6 +198,7 @@ class _Parts:
 
     bindings: Mapping[str, BotBinding]
     desk: Desk
+    backends: Backends
     connections: BotConnections
     prune_every: float
 
@@ -220,7 +226,10 @@ async def _serve(
     desk, connections = parts.desk, parts.connections
     async with open_store(config) as store, trio.open_nursery() as core:
         board = Switchboard(
-            parts.bindings, {"desk": desk}, store, limits=config.limits.for_conversations()
+            parts.bindings,
+            parts.backends.by_name,
+            store,
+            limits=config.limits.for_conversations(),
         )
         await core.start(board.run)
         # Open sessions are restored: freeze what start-up built and space out collections,
@@ -242,6 +251,7 @@ async def _serve(
             public_ws_url=listen.public_ws_url,
             ws_host=listen.host,
             widget_frame_ancestors=listen.widget_frame_ancestors,
+            platforms=parts.backends.platforms,
         )
         if handle_signals:
             core.start_soon(_on_signals, shutdown)

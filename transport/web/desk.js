@@ -59,6 +59,7 @@
     queue_timeout: "nobody picked it up in time",
     transferred: "sent back to the queue",
     agent_left: "the agent was offline too long",
+    agent_closed: "the agent closed it",
   };
   const why = (reason) => REASONS[reason] || String(reason || "").replace(/_/g, " ");
 

@@ -88,6 +88,8 @@
     transferred: () => "The conversation was transferred to another agent.",
     session_ended: () => "The conversation with the agent has ended.",
     session_expired: () => "The conversation with the agent expired after a period of inactivity.",
+    livechat_unreachable: () =>
+      "Our team can't be reached right now. Your messages are kept and will reach them as soon as possible.",
   };
 
   function websocketUrl(options) {

@@ -1,10 +1,11 @@
-"""The HTTP app: health, metrics, the web pages, their files and the bots' push endpoint.
+"""The HTTP app: health, metrics, the web pages, their files, the bots' push endpoint and
+the helpdesks' actions endpoint.
 
 trio-websocket cannot answer plain HTTP, so a second listener serves this Starlette app with
 hypercorn's trio worker (:mod:`transport.servers.http.serve`). The routes live beside it:
-:mod:`.pages`, :mod:`.static` (``/static/…``), :mod:`.metrics` and :mod:`.push`; the
-middleware in :mod:`.security` (headers, the authentication throttle), :mod:`.body` (the
-body size limit) and :mod:`.errors` (the JSON error answers).
+:mod:`.pages`, :mod:`.static` (``/static/…``), :mod:`.metrics`, :mod:`.push` and
+:mod:`.actions`; the middleware in :mod:`.security` (headers, the authentication
+throttle), :mod:`.body` (the body size limit) and :mod:`.errors` (the JSON error answers).
 
 An ``HttpApp`` is a ``Starlette`` application, so more routes are added as to any other
 (``app.add_route``, ``app.routes``) and more metrics to ``app.registry``.
@@ -13,7 +14,7 @@ An ``HttpApp`` is a ``Starlette`` application, so more routes are added as to an
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -23,9 +24,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from transport.livechat.platform import PlatformBackend
 from transport.protocol.credentials import AddressGuard
 from transport.protocol.services import Services
-from transport.servers.http import errors, metrics, pages, push
+from transport.servers.http import actions, errors, metrics, pages, push
 from transport.servers.http.body import MAX_BODY_BYTES, BoundedBody
 from transport.servers.http.security import AuthThrottle, SecurityHeaders
 from transport.servers.http.static import WEB_DIR, WebFiles
@@ -42,6 +44,8 @@ class HttpApp(Starlette):
     ``ws_port`` is the WebSocket listener's bound port, set by the runtime once it listens,
     so the web pages learn where to connect from ``/config.json``. ``stopping`` turns
     ``/healthz`` to 503 during a graceful shutdown, so a load balancer stops sending users.
+    ``platforms``: each platform-backed bot's backend and API token, for the helpdesks'
+    actions (none: that route answers 401 for every bot).
     """
 
     def __init__(
@@ -53,8 +57,10 @@ class HttpApp(Starlette):
         public_ws_url: str | None = None,
         ws_host: str | None = None,
         widget_frame_ancestors: Iterable[str] = (),
+        platforms: Mapping[str, tuple[PlatformBackend, str]] | None = None,
     ) -> None:
         self.services = services
+        self.platforms: Mapping[str, tuple[PlatformBackend, str]] = platforms or {}
         self.web_dir = web_dir.resolve()
         self.ws_port = ws_port
         self.public_ws_url = public_ws_url
@@ -82,6 +88,7 @@ class HttpApp(Starlette):
                 Route("/widget", pages.widget, methods=["GET"]),
                 Mount("/static", app=self.files),
                 Route(push.PATH, push.endpoint, methods=["POST"]),
+                Route(actions.PATH, actions.endpoint, methods=["POST"]),
             ],
             middleware=[
                 Middleware(SecurityHeaders, widget_frame_ancestors=widget_frame_ancestors),

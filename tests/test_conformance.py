@@ -1,0 +1,330 @@
+"""One conformance suite, run against every livechat backend a bot can choose.
+
+Each test runs the real server on 127.0.0.1 with a webhook bot (a real HTTP server that
+records every event it gets) and one human side: the built-in desk with an agent on the
+WebSocket protocol, or a helpdesk on the generic webhook platform (tests/fakes/helpdesk.py)
+acting through Switchover's HTTP API. The user is the Python client. Whatever the backend,
+the guarantees are the same: the bot hears nothing during a session, messages pass both ways
+in order, the sign-off takes two steps, the session ends once with its reason, and the bot
+is told at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Protocol
+
+import httpx
+import pytest
+import trio
+
+from actors import SESSION_END, SESSION_START
+from transport.client import AgentClient, Frame, UserClient, connect_agent, connect_user
+from transport.config import from_mapping
+from transport.servers.runtime import RunningServer, run_server
+
+from .fakes import helpdesk as fake_helpdesk
+from .fakes.asgi_server import serving
+from .fakes.webhook_bot import SECRET as BOT_SECRET
+from .fakes.webhook_bot import BotServer
+
+ALICE_TOKEN = "alice-token-for-conformance"
+BACKENDS = ("desk", "webhook")
+
+
+def _entry(sender: str, **content: Any) -> Callable[[Frame], bool]:
+    def check(frame: Frame) -> bool:
+        if frame["type"] != "entry" or frame["sender"] != sender:
+            return False
+        return all(frame["content"].get(k) == v for k, v in content.items())
+
+    return check
+
+
+def _notice(code: str) -> Callable[[Frame], bool]:
+    return lambda f: _entry("system", code=code)(f) and f["content_type"] == "notice"
+
+
+class HumanSide(Protocol):
+    """The people who answer, whatever backend they use."""
+
+    can_end: bool
+
+    async def picks_up(self, conversation_id: str) -> None: ...
+
+    async def says(self, text: str) -> None: ...
+
+    async def signs_off(self) -> None: ...
+
+    async def ends_session(self) -> None: ...
+
+    async def heard(self, count: int) -> list[str]:
+        """The first ``count`` things the user wrote in the session, once all arrived."""
+        ...
+
+    async def told_end(self) -> str:
+        """The reason the human side was given when the session ended."""
+        ...
+
+
+class DeskAgent:
+    can_end = False
+
+    def __init__(self, agent: AgentClient) -> None:
+        self.agent = agent
+        self.conversation_id = ""
+        self.texts: list[str] = []
+        self.ends: list[str] = []
+        self.picked = False
+
+    def _note(self, frame: Frame) -> None:
+        """Keep what the agent was shown of the user, and of the end."""
+        if frame["type"] == "transcript" and frame["conversation_id"] == self.conversation_id:
+            self.picked = True
+            self.texts = [
+                e["content"]["text"]
+                for e in frame["entries"]
+                if e["sender"] == "user" and e.get("session_id") and e["content_type"] == "text"
+            ]
+        elif _entry("user")(frame) and frame["content_type"] == "text":
+            self.texts.append(frame["content"]["text"])
+        elif _notice("session_ended")(frame) or _notice("session_expired")(frame):
+            self.ends.append(frame["content"]["reason"])
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        with trio.fail_after(10):
+            while not done():
+                self._note(await self.agent.next_frame(timeout=10))
+
+    async def picks_up(self, conversation_id: str) -> None:
+        self.conversation_id = conversation_id
+        await self.agent.set_presence("online")
+        await self._until(lambda: self.picked)
+
+    async def says(self, text: str) -> None:
+        await self.agent.say(self.conversation_id, text)
+
+    async def signs_off(self) -> None:
+        await self.agent.sign_off(self.conversation_id)
+
+    async def ends_session(self) -> None:
+        raise AssertionError("the desk's agents cannot end a session")
+
+    async def heard(self, count: int) -> list[str]:
+        await self._until(lambda: len(self.texts) >= count)
+        return self.texts[:count]
+
+    async def told_end(self) -> str:
+        await self._until(lambda: bool(self.ends))
+        return self.ends[0]
+
+
+class HelpdeskSide:
+    can_end = True
+
+    def __init__(self, desk: fake_helpdesk.Helpdesk, agent: fake_helpdesk.HelpdeskAgent) -> None:
+        self.desk = desk
+        self.agent = agent
+        self.session_id = ""
+
+    async def picks_up(self, conversation_id: str) -> None:
+        requested = await self.desk.wait_for(
+            lambda e: e["type"] == "session.requested" and e["conversation_id"] == conversation_id
+        )
+        self.session_id = requested["session_id"]
+        await self.agent.act(self.session_id, "accept")
+
+    async def says(self, text: str) -> None:
+        await self.agent.say(self.session_id, text)
+
+    async def signs_off(self) -> None:
+        await self.agent.act(self.session_id, "sign_off")
+
+    async def ends_session(self) -> None:
+        await self.agent.act(self.session_id, "release", reason="ticket_closed")
+
+    async def heard(self, count: int) -> list[str]:
+        with trio.fail_after(10):
+            while len(self.desk.texts(self.session_id)) < count:
+                await self.desk.wait_for_calls(self.desk.calls + 1)
+        return self.desk.texts(self.session_id)[:count]
+
+    async def told_end(self) -> str:
+        ended = await self.desk.wait_for(
+            lambda e: e["type"] == "session.ended" and e["session_id"] == self.session_id
+        )
+        reason: str = ended["data"]["reason"]
+        return reason
+
+
+class World:
+    def __init__(
+        self, server: RunningServer, bot: BotServer, human: HumanSide, backend: str
+    ) -> None:
+        self.server = server
+        self.bot = bot
+        self.human = human
+        self.backend = backend
+
+    def user(self) -> Any:
+        return connect_user(self.server.ws_url, bot_id="shop", metadata={"name": "Uma"})
+
+    def bot_texts(self) -> list[str]:
+        return [
+            e["content"]["content"].get("text") or e["content"]["content"].get("payload")
+            for e in self.bot.events
+        ]
+
+
+def _config(backend: str, bot_url: str, helpdesk_url: str, **settings: Any) -> Any:
+    livechat: dict[str, Any] = {"kind": backend}
+    if backend == "webhook":
+        livechat["options"] = {
+            "url": helpdesk_url + "/events",
+            "secret": fake_helpdesk.SECRET,
+            "api_token": fake_helpdesk.API_TOKEN,
+            "max_backoff": 0.2,
+            "unreachable_after": 0.3,
+        }
+    return from_mapping(
+        {
+            "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
+            "bots": {
+                "shop": {
+                    "adapter": "webhook",
+                    "options": {"url": bot_url, "secret": BOT_SECRET},
+                    "settings": {"session_timeout": 3600.0, **settings},
+                    "livechat": livechat,
+                }
+            },
+            "agents": {"alice": {"name": "Alice", "token": ALICE_TOKEN, "bots": ["shop"]}},
+        }
+    )
+
+
+@asynccontextmanager
+async def world_of(backend: str, **settings: Any) -> AsyncIterator[World]:
+    bot = BotServer()
+    desk = fake_helpdesk.Helpdesk()
+    async with AsyncExitStack() as stack:
+        bot_url = await stack.enter_async_context(serving(bot))
+        helpdesk_url = await stack.enter_async_context(serving(desk))
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        config = _config(backend, bot_url, helpdesk_url, **settings)
+        server: RunningServer = await nursery.start(
+            lambda task_status: run_server(config, handle_signals=False, task_status=task_status)
+        )
+        human: HumanSide
+        if backend == "desk":
+            agent = await stack.enter_async_context(connect_agent(server.ws_url, ALICE_TOKEN))
+            human = DeskAgent(agent)
+        else:
+            http = await stack.enter_async_context(httpx.AsyncClient())
+            url = f"{server.http_url}/v1/livechat/shop/actions"
+            human = HelpdeskSide(desk, fake_helpdesk.HelpdeskAgent(http, url))
+        try:
+            yield World(server, bot, human, backend)
+        finally:
+            server.stop()
+
+
+async def _handed_over(world: World, user: UserClient) -> None:
+    await user.say_text("hello bot")
+    await world.bot.wait_for_calls(1)
+    await user.click(SESSION_START)
+    await user.wait_for(_notice("session_started"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_handoff_messages_both_ways_in_order_and_the_bot_hears_nothing(backend: str) -> None:
+    async with world_of(backend) as world, world.user() as user:
+        await _handed_over(world, user)
+        # Written while waiting: kept for the human side, never for the bot.
+        await user.say_text("anyone there?")
+        await user.say("payload", {"payload": "MENU"})
+        await user.typing()
+        await world.human.picks_up(user.conversation_id)
+        await user.wait_for(_notice("agent_joined"))
+        for n in range(5):
+            await user.say_text(f"user {n}")
+        assert await world.human.heard(6) == ["anyone there?", *[f"user {n}" for n in range(5)]]
+        for n in range(5):
+            await world.human.says(f"agent {n}")
+        for n in range(5):
+            await user.wait_for(_entry("agent", text=f"agent {n}"))
+        # Only what came before the session reached the bot.
+        assert world.bot_texts() == ["hello bot"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_sign_off_the_user_ignores_then_confirms(backend: str) -> None:
+    async with world_of(backend) as world, world.user() as user:
+        await _handed_over(world, user)
+        await world.human.picks_up(user.conversation_id)
+        await world.human.signs_off()
+        offer = await user.wait_for(lambda f: _entry("system")(f) and f.get("metadata"))
+        assert offer["metadata"]["sign_off"] is True
+        # Anything else keeps the session going.
+        await user.say_text("one more thing")
+        assert "one more thing" in await world.human.heard(1)
+        await world.human.says("sure")
+        await user.wait_for(_entry("agent", text="sure"))
+        await user.click(SESSION_END)
+        await user.wait_for(_notice("session_ended"))
+        assert await world.human.told_end() == "user_ended"
+        ended = await _bot_event(world, SESSION_END)
+        assert ended["metadata"]["reason"] == "user_ended"
+        assert world.bot_texts() == ["hello bot", SESSION_END]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_user_ends_alone_while_waiting(backend: str) -> None:
+    async with world_of(backend) as world, world.user() as user:
+        await _handed_over(world, user)
+        if backend == "webhook":
+            # The helpdesk has the request before the user leaves.
+            await world.human.picks_up(user.conversation_id)
+        await user.click(SESSION_END)
+        await user.wait_for(_notice("session_ended"))
+        ended = await _bot_event(world, SESSION_END)
+        assert ended["metadata"]["reason"] == "user_ended"
+        if backend == "webhook":
+            assert await world.human.told_end() == "user_ended"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_human_side_closes_first(backend: str) -> None:
+    async with world_of(backend) as world, world.user() as user:
+        if not world.human.can_end:
+            pytest.skip("the desk's agents end sessions only through the user")
+        await _handed_over(world, user)
+        await world.human.picks_up(user.conversation_id)
+        await world.human.ends_session()
+        await user.wait_for(_notice("session_ended"))
+        ended = await _bot_event(world, SESSION_END)
+        assert ended["metadata"]["reason"] == "ticket_closed"
+        # Back with the bot.
+        await user.say_text("hi again")
+        await world.bot.wait_for_calls(3)
+        assert world.bot_texts()[-1] == "hi again"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_idle_expiry_is_pushed_to_the_bot_and_told_to_the_human_side(backend: str) -> None:
+    async with world_of(backend, session_timeout=1.0) as world, world.user() as user:
+        await _handed_over(world, user)
+        await world.human.picks_up(user.conversation_id)
+        await user.wait_for(_notice("session_expired"), timeout=10)
+        expired = await _bot_event(world, "LIVECHAT_SESSION_EXPIRED")
+        assert expired["metadata"]["reason"] == "idle_timeout"
+        assert await world.human.told_end() == "idle_timeout"
+
+
+async def _bot_event(world: World, payload: str) -> dict[str, Any]:
+    with trio.fail_after(10):
+        while True:
+            for event in world.bot.events:
+                if event["content"]["content"].get("payload") == payload:
+                    return event
+            await world.bot.wait_for_calls(world.bot.calls + 1)
