@@ -25,6 +25,7 @@ from actors import Accepted, BotSays, Content, Outcome, Overloaded
 from transport.protocol.credentials import find_token
 from transport.protocol.push import check_push_body
 from transport.protocol.services import Services
+from transport.signing import bearer_token, header
 
 if TYPE_CHECKING:
     from transport.servers.http.app import HttpApp
@@ -42,21 +43,6 @@ PushResult = tuple[int, dict[str, Any]]
 
 def _error(status: int, code: str, message: str) -> PushResult:
     return status, {"error": code, "message": message}
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return None
-
-
-def _bearer(headers: Mapping[str, str]) -> str | None:
-    value = _header(headers, "authorization")
-    if value is None:
-        return None
-    scheme, _, token = value.strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _bot_of(services: Services, token: str) -> str | None:
@@ -95,7 +81,7 @@ async def push_messages(
     bot does not serve, 409 when a livechat session is open, 413/400 for bad bodies, 429
     when the conversation is overloaded.
     """
-    token = _bearer(headers)
+    token = bearer_token(headers)
     if token is None:
         return _error(401, "unauthorized", "Send the bot's token as 'Authorization: Bearer'.")
     owner = _bot_of(services, token)
@@ -119,7 +105,7 @@ async def push_messages(
     contents = _messages(data)
     if isinstance(contents, tuple):
         return contents
-    key = _header(headers, "idempotency-key")
+    key = header(headers, "idempotency-key")
     if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
         return _error(
             400,
