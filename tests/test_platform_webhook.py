@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import trio
-import trio.testing
 
 from actors import SESSION_START
 from transport.client import UserClient, connect_user
@@ -154,9 +153,9 @@ async def test_a_refused_handoff_ends_the_session_and_the_bot_has_the_user_again
         await user.click(SESSION_START)
         ended = await user.wait_for(_notice("session_ended"))
         assert ended["content"]["reason"] == "handoff_refused"
-        # The user may hear of the end before the backend has forgotten the ticket: let every
-        # task of the server get as far as it can first.
-        await trio.testing.wait_all_tasks_blocked()
+        # The user may hear of the end before the backend has forgotten the ticket.
+        with trio.fail_after(5):
+            await r.backend.wait_settled()
         assert r.backend.open_tickets == {}
 
 

@@ -250,6 +250,7 @@ class PlatformBackend:
         self._ready: dict[str, None] = {}
         self._busy: set[str] = set()
         self._wake = trio.Event()
+        self._settled = trio.Event()
         self._backoff = Backoff(first=0.5, cap=max_backoff)
         self._failing_since: float | None = None
         self._answers: collections.OrderedDict[str, Answer] = collections.OrderedDict()
@@ -457,8 +458,24 @@ class PlatformBackend:
                 await self._advance(ticket)
             except PlatformUnavailable as exc:
                 self._failed(ticket, exc)
+            except Exception as exc:
+                # A bug or a local failure (the ticket file, say) must not stop every
+                # session's deliveries: this ticket is tried again with the same backoff.
+                log.exception("%s: passing on session %s failed", self.name, ticket.session_id)
+                self._failed(ticket, PlatformUnavailable(f"{type(exc).__name__}: {exc}"))
             finally:
                 self._busy.discard(ticket.session_id)
+                if not self._busy and not self._ready:
+                    self._settled.set()
+
+    async def wait_settled(self) -> None:
+        """Return once no ticket has work waiting or under way: everything known has been
+        passed on (or waits for the platform to take calls again). For an orderly stop,
+        and for tests that look at the tickets."""
+        while self._busy or self._ready:
+            if self._settled.is_set():
+                self._settled = trio.Event()
+            await self._settled.wait()
 
     def _next_ready(self) -> Ticket | None:
         for session_id in self._ready:
