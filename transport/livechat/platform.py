@@ -492,7 +492,7 @@ class PlatformBackend:
         work = self._work_of(ticket)
         if not ticket.opened and not ticket.ending:
             await self._open_ticket(ticket, work)
-        if work.catch_up:
+        while work.catch_up:
             await self._catch_up(ticket, work)
         while work.pending:
             entry = work.pending[0]
@@ -582,11 +582,16 @@ class PlatformBackend:
         work.catch_up = True
 
     async def _catch_up(self, ticket: Ticket, work: _Work) -> None:
-        entries = await self._core_link().entries_after(ticket.conversation_id, ticket.sent_seq)
-        work.pending = collections.deque(
-            e for e in entries if is_for_platform(e, ticket.session_id)
-        )
+        """Read the session's messages the platform may lack from the log. Messages that
+        arrive while the log is read are kept as they come and merged by seq: the read
+        may have been taken before they were stored."""
         work.catch_up = False
+        work.pending.clear()
+        entries = await self._core_link().entries_after(ticket.conversation_id, ticket.sent_seq)
+        by_seq = {e.seq: e for e in entries if is_for_platform(e, ticket.session_id)}
+        for entry in work.pending:
+            by_seq.setdefault(entry.seq, entry)
+        work.pending = collections.deque(by_seq[seq] for seq in sorted(by_seq))
 
     async def _reason(self, ticket: Ticket) -> str:
         """Why the session ended, read from the log: the bot's ending event says."""
