@@ -32,8 +32,8 @@ from .fakes import gorgias as fake
 from .fakes.asgi_server import serving
 from .fakes.webhook_bot import SECRET as BOT_SECRET
 from .fakes.webhook_bot import BotServer
+from .support.process import serving_process
 from .test_conformance import _notice
-from .test_platform_webhook import subprocess_server
 
 
 def _options(account_url: str, **options: Any) -> dict[str, Any]:
@@ -567,7 +567,8 @@ async def test_switchover_serve_end_to_end_and_across_kill_9(
     bot = BotServer()
     async with serving(bot) as bot_url, serving(account) as account_url:
         text = _toml(bot_url, account_url)
-        async with subprocess_server(tmp_path, 1, text) as (ws_url, http_url):
+        async with serving_process(tmp_path, 1, text) as first_run:
+            ws_url, http_url = first_run.ws_url, first_run.http_url
             account.integrate(f"{http_url}/v1/livechat/shop/gorgias")
             async with connect_user(ws_url, bot_id="shop", metadata={"name": "Uma"}) as user:
                 token = user.resume_token
@@ -589,7 +590,8 @@ async def test_switchover_serve_end_to_end_and_across_kill_9(
                 assert await _customer_texts(account, ticket_id, 1) == ["order 1234"]
         # Killed; the agent answers meanwhile, and the webhook finds nobody.
         await account.reply(ticket_id, "found it")
-        async with subprocess_server(tmp_path, 2, text) as (ws_url, http_url):
+        async with serving_process(tmp_path, 2, text) as second_run:
+            ws_url, http_url = second_run.ws_url, second_run.http_url
             account.integrations.clear()
             account.integrate(f"{http_url}/v1/livechat/shop/gorgias")
             async with connect_user(ws_url, resume_token=token) as user:

@@ -25,15 +25,18 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl
 
 import attrs
 import httpx
 import trio
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from transport.livechat.gorgias.setup import integration
-
-from .asgi_server import Receive, Scope, Send, headers_of, lifespan, read_body
 
 EMAIL = "switchover@shop.example"
 API_KEY = "a-gorgias-api-key-for-tests"
@@ -119,6 +122,11 @@ class Gorgias:
     _ids: Any = attrs.field(factory=lambda: itertools.count(1))
     _clock: Any = attrs.field(factory=lambda: itertools.count(1))
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    _app: Starlette = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        methods = ["GET", "POST", "PUT"]
+        self._app = Starlette(routes=[Route("/api/{rest:path}", self._receive, methods=methods)])
 
     # -- misbehaviour ------------------------------------------------------------------------
 
@@ -379,28 +387,26 @@ class Gorgias:
         return True, 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        body = await read_body(receive)
+        await self._app(scope, receive, send)
+
+    async def _receive(self, request: Request) -> Response:
+        body = await request.body()
         if self.gate is not None:
             await self.gate.wait()
-        method, path = scope["method"], scope["path"]
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        method, path = request.method, request.url.path
         after: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
-        status, answer, extra = self._handle(method, path, query, headers_of(scope), body, after)
+        query = dict(request.query_params)
+        status, answer, extra = self._handle(method, path, query, request.headers, body, after)
         self.calls.append((trio.current_time(), method, path, status))
-        used = f"{math.ceil(self._level)}/{self.limit}"
-        headers = [(b"x-gorgias-account-api-call-limit", used.encode()), *extra]
-        raw = json.dumps(answer).encode()
-        headers += [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(raw)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": raw})
+        headers = {"x-gorgias-account-api-call-limit": f"{math.ceil(self._level)}/{self.limit}"}
         self._touch()
         # Gorgias calls its integrations after the change, not within the request.
+        background = BackgroundTask(self._fire_all, after) if after else None
+        return JSONResponse(answer, status, headers={**headers, **extra}, background=background)
+
+    async def _fire_all(
+        self, after: list[tuple[str, dict[str, Any], dict[str, Any] | None]]
+    ) -> None:
         for event, ticket, message in after:
             await self._fire(event, ticket, message)
 
@@ -412,18 +418,15 @@ class Gorgias:
         headers: Mapping[str, str],
         body: bytes,
         after: list[tuple[str, dict[str, Any], dict[str, Any] | None]],
-    ) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
+    ) -> tuple[int, Any, dict[str, str]]:
         expected = "Basic " + base64.b64encode(f"{EMAIL}:{API_KEY}".encode()).decode()
         if headers.get("authorization") != expected:
-            return 401, {"error": {"msg": "Unauthorized"}}, []
+            return 401, {"error": {"msg": "Unauthorized"}}, {}
         fits, wait = self._throttle()
         if not fits:
             self.throttled += 1
-            return (
-                429,
-                {"error": {"msg": "Too many requests"}},
-                [(b"retry-after", str(max(1, math.ceil(wait))).encode())],
-            )
+            retry = str(max(1, math.ceil(wait)))
+            return 429, {"error": {"msg": "Too many requests"}}, {"retry-after": retry}
         failure = next((f for f in self.failures if f.call in (None, f"{method} {path}")), None)
         if failure is not None:
             self.failures.remove(failure)
@@ -432,17 +435,17 @@ class Gorgias:
         try:
             data = json.loads(body) if body else None
         except ValueError:
-            return 400, {"error": {"msg": "The body is not JSON"}}, []
+            return 400, {"error": {"msg": "The body is not JSON"}}, {}
         try:
             status, answer = self._route(method, path, query, data, after)
         except Refused as exc:
-            return exc.status, {"error": {"msg": str(exc)}}, []
+            return exc.status, {"error": {"msg": str(exc)}}, {}
         if failure is not None:
             return self._failure(failure)
-        return status, answer, []
+        return status, answer, {}
 
-    def _failure(self, failure: Failure) -> tuple[int, Any, list[Any]]:
-        extra = [(b"retry-after", failure.retry_after.encode())] if failure.retry_after else []
+    def _failure(self, failure: Failure) -> tuple[int, Any, dict[str, str]]:
+        extra = {"retry-after": failure.retry_after} if failure.retry_after else {}
         return failure.status, {"error": {"msg": "failing on command"}}, extra
 
     def _route(

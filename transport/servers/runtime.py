@@ -16,11 +16,12 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
-from urllib.parse import parse_qsl
 
 import attrs
 import httpx
 import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from actors import BotBinding, Desk, MemoryStore, Store, Switchboard
 from actors.trio.collector import tune_collector
@@ -29,14 +30,12 @@ from transport.bots.connections import BotConnections
 from transport.bots.resilience import make_http_client
 from transport.config import Config, ListenerConfig, signing_secret
 from transport.errors import ConfigError
-from transport.livechat.actions import PATH as ACTIONS_PATH
-from transport.livechat.actions import take_action
 from transport.livechat.backends import Backends, build_backends
 from transport.livechat.desk import build_desk
 from transport.livechat.gorgias import webhook as gorgias_webhook
 from transport.protocol.services import Services
-from transport.servers import push
-from transport.servers.http import HttpApp, Request, Response, serve_http
+from transport.servers.http.app import HttpApp
+from transport.servers.http.serve import serve_http
 from transport.servers.websocket import serve_websockets
 from transport.store import sqlite as sqlite_store
 from transport.store.retention import keep_pruning
@@ -255,9 +254,8 @@ async def _serve(
             public_ws_url=listen.public_ws_url,
             ws_host=listen.host,
             widget_frame_ancestors=listen.widget_frame_ancestors,
+            platforms=parts.backends.platforms,
         )
-        push.register(app, services)
-        _mount_platform_actions(app, parts.backends)
         _mount_gorgias(app, parts.backends)
         if handle_signals:
             core.start_soon(_on_signals, shutdown)
@@ -301,31 +299,18 @@ async def _serve(
         core.cancel_scope.cancel()
 
 
-def _mount_platform_actions(app: HttpApp, backends: Backends) -> None:
-    """Mount the generic platform's API (:func:`transport.livechat.actions.take_action`)."""
-
-    async def handle(request: Request) -> Response:
-        status, answer = await take_action(
-            backends.platforms, request.params["bot_id"], request.headers, request.body
-        )
-        return Response.json(answer, status)
-
-    app.add_route("POST", ACTIONS_PATH, handle)
-
-
 def _mount_gorgias(app: HttpApp, backends: Backends) -> None:
-    """Mount the Gorgias HTTP integration's route
+    """Add the Gorgias HTTP integration's route to the app
     (:func:`transport.livechat.gorgias.webhook.take_webhook`)."""
 
-    async def handle(request: Request) -> Response:
-        backend, token = backends.gorgias.get(request.params["bot_id"], (None, None))
-        query = dict(parse_qsl(request.query, keep_blank_values=True))
+    async def endpoint(request: Request) -> Response:
+        backend, token = backends.gorgias.get(request.path_params["bot_id"], (None, None))
         status, answer = await gorgias_webhook.take_webhook(
-            backend, token, request.headers, query, request.body
+            backend, token, request.headers, dict(request.query_params), await request.body()
         )
-        return Response.json(answer, status)
+        return JSONResponse(answer, status)
 
-    app.add_route("POST", gorgias_webhook.PATH, handle)
+    app.add_route(gorgias_webhook.PATH, endpoint, methods=["POST"])
 
 
 async def _cancellable(
