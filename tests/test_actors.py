@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
@@ -507,3 +508,40 @@ async def test_an_event_the_bot_never_answered_is_handed_over_again_after_a_rest
         await board.ask(answered, UserSays(Content.text("next")))
         events = await bot.wait_for_events(2)
         assert [e.content.text_value for e in events] == ["hang", "next"]
+
+
+async def test_a_backend_that_acts_at_start_up_shares_the_restored_conversation() -> None:
+    """A livechat backend may speak to a conversation as soon as it runs (a platform reading
+    what its agents did while the server was down), before the switchboard has restored the
+    open sessions: the conversation still has one actor, so nothing is numbered twice."""
+    from actors.model.events import LivechatUnreachable
+
+    store = MemoryStore()
+    async with open_switchboard(
+        {"demo": BotBinding(EchoBot(), BotSettings())}, None, store
+    ) as board:
+        conversation_id, user = await open_watched(board, "demo")
+        await board.ask(conversation_id, UserSays(Content.payload(SESSION_START)))
+        await user.wait_for(notice("session_started"))
+    state = await store.load(conversation_id)
+    assert state is not None and state.session is not None
+    session_id = state.session.session_id
+
+    class EagerDesk(Desk):
+        async def run(self, core: Any, *, task_status: trio.TaskStatus[None]) -> None:
+            core.post(conversation_id, LivechatUnreachable(session_id))
+            await super().run(core, task_status=task_status)
+
+    desk = EagerDesk({"demo": BotSettings()}, [])
+    bots = {"demo": BotBinding(EchoBot(), BotSettings())}
+    async with open_switchboard(bots, {"desk": desk}, store) as board:
+        user = RecordingSink()
+        board.subscribe(conversation_id, user, after_seq=0)
+        await user.wait_for(notice("livechat_unreachable"))
+        for text in ("one", "two"):
+            assert isinstance(
+                await board.ask(conversation_id, UserSays(Content.text(text))), Accepted
+            )
+        assert board.stats.started == 1
+    seqs = [e.seq for e in await store.entries_after(conversation_id, 0)]
+    assert seqs == list(range(1, len(seqs) + 1))

@@ -24,8 +24,8 @@ from actors import (
 )
 from transport.protocol.credentials import hash_token
 from transport.protocol.services import Services
-from transport.servers import push
-from transport.servers.http import HttpApp
+from transport.servers.http import push
+from transport.servers.http.app import HttpApp
 
 from .conftest import EchoBot, notice, open_watched
 from .fakes.asgi_server import serving
@@ -46,7 +46,6 @@ async def services() -> AsyncIterator[Services]:
 @pytest.fixture
 async def http(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     app = HttpApp(services)
-    push.register(app, services)
     async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
         yield client
 
@@ -182,7 +181,6 @@ async def test_a_push_that_times_out_is_pending_and_a_retry_with_its_key_shows_i
     async with open_switchboard(bots, {"desk": Desk({"support": settings}, [])}, store) as board:
         services = Services(board, board.backends["desk"], "secret", bot_tokens={TOKEN: "support"})  # type: ignore[arg-type]
         app = HttpApp(services)
-        push.register(app, services)
         async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
             conv = (await board.open_conversation("support")).conversation_id
             body = {"conversation_id": conv, "messages": [Content.text("Shipped.").to_json()]}
@@ -233,3 +231,25 @@ async def test_repeated_failed_pushes_from_one_address_are_throttled(
     assert locked.json()["error"] == "too_many_attempts"
     assert int(locked.headers["retry-after"]) >= 1
     assert (await http.get("/healthz")).status_code == 200  # nothing else is refused
+
+
+async def test_bodies_are_held_to_their_limits_with_the_same_answers(
+    services: Services, http: httpx.AsyncClient
+) -> None:
+    url = "/v1/bots/support/messages"
+    over_push = b"x" * (64 * 1024 + 1)
+    anonymous = await http.post(url, content=over_push)
+    assert anonymous.status_code == 401  # the token is checked before the push's own limit
+    pushed = await http.post(url, content=over_push, headers=bearer(TOKEN))
+    assert pushed.status_code == 413
+    assert pushed.json() == {"error": "too_large", "message": "Bodies are limited to 65536 bytes."}
+    over_all = b"x" * (1024 * 1024 + 1)
+    for path in (url, "/nowhere", "/healthz"):
+        # Every body is read, and held to 1 MiB, before the request is routed.
+        response = await http.post(path, content=over_all)
+        assert response.status_code == 413, path
+        assert response.json() == {
+            "error": "too_large",
+            "message": "Bodies are limited to 1048576 bytes.",
+        }
+        assert response.headers["x-content-type-options"] == "nosniff"

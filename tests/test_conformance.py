@@ -3,11 +3,12 @@
 Each test runs the real server on 127.0.0.1 with a webhook bot (a real HTTP server that
 records every event it gets) and one human side: the built-in desk with an agent on the
 WebSocket protocol, a helpdesk on the generic webhook platform (tests/fakes/helpdesk.py)
-acting through Switchover's HTTP API, or Chatwoot's agents in an API inbox
-(tests/fakes/chatwoot.py, whose webhooks reach Switchover's Chatwoot route). The user is the
-Python client. Whatever the backend, the guarantees are the same: the bot hears nothing
-during a session, messages pass both ways in order, the sign-off takes two steps, the
-session ends once with its reason, and the bot is told at the end.
+acting through Switchover's HTTP API, a Gorgias account (tests/fakes/gorgias.py) whose
+agents work on tickets, or Chatwoot's agents in an API inbox (tests/fakes/chatwoot.py, whose
+webhooks reach Switchover's Chatwoot route). The user is the Python client. Whatever the
+backend, the guarantees are the same: the bot hears nothing during a session, messages pass
+both ways in order, the sign-off takes two steps, the session ends once with its reason, and
+the bot is told at the end.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 
 from .fakes import chatwoot as fake_chatwoot
+from .fakes import gorgias as fake_gorgias
 from .fakes import helpdesk as fake_helpdesk
 from .fakes.asgi_server import serving
 from .fakes.webhook_bot import SECRET as BOT_SECRET
 from .fakes.webhook_bot import BotServer
 
 ALICE_TOKEN = "alice-token-for-conformance"
-BACKENDS = ("desk", "webhook", "chatwoot")
+BACKENDS = ("desk", "webhook", "gorgias", "chatwoot")
 
 
 def _entry(sender: str, **content: Any) -> Callable[[Frame], bool]:
@@ -168,6 +170,54 @@ class HelpdeskSide:
         return reason
 
 
+class GorgiasSide:
+    """Gorgias's agents: assigning the ticket picks the session up, closing it ends it."""
+
+    can_end = True
+    end_reason = "ticket_closed"
+    hears_payloads = False
+
+    def __init__(self, account: fake_gorgias.Gorgias) -> None:
+        self.account = account
+        self.ticket_id = 0
+
+    async def picks_up(self, conversation_id: str) -> None:
+        def ticket() -> int:
+            for found in self.account.tickets.values():
+                if found["meta"]["switchover"]["conversation_id"] == conversation_id:
+                    return int(found["id"])
+            return 0
+
+        self.ticket_id = await self.account.wait_until(ticket)
+        await self.account.assign(self.ticket_id)
+
+    async def says(self, text: str) -> None:
+        await self.account.reply(self.ticket_id, text)
+
+    async def signs_off(self) -> None:
+        await self.account.sign_off(self.ticket_id)
+
+    async def ends_session(self) -> None:
+        await self.account.close(self.ticket_id)
+
+    async def heard(self, count: int) -> list[str]:
+        def texts() -> list[str]:
+            said = self.account.customer_texts(self.ticket_id)
+            return [t for t in said if not t.startswith("[button]")]
+
+        await self.account.wait_until(lambda: len(texts()) >= count)
+        return texts()[:count]
+
+    async def told_end(self) -> str:
+        ticket = self.account.tickets[self.ticket_id]
+        notes = await self.account.wait_until(
+            lambda: ticket["status"] == "closed" and self.account.notes(self.ticket_id)
+        )
+        [note] = notes
+        assert note.startswith("Livechat session ended. Reason: ")
+        return str(note.rpartition(" ")[2])
+
+
 class ChatwootSide:
     """Chatwoot's agents: picking up is being assigned, ending is resolving."""
 
@@ -235,14 +285,12 @@ class World:
         ]
 
 
-def _config(
-    backend: str, bot_url: str, helpdesk_url: str, chatwoot_url: str, **settings: Any
-) -> Any:
+def _config(backend: str, bot_url: str, helpdesk_url: str, **settings: Any) -> Any:
     livechat: dict[str, Any] = {"kind": backend}
     if backend == "chatwoot":
         # Webhooks alone must carry it: the reconcile comes too late to help.
         livechat["options"] = {
-            "base_url": chatwoot_url,
+            "base_url": helpdesk_url,
             "account_id": fake_chatwoot.ACCOUNT_ID,
             "inbox_id": fake_chatwoot.INBOX_ID,
             "api_token": fake_chatwoot.API_TOKEN,
@@ -250,11 +298,20 @@ def _config(
             "reconcile_every": 3600.0,
             "max_backoff": 0.2,
         }
-    elif backend == "webhook":
+    if backend == "webhook":
         livechat["options"] = {
             "url": helpdesk_url + "/events",
             "secret": fake_helpdesk.SECRET,
             "api_token": fake_helpdesk.API_TOKEN,
+            "max_backoff": 0.2,
+            "unreachable_after": 0.3,
+        }
+    elif backend == "gorgias":
+        livechat["options"] = {
+            "base_url": helpdesk_url,
+            "email": fake_gorgias.EMAIL,
+            "api_key": fake_gorgias.API_KEY,
+            "webhook_token": fake_gorgias.WEBHOOK_TOKEN,
             "max_backoff": 0.2,
             "unreachable_after": 0.3,
         }
@@ -278,14 +335,15 @@ def _config(
 async def world_of(backend: str, **settings: Any) -> AsyncIterator[World]:
     bot = BotServer()
     desk = fake_helpdesk.Helpdesk()
+    account = fake_gorgias.Gorgias()
     chatwoot = fake_chatwoot.Chatwoot()
+    helpdesks: dict[str, Any] = {"gorgias": account, "chatwoot": chatwoot}
     async with AsyncExitStack() as stack:
         bot_url = await stack.enter_async_context(serving(bot))
-        helpdesk_url = await stack.enter_async_context(serving(desk))
-        chatwoot_url = await stack.enter_async_context(serving(chatwoot))
+        helpdesk_url = await stack.enter_async_context(serving(helpdesks.get(backend, desk)))
         await stack.enter_async_context(chatwoot.delivering())
         nursery = await stack.enter_async_context(trio.open_nursery())
-        config = _config(backend, bot_url, helpdesk_url, chatwoot_url, **settings)
+        config = _config(backend, bot_url, helpdesk_url, **settings)
         server: RunningServer = await nursery.start(
             lambda task_status: run_server(config, handle_signals=False, task_status=task_status)
         )
@@ -293,6 +351,9 @@ async def world_of(backend: str, **settings: Any) -> AsyncIterator[World]:
         if backend == "desk":
             agent = await stack.enter_async_context(connect_agent(server.ws_url, ALICE_TOKEN))
             human = DeskAgent(agent)
+        elif backend == "gorgias":
+            account.integrate(f"{server.http_url}/v1/livechat/shop/gorgias")
+            human = GorgiasSide(account)
         elif backend == "chatwoot":
             chatwoot.set_webhook_url(f"{server.http_url}/v1/livechat/shop/chatwoot")
             human = ChatwootSide(chatwoot)

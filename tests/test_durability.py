@@ -13,14 +13,11 @@ as does one a connected bot had received but not acknowledged.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +29,8 @@ from transport.client import Frame, connect_agent, connect_bot, connect_user
 
 from .fakes.asgi_server import serving as serving_http
 from .fakes.webhook_bot import SECRET, BotServer
+from .support.process import ROOT, SWITCHOVER, serving_process
 
-ROOT = Path(__file__).resolve().parent.parent
-SWITCHOVER = [sys.executable, "-m", "transport.cli"]
 ALICE = "alice-token-for-durability"
 BRIEF_TIMEOUT = 2.5
 
@@ -66,41 +62,8 @@ bots = ["demo"]
 """
 
 
-class Server:
-    def __init__(self, process: subprocess.Popen[str], ws_url: str) -> None:
-        self.process = process
-        self.ws_url = ws_url
-
-
-@asynccontextmanager
-async def serving(tmp_path: Path, run: int, text: str = CONFIG) -> AsyncIterator[Server]:
-    config = tmp_path / "switchover.toml"
-    config.write_text(text)
-    log = (tmp_path / f"server-{run}.log").open("w")
-    process = subprocess.Popen(  # noqa: ASYNC220 (its output is read in a thread below)
-        [*SWITCHOVER, "serve", "--config", str(config), "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        with trio.fail_after(20):
-            while True:
-                line = await trio.to_thread.run_sync(process.stdout.readline)
-                if not line:
-                    logged = (tmp_path / f"server-{run}.log").read_text()
-                    raise AssertionError(f"the server exited: {logged}")
-                found = re.search(r"WebSocket (ws://\S+)", line)
-                if found:
-                    break
-        yield Server(process, found.group(1))
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        log.close()
+def serving(tmp_path: Path, run: int, text: str = CONFIG) -> Any:
+    return serving_process(tmp_path, run, text)
 
 
 def transcript(tmp_path: Path, conversation_id: str) -> list[dict[str, Any]]:

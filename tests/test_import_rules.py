@@ -48,6 +48,7 @@ def test_the_rules_hold_for_the_tree_as_it_is(tmp_path: Path) -> None:
     [
         ("actors/trio/desk.py", "import transport.config", "The core never imports the transports"),
         ("actors/trio/switchboard.py", "import sqlite3", "touches no database"),
+        ("actors/trio/desk.py", "import starlette.routing", "speaks no HTTP"),
         ("actors/model/state.py", "import trio", "The core's data is only data"),
         ("actors/machines/routing.py", "import actors.trio.clock", "The machines are pure"),
         ("actors/ports.py", "import actors.machines.lifecycle", "The ports depend on data only"),
@@ -57,6 +58,11 @@ def test_the_rules_hold_for_the_tree_as_it_is(tmp_path: Path) -> None:
         ("transport/config.py", "import transport.servers.runtime", "Reading the config"),
         ("transport/livechat/desk.py", "import transport.servers.runtime", "point one way"),
         ("transport/validators.py", "import actors.model.settings", "The leaf modules"),
+        ("transport/servers/websocket.py", "import transport.servers.http.app", "The servers"),
+        ("transport/servers/fastws.py", "import transport.servers.websocket", "The servers"),
+        ("transport/servers/http/errors.py", "import transport.servers.http.body", "HTTP app's"),
+        ("transport/servers/http/pages.py", "import transport.servers.http.app", "HTTP app's"),
+        ("transport/servers/http/serve.py", "import transport.servers.http.app", "HTTP app's"),
     ],
 )
 def test_a_forbidden_import_breaks_its_rule(

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from actors import (
     IDLE_TIMEOUT,
@@ -36,7 +34,7 @@ from actors import (
     UserSays,
     UserTyping,
 )
-from actors.machines.lifecycle import Transition, _Builder, _live_message, _touched
+from actors.machines.lifecycle import Transition
 from actors.model import effects as fx
 from actors.model.events import (
     AgentAssigned,
@@ -49,7 +47,6 @@ from actors.model.events import (
     TimerFired,
     TransferFailed,
 )
-from actors.model.state import Session
 
 SETTINGS = BotSettings(
     session_timeout=3600.0,
@@ -544,28 +541,3 @@ def test_expiry_reports_the_session_in_the_bot_event(reason: str) -> None:
     [bot] = to(Party.BOT, expired)
     assert bot.metadata == {"reason": reason, "session_id": session_id}
     assert bot.session_id == session_id
-
-
-# -- the live fast path ----------------------------------------------------------------------
-
-
-@given(
-    sender=st.sampled_from([Party.USER, Party.AGENT]),
-    text=st.text(max_size=20),
-    next_seq=st.integers(1, 10**6),
-    offered=st.booleans(),
-    elapsed=st.floats(0, 10**6, allow_nan=False),
-)
-def test_the_live_fast_path_builds_what_the_general_builder_builds(
-    sender: Party, text: str, next_seq: int, offered: bool, elapsed: float
-) -> None:
-    """Plain live messages skip the general builder for speed; they must not differ."""
-    session = Session("c1/1", T0, T0, None, "alice", "Alice", offered)
-    state = ConversationState("c1", "demo", "u1", {"name": "Uma"}, next_seq, session, 1)
-    now = T0 + elapsed
-    content = Content.text(text)
-    fast = _live_message(state, session, sender, content, "alice", now)
-    builder = _Builder(state, now)
-    seq = builder.emit(sender, content, frozenset({Party.USER, Party.AGENT}), agent_id="alice")
-    general = builder.finish(_touched(session, now, False), fx.Accepted(seq))
-    assert fast == general

@@ -41,8 +41,8 @@ from .fakes import chatwoot as fake
 from .fakes.asgi_server import serving
 from .fakes.webhook_bot import SECRET as BOT_SECRET
 from .fakes.webhook_bot import BotServer
+from .support.process import serving_process
 from .test_conformance import _entry, _notice
-from .test_platform_webhook import subprocess_server
 
 WEBHOOK_PATH = "/v1/livechat/shop/chatwoot"
 
@@ -95,10 +95,10 @@ class Rig:
 
 
 async def settled(r: Rig) -> None:
-    """Once Chatwoot sent every webhook so far and Switchover did what they asked (its
-    backend has nothing left to do; read from its private state, which announces nothing)."""
+    """Once Chatwoot sent every webhook so far and Switchover did what they asked."""
     await r.chatwoot.quiet()
-    await until(lambda: not r.backend._ready and not r.backend._busy)
+    with trio.fail_after(10):
+        await r.backend.wait_settled()
 
 
 def _only(r: Rig) -> str:
@@ -810,7 +810,8 @@ async def test_kill_9_and_missed_webhooks_lose_nothing(tmp_path: Path, monkeypat
         chatwoot.delivering(),
     ):
         text = _toml(bot_url, chatwoot_url)
-        async with subprocess_server(tmp_path, 1, text) as (ws_url, http_url):
+        async with serving_process(tmp_path, 1, text) as first_run:
+            ws_url, http_url = first_run.ws_url, first_run.http_url
             chatwoot.set_webhook_url(http_url + WEBHOOK_PATH)
             async with connect_user(ws_url, bot_id="shop") as user:
                 token = user.resume_token
@@ -829,7 +830,8 @@ async def test_kill_9_and_missed_webhooks_lose_nothing(tmp_path: Path, monkeypat
         also = await chatwoot.agent_reply(cid, "Ines, also while down", fake.INES)
         assert (await chatwoot.delivery_of(down)).status == 0
         assert (await chatwoot.delivery_of(also)).status == 0
-        async with subprocess_server(tmp_path, 2, text) as (ws_url, http_url):
+        async with serving_process(tmp_path, 2, text) as second_run:
+            ws_url, http_url = second_run.ws_url, second_run.http_url
             chatwoot.set_webhook_url(http_url + WEBHOOK_PATH)
             async with connect_user(ws_url, resume_token=token, last_seq=0) as user:
                 await user.say_text("after the restart")

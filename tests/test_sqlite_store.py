@@ -44,9 +44,7 @@ from actors import (
     UserSays,
     open_switchboard,
 )
-from actors.model.events import LivechatUnreachable
 from actors.model.state import Session
-from actors.ports import CoreLink
 from transport.store.readers import (
     AGENT_ENTRIES_PAGE,
     ENTRIES_AFTER,
@@ -399,48 +397,6 @@ async def test_restart_brings_sessions_back_in_their_states(tmp_path: Path) -> N
         texts = [e.content.text_value for e in user.entries()]
         assert texts.index("how can I help?") < texts.index("back")
         assert (await store.load(plain)).mode is Mode.BOT  # type: ignore[union-attr]
-
-
-class EagerDesk(Desk):
-    """A backend that acts on a conversation while the switchboard is still starting, as a
-    platform applying what its agents did while Switchover was down does."""
-
-    woken: tuple[str, str] | None = None
-
-    async def run(self, core: CoreLink, *, task_status: trio.TaskStatus[None]) -> None:
-        if self.woken is not None:
-            conversation_id, session_id = self.woken
-            core.post(conversation_id, LivechatUnreachable(session_id))
-        await super().run(core, task_status=task_status)
-
-
-async def test_a_conversation_a_backend_wakes_during_start_up_keeps_one_numbering(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "s.db"
-    profiles = [AgentProfile("alice", "Alice", frozenset({"demo"}), capacity=2)]
-    async with (
-        open_sqlite_store(path, settings={"demo": SETTINGS}) as store,
-        running_board(store, EchoBot()) as board,
-    ):
-        conv = (await board.open_conversation("demo")).conversation_id
-        await board.ask(conv, UserSays(Content.payload(SESSION_START)))
-        state = await store.load(conv)
-        assert state is not None and state.session is not None
-        session_id = state.session.session_id
-    desk = EagerDesk({"demo": SETTINGS}, profiles)
-    desk.woken = (conv, session_id)
-    async with (
-        open_sqlite_store(path, settings={"demo": SETTINGS}) as store,
-        open_switchboard({"demo": BotBinding(EchoBot(), SETTINGS)}, {"desk": desk}, store) as board,
-    ):
-        said = await board.ask(conv, UserSays(Content.text("still there?")))
-        assert isinstance(said, Accepted)
-        entries = await store.entries_after(conv, 0)
-        seqs = [e.seq for e in entries]
-        assert seqs == list(range(1, len(seqs) + 1))
-        assert [e.content.text_value for e in entries][-1] == "still there?"
-        assert any(e.content.content.get("code") == "livechat_unreachable" for e in entries)
 
 
 async def test_a_deadline_that_passed_while_down_expires_at_start(tmp_path: Path) -> None:

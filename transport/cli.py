@@ -1,5 +1,6 @@
 """The ``switchover`` command: ``serve`` runs the server, ``check`` validates a config,
-``chatwoot setup`` connects a bot to a Chatwoot inbox.
+``gorgias setup`` and ``chatwoot setup`` connect a bot to a Gorgias account or a Chatwoot
+inbox.
 
 Flags override environment variables, which override the config file, which overrides the
 embedded defaults (see :mod:`transport.config`). Other modules add subcommands through a
@@ -34,6 +35,7 @@ from transport.config import (
 )
 from transport.errors import ConfigError
 from transport.livechat.chatwoot import setup as chatwoot_setup
+from transport.livechat.gorgias import setup as gorgias_setup
 from transport.logs import LOG_FORMATS, configure_logging
 from transport.servers.runtime import ListenError
 from transport.store import commands as store_commands
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=check_command)
 
     store_commands.register(subparsers, data_dir_of)
+    gorgias_setup.register(subparsers)
     chatwoot_setup.register(subparsers)
     return parser
 

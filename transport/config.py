@@ -48,9 +48,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 SECRET_FILE = "secret"
 
 
-#: Where a bot's humans can be: the built-in desk, a helpdesk through the signed webhook
-#: protocol, or a Chatwoot inbox (docs/platforms.md).
-LIVECHAT_KINDS = ("desk", "webhook", "chatwoot")
+#: Where a bot's humans can be: the built-in desk, or a helpdesk (the signed webhook
+#: protocol, or a platform with its own connector: Gorgias, Chatwoot; docs/platforms.md).
+LIVECHAT_KINDS = ("desk", "webhook", "gorgias", "chatwoot")
 
 
 @attrs.frozen

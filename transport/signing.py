@@ -1,4 +1,5 @@
-"""Signed HTTP requests from Switchover: what webhook bots and livechat platforms receive.
+"""Signed HTTP requests from Switchover (what webhook bots and livechat platforms receive),
+and the headers its own HTTP API reads.
 
 Every request Switchover sends to someone else's server carries ``X-Switchover-Timestamp``
 (Unix seconds) and ``X-Switchover-Signature: v1=<hex>``, the HMAC-SHA256 under a shared
@@ -77,3 +78,12 @@ def verify_signature(
         ):
             found = True
     return found
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if there is one."""
+    value = header(headers, "authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None

@@ -112,13 +112,8 @@ class _Builder:
         sessions_opened: int | None = None,
     ) -> Transition:
         old = self.state
-        # Built field by field: this runs for every message, and attrs.evolve costs several
-        # times more than the constructor.
-        state = ConversationState(
-            old.conversation_id,
-            old.bot_id,
-            old.user_id,
-            old.user_metadata,
+        state = _evolve_state(
+            old,
             self.next_seq,
             old.session if isinstance(session, _Keep) else session,
             old.sessions_opened if sessions_opened is None else sessions_opened,
@@ -126,8 +121,27 @@ class _Builder:
         return Transition(state, tuple(self.effects), outcome or fx.Accepted())
 
 
+def _evolve_state(
+    state: ConversationState, next_seq: int, session: Session | None, sessions_opened: int
+) -> ConversationState:
+    """``attrs.evolve(state, next_seq=..., session=..., sessions_opened=...)`` built by the
+    constructor: every message makes one, and evolve costs several times more
+    (bench/README.md, 2026-12-03)."""
+    return ConversationState(
+        state.conversation_id,
+        state.bot_id,
+        state.user_id,
+        state.user_metadata,
+        next_seq,
+        session,
+        sessions_opened,
+    )
+
+
 def _touched(session: Session, now: float, sign_off_offered: bool) -> Session:
-    """The session after a message between user and agent (the hot path: no evolve)."""
+    """``attrs.evolve(session, last_activity=now, sign_off_offered=...)`` built by the
+    constructor: the session after each message between user and agent (bench/README.md,
+    2026-12-03)."""
     return Session(
         session.session_id,
         session.started_at,
@@ -148,9 +162,8 @@ def _live_message(
     now: float,
 ) -> Transition:
     """A message between the user and the agent of a live session: one entry for both, the
-    session touched. The same transition the :class:`_Builder` makes, built directly: this is
-    most of what a live conversation ever does, and the builder's list, tuple and calls were
-    about a quarter of the lifecycle's cost per message (bench/README.md, Core)."""
+    session touched. The transition :class:`_Builder` makes, built directly: it is most of what
+    a live conversation does (bench/README.md, Core, 2026-11-25, throughput)."""
     seq = state.next_seq
     entry = Entry(
         state.conversation_id,
@@ -163,15 +176,7 @@ def _live_message(
         session.session_id,
         {},
     )
-    after = ConversationState(
-        state.conversation_id,
-        state.bot_id,
-        state.user_id,
-        state.user_metadata,
-        seq + 1,
-        _touched(session, now, False),
-        state.sessions_opened,
-    )
+    after = _evolve_state(state, seq + 1, _touched(session, now, False), state.sessions_opened)
     return Transition(after, (fx.Emit(entry),), fx.Accepted(seq))
 
 

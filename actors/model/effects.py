@@ -114,10 +114,5 @@ class Refusal:
     message: str
     conversation_id: str | None = None
 
-    @property
-    def detail(self) -> str:
-        """Deprecated: the same as :attr:`message`."""
-        return self.message
-
 
 Outcome = Accepted | Refusal

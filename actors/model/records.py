@@ -25,8 +25,8 @@ class Party(enum.Enum):
     AGENT = "agent"
     SYSTEM = "system"
 
-    # Members are singletons compared by identity; enum's own __hash__ is Python code and
-    # ran several times per message (audience checks).
+    # Members are singletons compared by identity, so hashed by it: enum's own __hash__ is
+    # Python code, run several times per message (bench/README.md, Core, 2026-11-25).
     __hash__ = object.__hash__
 
 

@@ -2,8 +2,8 @@
 
 Why: Python's full collection walks every tracked object. A server holding 10,000 live
 conversations has a few hundred thousand of them, so a full collection that happens while
-10,000 sessions expire at once stalls every other task for ~200 ms (bench/README.md, Core),
-far above the 50 ms the scheduler may stall. Two settings bring it under:
+10,000 sessions expire at once stalls every other task for ~200 ms, far above the 50 ms the
+scheduler may stall (bench/README.md, Core, 2026-11-25). Two settings bring it under:
 
 * :func:`gc.freeze` once start-up (and the restore of open sessions) is done: what exists
   then lives for the whole run, and a frozen object is never walked again.

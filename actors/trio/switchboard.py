@@ -205,9 +205,8 @@ class Switchboard:
             except Exception:
                 log.exception("restoring session %s", session.session_id)
             if state.conversation_id not in self._actors:
-                # Unless a backend woke it already (a platform applying what its agents did
-                # while Switchover was down): that actor loaded the conversation itself, and
-                # a second one would number its messages again.
+                # (A backend that spoke to it already started its actor, which loads the
+                # same state: a second one would number its messages twice.)
                 self._start_actor(state.conversation_id, state)
         for conversation_id, entries in owed.items():
             self._actor(conversation_id).owed_to_bot = entries

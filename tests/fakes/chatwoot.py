@@ -32,13 +32,15 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qs
 
 import attrs
 import httpx
 import trio
-
-from .asgi_server import Receive, Scope, Send, headers_of, lifespan, read_body
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 ACCOUNT_ID = 1
 INBOX_ID = 1
@@ -147,8 +149,11 @@ class Chatwoot:
     _unsent: int = 0
     _held: list[tuple[dict[str, Any], str]] = attrs.field(factory=list)
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    _app: Starlette = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        methods = ["GET", "POST", "PUT"]
+        self._app = Starlette(routes=[Route("/api/{rest:path}", self._receive, methods=methods)])
         self.inboxes[INBOX_ID] = {
             "id": INBOX_ID,
             "name": "Preset API inbox",
@@ -348,37 +353,29 @@ class Chatwoot:
     # -- ASGI -----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        body = await read_body(receive)
-        method, path = scope["method"], scope["path"]
-        query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        await self._app(scope, receive, send)
+
+    async def _receive(self, request: Request) -> Response:
+        body = await request.body()
+        method, path = request.method, request.url.path
+        query = dict(request.query_params)
         failure = self._failure(method, path)
-        headers: list[tuple[bytes, bytes]] = []
+        headers: dict[str, str] = {}
         if failure is not None and not failure[4]:
             status, answer = failure[2], {"error": "injected failure"}
         else:
             try:
-                status, answer = 200, self._route(method, path, query, headers_of(scope), body)
+                status, answer = 200, self._route(method, path, query, request.headers, body)
             except _Reply as reply:
                 status, answer = reply.status, reply.body
             if failure is not None and status < 300:
                 # Done, but the caller is told it failed.
                 status, answer = failure[2], {"error": "injected failure after storing"}
         if failure is not None and failure[3] is not None:
-            headers = [(b"retry-after", failure[3].encode())]
+            headers["retry-after"] = failure[3]
         self.calls.append((method, path, status, trio.current_time()))
         self.changed()
-        raw = json.dumps(answer).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), *headers],
-            }
-        )
-        await send({"type": "http.response.body", "body": raw})
+        return JSONResponse(answer, status, headers=headers)
 
     def _failure(self, method: str, path: str) -> tuple[str, str, int, str | None, bool] | None:
         if self.failures:
@@ -388,7 +385,7 @@ class Chatwoot:
         return None
 
     def _route(
-        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes
+        self, method: str, path: str, query: dict[str, str], headers: Any, body: bytes
     ) -> Any:
         user = self.users.get(headers.get("api_access_token", ""))
         if user is None:

@@ -21,14 +21,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
 import trio
+from starlette.applications import Starlette
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from .asgi_server import Receive, Scope, Send, headers_of, lifespan, read_body, respond
-from .asgi_server import respond_json as _respond_json
+Answer = tuple[int, Any]
 
 START = "LIVECHAT_SESSION_START"
 END = "LIVECHAT_SESSION_END"
@@ -100,6 +104,7 @@ class FakeCsmlEngine:
     # Open engine conversations by client: their id and the step they hold at.
     open: dict[tuple[str, str, str], str] = attrs.field(factory=dict)
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    _app: Starlette = attrs.field(init=False)
 
     async def wait_for_runs(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         with trio.fail_after(timeout):
@@ -117,47 +122,72 @@ class FakeCsmlEngine:
         self._changed.set()
         self._changed = trio.Event()
 
+    def __attrs_post_init__(self) -> None:
+        everything = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        self._app = Starlette(
+            routes=[
+                Route("/status", self._endpoint(self._status), methods=["GET"]),
+                Route("/run", self._endpoint(self._json(self._run)), methods=["POST"]),
+                Route(
+                    "/conversations/close",
+                    self._endpoint(self._json(self._close)),
+                    methods=["POST"],
+                ),
+                # Anything else, a known path with another method included: a bare 404.
+                Route("/{path:path}", self._endpoint(lambda _: (404, None)), methods=everything),
+            ]
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        body = await read_body(receive)
-        request = Request(scope["path"], headers_of(scope), body)
-        self.requests.append(request)
-        request.status, answer = self._answer(scope["method"], request)
-        self._note()
-        if answer is None:
-            await respond(send, request.status)
-        else:
-            await _respond_json(send, answer, request.status)
+        await self._app(scope, receive, send)
 
-    def _answer(self, method: str, request: Request) -> tuple[int, Any]:
-        if self.api_keys and request.headers.get("x-api-key") not in self.api_keys:
-            return 403, None
-        if self.failing:
-            return 500, None
-        if method == "GET" and request.path == "/status":
-            return 200, {"engine_version": "1.11.2"}
-        if method != "POST":
-            return 404, None
-        try:
-            data = json.loads(request.body)
-        except ValueError:
-            return 400, None
-        if not isinstance(data, dict):
-            return 400, None
-        if request.path == "/run":
-            return self._run(data)
-        if request.path == "/conversations/close":
-            client = _client(data)
-            if client is None:
+    def _endpoint(
+        self, answer: Callable[[Request], Answer]
+    ) -> Callable[[HttpRequest], Awaitable[Response]]:
+        """A route that keeps every request, checks the API key, fails when told to, and
+        answers ``answer``'s JSON, or a bare status when it is ``None``."""
+
+        async def endpoint(http: HttpRequest) -> Response:
+            request = Request(http.url.path, dict(http.headers), await http.body())
+            self.requests.append(request)
+            if self.api_keys and request.headers.get("x-api-key") not in self.api_keys:
+                request.status, body = 403, None
+            elif self.failing:
+                request.status, body = 500, None
+            else:
+                request.status, body = answer(request)
+            self._note()
+            if body is None:
+                return Response(status_code=request.status)
+            return JSONResponse(body, request.status)
+
+        return endpoint
+
+    @staticmethod
+    def _json(answer: Callable[[dict[str, Any]], Answer]) -> Callable[[Request], Answer]:
+        """Bodies must be JSON objects: anything else is a bare 400."""
+
+        def parsed(request: Request) -> Answer:
+            try:
+                data = json.loads(request.body)
+            except ValueError:
                 return 400, None
-            self.closed.append(data)
-            self.open.pop(client, None)
-            return 200, None
-        return 404, None
+            return answer(data) if isinstance(data, dict) else (400, None)
 
-    def _run(self, data: dict[str, Any]) -> tuple[int, Any]:
+        return parsed
+
+    def _status(self, request: Request) -> Answer:
+        return 200, {"engine_version": "1.11.2"}
+
+    def _close(self, data: dict[str, Any]) -> Answer:
+        client = _client(data)
+        if client is None:
+            return 400, None
+        self.closed.append(data)
+        self.open.pop(client, None)
+        return 200, None
+
+    def _run(self, data: dict[str, Any]) -> Answer:
         received_at = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
         bot_id = data.get("bot_id")
         version_id = data.get("version_id")

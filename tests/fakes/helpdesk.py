@@ -18,10 +18,13 @@ import attrs
 import httpx
 import jsonschema
 import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from transport.signing import verify_signature
-
-from .asgi_server import Receive, Scope, Send, headers_of, lifespan, read_body, respond
 
 SECRET = "a-helpdesk-signing-secret"
 API_TOKEN = "a-helpdesk-api-token-for-tests"
@@ -38,8 +41,8 @@ def _schemas() -> dict[str, jsonschema.protocols.Validator]:
 
 @attrs.define
 class Helpdesk:
-    """The helpdesk's webhook receiver. ``events`` holds each event once, in arrival order;
-    ``repeats`` counts events received again with an id already seen."""
+    """The helpdesk's webhook receiver (``POST /events``). ``events`` holds each event once,
+    in arrival order; ``repeats`` counts events received again with an id already seen."""
 
     secret: str = SECRET
     events: list[dict[str, Any]] = attrs.field(factory=list)
@@ -54,6 +57,10 @@ class Helpdesk:
     _seen: set[str] = attrs.field(factory=set)
     _schemas: dict[str, Any] = attrs.field(factory=_schemas)
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    _app: Starlette = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._app = Starlette(routes=[Route("/events", self._receive, methods=["POST"])])
 
     def fail_next(self, count: int, status: int = 500, retry_after: str | None = None) -> None:
         self.failures.extend([(status, retry_after)] * count)
@@ -88,46 +95,41 @@ class Helpdesk:
                 await self._changed.wait()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        body = await read_body(receive)
+        await self._app(scope, receive, send)
+
+    async def _receive(self, request: Request) -> Response:
+        body = await request.body()
         self.calls += 1
         try:
-            await self._take(scope, body, send)
+            return self._take(request, body)
         finally:
             self._changed.set()
             self._changed = trio.Event()
 
-    async def _take(self, scope: Scope, body: bytes, send: Send) -> None:
+    def _take(self, request: Request, body: bytes) -> Response:
         if self.down:
-            await respond(send, 503)
-            return
+            return Response(status_code=503)
         if self.failures:
             status, retry_after = self.failures.popleft()
             self.answered.append((trio.current_time(), status))
-            headers = [(b"retry-after", retry_after.encode())] if retry_after else []
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        if not verify_signature(self.secret, headers_of(scope), body, tolerance=300):
+            headers = {"retry-after": retry_after} if retry_after else None
+            return Response(status_code=status, headers=headers)
+        if not verify_signature(self.secret, request.headers, body, tolerance=300):
             self.rejected.append("signature")
-            await respond(send, 401)
-            return
+            return Response(status_code=401)
         event = json.loads(body)
         validator = self._schemas.get(event.get("type"))
         errors = [] if validator is None else list(validator.iter_errors(event))
         if validator is None or errors:
             self.rejected.append(f"schema: {errors[:1]}")
-            await respond(send, 400)
-            return
+            return Response(status_code=400)
         self.answered.append((trio.current_time(), 200))
         if event["id"] in self._seen:
             self.repeats += 1
         else:
             self._seen.add(event["id"])
             self.events.append(event)
-        await respond(send, 200)
+        return Response(status_code=200)
 
 
 @attrs.define

@@ -7,20 +7,14 @@ from typing import Any
 
 import attrs
 import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from actors import Content
 from transport.bots.webhook import verify_signature
-
-from .asgi_server import (
-    Receive,
-    Scope,
-    Send,
-    headers_of,
-    lifespan,
-    read_body,
-    respond,
-    respond_json,
-)
 
 SECRET = "a-webhook-secret-of-some-length"
 
@@ -35,6 +29,7 @@ class BotServer:
     events: list[dict[str, Any]] = attrs.field(factory=list)
     rejected: int = 0
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    _app: Starlette = attrs.field(init=False)
 
     @property
     def calls(self) -> int:
@@ -45,29 +40,30 @@ class BotServer:
             while self.calls < count:
                 await self._changed.wait()
 
+    def __attrs_post_init__(self) -> None:
+        self._app = Starlette(routes=[Route("/{path:path}", self._hook, methods=["POST"])])
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        body = await read_body(receive)
-        if not verify_signature(self.secret, headers_of(scope), body, tolerance=60):
+        await self._app(scope, receive, send)
+
+    async def _hook(self, request: Request) -> Response:
+        body = await request.body()
+        if not verify_signature(self.secret, request.headers, body, tolerance=60):
             self.rejected += 1
             self._note()
-            await respond(send, 401)
-            return
+            return Response(status_code=401)
         event = json.loads(body)
         self.events.append(event)
         self._note()
         if self.mode == "slow":
             await trio.sleep(30)
-        elif self.mode == "5xx":
-            await respond(send, 503)
-        elif self.mode == "garbage":
-            await respond(send, 200, b"<html>oops</html>", "text/html")
-        else:
-            text = event["content"]["content"].get("text")
-            messages = [Content.text(f"echo: {text}").to_json()] if text else []
-            await respond_json(send, {"messages": messages})
+        if self.mode == "5xx":
+            return Response(status_code=503)
+        if self.mode == "garbage":
+            return Response(b"<html>oops</html>", media_type="text/html")
+        text = event["content"]["content"].get("text")
+        messages = [Content.text(f"echo: {text}").to_json()] if text else []
+        return JSONResponse({"messages": messages})
 
     def _note(self) -> None:
         self._changed.set()

@@ -5,6 +5,6 @@ Each backend implements the core's :class:`actors.ports.LivechatBackend`. The bu
 through the WebSocket protocol. External platforms share one engine
 (:mod:`transport.livechat.platform`, with their tickets in :mod:`transport.livechat.tickets`)
 and each has a connector: the generic signed webhook protocol (:mod:`transport.livechat.webhook`,
-answered through :mod:`transport.livechat.actions`). :mod:`transport.livechat.backends` builds
-them from the config.
+answered through :mod:`transport.livechat.actions`), Gorgias (:mod:`transport.livechat.gorgias`).
+:mod:`transport.livechat.backends` builds them from the config.
 """

@@ -41,7 +41,7 @@ from transport.livechat.platform import (
     Transfer,
     Verb,
 )
-from transport.signing import header
+from transport.signing import bearer_token
 
 PATH = "/v1/livechat/{bot_id}/actions"
 MAX_BODY_BYTES = 64 * 1024
@@ -139,14 +139,6 @@ def _content(raw: object) -> Content:
         raise BadAction(f'"content": {exc}.') from None
 
 
-def bearer(headers: Mapping[str, str]) -> str | None:
-    value = header(headers, "authorization")
-    if value is None:
-        return None
-    scheme, _, token = value.strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
 async def take_action(
     platforms: Mapping[str, tuple[PlatformBackend, str]],
     bot_id: str,
@@ -155,7 +147,7 @@ async def take_action(
 ) -> ActionResult:
     """Handle one action for ``bot_id``'s platform (``platforms``: each platform-backed
     bot's backend and API token). Returns the HTTP status and the JSON body."""
-    token = bearer(headers)
+    token = bearer_token(headers)
     if token is None:
         return _error(
             401, "unauthorized", "Send the platform's api_token as 'Authorization: Bearer'."

@@ -253,6 +253,7 @@ class PlatformBackend:
         self._ready: dict[str, None] = {}
         self._busy: set[str] = set()
         self._wake = trio.Event()
+        self._settled = trio.Event()
         self._backoff = Backoff(first=0.5, cap=max_backoff)
         self._failing_since: float | None = None
         self._answers: collections.OrderedDict[str, Answer] = collections.OrderedDict()
@@ -338,6 +339,10 @@ class PlatformBackend:
     async def _act_once(self, ticket: Ticket, action: Action) -> Answer:
         """Apply ``action`` unless it was applied already (then answer as the first time)."""
         known = self._answers.get(action.action_id)
+        if known is None:
+            # Kept with the ticket too, so a repeat after a restart is still a repeat.
+            recalled = await self.tickets.recall(ticket.session_id, action.action_id)
+            known = None if recalled is None else _answer_from(recalled)
         if known is not None:
             return known
         try:
@@ -349,6 +354,8 @@ class PlatformBackend:
             self._answers[action.action_id] = answer
             while len(self._answers) > ACTIONS_REMEMBERED:
                 self._answers.popitem(last=False)
+            if answer.status == 200:
+                await self.tickets.remember(ticket.session_id, action.action_id, _answer_to(answer))
         return answer
 
     async def _act(self, ticket: Ticket, action: Action) -> Answer:
@@ -457,8 +464,24 @@ class PlatformBackend:
                 await self._advance(ticket)
             except PlatformUnavailable as exc:
                 self._failed(ticket, exc)
+            except Exception as exc:
+                # A bug or a local failure (the ticket file, say) must not stop every
+                # session's deliveries: this ticket is tried again with the same backoff.
+                log.exception("%s: passing on session %s failed", self.name, ticket.session_id)
+                self._failed(ticket, PlatformUnavailable(f"{type(exc).__name__}: {exc}"))
             finally:
                 self._busy.discard(ticket.session_id)
+                if not self._busy and not self._ready:
+                    self._settled.set()
+
+    async def wait_settled(self) -> None:
+        """Return once no ticket has work waiting or under way: everything known has been
+        passed on (or waits for the platform to take calls again). For an orderly stop,
+        and for tests that look at the tickets."""
+        while self._busy or self._ready:
+            if self._settled.is_set():
+                self._settled = trio.Event()
+            await self._settled.wait()
 
     def _next_ready(self) -> Ticket | None:
         for session_id in self._ready:
@@ -475,7 +498,7 @@ class PlatformBackend:
         work = self._work_of(ticket)
         if not ticket.opened and not ticket.ending:
             await self._open_ticket(ticket, work)
-        if work.catch_up:
+        while work.catch_up:
             await self._catch_up(ticket, work)
         while work.pending:
             entry = work.pending[0]
@@ -588,15 +611,16 @@ class PlatformBackend:
         work.catch_up = True
 
     async def _catch_up(self, ticket: Ticket, work: _Work) -> None:
-        # Messages stored while the log is read may be missing from what it returns: from
-        # now on they are kept as they come, and merged with what was read.
+        """Read the session's messages the platform may lack from the log. Messages that
+        arrive while the log is read are kept as they come and merged by seq: the read
+        may have been taken before they were stored."""
         work.catch_up = False
         work.pending.clear()
         entries = await self._core_link().entries_after(ticket.conversation_id, ticket.sent_seq)
-        read = {e.seq: e for e in entries if is_for_platform(e, ticket.session_id)}
+        by_seq = {e.seq: e for e in entries if is_for_platform(e, ticket.session_id)}
         for entry in work.pending:
-            read.setdefault(entry.seq, entry)
-        work.pending = collections.deque(read[seq] for seq in sorted(read))
+            by_seq.setdefault(entry.seq, entry)
+        work.pending = collections.deque(by_seq[seq] for seq in sorted(by_seq))
 
     async def _reason(self, ticket: Ticket) -> str:
         """Why the session ended, read from the log: the bot's ending event says."""
@@ -651,10 +675,10 @@ class PlatformBackend:
 
     def _end(self, ticket: Ticket, reason: str | None) -> None:
         if not ticket.ending:
-            # The first end is the session's: a later release (an agent assigned after the
-            # session ended, released as stale_assignment) does not rename it.
-            ticket.ending = True
+            # The first end says why; a later one (an agent assigned to the session as it
+            # ended is released as "stale_assignment") changes nothing.
             ticket.reason = reason if reason is not None else ticket.reason
+        ticket.ending = True
         work = self._work_of(ticket)
         work.catch_up = True
         self._schedule(ticket)
@@ -697,6 +721,24 @@ class PlatformBackend:
         if not self._backoff.failing:
             return 0.0
         return max(0.0, self._backoff.due - trio.current_time())
+
+
+def _answer_to(answer: Answer) -> dict[str, Any]:
+    refusal = answer.refusal
+    return {
+        "status": answer.status,
+        "seq": answer.seq,
+        "refusal": None if refusal is None else [refusal.code, refusal.message],
+    }
+
+
+def _answer_from(data: Mapping[str, Any]) -> Answer:
+    refusal = data.get("refusal")
+    return Answer(
+        int(data["status"]),
+        data.get("seq"),
+        None if refusal is None else Refusal(str(refusal[0]), str(refusal[1])),
+    )
 
 
 def _answer(outcome: Outcome) -> Answer:

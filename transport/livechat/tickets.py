@@ -66,7 +66,15 @@ class Tickets(Protocol):
 
     async def save(self, ticket: Ticket) -> None: ...
 
-    async def delete(self, session_id: str) -> None: ...
+    async def delete(self, session_id: str) -> None:
+        """Forget the ticket and the answers remembered for its actions."""
+        ...
+
+    async def remember(self, session_id: str, action_id: str, answer: dict[str, Any]) -> None:
+        """Keep the answer given to a platform's action, until the ticket is deleted."""
+        ...
+
+    async def recall(self, session_id: str, action_id: str) -> dict[str, Any] | None: ...
 
 
 @attrs.define
@@ -74,6 +82,7 @@ class MemoryTickets:
     """Tickets for a server that keeps nothing across restarts (the memory store)."""
 
     rows: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    answers: dict[str, dict[str, dict[str, Any]]] = attrs.field(factory=dict)
 
     async def load(self) -> list[Ticket]:
         return [Ticket.from_json(dict(row)) for row in self.rows.values()]
@@ -83,6 +92,13 @@ class MemoryTickets:
 
     async def delete(self, session_id: str) -> None:
         self.rows.pop(session_id, None)
+        self.answers.pop(session_id, None)
+
+    async def remember(self, session_id: str, action_id: str, answer: dict[str, Any]) -> None:
+        self.answers.setdefault(session_id, {})[action_id] = dict(answer)
+
+    async def recall(self, session_id: str, action_id: str) -> dict[str, Any] | None:
+        return self.answers.get(session_id, {}).get(action_id)
 
 
 class SQLiteTickets:
@@ -109,6 +125,11 @@ class SQLiteTickets:
                 " scope TEXT NOT NULL, session_id TEXT NOT NULL, data TEXT NOT NULL,"
                 " PRIMARY KEY (scope, session_id))"
             )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS answers ("
+                " scope TEXT NOT NULL, session_id TEXT NOT NULL, action_id TEXT NOT NULL,"
+                " answer TEXT NOT NULL, PRIMARY KEY (scope, session_id, action_id))"
+            )
             self._db = db
         return self._db
 
@@ -132,9 +153,28 @@ class SQLiteTickets:
         )
 
     async def delete(self, session_id: str) -> None:
+        for table in ("tickets", "answers"):
+            await self._run(
+                f"DELETE FROM {table} WHERE scope = ? AND session_id = ?",
+                (self.scope, session_id),
+            )
+
+    async def remember(self, session_id: str, action_id: str, answer: dict[str, Any]) -> None:
         await self._run(
-            "DELETE FROM tickets WHERE scope = ? AND session_id = ?", (self.scope, session_id)
+            "INSERT OR REPLACE INTO answers (scope, session_id, action_id, answer)"
+            " VALUES (?, ?, ?, ?)",
+            (self.scope, session_id, action_id, json.dumps(answer, separators=(",", ":"))),
         )
+
+    async def recall(self, session_id: str, action_id: str) -> dict[str, Any] | None:
+        rows = await self._run(
+            "SELECT answer FROM answers WHERE scope = ? AND session_id = ? AND action_id = ?",
+            (self.scope, session_id, action_id),
+        )
+        if not rows:
+            return None
+        data: dict[str, Any] = json.loads(rows[0][0])
+        return data
 
     def close(self) -> None:
         if self._db is not None:

@@ -558,24 +558,38 @@ def dumps(frame: Mapping[str, Any]) -> str:
     return _dumps(frame)
 
 
-class _LastEntry:
-    """Remembers the last entry encoded: a conversation hands the same entry to the user's
-    and the agent's connections one after the other."""
-
-    entry: Entry | None = None
-    text: str = ""
+def _entry_frame_text(entry: Entry) -> str:
+    """The frame of one entry, encoded."""
+    return _dumps({"type": "entry", **entry.to_json()})
 
 
-_last = _LastEntry()
+class _LastEntryFrame:
+    """The entry encoded last and its frame (one for the whole process)."""
+
+    __slots__ = ("entry", "text")
+
+    def __init__(self) -> None:
+        self.entry: Entry | None = None
+        self.text = ""
 
 
-def entry_frame(entry: Entry) -> str:
-    if entry is _last.entry:
-        return _last.text
-    text = _dumps({"type": "entry", **entry.to_json()})
-    _last.entry = entry
-    _last.text = text
+_last_entry_frame = _LastEntryFrame()
+
+
+def _entry_frame_reusing_last(entry: Entry) -> str:
+    """:func:`_entry_frame_text`, reused for the entry encoded last: a conversation hands each
+    entry to its user's and its agent's connections in a row (bench/README.md, 2026-12-03)."""
+    last = _last_entry_frame
+    if entry is last.entry:
+        return last.text
+    text = _entry_frame_text(entry)
+    last.entry = entry
+    last.text = text
     return text
+
+
+#: The frame of one entry.
+entry_frame = _entry_frame_reusing_last
 
 
 def typing_frame(typing: Typing) -> str:
@@ -648,10 +662,14 @@ def error_frame(
 
 
 def ack_frame(frame_id: FrameId, seq: int | None) -> str:
+    """``dumps({"type": "ack", "id": frame_id, "seq": seq})``, written directly: every message
+    sent with an id is answered with one (bench/README.md, 2026-12-03)."""
     return f'{{"type":"ack","id":{_dumps(frame_id)},"seq":{"null" if seq is None else seq}}}'
 
 
 def pong_frame(frame_id: FrameId | None) -> str:
+    """``dumps({"type": "pong", "id": frame_id})`` (no ``id`` without one), written directly
+    as :func:`ack_frame` is."""
     return '{"type":"pong"}' if frame_id is None else f'{{"type":"pong","id":{_dumps(frame_id)}}}'
 
 

@@ -4,22 +4,45 @@ It offers the part of trio-websocket's server interface that Switchover uses
 (:func:`serve_websocket`, ``request.accept()``, ``get_message``, ``send_message``,
 ``aclose``, ``closed``, and trio-websocket's own :class:`ConnectionClosed` and
 :class:`CloseReason`), so a listener written for trio-websocket runs on it by changing one
-import. Why it exists: profiles of the router show most of a message's server time spent in
-WebSocket framing and in trio-websocket's plumbing rather than in the router. Three costs
-go away here:
+import. Why it exists: WebSocket framing and trio-websocket's plumbing cost more per message
+than the router itself (bench/README.md, Steps, 2026-11-25). What it does instead:
 
-* Parsing and framing use the ``websockets`` sans-IO protocol (with its C masking), about
-  a quarter of wsproto's cost per frame.
+* Parsing and framing use the ``websockets`` sans-IO protocol (with its C masking).
 * No reader task and no channel between it and the handler: ``get_message`` reads the
   socket itself, and returns messages already parsed from one read without waiting, so a
   burst of frames costs one trip through the scheduler, not one per frame.
 * ``send_message`` writes to the socket directly; only when the kernel buffer is full does
-  it wait. One writer at a time is kept by a flag, not a lock, so an uncontended send does
-  not yield to the scheduler twice.
+  it wait, so an uncontended send never yields to the scheduler.
 
 It owns its sockets: stdlib sockets in non-blocking mode, read, written and accepted
 directly, with trio's documented ``trio.lowlevel.wait_readable`` / ``wait_writable`` to wait
 when the kernel would block, and ``notify_closing`` before closing one.
+
+Writing and closing are one state machine, in the manner of h11: a connection is in one
+:class:`ConnectionState`, and only :meth:`ConnectionMachine.apply` moves it, by a
+:class:`ConnectionEvent`, as the :data:`TRANSITIONS` table allows (anything else raises
+:class:`InvalidTransition`)::
+
+    OPEN    --send started--> SENDING          --send finished--> OPEN
+      |                         |
+      close started             close started
+      v                         v
+    CLOSING --send started--> CLOSING_SENDING  --send finished--> CLOSING
+      |                         |
+      socket closed             socket closed
+      v                         v
+    CLOSED  <--send finished-- CLOSED_SENDING
+
+That is, whether messages are still taken (open, closing, closed) times whether a task is
+writing. One task writes at a time (the ``*SENDING`` states); another that wants to write
+waits for it, then writes what is still queued. A write the kernel takes at once is over
+before any other task can run, so it changes no state: only a write that must wait for room
+in the kernel's buffer is a send in the machine's sense (``SEND_STARTED`` ...
+``SEND_FINISHED``), and an uncontended send costs no more than the write itself.
+
+The reader is left outside the machine: it is one task at a time by the caller's rule (as for
+a trio stream), and its one flag only tells :meth:`WebSocketConnection.aclose` whether
+someone else's read will take the peer's answer.
 
 Closing is bounded: a peer that does not answer the close frame within
 ``disconnect_timeout`` (because it stopped reading and its buffers are full, say) has its TCP
@@ -33,6 +56,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import enum
 import errno
 import logging
 import socket as stdlib_socket
@@ -50,8 +74,23 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 __all__ = [
+    "CLOSED",
+    "CLOSED_SENDING",
+    "CLOSE_STARTED",
+    "CLOSING",
+    "CLOSING_SENDING",
+    "OPEN",
+    "SENDING",
+    "SEND_FINISHED",
+    "SEND_STARTED",
+    "SOCKET_CLOSED",
+    "TRANSITIONS",
     "CloseReason",
     "ConnectionClosed",
+    "ConnectionEvent",
+    "ConnectionMachine",
+    "ConnectionState",
+    "InvalidTransition",
     "WebSocketConnection",
     "WebSocketRequest",
     "WebSocketServer",
@@ -95,6 +134,112 @@ def _endpoint(sock: Any, remote: bool) -> Endpoint | None:
     return Endpoint(str(name[0]), int(name[1]))
 
 
+class ConnectionState(enum.Enum):
+    """Where a connection's writing and closing stand."""
+
+    #: Messages are taken; nobody is writing.
+    OPEN = "open"
+    #: Messages are taken; one task is writing, waiting for the kernel to take the rest.
+    SENDING = "sending"
+    #: No more messages (the closing handshake is under way); nobody is writing.
+    CLOSING = "closing"
+    #: No more messages; one task is writing, waiting for the kernel to take the rest (a
+    #: close frame, or a message sent before).
+    CLOSING_SENDING = "closing, sending"
+    #: The socket is closed under a writer that has yet to wake and find it gone.
+    CLOSED_SENDING = "closed, sending"
+    #: The socket is closed and nobody writes. Nothing leaves this state.
+    CLOSED = "closed"
+
+    # Hashed by identity, as Party is: enum's own __hash__ is Python code, and the keys of
+    # TRANSITIONS are looked up on every write that waits and every close.
+    __hash__ = object.__hash__
+
+
+class ConnectionEvent(enum.Enum):
+    """What happens to a connection's writing and closing."""
+
+    #: A write the kernel could not take at once: its task waits for room, and has the
+    #: writer's turn meanwhile.
+    SEND_STARTED = "send started"
+    #: That task is done writing: all of it went, or it failed.
+    SEND_FINISHED = "send finished"
+    #: No more messages: :meth:`WebSocketConnection.aclose`, the peer's close frame, the end
+    #: of the stream, a failed write or invalid UTF-8.
+    CLOSE_STARTED = "close started"
+    #: The socket is closed, gracefully or aborted.
+    SOCKET_CLOSED = "socket closed"
+
+    __hash__ = object.__hash__
+
+
+# Each state and event by its own name, as h11 names its states: a module global is found
+# in ~10 ns, an enum member on its class in ~100 ns (bench/README.md, 2026-12-03).
+OPEN = ConnectionState.OPEN
+SENDING = ConnectionState.SENDING
+CLOSING = ConnectionState.CLOSING
+CLOSING_SENDING = ConnectionState.CLOSING_SENDING
+CLOSED_SENDING = ConnectionState.CLOSED_SENDING
+CLOSED = ConnectionState.CLOSED
+SEND_STARTED = ConnectionEvent.SEND_STARTED
+SEND_FINISHED = ConnectionEvent.SEND_FINISHED
+CLOSE_STARTED = ConnectionEvent.CLOSE_STARTED
+SOCKET_CLOSED = ConnectionEvent.SOCKET_CLOSED
+
+#: Every transition there is: (state, event) -> the next state. No other pair may happen.
+TRANSITIONS: dict[tuple[ConnectionState, ConnectionEvent], ConnectionState] = {
+    (OPEN, SEND_STARTED): SENDING,
+    (OPEN, CLOSE_STARTED): CLOSING,
+    (SENDING, SEND_FINISHED): OPEN,
+    (SENDING, CLOSE_STARTED): CLOSING_SENDING,
+    (CLOSING, SEND_STARTED): CLOSING_SENDING,
+    (CLOSING, SOCKET_CLOSED): CLOSED,
+    (CLOSING_SENDING, SEND_FINISHED): CLOSING,
+    # The closing deadline passed while a write waited for the kernel (or the peer went
+    # away): the socket is closed under the writer, which wakes to find it gone.
+    (CLOSING_SENDING, SOCKET_CLOSED): CLOSED_SENDING,
+    (CLOSED_SENDING, SEND_FINISHED): CLOSED,
+}
+
+#: The states in which messages are still taken.
+_TAKING_MESSAGES = frozenset({OPEN, SENDING})
+#: The states in which a task is writing: anyone else who wants to write waits for it.
+_WRITER_AT_WORK = frozenset({SENDING, CLOSING_SENDING, CLOSED_SENDING})
+#: The states in which the socket is closed.
+_SOCKET_GONE = frozenset({CLOSED_SENDING, CLOSED})
+
+
+class InvalidTransition(RuntimeError):
+    """An event the connection's state does not allow: a bug in this module, never the
+    peer's doing."""
+
+    def __init__(self, state: ConnectionState, event: ConnectionEvent) -> None:
+        super().__init__(f"{event.value!r} cannot happen in state {state.value!r}")
+        self.state = state
+        self.event = event
+
+
+class ConnectionMachine:
+    """A connection's writing and closing state; :meth:`apply` is the only way it changes."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: ConnectionState = OPEN) -> None:
+        self.state = state
+
+    def apply(self, event: ConnectionEvent) -> ConnectionState:
+        """Move to the state :data:`TRANSITIONS` gives for ``event``; raises
+        :class:`InvalidTransition` when the table has none."""
+        after = TRANSITIONS.get((self.state, event))
+        if after is None:
+            raise InvalidTransition(self.state, event)
+        self.state = after
+        return after
+
+    def __repr__(self) -> str:
+        return f"ConnectionMachine({self.state})"
+
+
 class WebSocketConnection:
     """One accepted connection. Not safe for two tasks to call ``get_message`` at once
     (the same rule as a trio stream); sending from several tasks is fine."""
@@ -115,11 +260,14 @@ class WebSocketConnection:
         self._messages: collections.deque[str | bytes] = collections.deque()
         self._fragments: list[bytes] = []
         self._fragment_opcode: Opcode | None = None
+        #: Why the connection closes, from the moment it stops taking messages.
         self._close_reason: CloseReason | None = None
-        self._closed_event = trio.Event()
-        self._writing = False
+        self._machine = ConnectionMachine()
+        #: Set by a writer that had to wait for the kernel, for those who wait for it.
         self._writer_done: trio.Event | None = None
         self._backlog = b""
+        # The reader (outside the state machine): whether a read is under way, and an event
+        # for aclose to wait for its end.
         self._reading = False
         self._read_done: trio.Event | None = None
         self._reads_without_yield = 0
@@ -133,6 +281,11 @@ class WebSocketConnection:
     @property
     def closed(self) -> CloseReason | None:
         return self._close_reason
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where writing and closing stand (see :data:`TRANSITIONS`)."""
+        return self._machine.state
 
     @property
     def is_server(self) -> bool:
@@ -154,13 +307,13 @@ class WebSocketConnection:
         """The next whole message; raises :class:`ConnectionClosed` once the connection is
         closed and every message received before has been returned."""
         while not self._messages:
-            if self._close_reason is not None:
+            if self._machine.state not in _TAKING_MESSAGES:
                 raise ConnectionClosed(self._close_reason)
             await self._receive_more()
         return self._messages.popleft()
 
     async def send_message(self, message: str | bytes) -> None:
-        if self._close_reason is not None:
+        if self._machine.state not in _TAKING_MESSAGES:
             raise ConnectionClosed(self._close_reason)
         try:
             if isinstance(message, str):
@@ -177,7 +330,7 @@ class WebSocketConnection:
         :meth:`flush`. It lets one task write many connections' frames with one system call
         each and no trip through the scheduler, waiting only for those whose socket is
         full."""
-        if self._writing or self._protocol.state is not State.OPEN:
+        if self._machine.state in _WRITER_AT_WORK or self._protocol.state is not State.OPEN:
             return not self.needs_flush
         data = self._backlog + b"".join(self._protocol.data_to_send())
         self._backlog = b""
@@ -188,7 +341,7 @@ class WebSocketConnection:
         except BlockingIOError:
             sent = 0
         except OSError:
-            self._close_reason = self._close_reason or CloseReason(ABNORMAL, None)
+            self._write_failed()
             return True
         if sent < len(data):
             self._backlog = data[sent:]
@@ -198,7 +351,7 @@ class WebSocketConnection:
     def queue_message(self, message: str) -> None:
         """Frame a text message without writing it: several queued messages then go out in
         one write with :meth:`flush`, one system call instead of one each."""
-        if self._close_reason is not None:
+        if self._machine.state not in _TAKING_MESSAGES:
             raise ConnectionClosed(self._close_reason)
         try:
             self._protocol.send_text(message.encode())
@@ -216,7 +369,7 @@ class WebSocketConnection:
 
     async def ping(self, payload: bytes | None = None) -> None:
         """Send a ping; the pong is absorbed when it arrives (no waiting for it)."""
-        if self._close_reason is not None:
+        if self._machine.state not in _TAKING_MESSAGES:
             raise ConnectionClosed(self._close_reason)
         self._protocol.send_ping(payload or b"")
         await self._flush()
@@ -225,16 +378,19 @@ class WebSocketConnection:
         """Close with ``code``: send the close frame, give the peer ``disconnect_timeout``
         seconds to answer it, then close the socket (aborting the TCP connection if the
         peer never answered)."""
-        if self._close_reason is not None:
+        if self._machine.state not in _TAKING_MESSAGES:
             self._close_socket()
             return
-        self._close_reason = CloseReason(code, reason)
+        self._start_closing(CloseReason(code, reason))
         with trio.move_on_after(self._disconnect_timeout):
             try:
                 if self._protocol.state is State.OPEN:
                     self._protocol.send_close(code, reason or "")
                     await self._flush()
-                while self._protocol.state is not State.CLOSED and not self._stream_gone():
+                while (
+                    self._protocol.state is not State.CLOSED
+                    and self._machine.state not in _SOCKET_GONE
+                ):
                     if self._reading:
                         # Another task is reading: it will take the answer; wait for its read.
                         done = self._read_done = self._read_done or trio.Event()
@@ -278,8 +434,7 @@ class WebSocketConnection:
         if self._protocol.writes:  # a pong or a close to answer; plain data needs nothing,
             await self._flush()  # so a reader never waits on a peer that stopped reading
         if not data or self._protocol.state is State.CLOSED:
-            if self._close_reason is None:
-                self._close_reason = self._closing_reason()
+            self._start_closing(self._closing_reason())
             if not closing:
                 self._close_socket()
 
@@ -314,8 +469,8 @@ class WebSocketConnection:
                     self._deliver(self._fragment_opcode, b"".join(self._fragments))
                     self._fragments = []
                     self._fragment_opcode = None
-            elif opcode is Opcode.CLOSE and self._close_reason is None:
-                self._close_reason = self._closing_reason()
+            elif opcode is Opcode.CLOSE:
+                self._start_closing(self._closing_reason())
 
     def _deliver(self, opcode: Opcode, payload: bytes) -> None:
         if opcode is Opcode.BINARY:
@@ -325,7 +480,15 @@ class WebSocketConnection:
             self._messages.append(payload.decode())
         except UnicodeDecodeError:
             self._protocol.fail(1007, "invalid UTF-8")
-            self._close_reason = CloseReason(1007, "invalid UTF-8")
+            invalid = CloseReason(1007, "invalid UTF-8")
+            self._start_closing(invalid)
+            self._close_reason = invalid  # the reason, even when closing had begun
+
+    def _start_closing(self, reason: CloseReason) -> None:
+        """Take no more messages, for ``reason``; once closing, the first reason stays."""
+        if self._close_reason is None:
+            self._close_reason = reason
+            self._machine.apply(CLOSE_STARTED)
 
     def _closing_reason(self) -> CloseReason:
         received: Close | None = self._protocol.close_rcvd
@@ -342,7 +505,8 @@ class WebSocketConnection:
         """Write whatever the protocol has queued. One task writes at a time; a task that
         finds another writing waits for it, then writes what is still queued (its own
         frames may already have gone out with the other's)."""
-        while self._writing:
+        machine = self._machine
+        while machine.state in _WRITER_AT_WORK:
             assert self._writer_done is not None
             await self._writer_done.wait()
         chunks = self._protocol.data_to_send()
@@ -351,12 +515,30 @@ class WebSocketConnection:
         eof = bool(chunks) and chunks[-1] == b""
         data = self._backlog + b"".join(chunks)
         self._backlog = b""
-        self._writing = True
+        if machine.state is CLOSED:
+            raise ConnectionClosed(self._close_reason)  # the socket is gone, and this with it
+        # What the kernel takes at once is written before any other task can run, so only
+        # a write that has to wait for room takes the writer's turn.
         try:
-            view = memoryview(data)
-            while view:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            raise self._write_failed() from None
+        if sent < len(data):
+            await self._send_waiting(memoryview(data)[sent:])
+        if eof:
+            self._close_socket()
+
+    async def _send_waiting(self, rest: memoryview) -> None:
+        """Write what the kernel could not take at once, waiting for room: this task has
+        the writer's turn (``SENDING``) until all of it is written or the write fails."""
+        machine = self._machine
+        machine.apply(SEND_STARTED)
+        try:
+            while rest:
                 try:
-                    sent = self._sock.send(view)
+                    sent = self._sock.send(rest)
                 except BlockingIOError:
                     if self._writer_done is None:
                         self._writer_done = trio.Event()
@@ -366,30 +548,35 @@ class WebSocketConnection:
                         raise ConnectionClosed(self._closing_reason()) from None
                     continue
                 except OSError:
-                    self._close_reason = self._close_reason or CloseReason(ABNORMAL, None)
-                    raise ConnectionClosed(self._close_reason) from None
-                view = view[sent:]
+                    raise self._write_failed() from None
+                rest = rest[sent:]
         finally:
-            self._writing = False
+            machine.apply(SEND_FINISHED)
             if self._writer_done is not None:
                 self._writer_done.set()
                 self._writer_done = None
-        if eof:
-            self._close_socket()
 
-    def _stream_gone(self) -> bool:
-        return self._sock.fileno() < 0
+    def _write_failed(self) -> ConnectionClosed:
+        """The socket refused a write (the peer is gone): what to raise."""
+        self._start_closing(CloseReason(ABNORMAL, None))
+        return ConnectionClosed(self._close_reason)
 
     def _close_socket(self) -> None:
         """Close the socket: gracefully once the closing handshake is done (or never began,
         as for a refused handshake), with an abort (RST) when it was cut short, so that a
-        peer that stopped reading leaves nothing behind in the kernel either."""
-        if self._close_reason is None:
-            self._close_reason = self._closing_reason()
-        if not self._stream_gone():
-            state = self._protocol.state
-            _notify_and_close(self._sock, abort=state is State.OPEN or state is State.CLOSING)
-        self._closed_event.set()
+        peer that stopped reading leaves nothing behind in the kernel either. Closing a
+        closed connection again does nothing."""
+        if self._machine.state in _SOCKET_GONE:
+            return
+        self._start_closing(self._closing_reason())
+        protocol = self._protocol
+        # Both close frames passed: the handshake is done, though the protocol still waits
+        # for the end of the stream (it stays CLOSING until then).
+        shaken = protocol.close_sent is not None and protocol.close_rcvd is not None
+        state = protocol.state
+        cut_short = state is State.OPEN or (state is State.CLOSING and not shaken)
+        _notify_and_close(self._sock, abort=cut_short)
+        self._machine.apply(SOCKET_CLOSED)
 
 
 class WebSocketRequest:

@@ -20,6 +20,8 @@ from functools import partial
 import attrs
 import httpx
 import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from actors import BotBinding, Desk, MemoryStore, Store, Switchboard
 from actors.trio.collector import tune_collector
@@ -28,14 +30,13 @@ from transport.bots.connections import BotConnections
 from transport.bots.resilience import make_http_client
 from transport.config import Config, ListenerConfig, signing_secret
 from transport.errors import ConfigError
-from transport.livechat.actions import PATH as ACTIONS_PATH
-from transport.livechat.actions import take_action
 from transport.livechat.backends import Backends, build_backends
 from transport.livechat.chatwoot import webhook as chatwoot_webhook
 from transport.livechat.desk import build_desk
+from transport.livechat.gorgias import webhook as gorgias_webhook
 from transport.protocol.services import Services
-from transport.servers import push
-from transport.servers.http import HttpApp, Request, Response, serve_http
+from transport.servers.http.app import HttpApp
+from transport.servers.http.serve import serve_http
 from transport.servers.websocket import serve_websockets
 from transport.store import sqlite as sqlite_store
 from transport.store.retention import keep_pruning
@@ -254,9 +255,9 @@ async def _serve(
             public_ws_url=listen.public_ws_url,
             ws_host=listen.host,
             widget_frame_ancestors=listen.widget_frame_ancestors,
+            platforms=parts.backends.platforms,
         )
-        push.register(app, services)
-        _mount_platform_actions(app, parts.backends)
+        _mount_gorgias(app, parts.backends)
         _mount_chatwoot(app, parts.backends)
         if handle_signals:
             core.start_soon(_on_signals, shutdown)
@@ -300,32 +301,35 @@ async def _serve(
         core.cancel_scope.cancel()
 
 
-def _mount_platform_actions(app: HttpApp, backends: Backends) -> None:
-    """Mount the generic platform's API (:func:`transport.livechat.actions.take_action`)."""
+def _mount_gorgias(app: HttpApp, backends: Backends) -> None:
+    """Add the Gorgias HTTP integration's route to the app
+    (:func:`transport.livechat.gorgias.webhook.take_webhook`)."""
 
-    async def handle(request: Request) -> Response:
-        status, answer = await take_action(
-            backends.platforms, request.params["bot_id"], request.headers, request.body
+    async def endpoint(request: Request) -> Response:
+        backend, token = backends.gorgias.get(request.path_params["bot_id"], (None, None))
+        status, answer = await gorgias_webhook.take_webhook(
+            backend, token, request.headers, dict(request.query_params), await request.body()
         )
-        return Response.json(answer, status)
+        return JSONResponse(answer, status)
 
-    app.add_route("POST", ACTIONS_PATH, handle)
+    app.add_route(gorgias_webhook.PATH, endpoint, methods=["POST"])
 
 
 def _mount_chatwoot(app: HttpApp, backends: Backends) -> None:
-    """Mount the Chatwoot inboxes' webhook (:func:`transport.livechat.chatwoot.webhook.receive`)."""
+    """Add the Chatwoot inboxes' webhook route to the app
+    (:func:`transport.livechat.chatwoot.webhook.receive`)."""
 
-    async def handle(request: Request) -> Response:
+    async def endpoint(request: Request) -> Response:
         status, answer = await chatwoot_webhook.receive(
             backends.chatwoot,
-            request.params["bot_id"],
+            request.path_params["bot_id"],
             request.headers,
-            request.query,
-            request.body,
+            request.url.query,
+            await request.body(),
         )
-        return Response.json(answer, status)
+        return JSONResponse(answer, status)
 
-    app.add_route("POST", chatwoot_webhook.PATH, handle)
+    app.add_route(chatwoot_webhook.PATH, endpoint, methods=["POST"])
 
 
 async def _cancellable(

@@ -22,7 +22,7 @@ Two listeners carry the same protocol, chosen with ``[listeners] websocket`` in 
 * ``"fast"`` (the default), :mod:`transport.servers.fastws`: frames are read and written on the
   socket directly; one :class:`Flusher` task writes what every :class:`FastConnection` got
   during a pass of the scheduler, one system call per connection, so a connection's writer
-  task only runs for a backlog (bench/README.md has the figures).
+  task only runs for a backlog (bench/README.md, Steps, 2026-11-25, step 5).
 * ``"trio-websocket"``: the trio-websocket library, with :class:`Connection`'s writer task
   sending every frame.
 

@@ -36,6 +36,8 @@ _AUDIENCES: dict[frozenset[Party], str] = {}
 
 
 def _audience(parties: frozenset[Party]) -> str:
+    """``",".join(sorted(p.value for p in parties))``, kept per audience: there are sixteen
+    at most, and every message writes one (bench/README.md, 2026-12-03)."""
     text = _AUDIENCES.get(parties)
     if text is None:
         text = _AUDIENCES[parties] = ",".join(sorted(p.value for p in parties))

@@ -7,7 +7,7 @@ messages are shown to the user like any other bot reply, and refused (409) while
 session is open: then a human has the conversation and the bot must stay quiet.
 
 :func:`push_messages` is a plain function of the request's parts, so any HTTP server can
-mount it; :func:`register` mounts it on Switchover's own HTTP app.
+mount it; :func:`endpoint` is its Starlette route on Switchover's own HTTP app.
 """
 
 from __future__ import annotations
@@ -15,17 +15,20 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from actors import Accepted, BotSays, Content, Outcome, Overloaded
 from transport.protocol.credentials import find_token
 from transport.protocol.push import check_push_body
 from transport.protocol.services import Services
+from transport.signing import bearer_token, header
 
 if TYPE_CHECKING:
-    from transport.servers.http import HttpApp, Request, Response
+    from transport.servers.http.app import HttpApp
 
 log = logging.getLogger("switchover.bots.push")
 
@@ -40,21 +43,6 @@ PushResult = tuple[int, dict[str, Any]]
 
 def _error(status: int, code: str, message: str) -> PushResult:
     return status, {"error": code, "message": message}
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return None
-
-
-def _bearer(headers: Mapping[str, str]) -> str | None:
-    value = _header(headers, "authorization")
-    if value is None:
-        return None
-    scheme, _, token = value.strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _bot_of(services: Services, token: str) -> str | None:
@@ -93,7 +81,7 @@ async def push_messages(
     bot does not serve, 409 when a livechat session is open, 413/400 for bad bodies, 429
     when the conversation is overloaded.
     """
-    token = _bearer(headers)
+    token = bearer_token(headers)
     if token is None:
         return _error(401, "unauthorized", "Send the bot's token as 'Authorization: Bearer'.")
     owner = _bot_of(services, token)
@@ -117,7 +105,7 @@ async def push_messages(
     contents = _messages(data)
     if isinstance(contents, tuple):
         return contents
-    key = _header(headers, "idempotency-key")
+    key = header(headers, "idempotency-key")
     if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
         return _error(
             400,
@@ -157,20 +145,16 @@ async def push_messages(
     status = 409 if outcome.code == "session_open" else 400
     log.info(
         "push refused: %s",
-        outcome.detail,
+        outcome.message,
         extra={"conversation_id": conversation_id, "bot_id": bot_id},
     )
-    return _error(status, outcome.code, outcome.detail)
+    return _error(status, outcome.code, outcome.message)
 
 
-def register(app: HttpApp, services: Services) -> None:
-    """Mount :func:`push_messages` on Switchover's HTTP app."""
-    from transport.servers.http import Response
-
-    async def handle(request: Request) -> Response:
-        status, answer = await push_messages(
-            services, request.params["bot_id"], request.headers, request.body
-        )
-        return Response.json(answer, status)
-
-    app.add_route("POST", PATH, handle)
+async def endpoint(request: Request) -> Response:
+    """``POST`` :data:`PATH` on the HTTP app: :func:`push_messages` with the app's services."""
+    services = cast("HttpApp", request.app).services
+    status, answer = await push_messages(
+        services, request.path_params["bot_id"], request.headers, await request.body()
+    )
+    return JSONResponse(answer, status)

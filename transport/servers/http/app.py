@@ -1,0 +1,125 @@
+"""The HTTP app: health, metrics, the web pages, their files, the bots' push endpoint and
+the helpdesks' actions endpoint.
+
+trio-websocket cannot answer plain HTTP, so a second listener serves this Starlette app with
+hypercorn's trio worker (:mod:`transport.servers.http.serve`). The routes live beside it:
+:mod:`.pages`, :mod:`.static` (``/static/…``), :mod:`.metrics`, :mod:`.push` and
+:mod:`.actions`; the middleware in :mod:`.security` (headers, the authentication
+throttle), :mod:`.body` (the body size limit) and :mod:`.errors` (the JSON error answers).
+
+An ``HttpApp`` is a ``Starlette`` application, so more routes are added as to any other
+(``app.add_route``, ``app.routes``) and more metrics to ``app.registry``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from transport.livechat.platform import PlatformBackend
+from transport.protocol.credentials import AddressGuard
+from transport.protocol.services import Services
+from transport.servers.http import actions, errors, metrics, pages, push
+from transport.servers.http.body import MAX_BODY_BYTES, BoundedBody
+from transport.servers.http.security import AuthThrottle, SecurityHeaders
+from transport.servers.http.static import WEB_DIR, WebFiles
+from transport.version import version
+
+__all__ = ["WEB_DIR", "HttpApp"]
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", "*", "[::]"})
+
+
+class HttpApp(Starlette):
+    """The ASGI application.
+
+    ``ws_port`` is the WebSocket listener's bound port, set by the runtime once it listens,
+    so the web pages learn where to connect from ``/config.json``. ``stopping`` turns
+    ``/healthz`` to 503 during a graceful shutdown, so a load balancer stops sending users.
+    ``platforms``: each platform-backed bot's backend and API token, for the helpdesks'
+    actions (none: that route answers 401 for every bot).
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        web_dir: Path = WEB_DIR,
+        ws_port: int = 0,
+        public_ws_url: str | None = None,
+        ws_host: str | None = None,
+        widget_frame_ancestors: Iterable[str] = (),
+        platforms: Mapping[str, tuple[PlatformBackend, str]] | None = None,
+    ) -> None:
+        self.services = services
+        self.platforms: Mapping[str, tuple[PlatformBackend, str]] = platforms or {}
+        self.web_dir = web_dir.resolve()
+        self.ws_port = ws_port
+        self.public_ws_url = public_ws_url
+        self.ws_host = ws_host
+        self.stopping = False
+        self.started_at = time.monotonic()
+        self.files = WebFiles(self.web_dir)
+        self.registry: CollectorRegistry = metrics.registry_for(services, self.started_at)
+        limits = services.limits
+        # Failed authentications (401) per client address, as on the WebSocket listener.
+        guard = AddressGuard(
+            auth_failures=limits.auth_failures,
+            auth_window=limits.auth_window,
+            conversations_per_minute=0.0,
+            conversations_burst=1,
+            clock=time.monotonic,
+        )
+        super().__init__(
+            routes=[
+                Route("/", pages.index, methods=["GET"]),
+                Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/metrics", metrics.scrape, methods=["GET"]),
+                Route("/config.json", pages.client_config, methods=["GET"]),
+                Route("/desk", pages.desk, methods=["GET"]),
+                Route("/widget", pages.widget, methods=["GET"]),
+                Mount("/static", app=self.files),
+                Route(push.PATH, push.endpoint, methods=["POST"]),
+                Route(actions.PATH, actions.endpoint, methods=["POST"]),
+            ],
+            middleware=[
+                Middleware(SecurityHeaders, widget_frame_ancestors=widget_frame_ancestors),
+                Middleware(BoundedBody, limit=MAX_BODY_BYTES),
+                Middleware(AuthThrottle, guard=guard),
+                Middleware(errors.InternalErrors),
+            ],
+            exception_handlers=errors.HANDLERS,
+        )
+        # "/healthz/" is not "/healthz": nothing is answered with a redirect.
+        self.router.redirect_slashes = False
+
+    async def healthz(self, request: Request) -> Response:
+        board, desk = self.services.board, self.services.desk
+        data = {
+            "status": "stopping" if self.stopping else "ok",
+            "version": version(),
+            "active_conversations": board.active_conversations,
+            "queue_length": desk.queue_length,
+            "agents_available": desk.agents_available,
+        }
+        return JSONResponse(data, 503 if self.stopping else 200)
+
+    def ws_url(self) -> str | None:
+        """Where browsers connect: the configured public address, else the address the
+        WebSocket listener is bound to. ``None`` when it listens on every address: the page
+        then connects to ``ws_port`` on the host it loaded ``config.json`` from. Never the
+        request's ``Host`` header, which any client (or a cache in between) may choose."""
+        if self.public_ws_url:
+            return self.public_ws_url
+        if not self.ws_host or self.ws_host in _WILDCARDS:
+            return None
+        host = f"[{self.ws_host}]" if ":" in self.ws_host else self.ws_host
+        return f"ws://{host}:{self.ws_port}/"
