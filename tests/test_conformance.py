@@ -34,6 +34,7 @@ from .fakes.webhook_bot import SECRET as BOT_SECRET
 from .fakes.webhook_bot import BotServer
 
 ALICE_TOKEN = "alice-token-for-conformance"
+BOB_TOKEN = "bob-token-for-conformance-too"
 BACKENDS = ("desk", "webhook", "gorgias", "chatwoot")
 
 
@@ -53,11 +54,13 @@ def _notice(code: str) -> Callable[[Frame], bool]:
 class HumanSide(Protocol):
     """The people who answer, whatever backend they use. ``end_reason``: what the bot is
     told when they end a session; ``hears_payloads``: a button the user clicks reaches
-    them as a message (its text or payload)."""
+    them as a message (its text or payload); ``shows_files``: 1 when a file the user sends
+    is among the texts they read (as a line with its link), 0 when it comes apart."""
 
     can_end: bool
     end_reason: str
     hears_payloads: bool
+    shows_files: int
 
     async def picks_up(self, conversation_id: str) -> None: ...
 
@@ -66,6 +69,11 @@ class HumanSide(Protocol):
     async def signs_off(self) -> None: ...
 
     async def ends_session(self) -> None: ...
+
+    async def transfers(self) -> str:
+        """Hand the chat to another person of the same side; return their name. What the
+        side says next comes from them."""
+        ...
 
     async def heard(self, count: int) -> list[str]:
         """The first ``count`` things the user wrote in the session, once all arrived."""
@@ -80,9 +88,11 @@ class DeskAgent:
     can_end = False
     end_reason = ""
     hears_payloads = False
+    shows_files = 0
 
-    def __init__(self, agent: AgentClient) -> None:
+    def __init__(self, agent: AgentClient, colleague: AgentClient | None = None) -> None:
         self.agent = agent
+        self.colleague = colleague
         self.conversation_id = ""
         self.texts: list[str] = []
         self.ends: list[str] = []
@@ -121,6 +131,14 @@ class DeskAgent:
     async def ends_session(self) -> None:
         raise AssertionError("the desk's agents cannot end a session")
 
+    async def transfers(self) -> str:
+        assert self.colleague is not None
+        await self.colleague.set_presence("online")
+        await self.agent.transfer(self.conversation_id, "bob")
+        self.agent, self.picked = self.colleague, False
+        await self._until(lambda: self.picked)
+        return "Bob"
+
     async def heard(self, count: int) -> list[str]:
         await self._until(lambda: len(self.texts) >= count)
         return self.texts[:count]
@@ -134,6 +152,7 @@ class HelpdeskSide:
     can_end = True
     end_reason = "ticket_closed"
     hears_payloads = False
+    shows_files = 0
 
     def __init__(self, desk: fake_helpdesk.Helpdesk, agent: fake_helpdesk.HelpdeskAgent) -> None:
         self.desk = desk
@@ -152,6 +171,12 @@ class HelpdeskSide:
 
     async def signs_off(self) -> None:
         await self.agent.act(self.session_id, "sign_off")
+
+    async def transfers(self) -> str:
+        to = {"id": "h-9", "name": "Ines"}
+        await self.agent.act(self.session_id, "transfer", to=to)
+        self.agent.agent_id, self.agent.name = "h-9", "Ines"
+        return "Ines"
 
     async def ends_session(self) -> None:
         await self.agent.act(self.session_id, "release", reason="ticket_closed")
@@ -176,10 +201,12 @@ class GorgiasSide:
     can_end = True
     end_reason = "ticket_closed"
     hears_payloads = False
+    shows_files = 1
 
     def __init__(self, account: fake_gorgias.Gorgias) -> None:
         self.account = account
         self.ticket_id = 0
+        self.agent = 7
 
     async def picks_up(self, conversation_id: str) -> None:
         def ticket() -> int:
@@ -192,7 +219,12 @@ class GorgiasSide:
         await self.account.assign(self.ticket_id)
 
     async def says(self, text: str) -> None:
-        await self.account.reply(self.ticket_id, text)
+        await self.account.reply(self.ticket_id, text, self.agent)
+
+    async def transfers(self) -> str:
+        self.agent = 9
+        await self.account.assign(self.ticket_id, 9)
+        return "Ines"
 
     async def signs_off(self) -> None:
         await self.account.sign_off(self.ticket_id)
@@ -224,10 +256,12 @@ class ChatwootSide:
     can_end = True
     end_reason = "resolved"
     hears_payloads = True
+    shows_files = 1
 
     def __init__(self, chatwoot: fake_chatwoot.Chatwoot) -> None:
         self.chatwoot = chatwoot
         self.cid = 0
+        self.agent = fake_chatwoot.HANA
 
     async def picks_up(self, conversation_id: str) -> None:
         found = await self.chatwoot.wait_until(
@@ -237,7 +271,12 @@ class ChatwootSide:
         await self.chatwoot.assign(self.cid, fake_chatwoot.HANA)
 
     async def says(self, text: str) -> None:
-        await self.chatwoot.agent_reply(self.cid, text)
+        await self.chatwoot.agent_reply(self.cid, text, self.agent)
+
+    async def transfers(self) -> str:
+        self.agent = fake_chatwoot.INES
+        await self.chatwoot.assign(self.cid, fake_chatwoot.INES)
+        return "Ines"
 
     async def signs_off(self) -> None:
         await self.chatwoot.agent_reply(self.cid, fake_chatwoot.SIGN_OFF)
@@ -326,7 +365,10 @@ def _config(backend: str, bot_url: str, helpdesk_url: str, **settings: Any) -> A
                     "livechat": livechat,
                 }
             },
-            "agents": {"alice": {"name": "Alice", "token": ALICE_TOKEN, "bots": ["shop"]}},
+            "agents": {
+                "alice": {"name": "Alice", "token": ALICE_TOKEN, "bots": ["shop"]},
+                "bob": {"name": "Bob", "token": BOB_TOKEN, "bots": ["shop"]},
+            },
         }
     )
 
@@ -350,7 +392,8 @@ async def world_of(backend: str, **settings: Any) -> AsyncIterator[World]:
         human: HumanSide
         if backend == "desk":
             agent = await stack.enter_async_context(connect_agent(server.ws_url, ALICE_TOKEN))
-            human = DeskAgent(agent)
+            bob = await stack.enter_async_context(connect_agent(server.ws_url, BOB_TOKEN))
+            human = DeskAgent(agent, bob)
         elif backend == "gorgias":
             account.integrate(f"{server.http_url}/v1/livechat/shop/gorgias")
             human = GorgiasSide(account)
@@ -381,13 +424,17 @@ async def test_handoff_messages_both_ways_in_order_and_the_bot_hears_nothing(bac
         # Written while waiting: kept for the human side, never for the bot.
         await user.say_text("anyone there?")
         await user.say("payload", {"payload": "MENU"})
+        await user.say("image", {"url": "https://files.example/receipt.png"})
         await user.typing()
         await world.human.picks_up(user.conversation_id)
         await user.wait_for(_notice("agent_joined"))
         for n in range(5):
             await user.say_text(f"user {n}")
         clicked = ["MENU"] if world.human.hears_payloads else []
-        assert await world.human.heard(6 + len(clicked)) == [
+        heard = await world.human.heard(6 + len(clicked) + world.human.shows_files)
+        # A helpdesk that shows messages as text shows the file as a line with its link.
+        assert len([t for t in heard if "receipt.png" in t]) == world.human.shows_files
+        assert [t for t in heard if "receipt.png" not in t] == [
             "anyone there?",
             *clicked,
             *[f"user {n}" for n in range(5)],
@@ -471,3 +518,20 @@ async def _bot_event(world: World, payload: str) -> dict[str, Any]:
                 if event["content"]["content"].get("payload") == payload:
                     return event
             await world.bot.wait_for_calls(world.bot.calls + 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_transfer_tells_the_user_who_now_answers(backend: str) -> None:
+    async with world_of(backend) as world, world.user() as user:
+        await _handed_over(world, user)
+        await world.human.picks_up(user.conversation_id)
+        await user.wait_for(_notice("agent_joined"))
+        name = await world.human.transfers()
+        joined = await user.wait_for(_notice("agent_joined"))
+        assert joined["content"]["name"] == name
+        await world.human.says(f"{name} here")
+        said = await user.wait_for(_entry("agent", text=f"{name} here"))
+        assert said["sender"] == "agent"
+        await user.say_text("thanks")
+        assert "thanks" in await world.human.heard(1)
+        assert world.bot_texts() == ["hello bot"]
