@@ -85,13 +85,8 @@ def build_backends(
         tickets: Tickets = (
             SQLiteTickets(data_dir / FILE_NAME, bot_id) if data_dir is not None else MemoryTickets()
         )
-        backend = PlatformBackend(
-            bot.backend,
-            WebhookConnector(options, http),
-            tickets,
-            workers=options.workers,
-            unreachable_after=options.unreachable_after,
-            max_backoff=options.max_backoff,
+        backend = PlatformBackend.configured(
+            bot.backend, WebhookConnector(options, http), tickets, options
         )
         by_name[bot.backend] = backend
         platforms[bot_id] = (backend, options.api_token)

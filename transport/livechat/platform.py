@@ -56,6 +56,7 @@ from actors.model.events import (
     TransferFailed,
 )
 from actors.ports import CoreLink, Sink
+from transport.bots.options import OptionReader
 from transport.livechat.tickets import Ticket, Tickets
 
 log = logging.getLogger("switchover.livechat")
@@ -191,6 +192,35 @@ UNKNOWN_SESSION = Answer(
 )
 
 
+# -- the engine's options, which every platform takes beside its own ------------------------
+
+ENGINE_OPTION_KEYS = frozenset({"timeout", "workers", "unreachable_after", "max_backoff"})
+
+
+def read_engine_options(reader: OptionReader) -> dict[str, Any]:
+    """The engine's options from one platform's table (``timeout`` is for its calls), with
+    their defaults, as keywords for the platform's options class."""
+    return {
+        "timeout": reader.number("timeout", 10.0),
+        "workers": reader.integer("workers", 4),
+        "unreachable_after": reader.number("unreachable_after", 30.0),
+        "max_backoff": reader.number("max_backoff", 60.0),
+    }
+
+
+class EngineSettings(Protocol):
+    """What a platform's options class holds for the engine."""
+
+    @property
+    def workers(self) -> int: ...
+
+    @property
+    def unreachable_after(self) -> float: ...
+
+    @property
+    def max_backoff(self) -> float: ...
+
+
 # -- the backend --------------------------------------------------------------------------
 
 
@@ -260,6 +290,27 @@ class PlatformBackend:
         self._runs = itertools.count(1)
         self._run = 0
         self._decisions = itertools.count(1)
+
+    @classmethod
+    def configured(
+        cls,
+        name: str,
+        connector: Connector,
+        tickets: Tickets,
+        settings: EngineSettings,
+        *,
+        reconcile_every: float | None = None,
+    ) -> PlatformBackend:
+        """A backend set up from a platform's options (see :func:`read_engine_options`)."""
+        return cls(
+            name,
+            connector,
+            tickets,
+            workers=settings.workers,
+            unreachable_after=settings.unreachable_after,
+            max_backoff=settings.max_backoff,
+            reconcile_every=reconcile_every,
+        )
 
     # -- the conversations' side (LivechatBackend) ------------------------------------------
 

@@ -27,23 +27,17 @@ import httpx
 from actors import Entry
 from actors.model.deliveries import Transcript
 from transport.bots.options import OptionReader
-from transport.livechat.platform import Action, PlatformRefused, PlatformUnavailable
+from transport.livechat.platform import (
+    ENGINE_OPTION_KEYS,
+    Action,
+    PlatformRefused,
+    PlatformUnavailable,
+    read_engine_options,
+)
 from transport.livechat.tickets import Ticket
 from transport.signing import EVENT_ID_HEADER, MIN_SECRET_LENGTH, signed_headers
 
-OPTION_KEYS = frozenset(
-    {
-        "url",
-        "secret",
-        "secret_env",
-        "api_token",
-        "api_token_env",
-        "timeout",
-        "workers",
-        "unreachable_after",
-        "max_backoff",
-    }
-)
+OPTION_KEYS = ENGINE_OPTION_KEYS | {"url", "secret", "secret_env", "api_token", "api_token_env"}
 EVENT_TYPES = ("session.requested", "session.message", "session.typing", "session.ended")
 
 
@@ -68,13 +62,10 @@ class WebhookOptions:
         url = reader.url("url")
         secret = reader.secret("secret", min_length=MIN_SECRET_LENGTH)
         api_token = reader.secret("api_token", min_length=MIN_SECRET_LENGTH)
-        timeout = reader.number("timeout", 10.0)
-        workers = reader.integer("workers", 4)
-        unreachable_after = reader.number("unreachable_after", 30.0)
-        max_backoff = reader.number("max_backoff", 60.0)
+        engine = read_engine_options(reader)
         reader.done(OPTION_KEYS)
         assert url is not None and secret is not None and api_token is not None
-        return cls(url, secret, api_token, timeout, workers, unreachable_after, max_backoff)
+        return cls(url, secret, api_token, **engine)
 
 
 def event(ticket: Ticket, kind: str, event_id: str, data: Mapping[str, Any]) -> dict[str, Any]:

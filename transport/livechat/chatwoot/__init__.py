@@ -31,14 +31,8 @@ def build_backend(
     """The backend of one bot's Chatwoot inbox, named ``name``, and its options (what the
     inbox's webhook is checked against)."""
     read = ChatwootOptions.read(bot_id, options)
-    backend = PlatformBackend(
-        name,
-        ChatwootConnector(read, http),
-        tickets,
-        workers=read.workers,
-        unreachable_after=read.unreachable_after,
-        max_backoff=read.max_backoff,
-        reconcile_every=read.reconcile_every,
+    backend = PlatformBackend.configured(
+        name, ChatwootConnector(read, http), tickets, read, reconcile_every=read.reconcile_every
     )
     return backend, read
 

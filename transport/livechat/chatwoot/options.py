@@ -8,26 +8,26 @@ from typing import Any
 import attrs
 
 from transport.bots.options import OptionReader
+from transport.livechat.platform import ENGINE_OPTION_KEYS, read_engine_options
 from transport.signing import MIN_SECRET_LENGTH
 
-OPTION_KEYS = frozenset(
-    {
-        "base_url",
-        "account_id",
-        "inbox_id",
-        "api_token",
-        "api_token_env",
-        "webhook_secret",
-        "webhook_secret_env",
-        "url_token",
-        "url_token_env",
-        "on_resolve",
-        "reconcile_every",
-        "timeout",
-        "workers",
-        "unreachable_after",
-        "max_backoff",
-    }
+OPTION_KEYS = (
+    frozenset(
+        {
+            "base_url",
+            "account_id",
+            "inbox_id",
+            "api_token",
+            "api_token_env",
+            "webhook_secret",
+            "webhook_secret_env",
+            "url_token",
+            "url_token_env",
+            "on_resolve",
+            "reconcile_every",
+        }
+    )
+    | ENGINE_OPTION_KEYS
 )
 #: What resolving a conversation in Chatwoot does to the session: ends it, or offers the
 #: user the sign-off button (the first is the default).
@@ -92,10 +92,7 @@ class ChatwootOptions:
                 "on_resolve", f"must be one of {', '.join(ON_RESOLVE)}, got {on_resolve!r}"
             )
         reconcile_every = reader.number("reconcile_every", 30.0)
-        timeout = reader.number("timeout", 10.0)
-        workers = reader.integer("workers", 4)
-        unreachable_after = reader.number("unreachable_after", 30.0)
-        max_backoff = reader.number("max_backoff", 60.0)
+        engine = read_engine_options(reader)
         reader.done(OPTION_KEYS)
         assert base_url is not None and api_token is not None
         return cls(
@@ -107,10 +104,7 @@ class ChatwootOptions:
             url_token,
             on_resolve,
             reconcile_every,
-            timeout,
-            workers,
-            unreachable_after,
-            max_backoff,
+            **engine,
         )
 
 

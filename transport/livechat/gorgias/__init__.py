@@ -31,14 +31,8 @@ def build_backend(
     """The backend of one bot's Gorgias account, named ``name``, and the token its HTTP
     integration sends."""
     read = GorgiasOptions.read(bot_id, options)
-    backend = PlatformBackend(
-        name,
-        GorgiasConnector(read, http),
-        tickets,
-        workers=read.workers,
-        unreachable_after=read.unreachable_after,
-        max_backoff=read.max_backoff,
-        reconcile_every=read.reconcile_every,
+    backend = PlatformBackend.configured(
+        name, GorgiasConnector(read, http), tickets, read, reconcile_every=read.reconcile_every
     )
     return backend, read.webhook_token
 

@@ -9,25 +9,25 @@ from typing import Any
 import attrs
 
 from transport.bots.options import OptionReader
+from transport.livechat.platform import ENGINE_OPTION_KEYS, read_engine_options
 from transport.signing import MIN_SECRET_LENGTH
 
-OPTION_KEYS = frozenset(
-    {
-        "domain",
-        "base_url",
-        "email",
-        "api_key",
-        "api_key_env",
-        "webhook_token",
-        "webhook_token_env",
-        "reconcile_every",
-        "requests_per_window",
-        "window",
-        "timeout",
-        "workers",
-        "unreachable_after",
-        "max_backoff",
-    }
+OPTION_KEYS = (
+    frozenset(
+        {
+            "domain",
+            "base_url",
+            "email",
+            "api_key",
+            "api_key_env",
+            "webhook_token",
+            "webhook_token_env",
+            "reconcile_every",
+            "requests_per_window",
+            "window",
+        }
+    )
+    | ENGINE_OPTION_KEYS
 )
 #: Gorgias API keys are long; anything this short is a mistake in the file.
 MIN_API_KEY_LENGTH = 8
@@ -72,10 +72,7 @@ class GorgiasOptions:
         reconcile_every = reader.number("reconcile_every", 30.0)
         requests_per_window = reader.integer("requests_per_window", 40)
         window = reader.number("window", 20.0)
-        timeout = reader.number("timeout", 10.0)
-        workers = reader.integer("workers", 4)
-        unreachable_after = reader.number("unreachable_after", 30.0)
-        max_backoff = reader.number("max_backoff", 60.0)
+        engine = read_engine_options(reader)
         reader.done(OPTION_KEYS)
         assert base_url is not None and email is not None
         assert api_key is not None and webhook_token is not None
@@ -87,10 +84,7 @@ class GorgiasOptions:
             reconcile_every=reconcile_every,
             requests_per_window=requests_per_window,
             window=window,
-            timeout=timeout,
-            workers=workers,
-            unreachable_after=unreachable_after,
-            max_backoff=max_backoff,
+            **engine,
         )
 
 
