@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
@@ -156,6 +157,12 @@ async def read_lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    async with serving(tmp_path) as running:
+        yield running
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path) -> AsyncIterator[ServerProcess]:
     command = [
         sys.executable,
         *("-m", "transport.cli", "serve", "--ws-port", "0", "--http-port", "0"),
@@ -226,6 +233,17 @@ async def test_serve_answers_then_stops_cleanly_on_sigterm(server: ServerProcess
     # SQLite was used: the data directory now holds the database and the signing key.
     assert (server.data_dir / "secret").is_file()
     assert database_path(server.data_dir).is_file()
+
+
+async def test_a_restart_prints_the_same_demo_token(tmp_path: Path) -> None:
+    tokens = []
+    for _ in range(2):
+        async with serving(tmp_path) as running:
+            tokens.append(running.agent_token)
+            running.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                await running.process.wait()
+    assert tokens[0] and tokens[0] == tokens[1]
 
 
 async def test_sigint_also_stops_cleanly(server: ServerProcess) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import attrs
 import pytest
 
 from transport.config import (
@@ -17,6 +18,7 @@ from transport.config import (
     load,
     load_file,
     signing_secret,
+    with_kept_demo_tokens,
 )
 from transport.errors import ConfigError
 
@@ -298,6 +300,35 @@ def test_a_secret_file_others_may_read_is_warned_about(
     with caplog.at_level("WARNING", logger="switchover.config"):
         assert signing_secret(config) == "kept-secret-of-enough-length-0123456789"
     assert "may be read by other users" in caplog.text
+
+
+def test_the_demo_token_is_kept_across_restarts(tmp_path: Path) -> None:
+    first = with_kept_demo_tokens(load(environ={"SWITCHOVER_DATA_DIR": str(tmp_path)}))
+    again = with_kept_demo_tokens(load(environ={"SWITCHOVER_DATA_DIR": str(tmp_path)}))
+    [agent] = first.generated_agents
+    assert again.agents[DEFAULT_AGENT].token == agent.token
+    kept = tmp_path / f"demo-agent-token-{DEFAULT_AGENT}"
+    assert kept.read_text().strip() == agent.token
+    assert kept.stat().st_mode & 0o077 == 0
+    # A configured agent's token is never replaced, and a file is only for generated ones.
+    configured = with_kept_demo_tokens(
+        attrs.evolve(
+            from_mapping({"agents": {"ann": {"token": "t" * 20}}}),
+            store=StoreConfig("sqlite", tmp_path / "other"),
+        )
+    )
+    assert configured.agents["ann"].token == "t" * 20
+    assert not (tmp_path / "other").exists()
+
+
+def test_without_a_data_directory_each_start_makes_a_new_demo_token() -> None:
+    tokens = {
+        with_kept_demo_tokens(attrs.evolve(embedded_defaults(), store=StoreConfig("memory")))
+        .agents[DEFAULT_AGENT]
+        .token
+        for _ in range(2)
+    }
+    assert len(tokens) == 2
 
 
 def test_retention_is_off_unless_asked_for_and_survives_overrides(tmp_path: Path) -> None:

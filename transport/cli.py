@@ -31,6 +31,7 @@ from transport.config import (
     Config,
     load,
     load_file,
+    with_kept_demo_tokens,
     with_overrides,
 )
 from transport.errors import ConfigError
@@ -207,6 +208,8 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
 async def _serve_and_announce(config: Config) -> None:
     from transport.servers.runtime import run_server
 
+    # The same demo token after a restart: a desk signed in with it stays signed in.
+    config = with_kept_demo_tokens(config)
     for agent in config.generated_agents:
         print(
             f"Demo agent token (agent {agent.agent_id!r}, bots {', '.join(sorted(agent.bots))}): "

@@ -2,7 +2,8 @@
 
 Precedence, lowest first: the embedded defaults, the TOML file, ``SWITCHOVER_*`` environment
 variables, then command-line flags (applied by the CLI with :func:`with_overrides`). Without a
-file, Switchover serves one demo bot and one demo agent whose token is generated at start-up,
+file, Switchover serves one demo bot and one demo agent whose token is generated on first start
+(and kept in the data directory, see :func:`with_kept_demo_tokens`),
 so ``switchover serve`` is useful on a fresh machine.
 
 Every problem found is reported with the dotted key it concerns (``bots.demo.settings.
@@ -46,6 +47,7 @@ DEFAULT_DATA_DIR = Path("data")
 WS_LISTENERS = ("fast", "trio-websocket")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECRET_FILE = "secret"
+DEMO_TOKEN_FILE = "demo-agent-token"
 
 
 #: Where a bot's humans can be: the built-in desk, or a helpdesk (the signed webhook
@@ -657,17 +659,34 @@ def signing_secret(config: Config) -> str:
     """The key that signs users' resume tokens.
 
     Taken from the config when set; otherwise read from ``data_dir/secret``, which is created
-    (readable by its owner only) on first start, so tokens stay valid across restarts. The
-    file is written whole or not at all (a temporary file, flushed to disk, then renamed), an
-    empty file counts as absent, and a file others may read is logged as a warning. With no
-    data directory, a fresh key per process: nothing else survives a restart either.
+    on first start (see :func:`_kept`), so tokens stay valid across restarts. With no data
+    directory, a fresh key per process: nothing else survives a restart either.
     """
     if config.secret:
         return config.secret
-    data_dir = config.store.data_dir
+    return _kept(config.store.data_dir, SECRET_FILE, secrets.token_urlsafe(32))
+
+
+def with_kept_demo_tokens(config: Config) -> Config:
+    """The config with each generated agent token replaced by the one kept in the data
+    directory (``demo-agent-token-<agent id>``, written on first start like the secret), so
+    a restart prints the same token and a desk signed in with it stays signed in. With no
+    data directory, the generated tokens stay as they are."""
+    agents = dict(config.agents)
+    for agent in config.generated_agents:
+        token = _kept(config.store.data_dir, f"{DEMO_TOKEN_FILE}-{agent.agent_id}", agent.token)
+        agents[agent.agent_id] = attrs.evolve(agent, token=token)
+    return attrs.evolve(config, agents=agents)
+
+
+def _kept(data_dir: Path | None, name: str, fresh: str) -> str:
+    """The value kept in ``data_dir/name``, or ``fresh``, written there first (readable by
+    its owner only). The file is written whole or not at all (a temporary file, flushed to
+    disk, then renamed), an empty file counts as absent, and a file others may read is
+    logged as a warning. With no data directory, ``fresh``: nothing survives a restart."""
     if data_dir is None:
-        return secrets.token_urlsafe(32)
-    path = data_dir / SECRET_FILE
+        return fresh
+    path = data_dir / name
     try:
         existing = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -676,9 +695,8 @@ def signing_secret(config: Config) -> str:
         _warn_if_readable(path)
         return existing
     data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(32)
-    _write_atomically(path, secret + "\n")
-    return secret
+    _write_atomically(path, fresh + "\n")
+    return fresh
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -709,7 +727,8 @@ def _warn_if_readable(path: Path) -> None:
         mode = path.stat().st_mode
         if mode & 0o077:
             log.warning(
-                "the secret file %s may be read by other users (mode %o); run chmod 600 on it",
+                "the file %s holds a secret and may be read by other users (mode %o); "
+                "run chmod 600 on it",
                 path,
                 mode & 0o777,
             )
