@@ -11,7 +11,13 @@ what users and agents do and subscribe sinks to hear what they are told::
 See docs/embedding.md for a complete, runnable example.
 """
 
-from actors.machines.lifecycle import IDLE_TIMEOUT, QUEUE_TIMEOUT, USER_ENDED, Lifecycle
+from actors.machines.lifecycle import (
+    AGENT_CLOSED,
+    IDLE_TIMEOUT,
+    QUEUE_TIMEOUT,
+    USER_ENDED,
+    Lifecycle,
+)
 from actors.machines.routing import Presence
 from actors.memory_store import MemoryStore
 from actors.model.agent_request import AgentRequest
@@ -27,6 +33,7 @@ from actors.model.deliveries import (
 )
 from actors.model.effects import Accepted, Outcome, Refusal
 from actors.model.events import (
+    AgentEndsSession,
     AgentSays,
     AgentSignsOff,
     AgentTransfers,
@@ -53,6 +60,7 @@ from actors.trio.switchboard import (
 )
 
 __all__ = [
+    "AGENT_CLOSED",
     "IDLE_TIMEOUT",
     "QUEUE_TIMEOUT",
     "SESSION_END",
@@ -60,6 +68,7 @@ __all__ = [
     "SESSION_START",
     "USER_ENDED",
     "Accepted",
+    "AgentEndsSession",
     "AgentProfile",
     "AgentRequest",
     "AgentSays",

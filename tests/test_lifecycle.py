@@ -307,6 +307,14 @@ def test_the_human_side_ends_a_live_session_and_the_bot_hears_why() -> None:
     assert run.state.mode is Mode.BOT
 
 
+def test_an_agent_ends_the_session_it_holds_without_naming_it() -> None:
+    run = Run()
+    run.live()
+    ended = run(AgentEndsSession(None, "alice"))
+    assert to(Party.BOT, ended)[0].metadata["reason"] == "agent_closed"
+    assert run.state.mode is Mode.BOT
+
+
 def test_a_platform_may_close_a_session_nobody_joined() -> None:
     run = Run()
     run.queued()
@@ -321,7 +329,9 @@ def test_only_the_holder_or_the_open_session_can_be_ended() -> None:
     before = run.state
     wrong_agent = run(AgentEndsSession(run.session_id, "bob"))
     stale = run(AgentEndsSession("c1/0", None))
-    for refused in (wrong_agent, stale):
+    not_holding = run(AgentEndsSession(None, "bob"))
+    nobody = run(AgentEndsSession(None, None))
+    for refused in (wrong_agent, stale, not_holding, nobody):
         assert isinstance(refused.outcome, Refusal) and refused.outcome.code == "not_assigned"
         assert refused.state is before and refused.effects == ()
 

@@ -312,6 +312,7 @@ async def test_an_agent_may_only_touch_the_chats_it_holds(harness: WsHarness) ->
                 "content": {"text": "hi"},
             },
             {"type": "sign_off", "id": "a2", "conversation_id": conv},
+            {"type": "end", "id": "a6", "conversation_id": conv},
             {"type": "transfer", "id": "a3", "conversation_id": conv, "to_agent": None},
             {"type": "typing", "id": "a4", "conversation_id": conv},
             {
@@ -339,6 +340,9 @@ async def test_an_agent_may_only_touch_the_chats_it_holds(harness: WsHarness) ->
         await user.wait_for(notice("agent_joined"))
         with pytest.raises(RequestRefused) as refused:
             await bob.say(conv, "let me in")
+        assert refused.value.code == "not_assigned"
+        with pytest.raises(RequestRefused) as refused:
+            await bob.end(conv)
         assert refused.value.code == "not_assigned"
         await alice.send_frame(
             {"type": "transfer", "id": "t1", "conversation_id": conv, "to_agent": "carol"}

@@ -258,6 +258,12 @@ class AgentClient(Client):
         seq: int | None = ack["seq"]
         return seq
 
+    async def end(self, conversation_id: str) -> int | None:
+        """End the session of a chat this agent holds (reason ``agent_closed``)."""
+        ack = await self.request({"type": "end", "conversation_id": conversation_id})
+        seq: int | None = ack["seq"]
+        return seq
+
     async def transfer(self, conversation_id: str, to_agent: str | None) -> None:
         await self.request(
             {"type": "transfer", "conversation_id": conversation_id, "to_agent": to_agent}

@@ -518,13 +518,16 @@ class Lifecycle:
     ) -> Transition:
         session = state.session
         assert session is not None
-        if session.session_id != event.session_id or (
-            event.agent_id is not None and session.agent_id != event.agent_id
+        named = event.session_id
+        if (
+            (named is not None and session.session_id != named)
+            or (event.agent_id is not None and session.agent_id != event.agent_id)
+            or (named is None and event.agent_id is None)
         ):
             return _refused(
                 state,
                 "not_assigned",
-                f"Session {event.session_id!r} is not open with that agent.",
+                f"Session {named or session.session_id!r} is not open with that agent.",
             )
         return self._end_session(_Builder(state, now), event.reason, expired=False)
 

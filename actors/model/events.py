@@ -107,11 +107,12 @@ class TransferFailed:
 
 @attrs.frozen
 class AgentEndsSession:
-    """From the livechat backend: the human side closed the session (an agent ended it, a
-    platform resolved or closed its ticket). ``agent_id`` is who held it, ``None`` when no
+    """The human side closed the session: an agent of the desk ended the chat it holds, or a
+    platform resolved or closed its ticket. ``session_id`` names the session (``None``: the
+    open one, which ``agent_id`` must hold); ``agent_id`` is who held it, ``None`` when no
     agent had joined yet. The bot hears ``LIVECHAT_SESSION_END`` with ``reason``."""
 
-    session_id: str
+    session_id: str | None
     agent_id: str | None
     reason: str = "agent_closed"
 

@@ -482,7 +482,7 @@ class ConversationActor:
                     after = transition.state
                     event = envelope.event
                     if type(event) in _DECISIONS:
-                        runner.applied(event.session_id, event.decision)  # type: ignore[union-attr]
+                        runner.applied(event.session_id, event.decision)  # type: ignore[union-attr,arg-type]
                     for effect in transition.effects:
                         if type(effect) is fx.Emit:
                             runner.deliver(effect.entry, after, envelope.origin)

@@ -119,6 +119,7 @@ _CLIENT_SCHEMAS: Final[dict[str, dict[str, str]]] = {
         "typing": "client.agent.typing",
         "presence": "client.agent.presence",
         "sign_off": "client.agent.sign_off",
+        "end": "client.agent.end",
         "transfer": "client.agent.transfer",
         "claim": "client.agent.claim",
         "replay": "client.agent.replay",
@@ -195,6 +196,12 @@ class SignOff:
 
 
 @attrs.frozen
+class EndSession:
+    id: FrameId | None
+    conversation_id: str
+
+
+@attrs.frozen
 class Transfer:
     id: FrameId | None
     conversation_id: str
@@ -239,6 +246,7 @@ Frame = (
     | TypingNow
     | SetPresence
     | SignOff
+    | EndSession
     | Transfer
     | Claim
     | ReplayAfter
@@ -510,6 +518,8 @@ def _build(kind: str, data: dict[str, Any]) -> Frame:
         return SetPresence(frame_id, data["status"])
     if kind == "sign_off":
         return SignOff(frame_id, data["conversation_id"])
+    if kind == "end":
+        return EndSession(frame_id, data["conversation_id"])
     if kind == "transfer":
         return Transfer(frame_id, data["conversation_id"], data["to_agent"])
     if kind == "claim":
@@ -724,6 +734,7 @@ __all__ = [
     "BotHello",
     "BotPush",
     "Claim",
+    "EndSession",
     "EventAck",
     "Frame",
     "FrameId",

@@ -27,6 +27,8 @@ from functools import partial
 from typing import Final, Protocol, runtime_checkable
 
 from actors import (
+    AGENT_CLOSED,
+    AgentEndsSession,
     AgentSays,
     AgentSignsOff,
     AgentTransfers,
@@ -446,6 +448,8 @@ class Peer:
         agent_id = self._agent()
         if isinstance(frame, wire.SignOff):
             self._agent_event(frame, AgentSignsOff(agent_id))
+        elif isinstance(frame, wire.EndSession):
+            self._agent_event(frame, AgentEndsSession(None, agent_id, AGENT_CLOSED))
         elif isinstance(frame, wire.Transfer):
             if self._agent_event(frame, AgentTransfers(agent_id, frame.to_agent)):
                 _remember_pending(self._transfers, frame.conversation_id, frame.id)
