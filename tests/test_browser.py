@@ -394,6 +394,27 @@ def test_an_expired_session_shows_as_expired_on_both_sides(
     assert not problems, problems
 
 
+def test_an_agent_ends_a_chat_whose_user_is_gone(
+    server: Server, contexts: tuple[BrowserContext, BrowserContext]
+) -> None:
+    user_context, agent_context = contexts
+    problems: list[str] = []
+    desk = sign_in(agent_context, server, ALICE_TOKEN, problems, "away")
+    user = open_widget(user_context, f"{server.http_url}/widget", problems)
+    say(user, "hello")
+    user.locator(".so-choice", has_text="Talk to a human").last.click()
+    say(user, "brb")
+    waiting = desk.locator("#queue .queue-item")
+    expect(waiting).to_have_count(1)
+    waiting.get_by_role("button", name=re.compile("Pick up")).click()
+    expect(desk.locator("#chat-state")).to_have_text("Live")
+    desk.get_by_role("button", name="End chat").click()
+    expect(user.locator(".so-notice-session_ended")).to_have_count(1)
+    expect(desk.locator("#chat-ended")).to_contain_text("the agent closed it")
+    expect(desk.get_by_role("button", name="End chat")).to_be_disabled()
+    assert problems == []
+
+
 def test_a_wrong_agent_token_is_refused_clearly(browser: Browser, server: Server) -> None:
     context = browser.new_context()
     context.set_default_timeout(WAIT_MS)

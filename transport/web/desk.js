@@ -182,6 +182,7 @@
       common.sendOnEnter($("reply"), () => this.reply());
       $("reply").addEventListener("input", () => this.agentIsTyping());
       $("sign-off").addEventListener("click", () => this.act("sign_off"));
+      $("end-chat").addEventListener("click", () => this.act("end"));
       $("transfer").addEventListener("click", () => this.transfer());
       $("transfer-to").addEventListener("keydown", (event) => {
         if (event.key === "Enter") {
@@ -769,14 +770,14 @@
       state.className = `state state-${chat.status}`;
       $("chat-view").dataset.status = chat.status;
       const open = chat.open;
-      for (const id of ["reply", "sign-off", "transfer", "transfer-to"]) $(id).disabled = !open;
+      for (const id of ["reply", "sign-off", "end-chat", "transfer", "transfer-to"]) $(id).disabled = !open;
       this.renderColleagues();
       $("composer").querySelector("button").disabled = !open;
       $("close-chat").hidden = open;
       const ended = $("chat-ended");
       ended.hidden = open;
       const words = {
-        ended: "The session has ended; the bot has the conversation again.",
+        ended: `The session has ended (${why(chat.detail || "user_ended")}); the bot has the conversation again.`,
         expired: `The session expired (${why(chat.detail || "idle_timeout")}); the bot has the conversation again.`,
         transferred: `You transferred this chat${chat.detail ? ` to ${chat.detail}` : ""}.`,
         released: "This chat went back to the queue.",
