@@ -415,6 +415,31 @@ def test_an_agent_ends_a_chat_whose_user_is_gone(
     assert problems == []
 
 
+def test_an_expiry_while_waiting_blames_no_agent(
+    server: Server, contexts: tuple[BrowserContext, BrowserContext]
+) -> None:
+    user_context, _ = contexts
+    problems: list[str] = []
+    user = user_context.new_page()
+    watch_console(user, problems)
+    user.goto(f"{server.http_url}/healthz")
+    user.set_content(
+        '<!doctype html><div id="help" style="height:600px"></div>'
+        f'<script src="{server.http_url}/static/widget.js" data-bot="quick"'
+        ' data-target="#help"></script>'
+    )
+    expect(user.locator(".so-widget")).to_have_attribute("data-connection", "online")
+    say(user, "hi")
+    user.locator(".so-choice", has_text="Talk to a human").last.click()
+    expect(user.locator(".so-notice-session_started")).to_have_count(1)
+    # Nobody picks it up within the three-second session timeout.
+    expired = user.locator(".so-notice-session_expired")
+    expect(expired).to_have_text(
+        "No agent could take your conversation in time. You are back with the assistant."
+    )
+    assert problems == []
+
+
 def test_a_wrong_agent_token_is_refused_clearly(browser: Browser, server: Server) -> None:
     context = browser.new_context()
     context.set_default_timeout(WAIT_MS)
