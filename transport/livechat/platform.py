@@ -279,6 +279,9 @@ class PlatformBackend:
         self.unreachable_after = unreachable_after
         self._core: CoreLink | None = None
         self._open: dict[str, Ticket] = {}
+        #: The open ticket of each conversation, by conversation id (a conversation has one
+        #: open session at a time; a ticket still ending may linger beside a newer one).
+        self._current: dict[str, Ticket] = {}
         self._work: dict[str, _Work] = {}
         self._ready: dict[str, None] = {}
         self._busy: set[str] = set()
@@ -317,15 +320,14 @@ class PlatformBackend:
     def request_agent(self, request: AgentRequest) -> None:
         ticket = self._open.get(request.session_id)
         if ticket is None:
-            for other in list(self._open.values()):
-                if other.conversation_id == request.conversation_id and not other.ending:
-                    # A newer session of the same conversation: the older one is over.
-                    self._end(other, None)
+            older = self._current.get(request.conversation_id)
+            if older is not None and not older.ending:
+                # A newer session of the same conversation: the older one is over.
+                self._end(older, None)
             ticket = Ticket(
                 request.session_id, request.conversation_id, request.bot_id, applied_seq=0
             )
-            self._open[request.session_id] = ticket
-            self._work[request.session_id] = _Work()
+            self._keep(ticket, _Work())
         elif request.held_by != ticket.agent_id:
             if ticket.agent_id is None:
                 # The conversation applied an assignment this ticket never recorded.
@@ -359,10 +361,10 @@ class PlatformBackend:
             if item.session_id is not None:
                 self.deliver_waiting(item.session_id, item)
         elif isinstance(item, Typing) and item.party is Party.USER:
-            for ticket in self._open.values():
-                if ticket.conversation_id == item.conversation_id and not ticket.ending:
-                    self._work_of(ticket).typing = True
-                    self._schedule(ticket)
+            ticket = self._current.get(item.conversation_id)
+            if ticket is not None and not ticket.ending:
+                self._work_of(ticket).typing = True
+                self._schedule(ticket)
 
     def deliver_waiting(self, session_id: str, entry: Entry) -> None:
         ticket = self._open.get(session_id)
@@ -463,14 +465,14 @@ class PlatformBackend:
         self._run = next(self._runs)
         for ticket in await self.tickets.load():
             if ticket.session_id not in self._open:
-                self._open[ticket.session_id] = ticket
-                self._work[ticket.session_id] = _Work(check_applied=True)
+                self._keep(ticket, _Work(check_applied=True))
         for ticket in list(self._open.values()):
             state = await core.load(ticket.conversation_id)
             session = state.session if state is not None else None
             if session is None or session.session_id != ticket.session_id:
                 ticket.ending = True
             self._schedule(ticket)
+        self._current = {t.conversation_id: t for t in self._open.values() if not t.ending}
         async with trio.open_nursery() as nursery:
             for _ in range(self.workers):
                 nursery.start_soon(self._serve)
@@ -738,7 +740,16 @@ class PlatformBackend:
         self._ready[ticket.session_id] = None
         self._wake.set()
 
+    def _keep(self, ticket: Ticket, work: _Work) -> None:
+        self._open[ticket.session_id] = ticket
+        self._work[ticket.session_id] = work
+        current = self._current.get(ticket.conversation_id)
+        if current is None or current.ending:
+            self._current[ticket.conversation_id] = ticket
+
     def _forget(self, ticket: Ticket) -> None:
+        if self._current.get(ticket.conversation_id) is ticket:
+            del self._current[ticket.conversation_id]
         self._open.pop(ticket.session_id, None)
         self._work.pop(ticket.session_id, None)
         self._ready.pop(ticket.session_id, None)
