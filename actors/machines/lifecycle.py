@@ -539,12 +539,7 @@ class Lifecycle:
         if session.session_id != event.session_id:
             return Transition(state)
         out = _Builder(state, now)
-        out.emit(
-            Party.SYSTEM,
-            Content.notice("livechat_unreachable"),
-            _USER,
-            metadata={"code": "livechat_unreachable"},
-        )
+        out.emit(Party.SYSTEM, Content.notice("livechat_unreachable"), _USER)
         return out.finish()
 
     # -- the clock --------------------------------------------------------------------------
