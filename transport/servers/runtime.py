@@ -20,8 +20,6 @@ from functools import partial
 import attrs
 import httpx
 import trio
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from actors import BotBinding, Desk, MemoryStore, Store, Switchboard
 from actors.trio.collector import tune_collector
@@ -31,9 +29,7 @@ from transport.bots.resilience import make_http_client
 from transport.config import Config, ListenerConfig, signing_secret
 from transport.errors import ConfigError
 from transport.livechat.backends import Backends, build_backends
-from transport.livechat.chatwoot import webhook as chatwoot_webhook
 from transport.livechat.desk import build_desk
-from transport.livechat.gorgias import webhook as gorgias_webhook
 from transport.protocol.services import Services
 from transport.servers.http.app import HttpApp
 from transport.servers.http.serve import serve_http
@@ -255,10 +251,8 @@ async def _serve(
             public_ws_url=listen.public_ws_url,
             ws_host=listen.host,
             widget_frame_ancestors=listen.widget_frame_ancestors,
-            platforms=parts.backends.platforms,
+            backends=parts.backends,
         )
-        _mount_gorgias(app, parts.backends)
-        _mount_chatwoot(app, parts.backends)
         if handle_signals:
             core.start_soon(_on_signals, shutdown)
         http_stop = trio.Event()
@@ -299,37 +293,6 @@ async def _serve(
             # Whatever the listeners still do after this bound is cut short.
             listeners.cancel_scope.deadline = trio.current_time() + listen.shutdown_timeout
         core.cancel_scope.cancel()
-
-
-def _mount_gorgias(app: HttpApp, backends: Backends) -> None:
-    """Add the Gorgias HTTP integration's route to the app
-    (:func:`transport.livechat.gorgias.webhook.take_webhook`)."""
-
-    async def endpoint(request: Request) -> Response:
-        backend, token = backends.gorgias.get(request.path_params["bot_id"], (None, None))
-        status, answer = await gorgias_webhook.take_webhook(
-            backend, token, request.headers, dict(request.query_params), await request.body()
-        )
-        return JSONResponse(answer, status)
-
-    app.add_route(gorgias_webhook.PATH, endpoint, methods=["POST"])
-
-
-def _mount_chatwoot(app: HttpApp, backends: Backends) -> None:
-    """Add the Chatwoot inboxes' webhook route to the app
-    (:func:`transport.livechat.chatwoot.webhook.receive`)."""
-
-    async def endpoint(request: Request) -> Response:
-        status, answer = await chatwoot_webhook.receive(
-            backends.chatwoot,
-            request.path_params["bot_id"],
-            request.headers,
-            request.url.query,
-            await request.body(),
-        )
-        return JSONResponse(answer, status)
-
-    app.add_route(chatwoot_webhook.PATH, endpoint, methods=["POST"])
 
 
 async def _cancellable(

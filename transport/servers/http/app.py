@@ -14,7 +14,7 @@ An ``HttpApp`` is a ``Starlette`` application, so more routes are added as to an
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -24,10 +24,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from transport.livechat.platform import PlatformBackend
+from transport.livechat.backends import Backends
 from transport.protocol.credentials import AddressGuard
 from transport.protocol.services import Services
-from transport.servers.http import actions, errors, metrics, pages, push
+from transport.servers.http import errors, metrics, pages, platforms, push
 from transport.servers.http.body import MAX_BODY_BYTES, BoundedBody
 from transport.servers.http.security import AuthThrottle, SecurityHeaders
 from transport.servers.http.static import WEB_DIR, WebFiles
@@ -44,8 +44,8 @@ class HttpApp(Starlette):
     ``ws_port`` is the WebSocket listener's bound port, set by the runtime once it listens,
     so the web pages learn where to connect from ``/config.json``. ``stopping`` turns
     ``/healthz`` to 503 during a graceful shutdown, so a load balancer stops sending users.
-    ``platforms``: each platform-backed bot's backend and API token, for the helpdesks'
-    actions (none: that route answers 401 for every bot).
+    ``backends``: the livechat backends, for the helpdesks' routes (none: those routes
+    know no bot).
     """
 
     def __init__(
@@ -57,10 +57,10 @@ class HttpApp(Starlette):
         public_ws_url: str | None = None,
         ws_host: str | None = None,
         widget_frame_ancestors: Iterable[str] = (),
-        platforms: Mapping[str, tuple[PlatformBackend, str]] | None = None,
+        backends: Backends | None = None,
     ) -> None:
         self.services = services
-        self.platforms: Mapping[str, tuple[PlatformBackend, str]] = platforms or {}
+        self.backends = backends if backends is not None else Backends({}, {})
         self.web_dir = web_dir.resolve()
         self.ws_port = ws_port
         self.public_ws_url = public_ws_url
@@ -88,7 +88,7 @@ class HttpApp(Starlette):
                 Route("/widget", pages.widget, methods=["GET"]),
                 Mount("/static", app=self.files),
                 Route(push.PATH, push.endpoint, methods=["POST"]),
-                Route(actions.PATH, actions.endpoint, methods=["POST"]),
+                *platforms.ROUTES,
             ],
             middleware=[
                 Middleware(SecurityHeaders, widget_frame_ancestors=widget_frame_ancestors),
