@@ -327,6 +327,20 @@ class Routing:
         self._update_grace(agent, now)
         return self._settle(now)
 
+    def new_settings(
+        self, bot_id: str, settings: BotSettings, capacities: Mapping[str, int], now: float
+    ) -> list[RoutingEffect]:
+        """A bot's settings changed; ``capacities``: the agents whose capacity follows them.
+        Grace periods already running keep their end; a larger capacity may hand out
+        waiting chats at once."""
+        self.settings[bot_id] = settings
+        for agent_id, capacity in capacities.items():
+            agent = self.agents.get(agent_id)
+            if agent is not None and agent.capacity != capacity:
+                agent.capacity = capacity
+                self.changed_agents.add(agent_id)
+        return self._settle(now)
+
     def expire_grace(self, now: float) -> list[RoutingEffect]:
         effects: list[RoutingEffect] = []
         for agent_id in sorted(self._in_grace):

@@ -106,6 +106,18 @@ class Replay:
 Inbound = Envelope | Subscribe | Unsubscribe | Replay
 
 _ALARM = Envelope(TimerFired())
+_NO_BASIS = object()
+
+
+def _basis_of(state: ConversationState) -> tuple[str, float, float | None] | None:
+    """What a session's deadline is derived from, besides the settings: ``None`` in bot
+    mode, where nothing is armed."""
+    session = state.session
+    if session is None:
+        return None
+    return (session.session_id, session.last_activity, session.queued_at)
+
+
 """Posted by :meth:`ConversationActor.wake`: one of the actor's wake-ups came due."""
 
 _REASSERT = Envelope(TimerFired())
@@ -137,6 +149,7 @@ class ConversationActor:
 
     __slots__ = (
         "_armed",
+        "_basis",
         "_feeder",
         "_message_ids",
         "_store_backoff",
@@ -179,6 +192,8 @@ class ConversationActor:
         self.owed_to_bot: list[Entry] | None = None
         self.last_touch = 0.0
         self._armed = math.inf
+        #: What the deadline in force was derived from (see :meth:`_adopt_settings`).
+        self._basis: object = _NO_BASIS
         self.retired = False
 
     @property
@@ -211,7 +226,10 @@ class ConversationActor:
             )
             context.retire(self)
             return
-        self.lifecycle = lifecycle
+        if self.lifecycle is None or _basis_of(self.state) != self._basis:
+            # A restart keeps the settings its armed deadline was derived from.
+            self.lifecycle = lifecycle
+            self._basis = _basis_of(self.state)
         if self.owed_to_bot:
             for entry in self.owed_to_bot:
                 self.feed_bot(entry, self.state)
@@ -223,6 +241,7 @@ class ConversationActor:
         self.last_touch = trio.current_time()
         self._armed = math.inf
         while True:
+            self._adopt_settings()
             self._arm()
             batch = await inbox.take()
             index = 0
@@ -269,6 +288,19 @@ class ConversationActor:
             # next message, long enough to reach the collector's oldest generation.
             batch.clear()
             del item
+
+    def _adopt_settings(self) -> None:
+        """Take the bot's settings as they are now (an administrator may have changed them)
+        only when the deadline is about to be derived anew: a session opened, closed or saw
+        activity. So a change never moves a deadline already armed, only the next one."""
+        state = self.state
+        assert state is not None
+        basis = _basis_of(state)
+        if basis != self._basis:
+            self._basis = basis
+            current = self.context.lifecycle_for(state.bot_id)
+            if current is not None:
+                self.lifecycle = current
 
     def _arm(self) -> None:
         """Ask the alarms for a wake-up when the next one comes earlier than the one already
@@ -403,6 +435,7 @@ class ConversationActor:
         first = self.state
         lifecycle = self.lifecycle
         assert first is not None and lifecycle is not None
+        current = self.context.lifecycle_for(first.bot_id) or lifecycle
         if now is None:
             now = self.context.clock.now()
         known = self._message_ids
@@ -430,7 +463,10 @@ class ConversationActor:
                     continue
                 seen[key] = len(transitions)
             try:
-                transition = lifecycle.handle(state, envelope.event, now)
+                # The clock's events are judged by the settings their deadline came from;
+                # everything else (the sign-off's wording) by the settings in force.
+                handler = lifecycle if isinstance(envelope.event, TimerFired) else current
+                transition = handler.handle(state, envelope.event, now)
             except Exception as exc:
                 # The events before it still count; this one and the rest wait for after.
                 failure = exc

@@ -94,8 +94,22 @@ class Transfer:
     to_agent: str | None
 
 
+@attrs.frozen
+class NewSettings:
+    bot_id: str
+    settings: BotSettings
+
+
 DeskRequest = (
-    Connected | Disconnected | SetPresence | Claim | Request | Withdraw | Release | Transfer
+    Connected
+    | Disconnected
+    | SetPresence
+    | Claim
+    | Request
+    | Withdraw
+    | Release
+    | Transfer
+    | NewSettings
 )
 
 
@@ -153,9 +167,7 @@ class Desk:
         unknown = profile.bots - set(self.settings)
         if unknown:
             raise ValueError(f"agent {profile.agent_id!r} serves unknown bots {sorted(unknown)}")
-        capacity = profile.capacity or min(
-            (self.settings[b].agent_capacity for b in profile.bots), default=1
-        )
+        capacity = self._default_capacity(profile)
         self.profiles[profile.agent_id] = profile
         self._routing.agents[profile.agent_id] = rt.Agent(
             profile.agent_id, profile.name, profile.bots, capacity
@@ -183,6 +195,11 @@ class Desk:
 
     def claim(self, agent_id: str, conversation_id: str) -> None:
         self._send.send_nowait(Claim(agent_id, conversation_id))
+
+    def apply_settings(self, bot_id: str, settings: BotSettings) -> None:
+        """A bot's settings changed: grace periods that start from now on and agents'
+        default capacity follow them (grace periods already running keep their end)."""
+        self._send.send_nowait(NewSettings(bot_id, settings))
 
     # -- the conversations' side (LivechatBackend) ------------------------------------------
 
@@ -282,7 +299,25 @@ class Desk:
                 return routing.connected(agent_id, now)
             case Disconnected(agent_id):
                 return routing.disconnected(agent_id, now)
+            case NewSettings(bot_id, settings):
+                return self._new_settings(bot_id, settings, now)
         raise TypeError(f"the desk cannot handle {request!r}")
+
+    def _new_settings(
+        self, bot_id: str, settings: BotSettings, now: float
+    ) -> list[rt.RoutingEffect]:
+        self.settings[bot_id] = settings
+        capacities = {
+            profile.agent_id: self._default_capacity(profile)
+            for profile in self.profiles.values()
+            if profile.capacity is None and bot_id in profile.bots
+        }
+        return self._routing.new_settings(bot_id, settings, capacities, now)
+
+    def _default_capacity(self, profile: AgentProfile) -> int:
+        return profile.capacity or min(
+            (self.settings[b].agent_capacity for b in profile.bots), default=1
+        )
 
     def _carry_out(self, effects: list[rt.RoutingEffect]) -> bool:
         """Tell each routing outcome to the conversation or agent it concerns; True when

@@ -156,6 +156,22 @@ class Switchboard:
             task_status.started()
             await trio.sleep_forever()
 
+    def replace_settings(self, bot_id: str, settings: BotSettings) -> None:
+        """Serve ``bot_id`` under new settings from now on. One synchronous swap, so no
+        conversation sees half of it: each takes them up when its next deadline is derived
+        (a deadline already armed stays); the built-in desk applies them to the next grace
+        period and offer. Raises :class:`UnknownBot`."""
+        from actors.trio.desk import Desk
+
+        binding = self.bots.get(bot_id)
+        if binding is None:
+            raise UnknownBot(bot_id)
+        self.bots[bot_id] = attrs.evolve(binding, settings=settings)
+        self._lifecycles[bot_id] = Lifecycle(settings)
+        backend = self.backends.get(binding.backend)
+        if isinstance(backend, Desk):
+            backend.apply_settings(bot_id, settings)
+
     def _alarms_restarted(self) -> None:
         """The alarms lost their wake-ups: every actor asks again."""
         for actor in list(self._actors.values()):
