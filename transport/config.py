@@ -99,6 +99,17 @@ class AgentConfig:
 
 
 @attrs.frozen
+class AdminConfig:
+    """An administrator: may read and change the bots' livechat settings at run time
+    (``/settings`` and ``/api/bots``). Its token opens nothing else, and no agent's or bot's
+    token opens this."""
+
+    admin_id: str
+    name: str
+    token: str
+
+
+@attrs.frozen
 class ListenerConfig:
     """Where the server listens. ``public_ws_url`` is the WebSocket address the web pages
     are told to use when the server sits behind a proxy; by default they use the host they
@@ -146,6 +157,7 @@ class Config:
     secret: str | None = None
     default_bot: str = DEFAULT_BOT
     source: str = "embedded defaults"
+    admins: Mapping[str, AdminConfig] = attrs.field(factory=dict)
 
     @property
     def generated_agents(self) -> list[AgentConfig]:
@@ -243,6 +255,7 @@ def _kind(value: object) -> str:
         str: "a string",
         list: "an array",
         dict: "a table",
+        type(None): "null",
     }.get(type(value), type(value).__name__)
 
 
@@ -253,10 +266,17 @@ def _shown(value: object) -> str:
 
 
 def _attrs_from_table(
-    reader: _Reader, data: Mapping[str, Any], key: str, cls: type[Any], what: str
+    reader: _Reader,
+    data: Mapping[str, Any],
+    key: str,
+    cls: type[Any],
+    what: str,
+    base: Any = None,
 ) -> Any:
     """Build an attrs class (BotSettings, Limits) from a table, checking each field's type
-    from its declared annotation, so new fields are configurable without touching this."""
+    from its declared annotation, so new fields are configurable without touching this.
+    ``base``: an instance whose values stand for the keys the table leaves out (the
+    defaults without one); a ``None`` value then unsets an optional field."""
     fields = {field.name: field for field in attrs.fields(cls)}
     reader.unknown(data, key, set(fields))
     values: dict[str, Any] = {}
@@ -265,6 +285,9 @@ def _attrs_from_table(
             continue
         declared = str(fields[name].type)
         full = _join(key, name)
+        if value is None and base is not None and "None" in declared:
+            values[name] = None
+            continue
         if "str" in declared:
             ok = isinstance(value, str)
             expected = "a string"
@@ -287,18 +310,50 @@ def _attrs_from_table(
             continue
         values[name] = float(value) if "float" in declared and isinstance(value, int) else value
     try:
-        return cls(**values)
+        return cls(**values) if base is None else attrs.evolve(base, **values)
     except (TypeError, ValueError) as exc:
         reader.problem(key, f"invalid {what}: {exc}")
-        return cls()
+        return cls() if base is None else base
+
+
+def read_bot_settings(
+    data: Mapping[str, Any], bot_id: str, base: BotSettings | None = None
+) -> BotSettings:
+    """A bot's livechat settings from ``data`` (``[bots.<id>.settings]``'s keys), checked
+    and worded exactly as in the config file, so anything that changes them at run time
+    refuses what the file refuses, in the same words. ``base``: the settings the keys
+    change (the defaults without one); ``None`` unsets an optional key. Raises
+    :class:`ConfigError` listing every problem, each under its dotted key."""
+    reader = _Reader()
+    key = bot_settings_key(bot_id)
+    settings: BotSettings = _attrs_from_table(reader, data, key, BotSettings, "settings", base)
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return settings
+
+
+def bot_settings_key(bot_id: str) -> str:
+    """The dotted key a bot's settings' problems are reported under."""
+    return f"bots.{bot_id}.settings"
 
 
 # -- the sections -------------------------------------------------------------------------
 
-_TOP_KEYS = {"bots", "agents", "listeners", "limits", "store", "logging", "secret", "default_bot"}
+_TOP_KEYS = {
+    "bots",
+    "agents",
+    "admins",
+    "listeners",
+    "limits",
+    "store",
+    "logging",
+    "secret",
+    "default_bot",
+}
 _BOT_KEYS = {"adapter", "options", "settings", "livechat", "backend", "token"}
 _LIVECHAT_KEYS = {"kind", "options"}
 _AGENT_KEYS = {"name", "token", "capacity", "bots"}
+_ADMIN_KEYS = {"name", "token", "token_env"}
 _LISTENER_KEYS = {
     "host",
     "ws_port",
@@ -391,6 +446,38 @@ def _agents(reader: _Reader, data: Mapping[str, Any], bot_ids: list[str]) -> dic
     return agents
 
 
+def _admins(
+    reader: _Reader, data: Mapping[str, Any], environ: Mapping[str, str]
+) -> dict[str, AdminConfig]:
+    """``[admins.<id>]``, like agents: a ``token``, or ``token_env`` naming an environment
+    variable holding it (so the file need not hold the secret)."""
+    admins: dict[str, AdminConfig] = {}
+    for admin_id, entry in reader.table(data, "", "admins").items():
+        key = f"admins.{admin_id}"
+        if not isinstance(entry, Mapping):
+            reader.problem(key, f"must be a table, got {_kind(entry)}")
+            continue
+        reader.unknown(entry, key, _ADMIN_KEYS)
+        token = reader.string(entry, key, "token")
+        variable = reader.string(entry, key, "token_env")
+        if token is not None and variable is not None:
+            reader.problem(f"{key}.token", "give token or token_env, not both")
+        elif variable is not None:
+            token = environ.get(variable) or None
+            if token is None:
+                reader.problem(f"{key}.token_env", f"the environment variable {variable} is unset")
+        elif token is None and "token" not in entry:
+            reader.problem(
+                f"{key}.token", "is required (or token_env; the secret this admin signs in with)"
+            )
+        admins[admin_id] = AdminConfig(
+            admin_id,
+            name=reader.string(entry, key, "name", admin_id) or admin_id,
+            token=token or "",
+        )
+    return admins
+
+
 def _listeners(reader: _Reader, data: Mapping[str, Any]) -> ListenerConfig:
     table = reader.table(data, "", "listeners")
     reader.unknown(table, "listeners", _LISTENER_KEYS)
@@ -459,9 +546,11 @@ def _check_tokens(reader: _Reader, config: Config) -> None:
     """Every token long enough (or a well-formed SHA-256 of one), and no two alike, even when
     one is given in clear and the other hashed."""
     seen: dict[str, str] = {}
-    owners = [(f"agents.{a.agent_id}.token", a.token) for a in config.agents.values()] + [
-        (f"bots.{b.bot_id}.token", b.token) for b in config.bots.values() if b.token
-    ]
+    owners = (
+        [(f"agents.{a.agent_id}.token", a.token) for a in config.agents.values()]
+        + [(f"bots.{b.bot_id}.token", b.token) for b in config.bots.values() if b.token]
+        + [(f"admins.{a.admin_id}.token", a.token) for a in config.admins.values()]
+    )
     for key, token in owners:
         if not token:
             continue
@@ -480,9 +569,14 @@ def _check_tokens(reader: _Reader, config: Config) -> None:
 
 
 def from_mapping(
-    data: Mapping[str, Any], *, base: Path | None = None, source: str = "<config>"
+    data: Mapping[str, Any],
+    *,
+    base: Path | None = None,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Validate a parsed TOML document. Relative paths are taken from ``base``."""
+    """Validate a parsed TOML document. Relative paths are taken from ``base``; ``environ``
+    (default: the process's) holds what ``token_env`` keys name."""
     reader = _Reader()
     reader.unknown(data, "", _TOP_KEYS)
     bots = _bots(reader, data)
@@ -505,6 +599,7 @@ def from_mapping(
         secret=reader.string(data, "", "secret"),
         default_bot=default_bot or DEFAULT_BOT,
         source=source,
+        admins=_admins(reader, data, os.environ if environ is None else environ),
     )
     _check_tokens(reader, config)
     if reader.problems:
@@ -720,6 +815,10 @@ def _write_atomically(path: Path, text: str) -> None:
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+#: For other modules that keep a small file in the data directory.
+write_atomically = _write_atomically
 
 
 def _warn_if_readable(path: Path) -> None:
