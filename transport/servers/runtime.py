@@ -21,7 +21,7 @@ import attrs
 import httpx
 import trio
 
-from actors import BotBinding, Desk, MemoryStore, Store, Switchboard
+from actors import BotBinding, BotSettings, Desk, MemoryStore, Store, Switchboard
 from actors.trio.collector import tune_collector
 from transport.bots import build_bot
 from transport.bots.connections import BotConnections
@@ -30,6 +30,7 @@ from transport.config import Config, ListenerConfig, signing_secret
 from transport.errors import ConfigError
 from transport.livechat.backends import Backends, build_backends
 from transport.livechat.desk import build_desk
+from transport.livechat.settings import BotSettingsBook
 from transport.protocol.services import Services
 from transport.servers.http.app import HttpApp
 from transport.servers.http.serve import serve_http
@@ -163,6 +164,9 @@ async def run_server(
     ``prune_every``: seconds between retention rounds when ``store.retention_days`` is set.
     """
     shutdown = shutdown or trio.Event()
+    # Settings changed by administrators (kept in the data directory) win over the file's.
+    book = BotSettingsBook.for_config(config)
+    config = book.applied_to(config)
     if handle_signals is None:
         handle_signals = threading.current_thread() is threading.main_thread()
     http = make_http_client()
@@ -177,7 +181,7 @@ async def run_server(
     try:
         await _serve(
             config,
-            _Parts(bindings, desk, backends, connections, prune_every),
+            _Parts(bindings, desk, backends, connections, prune_every, book),
             shutdown,
             handle_signals,
             task_status,
@@ -201,6 +205,7 @@ class _Parts:
     backends: Backends
     connections: BotConnections
     prune_every: float
+    bot_settings: BotSettingsBook
 
 
 def _start_retention(config: Config, store: Store, nursery: trio.Nursery, every: float) -> None:
@@ -236,6 +241,7 @@ async def _serve(
         # so a crowd of expiries is not stalled by a full collection (actors/trio/collector.py).
         tune_collector()
         _start_retention(config, store, core, parts.prune_every)
+        parts.bot_settings.on_change = partial(_settings_changed, board, store)
         services = Services(
             board=board,
             desk=desk,
@@ -252,6 +258,8 @@ async def _serve(
             ws_host=listen.host,
             widget_frame_ancestors=listen.widget_frame_ancestors,
             backends=parts.backends,
+            bot_settings=parts.bot_settings,
+            admins={a.token: (a.admin_id, a.name) for a in config.admins.values()},
         )
         if handle_signals:
             core.start_soon(_on_signals, shutdown)
@@ -293,6 +301,14 @@ async def _serve(
             # Whatever the listeners still do after this bound is cut short.
             listeners.cancel_scope.deadline = trio.current_time() + listen.shutdown_timeout
         core.cancel_scope.cancel()
+
+
+def _settings_changed(board: Switchboard, store: Store, bot_id: str, settings: BotSettings) -> None:
+    """An administrator changed a bot's settings: the core serves it under them from now on
+    (open sessions from their next deadline), and the store words deadlines with them."""
+    board.replace_settings(bot_id, settings)
+    if isinstance(store, sqlite_store.SQLiteStore):
+        store.settings[bot_id] = settings
 
 
 async def _cancellable(

@@ -14,7 +14,7 @@ An ``HttpApp`` is a ``Starlette`` application, so more routes are added as to an
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -25,9 +25,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from transport.livechat.backends import Backends
+from transport.livechat.settings import BotSettingsBook
 from transport.protocol.credentials import AddressGuard
 from transport.protocol.services import Services
-from transport.servers.http import errors, metrics, pages, platforms, push
+from transport.servers.http import errors, metrics, pages, platforms, push, settings
 from transport.servers.http.body import MAX_BODY_BYTES, BoundedBody
 from transport.servers.http.security import AuthThrottle, SecurityHeaders
 from transport.servers.http.static import WEB_DIR, WebFiles
@@ -45,7 +46,9 @@ class HttpApp(Starlette):
     so the web pages learn where to connect from ``/config.json``. ``stopping`` turns
     ``/healthz`` to 503 during a graceful shutdown, so a load balancer stops sending users.
     ``backends``: the livechat backends, for the helpdesks' routes (none: those routes
-    know no bot).
+    know no bot). ``bot_settings``: the bots' settings administrators change at run time
+    (``/api/bots``, ``/settings``); ``admins`` maps each administrator's token to its id and
+    name.
     """
 
     def __init__(
@@ -58,8 +61,13 @@ class HttpApp(Starlette):
         ws_host: str | None = None,
         widget_frame_ancestors: Iterable[str] = (),
         backends: Backends | None = None,
+        bot_settings: BotSettingsBook | None = None,
+        admins: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         self.services = services
+        self.bot_settings = bot_settings
+        self.admin_tokens = {token: admin[0] for token, admin in (admins or {}).items()}
+        self.admin_names = {admin_id: name for admin_id, name in (admins or {}).values()}
         self.backends = backends if backends is not None else Backends({}, {})
         self.web_dir = web_dir.resolve()
         self.ws_port = ws_port
@@ -89,6 +97,7 @@ class HttpApp(Starlette):
                 Mount("/static", app=self.files),
                 Route(push.PATH, push.endpoint, methods=["POST"]),
                 *platforms.ROUTES,
+                *settings.ROUTES,
             ],
             middleware=[
                 Middleware(SecurityHeaders, widget_frame_ancestors=widget_frame_ancestors),
