@@ -18,6 +18,7 @@ INDEX = (
     "<title>Switchover</title></head><body>\n<h1>Switchover</h1>\n<ul>\n"
     '<li><a href="/widget">Chat widget</a> (talk to the bot, ask for a human)</li>\n'
     '<li><a href="/desk">Agent desk</a> (answer the chats)</li>\n'
+    '<li><a href="/settings">Settings</a> (administrators: the bots\' livechat settings)</li>\n'
     '<li><a href="/healthz">Health</a> and <a href="/metrics">metrics</a></li>\n'
     "</ul>\n</body></html>\n"
 )
