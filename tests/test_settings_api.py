@@ -258,3 +258,32 @@ async def test_a_shorter_session_timeout_reaches_an_open_session(tmp_path: Path)
                 lambda f: f["type"] == "entry" and f["content"].get("code") == "session_expired"
             )
         assert expired["content"]["reason"] == "idle_timeout"
+
+
+async def test_with_the_memory_store_changes_live_in_memory_only(tmp_path: Path) -> None:
+    config = config_of(tmp_path / "data")
+    config["store"] = {"kind": "memory"}
+    async with serving(config) as running, api(running) as client:
+        answer = await client.patch("/api/bots/other/settings", json={"grace_period": 5})
+        assert answer.status_code == 200
+        assert answer.json()["changed"] == ["grace_period"]
+        assert running.services.desk.settings["other"].grace_period == 5.0
+    assert not (tmp_path / "data").exists()
+    async with serving(config) as running, api(running) as client:
+        view = (await client.get("/api/bots/other/settings")).json()
+        assert view["settings"]["grace_period"] == 60.0
+        assert view["last_change"] is None
+
+
+async def test_an_unreadable_settings_file_leaves_the_config_files_values(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / FILENAME).write_text("{not json")
+    async with serving(config_of(data_dir, session_timeout=42.0)) as running, api(running) as c:
+        view = (await c.get("/api/bots/demo/settings")).json()
+        assert view["settings"]["session_timeout"] == 42.0
+        answer = await c.patch("/api/bots/demo/settings", json={"session_timeout": 43})
+        assert answer.status_code == 200
+    assert json.loads((data_dir / FILENAME).read_text())["bots"]["demo"]["values"] == {
+        "session_timeout": 43.0
+    }

@@ -206,7 +206,10 @@ class BotSettingsBook:
             last[bot_id] = change
         everything = {**self._stored, bot_id: stored}
         if self.path is not None:
-            await trio.to_thread.run_sync(_write, self.path, everything, last)
+            # Shielded: a request cut short must not leave the file changed and the server
+            # not (the write itself would go on in its thread anyway).
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_write, self.path, everything, last)
         self._stored = everything
         self._last = last
         self._current[bot_id] = new
