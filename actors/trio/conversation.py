@@ -106,18 +106,6 @@ class Replay:
 Inbound = Envelope | Subscribe | Unsubscribe | Replay
 
 _ALARM = Envelope(TimerFired())
-_NO_BASIS = object()
-
-
-def _basis_of(state: ConversationState) -> tuple[str, float, float | None] | None:
-    """What a session's deadline is derived from, besides the settings: ``None`` in bot
-    mode, where nothing is armed."""
-    session = state.session
-    if session is None:
-        return None
-    return (session.session_id, session.last_activity, session.queued_at)
-
-
 """Posted by :meth:`ConversationActor.wake`: one of the actor's wake-ups came due."""
 
 _REASSERT = Envelope(TimerFired())
@@ -128,6 +116,17 @@ _INTERNAL_ERROR = fx.Refusal("internal_error", "The message could not be handled
 
 _DECISIONS = frozenset({AgentAssigned, ReturnedToQueue})
 """Backend events that carry a decision stamp the conversation re-asserts "as of"."""
+
+_NO_BASIS = object()
+
+
+def _basis_of(state: ConversationState) -> tuple[str, float, float | None] | None:
+    """What a session's deadline is derived from, besides the settings: ``None`` in bot
+    mode, where nothing is armed."""
+    session = state.session
+    if session is None:
+        return None
+    return (session.session_id, session.last_activity, session.queued_at)
 
 
 def _answer(envelope: Envelope, outcome: fx.Outcome) -> None:
@@ -291,8 +290,9 @@ class ConversationActor:
 
     def _adopt_settings(self) -> None:
         """Take the bot's settings as they are now (an administrator may have changed them)
-        only when the deadline is about to be derived anew: a session opened, closed or saw
-        activity. So a change never moves a deadline already armed, only the next one."""
+        only when the deadline is about to be derived anew: a session opened or closed, saw
+        activity, or was picked up or sent back to the queue. So a change never moves a
+        deadline already armed, only the next one."""
         state = self.state
         assert state is not None
         basis = _basis_of(state)
