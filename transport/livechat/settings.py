@@ -63,7 +63,10 @@ def settings_json(settings: BotSettings) -> dict[str, Any]:
 
 
 def _field_kind(declared: str) -> str:
-    """A field's kind as the config reader checks it (transport/config.py)."""
+    """A field's kind as the config reader checks it (transport/config.py); a collection
+    (``tuple[str, ...]``) is "other": the page edits it as JSON."""
+    if "[" in declared:
+        return "other"
     for name, kind in (("str", "string"), ("float", "number"), ("int", "integer")):
         if name in declared:
             return kind

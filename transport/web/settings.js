@@ -177,7 +177,7 @@
       const form = el("form", {class: "settings", novalidate: true, "aria-label": `Settings of ${view.bot_id}`});
       for (const field of view.fields) {
         const fieldId = `${id}-${field.key}`;
-        const help = LABELS[field.key] ? LABELS[field.key][1] : "";
+        const help = LABELS[field.key] ? LABELS[field.key][1] : field.kind === "other" ? "Written as JSON." : "";
         const changed = view.changed.includes(field.key);
         const fileValue = view.file[field.key];
         const multiline = field.kind === "other" || (field.kind === "string" && view.settings[field.key].length > 60);
