@@ -28,6 +28,7 @@ from transport.livechat.backends import Backends
 from transport.protocol.credentials import AddressGuard
 from transport.protocol.services import Services
 from transport.servers.http import errors, metrics, pages, platforms, push
+from transport.servers.http.attachments import ATTACHMENT_ROUTES, PREFIX, Attachments
 from transport.servers.http.body import MAX_BODY_BYTES, BoundedBody
 from transport.servers.http.security import AuthThrottle, SecurityHeaders
 from transport.servers.http.static import WEB_DIR, WebFiles
@@ -45,7 +46,8 @@ class HttpApp(Starlette):
     so the web pages learn where to connect from ``/config.json``. ``stopping`` turns
     ``/healthz`` to 503 during a graceful shutdown, so a load balancer stops sending users.
     ``backends``: the livechat backends, for the helpdesks' routes (none: those routes
-    know no bot).
+    know no bot). ``attachments``: where uploaded files live and their limits (none: the
+    attachment routes are not served).
     """
 
     def __init__(
@@ -58,9 +60,11 @@ class HttpApp(Starlette):
         ws_host: str | None = None,
         widget_frame_ancestors: Iterable[str] = (),
         backends: Backends | None = None,
+        attachments: Attachments | None = None,
     ) -> None:
         self.services = services
         self.backends = backends if backends is not None else Backends({}, {})
+        self.attachments = attachments
         self.web_dir = web_dir.resolve()
         self.ws_port = ws_port
         self.public_ws_url = public_ws_url
@@ -89,10 +93,15 @@ class HttpApp(Starlette):
                 Mount("/static", app=self.files),
                 Route(push.PATH, push.endpoint, methods=["POST"]),
                 *platforms.ROUTES,
+                *(ATTACHMENT_ROUTES if attachments is not None else ()),
             ],
             middleware=[
                 Middleware(SecurityHeaders, widget_frame_ancestors=widget_frame_ancestors),
-                Middleware(BoundedBody, limit=MAX_BODY_BYTES),
+                Middleware(
+                    BoundedBody,
+                    limit=MAX_BODY_BYTES,
+                    own_limits=(PREFIX,) if attachments is not None else (),
+                ),
                 Middleware(AuthThrottle, guard=guard),
                 Middleware(errors.InternalErrors),
             ],
