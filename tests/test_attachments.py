@@ -46,7 +46,9 @@ def check_schema(frame: Frame) -> None:
 
 
 @asynccontextmanager
-async def serving(config: Mapping[str, Any] | None = None) -> AsyncIterator[RunningServer]:
+async def serving(
+    config: Mapping[str, Any] | None = None, **options: Any
+) -> AsyncIterator[RunningServer]:
     data = {
         **CONFIG,
         "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
@@ -55,7 +57,7 @@ async def serving(config: Mapping[str, Any] | None = None) -> AsyncIterator[Runn
     async with trio.open_nursery() as nursery:
         running: RunningServer = await nursery.start(
             lambda task_status: run_server(
-                from_mapping(data), handle_signals=False, task_status=task_status
+                from_mapping(data), handle_signals=False, task_status=task_status, **options
             )
         )
         yield running
@@ -99,9 +101,9 @@ def _entry(content_type: str) -> Any:
 
 
 @asynccontextmanager
-async def chatting(config: Mapping[str, Any] | None = None) -> AsyncIterator[Chat]:
+async def chatting(config: Mapping[str, Any] | None = None, **options: Any) -> AsyncIterator[Chat]:
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(serving(config))
+        server = await stack.enter_async_context(serving(config, **options))
         user = await stack.enter_async_context(
             connect_user(server.ws_url, frame_check=check_schema)
         )
@@ -312,6 +314,31 @@ async def test_a_user_sends_files_only_to_an_agent() -> None:
             assert "authorization" in preflight.headers["access-control-allow-headers"]
 
 
+async def test_no_files_for_a_bot_whose_agents_use_a_helpdesk() -> None:
+    helpdesk = {
+        "kind": "webhook",
+        "options": {
+            "url": "http://127.0.0.1:9/events",
+            "secret": "helpdesk-secret-for-attachment-tests",
+            "api_token": "helpdesk-token-for-attachment-tests",
+        },
+    }
+    config = {"bots": {**CONFIG["bots"], "shop": {"adapter": "demo", "livechat": helpdesk}}}
+    async with (
+        serving(config) as server,
+        connect_user(server.ws_url, bot_id="shop") as user,
+        httpx.AsyncClient(base_url=server.http_url) as http,
+    ):
+        await user.say_text("hello")
+        answer = await http.post(
+            f"/v1/conversations/{user.conversation_id}/attachments",
+            content=PNG,
+            headers={"authorization": f"Bearer {user.resume_token}"},
+        )
+        assert answer.status_code == 409
+        assert answer.json()["error"] == "not_supported"
+
+
 # -- durability and retention ----------------------------------------------------------------
 
 
@@ -337,6 +364,39 @@ async def test_attachments_outlive_a_restart_with_the_sqlite_store(tmp_path: Pat
         assert got.content == PNG
 
 
+async def test_a_server_with_retention_deletes_attachments_with_their_conversation(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    config = {"store": {"data_dir": str(data_dir), "retention_days": 7}}
+    async with chatting(config, prune_every=0.05) as chat:
+        sent = await chat.upload(chat.user.resume_token, PNG, "image/png")
+        assert sent.status_code == 201
+        folder = data_dir / FOLDER / folder_name(chat.conversation_id)
+        assert folder.is_dir()
+        await chat.alice.end(chat.conversation_id)
+        await chat.user.wait_for(lambda f: f.get("content", {}).get("code") == "session_ended")
+        # The conversation falls quiet for longer than the retention period...
+        await chat.user.close()
+        await trio.to_thread.run_sync(_backdate, database_path(data_dir), chat.conversation_id)
+        # ...and the next rounds delete it, then its files.
+        with trio.fail_after(10):
+            while folder.exists():  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        assert await chat.server.services.board.store.load(chat.conversation_id) is None
+        gone = await chat.download(ALICE, sent.json()["content"]["attachment_id"])
+        assert gone.status_code == 404
+
+
+def _backdate(path: Path, conversation_id: str, days: float = 40) -> None:
+    """Make a conversation and its messages look untouched for ``days`` days."""
+    then = time.time() - days * 86400
+    with sqlite3.connect(path, timeout=5) as db:
+        db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (then, conversation_id))
+        db.execute("UPDATE messages SET at = ? WHERE conversation_id = ?", (then, conversation_id))
+    db.close()
+
+
 async def test_retention_deletes_the_attachments_with_their_conversation(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     path = database_path(data_dir)
@@ -355,12 +415,7 @@ async def test_retention_deletes_the_attachments_with_their_conversation(tmp_pat
                 max_count=5,
                 max_bytes=100,
             )
-    with sqlite3.connect(path) as db:
-        db.execute(
-            "UPDATE conversations SET updated_at = ? WHERE id = 'pruned'",
-            (time.time() - 40 * 86400,),
-        )
-    db.close()
+    await trio.to_thread.run_sync(_backdate, path, "pruned")
     async with open_sqlite_store(path) as store:
         assert await store.prune(30) == 1
         assert await sweep_attachments(data_dir, store) == 1

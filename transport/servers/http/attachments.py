@@ -139,6 +139,18 @@ async def upload(request: Request) -> Response:
     state = await board.store.load(conversation_id)
     if state is None:
         return _error(404, "unknown_conversation", "No such conversation.")
+    backends = app.backends
+    if (
+        state.bot_id in backends.platforms
+        or state.bot_id in backends.gorgias
+        or (state.bot_id in backends.chatwoot)
+    ):
+        # Its agents are in a helpdesk, which would be handed an address it cannot open.
+        return _error(
+            409,
+            "not_supported",
+            "Files cannot be sent here: this conversation's agents use a helpdesk.",
+        )
     if isinstance(caller, _User) and state.session is None:
         return _error(
             409, "no_session", "Files can be sent only while the conversation is with an agent."
