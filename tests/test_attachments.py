@@ -22,7 +22,13 @@ from transport.errors import ConfigError
 from transport.protocol.attachments import AttachmentLimits, check_upload, clean_name, sniff
 from transport.protocol.frames import server_frame_errors
 from transport.servers.runtime import RunningServer, run_server
-from transport.store.attachments import FOLDER, AttachmentStore, folder_name, sweep_attachments
+from transport.store.attachments import (
+    FOLDER,
+    AttachmentStore,
+    NoRoom,
+    folder_name,
+    sweep_attachments,
+)
 from transport.store.sqlite import database_path, open_sqlite_store
 
 ALICE = "alice-token-for-attachment-tests"
@@ -219,6 +225,41 @@ async def test_uploads_past_the_limits_or_of_other_types_are_refused() -> None:
         assert third.json()["error"] == "conversation_full"
         # Nothing refused became a message: the two taken are numbered one after the other.
         assert second.json()["seq"] == sniffed.json()["seq"] + 1
+
+
+async def test_all_the_files_kept_together_are_bounded_too() -> None:
+    async with chatting({"attachments": {"max_total_bytes": 2 * len(PNG) + 10}}) as chat:
+        token = chat.user.resume_token
+        assert (await chat.upload(token, PNG, "image/png")).status_code == 201
+        assert (await chat.upload(token, PNG, "image/png")).status_code == 201
+        full = await chat.upload(token, PNG, "image/png")
+        assert full.status_code == 507
+        assert full.json()["error"] == "storage_full"
+
+
+async def test_the_total_follows_what_is_kept_and_removed(tmp_path: Path) -> None:
+    def keep(files: AttachmentStore, conversation_id: str, data: bytes) -> Any:
+        return files.keep(
+            conversation_id,
+            name="a.txt",
+            mime_type="text/plain",
+            data=data,
+            sender="user",
+            max_count=10,
+            max_bytes=100,
+            max_total=10,
+        )
+
+    files = AttachmentStore(tmp_path / "attachments")
+    first = await keep(files, "c1", b"12345678")
+    with pytest.raises(NoRoom) as refused:
+        await keep(files, "c2", b"123")
+    assert refused.value.everywhere
+    await files.remove("c1", first.attachment_id)
+    await keep(files, "c2", b"123")
+    # A fresh store (a restart) counts what is on disk.
+    with pytest.raises(NoRoom):
+        await keep(AttachmentStore(tmp_path / "attachments"), "c3", b"12345678")
 
 
 def test_sniffing_and_names() -> None:

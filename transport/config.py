@@ -464,6 +464,7 @@ _ATTACHMENT_KEYS = {
     "allowed_types",
     "max_per_conversation",
     "max_conversation_bytes",
+    "max_total_bytes",
 }
 
 
@@ -489,6 +490,8 @@ def _attachments(reader: _Reader, data: Mapping[str, Any]) -> AttachmentLimits:
         or default.max_per_conversation,
         max_conversation_bytes=number("max_conversation_bytes", default.max_conversation_bytes)
         or default.max_conversation_bytes,
+        max_total_bytes=number("max_total_bytes", default.max_total_bytes)
+        or default.max_total_bytes,
     )
 
 

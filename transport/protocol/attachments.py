@@ -53,12 +53,14 @@ class AttachmentLimits:
     """``[attachments]``: ``max_bytes`` per file; ``allowed_types``, the MIME types taken
     (images are recognised by their first bytes, PDF too, text must be UTF-8);
     ``max_per_conversation`` files and ``max_conversation_bytes`` in all per conversation,
-    so one conversation cannot fill the disk."""
+    so one conversation cannot fill the disk; ``max_total_bytes`` for every conversation's
+    together, so many cannot either."""
 
     max_bytes: int = 5 * MIB
     allowed_types: tuple[str, ...] = DEFAULT_TYPES
     max_per_conversation: int = 50
     max_conversation_bytes: int = 50 * MIB
+    max_total_bytes: int = 1024 * MIB
 
 
 @attrs.frozen

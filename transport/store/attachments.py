@@ -68,7 +68,12 @@ class Attachment:
 
 
 class NoRoom(Exception):
-    """The conversation already holds as many attachments, or as many bytes, as allowed."""
+    """The conversation already holds as many attachments, or as many bytes, as allowed;
+    or (``everywhere``) all the attachments kept together would go past their bound."""
+
+    def __init__(self, conversation_id: str, *, everywhere: bool = False) -> None:
+        super().__init__(conversation_id)
+        self.everywhere = everywhere
 
 
 def folder_name(conversation_id: str) -> str:
@@ -97,6 +102,8 @@ class AttachmentStore:
         self.root = root
         self.temporary = temporary
         self._lock = trio.Lock()
+        # Bytes kept in all, counted on first need, then kept up to date (None: count again).
+        self._total: int | None = None
 
     def close(self) -> None:
         """Remove a temporary root and everything in it (a memory store's attachments)."""
@@ -140,10 +147,19 @@ class AttachmentStore:
             return None
         return attachment, data
 
-    def _remove(self, conversation_id: str, attachment_id: str) -> None:
+    def _remove(self, conversation_id: str, attachment_id: str) -> int:
+        """Delete one attachment; the bytes it took."""
         folder = self._folder(conversation_id)
+        data = folder / attachment_id
+        size = data.stat().st_size if data.exists() else 0
         (folder / f"{attachment_id}{_META}").unlink(missing_ok=True)
-        (folder / attachment_id).unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        return size
+
+    def _total_bytes(self) -> int:
+        if not self.root.is_dir():
+            return 0
+        return sum(a.size for folder in self.root.iterdir() for a in self._described(folder))
 
     def _conversations(self) -> list[tuple[Path, str | None]]:
         """Every folder, with the conversation its attachments name (``None``: none left)."""
@@ -168,9 +184,11 @@ class AttachmentStore:
         sender: str,
         max_count: int,
         max_bytes: int,
+        max_total: int | None = None,
     ) -> Attachment:
         """Store one attachment under a new random id. Raises :class:`NoRoom` when the
-        conversation would go past ``max_count`` files or ``max_bytes`` in all."""
+        conversation would go past ``max_count`` files or ``max_bytes`` in all, or every
+        conversation's together past ``max_total`` bytes."""
         attachment = Attachment(
             secrets.token_urlsafe(18),
             conversation_id,
@@ -181,7 +199,14 @@ class AttachmentStore:
             time.time(),
         )
         async with self._lock:
+            if max_total is not None:
+                if self._total is None:
+                    self._total = await trio.to_thread.run_sync(self._total_bytes)
+                if self._total + len(data) > max_total:
+                    raise NoRoom(conversation_id, everywhere=True)
             await trio.to_thread.run_sync(self._keep, attachment, data, max_count, max_bytes)
+            if self._total is not None:
+                self._total += len(data)
         return attachment
 
     async def read(
@@ -193,7 +218,9 @@ class AttachmentStore:
     async def remove(self, conversation_id: str, attachment_id: str) -> None:
         """Forget one attachment (its message was refused)."""
         async with self._lock:
-            await trio.to_thread.run_sync(self._remove, conversation_id, attachment_id)
+            size = await trio.to_thread.run_sync(self._remove, conversation_id, attachment_id)
+            if self._total is not None:
+                self._total -= size
 
     async def sweep(self, store: Store) -> int:
         """Remove the folders of conversations ``store`` no longer has (retention pruned
@@ -205,6 +232,7 @@ class AttachmentStore:
                     continue
                 await trio.to_thread.run_sync(partial(shutil.rmtree, folder, ignore_errors=True))
                 removed += 1
+                self._total = None  # counted again when next needed
         if removed:
             log.info("retention: deleted the attachments of %d conversations", removed)
         return removed

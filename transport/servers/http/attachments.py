@@ -174,8 +174,14 @@ async def upload(request: Request) -> Response:
             sender=sender,
             max_count=limits.max_per_conversation,
             max_bytes=limits.max_conversation_bytes,
+            max_total=limits.max_total_bytes,
         )
-    except NoRoom:
+    except NoRoom as full:
+        if full.everywhere:
+            log.warning("attachments refused: %d bytes kept in all", limits.max_total_bytes)
+            return _error(
+                507, "storage_full", "The server cannot keep more files right now; retry later."
+            )
         return _error(
             409,
             "conversation_full",
