@@ -386,7 +386,10 @@
 
     attachmentOptions() {
       return {
-        base: this.options.configUrl ? new URL("./", this.options.configUrl).href : new URL("../", SCRIPT_SRC).href,
+        // The server the widget came from: next to config.json, or above /static/widget.js.
+        base: this.options.configUrl
+          ? new URL("./", new URL(this.options.configUrl, location.href)).href
+          : new URL("../", SCRIPT_SRC).href,
         token: () => this.saved.resume_token || "",
         prefix: "so-",
         drawn: () => this.scrollDown(),
