@@ -118,6 +118,15 @@ def test_a_user_sends_a_picture_and_the_agent_a_file(
     expect(user.locator(".so-alert")).to_contain_text("tools.zip was not sent")
     expect(user.locator(".so-alert")).to_contain_text("application/zip are not accepted")
     expect(attach).to_be_enabled()
+    # So is one too large, with the limit in words.
+    with user.expect_file_chooser() as chooser:
+        attach.click()
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(PICTURE + bytes(6 << 20))
+    chooser.value.set_files(scan)
+    expect(user.locator(".so-alert")).to_contain_text("scan.png was not sent")
+    expect(user.locator(".so-alert")).to_contain_text("Files are limited to 5 MiB")
+    expect(attach).to_be_enabled()
     expect(chat_log.locator(".attachment")).to_have_count(2)
     shot(user, "attachments-03-user-refused")
 
@@ -129,6 +138,6 @@ def test_a_user_sends_a_picture_and_the_agent_a_file(
     )
     expect(user.locator(".so-log a.so-attachment-file")).to_have_count(1)
 
-    expected = [p for p in problems if "/attachments" in p and p.startswith("415 ")]
-    assert len(expected) == 1, problems
+    expected = [p for p in problems if "/attachments" in p and p.startswith(("413 ", "415 "))]
+    assert len(expected) == 2, problems
     assert [p for p in problems if p not in expected] == []
