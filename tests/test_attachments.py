@@ -4,6 +4,8 @@ clients for the conversation, a real HTTP client for the uploads and downloads."
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -438,7 +440,9 @@ def _backdate(path: Path, conversation_id: str, days: float = 40) -> None:
     db.close()
 
 
-async def test_retention_deletes_the_attachments_with_their_conversation(tmp_path: Path) -> None:
+async def test_switchover_prune_deletes_the_attachments_with_their_conversation(
+    tmp_path: Path,
+) -> None:
     data_dir = tmp_path / "data"
     path = database_path(data_dir)
     data_dir.mkdir()
@@ -457,11 +461,22 @@ async def test_retention_deletes_the_attachments_with_their_conversation(tmp_pat
                 max_bytes=100,
             )
     await trio.to_thread.run_sync(_backdate, path, "pruned")
-    async with open_sqlite_store(path) as store:
-        assert await store.prune(30) == 1
-        assert await sweep_attachments(data_dir, store) == 1
+    command = [sys.executable, "-m", "transport.cli", "prune", "--older-than-days", "30"]
+    pruned = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [*command, "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    assert "deleted 1 conversation " in pruned.stdout
     assert (data_dir / FOLDER / "kept").is_dir()
     assert not (data_dir / FOLDER / "pruned").exists()
+    # Nothing left to delete the next time.
+    async with open_sqlite_store(path) as store:
+        assert await sweep_attachments(data_dir, store) == 0
 
 
 async def test_odd_conversation_ids_stay_inside_the_folder(tmp_path: Path) -> None:
