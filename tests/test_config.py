@@ -173,8 +173,8 @@ capacity = 0
         tmp_path,
     )
     assert problems == [
-        "colour: unknown key; known keys: admins, agents, bots, default_bot, limits, listeners, "
-        "logging, secret, store",
+        "colour: unknown key; known keys: admins, agents, attachments, bots, default_bot, limits, "
+        "listeners, logging, secret, store",
         "bots.demo.settings.sesion_timeout: unknown key; known keys: agent_capacity, "
         "end_button_label, end_message, grace_period, queue_timeout, session_timeout, "
         "unavailable_message",

@@ -232,8 +232,9 @@ async def test_every_answer_carries_the_security_headers(
 async def test_the_security_headers_keep_their_values(client: httpx.AsyncClient) -> None:
     page = (await client.get("/desk")).headers
     assert page["content-security-policy"] == (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: data:;"
-        " media-src 'self' https:; connect-src 'self' ws: wss:; form-action 'self';"
+        "default-src 'none'; script-src 'self'; style-src 'self';"
+        " img-src 'self' https: data: blob:; media-src 'self' https:;"
+        " connect-src 'self' ws: wss:; form-action 'self';"
         " base-uri 'none'; frame-ancestors 'none'"
     )
     script = (await client.get("/static/widget.js")).headers

@@ -20,6 +20,7 @@ import os
 import secrets
 import tomllib
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import attrs
 from actors.model.settings import BotSettings
 from transport.errors import ConfigError
 from transport.logs import LOG_FORMATS
+from transport.protocol.attachments import AttachmentLimits, well_formed_type
 from transport.protocol.credentials import hash_token, is_hashed, token_problem
 from transport.protocol.limits import Limits
 from transport.strict import bad_text
@@ -154,6 +156,7 @@ class Config:
     limits: Limits = Limits()
     store: StoreConfig = StoreConfig()
     logging: LoggingConfig = LoggingConfig()
+    attachments: AttachmentLimits = AttachmentLimits()
     secret: str | None = None
     default_bot: str = DEFAULT_BOT
     source: str = "embedded defaults"
@@ -542,6 +545,43 @@ def _logging(reader: _Reader, data: Mapping[str, Any]) -> LoggingConfig:
     )
 
 
+_TOP_KEYS.add("attachments")
+_ATTACHMENT_KEYS = {
+    "max_bytes",
+    "allowed_types",
+    "max_per_conversation",
+    "max_conversation_bytes",
+    "max_total_bytes",
+}
+
+
+def _attachments(reader: _Reader, data: Mapping[str, Any]) -> AttachmentLimits:
+    """``[attachments]``: the bounds of the files users and agents send each other."""
+    table = reader.table(data, "", "attachments")
+    reader.unknown(table, "attachments", _ATTACHMENT_KEYS)
+    default = AttachmentLimits()
+    types = table.get("allowed_types", list(default.allowed_types))
+    if not isinstance(types, list) or not all(
+        isinstance(t, str) and well_formed_type(t) for t in types
+    ):
+        reader.problem(
+            "attachments.allowed_types",
+            'must be a list of lowercase MIME types such as ["image/png", "application/pdf"]',
+        )
+        types = list(default.allowed_types)
+    number = partial(reader.integer, table, "attachments", low=1)
+    return AttachmentLimits(
+        max_bytes=number("max_bytes", default.max_bytes) or default.max_bytes,
+        allowed_types=tuple(types),
+        max_per_conversation=number("max_per_conversation", default.max_per_conversation)
+        or default.max_per_conversation,
+        max_conversation_bytes=number("max_conversation_bytes", default.max_conversation_bytes)
+        or default.max_conversation_bytes,
+        max_total_bytes=number("max_total_bytes", default.max_total_bytes)
+        or default.max_total_bytes,
+    )
+
+
 def _check_tokens(reader: _Reader, config: Config) -> None:
     """Every token long enough (or a well-formed SHA-256 of one), and no two alike, even when
     one is given in clear and the other hashed."""
@@ -596,6 +636,7 @@ def from_mapping(
         limits=_attrs_from_table(reader, limits_table, "limits", Limits, "limits"),
         store=_store(reader, data, base or Path.cwd()),
         logging=_logging(reader, data),
+        attachments=_attachments(reader, data),
         secret=reader.string(data, "", "secret"),
         default_bot=default_bot or DEFAULT_BOT,
         source=source,

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import attrs
 import httpx
@@ -33,9 +35,12 @@ from transport.livechat.desk import build_desk
 from transport.livechat.settings import BotSettingsBook
 from transport.protocol.services import Services
 from transport.servers.http.app import HttpApp
+from transport.servers.http.attachments import Attachments
 from transport.servers.http.serve import serve_http
 from transport.servers.websocket import serve_websockets
 from transport.store import sqlite as sqlite_store
+from transport.store.attachments import FOLDER as attachments_folder
+from transport.store.attachments import AttachmentStore
 from transport.store.retention import keep_pruning
 from transport.version import version
 
@@ -128,6 +133,15 @@ async def _memory_store() -> AsyncIterator[Store]:
     yield MemoryStore()
 
 
+def attachment_store(config: Config) -> AttachmentStore:
+    """Attachments beside the SQLite store (``<data_dir>/attachments``), so they outlive a
+    restart as their conversations do; with the memory store, in a temporary folder removed
+    when the server stops (:meth:`AttachmentStore.close`)."""
+    if config.store.kind == "sqlite" and config.store.data_dir is not None:
+        return AttachmentStore(config.store.data_dir / attachments_folder)
+    return AttachmentStore(Path(tempfile.mkdtemp(prefix="switchover-attachments-")), temporary=True)
+
+
 async def _serve_websockets(
     services: Services, listen: ListenerConfig, *, task_status: trio.TaskStatus[int]
 ) -> None:
@@ -177,11 +191,12 @@ async def run_server(
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
     backends = build_backends(config, desk, http, data_dir)
+    files = attachment_store(config)
     listen = config.listeners
     try:
         await _serve(
             config,
-            _Parts(bindings, desk, backends, connections, prune_every, book),
+            _Parts(bindings, desk, backends, connections, prune_every, book, files),
             shutdown,
             handle_signals,
             task_status,
@@ -193,6 +208,7 @@ async def run_server(
                 if close is not None:
                     await close()
             await http.aclose()
+        files.close()
     log.info("stopped")
 
 
@@ -206,10 +222,14 @@ class _Parts:
     connections: BotConnections
     prune_every: float
     bot_settings: BotSettingsBook
+    files: AttachmentStore
 
 
-def _start_retention(config: Config, store: Store, nursery: trio.Nursery, every: float) -> None:
-    """Prune old conversations for as long as the server runs, when asked to and possible."""
+def _start_retention(
+    config: Config, store: Store, nursery: trio.Nursery, every: float, files: AttachmentStore
+) -> None:
+    """Prune old conversations for as long as the server runs, when asked to and possible;
+    each round also deletes the attachments of the conversations it deleted."""
     days = config.store.retention_days
     if days is None:
         return
@@ -217,7 +237,11 @@ def _start_retention(config: Config, store: Store, nursery: trio.Nursery, every:
         log.warning("store.retention_days is ignored: this store cannot prune")
         return
     log.info("retention: deleting conversations quiet for %g days", days)
-    nursery.start_soon(partial(keep_pruning, store, days, every=every))
+
+    async def sweep() -> None:
+        await files.sweep(store)
+
+    nursery.start_soon(partial(keep_pruning, store, days, every=every, after=sweep))
 
 
 async def _serve(
@@ -240,7 +264,7 @@ async def _serve(
         # Open sessions are restored: freeze what start-up built and space out collections,
         # so a crowd of expiries is not stalled by a full collection (actors/trio/collector.py).
         tune_collector()
-        _start_retention(config, store, core, parts.prune_every)
+        _start_retention(config, store, core, parts.prune_every, parts.files)
         parts.bot_settings.on_change = partial(_settings_changed, board, store)
         services = Services(
             board=board,
@@ -260,6 +284,7 @@ async def _serve(
             backends=parts.backends,
             bot_settings=parts.bot_settings,
             admins={a.token: (a.admin_id, a.name) for a in config.admins.values()},
+            attachments=Attachments(parts.files, config.attachments),
         )
         if handle_signals:
             core.start_soon(_on_signals, shutdown)

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from actors import Entry, StoreUnavailable
+from transport.store.attachments import sweep_attachments
 from transport.store.rows import MESSAGE_COLUMNS, entry_from_row
 from transport.store.schema import SchemaTooNew, check_version
 from transport.store.sqlite import database_path, open_sqlite_store
@@ -166,7 +167,9 @@ def prune_command(args: argparse.Namespace) -> int:
 async def _prune(path: Path, days: float) -> int:
     async with open_sqlite_store(path, verify=False) as store:
         try:
-            return await store.prune(days)
+            deleted = await store.prune(days)
+            await sweep_attachments(path.parent, store)
+            return deleted
         except StoreUnavailable as exc:
             # Raised here, it would leave the store's nursery wrapped in a group.
             raise _Failure(str(exc)) from None

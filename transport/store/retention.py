@@ -54,10 +54,15 @@ some tens of pages, so each checkpoint copies about a thousand)."""
 
 
 async def keep_pruning(
-    store: SQLiteStore, older_than_days: float, *, every: float = 3600.0
+    store: SQLiteStore,
+    older_than_days: float,
+    *,
+    every: float = 3600.0,
+    after: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Retention for a running server: prune now, then every ``every`` seconds, until
-    cancelled. A failed round is logged and tried again next time."""
+    cancelled. A failed round is logged and tried again next time. ``after`` runs after each
+    round (the attachments of deleted conversations go then)."""
     while True:
         try:
             deleted = await store.prune(older_than_days)
@@ -66,6 +71,11 @@ async def keep_pruning(
         else:
             if deleted:
                 log.info("retention: deleted %d conversations", deleted)
+        if after is not None:
+            try:
+                await after()
+            except OSError as exc:
+                log.error("retention: deleting attachments failed: %s", exc)
         await trio.sleep(every)
 
 

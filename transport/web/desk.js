@@ -180,6 +180,7 @@
         this.reply();
       });
       common.sendOnEnter($("reply"), () => this.reply());
+      this.addAttachButton();
       $("reply").addEventListener("input", () => this.agentIsTyping());
       $("sign-off").addEventListener("click", () => this.act("sign_off"));
       $("end-chat").addEventListener("click", () => this.act("end"));
@@ -774,6 +775,7 @@
       this.renderColleagues();
       $("composer").querySelector("button").disabled = !open;
       $("close-chat").hidden = open;
+      if (this.attachButton) this.attachButton.disabled = !open;
       const ended = $("chat-ended");
       ended.hidden = open;
       const words = {
@@ -804,6 +806,50 @@
       return String(payload);
     }
 
+    // -- attachments (switchover-common.js draws and sends them) ---------------------------
+
+    attachmentOptions() {
+      return {
+        base: new URL("/", location.href).href,
+        token: () => this.token,
+        drawn: () => {
+          const log = $("chat-log");
+          log.scrollTop = log.scrollHeight;
+        },
+        disabled: () => {
+          const chat = this.chats.get(this.selected);
+          return !chat || !chat.open;
+        },
+      };
+    }
+
+    /** The paperclip in the reply box, for the selected chat. */
+    addAttachButton() {
+      const files = window.SwitchoverAttachments;
+      if (!files) return;
+      const {button, input} = files.button(this.attachmentOptions(), (file) => this.sendFile(file));
+      this.attachButton = button;
+      const composer = $("composer");
+      composer.insertBefore(input, composer.querySelector("button"));
+      composer.insertBefore(button, composer.querySelector("button"));
+    }
+
+    sendFile(file) {
+      const chat = this.chats.get(this.selected);
+      if (!chat || !chat.open) return Promise.resolve();
+      return window.SwitchoverAttachments.upload(this.attachmentOptions(), chat.id, file).then(
+        () => $("reply").focus(),
+        (error) => this.showAlert(error.message),
+      );
+    }
+
+    /** Draw an attachment Switchover stored in place of the entry's summary. */
+    drawAttachment(entry, body) {
+      const files = window.SwitchoverAttachments;
+      const attachment = files && files.attachmentOf(entry);
+      if (attachment) body.replaceChildren(files.render(attachment, this.attachmentOptions()));
+    }
+
     renderEntry(entry) {
       const content = entry.content || {};
       if (entry.content_type === "notice" && entry.sender === "system") {
@@ -829,6 +875,7 @@
         body.append(href ? el("a", {href, target: "_blank", rel: "noopener noreferrer", text: `${type}: ${text}`}) : text);
       } else if (typeof content.text === "string") body.append(content.text);
       else body.append(el("em", {text: `[${type}]`}));
+      this.drawAttachment(entry, body);
       return el(
         "li",
         {class: `entry from-${entry.sender}${mine ? " mine" : ""}`},

@@ -174,3 +174,209 @@
     placeInOrder,
   });
 })();
+
+/*
+ * Attachments, for both pages: the attach button of a composer, the upload, and drawing an
+ * attachment a message carries (an image inline, any other file as a download link). The
+ * files are served only to the conversation's parties, so they are fetched with the page's
+ * token (never put in an address) and shown from memory (blob: addresses).
+ */
+(function () {
+  "use strict";
+
+  if (window.SwitchoverAttachments || !window.SwitchoverCommon) return;
+  const {el} = window.SwitchoverCommon;
+  const ID = /^[A-Za-z0-9_-]{16,64}$/;
+  const KEPT_FILES = 100;
+  const fetched = new Map(); // address -> Promise of a blob: address, the oldest first
+
+  /** What an entry's attachment is, or null when it carries none Switchover stored. */
+  function attachmentOf(entry) {
+    const content = (entry && entry.content) || {};
+    if (!entry || !["image", "file"].includes(entry.content_type) || !ID.test(content.attachment_id || "")) {
+      return null;
+    }
+    return {
+      conversationId: String(entry.conversation_id || ""),
+      id: content.attachment_id,
+      name: typeof content.name === "string" && content.name ? content.name : "attachment",
+      size: Number(content.size) || 0,
+      image: entry.content_type === "image",
+    };
+  }
+
+  /** A paperclip drawn in SVG (emoji fonts are not everywhere), hidden from screen readers. */
+  function clipIcon(className) {
+    const svgNs = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(svgNs, "svg");
+    for (const [name, value] of Object.entries({
+      class: className,
+      viewBox: "0 0 24 24",
+      width: "18",
+      height: "18",
+      fill: "none",
+      stroke: "currentColor",
+      "stroke-width": "2",
+      "stroke-linecap": "round",
+      "stroke-linejoin": "round",
+      "aria-hidden": "true",
+      focusable: "false",
+    })) {
+      svg.setAttribute(name, value);
+    }
+    const path = document.createElementNS(svgNs, "path");
+    path.setAttribute(
+      "d",
+      "M21.44 11.05l-9.19 9.19a6 6 0 0 1-8.49-8.49l9.19-9.19a4 4 0 0 1 5.66 5.66l-9.2 9.19a2 2 0 0 1-2.83-2.83l8.49-8.48",
+    );
+    svg.append(path);
+    return svg;
+  }
+
+  /** "12 KB", "3.4 MB". */
+  function sizeText(size) {
+    if (size >= 1024 * 1024) return `${(size / (1024 * 1024)).toFixed(1)} MB`;
+    if (size >= 1024) return `${Math.round(size / 1024)} KB`;
+    return `${size} bytes`;
+  }
+
+  /**
+   * Where a conversation's attachments are: built from the ids, never from the message's own
+   * `url`, so a forged message cannot send the token elsewhere.
+   */
+  function address(base, conversationId, attachmentId) {
+    const path = `v1/conversations/${encodeURIComponent(conversationId)}/attachments`;
+    return new URL(attachmentId ? `${path}/${encodeURIComponent(attachmentId)}` : path, base).href;
+  }
+
+  /** The words of a JSON error answer, or a general one. */
+  async function refusal(response) {
+    try {
+      const answer = await response.json();
+      if (answer && typeof answer.message === "string") return answer.message;
+    } catch (_) {
+      /* not JSON */
+    }
+    return `The server answered ${response.status}.`;
+  }
+
+  /** The file as a blob: address, fetched once with the token. */
+  function blobUrl(url, token) {
+    if (!fetched.has(url)) {
+      const loading = fetch(url, {headers: {Authorization: `Bearer ${token}`}, cache: "no-store"}).then(
+        async (response) => {
+          if (!response.ok) throw new Error(await refusal(response));
+          return URL.createObjectURL(await response.blob());
+        },
+      );
+      loading.catch(() => fetched.delete(url)); // tried again next time it is drawn
+      fetched.set(url, loading);
+      if (fetched.size > KEPT_FILES) {
+        const [oldest, promise] = fetched.entries().next().value;
+        fetched.delete(oldest);
+        promise.then((made) => URL.revokeObjectURL(made), () => {});
+      }
+    }
+    return fetched.get(url);
+  }
+
+  /**
+   * The element for an entry's attachment. `options`: `base` (the Switchover server's
+   * address), `token()` (the page's current token), `prefix` (the page's class prefix),
+   * `drawn()` (called once a picture has arrived and taken its room: scroll to it).
+   */
+  function render(attachment, options) {
+    const prefix = options.prefix || "";
+    const url = address(options.base, attachment.conversationId, attachment.id);
+    const caption = `${attachment.name} (${sizeText(attachment.size)})`;
+    if (attachment.image) {
+      const img = el("img", {class: `${prefix}attachment-thumb`, alt: attachment.name});
+      if (options.drawn) img.addEventListener("load", () => options.drawn(), {once: true});
+      const link = el(
+        "a",
+        {class: `${prefix}attachment ${prefix}attachment-image`, target: "_blank", rel: "noopener", title: `Open ${caption}`},
+        img,
+      );
+      blobUrl(url, options.token()).then(
+        (made) => {
+          img.src = made;
+          link.href = made;
+        },
+        (error) => link.replaceChildren(el("span", {class: `${prefix}attachment-missing`, text: `${attachment.name}: ${error.message}`})),
+      );
+      return link;
+    }
+    const link = el(
+      "a",
+      {class: `${prefix}attachment ${prefix}attachment-file`, href: url, download: attachment.name},
+      clipIcon(`${prefix}attachment-icon`),
+      caption,
+    );
+    link.addEventListener("click", (event) => {
+      if (link.dataset.ready) return; // the blob: address is in place: the browser saves it
+      event.preventDefault();
+      blobUrl(url, options.token()).then(
+        (made) => {
+          link.href = made;
+          link.dataset.ready = "yes";
+          link.click();
+        },
+        (error) => {
+          link.title = error.message;
+          link.classList.add(`${prefix}attachment-missing`);
+        },
+      );
+    });
+    return link;
+  }
+
+  /** Send `file` into a conversation; resolves with the server's answer, rejects with words. */
+  async function upload(options, conversationId, file) {
+    const url = new URL(address(options.base, conversationId));
+    url.searchParams.set("name", file.name || "attachment");
+    let response;
+    try {
+      response = await fetch(url.href, {
+        method: "POST",
+        headers: {Authorization: `Bearer ${options.token()}`, "Content-Type": file.type || "application/octet-stream"},
+        body: file,
+      });
+    } catch (_) {
+      throw new Error(`${file.name} could not be sent: the server cannot be reached.`);
+    }
+    if (!response.ok) throw new Error(`${file.name} was not sent: ${await refusal(response)}`);
+    return response.json();
+  }
+
+  /**
+   * A paperclip button and its hidden file input: `send(file)` is called with the file
+   * chosen and returns a promise; the button is busy until it settles (then enabled unless
+   * `options.disabled()` says otherwise).
+   */
+  function button(options, send) {
+    const prefix = options.prefix || "";
+    const input = el("input", {type: "file", class: `${prefix}attach-input`, hidden: true, tabindex: "-1"});
+    const attach = el("button", {
+      type: "button",
+      class: `${prefix}attach`,
+      "aria-label": "Attach a file",
+      title: "Attach an image or a file",
+      onclick: () => input.click(),
+    });
+    attach.append(clipIcon(`${prefix}attach-icon`));
+    input.addEventListener("change", () => {
+      const file = input.files && input.files[0];
+      input.value = "";
+      if (!file) return;
+      attach.disabled = true;
+      attach.setAttribute("aria-busy", "true");
+      Promise.resolve(send(file)).finally(() => {
+        attach.disabled = Boolean(options.disabled && options.disabled());
+        attach.removeAttribute("aria-busy");
+      });
+    });
+    return {button: attach, input};
+  }
+
+  window.SwitchoverAttachments = Object.freeze({attachmentOf, sizeText, address, render, upload, button});
+})();

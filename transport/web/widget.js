@@ -209,6 +209,7 @@
         event.preventDefault();
         this.sendText();
       });
+      this.addAttachButton();
       const newChat = el("button", {
         type: "button",
         class: "so-restart",
@@ -330,6 +331,7 @@
 
     renderContent(entry, content, body) {
       const type = entry.content_type;
+      if (this.drawAttachment(entry, body)) return;
       if (type === "text") {
         body.append(linkified(content.text || ""));
       } else if (type === "payload") {
@@ -378,6 +380,51 @@
       } else {
         body.append(el("em", {text: `[${type} message]`}));
       }
+    }
+
+    // -- attachments (switchover-common.js draws and sends them) ---------------------------
+
+    attachmentOptions() {
+      return {
+        // The server the widget came from: next to config.json, or above /static/widget.js.
+        base: this.options.configUrl
+          ? new URL("./", new URL(this.options.configUrl, location.href)).href
+          : new URL("../", SCRIPT_SRC).href,
+        token: () => this.saved.resume_token || "",
+        prefix: "so-",
+        drawn: () => this.scrollDown(),
+      };
+    }
+
+    /** The paperclip in the composer; shown while an agent is asked for or present. */
+    addAttachButton() {
+      const files = window.SwitchoverAttachments;
+      if (!files) return;
+      const {button, input} = files.button(this.attachmentOptions(), (file) => this.sendFile(file));
+      this.form.prepend(button, input);
+    }
+
+    sendFile(file) {
+      const files = window.SwitchoverAttachments;
+      if (!this.saved.conversation_id || !this.saved.resume_token) {
+        this.showAlert("The chat is not connected yet; try again in a moment.");
+        return Promise.resolve();
+      }
+      this.showAlert("");
+      return files.upload(this.attachmentOptions(), this.saved.conversation_id, file).then(
+        () => this.input.focus(),
+        (error) => this.showAlert(error.message),
+      );
+    }
+
+    /** Draw an attachment Switchover stored in `body`; false when the entry has none. */
+    drawAttachment(entry, body) {
+      const files = window.SwitchoverAttachments;
+      const attachment = files && files.attachmentOf(entry);
+      if (!attachment) return false;
+      if (!attachment.conversationId) attachment.conversationId = this.saved.conversation_id || "";
+      body.append(files.render(attachment, this.attachmentOptions()));
+      return true;
     }
 
     renderQuestion(entry, content, body) {

@@ -29,6 +29,7 @@ from transport.livechat.settings import BotSettingsBook
 from transport.protocol.credentials import AddressGuard
 from transport.protocol.services import Services
 from transport.servers.http import errors, metrics, pages, platforms, push, settings
+from transport.servers.http.attachments import ATTACHMENT_ROUTES, PREFIX, Attachments
 from transport.servers.http.body import MAX_BODY_BYTES, BoundedBody
 from transport.servers.http.security import AuthThrottle, SecurityHeaders
 from transport.servers.http.static import WEB_DIR, WebFiles
@@ -48,7 +49,8 @@ class HttpApp(Starlette):
     ``backends``: the livechat backends, for the helpdesks' routes (none: those routes
     know no bot). ``bot_settings``: the bots' settings administrators change at run time
     (``/api/bots``, ``/settings``); ``admins`` maps each administrator's token to its id and
-    name.
+    name. ``attachments``: where uploaded files live and their limits (none: the attachment
+    routes are not served).
     """
 
     def __init__(
@@ -63,12 +65,14 @@ class HttpApp(Starlette):
         backends: Backends | None = None,
         bot_settings: BotSettingsBook | None = None,
         admins: Mapping[str, tuple[str, str]] | None = None,
+        attachments: Attachments | None = None,
     ) -> None:
         self.services = services
         self.bot_settings = bot_settings
         self.admin_tokens = {token: admin[0] for token, admin in (admins or {}).items()}
         self.admin_names = {admin_id: name for admin_id, name in (admins or {}).values()}
         self.backends = backends if backends is not None else Backends({}, {})
+        self.attachments = attachments
         self.web_dir = web_dir.resolve()
         self.ws_port = ws_port
         self.public_ws_url = public_ws_url
@@ -98,10 +102,15 @@ class HttpApp(Starlette):
                 Route(push.PATH, push.endpoint, methods=["POST"]),
                 *platforms.ROUTES,
                 *settings.ROUTES,
+                *(ATTACHMENT_ROUTES if attachments is not None else ()),
             ],
             middleware=[
                 Middleware(SecurityHeaders, widget_frame_ancestors=widget_frame_ancestors),
-                Middleware(BoundedBody, limit=MAX_BODY_BYTES),
+                Middleware(
+                    BoundedBody,
+                    limit=MAX_BODY_BYTES,
+                    own_limits=(PREFIX,) if attachments is not None else (),
+                ),
                 Middleware(AuthThrottle, guard=guard),
                 Middleware(errors.InternalErrors),
             ],

@@ -34,14 +34,21 @@ async def read_body(receive: Receive, limit: int) -> tuple[bytes | None, bool]:
 
 class BoundedBody:
     """ASGI middleware: read the body up to ``limit`` bytes, then hand the request on with
-    the body as one message (so handlers read it at once, from memory)."""
+    the body as one message (so handlers read it at once, from memory). Requests under a
+    path in ``own_limits`` pass untouched: their routes check who asks before reading, and
+    read up to limits of their own (the attachments' uploads)."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int = MAX_BODY_BYTES, own_limits: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.own_limits = own_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.own_limits and scope["path"].startswith(self.own_limits)
+        ):
             await self.app(scope, receive, send)
             return
         body, gone = await read_body(receive, self.limit)

@@ -30,10 +30,11 @@ NOTHING_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 def page_policy(frame_ancestors: str) -> str:
     """The Content-Security-Policy of a web page: its own scripts and styles only (the pages
     have no inline script or style), WebSockets to the listener, pictures and media a bot
-    links to over https."""
+    links to over https, and attachments the page fetched with its token (``blob:``)."""
     return (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: data:;"
-        " media-src 'self' https:; connect-src 'self' ws: wss:; form-action 'self';"
+        "default-src 'none'; script-src 'self'; style-src 'self';"
+        " img-src 'self' https: data: blob:; media-src 'self' https:;"
+        " connect-src 'self' ws: wss:; form-action 'self';"
         f" base-uri 'none'; frame-ancestors {frame_ancestors}"
     )
 
