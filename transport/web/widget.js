@@ -662,9 +662,13 @@
       }
     }
 
-    /** Greet: tell the bot the window opened on a conversation with nothing in it yet. */
+    /**
+     * Greet: tell the bot the window opened on a conversation with nothing in it yet (never
+     * seen a seq: a resumed one replays what it had instead).
+     */
     maybeGreet() {
-      if (!this.isOpen || !this.ready || this.saved.greeted || this.shown.size || this.pending.size) return;
+      if (!this.isOpen || !this.ready || this.saved.greeted) return;
+      if (this.lastSeq || this.shown.size || this.pending.size) return;
       this.saved.greeted = true;
       this.save();
       this.submit({content_type: "payload", content: {payload: WELCOME}}, true);
