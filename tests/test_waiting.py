@@ -8,7 +8,7 @@ import json
 
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors import (
@@ -81,6 +81,7 @@ def test_a_pace_refuses_settings_that_cannot_estimate() -> None:
         PickupPace(horizon=0.0)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a shared, busy machine
 @given(
     gaps=st.lists(st.floats(min_value=0.0, max_value=600.0), min_size=0, max_size=40),
     wait=st.floats(min_value=0.0, max_value=1200.0),
