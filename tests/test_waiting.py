@@ -246,3 +246,35 @@ async def test_the_bot_hears_which_agent_held_an_ended_session_and_none_for_a_qu
     ended = (await echo_bot.wait_for_events(2))[1]
     assert ended.content.is_payload(SESSION_END)
     assert ended.metadata["agent_id"] == "alice"
+
+
+async def test_the_estimate_follows_the_pickups_on_the_clock(
+    board: Switchboard, autojump_clock: object
+) -> None:
+    desk = board.backends["desk"]
+    assert isinstance(desk, Desk)
+    alice = RecordingSink()
+    desk.attach("alice", alice)
+    desk.set_presence("alice", Presence.AWAY)
+    users = []
+    for _ in range(4):
+        conv, user = await open_watched(board, "demo")
+        await board.ask(conv, UserSays(Content.payload(SESSION_START)))
+        await user.wait_for(queued)
+        users.append((conv, user))
+    desk.claim("alice", users[0][0])
+    await users[0][1].wait_for(notice("agent_joined"))
+    await trio.sleep(120)  # two minutes pass (on the mock clock) before the next pickup
+    desk.claim("alice", users[1][0])
+    await users[1][1].wait_for(notice("agent_joined"))
+
+    def estimated(item: object) -> bool:
+        return isinstance(item, QueuePosition) and item.estimated_wait is not None
+
+    next_up = await users[2][1].wait_for(estimated)
+    behind = await users[3][1].wait_for(estimated)
+    assert isinstance(next_up, QueuePosition) and isinstance(behind, QueuePosition)
+    assert (next_up.position, next_up.estimated_wait) == (1, 120.0)
+    assert (behind.position, behind.estimated_wait) == (2, 240.0)
+    # Alice is away: connected, but nobody is available to be offered the chat.
+    assert next_up.agents_available is False
