@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,15 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A real Switchover on free ports, stopped with SIGTERM (a graceful shutdown)."""
-    home = tmp_path_factory.mktemp("switchover")
+    with running_server(tmp_path_factory.mktemp("switchover"), CONFIG) as started:
+        yield started
+
+
+@contextmanager
+def running_server(home: Path, config_text: str) -> Iterator[Server]:
+    """``switchover serve`` with ``config_text`` on free ports, its data under ``home``."""
     config = home / "switchover.toml"
-    config.write_text(CONFIG, encoding="utf-8")
+    config.write_text(config_text, encoding="utf-8")
     errors = (home / "stderr.log").open("w+", encoding="utf-8")
     process = subprocess.Popen(
         [

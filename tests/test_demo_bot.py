@@ -25,7 +25,19 @@ from actors import (
     open_switchboard,
 )
 from transport.bots import build_bot
-from transport.bots.demo import APOLOGY, GREETING, HOURS, HUMAN_BUTTON, THANKS, DemoBot, reply_to
+from transport.bots.demo import (
+    APOLOGY,
+    GREETING,
+    HOURS,
+    HUMAN_BUTTON,
+    LEFT_QUEUE,
+    NOBODY_CAME,
+    THANKS,
+    WELCOME,
+    WELCOME_PAYLOAD,
+    DemoBot,
+    reply_to,
+)
 from transport.errors import ConfigError
 
 from .conftest import RecordingSink, notice, open_watched
@@ -57,6 +69,30 @@ def test_plain_questions_and_session_ends_get_their_answer(said: Content, expect
     assert replies[0].text_value == expected
     # Every such answer ends with the way back to a human.
     assert buttons(replies[-1])[HUMAN_BUTTON] == SESSION_START
+
+
+def test_the_chat_opening_gets_the_welcome_and_the_human_button_at_once() -> None:
+    welcome, question = reply_to(Content.payload(WELCOME_PAYLOAD))
+    assert welcome.text_value == WELCOME
+    assert buttons(question)[HUMAN_BUTTON] == SESSION_START
+
+
+@pytest.mark.parametrize(
+    ("payload", "agent_id", "expected"),
+    [
+        (SESSION_END, "alice", THANKS),
+        (SESSION_END, None, LEFT_QUEUE),
+        (SESSION_EXPIRED, "alice", APOLOGY),
+        (SESSION_EXPIRED, None, NOBODY_CAME),
+    ],
+)
+def test_an_ending_names_an_agent_only_when_one_held_the_session(
+    payload: str, agent_id: str | None, expected: str
+) -> None:
+    metadata = {"reason": "x", "session_id": "c1/1", "agent_id": agent_id}
+    replies = reply_to(Content.payload(payload), metadata)
+    assert replies[0].text_value == expected
+    assert ("our agent" in expected) is (payload == SESSION_EXPIRED and agent_id is not None)
 
 
 def test_asking_for_a_human_offers_the_button_since_only_the_user_can_press_it() -> None:
@@ -129,6 +165,7 @@ async def test_in_the_core_the_bot_apologises_after_an_expired_session(
     conv, user = await open_watched(demo_board, "demo")
     await demo_board.ask(conv, UserSays(Content.payload(SESSION_START)))
     await user.wait_for(notice("session_started"))
-    # Nobody picks up and nobody writes: the session expires after session_timeout.
+    # Nobody picks up and nobody writes: the session expires after session_timeout. No
+    # agent ever joined, so the bot blames none.
     await user.wait_for(notice("session_expired"), timeout=120)
-    await user.wait_for(bot_said(APOLOGY))
+    await user.wait_for(bot_said(NOBODY_CAME))

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from actors import SESSION_EXPIRED, SESSION_START
-from transport.bots.demo import APOLOGY
+from transport.bots.demo import NOBODY_CAME
 from transport.client import Frame, connect_agent, connect_bot, connect_user
 
 from .fakes.asgi_server import serving as serving_http
@@ -224,7 +224,8 @@ async def test_kill_nine_loses_nothing_acknowledged(tmp_path: Path) -> None:
         async with connect_user(url, resume_token=tokens["brief"], last_seq=0) as brief:
             expired = await brief.wait_for(notice("session_expired"))
             assert expired["content"]["reason"] == "idle_timeout"
-            await brief.wait_for(text_entry(APOLOGY))
+            # Nobody ever held it: the demo bot blames no agent.
+            await brief.wait_for(text_entry(NOBODY_CAME))
         stored = await trio.to_thread.run_sync(transcript, tmp_path, ids["brief"])
         to_bot = [e for e in stored if e["content"].get("payload") == SESSION_EXPIRED]
         assert len(to_bot) == 1 and to_bot[0]["metadata"]["reason"] == "idle_timeout"

@@ -274,7 +274,7 @@ def test_user_end_ends_the_session_tells_the_agent_and_resumes_the_bot() -> None
     assert to(Party.AGENT, ended)[0].agent_id == "alice"
     [bot] = to(Party.BOT, ended)
     assert bot.content.is_payload(SESSION_END)
-    assert bot.metadata == {"reason": USER_ENDED, "session_id": session_id}
+    assert bot.metadata == {"reason": USER_ENDED, "session_id": session_id, "agent_id": "alice"}
     assert others(ended) == [fx.ReleaseAgent(session_id, "alice", USER_ENDED)]
     # After the session the bot hears the user again.
     [after] = emitted(run(UserSays(Content.text("back"))))
@@ -288,6 +288,8 @@ def test_end_while_queued_withdraws_the_request() -> None:
     ended = run(UserSays(Content.payload(SESSION_END)))
     assert others(ended) == [fx.WithdrawRequest(session_id)]
     assert [e.content.is_payload(SESSION_END) for e in to(Party.BOT, ended)] == [True]
+    # No agent ever held it: the bot is told so, and need not thank one.
+    assert to(Party.BOT, ended)[0].metadata["agent_id"] is None
     assert to(Party.AGENT, ended) == []
 
 
@@ -299,7 +301,7 @@ def test_the_human_side_ends_a_live_session_and_the_bot_hears_why() -> None:
     [bot] = to(Party.BOT, ended)
     # Ended, not expired: the agent closed it.
     assert bot.content.is_payload(SESSION_END)
-    assert bot.metadata == {"reason": "agent_closed", "session_id": session_id}
+    assert bot.metadata == {"reason": "agent_closed", "session_id": session_id, "agent_id": "alice"}
     assert codes([e for e in to(Party.USER, ended) if e.sender is Party.SYSTEM]) == [
         "session_ended"
     ]
@@ -549,5 +551,6 @@ def test_expiry_reports_the_session_in_the_bot_event(reason: str) -> None:
     session_id = run.session_id
     expired = run(TimerFired(), T0 + 100)
     [bot] = to(Party.BOT, expired)
-    assert bot.metadata == {"reason": reason, "session_id": session_id}
+    holder = "alice" if reason == IDLE_TIMEOUT else None
+    assert bot.metadata == {"reason": reason, "session_id": session_id, "agent_id": holder}
     assert bot.session_id == session_id

@@ -461,7 +461,10 @@ class Lifecycle:
         if session.agent_id is not None:
             return Transition(state)
         # Not stored: a pickup moves every waiting user, and the backend reports only changes.
-        return Transition(state, (fx.TellPosition(session.session_id, event.position),))
+        told = fx.TellPosition(
+            session.session_id, event.position, event.estimated_wait, event.agents_available
+        )
+        return Transition(state, (told,))
 
     def _agent_assigned(
         self, state: ConversationState, event: ev.AgentAssigned, now: float
@@ -593,6 +596,6 @@ class Lifecycle:
             Party.SYSTEM,
             Content.payload(payload),
             _BOT,
-            metadata={"reason": reason, "session_id": session.session_id},
+            metadata={"reason": reason, "session_id": session.session_id, "agent_id": agent_id},
         )
         return out.finish(None, fx.Accepted(seq))

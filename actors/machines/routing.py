@@ -14,7 +14,9 @@ out. The rules:
 * An agent who disconnects or goes offline while holding chats keeps them for the bot's
   grace period; after it they go back to the head of the queue.
 * Every waiting session knows its position among the sessions of its bot; a change of
-  position is reported, an unchanged one is not.
+  position, or of whether any agent serving its bot is online, is reported (with an estimate
+  of the wait from the pace of recent pickups, see :mod:`actors.machines.wait`); an
+  unchanged one is not.
 
 What the desk holds is a view derived from the conversations, keyed by session id: asking
 again for a session it already has (waiting or held) changes nothing, a request for a newer
@@ -31,6 +33,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from actors.machines.wait import PickupPace
 from actors.model.agent_request import NO_DECISION, AgentRequest, Decision
 from actors.model.effects import Refusal
 from actors.model.settings import BotSettings
@@ -83,6 +86,8 @@ class Waiting:
     queued_at: float
     not_agent: str | None = None
     position: int | None = None
+    #: Whether an agent serving the bot was online when the position was last reported.
+    agents_available: bool | None = None
 
 
 @attrs.frozen
@@ -96,9 +101,14 @@ class Assign:
 
 @attrs.frozen
 class Position:
+    """A waiting session's place (1 is next), the estimated wait in seconds (``None``:
+    unknown) and whether any agent serving its bot is online."""
+
     conversation_id: str
     session_id: str
     position: int
+    estimated_wait: float | None = None
+    agents_available: bool | None = None
 
 
 @attrs.frozen
@@ -133,9 +143,15 @@ class Routing:
     """The queue and the agents of the built-in desk."""
 
     def __init__(
-        self, agents: Iterable[Agent], settings: Mapping[str, BotSettings], run: int = 1
+        self,
+        agents: Iterable[Agent],
+        settings: Mapping[str, BotSettings],
+        run: int = 1,
+        pace: PickupPace | None = None,
     ) -> None:
         self.agents: dict[str, Agent] = {agent.agent_id: agent for agent in agents}
+        # Recent pickups per bot, for the estimated wait (kept across a desk's restart).
+        self.pace = pace if pace is not None else PickupPace()
         # Stamps on decisions told to conversations: ``run`` grows with every restart.
         self.run = run
         self._stamps = itertools.count(1)
@@ -444,6 +460,7 @@ class Routing:
         self._dequeue(waiting)
         self._hold(agent, Chat(waiting.conversation_id, waiting.session_id, waiting.bot_id))
         agent.last_pickup = now
+        self.pace.picked_up(waiting.bot_id, now)
         return Assign(
             waiting.conversation_id,
             waiting.session_id,
@@ -473,6 +490,10 @@ class Routing:
                 best = agent
         return best
 
+    def _staffed_bots(self) -> frozenset[str]:
+        """The bots that at least one online, connected agent serves (busy or not)."""
+        return frozenset(bot for a in self.agents.values() if a.available for bot in a.bots)
+
     def _anyone_free(self) -> bool:
         return any(a.available and len(a.chats) < a.capacity for a in self.agents.values())
 
@@ -488,11 +509,20 @@ class Routing:
                 if not self._anyone_free():
                     break
         counters: dict[str, itertools.count[int]] = {}
+        staffed = self._staffed_bots() if self.queue else frozenset()
         for waiting in self.queue:
             position = next(counters.setdefault(waiting.bot_id, itertools.count(1)))
-            if waiting.position != position:
-                waiting.position = position
-                self.changed_bots.add(waiting.bot_id)
-                effects.append(Position(waiting.conversation_id, waiting.session_id, position))
+            available = waiting.bot_id in staffed
+            if waiting.position != position or waiting.agents_available is not available:
+                if waiting.position != position:
+                    waiting.position = position
+                    self.changed_bots.add(waiting.bot_id)
+                waiting.agents_available = available
+                estimate = self.pace.estimate(waiting.bot_id, position, now)
+                effects.append(
+                    Position(
+                        waiting.conversation_id, waiting.session_id, position, estimate, available
+                    )
+                )
         effects.append(_CHANGED)
         return effects

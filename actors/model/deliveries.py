@@ -47,6 +47,10 @@ class QueuePosition:
     conversation_id: str
     session_id: str
     position: int
+    #: Seconds the user may still wait, from the pace of recent pickups; ``None``: unknown.
+    estimated_wait: float | None = None
+    #: Whether any agent serving the bot is online; ``None``: the backend does not say.
+    agents_available: bool | None = None
 
 
 @attrs.frozen

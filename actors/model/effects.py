@@ -35,6 +35,8 @@ class TellPosition:
 
     session_id: str
     position: int
+    estimated_wait: float | None = None
+    agents_available: bool | None = None
 
 
 @attrs.frozen

@@ -70,10 +70,13 @@ class AgentTransfers:
 
 @attrs.frozen
 class QueuePositionChanged:
-    """From the livechat backend: the session's place in the queue (1 is next)."""
+    """From the livechat backend: the session's place in the queue (1 is next), the
+    estimated wait in seconds and whether any agent is online (``None``: not known)."""
 
     session_id: str
     position: int
+    estimated_wait: float | None = None
+    agents_available: bool | None = None
 
 
 @attrs.frozen

@@ -33,7 +33,7 @@ from actors.trio.context import ConversationContext
 
 log = logging.getLogger("switchover.conversation")
 
-SYSTEM_METADATA = frozenset({"reason", "session_id", "sender"})
+SYSTEM_METADATA = frozenset({"reason", "session_id", "agent_id", "sender"})
 """Bot event metadata keys only Switchover sets: a user's metadata of that name is dropped."""
 
 _NOT_STORED = frozenset({"store_unavailable"})

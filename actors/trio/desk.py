@@ -161,7 +161,7 @@ class Desk:
             )
             for a in old.values()
         ]
-        return rt.Routing(agents, self.settings, run=self._routing.run + 1)
+        return rt.Routing(agents, self.settings, run=self._routing.run + 1, pace=self._routing.pace)
 
     def add_agent(self, profile: AgentProfile) -> None:
         unknown = profile.bots - set(self.settings)
@@ -329,8 +329,8 @@ class Desk:
             match effect:
                 case rt.Assign(conv, session, agent, name, decision):
                     post(conv, ev.AgentAssigned(session, agent, name, decision))
-                case rt.Position(conv, session, position):
-                    post(conv, ev.QueuePositionChanged(session, position))
+                case rt.Position(conv, session, position, wait, available):
+                    post(conv, ev.QueuePositionChanged(session, position, wait, available))
                 case rt.Requeued(conv, session, agent, reason, decision):
                     post(conv, ev.ReturnedToQueue(session, agent, reason, decision))
                 case rt.AgentRefusal(agent, refusal):

@@ -122,7 +122,13 @@ class EffectRunner:
         elif isinstance(effect, fx.Signal):
             self._signal(effect, state)
         elif isinstance(effect, fx.TellPosition):
-            self.position = QueuePosition(self.conversation_id, effect.session_id, effect.position)
+            self.position = QueuePosition(
+                self.conversation_id,
+                effect.session_id,
+                effect.position,
+                effect.estimated_wait,
+                effect.agents_available,
+            )
             self.to_users(self.position)
         else:
             await self._backend(effect, state)

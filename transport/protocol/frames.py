@@ -620,6 +620,8 @@ def queue_frame(position: QueuePosition) -> str:
             "conversation_id": position.conversation_id,
             "session_id": position.session_id,
             "position": position.position,
+            "estimated_wait": position.estimated_wait,
+            "agents_available": position.agents_available,
         }
     )
 

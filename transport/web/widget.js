@@ -13,8 +13,15 @@
  * a duplicate and is dropped, so reconnecting never shows a message twice.
  *
  * The server does not echo the user's own messages back: it acknowledges each with the seq it
- * was given, and the widget shows the message then, in seq order. If the connection drops
- * before an ack, the next hello asks for everything since the first unacknowledged message.
+ * was given, and the widget shows the message then, in seq order. Until then the message shows
+ * as "Sending…": written while offline, or unacknowledged when the connection dropped, it is
+ * sent again with the same id once the connection is back (the server stores a message once
+ * per id), and after `sendTimeout` without an ack it shows "Not sent" with a Retry button.
+ *
+ * When its window is open on a conversation with nothing in it yet, the widget sends the
+ * payload CONVERSATION_START as the user (not shown), so the bot greets first and its "Talk to
+ * a human" button is there before the user types. Only the latest unanswered question keeps
+ * its quick replies.
  *
  * What it shares with the agent desk (building elements, safe links, the connection's backoff
  * and keep-alive, ordering entries) lives in switchover-common.js. This script loads that file
@@ -29,6 +36,9 @@
   const KEPT_ENTRIES = 300;
   const SESSION_START = "LIVECHAT_SESSION_START";
   const SESSION_END = "LIVECHAT_SESSION_END";
+  const WELCOME = "CONVERSATION_START";
+  // How long a message may wait for its ack (offline included) before it shows "Not sent".
+  const SEND_TIMEOUT_MS = 30000;
 
   // Filled in from switchover-common.js once it has loaded (see commonLoaded).
   let common = null;
@@ -83,6 +93,7 @@
   const NOTICES = {
     session_started: () => "You asked for a person. Looking for an available agent…",
     queued: (c) => `You are number ${c.position} in the queue.`,
+    nobody: () => "Nobody is available right now. You keep your place and will be connected as soon as someone is.",
     agent_joined: (c) => `${c.name || c.agent_id || "An agent"} joined the conversation.`,
     agent_left: () => "The agent left. You are back in the queue for the next available agent.",
     transferred: () => "The conversation was transferred to another agent.",
@@ -101,6 +112,16 @@
       "Our team can't be reached right now. Your messages are kept and will reach them as soon as possible.",
   };
 
+  /** The queue frame's estimated wait (seconds) in words, or "" when unknown. */
+  function waitWords(seconds) {
+    if (typeof seconds !== "number" || !(seconds >= 0)) return "";
+    if (seconds < 60) return "Estimated wait: less than a minute.";
+    const minutes = Math.round(seconds / 60);
+    if (minutes < 90) return `Estimated wait: about ${minutes} minute${minutes === 1 ? "" : "s"}.`;
+    const hours = Math.round(minutes / 60);
+    return `Estimated wait: about ${hours} hour${hours === 1 ? "" : "s"}.`;
+  }
+
   function websocketUrl(options) {
     if (options.wsUrl) return Promise.resolve(options.wsUrl);
     return common.websocketUrl(options.configUrl || new URL("/config.json", SCRIPT_SRC).href);
@@ -118,13 +139,19 @@
       );
       this.lastSeq = 0;
       this.shown = new Set();
-      this.unacked = new Map();
+      // Messages not yet acknowledged, by id, in the order written: {frame, item, state, timer}.
+      this.pending = new Map();
       this.seqBeforeUnacked = 0;
+      this.sendTimeout = Number(this.options.sendTimeout) > 0 ? Number(this.options.sendTimeout) : SEND_TIMEOUT_MS;
+      // Whether the window is on screen: a floating one starts closed (see mountFloating).
+      this.isOpen = this.options.open !== false;
+      this.unread = 0;
+      this.endingForNewChat = null;
       this.labels = new Map([[SESSION_START, "Talk to a person"], [SESSION_END, "End conversation"]]);
       this.mode = "bot";
       this.agentName = "";
       this.queueText = "Waiting for an agent…";
-      this.outbox = [];
+      this.waitText = "";
       this.ws = null;
       this.ready = false;
       this.attempt = 0;
@@ -153,9 +180,11 @@
         resume_token: saved.resume_token || null,
         last_seq: Number(saved.last_seq) || 0,
         entries: Array.isArray(saved.entries) ? saved.entries : [],
+        greeted: Boolean(saved.greeted),
       };
       this.build();
       for (const entry of this.saved.entries) this.show(entry, false);
+      this.refreshChoices();
       this.lastSeq = Math.max(this.lastSeq, this.saved.last_seq);
       this.onOnline = () => this.reconnectSoon(0);
       window.addEventListener("online", this.onOnline);
@@ -186,7 +215,18 @@
         "aria-label": "Conversation",
         tabindex: "0",
       });
-      this.banner = el("p", {class: "so-banner", role: "status", hidden: true});
+      // The queue line: where the user stands (banner), the wait or "nobody available" (wait),
+      // and the way out. The banner alone says who the user is chatting with once live.
+      this.banner = el("p", {class: "so-banner", role: "status"});
+      this.wait = el("p", {class: "so-wait", "aria-live": "polite", hidden: true});
+      this.leave = el("button", {
+        type: "button",
+        class: "so-leave",
+        text: "Leave the queue",
+        hidden: true,
+        onclick: () => this.leaveQueue(),
+      });
+      this.queueBox = el("div", {class: "so-queue", hidden: true}, this.banner, this.wait, this.leave);
       this.typing = el("p", {class: "so-typing", hidden: true});
       this.alert = el("p", {class: "so-alert", role: "alert", hidden: true});
       this.input = el("textarea", {
@@ -210,21 +250,68 @@
         this.sendText();
       });
       this.addAttachButton();
-      const newChat = el("button", {
+      this.newChat = el("button", {
         type: "button",
         class: "so-restart",
         text: "New chat",
         title: "Forget this conversation and start a new one",
-        onclick: () => this.restart(),
+        onclick: () => this.askNewChat(),
       });
+      this.confirm = this.buildConfirm();
       this.root.replaceChildren(
-        el("header", {class: "so-header"}, el("h2", {text: title}), this.status, newChat),
+        el("header", {class: "so-header"}, el("h2", {text: title}), this.status, this.newChat),
         this.log,
-        this.banner,
+        this.queueBox,
         this.typing,
         this.alert,
+        this.confirm,
         this.form,
       );
+    }
+
+    /** The in-window question asked before "New chat" ends a session that is open. */
+    buildConfirm() {
+      const id = `so-confirm-${this.idPrefix}`;
+      this.confirmText = el("p", {class: "so-confirm-text", id: `${id}-text`});
+      this.confirmYes = el("button", {
+        type: "button",
+        class: "so-confirm-yes",
+        text: "End it and start a new chat",
+        onclick: () => this.confirmNewChat(),
+      });
+      this.confirmNo = el("button", {
+        type: "button",
+        class: "so-confirm-no",
+        text: "Keep this chat",
+        onclick: () => this.closeConfirm(),
+      });
+      const box = el(
+        "div",
+        {
+          class: "so-confirm",
+          role: "alertdialog",
+          "aria-modal": "true",
+          "aria-labelledby": `${id}-title`,
+          "aria-describedby": `${id}-text`,
+          hidden: true,
+        },
+        el("p", {class: "so-confirm-title", id: `${id}-title`, text: "Start a new chat?"}),
+        this.confirmText,
+        el("div", {class: "so-confirm-actions"}, this.confirmYes, this.confirmNo),
+      );
+      box.addEventListener("keydown", (event) => {
+        if (event.key === "Escape") {
+          event.stopPropagation();
+          this.closeConfirm();
+        } else if (event.key === "Tab") {
+          // Keep the keyboard inside the question while it is asked.
+          const order = [this.confirmYes, this.confirmNo];
+          const at = order.indexOf(document.activeElement);
+          event.preventDefault();
+          order[(at + (event.shiftKey ? order.length - 1 : 1)) % order.length].focus();
+        }
+      });
+      return box;
     }
 
     setConnection(text, state) {
@@ -239,8 +326,11 @@
     }
 
     showRefusal(frame) {
-      if (frame.id !== undefined) this.unacked.delete(frame.id);
-      this.showAlert(frame.message || `The server refused that (${frame.code}).`);
+      const text = frame.message || `The server refused that (${frame.code}).`;
+      if (frame.id !== undefined && frame.id === this.endingForNewChat) this.endingForNewChat = null;
+      const pending = frame.id !== undefined ? this.pending.get(frame.id) : undefined;
+      if (pending) this.notSent(pending);
+      this.showAlert(text);
     }
 
     scrollDown() {
@@ -252,17 +342,24 @@
       if (agentName !== undefined) this.agentName = agentName;
       this.root.dataset.mode = mode;
       if (mode === "bot") {
-        this.banner.hidden = true;
+        this.queueBox.hidden = true;
+        this.waitText = "";
         for (const button of this.log.querySelectorAll(".so-sign-off button")) {
           // A disabled button drops focus to the page's start: move it to the message box.
           if (button === document.activeElement) this.input.focus();
           button.disabled = true;
         }
+        if (!this.confirm.hidden) this.closeConfirm();
       } else {
-        this.banner.hidden = false;
+        this.queueBox.hidden = false;
         this.banner.textContent =
           mode === "live" ? `You are chatting with ${this.agentName || "an agent"}.` : this.queueText;
       }
+      const waiting = mode === "queued";
+      if (!waiting && this.leave === document.activeElement) this.input.focus();
+      this.leave.hidden = !waiting;
+      this.wait.hidden = !waiting || !this.waitText;
+      this.wait.textContent = waiting ? this.waitText : "";
     }
 
     // -- entries --------------------------------------------------------------------------
@@ -275,9 +372,19 @@
       const item = this.render(entry);
       if (item) {
         common.placeInOrder(this.log, item, entry.seq);
+        // Messages still being sent stay last, where they were written.
+        const firstPending = this.log.querySelector(".so-pending");
+        if (firstPending && firstPending.compareDocumentPosition(item) & Node.DOCUMENT_POSITION_FOLLOWING) {
+          this.log.insertBefore(item, firstPending);
+        }
         this.scrollDown();
+        if (fresh) this.refreshChoices();
       }
       if (entry.sender === "agent") this.typing.hidden = true;
+      if (fresh && !this.isOpen && (entry.sender === "bot" || entry.sender === "agent")) {
+        this.unread += 1;
+        this.unreadChanged();
+      }
       if (fresh) {
         this.saved.entries.push(entry);
         this.saved.entries.sort((a, b) => a.seq - b.seq);
@@ -292,6 +399,8 @@
 
     render(entry) {
       const content = entry.content || {};
+      // The widget's own "the window opened" is for the bot only.
+      if (entry.sender === "user" && entry.content_type === "payload" && content.payload === WELCOME) return null;
       // Only the system's notices are notices: anything else shaped like one is its sender's.
       if (entry.content_type === "notice" && entry.sender === "system") return this.renderNotice(entry, content);
       const sender = ["user", "bot", "agent", "system"].includes(entry.sender) ? entry.sender : "bot";
@@ -317,6 +426,7 @@
         this.setMode("queued");
       } else if (content.code === "session_started" || content.code === "agent_left") {
         this.queueText = "Waiting for an agent…";
+        this.waitText = "";
         this.setMode("queued");
       } else if (content.code === "agent_joined") {
         this.setMode("live", content.name || content.agent_id || "");
@@ -431,12 +541,31 @@
       const signOff = Boolean(entry.metadata && entry.metadata.sign_off);
       if (signOff) body.classList.add("so-sign-off");
       body.append(el("p", {class: "so-question", text: content.title || content.text || ""}));
-      this.renderButtons(common.buttonsOf(content), body, signOff && this.mode === "bot");
+      // A sign-off's button stays for the whole session; other choices are quick replies.
+      this.renderButtons(common.buttonsOf(content), body, signOff && this.mode === "bot", !signOff);
     }
 
-    renderButtons(buttons, parent, disabled) {
+    /**
+     * Quick replies do not pile up: only the newest question's buttons are kept, and only
+     * until the user says or clicks anything after it (older ones are removed).
+     */
+    refreshChoices() {
+      const groups = [...this.log.querySelectorAll(".so-quick")];
+      groups.forEach((group, index) => {
+        const item = group.closest("li");
+        let answered = index < groups.length - 1;
+        for (let next = item && item.nextElementSibling; next && !answered; next = next.nextElementSibling) {
+          answered = next.classList.contains("so-from-user");
+        }
+        if (!answered) return;
+        if (group.contains(document.activeElement)) this.input.focus();
+        group.remove();
+      });
+    }
+
+    renderButtons(buttons, parent, disabled, quick) {
       if (!buttons.length) return;
-      const group = el("div", {class: "so-buttons", role: "group", "aria-label": "Choices"});
+      const group = el("div", {class: `so-buttons${quick ? " so-quick" : ""}`, role: "group", "aria-label": "Choices"});
       for (const button of buttons) {
         const title = button.title || button.payload;
         const payload = button.payload || button.title;
@@ -466,41 +595,182 @@
     }
 
     sendPayload(payload) {
-      this.submit({content_type: "payload", content: {payload}});
+      return this.submit({content_type: "payload", content: {payload}});
     }
 
-    submit(message) {
+    /**
+     * Send a message (or keep it until the connection is back), shown as "Sending…" until its
+     * ack; `hidden` ones (the window-opened payload) show nothing. Returns the message's id.
+     */
+    submit(message, hidden) {
       const frame = Object.assign({type: "message", id: `c${this.idPrefix}-${this.nextId++}`}, message);
-      if (this.ready) this.transmit(frame);
-      else this.outbox.push(frame);
+      const pending = {frame, item: hidden ? null : this.pendingItem(frame), state: "sending", timer: null, sent: false};
+      this.pending.set(frame.id, pending);
+      if (pending.item) {
+        this.log.append(pending.item);
+        this.scrollDown();
+        this.refreshChoices();
+      }
+      this.armSendTimeout(pending);
+      if (this.ready) this.transmit(pending);
+      return frame.id;
     }
 
-    /** Send a message and keep it until its ack says which seq it got. */
-    transmit(frame) {
-      if (!this.unacked.size) this.seqBeforeUnacked = this.lastSeq;
-      this.unacked.set(frame.id, frame);
-      this.ws.send(JSON.stringify(frame));
+    pendingItem(frame) {
+      const item = el("li", {class: "so-entry so-from-user so-pending", "data-pending": frame.id});
+      const body = el("div", {class: "so-bubble"});
+      this.renderContent(frame, frame.content, body);
+      this.pendingStatus(item, "Sending…");
+      item.prepend(el("span", {class: "so-visually-hidden", text: "You: "}), body);
+      return item;
+    }
+
+    pendingStatus(item, text, retry) {
+      const old = item.querySelector(".so-delivery");
+      if (old && old.contains(document.activeElement)) this.input.focus();
+      if (old) old.remove();
+      item.append(el("span", {class: "so-delivery", text}, retry || null));
+    }
+
+    armSendTimeout(pending) {
+      clearTimeout(pending.timer);
+      pending.timer = setTimeout(() => {
+        if (this.pending.get(pending.frame.id) === pending && pending.state === "sending") this.notSent(pending);
+      }, this.sendTimeout);
+    }
+
+    /** No ack in time (or a refusal): say so and offer to send it again, with the same id. */
+    notSent(pending) {
+      clearTimeout(pending.timer);
+      pending.state = "failed";
+      if (pending.frame.id === this.endingForNewChat) this.endingForNewChat = null;
+      if (!pending.item) {
+        this.pending.delete(pending.frame.id);
+        return;
+      }
+      pending.item.classList.add("so-not-sent");
+      const retry = el("button", {
+        type: "button",
+        class: "so-retry",
+        text: "Retry",
+        "aria-label": "Retry sending this message",
+        onclick: () => this.retry(pending),
+      });
+      this.pendingStatus(pending.item, "Not sent. ", retry);
+    }
+
+    retry(pending) {
+      if (this.pending.get(pending.frame.id) !== pending) return;
+      pending.state = "sending";
+      pending.item.classList.remove("so-not-sent");
+      this.pendingStatus(pending.item, "Sending…");
+      this.input.focus();
+      this.armSendTimeout(pending);
+      if (this.ready) this.transmit(pending);
+    }
+
+    /** Send a message; it is kept until its ack says which seq it got. */
+    transmit(pending) {
+      if (![...this.pending.values()].some((other) => other.sent)) this.seqBeforeUnacked = this.lastSeq;
+      pending.sent = true;
+      this.ws.send(JSON.stringify(pending.frame));
     }
 
     /** The server acknowledged one of our messages: show it as the entry it became. */
     acknowledged(frame) {
-      const sent = this.unacked.get(frame.id);
-      if (!sent) return;
-      this.unacked.delete(frame.id);
-      if (typeof frame.seq !== "number") return;
-      this.show(
-        {
-          type: "entry",
-          conversation_id: this.saved.conversation_id,
-          seq: frame.seq,
-          at: Date.now() / 1000,
-          sender: "user",
-          content_type: sent.content_type,
-          content: sent.content,
-          metadata: {},
-        },
-        true,
-      );
+      const pending = this.pending.get(frame.id);
+      if (!pending) return;
+      this.pending.delete(frame.id);
+      clearTimeout(pending.timer);
+      if (pending.item) {
+        if (pending.item.contains(document.activeElement)) this.input.focus();
+        pending.item.remove();
+      }
+      if (typeof frame.seq === "number") {
+        const sent = pending.frame;
+        this.show(
+          {
+            type: "entry",
+            conversation_id: this.saved.conversation_id,
+            seq: frame.seq,
+            at: Date.now() / 1000,
+            sender: "user",
+            content_type: sent.content_type,
+            content: sent.content,
+            metadata: {},
+          },
+          true,
+        );
+      }
+      if (frame.id === this.endingForNewChat) {
+        // The session ended (the ack means it is stored): now forget it and start anew.
+        this.endingForNewChat = null;
+        this.restart();
+      }
+    }
+
+    /**
+     * Greet: tell the bot the window opened on a conversation with nothing in it yet (never
+     * seen a seq: a resumed one replays what it had instead).
+     */
+    maybeGreet() {
+      if (!this.isOpen || !this.ready || this.saved.greeted) return;
+      if (this.lastSeq || this.shown.size || this.pending.size) return;
+      this.saved.greeted = true;
+      this.save();
+      this.submit({content_type: "payload", content: {payload: WELCOME}}, true);
+    }
+
+    leaveQueue() {
+      if (this.mode !== "queued") return;
+      this.sendPayload(SESSION_END);
+    }
+
+    /** "New chat": at once in the bot's hands; during a session, only once the user confirms. */
+    askNewChat() {
+      if (this.mode === "bot") {
+        this.restart();
+        return;
+      }
+      this.confirmText.textContent =
+        this.mode === "live"
+          ? `This ends your conversation with ${this.agentName || "the agent"}.`
+          : "You will leave the queue.";
+      this.confirm.hidden = false;
+      this.newChat.setAttribute("aria-expanded", "true");
+      this.confirmNo.focus();
+    }
+
+    closeConfirm() {
+      this.confirm.hidden = true;
+      this.newChat.setAttribute("aria-expanded", "false");
+      this.newChat.focus();
+    }
+
+    confirmNewChat() {
+      this.confirm.hidden = true;
+      this.newChat.setAttribute("aria-expanded", "false");
+      this.input.focus();
+      if (this.mode === "bot") {
+        this.restart();
+        return;
+      }
+      // End the session as the user does (LIVECHAT_SESSION_END); the new chat starts once the
+      // server has it, so the agent is told the conversation ended.
+      this.endingForNewChat = this.sendPayload(SESSION_END);
+    }
+
+    setOpen(open) {
+      this.isOpen = open;
+      if (open && this.unread) {
+        this.unread = 0;
+        this.unreadChanged();
+      }
+      if (open) this.maybeGreet();
+    }
+
+    unreadChanged() {
+      if (typeof this.options.onUnread === "function") this.options.onUnread(this.unread);
     }
 
     userIsTyping() {
@@ -533,7 +803,8 @@
       this.ws = ws;
       ws.addEventListener("open", () => {
         // Messages sent but never acknowledged may have been kept: ask from before them.
-        const lastSeq = this.unacked.size ? Math.min(this.lastSeq, this.seqBeforeUnacked) : this.lastSeq;
+        const inFlight = [...this.pending.values()].some((pending) => pending.sent);
+        const lastSeq = inFlight ? Math.min(this.lastSeq, this.seqBeforeUnacked) : this.lastSeq;
         const hello = this.saved.resume_token
           ? {type: "hello", v: 1, role: "user", resume_token: this.saved.resume_token, last_seq: lastSeq}
           : {type: "hello", v: 1, role: "user", bot_id: this.bot, metadata: this.metadata};
@@ -590,9 +861,10 @@
           if (frame.party === "agent") this.agentTyping();
           break;
         case "queue":
-          // Ephemeral: the banner says where the user stands; nothing goes in the log.
+          // Ephemeral: the queue line says where the user stands; nothing goes in the log.
           if (this.root.dataset.mode !== "live") {
             this.queueText = NOTICES.queued(frame);
+            this.waitText = frame.agents_available === false ? NOTICES.nobody() : waitWords(frame.estimated_wait);
             this.setMode("queued");
           }
           break;
@@ -620,10 +892,12 @@
       this.setConnection("Connected", "online");
       this.root.dataset.conversation = frame.conversation_id;
       common.keepAlive(this);
-      // Unacknowledged messages of the last connection come back in the replay, if kept.
-      this.unacked.clear();
-      const waiting = this.outbox.splice(0);
-      for (const pending of waiting) this.transmit(pending);
+      // What was written offline, or never acknowledged, goes (again) now, in order, with the
+      // same ids: one the server already stored is answered with its first ack, not stored twice.
+      for (const pending of this.pending.values()) {
+        if (pending.state === "sending") this.transmit(pending);
+      }
+      this.maybeGreet();
     }
 
     agentTyping() {
@@ -632,10 +906,12 @@
 
     /** Drop the saved conversation (the next hello starts a new one). */
     forget() {
-      this.saved = {conversation_id: null, resume_token: null, last_seq: 0, entries: []};
+      this.saved = {conversation_id: null, resume_token: null, last_seq: 0, entries: [], greeted: false};
       this.lastSeq = 0;
       this.shown.clear();
-      this.unacked.clear();
+      for (const pending of this.pending.values()) clearTimeout(pending.timer);
+      this.pending.clear();
+      this.endingForNewChat = null;
       this.log.replaceChildren();
       this.setMode("bot", "");
       this.save();
@@ -680,7 +956,10 @@
     return new ChatWidget(root, options || {});
   }
 
-  /** A floating launcher in the corner that opens the chat window. */
+  /**
+   * A round launcher in the bottom-right corner that opens and closes the chat window, and
+   * counts what the bot and the agent said while the window was closed.
+   */
   function mountFloating(options) {
     options = options || {};
     // Plain DOM calls: this may run before switchover-common.js has arrived.
@@ -690,12 +969,31 @@
     Object.assign(launcher, {type: "button", className: "so-launcher"});
     launcher.setAttribute("aria-expanded", "false");
     launcher.setAttribute("aria-controls", "switchover-chat");
-    launcher.textContent = options.launcherText || "Chat with us";
-    const openText = options.launcherText || "Chat with us";
+    const icon = document.createElement("span");
+    icon.className = "so-launcher-icon";
+    icon.setAttribute("aria-hidden", "true");
+    const badge = document.createElement("span");
+    badge.className = "so-unread";
+    badge.setAttribute("aria-hidden", "true");
+    badge.hidden = true;
+    launcher.append(icon, badge);
+    const openText = options.launcherText || "Open chat";
+    let unread = 0;
+    const label = () => {
+      const open = !panel.hidden;
+      const count = unread ? `, ${unread} unread` : "";
+      launcher.setAttribute("aria-label", open ? "Close chat" : `${openText}${count}`);
+      launcher.title = open ? "Close chat" : openText;
+      launcher.dataset.open = String(open);
+      badge.textContent = unread > 99 ? "99+" : String(unread);
+      badge.hidden = open || !unread;
+    };
+    let widget = null;
     const toggle = (open) => {
       panel.hidden = !open;
       launcher.setAttribute("aria-expanded", String(open));
-      launcher.textContent = open ? "Close chat" : openText;
+      if (widget) widget.setOpen(open);
+      label();
       const box = panel.querySelector("textarea");
       if (open && box) box.focus();
     };
@@ -706,8 +1004,15 @@
         launcher.focus();
       }
     });
+    label();
     document.body.append(panel, launcher);
-    return mount(panel, options);
+    const onUnread = (count) => {
+      unread = count;
+      label();
+      if (typeof options.onUnread === "function") options.onUnread(count);
+    };
+    widget = mount(panel, Object.assign({}, options, {open: false, onUnread}));
+    return widget;
   }
 
   window.Switchover = Object.assign(window.Switchover || {}, {mount, mountFloating});
