@@ -31,6 +31,7 @@ from transport.config import (
     Config,
     load,
     load_file,
+    read_file,
     with_kept_demo_tokens,
     with_overrides,
 )
@@ -132,18 +133,17 @@ def check_command(args: argparse.Namespace) -> int:
     from transport.servers.runtime import build_bindings
 
     path: Path = args.config
-    try:
-        config = load_file(path)
-        problems: list[str] = []
+    # Every problem at once: the file's own, and what each bot's adapter and livechat
+    # platform find in their options, even when the file has problems of its own.
+    config, problems = read_file(path)
+    if config is not None:
         for check in (build_bindings, check_platforms):
             try:
                 check(config)
             except ConfigError as exc:
                 problems.extend(exc.problems)
-        if problems:
-            raise ConfigError(problems)
-    except ConfigError as exc:
-        _print_problems(path, exc, sys.stderr)
+    if problems or config is None:
+        _print_problems(path, ConfigError(problems), sys.stderr)
         return 1
     print(f"{path}: OK ({_count(len(config.bots), 'bot')}, {_count(len(config.agents), 'agent')})")
     return 0
