@@ -85,6 +85,30 @@ token = "short"
     assert not any(problem.startswith("bots.help.livechat.options.domain") for problem in problems)
 
 
+def test_serve_lists_the_same_problems_and_does_not_start(tmp_path: Path) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        '[listeners]\nws_port = 0\nhttp_port = 0\n[bots.fax]\nadapter = "fax"\n'
+        '[bots.help]\nadapter = "demo"\n[bots.help.livechat]\nkind = "webhook"\n'
+    )
+    data = tmp_path / "data"
+    result = switchover("serve", "--config", str(config), "--data-dir", str(data))
+    assert result.returncode == 1
+    assert "ready" not in result.stdout
+    problems = [line.removeprefix("  - ") for line in result.stderr.splitlines()[1:]]
+    assert result.stderr.splitlines()[0] == f"{config}: {len(problems)} problems:"
+    assert any(problem.startswith("bots.fax.adapter: unknown adapter") for problem in problems)
+    assert any(problem.startswith("bots.help.livechat.options.") for problem in problems)
+    # With a problem of the file's own as well, all of them still come at once.
+    with config.open("a") as more:
+        more.write('[agents.a]\nname = "A"\ntoken = "short"\n')
+    again = switchover("serve", "--config", str(config), "--data-dir", str(data))
+    assert again.returncode == 1
+    listed = [line.removeprefix("  - ") for line in again.stderr.splitlines()[1:]]
+    assert listed[0].startswith("agents.a.token: is shorter than 16 characters")
+    assert listed[1:] == problems
+
+
 def test_check_with_only_an_unknown_adapter_still_names_it(tmp_path: Path) -> None:
     config = tmp_path / "one.toml"
     config.write_text('[bots.demo]\nadapter = "fax"\n')
