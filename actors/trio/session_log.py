@@ -60,8 +60,16 @@ def log_session_steps(before: ConversationState, transition: Transition) -> None
     happened to it (a message in a live session): a few attribute reads."""
     old = before.session
     new = transition.state.session
-    if old is None and new is None:
+    if old is new:
         return
+    if (
+        old is not None
+        and new is not None
+        and new.session_id == old.session_id
+        and new.agent_id == old.agent_id
+        and (old.sign_off_offered or not new.sign_off_offered)
+    ):
+        return  # the same session, touched: a message
     if not log.isEnabledFor(logging.INFO):
         return
     after = transition.state
