@@ -135,6 +135,10 @@ def test_a_config_that_is_not_utf8_is_refused_clearly(tmp_path: Path) -> None:
         assert expected.removeprefix("  - ") in result.stderr, (command, result.stderr)
     check = switchover("check", "--config", str(config))
     assert check.stderr.splitlines() == [f"{config}: 1 problem:", expected]
+    # UTF-8 with a byte order mark (as some editors save it) is UTF-8.
+    config.write_bytes('\ufeff[agents.a]\nname = "Zoé"\ntoken = "a-long-enough-token"\n'.encode())
+    bom = switchover("check", "--config", str(config))
+    assert bom.returncode == 0, bom.stderr
 
 
 # -- prune --dry-run ------------------------------------------------------------------------

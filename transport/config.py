@@ -561,7 +561,8 @@ def read_file(path: Path) -> tuple[Config | None, list[str]]:
             "cannot be read); a config file must be saved as UTF-8"
         ]
     try:
-        data = tomllib.loads(text)
+        # Some editors start UTF-8 files with a byte order mark, which TOML does not expect.
+        data = tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
         return None, [f"{path}: not valid TOML: {exc}"]
     return read_mapping(data, base=path.resolve().parent, source=str(path))
