@@ -232,7 +232,8 @@ token = "alice-token-for-json-logs"
                             f["type"] == "entry" and f["content"].get("code") == "session_ended"
                         )
                     )
-    objects = [json.loads(line) for line in (tmp_path / "server-1.log").read_text().splitlines()]
+    log = (tmp_path / "server-1.log").read_text().splitlines()
+    objects = [json.loads(line) for line in log if line.startswith("{")]
     lines = [o for o in objects if o["logger"] == "switchover.sessions"]
     assert [(o["message"], o.get("agent_id")) for o in lines] == [
         ("livechat session started", None),
