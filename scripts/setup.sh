@@ -4,17 +4,32 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$python" -m venv .venv
-fi
 extras=""
 if [ "${1:-}" = "--test" ]; then
   extras="[test]"
 fi
 stamp=".venv/.installed${extras}"
+if [ -z "$extras" ] && [ -f ".venv/.installed[test]" ]; then
+  # Installed with the test tools: that includes everything serving needs.
+  stamp=".venv/.installed[test]"
+fi
+# One line while installing, so a first run's minute of silence is explained; nothing when
+# everything is already there.
+if [ ! -x .venv/bin/python ]; then
+  echo "Setting up Switchover in .venv (first run, about a minute)…" >&2
+  "$python" -m venv .venv
+elif [ ! -f "$stamp" ]; then
+  if [ -n "$extras" ]; then
+    echo "Adding the test tools to .venv (first test run, about a minute)…" >&2
+  else
+    echo "Installing Switchover in .venv (about a minute)…" >&2
+  fi
+elif [ pyproject.toml -nt "$stamp" ]; then
+  echo "Updating .venv: pyproject.toml changed (about a minute)…" >&2
+fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".${extras}"
+  .venv/bin/python -m pip install -qq --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -qq -e ".${extras}"
   touch "$stamp"
 fi
 install_chromium() {

@@ -77,17 +77,14 @@ def test_check_lists_every_problem_and_fails(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    assert lines[0] == f"{bad}: 3 problems:"
+    assert lines[0] == f"{bad}: 4 problems:"
     assert (
         "  - bots.demo.settings.session_timeout: must be a number, got a string ('soon')" in lines
     )
     assert "  - agents.a.token: is required (the secret this agent signs in with)" in lines
     assert "  - listeners.ws_port: must be between 0 and 65535, got -1" in lines
-    # Once the file parses, the bot adapters are checked too.
-    bad.write_text('[bots.demo]\nadapter = "fax"\n')
-    result = run("check", "--config", str(bad))
-    assert result.returncode == 1
-    assert "bots.demo.adapter: unknown adapter 'fax'" in result.stderr
+    # The bot adapters are checked too, along with the rest.
+    assert any(line.startswith("  - bots.demo.adapter: unknown adapter 'fax'") for line in lines)
 
 
 def test_check_refuses_a_short_token_and_takes_a_hashed_one(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from transport.config import (
     Config,
     load,
     load_file,
+    read_file,
     with_kept_demo_tokens,
     with_overrides,
 )
@@ -128,25 +129,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    from transport.livechat.backends import check_platforms
-    from transport.servers.runtime import build_bindings
-
     path: Path = args.config
-    try:
-        config = load_file(path)
-        problems: list[str] = []
-        for check in (build_bindings, check_platforms):
-            try:
-                check(config)
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-        if problems:
-            raise ConfigError(problems)
-    except ConfigError as exc:
-        _print_problems(path, exc, sys.stderr)
+    # Every problem at once: the file's own, and what each bot's adapter and livechat
+    # platform find in their options, even when the file has problems of its own.
+    config, problems = read_file(path)
+    if config is not None:
+        problems.extend(option_problems(config))
+    if problems or config is None:
+        _print_problems(path, ConfigError(problems), sys.stderr)
         return 1
     print(f"{path}: OK ({_count(len(config.bots), 'bot')}, {_count(len(config.agents), 'agent')})")
     return 0
+
+
+def option_problems(config: Config) -> list[str]:
+    """What each bot's adapter and livechat platform find wrong in their options (the
+    config file itself cannot know them)."""
+    from transport.livechat.backends import check_platforms
+    from transport.servers.runtime import build_bindings
+
+    problems: list[str] = []
+    for check in (build_bindings, check_platforms):
+        try:
+            check(config)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return problems
 
 
 def _count(number: int, noun: str) -> str:
@@ -178,7 +186,17 @@ def serve_command(args: argparse.Namespace) -> int:
         config = load(args.config)
         config = with_overrides(config, flags, "flags")
     except ConfigError as exc:
-        _print_problems(source, exc, sys.stderr)
+        problems = exc.problems
+        if args.config is not None:
+            # As ``check`` does: the options' problems too, not only the first kind found.
+            partial, _ = read_file(args.config)
+            if partial is not None:
+                problems = [*problems, *option_problems(partial)]
+        _print_problems(source, ConfigError(problems), sys.stderr)
+        return 1
+    problems = option_problems(config)
+    if problems:
+        _print_problems(source, ConfigError(problems), sys.stderr)
         return 1
     configure_logging(config.logging.format, config.logging.level)
     try:

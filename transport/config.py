@@ -617,6 +617,22 @@ def from_mapping(
 ) -> Config:
     """Validate a parsed TOML document. Relative paths are taken from ``base``; ``environ``
     (default: the process's) holds what ``token_env`` keys name."""
+    config, problems = read_mapping(data, base=base, source=source, environ=environ)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def read_mapping(
+    data: Mapping[str, Any],
+    *,
+    base: Path | None = None,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Config, list[str]]:
+    """A parsed TOML document as far as it could be read, and every problem found in it.
+    The config is built even when there are problems (a bad value gives way to its default),
+    so what is checked elsewhere (each bot's adapter options) can still be checked."""
     reader = _Reader()
     reader.unknown(data, "", _TOP_KEYS)
     bots = _bots(reader, data)
@@ -643,9 +659,7 @@ def from_mapping(
         admins=_admins(reader, data, os.environ if environ is None else environ),
     )
     _check_tokens(reader, config)
-    if reader.problems:
-        raise ConfigError(reader.problems)
-    return config
+    return config, reader.problems
 
 
 def embedded_defaults() -> Config:
@@ -666,15 +680,32 @@ def embedded_defaults() -> Config:
 
 def load_file(path: Path) -> Config:
     """Read and validate a TOML config file."""
+    config, problems = read_file(path)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def read_file(path: Path) -> tuple[Config | None, list[str]]:
+    """A TOML config file as far as it could be read, and every problem found in it
+    (see :func:`read_mapping`); no config when the file cannot be read as UTF-8 TOML."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+        return None, [f"{path}: cannot read the config file ({exc.strerror})"]
     try:
-        data = tomllib.loads(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, [
+            f"{path}: is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+            "cannot be read); a config file must be saved as UTF-8"
+        ]
+    try:
+        # Some editors start UTF-8 files with a byte order mark, which TOML does not expect.
+        data = tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return from_mapping(data, base=path.resolve().parent, source=str(path))
+        return None, [f"{path}: not valid TOML: {exc}"]
+    return read_mapping(data, base=path.resolve().parent, source=str(path))
 
 
 # -- overrides ----------------------------------------------------------------------------

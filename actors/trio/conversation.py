@@ -45,6 +45,7 @@ from actors.trio.bot_feeder import BotFeeder
 from actors.trio.context import ConversationContext
 from actors.trio.effect_runner import EffectRunner
 from actors.trio.mailbox import Mailbox
+from actors.trio.session_log import log_session_steps
 
 log = logging.getLogger("switchover.conversation")
 
@@ -516,6 +517,7 @@ class ConversationActor:
                 if step > ran:
                     ran = step
                     after = transition.state
+                    log_session_steps(transitions[step - 1].state if step else first, transition)
                     event = envelope.event
                     if type(event) in _DECISIONS:
                         runner.applied(event.session_id, event.decision)  # type: ignore[union-attr,arg-type]

@@ -4,7 +4,8 @@
 server runs (WAL lets a reader in beside the writer), and never writes to the file.
 ``switchover prune --older-than-days N`` deletes old conversations; it opens the store the
 way the server does, so it refuses to run beside a running server (which prunes by itself
-when told to, see :func:`transport.store.retention.keep_pruning`).
+when told to, see :func:`transport.store.retention.keep_pruning`). With ``--dry-run`` it only
+reads, and says what it would delete.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +23,9 @@ from typing import Any
 import trio
 
 from actors import Entry, StoreUnavailable
+from transport.errors import ConfigError
 from transport.store.attachments import sweep_attachments
+from transport.store.retention import PrunePreview, prune_preview
 from transport.store.rows import MESSAGE_COLUMNS, entry_from_row
 from transport.store.schema import SchemaTooNew, check_version
 from transport.store.sqlite import database_path, open_sqlite_store
@@ -51,6 +55,11 @@ def register(subparsers: Any, data_dir_of: Callable[[argparse.Namespace], Path])
         ),
     )
     prune.add_argument("--older-than-days", type=float, required=True, metavar="N")
+    prune.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say what would be deleted (how many, the oldest and newest) and delete nothing",
+    )
     _data_dir_arguments(prune)
     prune.set_defaults(handler=prune_command, data_dir_of=data_dir_of)
 
@@ -82,7 +91,7 @@ def transcript_command(args: argparse.Namespace) -> int:
     try:
         path = _database(args)
         entries = read_transcript(path, args.conversation_id)
-    except _Failure as exc:
+    except (_Failure, ConfigError) as exc:
         print(f"switchover transcript: {exc}", file=sys.stderr)
         return 1
     if args.format == "json":
@@ -156,12 +165,62 @@ def prune_command(args: argparse.Namespace) -> int:
         return 2
     try:
         path = _database(args)
+        if args.dry_run:
+            print(describe_preview(read_prune_preview(path, days), days))
+            return 0
         deleted = trio.run(_prune, path, days)
-    except (_Failure, StoreUnavailable) as exc:
+    except (_Failure, StoreUnavailable, ConfigError) as exc:
         print(f"switchover prune: {exc}", file=sys.stderr)
         return 1
-    print(f"deleted {deleted} conversation{'' if deleted == 1 else 's'} older than {days:g} days")
+    print(f"deleted {_count(deleted, 'conversation')} older than {days:g} days")
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def read_prune_preview(path: Path, days: float, now: float | None = None) -> PrunePreview:
+    """What ``prune --older-than-days days`` would delete now, read without writing (so it
+    works beside a running server too)."""
+    cutoff = (now if now is not None else time.time()) - days * 86400.0
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise _Failure(f"cannot open {path}: {exc}") from exc
+    try:
+        check_version(db)
+        return prune_preview(db, cutoff)
+    except SchemaTooNew as exc:
+        raise _Failure(f"{path}: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise _Failure(f"cannot read {path}: {exc}") from exc
+    finally:
+        db.close()
+
+
+def describe_preview(preview: PrunePreview, days: float) -> str:
+    """The dry run's report, for a person: counts first, then the dates, then what is kept."""
+    lines = [
+        f"would delete {_count(preview.conversations, 'conversation')} "
+        f"({_count(preview.messages, 'message')}) older than {days:g} days"
+    ]
+    if preview.oldest is not None and preview.newest is not None:
+        lines.append(
+            f"  last written between {_when(preview.oldest)} (oldest) "
+            f"and {_when(preview.newest)} (newest)"
+        )
+    if preview.kept_open:
+        lines.append(
+            f"  kept: {_count(preview.kept_open, 'conversation')} as old "
+            "with an open livechat session"
+        )
+    lines.append("nothing deleted (dry run)")
+    return "\n".join(lines)
 
 
 async def _prune(path: Path, days: float) -> int:

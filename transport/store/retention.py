@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from actors import StoreUnavailable
@@ -37,6 +38,20 @@ PRUNE_NEXT = (
     f" FROM (SELECT c.rowid AS rid, c.updated_at, c.id, {_PRUNABLE} AS prunable"
     " FROM conversations c WHERE c.updated_at < ? AND (c.updated_at, c.rowid) > (?, ?)"
     " ORDER BY c.updated_at, c.rowid LIMIT ?) p"
+)
+# What a prune at a cutoff would delete (parameters: the cutoff twice): how many
+# conversations, their messages, and the oldest and newest time one of them was last written
+# (its row or its last message, whichever is later).
+PRUNE_PREVIEW = (
+    "SELECT count(*), COALESCE(sum(p.messages), 0), min(p.last), max(p.last) FROM (SELECT"
+    " (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS messages,"
+    " max(c.updated_at, COALESCE((SELECT m.at FROM messages m WHERE m.conversation_id = c.id"
+    " ORDER BY m.seq DESC LIMIT 1), 0)) AS last FROM conversations c WHERE c.updated_at < ?"
+    f" AND {_PRUNABLE}) p"
+)
+# Conversations old enough that a prune keeps because their livechat session is open.
+PRUNE_KEPT_OPEN = (
+    "SELECT count(*) FROM conversations WHERE updated_at < ? AND session_id IS NOT NULL"
 )
 # A conversation's N oldest messages (parameters: the id twice, N - 1).
 PRUNE_OLDEST_MESSAGES = (
@@ -77,6 +92,27 @@ async def keep_pruning(
             except OSError as exc:
                 log.error("retention: deleting attachments failed: %s", exc)
         await trio.sleep(every)
+
+
+@attrs.frozen
+class PrunePreview:
+    """What a prune would delete, found without deleting anything: the conversations, their
+    messages, when the oldest and the newest of them was last written (wall-clock seconds,
+    ``None`` when there are none), and how many as old are kept for their open session."""
+
+    conversations: int
+    messages: int
+    oldest: float | None
+    newest: float | None
+    kept_open: int
+
+
+def prune_preview(db: sqlite3.Connection, cutoff: float) -> PrunePreview:
+    """What :func:`prune_connection` with ``cutoff`` would delete, by the same rule, read in
+    one query without writing (so a reader beside a running server can ask)."""
+    conversations, messages, oldest, newest = db.execute(PRUNE_PREVIEW, (cutoff, cutoff)).fetchone()
+    (kept_open,) = db.execute(PRUNE_KEPT_OPEN, (cutoff,)).fetchone()
+    return PrunePreview(conversations, messages, oldest, newest, kept_open)
 
 
 class _PruneChunk:
