@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
 import trio
+from hypothesis import HealthCheck, settings
 
 from actors import (
     AgentProfile,
@@ -22,6 +23,11 @@ from actors import (
 from transport.servers.websocket import LISTENERS
 
 from .support.ws import WsHarness, running_ws_server
+
+# Property tests judge results, never speed: a loaded machine (two cores shared with browsers
+# and subprocess servers) must not fail them on Hypothesis's timing checks.
+settings.register_profile("switchover", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("switchover")
 
 
 class RecordingSink:
