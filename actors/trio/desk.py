@@ -377,10 +377,10 @@ class Desk:
                 user.last_message, user.last_message_at = text, at
         routing = self._routing
         conversation_id = request.conversation_id
-        for agent in routing.agents.values():
-            if conversation_id in agent.chats:
-                routing.changed_agents.add(agent.agent_id)
-                return True
+        holder = routing.holder_of(conversation_id)
+        if holder is not None:
+            routing.changed_agents.add(holder.agent_id)
+            return True
         for waiting in routing.queue:
             if waiting.conversation_id == conversation_id:
                 routing.changed_bots.add(waiting.bot_id)
