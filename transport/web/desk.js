@@ -241,6 +241,11 @@
         }
       });
       $("close-chat").addEventListener("click", () => this.closeChat(this.selected));
+      // Browsers let a page play sound only after something the agent did on it: the first
+      // click or key unlocks the tone for the rest of the visit.
+      const unlock = () => this.audioReady();
+      document.addEventListener("pointerdown", unlock, {once: true});
+      document.addEventListener("keydown", unlock, {once: true});
       const seen = () => {
         if (document.visibilityState === "visible" && this.selected) this.markRead(this.selected);
         this.updateTitle();
@@ -787,11 +792,21 @@
       reply.setSelectionRange(reply.value.length, reply.value.length);
     }
 
+    /** The page's audio, created (or resumed) when allowed. */
+    audioReady() {
+      try {
+        this.audio = this.audio || new AudioContext();
+        if (this.audio.state === "suspended") this.audio.resume().catch(() => {});
+      } catch (_) {
+        /* no audio here: the title and notifications still say it */
+      }
+    }
+
     ding() {
       this.updateTitle();
       if (!this.sound) return;
       try {
-        this.audio = this.audio || new AudioContext();
+        this.audioReady();
         const tone = this.audio.createOscillator();
         const gain = this.audio.createGain();
         tone.frequency.value = 880;
