@@ -1112,7 +1112,7 @@
       if (entry.content_type === "notice" && entry.sender === "system") {
         this.learnNames(content);
         const describe = NOTICES[content.code];
-        return el("li", {class: `entry notice info notice-${content.code}`, text: describe ? describe(content) : content.code});
+        return el("li", {class: `entry notice notice-${content.code}`, text: describe ? describe(content) : content.code});
       }
       const mine = entry.sender === "agent" && this.me && entry.agent_id === this.me.id;
       const who = mine
