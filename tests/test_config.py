@@ -176,8 +176,8 @@ capacity = 0
         "colour: unknown key; known keys: admins, agents, attachments, bots, default_bot, limits, "
         "listeners, logging, secret, store",
         "bots.demo.settings.sesion_timeout: unknown key; known keys: agent_capacity, "
-        "end_button_label, end_message, grace_period, queue_timeout, session_timeout, "
-        "unavailable_message",
+        "canned_responses, end_button_label, end_message, grace_period, queue_timeout, "
+        "session_timeout, unavailable_message",
         "bots.demo.settings.session_timeout: must be positive, got 0",
         "bots.demo.settings.end_message: must be a string, got an integer (3)",
         "agents.alice.token: is required (the secret this agent signs in with)",

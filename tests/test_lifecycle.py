@@ -456,7 +456,7 @@ def test_transfer_asks_the_backend_and_the_new_agent_takes_over() -> None:
     moved = run(AgentAssigned(run.session_id, "bob", "Bob"))
     left, joined = emitted(moved)
     assert left.audience == {Party.AGENT} and left.agent_id == "alice"
-    assert left.content.content == {"code": "transferred", "to_agent": "bob"}
+    assert left.content.content == {"code": "transferred", "to_agent": "bob", "to_name": "Bob"}
     assert joined.agent_id == "bob"
     assert others(moved) == [fx.ShareTranscript(run.session_id, "bob")]
     assert run.state.session is not None and run.state.session.agent_id == "bob"

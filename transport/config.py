@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from actors.model.settings import BotSettings
+from actors.model.settings import BotSettings, CannedResponse, canned_problems
 from transport.errors import ConfigError
 from transport.logs import LOG_FORMATS
 from transport.protocol.attachments import AttachmentLimits, well_formed_type
@@ -381,9 +381,17 @@ def _bots(reader: _Reader, data: Mapping[str, Any]) -> dict[str, BotConfig]:
             reader.problem(key, f"must be a table, got {_kind(entry)}")
             continue
         reader.unknown(entry, key, _BOT_KEYS)
+        table = reader.table(entry, key, "settings")
+        canned = _canned_responses(reader, table, f"{key}.settings")
         settings = _attrs_from_table(
-            reader, reader.table(entry, key, "settings"), f"{key}.settings", BotSettings, "settings"
+            reader,
+            {name: value for name, value in table.items() if name != "canned_responses"},
+            f"{key}.settings",
+            BotSettings,
+            "settings",
         )
+        if canned:
+            settings = attrs.evolve(settings, canned_responses=canned)
         livechat = _livechat(reader, entry, key)
         adapter = reader.string(entry, key, "adapter", "demo") or "demo"
         token = reader.string(entry, key, "token")
@@ -400,6 +408,41 @@ def _bots(reader: _Reader, data: Mapping[str, Any]) -> dict[str, BotConfig]:
             token=token,
         )
     return bots
+
+
+def _canned_responses(
+    reader: _Reader, table: Mapping[str, Any], key: str
+) -> tuple[CannedResponse, ...]:
+    """``[[bots.<id>.settings.canned_responses]]``: each with a ``shortcut`` and a ``text``,
+    every problem reported under its own index."""
+    value = table.get("canned_responses", [])
+    key = f"{key}.canned_responses"
+    if not isinstance(value, list):
+        reader.problem(
+            key, f"must be an array of tables with shortcut and text, got {_kind(value)}"
+        )
+        return ()
+    responses: list[CannedResponse] = []
+    indexes: list[int] = []  # each response's place in the file, for the problems' keys
+    for index, item in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(item, Mapping):
+            reader.problem(where, f"must be a table with shortcut and text, got {_kind(item)}")
+            continue
+        reader.unknown(item, where, {"shortcut", "text"})
+        shortcut, text = item.get("shortcut"), item.get("text")
+        for name, given in (("shortcut", shortcut), ("text", text)):
+            if given is None:
+                reader.problem(f"{where}.{name}", "is required")
+            elif not isinstance(given, str):
+                reader.problem(f"{where}.{name}", f"must be a string, got {_shown(given)}")
+        if isinstance(shortcut, str) and isinstance(text, str):
+            responses.append(CannedResponse(shortcut, text))
+            indexes.append(index)
+    problems = canned_problems(tuple(responses))
+    for at, problem in problems:
+        reader.problem(key if at is None else f"{key}[{indexes[at]}]", problem)
+    return () if problems else tuple(responses)
 
 
 def _livechat(reader: _Reader, entry: Mapping[str, Any], key: str) -> LivechatConfig:

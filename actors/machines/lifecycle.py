@@ -480,7 +480,7 @@ class Lifecycle:
         if previous is not None:
             out.emit(
                 Party.SYSTEM,
-                Content.notice("transferred", to_agent=event.agent_id),
+                Content.notice("transferred", to_agent=event.agent_id, to_name=event.agent_name),
                 _AGENT,
                 agent_id=previous,
             )
@@ -505,7 +505,9 @@ class Lifecycle:
         if session.agent_id != event.agent_id:
             return Transition(state)
         out = _Builder(state, now)
-        left = Content.notice("agent_left", agent_id=event.agent_id, reason=event.reason)
+        left = Content.notice(
+            "agent_left", agent_id=event.agent_id, name=session.agent_name, reason=event.reason
+        )
         out.emit(Party.SYSTEM, left, _USER_AND_AGENT, agent_id=event.agent_id)
         waiting = attrs.evolve(
             session,
@@ -582,15 +584,22 @@ class Lifecycle:
             expired = by_user is None
         code = "session_expired" if expired else "session_ended"
         agent_id = session.agent_id
+        # Both pages name the agent the user was talking to in the line that ends it.
+        named = {"name": session.agent_name} if agent_id is not None and session.agent_name else {}
         seq = None
         if by_user is not None:
             seq = out.emit(Party.USER, by_user, _USER)
         if agent_id is None:
             out.effects.append(fx.WithdrawRequest(session.session_id))
         else:
-            out.emit(Party.SYSTEM, Content.notice(code, reason=reason), _AGENT, agent_id=agent_id)
+            out.emit(
+                Party.SYSTEM,
+                Content.notice(code, reason=reason, **named),
+                _AGENT,
+                agent_id=agent_id,
+            )
             out.effects.append(fx.ReleaseAgent(session.session_id, agent_id, reason))
-        out.emit(Party.SYSTEM, Content.notice(code, reason=reason), _USER)
+        out.emit(Party.SYSTEM, Content.notice(code, reason=reason, **named), _USER)
         payload = SESSION_EXPIRED if expired else SESSION_END
         out.emit(
             Party.SYSTEM,

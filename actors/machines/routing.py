@@ -348,8 +348,10 @@ class Routing:
     ) -> list[RoutingEffect]:
         """A bot's settings changed; ``capacities``: the agents whose capacity follows them.
         Grace periods already running keep their end; a larger capacity may hand out
-        waiting chats at once."""
+        waiting chats at once. Every desk serving the bot is told again (its canned responses
+        may have changed)."""
         self.settings[bot_id] = settings
+        self.changed_bots.add(bot_id)
         for agent_id, capacity in capacities.items():
             agent = self.agents.get(agent_id)
             if agent is not None and agent.capacity != capacity:

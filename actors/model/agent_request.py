@@ -3,6 +3,9 @@ stamped so that a re-assertion and a decision can be ordered."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import attrs
 
 Decision = tuple[int, int]
@@ -19,7 +22,8 @@ NO_DECISION: Decision = (0, 0)
 class AgentRequest:
     """A session asking for a human, or re-asserting where it stands: ``held_by`` is the
     agent the conversation last heard holds it (``None``: it waits), ``as_of`` the stamp of
-    the last backend decision about it the conversation applied (see :data:`Decision`)."""
+    the last backend decision about it the conversation applied (see :data:`Decision`).
+    ``user_name``: how the desk shows the user in its queue (see :func:`user_name`)."""
 
     conversation_id: str
     session_id: str
@@ -27,3 +31,14 @@ class AgentRequest:
     queued_at: float
     held_by: str | None = None
     as_of: Decision = NO_DECISION
+    user_name: str = ""
+
+
+def user_name(metadata: Mapping[str, Any]) -> str:
+    """What the desk calls the user: the ``name`` (else ``email``) the user's client gave,
+    cut to 100 characters; empty when it gave neither."""
+    for key in ("name", "email"):
+        value = metadata.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()[:100]
+    return ""

@@ -11,6 +11,7 @@ import attrs
 from actors.model.content import Content
 from actors.model.effects import Refusal
 from actors.model.records import Entry, Party
+from actors.model.settings import CannedResponse
 
 
 @attrs.frozen
@@ -69,18 +70,30 @@ class Transcript:
 
 @attrs.frozen
 class WaitingItem:
+    """A session in the queue. ``user_name``: the name (or e-mail) the user gave, if any;
+    ``last_message``: a short summary of what the user last wrote while waiting, and when."""
+
     conversation_id: str
     bot_id: str
     queued_at: float
     position: int
+    user_name: str = ""
+    last_message: str = ""
+    last_message_at: float | None = None
 
 
 @attrs.frozen
 class HeldChat:
+    """A chat an agent holds. ``user_connected``: whether a client of the user is connected
+    to the conversation now; ``user_since``: since when it is (or since when it is not;
+    ``None`` when the desk has not seen the user come or go since it started)."""
+
     conversation_id: str
     session_id: str
     bot_id: str
     grace_until: float | None
+    user_connected: bool = False
+    user_since: float | None = None
 
 
 @attrs.frozen
@@ -99,7 +112,8 @@ class Colleague:
 class DeskStatus:
     """An agent's view of the desk: presence, the chats it holds, the waiting queue of the
     bots it serves, and its colleagues (agents sharing one of those bots, who a chat can be
-    transferred to). Sent whenever any of it changes."""
+    transferred to), and the canned responses of each of its bots. Sent whenever any of it
+    changes."""
 
     agent_id: str
     name: str
@@ -108,6 +122,7 @@ class DeskStatus:
     chats: tuple[HeldChat, ...]
     queue: tuple[WaitingItem, ...]
     colleagues: tuple[Colleague, ...] = ()
+    canned_responses: Mapping[str, tuple[CannedResponse, ...]] = attrs.field(factory=dict)
 
 
 Delivery = Entry | Typing | QueuePosition | Transcript | Refusal | DeskStatus

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -19,9 +20,10 @@ import trio
 from actors.machines import routing as rt
 from actors.model import events as ev
 from actors.model.agent_request import AgentRequest
+from actors.model.content import Content
 from actors.model.deliveries import Colleague, Delivery, DeskStatus, HeldChat, WaitingItem
-from actors.model.records import Entry
-from actors.model.settings import BotSettings
+from actors.model.records import Entry, Party
+from actors.model.settings import BotSettings, with_sign_off
 from actors.ports import CoreLink, Sink
 from actors.trio.effect_runner import abandon
 
@@ -100,6 +102,29 @@ class NewSettings:
     settings: BotSettings
 
 
+@attrs.frozen
+class UserCame:
+    """A client of the conversation's user connected."""
+
+    conversation_id: str
+
+
+@attrs.frozen
+class UserWent:
+    """A client of the conversation's user disconnected."""
+
+    conversation_id: str
+
+
+@attrs.frozen
+class UserWrote:
+    """The user wrote while waiting: the queue shows the latest, in short."""
+
+    conversation_id: str
+    summary: str
+    at: float
+
+
 DeskRequest = (
     Connected
     | Disconnected
@@ -110,7 +135,39 @@ DeskRequest = (
     | Release
     | Transfer
     | NewSettings
+    | UserCame
+    | UserWent
+    | UserWrote
 )
+
+USERS_KEPT = 50_000
+"""What the desk remembers of users (name, last message, connection) is kept for at most
+this many conversations, the least recently heard of forgotten first."""
+
+SUMMARY_LENGTH = 120
+
+
+@attrs.define
+class _User:
+    """What agents are shown about a conversation's user besides its transcript."""
+
+    name: str = ""
+    last_message: str = ""
+    last_message_at: float | None = None
+    connections: int = 0
+    since: float | None = None
+
+
+def summary(content: Content) -> str:
+    """A message in one short line, for a list: its text, or its kind."""
+    text = content.content.get("text")
+    if content.content_type == "text" and isinstance(text, str):
+        flat = " ".join(text.split())
+        return flat if len(flat) <= SUMMARY_LENGTH else flat[: SUMMARY_LENGTH - 1] + "…"
+    title = content.content.get("title")
+    if isinstance(title, str) and title.strip():
+        return summary(Content.text(title))
+    return f"[{content.content_type}]"
 
 
 class Desk:
@@ -144,6 +201,7 @@ class Desk:
         self._send = send
         self._receive = receive
         self._core: CoreLink | None = None
+        self._users: OrderedDict[str, _User] = OrderedDict()
         for profile in agents:
             self.add_agent(profile)
 
@@ -201,6 +259,16 @@ class Desk:
         default capacity follow them (grace periods already running keep their end)."""
         self._send.send_nowait(NewSettings(bot_id, settings))
 
+    # -- the users' side ----------------------------------------------------------------------
+
+    def user_attached(self, conversation_id: str) -> None:
+        """A user's client connected to the conversation: its agent sees the user is there."""
+        self._send.send_nowait(UserCame(conversation_id))
+
+    def user_detached(self, conversation_id: str) -> None:
+        """A user's client left; when it was the last one, its agent sees since when."""
+        self._send.send_nowait(UserWent(conversation_id))
+
     # -- the conversations' side (LivechatBackend) ------------------------------------------
 
     def request_agent(self, request: AgentRequest) -> None:
@@ -231,7 +299,12 @@ class Desk:
             abandon(sink)
 
     def deliver_waiting(self, session_id: str, entry: Entry) -> None:
-        """Nothing to do: the agent who picks the session up reads it in the transcript."""
+        """The agent who picks the session up reads it in the transcript; until then the
+        queue shows the user's latest message in short."""
+        if entry.sender is Party.USER:
+            self._send.send_nowait(
+                UserWrote(entry.conversation_id, summary(entry.content), entry.at)
+            )
 
     # -- the actor --------------------------------------------------------------------------
 
@@ -271,6 +344,10 @@ class Desk:
 
     def _apply(self, request: DeskRequest) -> bool:
         assert self._core is not None
+        if isinstance(request, UserCame | UserWent | UserWrote):
+            return self._note_user(request, self._core.clock.now())
+        if isinstance(request, Request) and request.request.user_name:
+            self._user(request.request.conversation_id).name = request.request.user_name
         try:
             effects = self._route(request, self._core.clock.now())
         except (KeyError, ValueError):
@@ -279,6 +356,46 @@ class Desk:
             log.exception("desk: %r failed", request)
             return False
         return self._carry_out(effects)
+
+    def _user(self, conversation_id: str) -> _User:
+        users = self._users
+        user = users.get(conversation_id)
+        if user is None:
+            user = users[conversation_id] = _User()
+            if len(users) > USERS_KEPT:
+                users.popitem(last=False)
+        else:
+            users.move_to_end(conversation_id)
+        return user
+
+    def _note_user(self, request: UserCame | UserWent | UserWrote, now: float) -> bool:
+        """Remember what agents are shown about the user; True when someone's view changed
+        (the agent holding the chat, or the agents of the bot whose queue it waits in)."""
+        user = self._user(request.conversation_id)
+        match request:
+            case UserCame():
+                user.connections += 1
+                if user.connections > 1:
+                    return False
+                user.since = now
+            case UserWent():
+                user.connections = max(0, user.connections - 1)
+                if user.connections:
+                    return False
+                user.since = now
+            case UserWrote(_, text, at):
+                user.last_message, user.last_message_at = text, at
+        routing = self._routing
+        conversation_id = request.conversation_id
+        holder = routing.holder_of(conversation_id)
+        if holder is not None:
+            routing.changed_agents.add(holder.agent_id)
+            return True
+        for waiting in routing.queue:
+            if waiting.conversation_id == conversation_id:
+                routing.changed_bots.add(waiting.bot_id)
+                return True
+        return False
 
     def _route(self, request: DeskRequest, now: float) -> list[rt.RoutingEffect]:
         routing = self._routing
@@ -360,21 +477,52 @@ class Desk:
         """``rosters`` caches the agents per set of bots served: agents usually share a few
         such sets, so one publish walks the agent pool once per set, not once per agent."""
         agent = self._routing.agents[agent_id]
+        users = self._users
+        unknown = _User()
         queue = tuple(
-            WaitingItem(w.conversation_id, w.bot_id, w.queued_at, w.position or 0)
+            WaitingItem(
+                w.conversation_id,
+                w.bot_id,
+                w.queued_at,
+                w.position or 0,
+                user.name,
+                user.last_message,
+                user.last_message_at,
+            )
             for w in self._routing.queue
             if w.bot_id in agent.bots
+            for user in (users.get(w.conversation_id, unknown),)
         )
         chats = tuple(
-            HeldChat(c.conversation_id, c.session_id, c.bot_id, c.grace_until)
+            HeldChat(
+                c.conversation_id,
+                c.session_id,
+                c.bot_id,
+                c.grace_until,
+                user.connections > 0,
+                user.since,
+            )
             for c in agent.chats.values()
+            for user in (users.get(c.conversation_id, unknown),)
         )
+        canned = {
+            bot_id: with_sign_off(self.settings[bot_id].canned_responses)
+            for bot_id in sorted(agent.bots)
+            if bot_id in self.settings
+        }
         roster = rosters.get(agent.bots)
         if roster is None:
             roster = rosters[agent.bots] = self._roster(agent.bots)
         colleagues = tuple(c for c in roster if c.agent_id != agent_id)
         return DeskStatus(
-            agent_id, agent.name, agent.presence.value, agent.capacity, chats, queue, colleagues
+            agent_id,
+            agent.name,
+            agent.presence.value,
+            agent.capacity,
+            chats,
+            queue,
+            colleagues,
+            canned,
         )
 
     def _roster(self, bots: frozenset[str]) -> tuple[Colleague, ...]:

@@ -37,7 +37,7 @@ import trio
 
 from actors.machines.backoff import Backoff
 from actors.model import effects as fx
-from actors.model.agent_request import NO_DECISION, AgentRequest, Decision
+from actors.model.agent_request import NO_DECISION, AgentRequest, Decision, user_name
 from actors.model.deliveries import QueuePosition, Transcript, Typing
 from actors.model.records import Entry, Party
 from actors.model.state import ConversationState
@@ -262,6 +262,7 @@ class EffectRunner:
                     effect.queued_at,
                     held_by=session.agent_id,
                     as_of=self.as_of(session.session_id),
+                    user_name=user_name(state.user_metadata),
                 )
             )
         elif isinstance(effect, fx.WithdrawRequest):

@@ -21,7 +21,7 @@ import trio
 from actors.machines.lifecycle import Lifecycle
 from actors.memory_store import MemoryStore
 from actors.model import effects as fx
-from actors.model.agent_request import AgentRequest
+from actors.model.agent_request import AgentRequest, user_name
 from actors.model.events import Event, UserSays
 from actors.model.limits import ConversationLimits
 from actors.model.records import Entry, Party
@@ -215,6 +215,7 @@ class Switchboard:
                 state.bot_id,
                 queued_at,
                 held_by=session.agent_id,
+                user_name=user_name(state.user_metadata),
             )
             try:
                 self._backend_for(state.bot_id).request_agent(request)

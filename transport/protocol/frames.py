@@ -652,6 +652,10 @@ def desk_frame(status: DeskStatus) -> str:
             "chats": [attrs.asdict(chat) for chat in status.chats],
             "queue": [attrs.asdict(item) for item in status.queue],
             "colleagues": [attrs.asdict(colleague) for colleague in status.colleagues],
+            "canned_responses": {
+                bot_id: [attrs.asdict(response) for response in responses]
+                for bot_id, responses in status.canned_responses.items()
+            },
         }
     )
 

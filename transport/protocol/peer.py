@@ -313,8 +313,14 @@ class Peer:
             # sends what was added meanwhile, and live traffic, with no gap or duplicate.
             after_seq = await self._catch_up(conversation_id, after_seq, Party.USER, None)
         board.subscribe(conversation_id, self, after_seq)
-        self._joined = partial(board.unsubscribe, conversation_id, self)
+        # The agent holding the chat sees whether the user is there, and since when.
+        self.desk.user_attached(conversation_id)
+        self._joined = partial(self._user_left, conversation_id)
         return not self.closing
+
+    def _user_left(self, conversation_id: str) -> None:
+        self.board.unsubscribe(conversation_id, self)
+        self.desk.user_detached(conversation_id)
 
     async def _agent_hello(self, hello: wire.AgentHello) -> bool:
         agent_id = find_token(self.services.agent_tokens, hello.token)

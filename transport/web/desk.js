@@ -46,6 +46,21 @@
     }
   }
 
+  /** How long ago, in words: "just now", "5 min ago", "2 h ago". */
+  function ago(seconds) {
+    const minutes = Math.floor(Math.max(0, seconds) / 60);
+    if (minutes < 1) return "just now";
+    return minutes < 60 ? `${minutes} min ago` : `${Math.floor(minutes / 60)} h ago`;
+  }
+
+  /** An entry in one short line, for the chat list (the page cuts it to the list's width). */
+  function summary(entry) {
+    const content = entry.content || {};
+    if (entry.content_type === "text" && typeof content.text === "string") return content.text.replace(/\s+/g, " ").trim();
+    if (typeof content.title === "string" && content.title) return content.title;
+    return `[${entry.content_type}]`;
+  }
+
   function waited(seconds) {
     const total = Math.max(0, Math.floor(seconds));
     const minutes = Math.floor(total / 60);
@@ -63,13 +78,21 @@
   };
   const why = (reason) => REASONS[reason] || String(reason || "").replace(/_/g, " ");
 
+  // The system's lines name agents by their display name; an ordinary ending is one of them,
+  // shown as information like the rest (never as an alert).
   const NOTICES = {
     session_started: () => "The user asked for a person.",
     queued: (c) => `Waiting in the queue (position ${c.position}).`,
     agent_joined: (c) => `${c.name || c.agent_id} joined the conversation.`,
-    agent_left: (c) => `${c.agent_id || "The agent"} left (${why(c.reason)}); the chat is back in the queue.`,
-    transferred: (c) => `Transferred to ${c.to_agent}.`,
-    session_ended: (c) => `The session ended: ${why(c.reason || "user_ended")}.`,
+    agent_left: (c) =>
+      `${c.name || c.agent_id || "The agent"} left (${why(c.reason)}); the chat is back in the queue.`,
+    transferred: (c) => `Transferred to ${c.to_name || c.to_agent}.`,
+    session_ended: (c) =>
+      c.reason === "agent_closed"
+        ? `${c.name || "The agent"} ended the session.`
+        : c.reason === "user_ended" || !c.reason
+          ? "The user ended the session."
+          : `The session ended: ${why(c.reason)}.`,
     session_expired: (c) => `The session expired: ${why(c.reason || "idle_timeout")}.`,
   };
 
@@ -92,6 +115,8 @@
       this.status = (saved && saved.status) || "live";
       this.detail = (saved && saved.detail) || "";
       this.unread = (saved && saved.unread) || 0;
+      this.userConnected = Boolean(saved && saved.userConnected);
+      this.userSince = (saved && saved.userSince) || null;
       this.entries = new Map();
       for (const entry of (saved && saved.entries) || []) this.entries.set(entry.seq, entry);
     }
@@ -111,6 +136,16 @@
       return this.status === "live";
     }
 
+    /** The latest thing the user, the agent or the bot said (not the system's lines). */
+    get lastMessage() {
+      let last = null;
+      for (const entry of this.entries.values()) {
+        if (entry.sender === "system" || (last && last.seq > entry.seq)) continue;
+        last = entry;
+      }
+      return last;
+    }
+
     toJSON() {
       const entries = [...this.entries.values()].sort((a, b) => a.seq - b.seq).slice(-KEPT_ENTRIES);
       return {
@@ -122,6 +157,8 @@
         status: this.status,
         detail: this.detail,
         unread: this.unread,
+        userConnected: this.userConnected,
+        userSince: this.userSince,
         entries,
       };
     }
@@ -145,7 +182,11 @@
       this.lastTypingSent = 0;
       this.me = null;
       this.colleagues = [];
-      this.sound = localStorage.getItem(SOUND_KEY) === "on";
+      this.canned = {};
+      this.presence = "offline";
+      this.generation = 0;
+      // On unless the agent switched it off (remembered in this browser).
+      this.sound = localStorage.getItem(SOUND_KEY) !== "off";
       this.bind();
       if (this.token) this.start();
       else this.showSignIn("");
@@ -161,12 +202,14 @@
         if (!token) return;
         this.token = token;
         sessionStorage.setItem(TOKEN_KEY, token);
+        this.askToNotify();
         $("token").value = "";
         this.start();
       });
       $("sign-out").addEventListener("click", () => this.signOut());
       for (const radio of document.querySelectorAll("input[name=presence]")) {
         radio.addEventListener("change", () => {
+          this.askToNotify();
           if (radio.checked) this.send({type: "presence", status: radio.value});
         });
       }
@@ -174,14 +217,21 @@
       $("sound").addEventListener("change", () => {
         this.sound = $("sound").checked;
         localStorage.setItem(SOUND_KEY, this.sound ? "on" : "off");
+        this.askToNotify();
       });
       $("composer").addEventListener("submit", (event) => {
         event.preventDefault();
         this.reply();
       });
+      // Before sendOnEnter: while the canned responses are open, Enter picks one.
+      $("reply").addEventListener("keydown", (event) => this.cannedKey(event));
       common.sendOnEnter($("reply"), () => this.reply());
       this.addAttachButton();
-      $("reply").addEventListener("input", () => this.agentIsTyping());
+      $("reply").addEventListener("input", () => {
+        this.agentIsTyping();
+        this.showCanned();
+      });
+      $("reply").addEventListener("blur", () => this.hideCanned());
       $("sign-off").addEventListener("click", () => this.act("sign_off"));
       $("end-chat").addEventListener("click", () => this.act("end"));
       $("transfer").addEventListener("click", () => this.transfer());
@@ -192,6 +242,11 @@
         }
       });
       $("close-chat").addEventListener("click", () => this.closeChat(this.selected));
+      // Browsers let a page play sound only after something the agent did on it: the first
+      // click or key unlocks the tone for the rest of the visit.
+      const unlock = () => this.audioReady();
+      document.addEventListener("pointerdown", unlock, {once: true});
+      document.addEventListener("keydown", unlock, {once: true});
       const seen = () => {
         if (document.visibilityState === "visible" && this.selected) this.markRead(this.selected);
         this.updateTitle();
@@ -218,7 +273,19 @@
       $("desk-view").hidden = false;
       for (const id of ["sign-out", "sound-label"]) $(id).hidden = false;
       const saved = common.readJson(sessionStorage, CHATS_KEY);
+      // Nothing of a previous sign-in in this tab (another agent, another server) carries over.
       this.chats.clear();
+      this.selected = null;
+      this.queue = [];
+      this.knownWaiting = new Set();
+      this.colleagues = [];
+      this.canned = {};
+      this.unacked.clear();
+      this.claiming = null;
+      this.me = null;
+      this.presence = "offline";
+      this.renderQueue();
+      this.renderTeam();
       if (saved && saved.token === this.token) {
         for (const data of saved.chats || []) this.chats.set(data.id, new Chat(data.id, data));
         this.selected = saved.selected && this.chats.has(saved.selected) ? saved.selected : null;
@@ -273,15 +340,17 @@
 
     async connect() {
       this.disconnect();
+      const generation = this.generation;
       this.setConnection(this.attempt ? "Reconnecting…" : "Connecting…", "connecting");
       let url;
       try {
         url = await common.websocketUrl("/config.json");
       } catch (_) {
-        this.retry();
+        if (generation === this.generation) this.retry();
         return;
       }
-      if (!this.token) return;
+      // Signed out, or connecting again, meanwhile: this attempt is no longer wanted.
+      if (!this.token || generation !== this.generation) return;
       const ws = new WebSocket(url);
       this.ws = ws;
       ws.addEventListener("open", () => {
@@ -303,6 +372,7 @@
     }
 
     disconnect() {
+      this.generation += 1;
       clearTimeout(this.retryTimer);
       clearInterval(this.pinger);
       const old = this.ws;
@@ -406,6 +476,8 @@
         radio.checked = radio.value === frame.presence;
       }
       document.body.dataset.presence = frame.presence;
+      this.presence = frame.presence;
+      this.canned = frame.canned_responses || {};
       const held = new Set();
       let arrived = null;
       for (const item of frame.chats || []) {
@@ -422,6 +494,8 @@
         chat.sessionId = item.session_id;
         chat.status = "live";
         chat.detail = item.grace_until ? "reconnecting" : "";
+        chat.userConnected = Boolean(item.user_connected);
+        chat.userSince = typeof item.user_since === "number" ? item.user_since : null;
       }
       for (const chat of this.chats.values()) {
         if (chat.open && !held.has(chat.id)) chat.status = "released";
@@ -434,6 +508,13 @@
       this.colleagues = frame.colleagues || [];
       if (fresh.length || arrived) this.ding();
       if (arrived && !this.selected) this.select(arrived.id);
+      if (arrived && !this.looking(arrived)) {
+        arrived.unread += 1;
+        this.notify("New chat assigned", arrived.label, arrived.id);
+      } else if (fresh.length) {
+        const first = fresh[0];
+        this.notify("New chat waiting", first.user_name || first.last_message || first.bot_id, null);
+      }
       this.renderQueue();
       this.renderChats();
       this.renderTeam();
@@ -456,9 +537,12 @@
       }
       chat.status = "live";
       chat.detail = "";
-      if (!this.selected || !this.chats.get(this.selected).open) this.select(chat.id);
+      const shown = this.chats.get(this.selected);
+      if (!shown || !shown.open) this.select(chat.id);
       this.renderChats();
       this.renderSelected();
+      // The transcript goes before what arrived live (the "joined" line): show its end.
+      if (this.selected === chat.id) this.scrollToNewest();
       this.save();
       if (this.claiming === chat.id) {
         // The agent picked this one up: take them to it, ready to reply.
@@ -480,10 +564,11 @@
       // A transcript holds notices of earlier sessions too: only live ones change the state.
       // Only the system's notices change it: anything else shaped like one is its sender's.
       if (live && entry.content_type === "notice" && entry.sender === "system") this.followNotice(chat, entry.content || {});
-      const looking = this.selected === chat.id && document.visibilityState === "visible";
+      const looking = this.looking(chat);
       if (live && entry.sender === "user") {
         if (!looking) chat.unread += 1;
         if (!looking || !document.hasFocus()) this.ding();
+        this.notify(chat.label, summary(entry), chat.id);
         if (this.selected === chat.id) $("chat-typing").hidden = true;
       }
       if (this.selected === chat.id) this.place(entry);
@@ -506,8 +591,9 @@
     }
 
     userTyping(frame) {
-      if (frame.party !== "user" || frame.conversation_id !== this.selected) return;
-      common.showTyping(this, $("chat-typing"), `${this.chats.get(this.selected).label} is typing…`);
+      const chat = this.chats.get(frame.conversation_id);
+      if (frame.party !== "user" || !chat || frame.conversation_id !== this.selected) return;
+      common.showTyping(this, $("chat-typing"), `${chat.label} is typing…`);
     }
 
     showRefusal(frame) {
@@ -558,6 +644,7 @@
     }
 
     select(id) {
+      this.reopened = true;  // opening a chat (even the one shown) shows its newest message
       this.selected = id;
       this.markRead(id);
       this.renderChats();
@@ -585,11 +672,142 @@
       this.save();
     }
 
+    /** Whether the agent has this chat in front of them. */
+    looking(chat) {
+      return this.selected === chat.id && document.visibilityState === "visible";
+    }
+
+    /** Ask for desktop notifications once, on a gesture of the agent (browsers require one). */
+    askToNotify() {
+      if (!("Notification" in window) || Notification.permission !== "default") return;
+      try {
+        const asked = Notification.requestPermission();
+        if (asked && asked.catch) asked.catch(() => {});
+      } catch (_) {
+        /* an older browser: no desktop notifications */
+      }
+    }
+
+    /** A desktop notification, only while the page is hidden; clicking it opens the chat. */
+    notify(title, body, chatId) {
+      if (document.visibilityState !== "hidden" || !("Notification" in window)) return;
+      if (Notification.permission !== "granted") return;
+      try {
+        const shown = new Notification(title, {body: String(body || "").slice(0, 200), tag: chatId || "switchover-queue"});
+        shown.onclick = () => {
+          window.focus();
+          if (chatId && this.chats.has(chatId)) this.select(chatId);
+          shown.close();
+        };
+      } catch (_) {
+        /* notifications not allowed here: the title and the sound still say it */
+      }
+    }
+
+    // -- canned responses -----------------------------------------------------------------
+
+    /** The open chat's bot's canned responses matching what follows "/" in the reply box. */
+    cannedMatches() {
+      const chat = this.chats.get(this.selected);
+      const typed = /^\/([^\s]*)$/.exec($("reply").value);
+      if (!chat || !chat.open || !typed) return [];
+      const query = typed[1].toLowerCase();
+      return (this.canned[chat.botId] || []).filter(
+        (c) => c.shortcut.toLowerCase().includes(query) || c.text.toLowerCase().includes(query),
+      );
+    }
+
+    showCanned() {
+      const matches = this.cannedMatches();
+      const value = $("reply").value;
+      if (!matches.length || this.cannedDismissed === value) {
+        this.hideCanned();
+        return;
+      }
+      this.cannedDismissed = null;
+      const same = this.cannedShown && this.cannedShown.map((c) => c.shortcut).join() === matches.map((c) => c.shortcut).join();
+      if (!same) this.cannedIndex = 0;
+      this.cannedShown = matches;
+      const list = $("canned");
+      list.replaceChildren(
+        ...matches.map((c, index) =>
+          el(
+            "li",
+            {
+              id: `canned-${index}`,
+              role: "option",
+              class: "canned-option",
+              "aria-selected": index === this.cannedIndex ? "true" : "false",
+              // mousedown, not click: the reply box keeps the focus.
+              onmousedown: (event) => {
+                event.preventDefault();
+                this.insertCanned(index);
+              },
+            },
+            el("span", {class: "canned-shortcut", text: `/${c.shortcut}`}),
+            el("span", {class: "canned-text", text: c.text}),
+          ),
+        ),
+      );
+      list.hidden = false;
+      $("reply").setAttribute("aria-expanded", "true");
+      $("reply").setAttribute("aria-activedescendant", `canned-${this.cannedIndex}`);
+      $("canned-status").textContent = `${matches.length} canned ${matches.length === 1 ? "response" : "responses"}: up and down to choose, Enter to insert, Escape to close.`;
+      list.querySelector(`#canned-${this.cannedIndex}`).scrollIntoView({block: "nearest"});
+    }
+
+    hideCanned() {
+      this.cannedShown = null;
+      $("canned").hidden = true;
+      $("canned").replaceChildren();
+      $("reply").setAttribute("aria-expanded", "false");
+      $("reply").removeAttribute("aria-activedescendant");
+      $("canned-status").textContent = "";
+    }
+
+    cannedKey(event) {
+      if (!this.cannedShown || event.isComposing) return;
+      const count = this.cannedShown.length;
+      if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+        this.cannedIndex = (this.cannedIndex + (event.key === "ArrowDown" ? 1 : count - 1)) % count;
+        this.showCanned();
+      } else if ((event.key === "Enter" && !event.shiftKey) || event.key === "Tab") {
+        this.insertCanned(this.cannedIndex);
+      } else if (event.key === "Escape") {
+        this.cannedDismissed = $("reply").value;
+        this.hideCanned();
+      } else {
+        return;
+      }
+      event.preventDefault();
+      event.stopImmediatePropagation();
+    }
+
+    insertCanned(index) {
+      const chosen = this.cannedShown && this.cannedShown[index];
+      if (!chosen) return;
+      const reply = $("reply");
+      reply.value = chosen.text;
+      this.hideCanned();
+      reply.focus();
+      reply.setSelectionRange(reply.value.length, reply.value.length);
+    }
+
+    /** The page's audio, created (or resumed) when allowed. */
+    audioReady() {
+      try {
+        this.audio = this.audio || new AudioContext();
+        if (this.audio.state === "suspended") this.audio.resume().catch(() => {});
+      } catch (_) {
+        /* no audio here: the title and notifications still say it */
+      }
+    }
+
     ding() {
       this.updateTitle();
       if (!this.sound) return;
       try {
-        this.audio = this.audio || new AudioContext();
+        this.audioReady();
         const tone = this.audio.createOscillator();
         const gain = this.audio.createGain();
         tone.frequency.value = 880;
@@ -616,34 +834,68 @@
       for (const span of document.querySelectorAll("[data-since]")) {
         span.textContent = waited(now - Number(span.dataset.since));
       }
+      for (const span of document.querySelectorAll("[data-left-since]")) {
+        span.textContent = `User left ${ago(now - Number(span.dataset.leftSince))}`;
+      }
+    }
+
+    /** Whether the user of a chat is there: "User connected (since 10:32)", "User left 5 min ago". */
+    renderUser(chat) {
+      const line = $("chat-user");
+      delete line.dataset.leftSince;
+      line.hidden = !chat.open;
+      line.dataset.connected = chat.userConnected ? "yes" : "no";
+      if (chat.userConnected) {
+        line.textContent = chat.userSince ? `User connected (since ${clock(chat.userSince)})` : "User connected";
+      } else if (chat.userSince) {
+        line.dataset.leftSince = String(chat.userSince);
+        line.textContent = `User left ${ago(Date.now() / 1000 - chat.userSince)}`;
+      } else {
+        line.textContent = "User not connected";
+      }
     }
 
     renderQueue() {
       const list = $("queue");
       const now = Date.now() / 1000;
+      // An offline agent cannot take chats: going Online or Away first is the way.
+      const offline = this.presence === "offline";
       redrawKeepingFocus(
         list,
         this.queue.map((item) => {
           const wait = el("span", {class: "wait", "data-since": item.queued_at, text: waited(now - item.queued_at)});
+          const name = item.user_name || "Visitor";
+          const last = item.last_message
+            ? el(
+                "span",
+                {class: "last"},
+                el("span", {class: "last-message", text: item.last_message}),
+                el("time", {class: "last-time", text: clock(item.last_message_at)}),
+              )
+            : el("span", {class: "last last-none", text: "No message yet"});
           return el(
             "li",
             {class: "queue-item", "data-conversation": item.conversation_id},
             el(
               "div",
               {class: "queue-what"},
-              el("strong", {text: `#${item.position} · ${item.bot_id}`}),
-              el("span", {class: "waited"}, "waiting ", wait),
+              el("strong", {class: "queue-name", text: name}),
+              last,
+              el("span", {class: "waited"}, `#${item.position} · ${item.bot_id} · waiting `, wait),
             ),
             el("button", {
               type: "button",
               class: "primary pick-up",
               text: "Pick up",
-              "aria-label": `Pick up conversation ${item.position} in the queue (${item.bot_id})`,
+              disabled: offline,
+              "aria-describedby": offline ? "queue-offline" : null,
+              "aria-label": `Pick up ${name}, number ${item.position} in the queue (${item.bot_id})`,
               onclick: () => this.claim(item.conversation_id),
             }),
           );
         }),
       );
+      $("queue-offline").hidden = !offline || this.queue.length === 0;
       $("queue-count").textContent = String(this.queue.length);
       $("queue-empty").hidden = this.queue.length > 0;
       this.updateTitle();
@@ -694,7 +946,15 @@
                 onclick: () => this.select(chat.id),
               },
               el("span", {class: "chat-name", text: chat.label}),
-              el("span", {class: "chat-status", text: STATES[chat.status] || chat.status}),
+              this.lastLine(chat),
+              el(
+                "span",
+                {class: "chat-status"},
+                STATES[chat.status] || chat.status,
+                chat.open
+                  ? el("span", {class: `user-state user-${chat.userConnected ? "here" : "gone"}`, text: chat.userConnected ? "Connected" : "Left"})
+                  : null,
+              ),
               badge,
             ),
           );
@@ -702,6 +962,29 @@
       );
       $("chats-empty").hidden = chats.length > 0;
       this.updateTitle();
+    }
+
+    /** The chat's last message (who said it when it was not the user) and its time. */
+    lastLine(chat) {
+      const last = chat.lastMessage;
+      if (!last) return el("span", {class: "last last-none", text: "No message yet"});
+      const mine = last.sender === "agent" && this.me && last.agent_id === this.me.id;
+      const who = mine ? "You: " : last.sender === "bot" ? "Bot: " : last.sender === "agent" ? `${this.agentName(last.agent_id)}: ` : "";
+      const said = last.content_type === "payload" ? `clicked “${this.buttonTitle(last, (last.content || {}).payload)}”` : summary(last);
+      return el(
+        "span",
+        {class: "last"},
+        el("span", {class: "last-message", text: `${who}${said}`}),
+        el("time", {class: "last-time", text: clock(last.at)}),
+      );
+    }
+
+    /** An agent's display name, from what the desk knows of its colleagues and notices. */
+    agentName(agentId) {
+      if (!agentId) return "Agent";
+      if (this.me && agentId === this.me.id) return this.me.name;
+      const colleague = this.colleagues.find((c) => c.agent_id === agentId);
+      return colleague ? colleague.name : (this.agentNames && this.agentNames[agentId]) || agentId;
     }
 
     /**
@@ -756,16 +1039,20 @@
       // entries again would have a screen reader read the whole conversation out again.
       // (Entries of the chat shown are placed as they come, by entry.)
       const log = $("chat-log");
+      const opened = log.dataset.conversation !== chat.id || this.reopened;
+      this.reopened = false;
       if (log.dataset.conversation !== chat.id) {
         log.dataset.conversation = chat.id;
         log.replaceChildren();
         for (const entry of [...chat.entries.values()].sort((a, b) => a.seq - b.seq)) this.place(entry);
       }
+      if (opened) this.scrollToNewest();
       $("chat-typing").hidden = true;
       this.renderState(chat);
     }
 
     renderState(chat) {
+      this.renderUser(chat);
       const state = $("chat-state");
       state.textContent = STATES[chat.status] || chat.status;
       state.className = `state state-${chat.status}`;
@@ -791,6 +1078,15 @@
     place(entry) {
       const log = $("chat-log");
       if (common.placeInOrder(log, this.renderEntry(entry), entry.seq)) log.scrollTop = log.scrollHeight;
+    }
+
+    /** Show the newest message of the open chat, now and once the page has laid it out. */
+    scrollToNewest() {
+      const log = $("chat-log");
+      log.scrollTop = log.scrollHeight;
+      requestAnimationFrame(() => {
+        log.scrollTop = log.scrollHeight;
+      });
     }
 
     /** The label of the button the user clicked, found in the questions shown before it. */
@@ -850,16 +1146,24 @@
       if (attachment) body.replaceChildren(files.render(attachment, this.attachmentOptions()));
     }
 
+    /** Agents' names seen in notices, for agents who are not colleagues any more. */
+    learnNames(content) {
+      this.agentNames = this.agentNames || {};
+      if (content.agent_id && content.name) this.agentNames[content.agent_id] = content.name;
+      if (content.to_agent && content.to_name) this.agentNames[content.to_agent] = content.to_name;
+    }
+
     renderEntry(entry) {
       const content = entry.content || {};
       if (entry.content_type === "notice" && entry.sender === "system") {
+        this.learnNames(content);
         const describe = NOTICES[content.code];
         return el("li", {class: `entry notice notice-${content.code}`, text: describe ? describe(content) : content.code});
       }
       const mine = entry.sender === "agent" && this.me && entry.agent_id === this.me.id;
       const who = mine
         ? "You"
-        : {user: "User", bot: "Bot", agent: entry.agent_id || "Agent", system: "System"}[entry.sender] || entry.sender;
+        : {user: "User", bot: "Bot", agent: this.agentName(entry.agent_id), system: "System"}[entry.sender] || entry.sender;
       const body = el("div", {class: "bubble"});
       const type = entry.content_type;
       if (type === "text") body.append(content.text || "");

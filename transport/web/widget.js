@@ -95,18 +95,19 @@
     queued: (c) => `You are number ${c.position} in the queue.`,
     nobody: () => "Nobody is available right now. You keep your place and will be connected as soon as someone is.",
     agent_joined: (c) => `${c.name || c.agent_id || "An agent"} joined the conversation.`,
-    agent_left: () => "The agent left. You are back in the queue for the next available agent.",
+    agent_left: (c) =>
+      `${c.name || "The agent"} left. You are back in the queue for the next available agent.`,
     transferred: () => "The conversation was transferred to another agent.",
     session_ended: (c, mode) =>
       mode === "live"
-        ? "The conversation with the agent has ended."
+        ? `The conversation with ${c.name || "the agent"} has ended.`
         : c.reason === "user_ended"
           ? "You left the queue."
           : "The request for an agent was closed. You are back with the assistant.",
     // Nobody joined a session that expires while waiting: no agent is blamed for it.
     session_expired: (c, mode) =>
       mode === "live"
-        ? "The conversation with the agent expired after a period of inactivity."
+        ? `The conversation with ${c.name || "the agent"} expired after a period of inactivity.`
         : "No agent could take your conversation in time. You are back with the assistant.",
     livechat_unreachable: () =>
       "Our team can't be reached right now. Your messages are kept and will reach them as soon as possible.",
