@@ -286,6 +286,9 @@ def test_a_whole_session_between_a_user_and_an_agent(
     expect(desk.locator("#chat-meta")).to_contain_text("Guest")
     expect(chat_log.locator(".from-user", has_text="hello")).to_have_count(1)
     expect(chat_log.locator(".from-bot", has_text=GREETING)).to_have_count(1)
+    # The widget's greeting request reads as what it is, not as a button's payload.
+    expect(chat_log.locator(".from-user", has_text="opened the chat")).to_have_count(1)
+    expect(chat_log.locator(".from-user", has_text="CONVERSATION_START")).to_have_count(0)
     expect(chat_log.locator(".from-user", has_text="My parcel never arrived")).to_have_count(1)
     expect(desk.locator("#queue .queue-item")).to_have_count(0)
     expect(log.locator(".so-notice-agent_joined")).to_have_text("Alice joined the conversation.")

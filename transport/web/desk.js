@@ -970,7 +970,7 @@
       if (!last) return el("span", {class: "last last-none", text: "No message yet"});
       const mine = last.sender === "agent" && this.me && last.agent_id === this.me.id;
       const who = mine ? "You: " : last.sender === "bot" ? "Bot: " : last.sender === "agent" ? `${this.agentName(last.agent_id)}: ` : "";
-      const said = last.content_type === "payload" ? `clicked “${this.buttonTitle(last, (last.content || {}).payload)}”` : summary(last);
+      const said = last.content_type === "payload" ? this.clicked(last) : summary(last);
       return el(
         "span",
         {class: "last"},
@@ -1147,6 +1147,14 @@
     }
 
     /** Agents' names seen in notices, for agents who are not colleagues any more. */
+    /** What a payload the user sent reads as: the button clicked, or the widget opening. */
+    clicked(entry) {
+      const payload = (entry.content || {}).payload;
+      // The widget greets on open by sending this as the user (see widget.js).
+      if (payload === "CONVERSATION_START") return "opened the chat";
+      return `clicked “${this.buttonTitle(entry, payload)}”`;
+    }
+
     learnNames(content) {
       this.agentNames = this.agentNames || {};
       if (content.agent_id && content.name) this.agentNames[content.agent_id] = content.name;
@@ -1167,7 +1175,7 @@
       const body = el("div", {class: "bubble"});
       const type = entry.content_type;
       if (type === "text") body.append(content.text || "");
-      else if (type === "payload") body.append(el("em", {text: `clicked “${this.buttonTitle(entry, content.payload)}”`}));
+      else if (type === "payload") body.append(el("em", {text: this.clicked(entry)}));
       else if (type === "question") {
         body.append(content.title || "");
         const choices = common.buttonsOf(content);
