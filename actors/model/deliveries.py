@@ -104,6 +104,9 @@ class DeskStatus:
     chats: tuple[HeldChat, ...]
     queue: tuple[WaitingItem, ...]
     colleagues: tuple[Colleague, ...] = ()
+    #: Seconds the agent keeps its chats once its last connection drops (the shortest grace
+    #: period among its bots), so a desk can say how long it has to reconnect.
+    grace_period: float | None = None
 
 
 Delivery = Entry | Typing | QueuePosition | Transcript | Refusal | DeskStatus

@@ -650,6 +650,7 @@ def desk_frame(status: DeskStatus) -> str:
             "chats": [attrs.asdict(chat) for chat in status.chats],
             "queue": [attrs.asdict(item) for item in status.queue],
             "colleagues": [attrs.asdict(colleague) for colleague in status.colleagues],
+            "grace_period": status.grace_period,
         }
     )
 
