@@ -376,6 +376,9 @@ class Desk:
             except Exception:
                 log.exception("desk: the transcript of %s could not be read", conversation_id)
                 continue
+            holder = self._routing.holder_of(conversation_id)
+            if holder is None or holder.agent_id != agent_id:
+                continue  # it left the agent while the store was read
             sinks = self._sinks.get(agent_id, [])
             if sink is None:
                 self.deliver(agent_id, transcript)
