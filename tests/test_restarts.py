@@ -212,3 +212,33 @@ async def test_the_grace_period_after_a_restart_counts_from_when_the_server_is_r
         assert isinstance(left, Entry) and left.sender is Party.SYSTEM
         assert left.at >= ready_at + GRACE
         assert not desk.holds("alice", conv)
+
+
+async def test_an_agent_still_connected_when_the_desk_restarts_is_sent_its_chats_again(
+    autojump_clock: object,
+) -> None:
+    """A desk task that dies starts again from nothing and is rebuilt by the conversations'
+    re-assertions; the agent who stayed connected is sent each chat given back to it."""
+    bot = EchoBot()
+    desk = Desk({"demo": SETTINGS}, AGENTS)
+    async with open_switchboard({"demo": BotBinding(bot, SETTINGS)}, {"desk": desk}) as board:
+        state = await board.open_conversation("demo", metadata={"name": "Uma"})
+        conv = state.conversation_id
+        await board.ask(conv, UserSays(Content.text("hello")))
+        alice = RecordingSink()
+        desk.attach("alice", alice)
+        desk.set_presence("alice", Presence.ONLINE)
+        await board.ask(conv, UserSays(Content.payload(SESSION_START)))
+        await alice.wait_for(lambda i: isinstance(i, Transcript))  # the pickup
+        transcripts: list[Transcript] = []
+
+        def second_transcript(item: object) -> bool:
+            if isinstance(item, Transcript):
+                transcripts.append(item)
+            return len(transcripts) == 2
+
+        desk._send.send_nowait(object())  # type: ignore[arg-type]  # the desk task dies
+        again = await alice.wait_for(second_transcript, timeout=120)
+        assert isinstance(again, Transcript) and again.conversation_id == conv
+        assert "hello" in [e.content.text_value for e in again.entries]
+        assert desk.holds("alice", conv)

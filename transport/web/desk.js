@@ -450,6 +450,7 @@
         this.lostAt = null;
         this.backPending = true;
         this.showReconnecting("Reconnected.", "", "back");
+        this.reconnectedTimer = setTimeout(() => this.showReconnecting("", ""), 8000);
       }
       $("who").textContent = `Signed in as ${this.me.name}`;
       $("who").hidden = false;
