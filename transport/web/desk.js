@@ -339,7 +339,10 @@
     retry() {
       if (!this.token) return;
       clearTimeout(this.retryTimer);
-      const wait = common.retryDelay(this.attempt);
+      // While chats are kept for us (the grace period), try at least every 2 to 4 seconds, so
+      // that a restarted server finds the desk back well within it.
+      const holding = [...this.chats.values()].some((chat) => chat.open);
+      const wait = common.retryDelay(holding ? Math.min(this.attempt, 3) : this.attempt);
       this.attempt += 1;
       this.setConnection("Offline — reconnecting…", "offline");
       this.renderReconnecting();
