@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, expect
+from playwright.sync_api import BrowserContext, Page, expect
 
 # Skips this module too when Chromium is missing; ``browser`` and ``contexts`` are fixtures.
 from .test_browser import (
@@ -44,17 +44,17 @@ __all__ = ["browser", "contexts"]  # fixtures shared with tests/test_browser.py
 #: Long enough for the backoff of both pages to find the server again after the restart.
 BACK_MS = 30_000
 
-CONFIG = f"""
+CONFIG = """
 secret = "browser-restart-secret"
 
 [bots.demo]
 adapter = "demo"
 [bots.demo.settings]
-grace_period = 60.0
+grace_period = {grace}
 
 [agents.alice]
 name = "Alice"
-token = "{ALICE_TOKEN}"
+token = "{token}"
 """
 
 
@@ -68,10 +68,10 @@ def free_port() -> int:
 class Restartable:
     """``switchover serve`` on fixed ports and one data directory, killed and started again."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, grace: float = 60.0) -> None:
         self.home = home
         self.config = home / "switchover.toml"
-        self.config.write_text(CONFIG, encoding="utf-8")
+        self.config.write_text(CONFIG.format(grace=grace, token=ALICE_TOKEN), encoding="utf-8")
         self.ports = (free_port(), free_port())
         self.process: subprocess.Popen[str] | None = None
         self.runs = 0
@@ -117,26 +117,25 @@ class Restartable:
 
 
 @pytest.fixture
-def restartable(tmp_path: Path) -> Iterator[Restartable]:
-    server = Restartable(tmp_path)
+def restartable(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Restartable]:
+    """The server; parametrized indirectly, the grace period in seconds (else 60)."""
+    server = Restartable(tmp_path, getattr(request, "param", 60.0))
     try:
         yield server
     finally:
         server.kill()
 
 
-def test_a_restart_mid_chat_goes_unnoticed_but_for_the_desks_banner(
-    restartable: Restartable,
-    contexts: tuple[BrowserContext, BrowserContext],
-) -> None:
+def live_chat(
+    restartable: Restartable, contexts: tuple[BrowserContext, BrowserContext], problems: list[str]
+) -> tuple[Server, Page, Page]:
+    """The server started, Alice online at the desk, and a user of the widget talking to her:
+    the server, the desk and the user's page."""
     user_context, agent_context = contexts
-    problems: list[str] = []
     server = restartable.start()
     desk = sign_in(agent_context, server, ALICE_TOKEN, problems, "online")
     user = open_widget(user_context, f"{server.http_url}/widget", problems)
     log = user.locator(".so-log")
-    chat_log = desk.locator("#chat-log")
-
     say(user, "hello")
     expect(log.locator(".so-from-bot", has_text=GREETING)).to_have_count(1)
     user.locator(".so-choice", has_text="Talk to a human").last.click()
@@ -146,7 +145,19 @@ def test_a_restart_mid_chat_goes_unnoticed_but_for_the_desks_banner(
     say(desk, "Hello, Alice here.", "Reply to the user")
     expect(log.locator(".so-from-agent", has_text="Alice here")).to_have_count(1)
     say(user, "My parcel is late")
-    expect(chat_log.locator(".from-user", has_text="My parcel is late")).to_have_count(1)
+    expect(desk.locator("#chat-log .from-user", has_text="My parcel is late")).to_have_count(1)
+    return server, desk, user
+
+
+def test_a_restart_mid_chat_goes_unnoticed_but_for_the_desks_banner(
+    restartable: Restartable,
+    contexts: tuple[BrowserContext, BrowserContext],
+) -> None:
+    _, agent_context = contexts
+    problems: list[str] = []
+    server, desk, user = live_chat(restartable, contexts, problems)
+    log = user.locator(".so-log")
+    chat_log = desk.locator("#chat-log")
 
     restartable.kill()
     banner = desk.get_by_role("status").filter(has_text="Connection lost")
@@ -198,4 +209,33 @@ def test_a_restart_mid_chat_goes_unnoticed_but_for_the_desks_banner(
     # Nobody ever told the user the agent had left.
     expect(log.locator(".so-notice-agent_left")).to_have_count(0)
     expect(log).not_to_contain_text("The agent left")
+    assert problems == []
+
+
+@pytest.mark.parametrize("restartable", [8.0], indirect=True)
+def test_the_grace_period_after_a_restart_counts_from_when_the_server_is_ready(
+    restartable: Restartable,
+    contexts: tuple[BrowserContext, BrowserContext],
+) -> None:
+    """The server stays down longer than the grace period: the desk says the chat may have
+    gone back to the queue, but the grace period starts again when the server is ready, so
+    the desk that comes back at once still has it."""
+    problems: list[str] = []
+    _, desk, user = live_chat(restartable, contexts, problems)
+    restartable.kill()
+    banner = desk.locator("#reconnecting[role=status]")
+    expect(banner).to_contain_text("Reconnecting… your chat is kept for you for 8 s.")
+    expect(banner).to_have_text(
+        "Still reconnecting… your chats may have gone back to the queue.", timeout=BACK_MS
+    )
+    restartable.start()
+    back = desk.get_by_role("status").filter(has_text="Reconnected")
+    expect(back).to_have_text("Reconnected. Your chats are here.", timeout=BACK_MS)
+    expect(desk.locator("#chat-state")).to_have_text("Live")
+    expect(user.locator(".so-widget")).to_have_attribute(
+        "data-connection", "online", timeout=BACK_MS
+    )
+    say(user, "Hello again")
+    expect(desk.locator("#chat-log .from-user", has_text="Hello again")).to_have_count(1)
+    expect(user.locator(".so-log .so-notice-agent_left")).to_have_count(0)
     assert problems == []
