@@ -111,6 +111,10 @@ def test_no_grace_period_runs_out_while_the_server_is_starting() -> None:
     assert routing.expire_grace(1000.0 + GRACE - 0.001) == []
     (requeued,) = [e for e in routing.expire_grace(1000.0 + GRACE) if isinstance(e, rt.Requeued)]
     assert (requeued.conversation_id, requeued.reason) == ("c1", "agent_left")
+    # Told again, it changes nothing: a grace period that began since runs as it is.
+    routing.request(AgentRequest("c2", "c2/1", "demo", 0.0, held_by="alice"), 2000.0)
+    assert routing.started(2010.0) == []
+    assert routing.next_deadline() == 2000.0 + GRACE
 
 
 def test_restored_presences_skip_unknown_agents_and_values() -> None:

@@ -342,7 +342,10 @@ class Routing:
     def started(self, now: float) -> list[RoutingEffect]:
         """The server is ready: agents can connect again. Every grace period running now
         began while it was starting (a chat given back to an agent not yet connected), so
-        each counts from ``now``, not from the crash or the chat's last message."""
+        each counts from ``now``, not from the crash or the chat's last message. Once
+        started, it changes nothing (grace periods that began since run as they are)."""
+        if not self.starting:
+            return []
         self.starting = False
         for agent_id in self._in_grace:
             agent = self.agents[agent_id]

@@ -383,9 +383,9 @@ class Desk:
             if sink is None:
                 self.deliver(agent_id, transcript)
             elif sink in sinks:
-                self.deliver_to(agent_id, sink, transcript)
+                self._deliver_to(agent_id, sink, transcript)
 
-    def deliver_to(self, agent_id: str, sink: Sink, item: Delivery) -> None:
+    def _deliver_to(self, agent_id: str, sink: Sink, item: Delivery) -> None:
         """Hand ``item`` to one connection of the agent; one that raises is closed."""
         try:
             sink.deliver(item)
