@@ -13,6 +13,9 @@ out. The rules:
   (an offline or disconnected agent may not).
 * An agent who disconnects or goes offline while holding chats keeps them for the bot's
   grace period; after it they go back to the head of the queue.
+* While the server is still starting (``starting``), no grace period runs out: chats given
+  back to their agents by a restart count their grace from :meth:`Routing.started`, when
+  agents can connect again.
 * Every waiting session knows its position among the sessions of its bot; a change of
   position, or of whether any agent serving its bot is online, is reported (with an estimate
   of the wait from the pace of recent pickups, see :mod:`actors.machines.wait`); an
@@ -148,10 +151,14 @@ class Routing:
         settings: Mapping[str, BotSettings],
         run: int = 1,
         pace: PickupPace | None = None,
+        *,
+        starting: bool = False,
     ) -> None:
         self.agents: dict[str, Agent] = {agent.agent_id: agent for agent in agents}
         # Recent pickups per bot, for the estimated wait (kept across a desk's restart).
         self.pace = pace if pace is not None else PickupPace()
+        # Until :meth:`started`, nobody can connect: grace periods wait instead of running.
+        self.starting = starting
         # Stamps on decisions told to conversations: ``run`` grows with every restart.
         self.run = run
         self._stamps = itertools.count(1)
@@ -198,6 +205,8 @@ class Routing:
         return self._waiting.get(conversation_id)
 
     def next_deadline(self) -> float | None:
+        if self.starting:
+            return None
         deadlines = [
             chat.grace_until
             for agent_id in self._in_grace
@@ -359,7 +368,25 @@ class Routing:
                 self.changed_agents.add(agent_id)
         return self._settle(now)
 
+    def started(self, now: float) -> list[RoutingEffect]:
+        """The server is ready: agents can connect again. Every grace period running now
+        began while it was starting (a chat given back to an agent not yet connected), so
+        each counts from ``now``, not from the crash or the chat's last message. Once
+        started, it changes nothing (grace periods that began since run as they are)."""
+        if not self.starting:
+            return []
+        self.starting = False
+        for agent_id in self._in_grace:
+            agent = self.agents[agent_id]
+            for chat in agent.chats.values():
+                if chat.grace_until is not None:
+                    chat.grace_until = now + self.settings[chat.bot_id].grace_period
+            self.changed_agents.add(agent_id)
+        return [_CHANGED]
+
     def expire_grace(self, now: float) -> list[RoutingEffect]:
+        if self.starting:
+            return []
         effects: list[RoutingEffect] = []
         for agent_id in sorted(self._in_grace):
             agent = self.agents[agent_id]

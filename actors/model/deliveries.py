@@ -123,6 +123,9 @@ class DeskStatus:
     queue: tuple[WaitingItem, ...]
     colleagues: tuple[Colleague, ...] = ()
     canned_responses: Mapping[str, tuple[CannedResponse, ...]] = attrs.field(factory=dict)
+    #: Seconds the agent keeps its chats once its last connection drops (the shortest grace
+    #: period among its bots), so a desk can say how long it has to reconnect.
+    grace_period: float | None = None
 
 
 Delivery = Entry | Typing | QueuePosition | Transcript | Refusal | DeskStatus

@@ -5,6 +5,12 @@ that takes requests from conversations and from agents' connections on its own c
 owns the one timer that ends agents' grace periods. Deliveries to agents do not pass through
 that task: a conversation hands them straight to the agent's connected sinks, so a live
 message costs no extra hop.
+
+Restarts: agents' presence can be put back with :meth:`Desk.restore_presences` before the
+desk runs, and a desk made with ``wait_for_ready`` lets no grace period run out until
+:meth:`Desk.ready` (the server accepts connections again), so an agent who held chats when
+the server stopped has the whole grace period to come back. An agent who connects is sent,
+for every chat it holds, the chat's transcript, as on pickup.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from actors.model import events as ev
 from actors.model.agent_request import AgentRequest
 from actors.model.content import Content
 from actors.model.deliveries import Colleague, Delivery, DeskStatus, HeldChat, WaitingItem
+from actors.model.limits import ConversationLimits
 from actors.model.records import Entry, Party
 from actors.model.settings import BotSettings, with_sign_off
 from actors.ports import CoreLink, Sink
 from actors.trio.effect_runner import abandon
+from actors.trio.transcripts import read_transcript
 
 log = logging.getLogger("switchover.desk")
 
@@ -50,7 +58,10 @@ class UnknownAgent(Exception):
 
 @attrs.frozen
 class Connected:
+    """``sink``: the connection that joined, to be sent the transcripts of the agent's chats."""
+
     agent_id: str
+    sink: Sink | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -97,7 +108,14 @@ class Transfer:
 
 
 @attrs.frozen
+class Ready:
+    """The server accepts connections: grace periods held since start-up begin now."""
+
+
+@attrs.frozen
 class NewSettings:
+    """An administrator changed a bot's livechat settings."""
+
     bot_id: str
     settings: BotSettings
 
@@ -138,6 +156,7 @@ DeskRequest = (
     | UserCame
     | UserWent
     | UserWrote
+    | Ready
 )
 
 USERS_KEPT = 50_000
@@ -183,6 +202,11 @@ class Desk:
     rebuilding views after every change would cost the desk more than the changes themselves when
     thousands of sessions move at once. Messages, assignments and problems are never delayed, only
     the views.
+
+    ``transcript_tail``: entries of a chat sent to an agent who connects while holding it (as
+    ``limits.transcript_tail`` on pickup). ``wait_for_ready``: no grace period runs out before
+    :meth:`ready` is called; a server calls it once its listeners accept connections, so that
+    agents who held chats before a restart get the whole grace period to reconnect.
     """
 
     def __init__(
@@ -191,12 +215,16 @@ class Desk:
         agents: Iterable[AgentProfile] = (),
         *,
         publish_interval: float = 0.05,
+        transcript_tail: int = ConversationLimits().transcript_tail,
+        wait_for_ready: bool = False,
     ) -> None:
         self.settings = dict(settings)
         self.publish_interval = publish_interval
+        self.transcript_tail = transcript_tail
         self.profiles: dict[str, AgentProfile] = {}
         self._sinks: dict[str, list[Sink]] = {}
-        self._routing = rt.Routing([], self.settings)
+        self._routing = rt.Routing([], self.settings, starting=wait_for_ready)
+        self._nursery: trio.Nursery | None = None
         send, receive = trio.open_memory_channel[DeskRequest](math.inf)
         self._send = send
         self._receive = receive
@@ -219,7 +247,13 @@ class Desk:
             )
             for a in old.values()
         ]
-        return rt.Routing(agents, self.settings, run=self._routing.run + 1, pace=self._routing.pace)
+        return rt.Routing(
+            agents,
+            self.settings,
+            run=self._routing.run + 1,
+            pace=self._routing.pace,
+            starting=self._routing.starting,
+        )
 
     def add_agent(self, profile: AgentProfile) -> None:
         unknown = profile.bots - set(self.settings)
@@ -231,14 +265,37 @@ class Desk:
             profile.agent_id, profile.name, profile.bots, capacity
         )
 
+    def restore_presences(self, presences: Mapping[str, str]) -> int:
+        """Put back each agent's last presence (by agent id: ``online``, ``away`` or
+        ``offline``), as kept by the store before a restart; call it before :meth:`run`.
+        Unknown agents and values are skipped. Returns how many were put back."""
+        restored = 0
+        for agent_id, value in presences.items():
+            agent = self._routing.agents.get(agent_id)
+            try:
+                presence = rt.Presence(value)
+            except ValueError:
+                continue
+            if agent is not None:
+                agent.presence = presence
+                restored += 1
+        return restored
+
+    def ready(self) -> None:
+        """The server accepts connections again: grace periods held since start-up (chats
+        given back to agents who have not reconnected yet) count from now."""
+        self._send.send_nowait(Ready())
+
     # -- the agents' side -------------------------------------------------------------------
 
     def attach(self, agent_id: str, sink: Sink) -> None:
-        """An agent's client connected."""
+        """An agent's client connected. It is sent the transcript of every chat the agent
+        holds, so a desk that reconnects (or signs in afresh) has each chat's user and
+        history without claiming it again."""
         if agent_id not in self.profiles:
             raise UnknownAgent(agent_id)
         self._sinks.setdefault(agent_id, []).append(sink)
-        self._send.send_nowait(Connected(agent_id))
+        self._send.send_nowait(Connected(agent_id, sink))
 
     def detach(self, agent_id: str, sink: Sink) -> None:
         sinks = self._sinks.get(agent_id, [])
@@ -314,6 +371,14 @@ class Desk:
         every open session re-assert itself, which rebuilds the queue and the chats."""
         self._core = core
         self._routing = self._fresh_routing()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._serve(core, task_status)
+            finally:
+                self._nursery = None
+
+    async def _serve(self, core: CoreLink, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
         routing = self._routing
         clock = core.clock
@@ -348,6 +413,7 @@ class Desk:
             return self._note_user(request, self._core.clock.now())
         if isinstance(request, Request) and request.request.user_name:
             self._user(request.request.conversation_id).name = request.request.user_name
+        given_back = self._given_back_to(request)
         try:
             effects = self._route(request, self._core.clock.now())
         except (KeyError, ValueError):
@@ -355,6 +421,12 @@ class Desk:
             # restart) must not take the desk down with every agent's queue.
             log.exception("desk: %r failed", request)
             return False
+        if isinstance(request, Connected):
+            self._share_held(request.agent_id, request.sink)
+        elif given_back is not None:
+            holder = self._routing.holder_of(given_back.conversation_id)
+            if holder is not None and holder.agent_id == given_back.held_by:
+                self._share_held(holder.agent_id, None, given_back.conversation_id)
         return self._carry_out(effects)
 
     def _user(self, conversation_id: str) -> _User:
@@ -397,6 +469,72 @@ class Desk:
                 return True
         return False
 
+    def _given_back_to(self, request: DeskRequest) -> AgentRequest | None:
+        """A re-assertion that may give a chat back to an agent who does not hold it yet (a
+        restart of the desk while the agent stays connected): that agent is then sent the
+        chat's transcript, as if it had reconnected."""
+        if not isinstance(request, Request) or request.request.held_by is None:
+            return None
+        wanted = request.request
+        holder = self._routing.holder_of(wanted.conversation_id)
+        if holder is not None and holder.agent_id == wanted.held_by:
+            return None
+        return wanted
+
+    def _share_held(self, agent_id: str, sink: Sink | None, only: str | None = None) -> None:
+        """Send the transcript of each chat the agent holds (or of ``only``) to ``sink``, or
+        to every connection of the agent; read from the store in a task of its own, so the
+        desk goes on meanwhile."""
+        agent = self._routing.agents.get(agent_id)
+        if agent is None or self._nursery is None or not self._sinks.get(agent_id):
+            return
+        chats = [
+            (chat.conversation_id, chat.session_id)
+            for chat in agent.chats.values()
+            if only is None or chat.conversation_id == only
+        ]
+        if chats:
+            self._nursery.start_soon(self._send_transcripts, agent_id, sink, chats)
+
+    async def _send_transcripts(
+        self, agent_id: str, sink: Sink | None, chats: list[tuple[str, str]]
+    ) -> None:
+        core = self._core
+        assert core is not None
+        for conversation_id, session_id in chats:
+            try:
+                state = await core.load(conversation_id)
+                session = state.session if state is not None else None
+                # Only a chat the conversation agrees the agent holds: one whose assignment
+                # is still on its way gets its transcript when the conversation applies it.
+                if state is None or session is None:
+                    continue
+                if session.session_id != session_id or session.agent_id != agent_id:
+                    continue
+                transcript = await read_transcript(
+                    core.entries_after, state, session_id, self.transcript_tail
+                )
+            except Exception:
+                log.exception("desk: the transcript of %s could not be read", conversation_id)
+                continue
+            holder = self._routing.holder_of(conversation_id)
+            if holder is None or holder.agent_id != agent_id:
+                continue  # it left the agent while the store was read
+            sinks = self._sinks.get(agent_id, [])
+            if sink is None:
+                self.deliver(agent_id, transcript)
+            elif sink in sinks:
+                self._deliver_to(agent_id, sink, transcript)
+
+    def _deliver_to(self, agent_id: str, sink: Sink, item: Delivery) -> None:
+        """Hand ``item`` to one connection of the agent; one that raises is closed."""
+        try:
+            sink.deliver(item)
+        except Exception:
+            log.exception("an agent's client failed; it is closed and will resume")
+            self.detach(agent_id, sink)
+            abandon(sink)
+
     def _route(self, request: DeskRequest, now: float) -> list[rt.RoutingEffect]:
         routing = self._routing
         match request:
@@ -414,6 +552,8 @@ class Desk:
                 return routing.set_presence(agent_id, presence, now)
             case Connected(agent_id):
                 return routing.connected(agent_id, now)
+            case Ready():
+                return routing.started(now)
             case Disconnected(agent_id):
                 return routing.disconnected(agent_id, now)
             case NewSettings(bot_id, settings):
@@ -514,6 +654,10 @@ class Desk:
         if roster is None:
             roster = rosters[agent.bots] = self._roster(agent.bots)
         colleagues = tuple(c for c in roster if c.agent_id != agent_id)
+        grace = min(
+            (self.settings[b].grace_period for b in agent.bots if b in self.settings),
+            default=None,
+        )
         return DeskStatus(
             agent_id,
             agent.name,
@@ -523,6 +667,7 @@ class Desk:
             queue,
             colleagues,
             canned,
+            grace_period=grace,
         )
 
     def _roster(self, bots: frozenset[str]) -> tuple[Colleague, ...]:

@@ -43,6 +43,7 @@ from actors.model.records import Entry, Party
 from actors.model.state import ConversationState
 from actors.ports import Sink
 from actors.trio.context import ConversationContext
+from actors.trio.transcripts import read_transcript
 
 log = logging.getLogger("switchover.conversation")
 
@@ -277,26 +278,13 @@ class EffectRunner:
     async def _share_transcript(self, effect: fx.ShareTranscript, state: ConversationState) -> None:
         """The session so far and a bounded tail before it: the agent asks for more with
         ``replay``."""
-        tail = self.context.limits.transcript_tail
-        after = max(0, state.next_seq - 1 - tail)
         with trio.CancelScope(shield=True):
-            entries = await self.context.store.entries_after(self.conversation_id, after)
-        # Up to this transition: entries of later events in the same group are already
-        # stored, and reach the agent live.
-        shown = tuple(
-            e
-            for e in entries
-            if e.seq < state.next_seq and (e.visible_to(Party.USER) or e.visible_to(Party.AGENT))
-        )
-        transcript = Transcript(
-            self.conversation_id,
-            effect.session_id,
-            state.bot_id,
-            state.user_id,
-            state.user_metadata,
-            shown,
-            truncated=after > 0,
-        )
+            transcript = await read_transcript(
+                self.context.store.entries_after,
+                state,
+                effect.session_id,
+                self.context.limits.transcript_tail,
+            )
         self.context.backend_for(state.bot_id).deliver(effect.agent_id, transcript)
 
     def reassert(self, state: ConversationState) -> fx.RequestAgent | None:

@@ -656,6 +656,7 @@ def desk_frame(status: DeskStatus) -> str:
                 bot_id: [attrs.asdict(response) for response in responses]
                 for bot_id, responses in status.canned_responses.items()
             },
+            "grace_period": status.grace_period,
         }
     )
 

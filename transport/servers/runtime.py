@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import attrs
 import httpx
@@ -142,6 +143,24 @@ def attachment_store(config: Config) -> AttachmentStore:
     return AttachmentStore(Path(tempfile.mkdtemp(prefix="switchover-attachments-")), temporary=True)
 
 
+@runtime_checkable
+class PresenceHistory(Protocol):
+    """A store that gives back each agent's last recorded presence (the SQLite store does;
+    the memory store keeps none)."""
+
+    async def last_presences(self) -> dict[str, tuple[str, float]]: ...
+
+
+async def restore_presences(desk: Desk, store: Store) -> None:
+    """Agents come back as they left: online, away or offline, as they last set it."""
+    if not isinstance(store, PresenceHistory):
+        return
+    kept = await store.last_presences()
+    restored = desk.restore_presences({agent: p for agent, (p, _) in kept.items()})
+    if restored:
+        log.info("restored the presence of %d agents", restored)
+
+
 async def _serve_websockets(
     services: Services, listen: ListenerConfig, *, task_status: trio.TaskStatus[int]
 ) -> None:
@@ -254,6 +273,7 @@ async def _serve(
     listen = config.listeners
     desk, connections = parts.desk, parts.connections
     async with open_store(config) as store, trio.open_nursery() as core:
+        await restore_presences(desk, store)
         board = Switchboard(
             parts.bindings,
             parts.backends.by_name,
@@ -309,6 +329,9 @@ async def _serve(
                     raise
                 raise error from exc
             running = RunningServer(listen.host, ws_port, http_port, services, app, shutdown)
+            # Agents can connect from now on: the grace periods of the chats they held before
+            # a restart start now, however long the start-up took.
+            desk.ready()
             log.info(
                 "Switchover %s serving %s at %s and %s",
                 version(),

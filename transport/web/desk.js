@@ -13,6 +13,11 @@
  *
  * What it shares with the chat widget (building elements, safe links, the connection's backoff
  * and keep-alive, ordering entries) comes from switchover-common.js, loaded just before it.
+ *
+ * When the connection drops (the network, or the server restarting) a banner says so and how
+ * long the server keeps the agent's chats (the grace period the desk frame gives); once back,
+ * it says whether every chat is still there. The server sends each held chat's transcript on
+ * every connection, so even a desk that lost its sessionStorage gets its chats back.
  */
 (function () {
   "use strict";
@@ -187,6 +192,10 @@
       this.generation = 0;
       // On unless the agent switched it off (remembered in this browser).
       this.sound = localStorage.getItem(SOUND_KEY) !== "off";
+      // Since when the connection is lost (ms), and how long the server keeps our chats then.
+      this.lostAt = null;
+      this.gracePeriod = null;
+      this.backPending = false;
       this.bind();
       if (this.token) this.start();
       else this.showSignIn("");
@@ -264,6 +273,8 @@
       for (const id of ["presence", "sign-out", "who", "sound-label"]) $(id).hidden = true;
       $("signin-problem").textContent = problem;
       $("signin-problem").hidden = !problem;
+      this.lostAt = null;
+      this.showReconnecting("", "");
       this.setConnection("Signed out", "offline");
       $("token").focus();
     }
@@ -383,6 +394,7 @@
 
     lost(ws, event) {
       if (ws !== this.ws) return;
+      if (this.ready && this.lostAt === null) this.lostAt = Date.now();
       this.ready = false;
       clearInterval(this.pinger);
       if (event.code === 4401) {
@@ -398,10 +410,56 @@
     retry() {
       if (!this.token) return;
       clearTimeout(this.retryTimer);
-      const wait = common.retryDelay(this.attempt);
+      // While chats are kept for us (the grace period), try at least every 2 to 4 seconds, so
+      // that a restarted server finds the desk back well within it.
+      const holding = [...this.chats.values()].some((chat) => chat.open);
+      const wait = common.retryDelay(holding ? Math.min(this.attempt, 3) : this.attempt);
       this.attempt += 1;
       this.setConnection("Offline — reconnecting…", "offline");
+      this.renderReconnecting();
       this.retryTimer = setTimeout(() => this.connect(), wait);
+    }
+
+    /**
+     * The banner while the connection is lost: the server keeps an agent's chats for the
+     * grace period after its connection drops (after a restart, from when it is ready again,
+     * so possibly longer than shown), then hands them back to the queue. The sentence changes
+     * only when its meaning does, so a screen reader is not read a countdown every second.
+     */
+    renderReconnecting() {
+      if (this.lostAt === null) return;
+      const open = [...this.chats.values()].filter((chat) => chat.open).length;
+      const grace = this.gracePeriod;
+      const left = grace === null ? null : Math.ceil(grace - (Date.now() - this.lostAt) / 1000);
+      const chats = open === 1 ? "your chat is" : `your ${open} chats are`;
+      let text = "Connection lost. Reconnecting…";
+      let countdown = "";
+      if (open && left === null) text = `Connection lost. Reconnecting… ${chats} kept for you for a while.`;
+      else if (open && left > 0) {
+        text = `Connection lost. Reconnecting… ${chats} kept for you for ${Math.round(grace)} s.`;
+        countdown = `(${left} s left)`;
+      } else if (open) text = "Still reconnecting… your chats may have gone back to the queue.";
+      this.showReconnecting(text, countdown, "lost");
+    }
+
+    showReconnecting(text, countdown, state) {
+      clearTimeout(this.reconnectedTimer);
+      const banner = $("reconnecting");
+      if ($("reconnecting-text").textContent !== text) $("reconnecting-text").textContent = text;
+      $("reconnecting-left").textContent = countdown;
+      banner.hidden = !text;
+      if (state) banner.dataset.state = state;
+      else delete banner.dataset.state;
+    }
+
+    /** Back after a lost connection: say so, and whether any chat went back to the queue. */
+    renderReconnected(released) {
+      this.backPending = false;
+      const text = released
+        ? `Reconnected. ${released === 1 ? "One chat" : `${released} chats`} went back to the queue while you were away.`
+        : "Reconnected. Your chats are here.";
+      this.showReconnecting(text, "", "back");
+      this.reconnectedTimer = setTimeout(() => this.showReconnecting("", ""), 8000);
     }
 
     send(frame) {
@@ -462,6 +520,12 @@
       this.attempt = 0;
       this.me = {id: frame.agent_id, name: frame.name || frame.agent_id};
       this.setConnection("Connected", "online");
+      if (this.lostAt !== null) {
+        this.lostAt = null;
+        this.backPending = true;
+        this.showReconnecting("Reconnected.", "", "back");
+        this.reconnectedTimer = setTimeout(() => this.showReconnecting("", ""), 8000);
+      }
       $("who").textContent = `Signed in as ${this.me.name}`;
       $("who").hidden = false;
       $("presence").hidden = false;
@@ -478,6 +542,7 @@
       document.body.dataset.presence = frame.presence;
       this.presence = frame.presence;
       this.canned = frame.canned_responses || {};
+      if (typeof frame.grace_period === "number") this.gracePeriod = frame.grace_period;
       const held = new Set();
       let arrived = null;
       for (const item of frame.chats || []) {
@@ -497,9 +562,14 @@
         chat.userConnected = Boolean(item.user_connected);
         chat.userSince = typeof item.user_since === "number" ? item.user_since : null;
       }
+      let released = 0;
       for (const chat of this.chats.values()) {
-        if (chat.open && !held.has(chat.id)) chat.status = "released";
+        if (chat.open && !held.has(chat.id)) {
+          chat.status = "released";
+          released += 1;
+        }
       }
+      if (this.backPending) this.renderReconnected(released);
       $("capacity").textContent = `${held.size}/${frame.capacity}`;
       const waiting = frame.queue || [];
       const fresh = waiting.filter((item) => !this.knownWaiting.has(item.conversation_id));
@@ -830,6 +900,7 @@
     }
 
     tick() {
+      this.renderReconnecting();
       const now = Date.now() / 1000;
       for (const span of document.querySelectorAll("[data-since]")) {
         span.textContent = waited(now - Number(span.dataset.since));
