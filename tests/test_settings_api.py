@@ -287,3 +287,40 @@ async def test_an_unreadable_settings_file_leaves_the_config_files_values(tmp_pa
     assert json.loads((data_dir / FILENAME).read_text())["bots"]["demo"]["values"] == {
         "session_timeout": 43.0
     }
+
+
+async def test_canned_responses_changed_here_reach_a_connected_desk_at_once(
+    tmp_path: Path,
+) -> None:
+    """A list setting goes through the same checks, and every desk serving the bot is sent
+    its new canned responses without waiting for anything else to change."""
+    async with (
+        serving(config_of(tmp_path / "data")) as running,
+        api(running) as client,
+        connect_agent(running.ws_url, AGENT_TOKEN) as agent,
+    ):
+        await agent.wait_for(lambda f: f["type"] == "desk")
+        refused = await client.patch(
+            "/api/bots/demo/settings",
+            json={"canned_responses": [{"shortcut": "has space", "text": "Hi"}]},
+        )
+        assert refused.status_code == 422
+        assert "shortcut" in refused.json()["message"]
+        wanted = [{"shortcut": "refund", "text": "Refunds take five working days."}]
+        answer = await client.patch("/api/bots/demo/settings", json={"canned_responses": wanted})
+        assert answer.status_code == 200, answer.text
+        with trio.fail_after(5):
+            desk = await agent.wait_for(
+                lambda f: (
+                    f["type"] == "desk"
+                    and any(
+                        c["shortcut"] == "refund" for c in f["canned_responses"].get("demo", [])
+                    )
+                )
+            )
+        shortcuts = [c["shortcut"] for c in desk["canned_responses"]["demo"]]
+        assert shortcuts == ["refund", "signoff"]
+    # Kept across a restart, as the file would give it.
+    async with serving(config_of(tmp_path / "data")) as running, api(running) as client:
+        kept = (await client.get("/api/bots/demo/settings")).json()
+        assert kept["settings"]["canned_responses"] == wanted

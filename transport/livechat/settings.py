@@ -167,7 +167,8 @@ class BotSettingsBook:
             old = self.current(bot_id)
             new = read_bot_settings(values, bot_id, old)
             stored = dict(self._stored[bot_id])
-            stored.update({key: getattr(new, key) for key in values})
+            shown = settings_json(new)
+            stored.update({key: shown[key] for key in values})
             return await self._commit(bot_id, old, new, stored, admin_id, admin_name)
 
     async def reset(
@@ -220,7 +221,9 @@ class BotSettingsBook:
             "settings of bot %s changed by admin %s: %s",
             bot_id,
             admin_id,
-            ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+            ", ".join(
+                f"{key} {_brief(old)} -> {_brief(new)}" for key, (old, new) in changes.items()
+            )
             or "nothing",
             extra={"bot_id": bot_id, "admin_id": admin_id},
         )
@@ -286,6 +289,17 @@ class BotSettingsBook:
         last = entry.get("last_change")
         if isinstance(last, dict):
             self._last[bot_id] = _change_from_json(last)
+
+
+LOGGED_VALUE_LENGTH = 120
+
+
+def _brief(value: object) -> str:
+    """A value for the log line, cut short: a list of canned responses may be long."""
+    shown = repr(value)
+    if len(shown) <= LOGGED_VALUE_LENGTH:
+        return shown
+    return shown[: LOGGED_VALUE_LENGTH - 1] + "…"
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
