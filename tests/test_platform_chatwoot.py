@@ -549,6 +549,29 @@ async def test_opening_a_session_again_finds_what_the_first_try_made() -> None:
         assert len(chatwoot.contacts) == 1
 
 
+async def test_a_post_a_crash_left_unrecorded_is_not_sent_again() -> None:
+    """Killed after Chatwoot stored a user's message but before ``sent_seq`` recorded it: the
+    next process finds it after the last post it recorded, and posts only what is new, even
+    the same words written again."""
+    chatwoot = fake.Chatwoot()
+    hello = Entry("conv", 1, 0.0, Party.USER, Content.text("hello"), frozenset(Party))
+    transcript = Transcript("conv", "conv/1", "shop", "u-1", {"name": "Uma"}, (hello,))
+    again = Entry("conv", 2, 0.0, Party.USER, Content.text("ok"), frozenset(Party))
+    async with serving(chatwoot) as url, httpx.AsyncClient() as http:
+        options = ChatwootOptions.read("shop", _options(url))
+        ticket = Ticket("conv/1", "conv", "shop")
+        ticket.ref = await ChatwootConnector(options, http).open(ticket, transcript)
+        recorded = attrs.evolve(ticket)  # what the tickets file holds when the process dies
+        await ChatwootConnector(options, http).post(ticket, again)
+        assert chatwoot.incoming(int(ticket.ref)) == ["ok"]
+        restarted = ChatwootConnector(options, http)
+        await restarted.post(recorded, again)
+        assert chatwoot.incoming(int(ticket.ref)) == ["ok"]
+        # The same words written once more are a new message.
+        await restarted.post(recorded, attrs.evolve(again, seq=3))
+        assert chatwoot.incoming(int(ticket.ref)) == ["ok", "ok"]
+
+
 class Unused:
     """A connector never called (the backend does not run)."""
 

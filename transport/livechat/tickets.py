@@ -34,6 +34,9 @@ class Ticket:
     message id, for a platform read with ``fetch``); ``applied_seq``: the last entry of the
     conversation an action read that way produced (``None`` when not known), so an action
     applied just before a crash that lost the cursor is not applied twice.
+    ``posted_id``: the platform's id of the last message Switchover posted for the session,
+    so a post a crash left unsure (sent, but not recorded in ``sent_seq``) is looked for after
+    it instead of being sent again.
     """
 
     session_id: str
@@ -49,6 +52,7 @@ class Ticket:
     reason: str | None = None
     cursor: str | None = None
     applied_seq: int | None = None
+    posted_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -196,6 +196,7 @@ class ChatwootConnector:
             note = await self._note(str(cid), transcript_note(ticket, transcript))
             note_id = _int(note, "id")
         self._remember(ticket.session_id, note_id)
+        ticket.posted_id = str(note_id)
         # Read from the conversation's start: an agent (or an automation) may answer before
         # the note is in. Switchover's own messages are told apart by their type (incoming,
         # private), never by where they are.
@@ -206,12 +207,18 @@ class ChatwootConnector:
         cid = self._ref(ticket)
         text = describe(entry.content)[:MAX_CONTENT] or "[empty message]"
         unsure = self._unsure.get(ticket.session_id)
-        if (
-            unsure is not None
-            and unsure[0] == entry.seq
-            and await self._already_posted(cid, unsure[1], text)
-        ):
-            del self._unsure[ticket.session_id]
+        found: int | None = None
+        if unsure is not None and unsure[0] == entry.seq:
+            found = await self._already_posted(cid, unsure[1], text)
+        elif ticket.session_id not in self._last_known and ticket.posted_id is not None:
+            # The first post since this process started: the last one before a crash may
+            # have reached Chatwoot without being recorded (posts of a session go one by one,
+            # so only that one can come after the last recorded).
+            found = await self._already_posted(cid, int(ticket.posted_id), text)
+        if found is not None:
+            self._unsure.pop(ticket.session_id, None)
+            self._remember(ticket.session_id, found)
+            ticket.posted_id = str(found)
             return
         if ticket.session_id not in self._last_known:
             # Know where the conversation stands before a post whose outcome may be unsure.
@@ -226,6 +233,7 @@ class ChatwootConnector:
             raise
         self._unsure.pop(ticket.session_id, None)
         self._remember(ticket.session_id, _int(posted, "id"))
+        ticket.posted_id = str(_int(posted, "id"))
 
     async def typing(self, ticket: Ticket) -> None:
         cid = self._ref(ticket)
@@ -397,12 +405,12 @@ class ChatwootConnector:
             after = batch[-1]["id"]
         return messages
 
-    async def _already_posted(self, cid: str, mark: int, text: str) -> bool:
-        """Whether an incoming message with ``text`` came after message ``mark``."""
+    async def _already_posted(self, cid: str, mark: int, text: str) -> int | None:
+        """The id of an incoming message with ``text`` after message ``mark``, if any."""
         for message in await self._messages_after(cid, mark):
             if _is_incoming(message) and str(message.get("content", "")).strip() == text.strip():
-                return True
-        return False
+                return _int(message, "id")
+        return None
 
     # -- HTTP -----------------------------------------------------------------------------------
 
