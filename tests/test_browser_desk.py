@@ -10,14 +10,8 @@ one bot); the browser, the console watch and the page helpers are those of
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
-import signal
-import subprocess
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,10 +22,10 @@ from tests.test_browser import (
     BOB_TOKEN,
     CHROMIUM,
     CHROMIUM_ARGS,
-    SWITCHOVER,
     WAIT_MS,
     Server,
     open_widget,
+    running_server,
     say,
     shot,
     sign_in,
@@ -125,63 +119,9 @@ STUBS = """
 """
 
 
-@contextmanager
-def serving(home: Path, config_text: str) -> Iterator[Server]:
-    """A real Switchover on free ports with ``config_text``, stopped with SIGTERM."""
-    config = home / "switchover.toml"
-    config.write_text(config_text, encoding="utf-8")
-    errors = (home / "stderr.log").open("w+", encoding="utf-8")
-    process = subprocess.Popen(
-        [
-            str(SWITCHOVER),
-            "serve",
-            "--config",
-            str(config),
-            "--ws-port",
-            "0",
-            "--http-port",
-            "0",
-            "--data-dir",
-            str(home / "data"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=errors,
-        text=True,
-        cwd=home,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
-    ).start()
-    try:
-        http_url = None
-        while http_url is None:
-            try:
-                line = lines.get(timeout=15)
-            except queue.Empty:
-                break
-            found = re.search(r"ready: .*HTTP (http://\S+)", line)
-            http_url = found.group(1) if found else None
-        if http_url is None:
-            errors.seek(0)
-            pytest.fail(f"switchover serve did not start:\n{errors.read()[-3000:]}")
-        yield Server(http_url, process)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        errors.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving(tmp_path_factory.mktemp("switchover-desk"), CONFIG) as running:
+    with running_server(tmp_path_factory.mktemp("switchover-desk"), CONFIG) as running:
         yield running
 
 
@@ -510,7 +450,7 @@ def test_switching_servers_and_agents_in_one_tab_raises_no_error(
     desk.get_by_role("button", name="End chat").click()
     expect(desk.locator("#chat-state")).to_have_text("Ended")
 
-    with serving(tmp_path, OTHER_CONFIG) as other:
+    with running_server(tmp_path, OTHER_CONFIG) as other:
         other_config = agent_context.request.get(f"{other.http_url}/config.json").text()
         desk.route(
             f"{server.http_url}/config.json",

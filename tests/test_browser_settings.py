@@ -5,22 +5,16 @@ user and an agent talk, and the session expires after the new timeout once someo
 
 from __future__ import annotations
 
-import os
-import queue
-import re
-import signal
-import subprocess
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from .test_browser import (
-    SWITCHOVER,
     WAIT_MS,
     Server,
     browser,
     open_widget,
+    running_server,
     say,
     shot,
     sign_in,
@@ -53,45 +47,8 @@ token = "{ADMIN_TOKEN}"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A real Switchover with an administrator, stopped with SIGTERM."""
-    home = tmp_path_factory.mktemp("switchover-settings")
-    config = home / "switchover.toml"
-    config.write_text(CONFIG, encoding="utf-8")
-    errors = (home / "stderr.log").open("w+", encoding="utf-8")
-    command = [str(SWITCHOVER), "serve", "--config", str(config), "--ws-port", "0"]
-    process = subprocess.Popen(
-        [*command, "--http-port", "0", "--data-dir", str(home / "data")],
-        stdout=subprocess.PIPE,
-        stderr=errors,
-        text=True,
-        cwd=home,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    stdout = process.stdout
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
-    http_url = None
-    try:
-        while http_url is None:
-            try:
-                line = lines.get(timeout=15)
-            except queue.Empty:
-                break
-            found = re.search(r"ready: .*HTTP (http://\S+)", line)
-            http_url = found.group(1) if found else None
-        if http_url is None:
-            errors.seek(0)
-            pytest.fail(f"switchover serve did not start:\n{errors.read()[-3000:]}")
-        yield Server(http_url, process)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        errors.close()
+    with running_server(tmp_path_factory.mktemp("switchover-settings"), CONFIG) as started:
+        yield started
 
 
 @pytest.fixture
