@@ -112,7 +112,21 @@ def build_bindings(
 
 
 def open_store(config: Config) -> AbstractAsyncContextManager[Store]:
-    """The SQLite store in ``data_dir`` when asked for, else memory."""
+    """The SQLite store in ``data_dir`` when asked for, the clustered store on Valkey
+    (docs/cluster.md), else memory."""
+    if config.store.kind == "valkey":
+        # Imported here: the Valkey client is needed only in the clustered mode.
+        from transport.cluster.store import open_valkey_store
+
+        store = config.store
+        return open_valkey_store(
+            store.addresses,
+            store.node_id or "",
+            partitions=store.partitions,
+            lease_seconds=store.lease_seconds,
+            durability=store.durability,
+            settings={k: b.settings for k, b in config.bots.items()},
+        )
     if config.store.kind == "sqlite" and config.store.data_dir is not None:
         config.store.data_dir.mkdir(parents=True, exist_ok=True)
         return sqlite_store.open_sqlite_store(

@@ -1,0 +1,142 @@
+"""Partition leases: which partitions this node owns, and the fencing token of each.
+
+A node takes a free partition with ``acquire.lua`` (``SET NX PX`` of "node:epoch", the
+epoch from the partition's own ``INCR`` counter: the fencing token) and renews what it
+holds every third of the lease. Every commit checks the token inside the engine, so a node
+that paused past its lease can never write after another took the partition over. Nodes
+announce themselves in a sorted set expiring with the lease, and each takes at most its fair
+share (the partitions divided by the live nodes, rounded up) of the free ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+from transport.cluster.engine import Engine, EngineError
+from transport.cluster.keys import NODES, PartitionKeys
+
+log = logging.getLogger("switchover.cluster")
+
+
+class Leases:
+    """The leases one node holds; :meth:`run` keeps them for as long as it runs."""
+
+    def __init__(self, engine: Engine, node_id: str, partitions: int, lease_seconds: float) -> None:
+        self.engine = engine
+        self.node_id = node_id
+        self.partitions = partitions
+        self.lease_ms = max(1, round(lease_seconds * 1000))
+        self.tokens: dict[int, str] = {}
+        self.live_nodes = 1
+        #: Counters for /metrics and /healthz.
+        self.renewals = 0
+        self.takeovers = 0
+        self.lost = 0
+        self._started = False
+        self._stopped = False
+        self._changed = trio.Event()
+
+    def token(self, partition: int) -> str | None:
+        """This node's fencing token for ``partition``, or ``None`` when it does not own it."""
+        return self.tokens.get(partition)
+
+    async def changed(self) -> None:
+        """Wait until this node gains or loses a partition."""
+        await self._changed.wait()
+
+    def _touch(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    @property
+    def share(self) -> int:
+        return math.ceil(self.partitions / max(1, self.live_nodes))
+
+    async def round(self) -> None:
+        """Announce this node, renew what it holds, then take free partitions up to its share."""
+        if self._stopped:
+            return
+        now = await self.engine.now_ms(NODES)
+        await self.engine.command(
+            ["ZADD", NODES, str(now + self.lease_ms), self.node_id], key=NODES
+        )
+        await self.engine.command(["ZREMRANGEBYSCORE", NODES, "-inf", str(now)], key=NODES)
+        self.live_nodes = int(await self.engine.command(["ZCARD", NODES], key=NODES))
+        async with trio.open_nursery() as nursery:
+            for partition, token in list(self.tokens.items()):
+                nursery.start_soon(self._renew, partition, token)
+        if len(self.tokens) >= self.share:
+            return
+        # Start at a place of our own so nodes starting together do not race for the same ones.
+        offset = hash(self.node_id) % self.partitions
+        for step in range(self.partitions):
+            if len(self.tokens) >= self.share:
+                break
+            partition = (offset + step) % self.partitions
+            if partition not in self.tokens:
+                await self._acquire(partition)
+
+    async def _renew(self, partition: int, token: str) -> None:
+        keys = PartitionKeys(partition)
+        if await self.engine.run(self.engine.renew, [keys.lease], [token, str(self.lease_ms)]):
+            self.renewals += 1
+            return
+        if self.tokens.get(partition) == token:
+            del self.tokens[partition]
+            self.lost += 1
+            self._touch()
+            log.warning("lost the lease of partition %d", partition, extra={"partition": partition})
+
+    async def _acquire(self, partition: int) -> None:
+        keys = PartitionKeys(partition)
+        taken, value = await self.engine.run(
+            self.engine.acquire, [keys.lease, keys.epoch], [self.node_id, str(self.lease_ms)]
+        )
+        if not taken:
+            return
+        token = value.decode() if isinstance(value, bytes) else str(value)
+        self.tokens[partition] = token
+        self._touch()
+        if self._started:
+            self.takeovers += 1
+            log.info(
+                "took partition %d over (%s)", partition, token, extra={"partition": partition}
+            )
+
+    async def start(self) -> None:
+        """Take this node's share before serving: partitions whose owner died unannounced
+        become free when their lease expires, so this waits at most about one lease."""
+        with trio.move_on_after(self.lease_ms / 1000 * 1.5):
+            while True:
+                await self.round()
+                if len(self.tokens) >= self.share:
+                    break
+                await trio.sleep(self.lease_ms / 1000 / 6)
+        self._started = True
+        log.info(
+            "node %s owns %d of %d partitions",
+            self.node_id,
+            len(self.tokens),
+            self.partitions,
+            extra={"node_id": self.node_id, "owned": len(self.tokens)},
+        )
+
+    async def run(self) -> None:
+        """Renew and take over until cancelled; an engine error is logged and retried."""
+        while True:
+            await trio.sleep(self.lease_ms / 1000 / 3)
+            try:
+                await self.round()
+            except EngineError as exc:
+                log.warning("lease round failed: %s", exc)
+
+    async def release_all(self) -> None:
+        """Give every lease up at once (a graceful stop): another node takes them over now."""
+        self._stopped = True
+        tokens, self.tokens = self.tokens, {}
+        for partition, token in tokens.items():
+            await self.engine.run(self.engine.release, [PartitionKeys(partition).lease], [token])
+        await self.engine.command(["ZREM", NODES, self.node_id], key=NODES)
