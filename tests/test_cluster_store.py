@@ -51,7 +51,13 @@ def _entry(conversation_id: str, seq: int, text: str, *, to_bot: bool = True) ->
 
 @asynccontextmanager
 async def node(valkey: ValkeyServer, node_id: str, **options: Any) -> AsyncIterator[ValkeyStore]:
-    options = {"partitions": PARTITIONS, "lease_seconds": 1.0, "settings": SETTINGS, **options}
+    options = {
+        "partitions": PARTITIONS,
+        "lease_seconds": 1.0,
+        "settings": SETTINGS,
+        "settle": False,
+        **options,
+    }
     async with open_valkey_store([valkey.address], node_id, **options) as store:
         yield store
 

@@ -439,7 +439,9 @@ def _store(reader: _Reader, data: Mapping[str, Any], base: Path) -> StoreConfig:
     kind = reader.choice(table, "store", "kind", STORE_KINDS, "sqlite")
     raw_dir = reader.string(table, "store", "data_dir")
     data_dir = (
-        (base / (raw_dir or DEFAULT_DATA_DIR)).resolve() if raw_dir or kind == "sqlite" else None
+        (base / (raw_dir or DEFAULT_DATA_DIR)).resolve()
+        if raw_dir or kind in ("sqlite", "valkey")
+        else None
     )
     store = StoreConfig(kind, data_dir, _retention_days(reader, table))
     return _cluster(reader, table, store) if kind == "valkey" else store

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 
 import trio
 
@@ -19,6 +20,12 @@ from transport.cluster.engine import Engine, EngineError
 from transport.cluster.keys import NODES, PartitionKeys
 
 log = logging.getLogger("switchover.cluster")
+
+
+class LeaseLost(Exception):
+    """This node lost a partition it held (it paused or was cut off for longer than the
+    lease, and another node may have taken over): the node stops, and its clients reconnect
+    to a node that owns their conversations. Its commits were refused from then on anyway."""
 
 
 class Leases:
@@ -31,6 +38,7 @@ class Leases:
         self.lease_ms = max(1, round(lease_seconds * 1000))
         self.tokens: dict[int, str] = {}
         self.live_nodes = 1
+        self.peers: list[str] = [node_id]
         #: Counters for /metrics and /healthz.
         self.renewals = 0
         self.takeovers = 0
@@ -64,20 +72,30 @@ class Leases:
             ["ZADD", NODES, str(now + self.lease_ms), self.node_id], key=NODES
         )
         await self.engine.command(["ZREMRANGEBYSCORE", NODES, "-inf", str(now)], key=NODES)
-        self.live_nodes = int(await self.engine.command(["ZCARD", NODES], key=NODES))
+        members = await self.engine.command(["ZRANGE", NODES, "0", "-1"], key=NODES)
+        self.peers = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        self.live_nodes = max(1, len(self.peers))
         async with trio.open_nursery() as nursery:
             for partition, token in list(self.tokens.items()):
                 nursery.start_soon(self._renew, partition, token)
         if len(self.tokens) >= self.share:
             return
-        # Start at a place of our own so nodes starting together do not race for the same ones.
-        offset = hash(self.node_id) % self.partitions
-        for step in range(self.partitions):
+        # The partitions this node is the preferred owner of first (rendezvous hashing over
+        # the live nodes), so nodes starting together split them instead of racing.
+        for partition in sorted(range(self.partitions), key=self._preference):
             if len(self.tokens) >= self.share:
                 break
-            partition = (offset + step) % self.partitions
             if partition not in self.tokens:
                 await self._acquire(partition)
+
+    def _preference(self, partition: int) -> tuple[bool, int]:
+        """Sorts first the partitions whose preferred owner is this node."""
+
+        def score(node: str) -> int:
+            return zlib.crc32(f"{node}/{partition}".encode())
+
+        preferred = max(self.peers, key=score) if self.peers else self.node_id
+        return (preferred != self.node_id, partition)
 
     async def _renew(self, partition: int, token: str) -> None:
         keys = PartitionKeys(partition)
@@ -88,7 +106,8 @@ class Leases:
             del self.tokens[partition]
             self.lost += 1
             self._touch()
-            log.warning("lost the lease of partition %d", partition, extra={"partition": partition})
+            log.error("lost the lease of partition %d", partition, extra={"partition": partition})
+            raise LeaseLost(f"node {self.node_id} lost the lease of partition {partition}")
 
     async def _acquire(self, partition: int) -> None:
         keys = PartitionKeys(partition)
@@ -106,9 +125,19 @@ class Leases:
                 "took partition %d over (%s)", partition, token, extra={"partition": partition}
             )
 
-    async def start(self) -> None:
+    async def start(self, *, settle: bool = True) -> None:
         """Take this node's share before serving: partitions whose owner died unannounced
-        become free when their lease expires, so this waits at most about one lease."""
+        become free when their lease expires, so this waits at most about one lease more.
+        ``settle``: first announce this node and wait one lease, so nodes started together
+        see each other and split the partitions (a node already owning them keeps them)."""
+        if settle:
+            with trio.move_on_after(self.lease_ms / 1000):
+                while True:
+                    now = await self.engine.now_ms(NODES)
+                    await self.engine.command(
+                        ["ZADD", NODES, str(now + self.lease_ms), self.node_id], key=NODES
+                    )
+                    await trio.sleep(self.lease_ms / 1000 / 3)
         with trio.move_on_after(self.lease_ms / 1000 * 1.5):
             while True:
                 await self.round()

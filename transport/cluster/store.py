@@ -11,9 +11,10 @@ an open session, the sorted set of their deadlines, and the hash of entries owed
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -25,6 +26,9 @@ from transport.cluster.codec import entry_from_json, entry_json, state_from_json
 from transport.cluster.engine import Engine, EngineError, connect
 from transport.cluster.keys import PRESENCE, PartitionKeys, partition_of
 from transport.cluster.leases import Leases
+
+if TYPE_CHECKING:
+    from actors.trio.switchboard import Switchboard
 
 log = logging.getLogger("switchover.cluster")
 
@@ -62,9 +66,59 @@ class ValkeyStore:
         self.fenced = 0
         self._done: list[tuple[int, str]] = []
         self._done_waiting = trio.Event()
+        #: The partitions whose open sessions the switchboard was given.
+        self._restored: set[int] = set()
 
     def _keys(self, conversation_id: str) -> PartitionKeys:
         return PartitionKeys(partition_of(conversation_id, self.leases.partitions))
+
+    # -- the switchboard's side -------------------------------------------------------------
+
+    def new_conversation_id(self) -> str:
+        """A fresh conversation id in a partition this node owns: a new conversation is
+        served where its user connected (a few draws on average: the node owns its share)."""
+        owned = self.leases.tokens
+        while True:
+            conversation_id = secrets.token_hex(12)
+            if not owned or partition_of(conversation_id, self.leases.partitions) in owned:
+                return conversation_id
+
+    async def follow(self, board: Switchboard) -> None:
+        """Hand the switchboard the open sessions and the bots' unanswered events of every
+        partition this node takes over, as it takes them: their deadlines, even those that
+        passed while the partition had no owner, fire from the stored state, once."""
+        while True:
+            gained = set(self.leases.tokens) - self._restored
+            if not gained:
+                await self.leases.changed()
+                continue
+            self._restored |= gained
+            partitions = sorted(gained)
+            states = await self._open_sessions(partitions)
+            backlog = await self._bot_backlog(partitions)
+            board.restore(states, backlog)
+            log.info(
+                "restored %d open sessions of %d partitions taken over",
+                len(states),
+                len(partitions),
+                extra={"sessions": len(states), "partitions": len(partitions)},
+            )
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` tells about this node of the cluster."""
+        leases = self.leases
+        return {
+            "cluster": {
+                "node_id": leases.node_id,
+                "partitions_owned": sorted(leases.tokens),
+                "partitions": leases.partitions,
+                "live_nodes": leases.live_nodes,
+                "lease_renewals": leases.renewals,
+                "takeovers": leases.takeovers,
+                "commits": self.commits,
+                "fenced_commits": self.fenced,
+            }
+        }
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -182,8 +236,13 @@ class ValkeyStore:
         return _entries(rows)
 
     async def open_sessions(self) -> list[ConversationState]:
+        owned = sorted(self.leases.tokens)
+        self._restored |= set(owned)
+        return await self._open_sessions(owned)
+
+    async def _open_sessions(self, partitions: Sequence[int]) -> list[ConversationState]:
         states = []
-        for partition in sorted(self.leases.tokens):
+        for partition in partitions:
             keys = PartitionKeys(partition)
             for member in sorted(await self._read(["SMEMBERS", keys.open], keys.open) or []):
                 state = await self.load(_text(member))
@@ -192,8 +251,11 @@ class ValkeyStore:
         return states
 
     async def bot_backlog(self) -> list[Entry]:
+        return await self._bot_backlog(sorted(self.leases.tokens))
+
+    async def _bot_backlog(self, partitions: Sequence[int]) -> list[Entry]:
         owed: list[tuple[str, int]] = []
-        for partition in sorted(self.leases.tokens):
+        for partition in partitions:
             key = PartitionKeys(partition).owed
             for field in await self._read(["HKEYS", key], key) or []:
                 number, _, conversation_id = _text(field).partition(":")
@@ -233,23 +295,27 @@ async def open_valkey_store(
     lease_seconds: float = 2.0,
     durability: str = "aof",
     settings: Mapping[str, BotSettings] | None = None,
+    settle: bool = True,
 ) -> AsyncIterator[ValkeyStore]:
     """Connect, check that commits can be made durable, take this node's share of the
     partitions, and keep the leases for the duration of the block; on leaving, give them up
-    at once so another node takes them over. Raises :class:`StoreUnavailable` when the engine
-    cannot be used: the server must refuse to start."""
+    at once so another node takes them over (``settle``: see :meth:`Leases.start`). Raises
+    :class:`StoreUnavailable` when the engine cannot be used: the server must refuse to
+    start. A lost lease raises :class:`LeaseLost` out of the block: the node stops."""
     try:
         engine = await connect(addresses)
+        # The leases have a connection of their own: a renewal never waits behind commits.
+        lease_engine = await connect(addresses)
     except EngineError as exc:
         raise StoreUnavailable(
             f"cannot reach the cluster store at {', '.join(addresses)}: {exc}"
         ) from exc
     try:
-        leases = Leases(engine, node_id, partitions, lease_seconds)
+        leases = Leases(lease_engine, node_id, partitions, lease_seconds)
         store = ValkeyStore(engine, leases, settings=settings, durability=durability)
         try:
             await store._durable(PartitionKeys(0).lease)
-            await leases.start()
+            await leases.start(settle=settle)
         except EngineError as exc:
             raise StoreUnavailable(f"the cluster store cannot be used: {exc}") from exc
         async with trio.open_nursery() as nursery:
@@ -267,3 +333,4 @@ async def open_valkey_store(
     finally:
         with trio.CancelScope(shield=True):
             await engine.close()
+            await lease_engine.close()

@@ -244,8 +244,12 @@ async def _serve(
             parts.backends.by_name,
             store,
             limits=config.limits.for_conversations(),
+            new_id=getattr(store, "new_conversation_id", None),
         )
         await core.start(board.run)
+        follow = getattr(store, "follow", None)  # the clustered store: partitions taken over
+        if follow is not None:
+            core.start_soon(follow, board)
         # Open sessions are restored: freeze what start-up built and space out collections,
         # so a crowd of expiries is not stalled by a full collection (actors/trio/collector.py).
         tune_collector()
@@ -267,6 +271,7 @@ async def _serve(
             widget_frame_ancestors=listen.widget_frame_ancestors,
             backends=parts.backends,
         )
+        _watch_cluster(config, store, app)
         if handle_signals:
             core.start_soon(_on_signals, shutdown)
         http_stop = trio.Event()
@@ -307,6 +312,18 @@ async def _serve(
             # Whatever the listeners still do after this bound is cut short.
             listeners.cancel_scope.deadline = trio.current_time() + listen.shutdown_timeout
         core.cancel_scope.cancel()
+
+
+def _watch_cluster(config: Config, store: Store, app: HttpApp) -> None:
+    """In the clustered mode, this node's partitions and leases in /healthz and /metrics."""
+    if config.store.kind != "valkey":
+        return
+    from transport.cluster.metrics import ClusterMetrics
+    from transport.cluster.store import ValkeyStore
+
+    if isinstance(store, ValkeyStore):
+        app.registry.register(ClusterMetrics(store))
+        app.health.append(store.health)
 
 
 async def _cancellable(
