@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import httpx
 import trio
+from trio_websocket import ConnectionClosed
 
 from transport.client import Closed, RequestRefused, UserClient, connect_user
 from transport.cluster.engine import connect
@@ -144,7 +145,7 @@ class User:
         while not stop.is_set():
             try:
                 await self.say(f"{self.client.conversation_id} t{i}")
-            except (Closed, RequestRefused, trio.TooSlowError):
+            except (Closed, ConnectionClosed, RequestRefused, trio.TooSlowError):
                 return
             i += 1
 
@@ -203,6 +204,7 @@ async def test_sigkill_of_the_busiest_node_loses_nothing_and_every_session_ends_
             # SIGKILL of n1 while its sessions wait and every user talks.
             stop = trio.Event()
             talking = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(stop.set)  # whatever happens, the talking stops
             for user in users:
                 talking.start_soon(user.keep_talking, stop)
             await bot.wait_for_calls(bot.calls + 20)

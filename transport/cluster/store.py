@@ -29,6 +29,7 @@ from transport.cluster.leases import Leases
 
 if TYPE_CHECKING:
     from actors.trio.switchboard import Switchboard
+    from transport.cluster.routing import Router
 
 log = logging.getLogger("switchover.cluster")
 
@@ -57,8 +58,11 @@ class ValkeyStore:
         *,
         settings: Mapping[str, BotSettings] | None = None,
         durability: str = "aof",
+        addresses: Sequence[str] = (),
     ) -> None:
         self.engine = engine
+        self.addresses = list(addresses)
+        self.router: Router | None = None
         self.leases = leases
         self.settings = dict(settings or {})
         self.durability = durability
@@ -83,10 +87,26 @@ class ValkeyStore:
             if not owned or partition_of(conversation_id, self.leases.partitions) in owned:
                 return conversation_id
 
+    def switchboard(self, *args: Any, **options: Any) -> Switchboard:
+        """The runtime's switchboard for this node: conversations owned elsewhere are
+        routed to their owner (:mod:`transport.cluster.routing`)."""
+        from transport.cluster.board import ClusterSwitchboard
+        from transport.cluster.routing import Router
+
+        self.router = Router(self, self.addresses)
+        return ClusterSwitchboard(*args, router=self.router, **options)
+
     async def follow(self, board: Switchboard) -> None:
-        """Hand the switchboard the open sessions and the bots' unanswered events of every
-        partition this node takes over, as it takes them: their deadlines, even those that
-        passed while the partition had no owner, fire from the stored state, once."""
+        """Route for the switchboard (when it is this store's), and hand it the open
+        sessions and the bots' unanswered events of every partition this node takes over,
+        as it takes them: their deadlines, even those that passed while the partition had no
+        owner, fire from the stored state, once."""
+        async with trio.open_nursery() as nursery:
+            if self.router is not None:
+                nursery.start_soon(self.router.run, board)
+            await self._restore_taken_over(board)
+
+    async def _restore_taken_over(self, board: Switchboard) -> None:
         while True:
             gained = set(self.leases.tokens) - self._restored
             if not gained:
@@ -97,6 +117,8 @@ class ValkeyStore:
             states = await self._open_sessions(partitions)
             backlog = await self._bot_backlog(partitions)
             board.restore(states, backlog)
+            if self.router is not None:
+                self.router.adopt(partitions)
             log.info(
                 "restored %d open sessions of %d partitions taken over",
                 len(states),
@@ -312,7 +334,9 @@ async def open_valkey_store(
         ) from exc
     try:
         leases = Leases(lease_engine, node_id, partitions, lease_seconds)
-        store = ValkeyStore(engine, leases, settings=settings, durability=durability)
+        store = ValkeyStore(
+            engine, leases, settings=settings, durability=durability, addresses=addresses
+        )
         try:
             await store._durable(PartitionKeys(0).lease)
             await leases.start(settle=settle)

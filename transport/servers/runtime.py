@@ -239,7 +239,9 @@ async def _serve(
     listen = config.listeners
     desk, connections = parts.desk, parts.connections
     async with open_store(config) as store, trio.open_nursery() as core:
-        board = Switchboard(
+        # The clustered store routes conversations owned by other nodes (docs/cluster.md).
+        make_board = getattr(store, "switchboard", Switchboard)
+        board = make_board(
             parts.bindings,
             parts.backends.by_name,
             store,

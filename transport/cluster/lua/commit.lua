@@ -28,6 +28,10 @@ for _ = 1, tonumber(ARGV[8]) do
   end
   i = i + 3
 end
+if tonumber(ARGV[8]) > 0 then
+  -- The doorbell for nodes whose clients follow this conversation (transport/cluster/routing.py).
+  redis.call('PUBLISH', 'sw:commits', ARGV[2] .. ' ' .. (next_seq - 1))
+end
 if ARGV[6] == '1' then
   redis.call('SADD', KEYS[4], ARGV[2])
 else
