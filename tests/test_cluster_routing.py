@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -123,6 +124,15 @@ async def test_a_session_through_the_node_that_does_not_own_the_conversation(
         store_a: Any = a.services.board.store
         store_b: Any = b.services.board.store
         assert store_b.router.forwarded >= 4 and store_a.router.served == store_b.router.forwarded
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"{b.http_url}/healthz")).json()["cluster"]
+            assert health["node_id"] == "b"
+            assert set(health["partitions_owned"]) == _owned(b)
+            assert health["inputs_forwarded"] == store_b.router.forwarded
+            assert health["inputs_waiting"] == 0
+            scraped = (await http.get(f"{a.http_url}/metrics")).text
+            assert f"switchover_cluster_partitions_owned {float(len(_owned(a)))}" in scraped
+            assert "switchover_cluster_inputs_served_total" in scraped
         entries = [f for f in frames if f["type"] == "entry"]
         seqs = [f["seq"] for f in entries]
         assert seqs == sorted(set(seqs))  # in order, never twice

@@ -42,3 +42,19 @@ class ClusterMetrics(Collector):
             "Commits refused because the partition's lease had passed to another node.",
             value=store.fenced,
         )
+        router = store.router
+        yield CounterMetricFamily(
+            "switchover_cluster_inputs_forwarded_total",
+            "Inputs this node sent to the owner of their conversation.",
+            value=0 if router is None else router.forwarded,
+        )
+        yield CounterMetricFamily(
+            "switchover_cluster_inputs_served_total",
+            "Inputs other nodes sent this node, as the owner of their conversation.",
+            value=0 if router is None else router.served,
+        )
+        yield GaugeMetricFamily(
+            "switchover_cluster_inputs_waiting",
+            "Inputs this node sent to other nodes and not answered yet.",
+            value=0 if router is None else len(router.pending),
+        )

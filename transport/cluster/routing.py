@@ -104,7 +104,6 @@ class Router:
         #: For /healthz and /metrics.
         self.forwarded = 0
         self.served = 0
-        self.inbound_lag = 0
 
     def owns(self, conversation_id: str) -> bool:
         return partition_of(conversation_id, self.leases.partitions) in self.leases.tokens

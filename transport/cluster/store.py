@@ -139,6 +139,9 @@ class ValkeyStore:
                 "takeovers": leases.takeovers,
                 "commits": self.commits,
                 "fenced_commits": self.fenced,
+                "inputs_forwarded": 0 if self.router is None else self.router.forwarded,
+                "inputs_served": 0 if self.router is None else self.router.served,
+                "inputs_waiting": 0 if self.router is None else len(self.router.pending),
             }
         }
 
