@@ -20,7 +20,7 @@ from actors.ports import StoreUnavailable
 from transport.client import connect_agent, connect_user
 from transport.cluster.engine import connect
 from transport.cluster.keys import PartitionKeys, partition_of
-from transport.cluster.leases import Leases
+from transport.cluster.leases import LeaseLost, Leases
 from transport.cluster.store import ValkeyStore, open_valkey_store
 from transport.config import from_mapping
 from transport.errors import ConfigError
@@ -255,3 +255,20 @@ async def test_a_session_on_one_node_then_resumed_after_its_restart(valkey: Valk
         state = await server.services.board.store.load(conversation)
         assert state is not None and state.session is not None
         assert state.session.agent_id == "alice"
+
+
+async def test_a_node_whose_lease_was_taken_stops(valkey: ValkeyServer) -> None:
+    engine = await connect([valkey.address])
+    try:
+        leases = Leases(engine, "n1", PARTITIONS, 5.0)
+        await leases.round()
+        assert len(leases.tokens) == PARTITIONS
+        await engine.command(["DEL", PartitionKeys(3).lease])  # it expired unrenewed
+        taker = Leases(engine, "n2", PARTITIONS, 5.0)
+        await taker.round()
+        assert taker.token(3) is not None
+        with pytest.RaisesGroup(pytest.RaisesExc(LeaseLost, match="partition 3")):
+            await leases.round()
+        assert leases.token(3) is None and leases.lost == 1
+    finally:
+        await engine.close()

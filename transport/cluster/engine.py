@@ -13,6 +13,8 @@ from importlib import resources
 from typing import Any, cast
 
 from glide import (
+    Batch,
+    ClusterBatch,
     GlideClient,
     GlideClientConfiguration,
     GlideClusterClient,
@@ -54,6 +56,22 @@ class Engine:
                 list(args), route=SlotKeyRoute(SlotType.PRIMARY, key)
             )
         return await self.client.custom_command(list(args))
+
+    async def pipeline(self, commands: Sequence[Sequence[str]]) -> list[Any]:
+        """Several commands in one round trip, not atomic: each answer, or the error it got
+        (an exception object), in order."""
+        batch: Batch | ClusterBatch = (
+            ClusterBatch(is_atomic=False) if self.clustered else Batch(is_atomic=False)
+        )
+        for args in commands:
+            batch.custom_command(list(args))
+        if self.clustered:
+            cluster = cast(GlideClusterClient, self.client)
+            answers = await cluster.exec(cast(ClusterBatch, batch), raise_on_error=False)
+        else:
+            single = cast(GlideClient, self.client)
+            answers = await single.exec(cast(Batch, batch), raise_on_error=False)
+        return list(answers or [])
 
     async def now_ms(self, key: str | None = None) -> int:
         """The engine's clock, in milliseconds: leases and liveness use it, not ours."""

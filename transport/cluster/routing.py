@@ -251,18 +251,22 @@ class Router:
             nursery.start_soon(self._expire_forever)
 
     async def _send_forever(self) -> None:
+        """Every input waiting, in one round trip per pass (in order)."""
         while True:
             await self._outgoing_ready.wait()
             self._outgoing_ready = trio.Event()
             outgoing, self._outgoing = self._outgoing, []
-            for key, fields in outgoing:
-                request = fields[3]
-                try:
-                    await self.engine.command(
-                        ["XADD", key, "MAXLEN", "~", str(STREAM_BOUND), "*", *fields], key=key
-                    )
-                except EngineError as exc:
-                    self._answered(request, fx.Refusal("store_unavailable", str(exc)))
+            commands = [
+                ["XADD", key, "MAXLEN", "~", str(STREAM_BOUND), "*", *fields]
+                for key, fields in outgoing
+            ]
+            try:
+                answers: list[Any] = await self.engine.pipeline(commands)
+            except EngineError as exc:
+                answers = [exc] * len(commands)
+            for (_, fields), answer in zip(outgoing, answers, strict=False):
+                if isinstance(answer, Exception):
+                    self._answered(fields[3], fx.Refusal("store_unavailable", str(answer)))
 
     async def _expire_forever(self) -> None:
         while True:
@@ -396,21 +400,24 @@ class Router:
             reply(fx.Refusal("internal_error", "This input cannot be handled."))
 
     async def _answer_forever(self) -> None:
+        """Every answer waiting and the acknowledgement of its input, in one round trip."""
         while True:
             await self._answers_ready.wait()
             self._answers_ready = trio.Event()
             answers, self._answers = self._answers, []
+            commands: list[list[str]] = []
             for origin, request, key, stream_id, outcome in answers:
-                outbox = _outbox(origin)
-                try:
-                    fields = ["r", request, "o", message_json(outcome)]
-                    await self.engine.command(
-                        ["XADD", outbox, "MAXLEN", "~", str(STREAM_BOUND), "*", *fields],
-                        key=outbox,
-                    )
-                    await self.engine.command(["XACK", key, GROUP, stream_id], key=key)
-                except EngineError as exc:
-                    log.warning("cannot answer node %s: %s", origin, exc)
+                fields = ["r", request, "o", message_json(outcome)]
+                bound = ["MAXLEN", "~", str(STREAM_BOUND)]
+                commands.append(["XADD", _outbox(origin), *bound, "*", *fields])
+                commands.append(["XACK", key, GROUP, stream_id])
+            try:
+                results = await self.engine.pipeline(commands)
+            except EngineError as exc:
+                results = [exc]
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
+                log.warning("cannot answer %d inputs: %s", len(failed), failed[0])
 
 
 def _pairs(fields: Any) -> list[tuple[str, str]]:
