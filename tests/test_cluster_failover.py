@@ -2,9 +2,9 @@
 nodes, bot-mode traffic and waiting sessions that expire, then SIGKILL of the busiest node.
 
 The other nodes take its partitions over once their leases expire; its users resume at once
-on the other nodes, whoever owns their conversation. Asserted: no acknowledged message lost, none stored or
-delivered twice, none out of order; every session ends once, its expiry pushed to the bot
-once, late by at most about the lease (docs/cluster.md)."""
+on the other nodes, whoever owns their conversation. Asserted: no acknowledged message
+lost, none stored or delivered twice, none out of order; every session ends once, its
+expiry pushed to the bot once, late by at most about the lease (docs/cluster.md)."""
 
 from __future__ import annotations
 
