@@ -192,7 +192,10 @@ capacity = 0
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[store]\nkind = 'redis'\n", "store.kind: must be one of sqlite, memory, got 'redis'"),
+        (
+            "[store]\nkind = 'redis'\n",
+            "store.kind: must be one of sqlite, memory, valkey, got 'redis'",
+        ),
         ("bots = 3\n", "bots: must be a table, got an integer"),
         ("[bots]\n", "bots: at least one bot is required"),
         ("[bots.x]\nbackend = 'zendesk'\n", "bots.x.backend: unknown livechat backend 'zendesk'"),

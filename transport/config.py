@@ -42,7 +42,9 @@ DEFAULT_WS_PORT = 8765
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_BOT = "demo"
 DEFAULT_AGENT = "demo-agent"
-STORE_KINDS = ("sqlite", "memory")
+STORE_KINDS = ("sqlite", "memory", "valkey")
+#: How a clustered store makes a commit durable before it is acknowledged (docs/cluster.md).
+CLUSTER_DURABILITY = ("aof", "replica", "none")
 DEFAULT_DATA_DIR = Path("data")
 #: WebSocket listener implementations; the first is the default (see
 #: transport/servers/websocket.py).
@@ -140,6 +142,13 @@ class StoreConfig:
     kind: str = "memory"
     data_dir: Path | None = None
     retention_days: float | None = None
+    #: The clustered mode (``kind`` "valkey", docs/cluster.md): the engine's addresses
+    #: ("host:port"), this node's id, the number of partitions, their lease, and durability.
+    addresses: tuple[str, ...] = ()
+    node_id: str | None = None
+    partitions: int = 64
+    lease_seconds: float = 2.0
+    durability: str = "aof"
 
 
 @attrs.frozen
@@ -366,7 +375,8 @@ _LISTENER_KEYS = {
     "websocket",
     "widget_frame_ancestors",
 }
-_STORE_KEYS = {"kind", "data_dir", "retention_days"}
+CLUSTER_KEYS = ("addresses", "node_id", "partitions", "lease_seconds", "durability")
+_STORE_KEYS = {"kind", "data_dir", "retention_days", *CLUSTER_KEYS}
 _LOGGING_KEYS = {"format", "level"}
 
 
@@ -562,9 +572,49 @@ def _store(reader: _Reader, data: Mapping[str, Any], base: Path) -> StoreConfig:
     kind = reader.choice(table, "store", "kind", STORE_KINDS, "sqlite")
     raw_dir = reader.string(table, "store", "data_dir")
     data_dir = (
-        (base / (raw_dir or DEFAULT_DATA_DIR)).resolve() if raw_dir or kind == "sqlite" else None
+        (base / (raw_dir or DEFAULT_DATA_DIR)).resolve()
+        if raw_dir or kind in ("sqlite", "valkey")
+        else None
     )
-    return StoreConfig(kind, data_dir, _retention_days(reader, table))
+    store = StoreConfig(kind, data_dir, _retention_days(reader, table))
+    return _cluster(reader, table, store) if kind == "valkey" else store
+
+
+def _cluster(reader: _Reader, table: Mapping[str, Any], store: StoreConfig) -> StoreConfig:
+    """The clustered mode's keys: every node names the same engine and partitions, and a
+    node id of its own (two live nodes with one id would share leases)."""
+    raw = table.get("addresses", ["127.0.0.1:6379"])
+    addresses: list[str] = []
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        reader.problem("store.addresses", f"must be a list of host:port, got {_shown(raw)}")
+        raw = []
+    for address in raw:
+        host, _, port = str(address).rpartition(":")
+        if not isinstance(address, str) or not host or not port.isdigit() or int(port) > 65535:
+            reader.problem("store.addresses", f"must be host:port, got {_shown(address)}")
+        else:
+            addresses.append(address)
+    node_id = reader.string(table, "store", "node_id")
+    if node_id is None:
+        reader.problem("store.node_id", 'is required when the store kind is "valkey"')
+    elif not node_id.replace("-", "").replace("_", "").isalnum() or len(node_id) > 64:
+        reader.problem("store.node_id", f"must be letters, digits, - or _, got {node_id!r}")
+    partitions = reader.integer(table, "store", "partitions", 64, low=1, high=4096) or 64
+    lease = reader.number(table, "store", "lease_seconds", 2.0)
+    if not 0.2 <= lease <= 60:
+        reader.problem("store.lease_seconds", f"must be between 0.2 and 60, got {lease}")
+        lease = 2.0
+    durability = reader.choice(table, "store", "durability", CLUSTER_DURABILITY, "aof")
+    return attrs.evolve(
+        store,
+        addresses=tuple(addresses),
+        node_id=node_id,
+        partitions=partitions,
+        lease_seconds=lease,
+        durability=durability,
+    )
 
 
 def _retention_days(reader: _Reader, table: Mapping[str, Any]) -> float | None:

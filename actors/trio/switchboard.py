@@ -84,6 +84,8 @@ class Switchboard:
     refuses more with :class:`Overloaded`. ``expiry_batch``: how many conversations the
     alarms wake per scheduler tick when many deadlines come due at once (see
     :mod:`actors.trio.alarms`); it bounds how long a crowd of expiries can stall everything else.
+    ``new_id``: makes the id of each new conversation (a store that keeps conversations in
+    partitions picks one this process owns); by default 24 random hex digits.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Switchboard:
         inbox_limit: int = 256,
         expiry_batch: int = 64,
         limits: ConversationLimits = ConversationLimits(),
+        new_id: Callable[[], str] | None = None,
     ) -> None:
         missing = {b.backend for b in bots.values()} - set(backends)
         if missing:
@@ -109,6 +112,7 @@ class Switchboard:
         self.restart_policy = restart_policy
         self.hibernate_after = hibernate_after
         self.inbox_limit = inbox_limit
+        self.new_id = new_id or partial(secrets.token_hex, 12)
         self.stats = Stats()
         self.alarms = Alarms(expiry_batch)
         self._lifecycles = {bot_id: Lifecycle(b.settings) for bot_id, b in bots.items()}
@@ -195,9 +199,14 @@ class Switchboard:
         passed while we were down fire as soon as their actor starts. Every conversation
         whose bot is still owed events (stored, never answered) hands them over again before
         anything new."""
-        states = await self.store.open_sessions()
+        self.restore(await self.store.open_sessions(), await self.store.bot_backlog())
+
+    def restore(self, states: list[ConversationState], backlog: list[Entry]) -> None:
+        """Bring back these open sessions and hand these unanswered events to their bots
+        (:meth:`_restore` at start-up; a clustered store when this process takes over a
+        partition). A conversation already in memory keeps its actor."""
         owed: dict[str, list[Entry]] = {}
-        for entry in await self.store.bot_backlog():
+        for entry in backlog:
             owed.setdefault(entry.conversation_id, []).append(entry)
         # No checkpoint from here on: no actor runs before it knows what its bot is owed.
         states.sort(key=lambda s: s.session.started_at if s.session else 0.0)
@@ -226,7 +235,9 @@ class Switchboard:
                 # same state: a second one would number its messages twice.)
                 self._start_actor(state.conversation_id, state)
         for conversation_id, entries in owed.items():
-            self._actor(conversation_id).owed_to_bot = entries
+            actor = self._actor(conversation_id)
+            if actor.lifecycle is None:  # not started yet: it hands them over first
+                actor.owed_to_bot = entries
         if owed:
             log.info("handing %d conversations' unanswered events to their bots again", len(owed))
 
@@ -268,7 +279,7 @@ class Switchboard:
         """Create a conversation with ``bot_id`` and return its first state."""
         if bot_id not in self.bots:
             raise UnknownBot(bot_id)
-        conversation_id = conversation_id or secrets.token_hex(12)
+        conversation_id = conversation_id or self.new_id()
         state = ConversationState(
             conversation_id, bot_id, user_id or conversation_id, dict(metadata or {})
         )

@@ -119,7 +119,21 @@ def build_bindings(
 
 
 def open_store(config: Config) -> AbstractAsyncContextManager[Store]:
-    """The SQLite store in ``data_dir`` when asked for, else memory."""
+    """The SQLite store in ``data_dir`` when asked for, the clustered store on Valkey
+    (docs/cluster.md), else memory."""
+    if config.store.kind == "valkey":
+        # Imported here: the Valkey client is needed only in the clustered mode.
+        from transport.cluster.store import open_valkey_store
+
+        store = config.store
+        return open_valkey_store(
+            store.addresses,
+            store.node_id or "",
+            partitions=store.partitions,
+            lease_seconds=store.lease_seconds,
+            durability=store.durability,
+            settings={k: b.settings for k, b in config.bots.items()},
+        )
     if config.store.kind == "sqlite" and config.store.data_dir is not None:
         config.store.data_dir.mkdir(parents=True, exist_ok=True)
         return sqlite_store.open_sqlite_store(
@@ -274,13 +288,19 @@ async def _serve(
     desk, connections = parts.desk, parts.connections
     async with open_store(config) as store, trio.open_nursery() as core:
         await restore_presences(desk, store)
-        board = Switchboard(
+        # The clustered store routes conversations owned by other nodes (docs/cluster.md).
+        make_board = getattr(store, "switchboard", Switchboard)
+        board = make_board(
             parts.bindings,
             parts.backends.by_name,
             store,
             limits=config.limits.for_conversations(),
+            new_id=getattr(store, "new_conversation_id", None),
         )
         await core.start(board.run)
+        follow = getattr(store, "follow", None)  # the clustered store: partitions taken over
+        if follow is not None:
+            core.start_soon(follow, board)
         # Open sessions are restored: freeze what start-up built and space out collections,
         # so a crowd of expiries is not stalled by a full collection (actors/trio/collector.py).
         tune_collector()
@@ -306,6 +326,7 @@ async def _serve(
             admins={a.token: (a.admin_id, a.name) for a in config.admins.values()},
             attachments=Attachments(parts.files, config.attachments),
         )
+        _watch_cluster(config, store, app)
         if handle_signals:
             core.start_soon(_on_signals, shutdown)
         http_stop = trio.Event()
@@ -357,6 +378,18 @@ def _settings_changed(board: Switchboard, store: Store, bot_id: str, settings: B
     board.replace_settings(bot_id, settings)
     if isinstance(store, sqlite_store.SQLiteStore):
         store.settings[bot_id] = settings
+
+
+def _watch_cluster(config: Config, store: Store, app: HttpApp) -> None:
+    """In the clustered mode, this node's partitions and leases in /healthz and /metrics."""
+    if config.store.kind != "valkey":
+        return
+    from transport.cluster.metrics import ClusterMetrics
+    from transport.cluster.store import ValkeyStore
+
+    if isinstance(store, ValkeyStore):
+        app.registry.register(ClusterMetrics(store))
+        app.health.append(store.health)
 
 
 async def _cancellable(

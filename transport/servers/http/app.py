@@ -14,8 +14,9 @@ An ``HttpApp`` is a ``Starlette`` application, so more routes are added as to an
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -78,6 +79,9 @@ class HttpApp(Starlette):
         self.public_ws_url = public_ws_url
         self.ws_host = ws_host
         self.stopping = False
+        #: More of /healthz: each is called per request and its keys added (the clustered
+        #: store's partitions and leases).
+        self.health: list[Callable[[], dict[str, Any]]] = []
         self.started_at = time.monotonic()
         self.files = WebFiles(self.web_dir)
         self.registry: CollectorRegistry = metrics.registry_for(services, self.started_at)
@@ -128,6 +132,8 @@ class HttpApp(Starlette):
             "queue_length": desk.queue_length,
             "agents_available": desk.agents_available,
         }
+        for more in self.health:
+            data.update(more())
         return JSONResponse(data, 503 if self.stopping else 200)
 
     def ws_url(self) -> str | None:

@@ -1,0 +1,344 @@
+"""Three Switchover nodes as processes on one real valkey-server: users spread over the
+nodes, bot-mode traffic and waiting sessions that expire, then SIGKILL of the busiest node.
+
+The other nodes take its partitions over once their leases expire; its users resume at once
+on the other nodes, whoever owns their conversation. Asserted: no acknowledged message
+lost, none stored or delivered twice, none out of order; every session ends once, its
+expiry pushed to the bot once, late by at most about the lease (docs/cluster.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import trio
+from trio_websocket import ConnectionClosed
+
+from transport.client import Closed, RequestRefused, UserClient, connect_user
+from transport.cluster.engine import connect
+from transport.cluster.keys import PartitionKeys, partition_of
+
+from .fakes.asgi_server import serving
+from .fakes.webhook_bot import SECRET as BOT_SECRET
+from .fakes.webhook_bot import BotServer
+from .support.process import _READY, ROOT, SWITCHOVER
+from .support.valkey import valkey_server
+
+PARTITIONS = 12
+LEASE = 2.0
+SESSION_TIMEOUT = 5.0
+NODES = ("n1", "n2", "n3")
+
+
+@attrs.frozen
+class Node:
+    node_id: str
+    process: subprocess.Popen[str]
+    ws_url: str
+    http_url: str
+
+
+def _config(node_id: str, valkey: str, bot_url: str) -> str:
+    return f"""
+secret = "one-secret-shared-by-every-node"
+[listeners]
+ws_port = 0
+http_port = 0
+shutdown_timeout = 2.0
+[store]
+kind = "valkey"
+addresses = ["{valkey}"]
+node_id = "{node_id}"
+partitions = {PARTITIONS}
+lease_seconds = {LEASE}
+[bots.shop]
+adapter = "webhook"
+[bots.shop.options]
+url = "{bot_url}/hook"
+secret = "{BOT_SECRET}"
+[bots.shop.settings]
+session_timeout = {SESSION_TIMEOUT}
+"""
+
+
+@asynccontextmanager
+async def cluster(tmp_path: Path, valkey: str, bot_url: str) -> AsyncIterator[dict[str, Node]]:
+    """Start every node at once (so they split the partitions), wait until each is ready,
+    and kill them all on leaving."""
+    processes = {}
+    for node_id in NODES:
+        directory = tmp_path / node_id
+        directory.mkdir()
+        config = directory / "switchover.toml"
+        config.write_text(_config(node_id, valkey, bot_url))
+        log = (directory / "server.log").open("w")
+        processes[node_id] = subprocess.Popen(  # noqa: ASYNC220 (read in threads below)
+            [*SWITCHOVER, "serve", "--config", str(config), "--data-dir", str(directory / "data")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    nodes: dict[str, Node] = {}
+    try:
+
+        async def ready(node_id: str) -> None:
+            process = processes[node_id]
+            assert process.stdout is not None
+            while True:
+                line = await trio.to_thread.run_sync(process.stdout.readline)
+                if not line:
+                    log = (tmp_path / node_id / "server.log").read_text()
+                    raise AssertionError(f"node {node_id} exited: {log}")
+                found = _READY.search(line)
+                if found:
+                    nodes[node_id] = Node(node_id, process, found.group(1), found.group(2))
+                    return
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for node_id in NODES:
+                    nursery.start_soon(ready, node_id)
+        yield nodes
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+async def _health(http: httpx.AsyncClient, node: Node) -> dict[str, Any]:
+    response = await http.get(f"{node.http_url}/healthz")
+    data: dict[str, Any] = response.json()["cluster"]
+    return data
+
+
+@attrs.define
+class User:
+    node: str
+    client: UserClient
+    acked: dict[int, str] = attrs.field(factory=dict)
+    session_at: float | None = None
+
+    #: A message sent whose answer never came (its node died): stored or not.
+    in_flight: set[str] = attrs.field(factory=set)
+
+    async def say(self, text: str, timeout: float = 5.0) -> None:
+        self.in_flight.add(text)
+        frame = {"type": "message", "content_type": "text", "content": {"text": text}}
+        seq = (await self.client.request(frame, timeout=timeout))["seq"]
+        assert seq is not None
+        self.acked[seq] = text
+        self.in_flight.discard(text)
+        if self.session_at is not None:
+            self.session_at = time.monotonic()  # a message moves the idle deadline
+
+    async def keep_talking(self, stop: trio.Event) -> None:
+        """Bot-mode (or waiting) traffic until ``stop``, or until its node dies."""
+        i = 0
+        while not stop.is_set():
+            try:
+                await self.say(f"{self.client.conversation_id} t{i}")
+            except (Closed, ConnectionClosed, RequestRefused, trio.TooSlowError):
+                return
+            i += 1
+
+
+def _texts(frames: list[dict[str, Any]]) -> dict[int, str]:
+    return {
+        f["seq"]: f["content"]["text"]
+        for f in frames
+        if f["type"] == "entry" and f["sender"] == "user" and f["content_type"] == "text"
+    }
+
+
+async def test_sigkill_of_the_busiest_node_loses_nothing_and_every_session_ends_once(
+    tmp_path: Path,
+) -> None:
+    try:
+        await _sigkill_of_the_busiest_node(tmp_path)
+    except BaseExceptionGroup as group:
+        # Each client's nursery wraps the failure once more: show the first real one.
+        failure: BaseException = group
+        while isinstance(failure, BaseExceptionGroup):
+            failure = failure.exceptions[0]
+        raise failure from group
+
+
+async def _sigkill_of_the_busiest_node(tmp_path: Path) -> None:
+    bot = BotServer()
+    with valkey_server(tmp_path / "valkey") as valkey:
+        engine = await connect([valkey.address])
+        async with AsyncExitStack() as stack:
+            bot_url = await stack.enter_async_context(serving(bot))
+            nodes = await stack.enter_async_context(cluster(tmp_path, valkey.address, bot_url))
+            http = await stack.enter_async_context(httpx.AsyncClient())
+            owned = {
+                n: set((await _health(http, node))["partitions_owned"]) for n, node in nodes.items()
+            }
+            assert sorted(p for parts in owned.values() for p in parts) == list(range(PARTITIONS))
+            assert all(owned.values()), owned  # started together, they split the partitions
+
+            # Users spread over the nodes, more on n1 (the one that will die).
+            users: list[User] = []
+            for node_id, count in (("n1", 8), ("n2", 4), ("n3", 4)):
+                for _ in range(count):
+                    client = await stack.enter_async_context(
+                        connect_user(nodes[node_id].ws_url, bot_id="shop")
+                    )
+                    users.append(User(node_id, client))
+            # Every new conversation is kept where its user connected.
+            for user in users:
+                partition = partition_of(user.client.conversation_id, PARTITIONS)
+                assert partition in owned[user.node]
+
+            # Bot-mode traffic, then half of the users ask for a human: nobody is there,
+            # so each session waits until it expires.
+            async with trio.open_nursery() as nursery:
+                for user in users:
+
+                    async def talk(user: User = user) -> None:
+                        for i in range(5):
+                            await user.say(f"{user.client.conversation_id} m{i}")
+
+                    nursery.start_soon(talk)
+            for user in users[::2]:
+                await user.client.click("LIVECHAT_SESSION_START")
+                user.session_at = time.monotonic()
+
+            # SIGKILL of n1 while its sessions wait and every user talks.
+            stop = trio.Event()
+            talking = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(stop.set)  # whatever happens, the talking stops
+            for user in users:
+                talking.start_soon(user.keep_talking, stop)
+            await bot.wait_for_calls(bot.calls + 20)
+            victim = nodes["n1"]
+            victim.process.kill()
+            victim.process.wait()
+            killed_at = time.monotonic()
+
+            # Every user of n1 resumes at once on another node, from seq 0, and talks on:
+            # its message waits in the partition's inbound stream until a node takes the
+            # partition over (maybe not the node it is on), and is answered through it.
+            survivors = {n: node for n, node in nodes.items() if n != "n1"}
+            resumed = [user for user in users if user.node == "n1"]
+            for i, user in enumerate(resumed):
+                node_id = ("n2", "n3")[i % 2]
+                token = user.client.resume_token
+                user.client = await stack.enter_async_context(
+                    connect_user(survivors[node_id].ws_url, resume_token=token, last_seq=0)
+                )
+                user.node = node_id
+                await user.client.wait_for(
+                    lambda f, u=user: f["type"] == "entry" and f["seq"] >= max(u.acked)
+                )
+                # (It waits for the takeover: up to about a lease and a third, more when the
+                # machine is loaded.)
+                await user.say(f"{user.client.conversation_id} after", timeout=20.0)
+
+            # The survivors took n1's partitions over once the leases expired.
+            with trio.fail_after(LEASE * 5):
+                while True:
+                    now_owned = {
+                        n: set((await _health(http, node))["partitions_owned"])
+                        for n, node in survivors.items()
+                    }
+                    if sorted(p for parts in now_owned.values() for p in parts) == list(
+                        range(PARTITIONS)
+                    ):
+                        break
+                    await trio.sleep(0.1)
+            takeover = time.monotonic() - killed_at
+            stop.set()
+            assert takeover <= LEASE * 3, takeover
+            takeovers = [(await _health(http, node))["takeovers"] for node in survivors.values()]
+            assert sum(takeovers) == len(owned["n1"])
+            # Some of them talk through a node that does not own their conversation: routed.
+            routed = [
+                user
+                for user in resumed
+                if partition_of(user.client.conversation_id, PARTITIONS) not in now_owned[user.node]
+            ]
+            if not routed:
+                # By chance every resumed user landed on its conversation's new owner: one
+                # of them moves to the other survivor, so a message is routed after all.
+                user = resumed[0]
+                other = next(n for n in survivors if n != user.node)
+                token = user.client.resume_token
+                user.client = await stack.enter_async_context(
+                    connect_user(survivors[other].ws_url, resume_token=token, last_seq=0)
+                )
+                user.node = other
+                await user.client.wait_for(
+                    lambda f, u=user: f["type"] == "entry" and f["seq"] >= max(u.acked)
+                )
+                await user.say(f"{user.client.conversation_id} routed", timeout=20.0)
+                routed = [user]
+            assert all(
+                partition_of(u.client.conversation_id, PARTITIONS) not in now_owned[u.node]
+                for u in routed
+            )
+
+            # Every session expires once; the bot hears each expiry.
+            sessions = [u for u in users if u.session_at is not None]
+
+            def expired() -> dict[str, set[str]]:
+                found: dict[str, set[str]] = {}
+                for event in bot.events:
+                    if event["content"]["content"].get("payload") == "LIVECHAT_SESSION_EXPIRED":
+                        found.setdefault(event["conversation_id"], set()).add(event["event_id"])
+                return found
+
+            arrived: dict[str, float] = {}
+            with trio.fail_after(SESSION_TIMEOUT + LEASE * 4 + 5):
+                while len(arrived) < len(sessions):
+                    for conversation_id in expired():
+                        arrived.setdefault(conversation_id, time.monotonic())
+                    if len(arrived) < len(sessions):
+                        await bot.wait_for_calls(bot.calls + 1, timeout=SESSION_TIMEOUT + 10)
+            for user in sessions:
+                assert user.session_at is not None
+                conversation_id = user.client.conversation_id
+                assert len(expired()[conversation_id]) == 1
+                # At its deadline, late by at most about the lease (the takeover's rounds).
+                late = arrived[conversation_id] - (user.session_at + SESSION_TIMEOUT)
+                assert -0.5 <= late <= LEASE * 3, (conversation_id, late)
+
+            # The log: every acknowledged message once, in order, nothing else lost.
+            for user in users:
+                entries = await _log(engine, user.client.conversation_id)
+                seqs = [e["seq"] for e in entries]
+                assert seqs == list(range(1, len(seqs) + 1))  # no gap, no duplicate, in order
+                texts = {
+                    e["seq"]: e["content"]["text"]
+                    for e in entries
+                    if e["content_type"] == "text" and e["sender"] == "user"
+                }
+                # Every acknowledged message is there; anything else is what was in flight.
+                assert user.acked.items() <= texts.items()
+                assert set(texts.values()) - set(user.acked.values()) <= user.in_flight
+                endings = [
+                    e
+                    for e in entries
+                    if e["content"].get("payload")
+                    in ("LIVECHAT_SESSION_EXPIRED", "LIVECHAT_SESSION_END")
+                ]
+                assert len(endings) == (1 if user.session_at is not None else 0)
+                # What the user's client saw since it (re)connected: in order, never twice.
+                seen = [f["seq"] for f in user.client.take_all() if f["type"] == "entry"]
+                assert seen == sorted(set(seen))
+        await engine.close()
+
+
+async def _log(engine: Any, conversation_id: str) -> list[dict[str, Any]]:
+    key = PartitionKeys(partition_of(conversation_id, PARTITIONS)).log(conversation_id)
+    rows = await engine.command(["XRANGE", key, "-", "+"])
+    return [json.loads(fields[0][1]) for fields in rows.values()]

@@ -1,0 +1,58 @@
+"""Where a conversation lives: its partition, and the keys of that partition.
+
+Every key of one partition carries the partition's hash tag (``{swp17}``), so each commit
+script touches one slot and the same layout runs on a single server and on Valkey Cluster.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import attrs
+
+#: The set of nodes seen alive (node id -> expiry, engine milliseconds): fair shares.
+NODES = "sw:nodes"
+#: Agents' last presence (agent id -> "presence at"), for operators: not partitioned.
+PRESENCE = "sw:presence"
+
+
+def partition_of(conversation_id: str, partitions: int) -> int:
+    """A stable partition for a conversation id: the same on every node and every run."""
+    return zlib.crc32(conversation_id.encode("utf-8", "surrogatepass")) % partitions
+
+
+@attrs.frozen
+class PartitionKeys:
+    """The keys of partition ``number``."""
+
+    number: int
+
+    @property
+    def tag(self) -> str:
+        return f"{{swp{self.number}}}"
+
+    @property
+    def lease(self) -> str:
+        return f"{self.tag}:lease"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.tag}:epoch"
+
+    @property
+    def open(self) -> str:
+        return f"{self.tag}:open"
+
+    @property
+    def deadlines(self) -> str:
+        return f"{self.tag}:deadlines"
+
+    @property
+    def owed(self) -> str:
+        return f"{self.tag}:owed"
+
+    def conversation(self, conversation_id: str) -> str:
+        return f"{self.tag}:c:{conversation_id}"
+
+    def log(self, conversation_id: str) -> str:
+        return f"{self.tag}:log:{conversation_id}"

@@ -1,0 +1,45 @@
+-- One atomic commit of one conversation's new state and entries.
+-- KEYS: 1 lease, 2 conversation (hash: s = state, n = next seq), 3 log (stream, id = seq-0),
+--       4 open sessions (set), 5 deadlines (sorted set), 6 owed to the bot (hash "seq:cid").
+-- ARGV: 1 fencing token, 2 conversation id, 3 seq of the first entry (0: none),
+--       4 next seq, 5 state (JSON), 6 "1" when a session is open, 7 deadline ("" none),
+--       8 number of entries, then per entry: seq, entry (JSON), "1" when owed to the bot.
+-- Refuses (error reply) when the lease is not this token's (FENCED) or the seqs do not
+-- follow what is stored (SEQ): a stale writer can never append.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED the partition lease is not held by ' .. ARGV[1])
+end
+local stored = tonumber(redis.call('HGET', KEYS[2], 'n') or '1')
+local first = tonumber(ARGV[3])
+local next_seq = tonumber(ARGV[4])
+if first > 0 then
+  if stored ~= first then
+    return redis.error_reply('SEQ expected ' .. stored .. ', got ' .. first)
+  end
+elseif next_seq < stored then
+  return redis.error_reply('SEQ stored ' .. stored .. ', got a state at ' .. next_seq)
+end
+redis.call('HSET', KEYS[2], 's', ARGV[5], 'n', ARGV[4])
+local i = 9
+for _ = 1, tonumber(ARGV[8]) do
+  redis.call('XADD', KEYS[3], ARGV[i] .. '-0', 'e', ARGV[i + 1])
+  if ARGV[i + 2] == '1' then
+    redis.call('HSET', KEYS[6], ARGV[i] .. ':' .. ARGV[2], '')
+  end
+  i = i + 3
+end
+if tonumber(ARGV[8]) > 0 then
+  -- The doorbell for nodes whose clients follow this conversation (transport/cluster/routing.py).
+  redis.call('PUBLISH', 'sw:commits', ARGV[2] .. ' ' .. (next_seq - 1))
+end
+if ARGV[6] == '1' then
+  redis.call('SADD', KEYS[4], ARGV[2])
+else
+  redis.call('SREM', KEYS[4], ARGV[2])
+end
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[2])
+else
+  redis.call('ZREM', KEYS[5], ARGV[2])
+end
+return 1
