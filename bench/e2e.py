@@ -177,6 +177,79 @@ def one_run(
     return results
 
 
+def hello_run(args: argparse.Namespace, binary: Path, workdir: Path) -> dict[str, dict[str, Any]]:
+    """Connect-close against the bare trio-websocket echo, connect-hello-close against
+    Switchover (each hello opens a conversation), the same count and concurrency."""
+    options = ["-count", str(args.hellos), "-concurrency", str(args.hello_concurrency)]
+    budget = 600.0
+    results: dict[str, dict[str, Any]] = {}
+    with servers.bare_echo(workdir, "trio-websocket") as echo:
+        results["trio-websocket handshakes"] = run_loadgen(
+            binary, "connect", echo.url, echo.pid, *options, timeout=budget
+        )
+        results["trio-websocket handshakes"]["load_average_1m"] = os.getloadavg()[0]
+    for store in ("memory", "sqlite"):
+        with servers.switchover(workdir, store=store) as deployment:
+            server = deployment.server
+            results[f"switchover {store} hellos"] = run_loadgen(
+                binary, "connect", server.url, server.pid, "-hello", *options, timeout=budget
+            )
+            results[f"switchover {store} hellos"]["load_average_1m"] = os.getloadavg()[0]
+    base = results["trio-websocket handshakes"]
+    for result in results.values():
+        result["ratio"] = result["per_s"] / base["per_s"]
+        ours, bare = (
+            result.get("server_cpu_us_per_connection"),
+            base.get("server_cpu_us_per_connection"),
+        )
+        result["cpu_ratio"] = bare / ours if ours and bare else None
+    return results
+
+
+def hello_table(runs: list[dict[str, dict[str, Any]]]) -> str:
+    lines = [
+        f"\nConnections: connect-close (bare) against connect-hello-close (ours), medians of "
+        f"{len(runs)}",
+        "| server | per s | server CPU µs/connection | vs bare handshakes | by CPU "
+        "| load generator CPU | load avg 1m |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind in runs[0]:
+        of_kind = [run[kind] for run in runs]
+        lines.append(
+            f"| {kind} | {median_of(of_kind, 'per_s') or 0:,.0f} "
+            f"| {median_of(of_kind, 'server_cpu_us_per_connection') or 0:.0f} "
+            f"| **{median_of(of_kind, 'ratio') or 0:.2f}x** "
+            f"| {median_of(of_kind, 'cpu_ratio') or 0:.2f}x "
+            f"| {median_of(of_kind, 'client_cpu_fraction') or 0:.0%} "
+            f"| {median_of(of_kind, 'load_average_1m') or 0:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def fsync_latency(directory: Path, rounds: int = 100) -> dict[str, float]:
+    """What one fsync of a small append costs on this disk now: at low concurrency a durable
+    acknowledgement waits for one, whatever the CPU does."""
+    path = directory / "fsync-probe"
+    took = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(rounds):
+            os.write(fd, b"\0" * 16384)
+            start = time.perf_counter()
+            os.fsync(fd)
+            took.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
+    took.sort()
+    return {
+        "p50_ms": took[len(took) // 2] * 1e3,
+        "p90_ms": took[int(len(took) * 0.9)] * 1e3,
+        "max_ms": took[-1] * 1e3,
+    }
+
+
 def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in runs if r.get(key) is not None]
     return statistics.median(values) if values else None
@@ -245,6 +318,10 @@ def main(argv: list[str] | None = None) -> None:
         default=list(KINDS),
         help="comma-separated subset of: " + ", ".join(KINDS),
     )
+    parser.add_argument(
+        "--hellos", type=int, default=2000, help="connections per hello run (0: no hello runs)"
+    )
+    parser.add_argument("--hello-concurrency", type=int, default=50)
     parser.add_argument("--out", type=Path, default=RESULTS / "e2e.json")
     args = parser.parse_args(argv)
     unknown = set(args.kinds) - set(KINDS)
@@ -252,9 +329,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     args.kinds = [kind for kind in KINDS if kind in args.kinds]
     points: list[dict[str, Any]] = []
+    hellos: list[dict[str, dict[str, Any]]] = []
     load_before = os.getloadavg()
     with servers.scratch() as workdir:
         binary = build_loadgen(workdir)
+        fsync = fsync_latency(workdir)
+        print(
+            "fsync of a 16 KiB append here: p50 {p50_ms:.2f} ms, p90 {p90_ms:.2f} ms, "
+            "max {max_ms:.1f} ms".format(**fsync),
+            flush=True,
+        )
         for sessions in args.sizes:
             runs = []
             for repeat in range(args.repeat):
@@ -263,6 +347,11 @@ def main(argv: list[str] | None = None) -> None:
             summary = summarise(runs, args.kinds)
             print(table(sessions, summary), flush=True)
             points.append({"sessions": sessions, "summary": summary, "runs": runs})
+        if args.hellos > 0:
+            for repeat in range(args.repeat):
+                print(f"hellos, run {repeat + 1} of {args.repeat}", file=sys.stderr)
+                hellos.append(hello_run(args, binary, workdir))
+            print(hello_table(hellos), flush=True)
     load_after = os.getloadavg()
     print(
         f"\nload average (1, 5, 15 min) before {load_before}, after {load_after}; "
@@ -279,7 +368,9 @@ def main(argv: list[str] | None = None) -> None:
                 "load_average_after": load_after,
                 "duration": args.duration,
                 "repeat": args.repeat,
+                "fsync": fsync,
                 "points": points,
+                "hellos": hellos,
             },
             indent=2,
         )
