@@ -123,6 +123,10 @@ def per_message(result: dict[str, Any]) -> dict[str, Any]:
     seconds = result.get("server_cpu_seconds")
     handled = result["messages_per_s"] * result["seconds"]
     result["server_cpu_us_per_message"] = seconds / handled * 1e6 if seconds and handled else None
+    main_thread = result.get("server_main_thread_cpu_seconds")
+    if seconds and handled and main_thread is not None:
+        # Worker threads: for Switchover with SQLite, the writer (and readers).
+        result["server_threads_us_per_message"] = (seconds - main_thread) / handled * 1e6
     return result
 
 
@@ -264,6 +268,7 @@ def summarise(runs: list[dict[str, dict[str, Any]]], kinds: list[str]) -> dict[s
             for key in (
                 "messages_per_s",
                 "server_cpu_us_per_message",
+                "server_threads_us_per_message",
                 "ratio",
                 "cpu_ratio",
                 "client_cpu_fraction",
@@ -282,14 +287,16 @@ def table(sessions: int, summary: dict[str, Any]) -> str:
     lines = [
         f"\n{sessions} live sessions (echo: {sessions} connections), medians",
         "| server | routed msg/s | server CPU µs/msg | vs bare trio-websocket echo "
-        "| by CPU per msg | server CPU | load generator CPU | p99 ms | load avg 1m |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| by CPU per msg | of it in worker threads | server CPU | load generator CPU | p99 ms "
+        "| load avg 1m |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, s in summary.items():
         lines.append(
             f"| {kind} | {s['messages_per_s'] or 0:,.0f} "
             f"| {s['server_cpu_us_per_message'] or 0:.0f} "
             f"| **{s['ratio'] or 0:.2f}x** | {s['cpu_ratio'] or 0:.2f}x "
+            f"| {s['server_threads_us_per_message'] or 0:.0f} µs "
             f"| {s['server_cpu_fraction'] or 0:.0%} | {s['client_cpu_fraction'] or 0:.0%} "
             f"| {s['p99_ms'] or 0:.2f} | {s['load_average_1m'] or 0:.2f} |"
         )

@@ -118,6 +118,9 @@ type cpuSample struct {
 	server    float64
 	serverRSS int64
 	hasServer bool
+	// The server's main thread (trio's, for Switchover) alone: the rest is worker threads
+	// (the SQLite writer and readers).
+	serverMain float64
 }
 
 // clockTicks is USER_HZ, what /proc/<pid>/stat counts in; 100 on every Linux we run on.
@@ -131,16 +134,20 @@ func sample(pid int) cpuSample {
 		own:  float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9,
 	}
 	if pid > 0 {
-		if cpu, rss, err := readProc(pid); err == nil {
+		if cpu, rss, err := readProc(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
 			s.server, s.serverRSS, s.hasServer = cpu, rss, true
+		}
+		if cpu, _, err := readProc(fmt.Sprintf("/proc/%d/task/%d/stat", pid, pid)); err == nil {
+			s.serverMain = cpu
 		}
 	}
 	return s
 }
 
-// readProc reads a process's user+system CPU seconds and its resident set from /proc.
-func readProc(pid int) (float64, int64, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// readProc reads a process's (or thread's) user+system CPU seconds and resident set from
+// its stat file in /proc.
+func readProc(path string) (float64, int64, error) {
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -250,6 +257,7 @@ func measure(w *window, o *options, label string) (map[string]any, error) {
 	if start.hasServer && end.hasServer {
 		result["server_cpu_fraction"] = (end.server - start.server) / elapsed
 		result["server_cpu_seconds"] = end.server - start.server
+		result["server_main_thread_cpu_seconds"] = end.serverMain - start.serverMain
 		result["server_rss_bytes"] = end.serverRSS
 	}
 	return result, nil
