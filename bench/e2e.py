@@ -283,6 +283,11 @@ def summarise(runs: list[dict[str, dict[str, Any]]], kinds: list[str]) -> dict[s
     return summary
 
 
+def ratio(value: float | None) -> str:
+    """A ratio as printed: "-" where the trio-websocket echo was not run."""
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def table(sessions: int, summary: dict[str, Any]) -> str:
     lines = [
         f"\n{sessions} live sessions (echo: {sessions} connections), medians",
@@ -295,7 +300,7 @@ def table(sessions: int, summary: dict[str, Any]) -> str:
         lines.append(
             f"| {kind} | {s['messages_per_s'] or 0:,.0f} "
             f"| {s['server_cpu_us_per_message'] or 0:.0f} "
-            f"| **{s['ratio'] or 0:.2f}x** | {s['cpu_ratio'] or 0:.2f}x "
+            f"| **{ratio(s['ratio'])}** | {ratio(s['cpu_ratio'])} "
             f"| {s['server_threads_us_per_message'] or 0:.0f} µs "
             f"| {s['server_cpu_fraction'] or 0:.0%} | {s['client_cpu_fraction'] or 0:.0%} "
             f"| {s['p99_ms'] or 0:.2f} | {s['load_average_1m'] or 0:.2f} |"
