@@ -11,12 +11,15 @@ Run it by hand::
 
 It takes the same ``--host``/``--port`` as ``switchover serve`` (port 0: pick a free one) and
 prints ``listening on ws://HOST:PORT`` once it accepts connections. ``--impl fastws`` runs
-the same echo on ``transport.servers.fastws`` instead, to see what the framing layer alone is worth.
+the same echo on ``transport.servers.fastws`` instead, to see what the framing layer alone is worth;
+``--impl websockets`` the same echo on the ``websockets`` library's asyncio server, the
+fastest pure-Python stack at hand, as a second yardstick.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 from typing import Any
@@ -35,6 +38,30 @@ async def echo(request: trio_websocket.WebSocketRequest) -> None:
             await ws.send_message(message)
     except ConnectionClosed:
         pass
+
+
+def serve_websockets(host: str, port: int) -> None:
+    """The same echo on asyncio and the ``websockets`` server (no compression, no pings)."""
+    import asyncio
+
+    # bench/http.py would stand in for the standard library's http, which websockets needs.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def run() -> None:
+        async with serve(
+            handler, host, port, compression=None, ping_interval=None, max_size=2**22
+        ) as server:
+            bound = next(iter(server.sockets)).getsockname()[1]
+            print(f"listening on ws://{host}:{bound}", flush=True)
+            await server.serve_forever()
+
+    asyncio.run(run())
 
 
 def raise_fd_limit() -> int:
@@ -63,11 +90,16 @@ def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8800)
-    parser.add_argument("--impl", choices=["trio-websocket", "fastws"], default="trio-websocket")
+    parser.add_argument(
+        "--impl", choices=["trio-websocket", "fastws", "websockets"], default="trio-websocket"
+    )
     args = parser.parse_args(argv)
     raise_fd_limit()
     try:
-        trio.run(main, args.host, args.port, args.impl)
+        if args.impl == "websockets":
+            serve_websockets(args.host, args.port)
+        else:
+            trio.run(main, args.host, args.port, args.impl)
     except KeyboardInterrupt:
         sys.exit(0)
 

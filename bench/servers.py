@@ -265,6 +265,9 @@ def load(workload: str, url: str, server_pid: int, *options: str, timeout: float
         CLIENT_CPU,
         [
             PYTHON,
+            # -P: not bench/ first on the path, where http.py would stand in for the
+            # standard library's http module that websockets imports.
+            "-P",
             str(BENCH / "loadgen.py"),
             workload,
             "--url",
