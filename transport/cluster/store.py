@@ -35,6 +35,11 @@ log = logging.getLogger("switchover.cluster")
 
 #: How long a commit waits for its durability (fsync or a replica) before it is refused.
 DURABLE_TIMEOUT_MS = 1000
+#: How many stored routed inputs each partition remembers, newest by arrival. An input can
+#: be handed over again only while it is in its inbound stream, which keeps about the newest
+#: 100,000 (``routing.STREAM_BOUND``, an approximate trim): remembering twice as many by the
+#: same order (arrival) covers every input that can still come back.
+INPUT_MEMORY = 200_000
 #: Most "owed to the bot" marks cleared in one command.
 _DONE_BATCH = 500
 
@@ -147,7 +152,15 @@ class ValkeyStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def record(self, state: ConversationState, entries: Sequence[Entry]) -> None:
+    async def record(
+        self,
+        state: ConversationState,
+        entries: Sequence[Entry],
+        inputs: Sequence[tuple[str, int | None]] = (),
+    ) -> None:
+        """Commit, and with it remember and acknowledge the routed ``inputs`` (their inbound
+        stream ids, see :class:`actors.ports.InputStore`): refused when one is already
+        stored, so an input handed over again after a failover is stored once."""
         conversation_id = state.conversation_id
         keys = self._keys(conversation_id)
         token = self.leases.token(keys.number)
@@ -171,6 +184,10 @@ class ValkeyStore:
             for entry in entries:
                 owed = "1" if Party.BOT in entry.audience else "0"
                 args += [str(entry.seq), entry_json(entry), owed]
+            args.append(str(len(inputs)))
+            for input_id, seq in inputs:
+                args += [input_id, "" if seq is None else str(seq)]
+            args.append(str(INPUT_MEMORY))
             for arg in args:
                 arg.encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
@@ -182,6 +199,9 @@ class ValkeyStore:
             keys.open,
             keys.deadlines,
             keys.owed,
+            keys.inbox,
+            keys.inputs,
+            keys.inputs_order,
         ]
         try:
             await self.engine.run(self.engine.commit, key_list, args)
