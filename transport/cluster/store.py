@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from actors import ConversationState, Entry, Party
+from actors import SESSION_EXPIRED, Content, ConversationState, Entry, Party
 from actors.model.settings import BotSettings
 from actors.model.state import deadline
 from actors.ports import StoreUnavailable
@@ -40,6 +41,8 @@ DURABLE_TIMEOUT_MS = 1000
 #: 100,000 (``routing.STREAM_BOUND``, an approximate trim): remembering twice as many by the
 #: same order (arrival) covers every input that can still come back.
 INPUT_MEMORY = 200_000
+#: What an expiry tells the bot: a commit holding it is checked against the engine's clock.
+_EXPIRED = Content.payload(SESSION_EXPIRED)
 #: Most "owed to the bot" marks cleared in one command.
 _DONE_BATCH = 500
 
@@ -178,7 +181,8 @@ class ValkeyStore:
                 str(state.next_seq),
                 state_json(state),
                 "1" if state.session is not None else "0",
-                "" if due is None else repr(due),
+                # What is left of it: the engine counts it from its own clock.
+                "" if due is None else repr(due - time.time()),
                 str(len(entries)),
             ]
             for entry in entries:
@@ -188,6 +192,7 @@ class ValkeyStore:
             for input_id, seq in inputs:
                 args += [input_id, "" if seq is None else str(seq)]
             args.append(str(INPUT_MEMORY))
+            args.append("1" if any(e.content == _EXPIRED for e in entries) else "0")
             for arg in args:
                 arg.encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
