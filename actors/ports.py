@@ -153,3 +153,20 @@ class Store(Protocol):
     async def bot_backlog(self) -> list[Entry]:
         """Every entry still owed to a bot, by conversation and then in order."""
         ...
+
+
+class InputStore(Store, Protocol):
+    """A store that numbers inputs before they reach the actors (a cluster node serving
+    inputs routed from other nodes, ``Envelope.input_id``).
+
+    ``record`` also gets each stored input's id and the seq it was answered (``None``: it
+    wrote no entry), and makes remembering them part of the same commit, so an input handed
+    over again (after a failover) is never stored twice.
+    """
+
+    async def record(
+        self,
+        state: ConversationState,
+        entries: Sequence[Entry],
+        inputs: Sequence[tuple[str, int | None]] = (),
+    ) -> None: ...

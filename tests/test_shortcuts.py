@@ -203,6 +203,7 @@ class ObviousEnvelope:
     reply: Any = None
     origin: Any = None
     message_id: str | None = None
+    input_id: str | None = None
 
 
 def test_an_envelope_has_the_fields_and_defaults_of_its_frozen_class() -> None:
@@ -221,7 +222,12 @@ def test_an_envelope_holds_what_its_frozen_class_would(
     def reply(outcome: fx.Outcome) -> None:
         pass
 
-    for args in [(event,), (event, reply), (event, reply, None, message_id)]:
+    for args in [
+        (event,),
+        (event, reply),
+        (event, reply, None, message_id),
+        (event, reply, None, message_id, "1-0"),
+    ]:
         ours, theirs = Envelope(*args), ObviousEnvelope(*args)
         assert {name: getattr(ours, name) for name in Envelope.__slots__} == attrs.asdict(
             theirs, recurse=False

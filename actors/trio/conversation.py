@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import cast
 
 import attrs
 import trio
@@ -40,7 +41,7 @@ from actors.model import effects as fx
 from actors.model.events import AgentAssigned, Event, ReturnedToQueue, TimerFired
 from actors.model.records import Entry, Party
 from actors.model.state import ConversationState
-from actors.ports import Sink, StoreUnavailable
+from actors.ports import InputStore, Sink, StoreUnavailable
 from actors.trio.bot_feeder import BotFeeder
 from actors.trio.context import ConversationContext
 from actors.trio.effect_runner import EffectRunner
@@ -60,7 +61,7 @@ class Envelope:
     changes an envelope after it is made, and envelopes compare by identity.
     """
 
-    __slots__ = ("event", "message_id", "origin", "reply")
+    __slots__ = ("event", "input_id", "message_id", "origin", "reply")
 
     def __init__(
         self,
@@ -68,6 +69,7 @@ class Envelope:
         reply: Reply | None = None,
         origin: Sink | None = None,
         message_id: str | None = None,
+        input_id: str | None = None,
     ) -> None:
         self.event = event
         self.reply = reply
@@ -76,6 +78,9 @@ class Envelope:
         self.origin = origin
         #: The sender's id for this message, if it gave one: a resend is answered, not stored.
         self.message_id = message_id
+        #: The id a store gave this input before it reached the actor (a node of a cluster
+        #: routing it from another one): recorded with the commit, so it is stored once.
+        self.input_id = input_id
 
     def __repr__(self) -> str:
         return f"Envelope({self.event!r}, reply={self.reply!r}, origin={self.origin!r})"
@@ -487,8 +492,19 @@ class ConversationActor:
             # Durable before anyone hears of it. No timer can cut this write (deadlines come
             # through the inbox, not a cancel scope); only shutting down can, and then the
             # state stays as it was and nobody has been told anything.
+            # The inputs stored by this commit, with the seq each was answered.
+            inputs: list[tuple[str, int | None]] = []
+            for envelope, step in zip(envelopes, plan, strict=False):
+                if envelope.input_id is not None and isinstance(step, int):
+                    outcome = transitions[step].outcome
+                    if isinstance(outcome, fx.Accepted):
+                        inputs.append((envelope.input_id, outcome.seq))
             try:
-                await self.context.store.record(state, entries)
+                if inputs:
+                    # Only a store that gave inputs their ids hands them to actors.
+                    await cast(InputStore, self.context.store).record(state, entries, inputs)
+                else:
+                    await self.context.store.record(state, entries)
             except StoreUnavailable as exc:
                 # Nothing changed: the state is still the last stored one. Refuse and go on
                 # rather than restart, so a full disk does not escalate every conversation.

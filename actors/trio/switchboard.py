@@ -295,6 +295,7 @@ class Switchboard:
         *,
         origin: Sink | None = None,
         message_id: str | None = None,
+        input_id: str | None = None,
     ) -> None:
         """Hand an event from a user, bot or agent to its conversation, without waiting.
 
@@ -304,14 +305,14 @@ class Switchboard:
         ``limits.bot_queue`` waiting. ``origin``, the client that sent the event, is not
         handed the entry it wrote. ``message_id``, the sender's id for the message (unique
         per sender: prefix it with who sent it), makes a resend answer the first outcome
-        instead of storing the message twice.
+        instead of storing the message twice. ``input_id``: see :class:`~actors.ports.InputStore`.
         """
         actor = self._actor(conversation_id)
         if len(actor.inbox) >= self.inbox_limit or (
             actor.bot_queue_full and type(event) is UserSays
         ):
             raise Overloaded(conversation_id)
-        actor.inbox.put(Envelope(event, reply, origin, message_id))
+        actor.inbox.put(Envelope(event, reply, origin, message_id, input_id))
 
     async def load(self, conversation_id: str) -> ConversationState | None:
         """The conversation's last stored state (for backends rebuilding their view)."""

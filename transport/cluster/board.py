@@ -29,9 +29,17 @@ class ClusterSwitchboard(Switchboard):
         *,
         origin: Sink | None = None,
         message_id: str | None = None,
+        input_id: str | None = None,
     ) -> None:
         if self.router.owns(conversation_id):
-            super().submit(conversation_id, event, reply, origin=origin, message_id=message_id)
+            super().submit(
+                conversation_id,
+                event,
+                reply,
+                origin=origin,
+                message_id=message_id,
+                input_id=input_id,
+            )
         else:
             self.router.forward(conversation_id, event, reply, origin, message_id)
 

@@ -51,6 +51,21 @@ class PartitionKeys:
     def owed(self) -> str:
         return f"{self.tag}:owed"
 
+    @property
+    def inbox(self) -> str:
+        """The inputs other nodes route to this partition's owner (a stream)."""
+        return f"{self.tag}:in"
+
+    @property
+    def inputs(self) -> str:
+        """The routed inputs recently stored: stream id -> the seq each was answered."""
+        return f"{self.tag}:inputs"
+
+    @property
+    def inputs_order(self) -> str:
+        """The same ids scored by arrival (engine milliseconds), to keep the newest only."""
+        return f"{self.tag}:inputs:at"
+
     def conversation(self, conversation_id: str) -> str:
         return f"{self.tag}:c:{conversation_id}"
 

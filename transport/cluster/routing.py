@@ -59,7 +59,7 @@ def _outbox(node_id: str) -> str:
 
 
 def _inbox(partition: int) -> str:
-    return f"{PartitionKeys(partition).tag}:in"
+    return PartitionKeys(partition).inbox
 
 
 @attrs.define(eq=False)
@@ -373,9 +373,24 @@ class Router:
                 ["XAUTOCLAIM", key, GROUP, self.node_id, "0", start, "COUNT", "500"], key=key
             )
             start = _text(answer[0])
-            for stream_id, fields in _stream_items(answer[1]):
-                if fields:
-                    self._serve(key, stream_id, dict(_pairs(fields)))
+            claimed = [(i, f) for i, f in _stream_items(answer[1]) if f]
+            # An input already stored is answered as stored, never handed to an actor again
+            # (its commit also acknowledged it, so this is only the belt to those braces).
+            known = PartitionKeys(partition).inputs
+            stored = (
+                await engine.command(["HMGET", known, *[i for i, _ in claimed]], key=known)
+                if claimed
+                else []
+            )
+            for (stream_id, fields), seq in zip(claimed, stored, strict=True):
+                values = dict(_pairs(fields))
+                if seq is None:
+                    self._serve(key, stream_id, values)
+                else:
+                    number = _text(seq)
+                    outcome = fx.Accepted(int(number) if number else None)
+                    self._answers.append((values["n"], values["r"], key, stream_id, outcome))
+                    self._answers_ready.set()
             if start == "0-0":
                 return
 
@@ -392,7 +407,14 @@ class Router:
 
         try:
             event = message_from_json(values["e"])
-            Switchboard.submit(board, conversation_id, event, reply, message_id=values["m"] or None)
+            Switchboard.submit(
+                board,
+                conversation_id,
+                event,
+                reply,
+                message_id=values["m"] or None,
+                input_id=stream_id,
+            )
         except Overloaded:
             reply(fx.Refusal("overloaded", "The conversation is busy; try again shortly."))
         except Exception:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from actors import ConversationState, Entry, Party
+from actors import SESSION_EXPIRED, Content, ConversationState, Entry, Party
 from actors.model.settings import BotSettings
 from actors.model.state import deadline
 from actors.ports import StoreUnavailable
@@ -35,6 +36,13 @@ log = logging.getLogger("switchover.cluster")
 
 #: How long a commit waits for its durability (fsync or a replica) before it is refused.
 DURABLE_TIMEOUT_MS = 1000
+#: How many stored routed inputs each partition remembers, newest by arrival. An input can
+#: be handed over again only while it is in its inbound stream, which keeps about the newest
+#: 100,000 (``routing.STREAM_BOUND``, an approximate trim): remembering twice as many by the
+#: same order (arrival) covers every input that can still come back.
+INPUT_MEMORY = 200_000
+#: What an expiry tells the bot: a commit holding it is checked against the engine's clock.
+_EXPIRED = Content.payload(SESSION_EXPIRED)
 #: Most "owed to the bot" marks cleared in one command.
 _DONE_BATCH = 500
 
@@ -147,7 +155,15 @@ class ValkeyStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def record(self, state: ConversationState, entries: Sequence[Entry]) -> None:
+    async def record(
+        self,
+        state: ConversationState,
+        entries: Sequence[Entry],
+        inputs: Sequence[tuple[str, int | None]] = (),
+    ) -> None:
+        """Commit, and with it remember and acknowledge the routed ``inputs`` (their inbound
+        stream ids, see :class:`actors.ports.InputStore`): refused when one is already
+        stored, so an input handed over again after a failover is stored once."""
         conversation_id = state.conversation_id
         keys = self._keys(conversation_id)
         token = self.leases.token(keys.number)
@@ -165,12 +181,18 @@ class ValkeyStore:
                 str(state.next_seq),
                 state_json(state),
                 "1" if state.session is not None else "0",
-                "" if due is None else repr(due),
+                # What is left of it: the engine counts it from its own clock.
+                "" if due is None else repr(due - time.time()),
                 str(len(entries)),
             ]
             for entry in entries:
                 owed = "1" if Party.BOT in entry.audience else "0"
                 args += [str(entry.seq), entry_json(entry), owed]
+            args.append(str(len(inputs)))
+            for input_id, seq in inputs:
+                args += [input_id, "" if seq is None else str(seq)]
+            args.append(str(INPUT_MEMORY))
+            args.append("1" if any(e.content == _EXPIRED for e in entries) else "0")
             for arg in args:
                 arg.encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
@@ -182,6 +204,9 @@ class ValkeyStore:
             keys.open,
             keys.deadlines,
             keys.owed,
+            keys.inbox,
+            keys.inputs,
+            keys.inputs_order,
         ]
         try:
             await self.engine.run(self.engine.commit, key_list, args)
