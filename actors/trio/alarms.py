@@ -15,6 +15,14 @@ and, when they come due, wakes at most ``batch`` actors before it yields to the 
 So every expiry still fires at its deadline or as soon after as the CPU gets to it, in
 deadline order, while a crowd of simultaneous expiries is spread over several scheduler
 ticks: the longest stall is the cost of one batch, not of the whole crowd.
+
+Waking a batch per tick is not enough on its own: an expiry waits for its store commit, and
+a group commit answers every waiting conversation at once, so hundreds of woken expiries
+would finish (deliveries, bot events, sockets) in one scheduler tick, which is the stall
+again, further down. So an expiry also holds one of ``batch`` slots (:attr:`Alarms.expiries`)
+from its lifecycle step until its effects are carried out: at most ``batch`` are in flight,
+each tick finishes at most ``batch`` of them, and the next ones start as slots free up, in
+deadline order (the slots are handed out first come, first served).
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ class Alarms:
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self.batch = batch
+        #: Held by a conversation while it expires (module doc): at most ``batch`` at once.
+        self.expiries = trio.CapacityLimiter(batch)
         self._send, self._receive = trio.open_memory_channel[tuple[float, Sleeper]](math.inf)
         self._order = itertools.count()
         self.pending = 0

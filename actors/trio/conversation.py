@@ -364,8 +364,10 @@ class ConversationActor:
             backoff = self._store_backoff
             if clock.to_trio(wall) <= now and (backoff is None or backoff.due <= now):
                 # Due by the trio clock: stamp it at the deadline even when converting
-                # between the clocks rounds the wall time a hair below it.
-                _, failure = await self._handle_group([_ALARM], max(clock.now(), wall))
+                # between the clocks rounds the wall time a hair below it. One of a bounded
+                # number in flight, so a crowd of expiries finishes a batch per tick.
+                async with self.context.alarms.expiries:
+                    _, failure = await self._handle_group([_ALARM], max(clock.now(), wall))
                 if failure is not None:
                     raise failure
             return False

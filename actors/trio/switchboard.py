@@ -82,8 +82,9 @@ class Switchboard:
     store on its next event); ``None`` keeps every conversation in memory.
     ``inbox_limit``: how many events may wait for one conversation before :meth:`submit`
     refuses more with :class:`Overloaded`. ``expiry_batch``: how many conversations the
-    alarms wake per scheduler tick when many deadlines come due at once (see
-    :mod:`actors.trio.alarms`); it bounds how long a crowd of expiries can stall everything else.
+    alarms wake per scheduler tick when many deadlines come due at once, and how many may be
+    expiring at the same time (see :mod:`actors.trio.alarms`); it bounds how long a crowd of
+    expiries can stall everything else.
     ``new_id``: makes the id of each new conversation (a store that keeps conversations in
     partitions picks one this process owns); by default 24 random hex digits.
     """

@@ -358,6 +358,15 @@ def _quick_event_ack(data: dict[str, Any]) -> bool:
     )
 
 
+_PING_KEYS: Final = frozenset({"type", "id"})
+
+
+def _quick_ping(data: dict[str, Any]) -> bool:
+    """True only if a ping surely passes its schema: a ping must not wait behind the
+    schema walk (a heartbeat measures the server, not the validator)."""
+    return _PING_KEYS.issuperset(data) and ("id" not in data or _readable_id(data) is not None)
+
+
 _HELLO_KEYS: Final = {
     "user": frozenset(
         {"type", "v", "role", "id", "bot_id", "metadata", "resume_token", "last_seq"}
@@ -472,6 +481,8 @@ def parse_frame(raw: str | bytes, role: str, max_bytes: int) -> Frame:
         return _unreserved(_build(kind, data))
     if kind == "event_ack" and role == "bot" and _quick_event_ack(data):
         return EventAck(data.get("id"), data["event_id"])
+    if kind == "ping" and _quick_ping(data):
+        return Ping(data.get("id"))
     check = validators.get(kind) if isinstance(kind, str) else None
     if check is None:
         allowed = ", ".join(sorted(validators))
