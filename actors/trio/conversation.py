@@ -149,6 +149,7 @@ class ConversationActor:
 
     __slots__ = (
         "_armed",
+        "_asserted",
         "_basis",
         "_feeder",
         "_message_ids",
@@ -195,6 +196,9 @@ class ConversationActor:
         #: What the deadline in force was derived from (see :meth:`_adopt_settings`).
         self._basis: object = _NO_BASIS
         self.retired = False
+        #: The switchboard asked the backend for the open session just before starting it
+        #: (a restore): the first run need not ask again.
+        self._asserted = False
 
     @property
     def feeder(self) -> BotFeeder | None:
@@ -236,7 +240,12 @@ class ConversationActor:
         self.owed_to_bot = None
         # After any start or restart, the backend hears about the open session again: it
         # changes nothing where the backend already has it, and mends whatever was lost.
-        await self._reassert()
+        # (Not when the switchboard's restore has just asked: 10,000 restored sessions would
+        # be asserted twice.)
+        if self._asserted:
+            self._asserted = False
+        else:
+            await self._reassert()
         inbox = self.inbox
         self.last_touch = trio.current_time()
         self._armed = math.inf
@@ -322,6 +331,10 @@ class ConversationActor:
         if not self.retired:
             self._armed = math.inf
             self.inbox.put(_ALARM)
+
+    def asserted(self) -> None:
+        """Its backend has just been told about the open session: its first run skips that."""
+        self._asserted = True
 
     def reassert(self) -> None:
         """Ask the actor to tell its backend about its open session again."""
