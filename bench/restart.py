@@ -11,6 +11,9 @@ hand: ``python bench/restart.py``).
    (SIGINT to exit).
 3. The same with an empty data directory. Repeated ``--repeat`` times, alternating; medians
    are reported, with the machine's load average during the run.
+4. The desk's queue alone, in this process: the CPU time for ``--sessions`` requests one by
+   one (as a restart re-asserts them) on this tree's routing and on the list queue it
+   replaced (``actors/machines/routing.py`` at commit ``LIST_QUEUE_COMMIT``, by ``git show``).
 
 Writes ``bench/results/restart.json``.
 """
@@ -34,13 +37,17 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
+from importlib import util  # noqa: E402
+from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
 
 import trio  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
-from actors import BotSettings, Content, ConversationState, Entry, Party  # noqa: E402
+from actors import AgentRequest, BotSettings, Content, ConversationState, Entry, Party  # noqa: E402
+from actors.machines import routing  # noqa: E402
 from actors.model.state import Session  # noqa: E402
 from bench.servers import (  # noqa: E402
     HOST,
@@ -57,6 +64,8 @@ from transport.protocol.tokens import ResumeTokens  # noqa: E402
 from transport.store.sqlite import DATABASE_FILENAME, open_sqlite_store  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "restart.json"
+#: The desk's routing before its queue kept places in a Fenwick tree.
+LIST_QUEUE_COMMIT = "39a64a9"
 SECRET = "bench-secret-not-for-production"
 PAST_MESSAGES = 4
 #: The conversation the resuming user returns to: it has ``MISSED + SEEN`` messages.
@@ -234,6 +243,40 @@ def median(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def routing_at(commit: str) -> ModuleType:
+    """``actors/machines/routing.py`` as it was at ``commit``, as a module of its own."""
+    source = subprocess.run(
+        ["git", "show", f"{commit}:actors/machines/routing.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tempfile.NamedTemporaryFile("wb", suffix=".py", delete=False) as file:
+        file.write(source)
+    spec = util.spec_from_file_location("routing_before", file.name)
+    assert spec is not None and spec.loader is not None
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.unlink(file.name)
+    return module
+
+
+def queue_alone(sessions: int) -> dict[str, float]:
+    """CPU seconds for the desk's routing to take ``sessions`` requests one by one, as a
+    restart re-asserts them (10 agents, nobody connected yet): this tree against the list
+    queue of ``LIST_QUEUE_COMMIT``, in this process."""
+    requests = [AgentRequest(f"c{n}", f"c{n}/1", "demo", float(n)) for n in range(sessions)]
+    timings = {}
+    for name, module in (("now", routing), ("list_queue", routing_at(LIST_QUEUE_COMMIT))):
+        agents = [module.Agent(f"a{i}", f"A{i}", frozenset({"demo"}), 10) for i in range(10)]
+        desk = module.Routing(agents, {"demo": BotSettings()}, starting=True)
+        started = time.process_time()
+        for request in requests:
+            desk.request(request, 1.0)
+        timings[name] = time.process_time() - started
+    return timings
+
+
 def compile_bytecode() -> None:
     """Compile the server's modules once, as an installed package is: with
     ``PYTHONDONTWRITEBYTECODE`` set (as in some shells), each start would otherwise spend
@@ -256,6 +299,8 @@ def run(past: int, sessions: int, repeat: int, timeout: float) -> dict[str, Any]
         trio.run(fill, full, past, sessions)
         fill_seconds = time.monotonic() - started
         print(f"filled {past:,} past + {sessions:,} open in {fill_seconds:.1f} s", file=sys.stderr)
+        queue = queue_alone(sessions)
+        print(f"the queue alone: {json.dumps(queue)}", file=sys.stderr)
         runs: dict[str, list[dict[str, Any]]] = {"empty": [], "full": []}
         loads = [os.getloadavg()[0]]
         for n in range(repeat):
@@ -278,6 +323,7 @@ def run(past: int, sessions: int, repeat: int, timeout: float) -> dict[str, Any]
         "fill_seconds": fill_seconds,
         "repeat": repeat,
         "median": summary,
+        "queue_alone_cpu_s": queue,
         "runs": runs,
         "load_average_1m": {"min": min(loads), "max": max(loads)},
         "python": platform.python_version(),
@@ -302,6 +348,12 @@ def print_table(r: dict[str, Any]) -> None:
         )
     ratio = r["median"]["full"]["healthz_s"] / r["median"]["empty"]["healthz_s"]
     print(f"full / empty, time to /healthz: {ratio:.2f}x")
+    queue = r["queue_alone_cpu_s"]
+    print(
+        f"the desk's queue alone, {r['open_sessions']:,} requests: {queue['now']:.3f} s CPU, "
+        f"the list queue of {LIST_QUEUE_COMMIT} {queue['list_queue']:.2f} s "
+        f"({queue['list_queue'] / queue['now']:.0f}x)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -529,10 +529,6 @@ class Routing:
                 best = agent
         return best
 
-    def _staffed_bots(self) -> frozenset[str]:
-        """The bots that at least one online, connected agent serves (busy or not)."""
-        return frozenset(bot for a in self.agents.values() if a.available for bot in a.bots)
-
     def _free_bots(self) -> set[str]:
         """The bots served by an online, connected agent with a free slot."""
         return {
@@ -564,10 +560,12 @@ class Routing:
         """Hand out what can be handed out, first come first served, then report the
         positions that changed: only the places from the first one that moved in each
         bot's line are walked (all of a line when its bot became staffed or unstaffed)."""
-        effects = self._hand_out(now)
+        online = [agent for agent in self.agents.values() if agent.available]
+        # Nobody online (a server restoring its sessions): nothing to hand out.
+        effects = self._hand_out(now) if online else []
         queue = self.queue
         if queue:
-            staffed = self._staffed_bots()
+            staffed = {bot for agent in online for bot in agent.bots}
             for bot in queue.bots():
                 available = bot in staffed
                 if self._staffed.get(bot) is not available:
