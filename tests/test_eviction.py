@@ -3,9 +3,12 @@ MockClock (``autojump_clock`` makes the minutes pass in milliseconds)."""
 
 from __future__ import annotations
 
+import gc
+
 import trio
 
 from actors import Accepted, BotSettings, Content, Entry, UserSays
+from actors.trio.conversation import ConversationActor
 from transport.config import from_mapping
 
 from .conftest import RecordingSink, StallingBot, open_watched
@@ -46,6 +49,7 @@ async def test_a_connected_client_keeps_it_and_leaving_starts_the_delay(
         assert board.is_in_memory(conv)
         await trio.sleep(2)
         assert not board.is_in_memory(conv)
+        assert board.stats.hibernated == 1
         # It comes back with its numbering on its next event.
         again = RecordingSink()
         board.subscribe(conv, again, after_seq=0)
@@ -68,3 +72,26 @@ async def test_a_conversation_owing_its_bot_an_event_stays_until_answered(
 def test_the_delay_is_a_limit_of_the_server() -> None:
     assert from_mapping({}).limits.hibernate_after == HIBERNATE_AFTER
     assert from_mapping({"limits": {"hibernate_after": 5}}).limits.hibernate_after == 5.0
+
+
+async def test_a_conversation_that_leaves_memory_is_freed_at_once(autojump_clock: object) -> None:
+    """No full collection needed: nothing it leaves behind points back at it (the server
+    makes full collections rare, so a cycle would keep every hibernated one for long)."""
+    async with running(BotSettings(), hibernate_after=HIBERNATE_AFTER) as (board, _):
+        gc.collect()
+        gc.disable()
+        try:
+            for n in range(50):
+                conv = (await board.open_conversation("demo", user_id=f"u{n}")).conversation_id
+                assert await board.ask(conv, UserSays(Content.text("hi"))) == Accepted(1)
+            assert _actors() == 50
+            await trio.sleep(HIBERNATE_AFTER + 1)
+            assert board.active_conversations == 0
+            # At most the one the alarms' task last armed, which it holds until the next.
+            assert _actors() <= 1
+        finally:
+            gc.enable()
+
+
+def _actors() -> int:
+    return sum(isinstance(o, ConversationActor) for o in gc.get_objects())
