@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from actors.machines.wait import PickupPace
+from actors.machines.waitqueue import WaitQueue
 from actors.model.agent_request import NO_DECISION, AgentRequest, Decision
 from actors.model.effects import Refusal
 from actors.model.settings import BotSettings
@@ -91,6 +92,9 @@ class Waiting:
     position: int | None = None
     #: Whether an agent serving the bot was online when the position was last reported.
     agents_available: bool | None = None
+    #: Where the queue keeps it (see :class:`~actors.machines.waitqueue.WaitQueue`).
+    order: int = attrs.field(default=0, eq=False, repr=False)
+    key: int = attrs.field(default=0, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -164,7 +168,11 @@ class Routing:
         self._stamps = itertools.count(1)
         self._decided: dict[str, Decision] = {}
         self.settings = dict(settings)
-        self.queue: list[Waiting] = []
+        self.queue: WaitQueue[Waiting] = WaitQueue()
+        # Per bot, the first place whose position may have changed since the last report,
+        # and whether an agent serving the bot was online then: reports walk only from there.
+        self._moved: dict[str, int] = {}
+        self._staffed: dict[str, bool] = {}
         # Indexes by conversation id, so no request walks the queue or the agents.
         self._waiting: dict[str, Waiting] = {}
         self._held: dict[str, Agent] = {}
@@ -460,17 +468,19 @@ class Routing:
         return False
 
     def _enqueue(self, waiting: Waiting, *, first: bool = False) -> None:
-        if first:
-            self.queue.insert(0, waiting)
-        else:
-            self.queue.append(waiting)
+        self._moved_from(waiting.bot_id, self.queue.add(waiting, first=first))
         self._waiting[waiting.conversation_id] = waiting
         self.changed_bots.add(waiting.bot_id)
 
     def _dequeue(self, waiting: Waiting) -> None:
-        self.queue.remove(waiting)
+        self._moved_from(waiting.bot_id, self.queue.remove(waiting))
         del self._waiting[waiting.conversation_id]
         self.changed_bots.add(waiting.bot_id)
+
+    def _moved_from(self, bot_id: str, place: int) -> None:
+        moved = self._moved.get(bot_id)
+        if moved is None or place < moved:
+            self._moved[bot_id] = place
 
     def _hold(self, agent: Agent, chat: Chat) -> None:
         agent.chats[chat.conversation_id] = chat
@@ -519,39 +529,76 @@ class Routing:
                 best = agent
         return best
 
-    def _staffed_bots(self) -> frozenset[str]:
-        """The bots that at least one online, connected agent serves (busy or not)."""
-        return frozenset(bot for a in self.agents.values() if a.available for bot in a.bots)
+    def _free_bots(self) -> set[str]:
+        """The bots served by an online, connected agent with a free slot."""
+        return {
+            bot
+            for a in self.agents.values()
+            if a.available and len(a.chats) < a.capacity
+            for bot in a.bots
+        }
 
-    def _anyone_free(self) -> bool:
-        return any(a.available and len(a.chats) < a.capacity for a in self.agents.values())
+    def _hand_out(self, now: float) -> list[RoutingEffect]:
+        """Offer waiting sessions to free agents, first come first served. Only the lines
+        of bots with a free agent are walked, from their heads, so a long queue costs
+        nothing when nobody can take from it."""
+        effects: list[RoutingEffect] = []
+        while self.queue:
+            bots = self._free_bots()
+            if not bots:
+                break
+            for waiting in self.queue.of_bots(bots):
+                agent = self._best_agent(waiting)
+                if agent is not None:
+                    effects.append(self._assign(waiting, agent, now))
+                    break
+            else:
+                break
+        return effects
 
     def _settle(self, now: float) -> list[RoutingEffect]:
         """Hand out what can be handed out, first come first served, then report the
-        positions that changed."""
-        effects: list[RoutingEffect] = []
-        free = self._anyone_free()
-        for waiting in list(self.queue) if free else ():
-            agent = self._best_agent(waiting)
-            if agent is not None:
-                effects.append(self._assign(waiting, agent, now))
-                if not self._anyone_free():
-                    break
-        counters: dict[str, itertools.count[int]] = {}
-        staffed = self._staffed_bots() if self.queue else frozenset()
-        for waiting in self.queue:
-            position = next(counters.setdefault(waiting.bot_id, itertools.count(1)))
-            available = waiting.bot_id in staffed
-            if waiting.position != position or waiting.agents_available is not available:
-                if waiting.position != position:
-                    waiting.position = position
-                    self.changed_bots.add(waiting.bot_id)
-                waiting.agents_available = available
-                estimate = self.pace.estimate(waiting.bot_id, position, now)
-                effects.append(
-                    Position(
-                        waiting.conversation_id, waiting.session_id, position, estimate, available
+        positions that changed: only the places from the first one that moved in each
+        bot's line are walked (all of a line when its bot became staffed or unstaffed)."""
+        online = [agent for agent in self.agents.values() if agent.available]
+        # Nobody online (a server restoring its sessions): nothing to hand out.
+        effects = self._hand_out(now) if online else []
+        queue = self.queue
+        if queue:
+            staffed = {bot for agent in online for bot in agent.bots}
+            for bot in queue.bots():
+                available = bot in staffed
+                if self._staffed.get(bot) is not available:
+                    self._staffed[bot] = available
+                    self._moved[bot] = 1
+        reports: list[tuple[int, Position]] = []
+        for bot, first in self._moved.items():
+            available = self._staffed.get(bot, False)
+            for position, waiting in enumerate(queue.from_place(bot, first), first):
+                if waiting.position != position or waiting.agents_available is not available:
+                    if waiting.position != position:
+                        waiting.position = position
+                        self.changed_bots.add(bot)
+                    waiting.agents_available = available
+                    estimate = self.pace.estimate(bot, position, now)
+                    reports.append(
+                        (
+                            waiting.order,
+                            Position(
+                                waiting.conversation_id,
+                                waiting.session_id,
+                                position,
+                                estimate,
+                                available,
+                            ),
+                        )
                     )
-                )
+        self._moved.clear()
+        reports.sort(key=_first)
+        effects.extend(report for _, report in reports)
         effects.append(_CHANGED)
         return effects
+
+
+def _first(report: tuple[int, Position]) -> int:
+    return report[0]

@@ -126,6 +126,21 @@ _DECISIONS = frozenset({AgentAssigned, ReturnedToQueue})
 _NO_BASIS = object()
 
 
+class _NoFeed:
+    """Who feeds the bot of a conversation that left memory: nobody (see ``_let_go``)."""
+
+    def feed_bot(self, entry: Entry, state: ConversationState) -> None:
+        log.warning("conversation %s: an entry for its bot after it left memory", entry.seq)
+
+
+_NO_FEED = _NoFeed()
+
+
+def _dropped(event: Event, reply: Callable[[fx.Outcome], None] | None) -> None:
+    """Where a bot feeder's answer goes once its conversation left memory (never, since a
+    conversation owed an answer does not leave)."""
+
+
 def _basis_of(state: ConversationState) -> tuple[str, float, float | None] | None:
     """What a session's deadline is derived from, besides the settings: ``None`` in bot
     mode, where nothing is armed."""
@@ -154,6 +169,7 @@ class ConversationActor:
 
     __slots__ = (
         "_armed",
+        "_asserted",
         "_basis",
         "_feeder",
         "_message_ids",
@@ -200,6 +216,9 @@ class ConversationActor:
         #: What the deadline in force was derived from (see :meth:`_adopt_settings`).
         self._basis: object = _NO_BASIS
         self.retired = False
+        #: The switchboard asked the backend for the open session just before starting it
+        #: (a restore): the first run need not ask again.
+        self._asserted = False
 
     @property
     def feeder(self) -> BotFeeder | None:
@@ -222,6 +241,7 @@ class ConversationActor:
             if self.state is None:
                 self.refuse_waiting("unknown_conversation", "No such conversation.")
                 context.retire(self)
+                self._let_go()
                 return
         lifecycle = context.lifecycle_for(self.state.bot_id)
         if lifecycle is None:
@@ -230,6 +250,7 @@ class ConversationActor:
                 "unknown_conversation", f"This conversation's bot {self.state.bot_id!r} is gone."
             )
             context.retire(self)
+            self._let_go()
             return
         if self.lifecycle is None or _basis_of(self.state) != self._basis:
             # A restart keeps the settings its armed deadline was derived from.
@@ -241,7 +262,12 @@ class ConversationActor:
         self.owed_to_bot = None
         # After any start or restart, the backend hears about the open session again: it
         # changes nothing where the backend already has it, and mends whatever was lost.
-        await self._reassert()
+        # (Not when the switchboard's restore has just asked: 10,000 restored sessions would
+        # be asserted twice.)
+        if self._asserted:
+            self._asserted = False
+        else:
+            await self._reassert()
         inbox = self.inbox
         self.last_touch = trio.current_time()
         self._armed = math.inf
@@ -328,6 +354,18 @@ class ConversationActor:
             self._armed = math.inf
             self.inbox.put(_ALARM)
 
+    def _let_go(self) -> None:
+        """It leaves memory: its effect runner and bot feeder point back at it, and would
+        keep it (with its state and mailbox) until a full collection, which the server makes
+        rare on purpose. Pointing them elsewhere lets it go at once."""
+        self.effects.owner = _NO_FEED
+        if self._feeder is not None:
+            self._feeder.post = _dropped
+
+    def asserted(self) -> None:
+        """Its backend has just been told about the open session: its first run skips that."""
+        self._asserted = True
+
     def reassert(self) -> None:
         """Ask the actor to tell its backend about its open session again."""
         if not self.retired:
@@ -373,6 +411,7 @@ class ConversationActor:
             return False
         if self._may_hibernate():
             self.context.retire(self)
+            self._let_go()
             return True
         return False
 
@@ -414,6 +453,9 @@ class ConversationActor:
         elif isinstance(item, Unsubscribe):
             if item.sink in self.subscribers:
                 self.subscribers.remove(item.sink)
+                # The delay before it may leave memory counts from the client leaving, even
+                # when a wake-up is handled in the same batch.
+                self.last_touch = trio.current_time()
         else:
             await self._replay(item.sink, item.after_seq, item.party, item.agent_id)
 

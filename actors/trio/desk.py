@@ -463,10 +463,10 @@ class Desk:
         if holder is not None:
             routing.changed_agents.add(holder.agent_id)
             return True
-        for waiting in routing.queue:
-            if waiting.conversation_id == conversation_id:
-                routing.changed_bots.add(waiting.bot_id)
-                return True
+        waiting = routing.waiting(conversation_id)
+        if waiting is not None:
+            routing.changed_bots.add(waiting.bot_id)
+            return True
         return False
 
     def _given_back_to(self, request: DeskRequest) -> AgentRequest | None:
@@ -633,8 +633,7 @@ class Desk:
                 user.last_message,
                 user.last_message_at,
             )
-            for w in self._routing.queue
-            if w.bot_id in agent.bots
+            for w in self._routing.queue.of_bots(agent.bots)
             for user in (users.get(w.conversation_id, unknown),)
         )
         chats = tuple(

@@ -231,10 +231,15 @@ class Switchboard:
                 self._backend_for(state.bot_id).request_agent(request)
             except Exception:
                 log.exception("restoring session %s", session.session_id)
+                asserted = False
+            else:
+                asserted = True
             if state.conversation_id not in self._actors:
                 # (A backend that spoke to it already started its actor, which loads the
                 # same state: a second one would number its messages twice.)
-                self._start_actor(state.conversation_id, state)
+                actor = self._start_actor(state.conversation_id, state)
+                if asserted:
+                    actor.asserted()
         for conversation_id, entries in owed.items():
             actor = self._actor(conversation_id)
             if actor.lifecycle is None:  # not started yet: it hands them over first

@@ -19,7 +19,8 @@ class Limits:
     ``auth_failures``/``auth_window`` and ``new_conversations_per_minute``/``_burst`` limit
     each client address (see transport/protocol/credentials.py). ``bot_queue``, ``message_ids``,
     ``transcript_tail``: the per-conversation bounds of
-    :class:`actors.model.limits.ConversationLimits`."""
+    :class:`actors.model.limits.ConversationLimits`. ``hibernate_after``: see
+    :class:`actors.Switchboard`."""
 
     max_frame_bytes: int = 64 * 1024
     rate: float = 20.0
@@ -38,6 +39,9 @@ class Limits:
     bot_queue: int = attrs.field(default=64, validator=whole_number_at_least_one)
     message_ids: int = attrs.field(default=256, validator=whole_number_at_least_one)
     transcript_tail: int = attrs.field(default=200, validator=whole_number_at_least_one)
+    #: Seconds a conversation with no open session, no client and nothing owed stays in
+    #: memory after its last event; then it leaves, and its next event reloads it.
+    hibernate_after: float = attrs.field(default=30.0, validator=positive_seconds)
 
     def for_conversations(self) -> ConversationLimits:
         """The per-conversation bounds the core keeps."""

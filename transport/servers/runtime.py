@@ -25,7 +25,7 @@ import httpx
 import trio
 
 from actors import BotBinding, BotSettings, Desk, MemoryStore, Store, Switchboard
-from actors.trio.collector import tune_collector
+from actors.trio.collector import raise_thresholds, tune_collector
 from transport.bots import build_bot
 from transport.bots.connections import BotConnections
 from transport.bots.resilience import make_http_client
@@ -286,6 +286,7 @@ async def _serve(
 ) -> None:
     listen = config.listeners
     desk, connections = parts.desk, parts.connections
+    raise_thresholds()
     async with open_store(config) as store, trio.open_nursery() as core:
         await restore_presences(desk, store)
         # The clustered store routes conversations owned by other nodes (docs/cluster.md).
@@ -294,6 +295,7 @@ async def _serve(
             parts.bindings,
             parts.backends.by_name,
             store,
+            hibernate_after=config.limits.hibernate_after,
             limits=config.limits.for_conversations(),
             new_id=getattr(store, "new_conversation_id", None),
         )
