@@ -15,15 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.test_browser import (
     ALICE_TOKEN,
     BOB_TOKEN,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    WAIT_MS,
     Server,
+    browser,
+    contexts,
     open_widget,
     running_server,
     say,
@@ -33,6 +32,7 @@ from tests.test_browser import (
 )
 
 pytestmark = pytest.mark.browser
+__all__ = ["browser", "contexts"]  # fixtures shared with tests/test_browser.py
 
 REPLY = "Reply to the user"
 CONFIG = f"""
@@ -123,26 +123,6 @@ STUBS = """
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(tmp_path_factory.mktemp("switchover-desk"), CONFIG) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def contexts(browser: Browser) -> Iterator[tuple[BrowserContext, BrowserContext]]:
-    """A phone-sized context for the user and a desktop one for the agent."""
-    user = browser.new_context(viewport={"width": 375, "height": 760}, locale="en-GB")
-    agent = browser.new_context(viewport={"width": 1200, "height": 820}, locale="en-GB")
-    for context in (user, agent):
-        context.set_default_timeout(WAIT_MS)
-    yield user, agent
-    user.close()
-    agent.close()
 
 
 def ask_for_a_human(user: Page, first: str) -> None:
