@@ -150,6 +150,19 @@ def _basis_of(state: ConversationState) -> tuple[str, float, float | None] | Non
     return (session.session_id, session.last_activity, session.queued_at)
 
 
+def _stored_inputs(
+    envelopes: list[Envelope], plan: list[int | fx.Outcome], transitions: list[Transition]
+) -> list[tuple[str, int | None]]:
+    """The routed inputs a commit stores, with the seq each was answered."""
+    inputs: list[tuple[str, int | None]] = []
+    for envelope, step in zip(envelopes, plan, strict=False):
+        if envelope.input_id is not None and isinstance(step, int):
+            outcome = transitions[step].outcome
+            if isinstance(outcome, fx.Accepted):
+                inputs.append((envelope.input_id, outcome.seq))
+    return inputs
+
+
 def _answer(envelope: Envelope, outcome: fx.Outcome) -> None:
     """Tell a sender its outcome; a sender's callback that raises harms nobody else."""
     if envelope.reply is not None:
@@ -496,7 +509,10 @@ class ConversationActor:
         # Per envelope dealt with: the index of its transition, or the outcome of a resend.
         plan: list[int | fx.Outcome] = []
         failure: Exception | None = None
+        routed = False  # some envelope carries an input id (a cluster node's routed input)
         for envelope in envelopes:
+            if envelope.input_id is not None:
+                routed = True
             key = envelope.message_id
             if key is not None:
                 # A resend is the same id with the same event; the same id with another
@@ -536,16 +552,10 @@ class ConversationActor:
             # Durable before anyone hears of it. No timer can cut this write (deadlines come
             # through the inbox, not a cancel scope); only shutting down can, and then the
             # state stays as it was and nobody has been told anything.
-            # The inputs stored by this commit, with the seq each was answered.
-            inputs: list[tuple[str, int | None]] = []
-            for envelope, step in zip(envelopes, plan, strict=False):
-                if envelope.input_id is not None and isinstance(step, int):
-                    outcome = transitions[step].outcome
-                    if isinstance(outcome, fx.Accepted):
-                        inputs.append((envelope.input_id, outcome.seq))
             try:
-                if inputs:
+                if routed:
                     # Only a store that gave inputs their ids hands them to actors.
+                    inputs = _stored_inputs(envelopes, plan, transitions)
                     await cast(InputStore, self.context.store).record(state, entries, inputs)
                 else:
                     await self.context.store.record(state, entries)
