@@ -67,11 +67,16 @@ def _admin(request: Request) -> Admin | Response:
     return error_response(401, "unauthorized", "Unknown administrator token.")
 
 
-def _book(request: Request) -> BotSettingsBook | Response:
+def _allowed(request: Request) -> tuple[Admin, BotSettingsBook] | Response:
+    """The administrator asking and the settings it may change, or the refusal to answer
+    with (who asks is checked first)."""
+    admin = _admin(request)
+    if isinstance(admin, Response):
+        return admin
     book = _app(request).bot_settings
     if book is None:
         return error_response(503, "unavailable", "This server does not change settings.")
-    return book
+    return admin, book
 
 
 def _unknown_bot(bot_id: str) -> Response:
@@ -80,12 +85,10 @@ def _unknown_bot(bot_id: str) -> Response:
 
 async def list_bots(request: Request) -> Response:
     """``GET /api/bots``: every bot served, with its settings."""
-    admin = _admin(request)
-    if isinstance(admin, Response):
-        return admin
-    book = _book(request)
-    if isinstance(book, Response):
-        return book
+    allowed = _allowed(request)
+    if isinstance(allowed, Response):
+        return allowed
+    admin, book = allowed
     return _answer(
         {
             "admin": {"admin_id": admin.admin_id, "name": admin.name},
@@ -96,12 +99,10 @@ async def list_bots(request: Request) -> Response:
 
 async def bot_settings(request: Request) -> Response:
     """``GET``, ``PATCH`` and ``DELETE /api/bots/{bot_id}/settings``."""
-    admin = _admin(request)
-    if isinstance(admin, Response):
-        return admin
-    book = _book(request)
-    if isinstance(book, Response):
-        return book
+    allowed = _allowed(request)
+    if isinstance(allowed, Response):
+        return allowed
+    admin, book = allowed
     bot_id: str = request.path_params["bot_id"]
     if bot_id not in book.bot_ids:
         return _unknown_bot(bot_id)
@@ -121,12 +122,10 @@ async def bot_settings(request: Request) -> Response:
 
 async def reset_key(request: Request) -> Response:
     """``DELETE /api/bots/{bot_id}/settings/{key}``: the key's config file value again."""
-    admin = _admin(request)
-    if isinstance(admin, Response):
-        return admin
-    book = _book(request)
-    if isinstance(book, Response):
-        return book
+    allowed = _allowed(request)
+    if isinstance(allowed, Response):
+        return allowed
+    admin, book = allowed
     bot_id: str = request.path_params["bot_id"]
     try:
         await book.reset(bot_id, [request.path_params["key"]], admin.admin_id, admin.name)
