@@ -90,33 +90,7 @@ def run_loadgen(
         servers.CLIENT_CPU,
         [str(binary), workload, "-url", url, "-server-pid", str(pid), *options],
     )
-    line = servers.ProgressLine()
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    assert process.stderr is not None and process.stdout is not None
-    deadline = time.monotonic() + timeout
-    errors: list[str] = []
-    try:
-        for raw in process.stderr:
-            if raw.startswith("progress "):
-                line.show(servers.describe(json.loads(raw[len("progress ") :])))
-            else:
-                errors.append(raw)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"load generator still running after {timeout} s")
-        output = process.stdout.read()
-        process.wait(timeout=30)
-    finally:
-        line.clear()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    for text in output.splitlines():
-        if text.startswith("result "):
-            result: dict[str, Any] = json.loads(text[len("result ") :])
-            return result
-    raise RuntimeError(f"load generator failed ({process.returncode}):\n{''.join(errors)[-3000:]}")
+    return servers.run_load_generator(command, timeout=timeout, env=env)
 
 
 def per_message(result: dict[str, Any]) -> dict[str, Any]:

@@ -277,9 +277,17 @@ def load(workload: str, url: str, server_pid: int, *options: str, timeout: float
             *options,
         ],
     )
+    return run_load_generator(command, timeout=timeout)
+
+
+def run_load_generator(
+    command: list[str], *, timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run a load generator (``command``, already pinned); relay its ``progress`` lines and
+    return its ``result`` line. Both generators (loadgen.py, loadgen/main.go) speak so."""
     line = ProgressLine()
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env
     )
     assert process.stderr is not None and process.stdout is not None
     deadline = time.monotonic() + timeout
