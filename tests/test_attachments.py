@@ -418,8 +418,14 @@ async def test_a_server_with_retention_deletes_attachments_with_their_conversati
         folder = data_dir / FOLDER / folder_name(chat.conversation_id)
         assert folder.is_dir()
         await chat.alice.end(chat.conversation_id)
-        await chat.user.wait_for(lambda f: f.get("content", {}).get("code") == "session_ended")
-        # The conversation falls quiet for longer than the retention period...
+        ended = await chat.user.wait_for(
+            lambda f: f.get("content", {}).get("code") == "session_ended"
+        )
+        # The bot answers the session's end; once it has, nothing more is written...
+        await chat.user.wait_for(
+            lambda f: f.get("type") == "entry" and f["sender"] == "bot" and f["seq"] > ended["seq"]
+        )
+        # ...and the conversation falls quiet for longer than the retention period...
         await chat.user.close()
         await trio.to_thread.run_sync(_backdate, database_path(data_dir), chat.conversation_id)
         # ...and the next rounds delete it, then its files.
