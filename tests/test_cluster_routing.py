@@ -15,29 +15,33 @@ import pytest
 import trio
 
 from transport.client import Frame, connect_agent, connect_user
-from transport.cluster.keys import partition_of
+from transport.cluster.keys import PartitionKeys, partition_of
 from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 
-from .support.valkey import ValkeyServer, valkey_server
+from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
 
 PARTITIONS = 8
 AGENT_TOKEN = "alice-token-for-cluster-routing"
 
 
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
-    with valkey_server(tmp_path / "valkey") as server:
-        yield server
+@pytest.fixture(params=ENGINES)
+def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey]:
+    """A single valkey-server, then a Valkey Cluster of three masters."""
+    with valkey_engine(request.param, tmp_path / "valkey") as engine:
+        yield engine
 
 
-def _config(valkey: ValkeyServer, node_id: str) -> Any:
+Valkey = ValkeyServer | ValkeyCluster
+
+
+def _config(valkey: Valkey, node_id: str) -> Any:
     return from_mapping(
         {
             "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
             "store": {
                 "kind": "valkey",
-                "addresses": [valkey.address],
+                "addresses": valkey.addresses,
                 "node_id": node_id,
                 "partitions": PARTITIONS,
                 "lease_seconds": 1.0,
@@ -50,7 +54,7 @@ def _config(valkey: ValkeyServer, node_id: str) -> Any:
 
 
 @asynccontextmanager
-async def two_nodes(valkey: ValkeyServer) -> AsyncIterator[dict[str, RunningServer]]:
+async def two_nodes(valkey: Valkey) -> AsyncIterator[dict[str, RunningServer]]:
     """Nodes a and b started together, so they split the partitions."""
     nodes: dict[str, RunningServer] = {}
     async with trio.open_nursery() as nursery:
@@ -80,11 +84,14 @@ def _owned(node: RunningServer) -> set[int]:
 
 
 async def test_a_session_through_the_node_that_does_not_own_the_conversation(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
     async with two_nodes(valkey) as nodes:
         a, b = nodes["a"], nodes["b"]
         assert _owned(a) and _owned(b) and not _owned(a) & _owned(b)
+        if isinstance(valkey, ValkeyCluster):  # the partitions are spread over every shard
+            shards = {valkey.shard_of(PartitionKeys(p).lease) for p in range(PARTITIONS)}
+            assert shards == set(valkey.servers)
         async with connect_user(a.ws_url, bot_id="demo") as first:
             conversation = first.conversation_id
             assert partition_of(conversation, PARTITIONS) in _owned(a)

@@ -3,7 +3,9 @@
 glide runs under trio through anyio and multiplexes one connection per client: every
 command of a node shares it, and concurrent commits pipeline on it. With more than one
 address the engine is taken to be a Valkey Cluster (glide's cluster client follows the
-slots); every script touches one partition's keys, so one slot.
+slots, and keeps one connection per master); every script touches one partition's keys, so
+one slot, and every other command names one key, or is routed by one (``WAITAOF``: to the
+master that took the write, over the connection that made it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from importlib import resources
 from typing import Any, cast
 
 from glide import (
+    AllPrimaries,
     Batch,
     ClusterBatch,
     GlideClient,
@@ -57,9 +60,19 @@ class Engine:
             )
         return await self.client.custom_command(list(args))
 
+    async def every_primary(self, args: Sequence[str]) -> list[Any]:
+        """A raw command on every master (one answer on a single server): a check that must
+        hold on every shard."""
+        if self.clustered:
+            client = cast(GlideClusterClient, self.client)
+            answers = await client.custom_command(list(args), route=AllPrimaries())
+            return list(answers.values()) if isinstance(answers, dict) else [answers]
+        return [await self.client.custom_command(list(args))]
+
     async def pipeline(self, commands: Sequence[Sequence[str]]) -> list[Any]:
         """Several commands in one round trip, not atomic: each answer, or the error it got
-        (an exception object), in order."""
+        (an exception object), in order. On a cluster each command goes to the master of its
+        key's slot; the commands of one master keep their order."""
         batch: Batch | ClusterBatch = (
             ClusterBatch(is_atomic=False) if self.clustered else Batch(is_atomic=False)
         )
@@ -82,12 +95,17 @@ class Engine:
         await self.client.close()
 
 
-async def connect(addresses: Sequence[str], *, timeout_ms: int = 2000) -> Engine:
-    """A client for ``addresses`` ("host:port"); a cluster client when there are several."""
+def _nodes(addresses: Sequence[str]) -> list[NodeAddress]:
     nodes = []
     for address in addresses:
         host, _, port = address.rpartition(":")
         nodes.append(NodeAddress(host.strip("[]"), int(port)))
+    return nodes
+
+
+async def connect(addresses: Sequence[str], *, timeout_ms: int = 2000) -> Engine:
+    """A client for ``addresses`` ("host:port"); a cluster client when there are several."""
+    nodes = _nodes(addresses)
     client: GlideClient | GlideClusterClient
     if len(nodes) > 1:
         client = await GlideClusterClient.create(
@@ -96,5 +114,35 @@ async def connect(addresses: Sequence[str], *, timeout_ms: int = 2000) -> Engine
     else:
         client = await GlideClient.create(
             GlideClientConfiguration(nodes, request_timeout=timeout_ms)
+        )
+    return Engine(client)
+
+
+async def subscriber(addresses: Sequence[str], channels: set[str]) -> Engine:
+    """A client of its own subscribed to ``channels`` (``PUBLISH``: on a cluster, heard from
+    any master); a cluster client may add sharded channels later (``SSUBSCRIBE``)."""
+    nodes = _nodes(addresses)
+    client: GlideClient | GlideClusterClient
+    if len(nodes) > 1:
+        cluster = GlideClusterClientConfiguration
+        subscriptions = cluster.PubSubSubscriptions(
+            channels_and_patterns={cluster.PubSubChannelModes.Exact: set(channels)},
+            callback=None,
+            context=None,
+        )
+        client = await GlideClusterClient.create(
+            cluster(nodes, pubsub_subscriptions=subscriptions if channels else None)
+        )
+    else:
+        single = GlideClientConfiguration
+        client = await GlideClient.create(
+            single(
+                nodes,
+                pubsub_subscriptions=single.PubSubSubscriptions(
+                    channels_and_patterns={single.PubSubChannelModes.Exact: set(channels)},
+                    callback=None,
+                    context=None,
+                ),
+            )
         )
     return Engine(client)

@@ -57,6 +57,12 @@ class PartitionKeys:
         return f"{self.tag}:in"
 
     @property
+    def bell(self) -> str:
+        """A sharded channel (on a Valkey Cluster): rung after inputs are added to the
+        inbound stream, so its owner reads them without a blocking read per slot."""
+        return f"{self.tag}:bell"
+
+    @property
     def inputs(self) -> str:
         """The routed inputs recently stored: stream id -> the seq each was answered."""
         return f"{self.tag}:inputs"

@@ -1,11 +1,14 @@
 """Routing between nodes: any node serves any client, whoever owns its conversation.
 
 Inputs for a conversation owned elsewhere go to its partition's inbound stream
-(``{swpN}:in``); the owner reads it (``XREADGROUP``, one consumer group), hands each input
-to the conversation's actor, sends the outcome back to the node that asked (its stream
-``sw:out:<node>``) and acknowledges the input (``XACK``). Inputs of one client reach the
-owner in the order sent. A partition taken over is read from its pending inputs first
-(``XAUTOCLAIM``), so an input whose owner died before answering is handled by the next one.
+(``{swpN}:in``); the owner reads it (``XREADGROUP``, one consumer group: on a single server
+one blocking read of every stream it owns; on a Valkey Cluster, which refuses a read across
+slots, a read of each stream its sharded channel ``{swpN}:bell`` says has inputs, with a
+sweep of them all every second), hands each input to the conversation's actor, sends the
+outcome back to the node that asked (its stream ``sw:out:<node>``) and acknowledges the
+input (``XACK``). Inputs of one client reach the owner in the order sent. A partition taken
+over is read from its pending inputs first (``XAUTOCLAIM``), so an input whose owner died
+before answering is handled by the next one.
 
 Outputs: each commit publishes "conversation seq" (``sw:commits``). A node with clients of
 a conversation it does not own (a *watcher*) reads the log after what each client has seen
@@ -19,11 +22,11 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
-from glide import GlideClient, GlideClientConfiguration, NodeAddress
+from glide import GlideClusterClient
 
 from actors.model import effects as fx
 from actors.model.events import Event
@@ -31,7 +34,7 @@ from actors.model.records import Party
 from actors.ports import Sink, StoreUnavailable
 from actors.trio.switchboard import Overloaded, Switchboard
 from transport.cluster.codec import message_from_json, message_json
-from transport.cluster.engine import Engine, EngineError, connect
+from transport.cluster.engine import Engine, EngineError, connect, subscriber
 from transport.cluster.keys import PartitionKeys, partition_of
 from transport.cluster.store import ValkeyStore
 
@@ -46,6 +49,11 @@ REPLY_TIMEOUT = 10.0
 #: Bound of each inbound stream and of each node's answers stream (approximate trim).
 STREAM_BOUND = 100_000
 _BLOCK_MS = 200
+#: On a Valkey Cluster: how often every owned inbound stream is read even without a bell
+#: (a bell lost while the subscription reconnected is made up by it).
+_SWEEP_SECONDS = 1.0
+#: Most inputs read from one stream at a time.
+_READ_COUNT = 500
 
 Reply = Callable[[fx.Outcome], None]
 
@@ -95,7 +103,7 @@ class Router:
         self.pending: dict[str, _Pending] = {}
         self.watchers: dict[str, Watcher] = {}
         self._ids = itertools.count(1)
-        self._outgoing: list[tuple[str, list[str]]] = []
+        self._outgoing: list[tuple[int, list[str]]] = []
         self._outgoing_ready = trio.Event()
         self._answers: list[tuple[str, str, str, str, fx.Outcome]] = []
         self._answers_ready = trio.Event()
@@ -131,7 +139,7 @@ class Router:
         partition = partition_of(conversation_id, self.leases.partitions)
         fields = ["n", self.node_id, "r", request, "c", conversation_id]
         fields += ["e", message_json(event), "m", message_id or ""]
-        self._outgoing.append((_inbox(partition), fields))
+        self._outgoing.append((partition, fields))
         self._outgoing_ready.set()
         self.forwarded += 1
 
@@ -257,9 +265,15 @@ class Router:
             self._outgoing_ready = trio.Event()
             outgoing, self._outgoing = self._outgoing, []
             commands = [
-                ["XADD", key, "MAXLEN", "~", str(STREAM_BOUND), "*", *fields]
-                for key, fields in outgoing
+                ["XADD", _inbox(partition), "MAXLEN", "~", str(STREAM_BOUND), "*", *fields]
+                for partition, fields in outgoing
             ]
+            if self.engine.clustered:
+                # Each bell goes after its stream's inputs to the same master (the same
+                # slot), so the owner that hears it finds them. Its answer is not awaited
+                # by anyone: a lost bell is made up by the owner's sweep.
+                for partition in dict.fromkeys(partition for partition, _ in outgoing):
+                    commands.append(["SPUBLISH", PartitionKeys(partition).bell, "1"])
             try:
                 answers: list[Any] = await self.engine.pipeline(commands)
             except EngineError as exc:
@@ -306,31 +320,24 @@ class Router:
                 await engine.close()
 
     async def _read_commits_forever(self) -> None:
-        config = GlideClientConfiguration(
-            [NodeAddress(a.rpartition(":")[0], int(a.rpartition(":")[2])) for a in self.addresses],
-            pubsub_subscriptions=GlideClientConfiguration.PubSubSubscriptions(
-                channels_and_patterns={
-                    GlideClientConfiguration.PubSubChannelModes.Exact: {COMMITS}
-                },
-                callback=None,
-                context=None,
-            ),
-        )
-        client = await GlideClient.create(config)
+        engine = await subscriber(self.addresses, {COMMITS})
         try:
             while True:
-                message = await client.get_pubsub_message()
+                message = await engine.client.get_pubsub_message()
                 conversation_id = _text(message.message).partition(" ")[0]
                 watcher = self.watchers.get(conversation_id)
                 if watcher is not None:
                     self._pump(watcher)
         finally:
             with trio.CancelScope(shield=True):
-                await client.close()
+                await engine.close()
 
     # -- serving what other nodes forward --------------------------------------------------
 
     async def _serve_inbound_forever(self) -> None:
+        if self.engine.clustered:
+            await self._serve_inbound_by_bells()
+            return
         engine = await connect(self.addresses, timeout_ms=_BLOCK_MS * 10)
         ready: set[int] = set()
         try:
@@ -346,7 +353,7 @@ class Router:
                     continue
                 keys = [_inbox(p) for p in owned]
                 found = await engine.command(
-                    ["XREADGROUP", "GROUP", GROUP, self.node_id, "COUNT", "500"]
+                    ["XREADGROUP", "GROUP", GROUP, self.node_id, "COUNT", str(_READ_COUNT)]
                     + ["BLOCK", str(_BLOCK_MS), "STREAMS", *keys]
                     + [">"] * len(keys)
                 )
@@ -357,6 +364,78 @@ class Router:
         finally:
             with trio.CancelScope(shield=True):
                 await engine.close()
+
+    async def _serve_inbound_by_bells(self) -> None:
+        """The owner's reads on a Valkey Cluster: one non-blocking read per stream whose bell
+        rang (or every owned stream, once a second), all in one round trip per pass.
+
+        A stream is subscribed to before it is taken over, and its first read follows the
+        takeover: an input added in between rings a bell this node hears, or is read then."""
+        bells = await subscriber(self.addresses, set())
+        client = cast(GlideClusterClient, bells.client)
+        rung: set[int] = set()
+        ringing = trio.Event()
+
+        async def listen() -> None:
+            nonlocal ringing
+            while True:
+                message = await client.get_pubsub_message()
+                tag = _text(message.channel).partition("}")[0]
+                if tag.startswith("{swp") and tag[4:].isdigit():
+                    rung.add(int(tag[4:]))
+                    ringing.set()
+
+        ready: set[int] = set()
+        swept = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(listen)
+                while True:
+                    owned = set(self.leases.tokens)
+                    gone = ready - owned
+                    if gone:
+                        await client.sunsubscribe_lazy({PartitionKeys(p).bell for p in gone})
+                        ready -= gone
+                    new = sorted(owned - ready)
+                    if new:
+                        channels = {PartitionKeys(p).bell for p in new}
+                        await client.ssubscribe(channels, timeout_ms=_BLOCK_MS * 10)
+                        for partition in new:
+                            await self._take_over_inbox(self.engine, partition)
+                            ready.add(partition)
+                        rung.update(new)
+                    if not rung:
+                        with trio.move_on_after(_BLOCK_MS / 1000):
+                            await ringing.wait()
+                    ringing = trio.Event()
+                    if trio.current_time() - swept >= _SWEEP_SECONDS:
+                        swept = trio.current_time()
+                        rung.update(ready)
+                    reading = sorted(rung & ready)
+                    rung.clear()
+                    if reading:
+                        rung.update(await self._read_inboxes(reading))
+        finally:
+            with trio.CancelScope(shield=True):
+                await bells.close()
+
+    async def _read_inboxes(self, partitions: list[int]) -> set[int]:
+        """Read new inputs of each partition's stream (one command each, one round trip) and
+        serve them; the partitions that had more than one read's worth, to read again."""
+        read = ["XREADGROUP", "GROUP", GROUP, self.node_id, "COUNT", str(_READ_COUNT), "STREAMS"]
+        commands = [[*read, _inbox(partition), ">"] for partition in partitions]
+        more: set[int] = set()
+        for partition, found in zip(partitions, await self.engine.pipeline(commands), strict=True):
+            if isinstance(found, Exception):
+                log.warning("cannot read the inputs of partition %d: %s", partition, found)
+                more.add(partition)
+                continue
+            for key, items in _streams(found or {}):
+                for stream_id, fields in items:
+                    self._serve(key, stream_id, dict(_pairs(fields)))
+                if len(items) >= _READ_COUNT:
+                    more.add(partition)
+        return more
 
     async def _take_over_inbox(self, engine: Engine, partition: int) -> None:
         """Make the group, then serve every input still pending (another owner died before

@@ -217,22 +217,31 @@ class ValkeyStore:
         await self._durable(keys.lease)
         self.commits += 1
 
-    async def _durable(self, key: str) -> None:
+    def _wait_command(self) -> list[str]:
+        if self.durability == "aof":
+            return ["WAITAOF", "1", "0", str(DURABLE_TIMEOUT_MS)]
+        return ["WAIT", "1", str(DURABLE_TIMEOUT_MS)]
+
+    def _waited(self, answer: Any) -> bool:
+        """Whether a WAITAOF (fsynced locally) or WAIT (a replica has it) answer says so."""
+        if self.durability == "aof":
+            return int(answer[0]) >= 1
+        return int(answer) >= 1
+
+    async def _durable(self, key: str | None) -> None:
         """Wait until the last write of this connection is fsynced (``aof``) or on a replica
-        (``replica``); ``none`` acknowledges what is only in the engine's memory."""
+        (``replica``); ``none`` acknowledges what is only in the engine's memory. The wait
+        goes to the master of ``key``'s slot, the one that took the write (WAITAOF and WAIT
+        count the writes of the connection they are sent on); ``None``: every master, the
+        check at start."""
         if self.durability == "none":
             return
         try:
-            if self.durability == "aof":
-                local, _ = await self.engine.command(
-                    ["WAITAOF", "1", "0", str(DURABLE_TIMEOUT_MS)], key=key
-                )
-                done = int(local) >= 1
+            if key is None:
+                answers = await self.engine.every_primary(self._wait_command())
+                done = all(self._waited(answer) for answer in answers)
             else:
-                done = (
-                    int(await self.engine.command(["WAIT", "1", str(DURABLE_TIMEOUT_MS)], key=key))
-                    >= 1
-                )
+                done = self._waited(await self.engine.command(self._wait_command(), key=key))
         except EngineError as exc:
             raise StoreUnavailable(f"the commit may not be durable: {exc}") from exc
         if not done:
@@ -366,7 +375,7 @@ async def open_valkey_store(
             engine, leases, settings=settings, durability=durability, addresses=addresses
         )
         try:
-            await store._durable(PartitionKeys(0).lease)
+            await store._durable(None)
             await leases.start(settle=settle)
         except EngineError as exc:
             raise StoreUnavailable(f"the cluster store cannot be used: {exc}") from exc
