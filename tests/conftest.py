@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 
 import pytest
 import trio
@@ -22,6 +22,7 @@ from actors import (
 )
 from transport.servers.websocket import LISTENERS
 
+from .support.valkey import ValkeyCluster, valkey_cluster
 from .support.ws import WsHarness, running_ws_server
 
 # Property tests judge results, never speed: a loaded machine (two cores shared with browsers
@@ -161,3 +162,11 @@ async def harness(listener: str) -> AsyncIterator[WsHarness]:
     """A WebSocket server on 127.0.0.1 with each listener in turn."""
     async with running_ws_server(listener=listener) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def shared_valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    """One real Valkey Cluster of three masters for the run, started by the first test that
+    asks for it (through ``tests/support/valkey.py``'s ``valkey_engine``, which empties it)."""
+    with valkey_cluster(tmp_path_factory.mktemp("valkey-cluster")) as cluster:
+        yield cluster

@@ -28,7 +28,7 @@ AGENT_TOKEN = "alice-token-for-cluster-routing"
 @pytest.fixture(params=ENGINES)
 def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey]:
     """A single valkey-server, then a Valkey Cluster of three masters."""
-    with valkey_engine(request.param, tmp_path / "valkey") as engine:
+    with valkey_engine(request, tmp_path / "valkey") as engine:
         yield engine
 
 

@@ -5,7 +5,7 @@ clients end to end (docs/cluster.md)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +26,27 @@ from transport.config import from_mapping
 from transport.errors import ConfigError
 from transport.servers.runtime import RunningServer, run_server
 
-from .support.valkey import ValkeyServer, valkey_server
+from .support.valkey import (
+    ENGINES,
+    ValkeyCluster,
+    ValkeyServer,
+    valkey_cluster,
+    valkey_engine,
+    valkey_server,
+)
+
+Valkey = ValkeyServer | ValkeyCluster
 
 PARTITIONS = 8
 SETTINGS = {"demo": BotSettings(session_timeout=600.0)}
 AGENT_TOKEN = "alice-token-for-cluster-tests"
 
 
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
-    with valkey_server(tmp_path / "valkey") as server:
-        yield server
+@pytest.fixture(params=ENGINES)
+def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey]:
+    """A single valkey-server, then a Valkey Cluster of three masters."""
+    with valkey_engine(request, tmp_path / "valkey") as engine:
+        yield engine
 
 
 def _state(conversation_id: str, next_seq: int, *, open_session: bool = False) -> ConversationState:
@@ -50,7 +60,7 @@ def _entry(conversation_id: str, seq: int, text: str, *, to_bot: bool = True) ->
 
 
 @asynccontextmanager
-async def node(valkey: ValkeyServer, node_id: str, **options: Any) -> AsyncIterator[ValkeyStore]:
+async def node(valkey: Valkey, node_id: str, **options: Any) -> AsyncIterator[ValkeyStore]:
     options = {
         "partitions": PARTITIONS,
         "lease_seconds": 1.0,
@@ -58,12 +68,12 @@ async def node(valkey: ValkeyServer, node_id: str, **options: Any) -> AsyncItera
         "settle": False,
         **options,
     }
-    async with open_valkey_store([valkey.address], node_id, **options) as store:
+    async with open_valkey_store(valkey.addresses, node_id, **options) as store:
         yield store
 
 
 async def test_a_commit_is_read_back_whole_and_the_bot_backlog_survives(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
     async with node(valkey, "n1") as store:
         assert len(store.leases.tokens) == PARTITIONS  # alone, it owns every partition
@@ -86,7 +96,7 @@ async def test_a_commit_is_read_back_whole_and_the_bot_backlog_survives(
             assert await store.bot_backlog() == []
 
 
-async def test_a_commit_is_appended_once_and_only_in_order(valkey: ValkeyServer) -> None:
+async def test_a_commit_is_appended_once_and_only_in_order(valkey: Valkey) -> None:
     async with node(valkey, "n1") as store:
         await store.record(_state("c1", 2), [_entry("c1", 1, "one")])
         # The same commit again (a redelivered input) is refused: seq 1 is taken.
@@ -100,15 +110,15 @@ async def test_a_commit_is_appended_once_and_only_in_order(valkey: ValkeyServer)
         assert [e.content.content["text"] for e in await store.entries_after("c1", 0)] == ["one"]
 
 
-async def test_a_node_that_lost_its_lease_can_never_write_again(valkey: ValkeyServer) -> None:
-    engine = await connect([valkey.address])
+async def test_a_node_that_lost_its_lease_can_never_write_again(valkey: Valkey) -> None:
+    engine = await connect(valkey.addresses)
     try:
         async with node(valkey, "old", lease_seconds=0.5) as old:
             keys = PartitionKeys(partition_of("c1", PARTITIONS))
             old_token = old.leases.token(keys.number)
             assert old_token is not None and old_token.startswith("old:")
             # The old owner stalls (its lease expires unrenewed) and another node takes over.
-            await engine.command(["DEL", keys.lease])
+            await engine.command(["DEL", keys.lease], key=keys.lease)
             new = Leases(engine, "new", PARTITIONS, 5.0)
             await new.round()
             new_token = new.token(keys.number)
@@ -125,7 +135,7 @@ async def test_a_node_that_lost_its_lease_can_never_write_again(valkey: ValkeySe
 
 
 async def test_two_nodes_share_the_partitions_and_a_stopped_one_hands_them_over(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
     stop_a = trio.Event()
 
@@ -156,17 +166,29 @@ async def test_two_nodes_share_the_partitions_and_a_stopped_one_hands_them_over(
             assert [e.seq for e in await b.entries_after(conversation, 0)] == [1, 2]
 
 
+@pytest.mark.parametrize("kind", ENGINES)
 async def test_commits_are_refused_when_the_engine_cannot_make_them_durable(
-    tmp_path: Path,
+    tmp_path: Path, kind: str
 ) -> None:
-    with valkey_server(tmp_path / "valkey") as server:
+    with ExitStack() as stack:
+        # An engine of its own: its AOF is turned off.
+        valkey: Valkey = stack.enter_context(
+            valkey_server(tmp_path / "valkey")
+            if kind == ENGINES[0]
+            else valkey_cluster(tmp_path / "valkey")
+        )
+        server = valkey
+        if isinstance(valkey, ValkeyCluster):
+            # One master only, not the one of partition 0's keys: every master is checked.
+            home = valkey.shard_of(PartitionKeys(0).lease)
+            server = next(s for s in valkey.servers if s != home)
         engine = await connect([server.address])
         await engine.command(["CONFIG", "SET", "appendonly", "no"])
         await engine.close()
         with pytest.raises(StoreUnavailable, match="durable"):
-            async with node(server, "n1"):
+            async with node(valkey, "n1"):
                 pass
-        async with node(server, "n1", durability="none") as store:
+        async with node(valkey, "n1", durability="none") as store:
             await store.record(_state("c1", 2), [_entry("c1", 1, "kept in memory only")])
 
 
@@ -206,12 +228,12 @@ def test_the_config_names_the_engine_and_the_node() -> None:
 
 
 @asynccontextmanager
-async def serving(valkey: ValkeyServer, node_id: str) -> AsyncIterator[RunningServer]:
+async def serving(valkey: Valkey, node_id: str) -> AsyncIterator[RunningServer]:
     data = {
         "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
         "store": {
             "kind": "valkey",
-            "addresses": [valkey.address],
+            "addresses": valkey.addresses,
             "node_id": node_id,
             "partitions": PARTITIONS,
             "lease_seconds": 1.0,
@@ -230,7 +252,7 @@ async def serving(valkey: ValkeyServer, node_id: str) -> AsyncIterator[RunningSe
         running.stop()
 
 
-async def test_a_session_on_one_node_then_resumed_after_its_restart(valkey: ValkeyServer) -> None:
+async def test_a_session_on_one_node_then_resumed_after_its_restart(valkey: Valkey) -> None:
     async with serving(valkey, "n1") as server, connect_user(server.ws_url, bot_id="demo") as user:
         await user.say_text("hello")
         await user.wait_for(lambda f: f["type"] == "entry" and f["sender"] == "bot")
@@ -257,13 +279,14 @@ async def test_a_session_on_one_node_then_resumed_after_its_restart(valkey: Valk
         assert state.session.agent_id == "alice"
 
 
-async def test_a_node_whose_lease_was_taken_stops(valkey: ValkeyServer) -> None:
-    engine = await connect([valkey.address])
+async def test_a_node_whose_lease_was_taken_stops(valkey: Valkey) -> None:
+    engine = await connect(valkey.addresses)
     try:
         leases = Leases(engine, "n1", PARTITIONS, 5.0)
         await leases.round()
         assert len(leases.tokens) == PARTITIONS
-        await engine.command(["DEL", PartitionKeys(3).lease])  # it expired unrenewed
+        lease = PartitionKeys(3).lease
+        await engine.command(["DEL", lease], key=lease)  # it expired unrenewed
         taker = Leases(engine, "n2", PARTITIONS, 5.0)
         await taker.round()
         assert taker.token(3) is not None

@@ -180,11 +180,19 @@ ENGINES = ("single server", "3-shard cluster")
 
 
 @contextmanager
-def valkey_engine(kind: str, directory: Path) -> Iterator[ValkeyServer | ValkeyCluster]:
-    """One of :data:`ENGINES`: a single ``valkey-server``, or a Valkey Cluster of three."""
-    if kind == ENGINES[0]:
+def valkey_engine(
+    request: pytest.FixtureRequest, directory: Path
+) -> Iterator[ValkeyServer | ValkeyCluster]:
+    """The engine ``request.param`` names (one of :data:`ENGINES`): a new ``valkey-server``,
+    or the run's Valkey Cluster of three masters (tests/conftest.py), emptied first (a
+    cluster takes about two seconds to form: one for every test would add up)."""
+    if request.param == ENGINES[0]:
         with valkey_server(directory) as server:
             yield server
-    else:
-        with valkey_cluster(directory) as cluster:
-            yield cluster
+        return
+    cluster = request.getfixturevalue("shared_valkey_cluster")
+    assert isinstance(cluster, ValkeyCluster)
+    for server in cluster.servers:
+        assert server.process.poll() is None, "a shard of the shared cluster died"
+        call(server.port, "FLUSHALL", "SYNC")
+    yield cluster
