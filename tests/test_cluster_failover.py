@@ -1,5 +1,6 @@
-"""Three Switchover nodes as processes on one real valkey-server: users spread over the
-nodes, bot-mode traffic and waiting sessions that expire, then SIGKILL of the busiest node.
+"""Three Switchover nodes as processes on one real valkey-server, then on a Valkey Cluster of
+three masters: users spread over the nodes, bot-mode traffic and waiting sessions that
+expire, then SIGKILL of the busiest node.
 
 The other nodes take its partitions over once their leases expire; its users resume at once
 on the other nodes, whoever owns their conversation. Asserted: no acknowledged message
@@ -11,13 +12,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
 import httpx
+import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
@@ -29,7 +31,7 @@ from .fakes.asgi_server import serving
 from .fakes.webhook_bot import SECRET as BOT_SECRET
 from .fakes.webhook_bot import BotServer
 from .support.process import _READY, ROOT, SWITCHOVER
-from .support.valkey import valkey_server
+from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
 
 PARTITIONS = 12
 LEASE = 2.0
@@ -45,7 +47,16 @@ class Node:
     http_url: str
 
 
-def _config(node_id: str, valkey: str, bot_url: str) -> str:
+Valkey = ValkeyServer | ValkeyCluster
+
+
+@pytest.fixture(params=ENGINES)
+def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey]:
+    with valkey_engine(request, tmp_path / "valkey") as engine:
+        yield engine
+
+
+def _config(node_id: str, valkey: list[str], bot_url: str) -> str:
     return f"""
 secret = "one-secret-shared-by-every-node"
 [listeners]
@@ -54,7 +65,7 @@ http_port = 0
 shutdown_timeout = 2.0
 [store]
 kind = "valkey"
-addresses = ["{valkey}"]
+addresses = {json.dumps(valkey)}
 node_id = "{node_id}"
 partitions = {PARTITIONS}
 lease_seconds = {LEASE}
@@ -69,7 +80,9 @@ session_timeout = {SESSION_TIMEOUT}
 
 
 @asynccontextmanager
-async def cluster(tmp_path: Path, valkey: str, bot_url: str) -> AsyncIterator[dict[str, Node]]:
+async def cluster(
+    tmp_path: Path, valkey: list[str], bot_url: str
+) -> AsyncIterator[dict[str, Node]]:
     """Start every node at once (so they split the partitions), wait until each is ready,
     and kill them all on leaving."""
     processes = {}
@@ -160,10 +173,10 @@ def _texts(frames: list[dict[str, Any]]) -> dict[int, str]:
 
 
 async def test_sigkill_of_the_busiest_node_loses_nothing_and_every_session_ends_once(
-    tmp_path: Path,
+    tmp_path: Path, valkey: Valkey
 ) -> None:
     try:
-        await _sigkill_of_the_busiest_node(tmp_path)
+        await _sigkill_of_the_busiest_node(tmp_path, valkey.addresses)
     except BaseExceptionGroup as group:
         # Each client's nursery wraps the failure once more: show the first real one.
         failure: BaseException = group
@@ -172,173 +185,172 @@ async def test_sigkill_of_the_busiest_node_loses_nothing_and_every_session_ends_
         raise failure from group
 
 
-async def _sigkill_of_the_busiest_node(tmp_path: Path) -> None:
+async def _sigkill_of_the_busiest_node(tmp_path: Path, valkey: list[str]) -> None:
     bot = BotServer()
-    with valkey_server(tmp_path / "valkey") as valkey:
-        engine = await connect([valkey.address])
-        async with AsyncExitStack() as stack:
-            bot_url = await stack.enter_async_context(serving(bot))
-            nodes = await stack.enter_async_context(cluster(tmp_path, valkey.address, bot_url))
-            http = await stack.enter_async_context(httpx.AsyncClient())
-            owned = {
-                n: set((await _health(http, node))["partitions_owned"]) for n, node in nodes.items()
-            }
-            assert sorted(p for parts in owned.values() for p in parts) == list(range(PARTITIONS))
-            assert all(owned.values()), owned  # started together, they split the partitions
+    engine = await connect(valkey)
+    async with AsyncExitStack() as stack:
+        bot_url = await stack.enter_async_context(serving(bot))
+        nodes = await stack.enter_async_context(cluster(tmp_path, valkey, bot_url))
+        http = await stack.enter_async_context(httpx.AsyncClient())
+        owned = {
+            n: set((await _health(http, node))["partitions_owned"]) for n, node in nodes.items()
+        }
+        assert sorted(p for parts in owned.values() for p in parts) == list(range(PARTITIONS))
+        assert all(owned.values()), owned  # started together, they split the partitions
 
-            # Users spread over the nodes, more on n1 (the one that will die).
-            users: list[User] = []
-            for node_id, count in (("n1", 8), ("n2", 4), ("n3", 4)):
-                for _ in range(count):
-                    client = await stack.enter_async_context(
-                        connect_user(nodes[node_id].ws_url, bot_id="shop")
-                    )
-                    users.append(User(node_id, client))
-            # Every new conversation is kept where its user connected.
+        # Users spread over the nodes, more on n1 (the one that will die).
+        users: list[User] = []
+        for node_id, count in (("n1", 8), ("n2", 4), ("n3", 4)):
+            for _ in range(count):
+                client = await stack.enter_async_context(
+                    connect_user(nodes[node_id].ws_url, bot_id="shop")
+                )
+                users.append(User(node_id, client))
+        # Every new conversation is kept where its user connected.
+        for user in users:
+            partition = partition_of(user.client.conversation_id, PARTITIONS)
+            assert partition in owned[user.node]
+
+        # Bot-mode traffic, then half of the users ask for a human: nobody is there,
+        # so each session waits until it expires.
+        async with trio.open_nursery() as nursery:
             for user in users:
-                partition = partition_of(user.client.conversation_id, PARTITIONS)
-                assert partition in owned[user.node]
 
-            # Bot-mode traffic, then half of the users ask for a human: nobody is there,
-            # so each session waits until it expires.
-            async with trio.open_nursery() as nursery:
-                for user in users:
+                async def talk(user: User = user) -> None:
+                    for i in range(5):
+                        await user.say(f"{user.client.conversation_id} m{i}")
 
-                    async def talk(user: User = user) -> None:
-                        for i in range(5):
-                            await user.say(f"{user.client.conversation_id} m{i}")
+                nursery.start_soon(talk)
+        for user in users[::2]:
+            await user.client.click("LIVECHAT_SESSION_START")
+            user.session_at = time.monotonic()
 
-                    nursery.start_soon(talk)
-            for user in users[::2]:
-                await user.client.click("LIVECHAT_SESSION_START")
-                user.session_at = time.monotonic()
+        # SIGKILL of n1 while its sessions wait and every user talks.
+        stop = trio.Event()
+        talking = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(stop.set)  # whatever happens, the talking stops
+        for user in users:
+            talking.start_soon(user.keep_talking, stop)
+        await bot.wait_for_calls(bot.calls + 20)
+        victim = nodes["n1"]
+        victim.process.kill()
+        victim.process.wait()
+        killed_at = time.monotonic()
 
-            # SIGKILL of n1 while its sessions wait and every user talks.
-            stop = trio.Event()
-            talking = await stack.enter_async_context(trio.open_nursery())
-            stack.callback(stop.set)  # whatever happens, the talking stops
-            for user in users:
-                talking.start_soon(user.keep_talking, stop)
-            await bot.wait_for_calls(bot.calls + 20)
-            victim = nodes["n1"]
-            victim.process.kill()
-            victim.process.wait()
-            killed_at = time.monotonic()
-
-            # Every user of n1 resumes at once on another node, from seq 0, and talks on:
-            # its message waits in the partition's inbound stream until a node takes the
-            # partition over (maybe not the node it is on), and is answered through it.
-            survivors = {n: node for n, node in nodes.items() if n != "n1"}
-            resumed = [user for user in users if user.node == "n1"]
-            for i, user in enumerate(resumed):
-                node_id = ("n2", "n3")[i % 2]
-                token = user.client.resume_token
-                user.client = await stack.enter_async_context(
-                    connect_user(survivors[node_id].ws_url, resume_token=token, last_seq=0)
-                )
-                user.node = node_id
-                await user.client.wait_for(
-                    lambda f, u=user: f["type"] == "entry" and f["seq"] >= max(u.acked)
-                )
-                # (It waits for the takeover: up to about a lease and a third, more when the
-                # machine is loaded.)
-                await user.say(f"{user.client.conversation_id} after", timeout=20.0)
-
-            # The survivors took n1's partitions over once the leases expired.
-            with trio.fail_after(LEASE * 5):
-                while True:
-                    now_owned = {
-                        n: set((await _health(http, node))["partitions_owned"])
-                        for n, node in survivors.items()
-                    }
-                    if sorted(p for parts in now_owned.values() for p in parts) == list(
-                        range(PARTITIONS)
-                    ):
-                        break
-                    await trio.sleep(0.1)
-            takeover = time.monotonic() - killed_at
-            stop.set()
-            assert takeover <= LEASE * 3, takeover
-            takeovers = [(await _health(http, node))["takeovers"] for node in survivors.values()]
-            assert sum(takeovers) == len(owned["n1"])
-            # Some of them talk through a node that does not own their conversation: routed.
-            routed = [
-                user
-                for user in resumed
-                if partition_of(user.client.conversation_id, PARTITIONS) not in now_owned[user.node]
-            ]
-            if not routed:
-                # By chance every resumed user landed on its conversation's new owner: one
-                # of them moves to the other survivor, so a message is routed after all.
-                user = resumed[0]
-                other = next(n for n in survivors if n != user.node)
-                token = user.client.resume_token
-                user.client = await stack.enter_async_context(
-                    connect_user(survivors[other].ws_url, resume_token=token, last_seq=0)
-                )
-                user.node = other
-                await user.client.wait_for(
-                    lambda f, u=user: f["type"] == "entry" and f["seq"] >= max(u.acked)
-                )
-                await user.say(f"{user.client.conversation_id} routed", timeout=20.0)
-                routed = [user]
-            assert all(
-                partition_of(u.client.conversation_id, PARTITIONS) not in now_owned[u.node]
-                for u in routed
+        # Every user of n1 resumes at once on another node, from seq 0, and talks on:
+        # its message waits in the partition's inbound stream until a node takes the
+        # partition over (maybe not the node it is on), and is answered through it.
+        survivors = {n: node for n, node in nodes.items() if n != "n1"}
+        resumed = [user for user in users if user.node == "n1"]
+        for i, user in enumerate(resumed):
+            node_id = ("n2", "n3")[i % 2]
+            token = user.client.resume_token
+            user.client = await stack.enter_async_context(
+                connect_user(survivors[node_id].ws_url, resume_token=token, last_seq=0)
             )
+            user.node = node_id
+            await user.client.wait_for(
+                lambda f, u=user: f["type"] == "entry" and f["seq"] >= max(u.acked)
+            )
+            # (It waits for the takeover: up to about a lease and a third, more when the
+            # machine is loaded.)
+            await user.say(f"{user.client.conversation_id} after", timeout=20.0)
 
-            # Every session expires once; the bot hears each expiry.
-            sessions = [u for u in users if u.session_at is not None]
-
-            def expired() -> dict[str, set[str]]:
-                found: dict[str, set[str]] = {}
-                for event in bot.events:
-                    if event["content"]["content"].get("payload") == "LIVECHAT_SESSION_EXPIRED":
-                        found.setdefault(event["conversation_id"], set()).add(event["event_id"])
-                return found
-
-            arrived: dict[str, float] = {}
-            with trio.fail_after(SESSION_TIMEOUT + LEASE * 4 + 5):
-                while len(arrived) < len(sessions):
-                    for conversation_id in expired():
-                        arrived.setdefault(conversation_id, time.monotonic())
-                    if len(arrived) < len(sessions):
-                        await bot.wait_for_calls(bot.calls + 1, timeout=SESSION_TIMEOUT + 10)
-            for user in sessions:
-                assert user.session_at is not None
-                conversation_id = user.client.conversation_id
-                assert len(expired()[conversation_id]) == 1
-                # At its deadline, late by at most about the lease (the takeover's rounds).
-                late = arrived[conversation_id] - (user.session_at + SESSION_TIMEOUT)
-                assert -0.5 <= late <= LEASE * 3, (conversation_id, late)
-
-            # The log: every acknowledged message once, in order, nothing else lost.
-            for user in users:
-                entries = await _log(engine, user.client.conversation_id)
-                seqs = [e["seq"] for e in entries]
-                assert seqs == list(range(1, len(seqs) + 1))  # no gap, no duplicate, in order
-                texts = {
-                    e["seq"]: e["content"]["text"]
-                    for e in entries
-                    if e["content_type"] == "text" and e["sender"] == "user"
+        # The survivors took n1's partitions over once the leases expired.
+        with trio.fail_after(LEASE * 5):
+            while True:
+                now_owned = {
+                    n: set((await _health(http, node))["partitions_owned"])
+                    for n, node in survivors.items()
                 }
-                # Every acknowledged message is there; anything else is what was in flight.
-                assert user.acked.items() <= texts.items()
-                assert set(texts.values()) - set(user.acked.values()) <= user.in_flight
-                endings = [
-                    e
-                    for e in entries
-                    if e["content"].get("payload")
-                    in ("LIVECHAT_SESSION_EXPIRED", "LIVECHAT_SESSION_END")
-                ]
-                assert len(endings) == (1 if user.session_at is not None else 0)
-                # What the user's client saw since it (re)connected: in order, never twice.
-                seen = [f["seq"] for f in user.client.take_all() if f["type"] == "entry"]
-                assert seen == sorted(set(seen))
-        await engine.close()
+                if sorted(p for parts in now_owned.values() for p in parts) == list(
+                    range(PARTITIONS)
+                ):
+                    break
+                await trio.sleep(0.1)
+        takeover = time.monotonic() - killed_at
+        stop.set()
+        assert takeover <= LEASE * 3, takeover
+        takeovers = [(await _health(http, node))["takeovers"] for node in survivors.values()]
+        assert sum(takeovers) == len(owned["n1"])
+        # Some of them talk through a node that does not own their conversation: routed.
+        routed = [
+            user
+            for user in resumed
+            if partition_of(user.client.conversation_id, PARTITIONS) not in now_owned[user.node]
+        ]
+        if not routed:
+            # By chance every resumed user landed on its conversation's new owner: one
+            # of them moves to the other survivor, so a message is routed after all.
+            user = resumed[0]
+            other = next(n for n in survivors if n != user.node)
+            token = user.client.resume_token
+            user.client = await stack.enter_async_context(
+                connect_user(survivors[other].ws_url, resume_token=token, last_seq=0)
+            )
+            user.node = other
+            await user.client.wait_for(
+                lambda f, u=user: f["type"] == "entry" and f["seq"] >= max(u.acked)
+            )
+            await user.say(f"{user.client.conversation_id} routed", timeout=20.0)
+            routed = [user]
+        assert all(
+            partition_of(u.client.conversation_id, PARTITIONS) not in now_owned[u.node]
+            for u in routed
+        )
+
+        # Every session expires once; the bot hears each expiry.
+        sessions = [u for u in users if u.session_at is not None]
+
+        def expired() -> dict[str, set[str]]:
+            found: dict[str, set[str]] = {}
+            for event in bot.events:
+                if event["content"]["content"].get("payload") == "LIVECHAT_SESSION_EXPIRED":
+                    found.setdefault(event["conversation_id"], set()).add(event["event_id"])
+            return found
+
+        arrived: dict[str, float] = {}
+        with trio.fail_after(SESSION_TIMEOUT + LEASE * 4 + 5):
+            while len(arrived) < len(sessions):
+                for conversation_id in expired():
+                    arrived.setdefault(conversation_id, time.monotonic())
+                if len(arrived) < len(sessions):
+                    await bot.wait_for_calls(bot.calls + 1, timeout=SESSION_TIMEOUT + 10)
+        for user in sessions:
+            assert user.session_at is not None
+            conversation_id = user.client.conversation_id
+            assert len(expired()[conversation_id]) == 1
+            # At its deadline, late by at most about the lease (the takeover's rounds).
+            late = arrived[conversation_id] - (user.session_at + SESSION_TIMEOUT)
+            assert -0.5 <= late <= LEASE * 3, (conversation_id, late)
+
+        # The log: every acknowledged message once, in order, nothing else lost.
+        for user in users:
+            entries = await _log(engine, user.client.conversation_id)
+            seqs = [e["seq"] for e in entries]
+            assert seqs == list(range(1, len(seqs) + 1))  # no gap, no duplicate, in order
+            texts = {
+                e["seq"]: e["content"]["text"]
+                for e in entries
+                if e["content_type"] == "text" and e["sender"] == "user"
+            }
+            # Every acknowledged message is there; anything else is what was in flight.
+            assert user.acked.items() <= texts.items()
+            assert set(texts.values()) - set(user.acked.values()) <= user.in_flight
+            endings = [
+                e
+                for e in entries
+                if e["content"].get("payload")
+                in ("LIVECHAT_SESSION_EXPIRED", "LIVECHAT_SESSION_END")
+            ]
+            assert len(endings) == (1 if user.session_at is not None else 0)
+            # What the user's client saw since it (re)connected: in order, never twice.
+            seen = [f["seq"] for f in user.client.take_all() if f["type"] == "entry"]
+            assert seen == sorted(set(seen))
+    await engine.close()
 
 
 async def _log(engine: Any, conversation_id: str) -> list[dict[str, Any]]:
     key = PartitionKeys(partition_of(conversation_id, PARTITIONS)).log(conversation_id)
-    rows = await engine.command(["XRANGE", key, "-", "+"])
+    rows = await engine.command(["XRANGE", key, "-", "+"], key=key)
     return [json.loads(fields[0][1]) for fields in rows.values()]
