@@ -25,16 +25,19 @@ from transport.servers.runtime import RunningServer, run_server
 from .fakes.asgi_server import serving
 from .fakes.webhook_bot import SECRET as BOT_SECRET
 from .fakes.webhook_bot import BotServer
-from .support.valkey import ValkeyServer, valkey_server
+from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
+
+Valkey = ValkeyServer | ValkeyCluster
 
 PARTITIONS = 8
 ALICE_TOKEN = "alice-token-for-cluster-conformance"
 
 
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
-    with valkey_server(tmp_path / "valkey") as server:
-        yield server
+@pytest.fixture(params=ENGINES)
+def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey]:
+    """A single valkey-server, then a Valkey Cluster of three masters."""
+    with valkey_engine(request, tmp_path / "valkey") as engine:
+        yield engine
 
 
 def _entry(sender: str, **content: Any) -> Callable[[Frame], bool]:
@@ -50,13 +53,13 @@ def _notice(code: str) -> Callable[[Frame], bool]:
     return lambda f: _entry("system", code=code)(f) and f["content_type"] == "notice"
 
 
-def _config(valkey: ValkeyServer, node_id: str, bot_url: str, timeout: float) -> Any:
+def _config(valkey: Valkey, node_id: str, bot_url: str, timeout: float) -> Any:
     return from_mapping(
         {
             "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
             "store": {
                 "kind": "valkey",
-                "addresses": [valkey.address],
+                "addresses": valkey.addresses,
                 "node_id": node_id,
                 "partitions": PARTITIONS,
                 "lease_seconds": 1.0,
@@ -115,7 +118,7 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(valkey: ValkeyServer, timeout: float = 3600.0) -> AsyncIterator[Cluster]:
+async def cluster(valkey: Valkey, timeout: float = 3600.0) -> AsyncIterator[Cluster]:
     """Two nodes started together; a user resumed on the node that does not own its
     conversation, after its first message to the bot; the agent on the owner."""
     bot = BotServer()
@@ -168,7 +171,7 @@ async def _remembered_inputs(world: Cluster) -> int:
 
 
 async def test_handoff_across_nodes_messages_both_ways_in_order_and_the_bot_hears_nothing(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
     async with cluster(valkey) as world:
         user = world.user
@@ -191,7 +194,7 @@ async def test_handoff_across_nodes_messages_both_ways_in_order_and_the_bot_hear
 
 
 async def test_the_sign_off_across_nodes_the_user_ignores_then_confirms(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
     async with cluster(valkey) as world:
         user = world.user
@@ -213,7 +216,7 @@ async def test_the_sign_off_across_nodes_the_user_ignores_then_confirms(
         assert world.bot_texts() == ["hello bot", SESSION_END]
 
 
-async def test_the_user_ends_alone_while_waiting_across_nodes(valkey: ValkeyServer) -> None:
+async def test_the_user_ends_alone_while_waiting_across_nodes(valkey: Valkey) -> None:
     async with cluster(valkey) as world:
         await _handed_over(world)
         await world.user.click(SESSION_END)
@@ -226,7 +229,7 @@ async def test_the_user_ends_alone_while_waiting_across_nodes(valkey: ValkeyServ
         assert world.bot_texts()[-1] == "hi again"
 
 
-async def test_the_idle_expiry_across_nodes_is_reset_by_either_side(valkey: ValkeyServer) -> None:
+async def test_the_idle_expiry_across_nodes_is_reset_by_either_side(valkey: Valkey) -> None:
     timeout = 1.5
     async with cluster(valkey, timeout=timeout) as world:
         user = world.user

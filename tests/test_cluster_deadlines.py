@@ -19,16 +19,19 @@ from transport.cluster.keys import PartitionKeys, partition_of
 from transport.cluster.routing import GROUP
 from transport.cluster.store import ValkeyStore
 
-from .support.valkey import ValkeyServer, valkey_server
+from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
 from .test_cluster_store import PARTITIONS, _entry, node
+
+Valkey = ValkeyServer | ValkeyCluster
 
 TIMEOUT = 600.0  # the session timeout of tests/test_cluster_store.py's settings
 
 
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
-    with valkey_server(tmp_path / "valkey") as server:
-        yield server
+@pytest.fixture(params=ENGINES)
+def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey]:
+    """A single valkey-server, then a Valkey Cluster of three masters."""
+    with valkey_engine(request, tmp_path / "valkey") as engine:
+        yield engine
 
 
 def _open(conversation_id: str, next_seq: int, left: float) -> ConversationState:
@@ -71,8 +74,8 @@ async def _expire(store: ValkeyStore, conversation_id: str, seq: int) -> None:
     await store.record(*_expiry(conversation_id, seq))
 
 
-async def test_an_expiry_before_the_engines_deadline_is_refused(valkey: ValkeyServer) -> None:
-    engine = await connect([valkey.address])
+async def test_an_expiry_before_the_engines_deadline_is_refused(valkey: Valkey) -> None:
+    engine = await connect(valkey.addresses)
     try:
         async with node(valkey, "n1") as store:
             await store.record(_open("c1", 2, 30.0), [_entry("c1", 1, "hi")])
@@ -89,9 +92,9 @@ async def test_an_expiry_before_the_engines_deadline_is_refused(valkey: ValkeySe
 
 
 async def test_an_expiry_waits_for_the_inputs_that_arrived_before_its_deadline(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
-    engine = await connect([valkey.address])
+    engine = await connect(valkey.addresses)
     try:
         async with node(valkey, "n1") as store:
             key = await _inbox(engine, "c1")
@@ -122,9 +125,9 @@ async def test_an_expiry_waits_for_the_inputs_that_arrived_before_its_deadline(
 
 
 async def test_an_expiry_past_its_deadline_with_nothing_waiting_ends_the_session_once(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
-    engine = await connect([valkey.address])
+    engine = await connect(valkey.addresses)
     try:
         async with node(valkey, "n1") as store:
             key = await _inbox(engine, "c1")

@@ -18,16 +18,19 @@ from transport.cluster.leases import Leases
 from transport.cluster.routing import GROUP
 from transport.cluster.store import ValkeyStore
 
-from .support.valkey import ValkeyServer, valkey_server
+from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
 from .test_cluster_store import PARTITIONS, SETTINGS, _entry, _state, node
+
+Valkey = ValkeyServer | ValkeyCluster
 
 KEYS = PartitionKeys(partition_of("c1", PARTITIONS))
 
 
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
-    with valkey_server(tmp_path / "valkey") as server:
-        yield server
+@pytest.fixture(params=ENGINES)
+def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey]:
+    """A single valkey-server, then a Valkey Cluster of three masters."""
+    with valkey_engine(request, tmp_path / "valkey") as engine:
+        yield engine
 
 
 async def _route(engine: Engine, text: str) -> str:
@@ -48,9 +51,9 @@ async def _pending(engine: Engine) -> Any:
 
 
 async def test_a_routed_input_is_acknowledged_by_its_commit_and_never_stored_again(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
-    engine = await connect([valkey.address])
+    engine = await connect(valkey.addresses)
     try:
         async with node(valkey, "old", lease_seconds=30.0) as old:
             input_id = await _route(engine, "hello")
@@ -61,7 +64,7 @@ async def test_a_routed_input_is_acknowledged_by_its_commit_and_never_stored_aga
             assert await _pending(engine) == 0
             assert await engine.command(["HGET", KEYS.inputs, input_id], key=KEYS.inputs) == b"1"
             # The owner dies before answering; another node takes the partition over.
-            await engine.command(["DEL", KEYS.lease])
+            await engine.command(["DEL", KEYS.lease], key=KEYS.lease)
             new = Leases(engine, "new", PARTITIONS, 5.0)
             await new.round()
             assert new.token(KEYS.number) is not None
@@ -88,13 +91,13 @@ async def test_a_routed_input_is_acknowledged_by_its_commit_and_never_stored_aga
 
 
 async def test_a_commit_refused_leaves_its_input_pending_for_the_next_owner(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
-    engine = await connect([valkey.address])
+    engine = await connect(valkey.addresses)
     try:
         async with node(valkey, "old", lease_seconds=30.0) as old:
             input_id = await _route(engine, "hello")
-            await engine.command(["DEL", KEYS.lease])
+            await engine.command(["DEL", KEYS.lease], key=KEYS.lease)
             new = Leases(engine, "new", PARTITIONS, 5.0)
             await new.round()
             with pytest.raises(StoreUnavailable, match="FENCED"):
@@ -112,10 +115,10 @@ async def test_a_commit_refused_leaves_its_input_pending_for_the_next_owner(
 
 
 async def test_the_memory_of_stored_inputs_keeps_the_newest_only(
-    valkey: ValkeyServer, monkeypatch: pytest.MonkeyPatch
+    valkey: Valkey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store_module, "INPUT_MEMORY", 2)
-    engine = await connect([valkey.address])
+    engine = await connect(valkey.addresses)
     try:
         async with node(valkey, "n1") as store:
             ids = []
