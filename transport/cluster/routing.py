@@ -399,7 +399,11 @@ class Router:
                     new = sorted(owned - ready)
                     if new:
                         channels = {PartitionKeys(p).bell for p in new}
-                        await client.ssubscribe(channels, timeout_ms=_BLOCK_MS * 10)
+                        try:
+                            await client.ssubscribe(channels, timeout_ms=_BLOCK_MS * 10)
+                        except EngineError as exc:  # tried again at the next pass
+                            log.warning("cannot subscribe to the inputs' bells: %s", exc)
+                            new = []
                         for partition in new:
                             await self._take_over_inbox(self.engine, partition)
                             ready.add(partition)
@@ -425,10 +429,13 @@ class Router:
         read = ["XREADGROUP", "GROUP", GROUP, self.node_id, "COUNT", str(_READ_COUNT), "STREAMS"]
         commands = [[*read, _inbox(partition), ">"] for partition in partitions]
         more: set[int] = set()
-        for partition, found in zip(partitions, await self.engine.pipeline(commands), strict=True):
-            if isinstance(found, Exception):
+        try:
+            answers = await self.engine.pipeline(commands)
+        except EngineError as exc:
+            answers = [exc] * len(commands)
+        for partition, found in zip(partitions, answers, strict=True):
+            if isinstance(found, Exception):  # read again by the next sweep
                 log.warning("cannot read the inputs of partition %d: %s", partition, found)
-                more.add(partition)
                 continue
             for key, items in _streams(found or {}):
                 for stream_id, fields in items:
