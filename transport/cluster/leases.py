@@ -16,6 +16,7 @@ import zlib
 
 import trio
 
+from transport.cluster.clock import EngineClock
 from transport.cluster.engine import Engine, EngineError
 from transport.cluster.keys import NODES, PartitionKeys
 
@@ -31,8 +32,18 @@ class LeaseLost(Exception):
 class Leases:
     """The leases one node holds; :meth:`run` keeps them for as long as it runs."""
 
-    def __init__(self, engine: Engine, node_id: str, partitions: int, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        node_id: str,
+        partitions: int,
+        lease_seconds: float,
+        clock: EngineClock | None = None,
+    ) -> None:
         self.engine = engine
+        #: Measured against the engine's clock at every round (the lease connection is
+        #: never busy with commits, so its round trips are short).
+        self.clock = clock
         self.node_id = node_id
         self.partitions = partitions
         self.lease_ms = max(1, round(lease_seconds * 1000))
@@ -67,7 +78,7 @@ class Leases:
         """Announce this node, renew what it holds, then take free partitions up to its share."""
         if self._stopped:
             return
-        now = await self.engine.now_ms(NODES)
+        now = await self.engine_now_ms()
         await self.engine.command(
             ["ZADD", NODES, str(now + self.lease_ms), self.node_id], key=NODES
         )
@@ -87,6 +98,14 @@ class Leases:
                 break
             if partition not in self.tokens:
                 await self._acquire(partition)
+
+    async def engine_now_ms(self) -> int:
+        """The engine's clock (milliseconds), and a sample of it for this node's clock."""
+        sent = trio.current_time()
+        now = await self.engine.now_ms(NODES)
+        if self.clock is not None:
+            self.clock.sample(now / 1000, sent, trio.current_time())
+        return now
 
     def _preference(self, partition: int) -> tuple[bool, int]:
         """Sorts first the partitions whose preferred owner is this node."""
@@ -133,7 +152,7 @@ class Leases:
         if settle:
             with trio.move_on_after(self.lease_ms / 1000):
                 while True:
-                    now = await self.engine.now_ms(NODES)
+                    now = await self.engine_now_ms()
                     await self.engine.command(
                         ["ZADD", NODES, str(now + self.lease_ms), self.node_id], key=NODES
                     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from actors import SESSION_EXPIRED, Content, ConversationState, Entry, Party
 from actors.model.settings import BotSettings
 from actors.model.state import deadline
 from actors.ports import StoreUnavailable
+from transport.cluster.clock import EngineClock
 from transport.cluster.codec import entry_from_json, entry_json, state_from_json, state_json
 from transport.cluster.engine import Engine, EngineError, connect
 from transport.cluster.keys import PRESENCE, PartitionKeys, partition_of
@@ -74,6 +74,8 @@ class ValkeyStore:
         self.leases = leases
         self.settings = dict(settings or {})
         self.durability = durability
+        #: The core's clock on this node: the engine's (see transport/cluster/clock.py).
+        self.clock = leases.clock or EngineClock()
         self.commits = 0
         self.fenced = 0
         self._done: list[tuple[int, str]] = []
@@ -102,6 +104,7 @@ class ValkeyStore:
         from transport.cluster.routing import Router
 
         self.router = Router(self, self.addresses)
+        options.setdefault("clock", self.clock)
         return ClusterSwitchboard(*args, router=self.router, **options)
 
     async def follow(self, board: Switchboard) -> None:
@@ -137,6 +140,7 @@ class ValkeyStore:
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` tells about this node of the cluster."""
         leases = self.leases
+        skew = self.clock.skew()
         return {
             "cluster": {
                 "node_id": leases.node_id,
@@ -150,6 +154,7 @@ class ValkeyStore:
                 "inputs_forwarded": 0 if self.router is None else self.router.forwarded,
                 "inputs_served": 0 if self.router is None else self.router.served,
                 "inputs_waiting": 0 if self.router is None else len(self.router.pending),
+                "engine_clock_ahead": None if skew is None else round(skew, 4),
             }
         }
 
@@ -182,7 +187,7 @@ class ValkeyStore:
                 state_json(state),
                 "1" if state.session is not None else "0",
                 # What is left of it: the engine counts it from its own clock.
-                "" if due is None else repr(due - time.time()),
+                "" if due is None else repr(due - self.clock.now()),
                 str(len(entries)),
             ]
             for entry in entries:
@@ -370,12 +375,14 @@ async def open_valkey_store(
             f"cannot reach the cluster store at {', '.join(addresses)}: {exc}"
         ) from exc
     try:
-        leases = Leases(lease_engine, node_id, partitions, lease_seconds)
+        leases = Leases(lease_engine, node_id, partitions, lease_seconds, EngineClock())
         store = ValkeyStore(
             engine, leases, settings=settings, durability=durability, addresses=addresses
         )
         try:
             await store._durable(None)
+            for _ in range(3):  # the engine's clock, before anything is stamped with it
+                await leases.engine_now_ms()
             await leases.start(settle=settle)
         except EngineError as exc:
             raise StoreUnavailable(f"the cluster store cannot be used: {exc}") from exc

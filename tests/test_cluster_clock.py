@@ -1,0 +1,134 @@
+"""A cluster node's core reads the engine's clock, not its own (transport/cluster/clock.py): a
+node whose clock is off, on a real valkey-server, takes over a waiting session stamped by a
+node on time and expires it at the engine's deadline, once, without an early expiry refused."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from actors import SESSION_START
+from transport.client import Frame, connect_user
+from transport.cluster.clock import EngineClock
+from transport.cluster.engine import connect
+from transport.cluster.keys import PartitionKeys, partition_of
+from transport.config import from_mapping
+from transport.servers.runtime import RunningServer, run_server
+
+from .fakes.asgi_server import serving
+from .fakes.webhook_bot import SECRET as BOT_SECRET
+from .fakes.webhook_bot import BotServer
+from .support.valkey import valkey_server
+
+PARTITIONS = 4
+TIMEOUT = 4.0
+SKEW = 3.0
+#: How late an expiry may land after the engine's deadline: the alarm, one commit, the
+#: notice to the user (generous for a loaded machine; a skewed clock is off by SKEW).
+LATE = 0.6
+
+
+def _config(valkey: str, node_id: str, bot_url: str) -> Any:
+    return from_mapping(
+        {
+            "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
+            "store": {
+                "kind": "valkey",
+                "addresses": [valkey],
+                "node_id": node_id,
+                "partitions": PARTITIONS,
+                "lease_seconds": 1.0,
+            },
+            "secret": "one-secret-for-every-node-of-the-cluster",
+            "bots": {
+                "shop": {
+                    "adapter": "webhook",
+                    "options": {"url": bot_url, "secret": BOT_SECRET},
+                    "settings": {"session_timeout": TIMEOUT},
+                }
+            },
+        }
+    )
+
+
+@asynccontextmanager
+async def running(config: Any) -> AsyncIterator[RunningServer]:
+    """A node for the block; stopped gracefully (its leases given up) on leaving."""
+    async with trio.open_nursery() as nursery:
+        node: RunningServer = await nursery.start(
+            lambda task_status: run_server(config, handle_signals=False, task_status=task_status)
+        )
+        yield node
+        node.stop()
+
+
+def _expired(frame: Frame) -> bool:
+    return frame["type"] == "entry" and frame["content"].get("code") == "session_expired"
+
+
+@pytest.mark.parametrize("skew", [-SKEW, SKEW], ids=["behind", "ahead"])
+async def test_a_node_whose_clock_is_off_expires_a_session_at_the_engines_deadline(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    skew: float,
+) -> None:
+    bot = BotServer()
+    with valkey_server(tmp_path / "valkey") as valkey:
+        async with AsyncExitStack() as stack:
+            bot_url = await stack.enter_async_context(serving(bot))
+            engine = await connect([valkey.address])
+            stack.push_async_callback(engine.close)
+            # A node on time opens a session that waits for an agent (there is none), stops.
+            async with (
+                running(_config(valkey.address, "on-time", bot_url)) as first,
+                connect_user(first.ws_url, bot_id="shop") as user,
+            ):
+                await user.say_text("hello")
+                await bot.wait_for_calls(1)
+                await user.click(SESSION_START)
+                await user.wait_for(lambda f: f["content"].get("code") == "session_started")
+                token, conversation = user.resume_token, user.conversation_id
+            key = PartitionKeys(partition_of(conversation, PARTITIONS)).deadlines
+            deadline = float(await engine.command(["ZSCORE", key, conversation], key=key))
+
+            # The next node's own clock is off by ``skew``; it takes the partitions over.
+            real = time.time
+            monkeypatch.setattr(time, "time", lambda: real() + skew)
+            caplog.set_level(logging.ERROR, logger="switchover")
+            async with (
+                running(_config(valkey.address, "skewed", bot_url)) as second,
+                connect_user(second.ws_url, resume_token=token, last_seq=0) as again,
+            ):
+                store: Any = second.services.board.store
+                assert isinstance(store.clock, EngineClock)
+                assert store.clock.skew() == pytest.approx(-skew, abs=0.1)
+                await again.wait_for(_expired, timeout=TIMEOUT + SKEW * 2)
+                late = await engine.now_ms() / 1000 - deadline
+                event = await _bot_event(bot, "LIVECHAT_SESSION_EXPIRED")
+                assert event["conversation_id"] == conversation
+            assert 0 <= late <= LATE, late
+            expiries = [
+                e
+                for e in bot.events
+                if e["content"]["content"].get("payload") == "LIVECHAT_SESSION_EXPIRED"
+            ]
+            assert len(expiries) == 1
+            # Its alarm rang by the engine's clock: no expiry was proposed early and refused.
+            assert not [r for r in caplog.records if "EARLY" in r.getMessage()]
+
+
+async def _bot_event(bot: BotServer, payload: str) -> dict[str, Any]:
+    with trio.fail_after(10):
+        while True:
+            for event in bot.events:
+                if event["content"]["content"].get("payload") == payload:
+                    return event
+            await bot.wait_for_calls(bot.calls + 1)
