@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -110,6 +111,11 @@ async def test_a_node_whose_clock_is_off_expires_a_session_at_the_engines_deadli
                 store: Any = second.services.board.store
                 assert isinstance(store.clock, EngineClock)
                 assert store.clock.skew() == pytest.approx(-skew, abs=0.1)
+                async with httpx.AsyncClient() as http:
+                    health = (await http.get(f"{second.http_url}/healthz")).json()["cluster"]
+                    scraped = (await http.get(f"{second.http_url}/metrics")).text
+                assert health["engine_clock_ahead"] == pytest.approx(-skew, abs=0.1)
+                assert "switchover_cluster_engine_clock_ahead_seconds" in scraped
                 await again.wait_for(_expired, timeout=TIMEOUT + SKEW * 2)
                 late = await engine.now_ms() / 1000 - deadline
                 event = await _bot_event(bot, "LIVECHAT_SESSION_EXPIRED")

@@ -58,3 +58,10 @@ class ClusterMetrics(Collector):
             "Inputs this node sent to other nodes and not answered yet.",
             value=0 if router is None else len(router.pending),
         )
+        skew = store.clock.skew()
+        if skew is not None:
+            yield GaugeMetricFamily(
+                "switchover_cluster_engine_clock_ahead_seconds",
+                "How far the engine's clock is ahead of this node's own (the node follows it).",
+                value=skew,
+            )
