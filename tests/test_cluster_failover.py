@@ -320,9 +320,10 @@ async def _sigkill_of_the_busiest_node(tmp_path: Path, valkey: list[str]) -> Non
             assert user.session_at is not None
             conversation_id = user.client.conversation_id
             assert len(expired()[conversation_id]) == 1
-            # At its deadline, late by at most about the lease (the takeover's rounds).
+            # At its deadline, late by at most the lease (the nodes' alarms ring by the
+            # engine's clock; measured within a tenth of a second of it, 2026-12-03).
             late = arrived[conversation_id] - (user.session_at + SESSION_TIMEOUT)
-            assert -0.5 <= late <= LEASE * 3, (conversation_id, late)
+            assert -0.5 <= late <= LEASE, (conversation_id, late)
 
         # The log: every acknowledged message once, in order, nothing else lost.
         for user in users:
