@@ -138,3 +138,19 @@ async def _bot_event(bot: BotServer, payload: str) -> dict[str, Any]:
                 if event["content"]["content"].get("payload") == payload:
                     return event
             await bot.wait_for_calls(bot.calls + 1)
+
+
+async def test_the_engine_clock_reads_the_middle_of_each_round_trip_smoothed() -> None:
+    clock = EngineClock(local=lambda: 1000.0)
+    assert clock.now() == 1000.0 and clock.skew() is None  # nothing measured: its own
+    clock.sample(500.0, sent=10.0, received=10.2)  # the engine read 500 at 10.1
+    assert clock.to_trio(500.0) == pytest.approx(10.1)
+    assert clock.now() - trio.current_time() == pytest.approx(489.9)
+    clock.sample(502.0, sent=10.0, received=10.2)  # two seconds off: a step, taken at once
+    assert clock.to_trio(502.0) == pytest.approx(10.1)
+    clock.sample(502.5, sent=10.0, received=10.2)  # half a second off: a fifth of it
+    assert clock.to_trio(502.0) == pytest.approx(10.0)
+    clock.sample(400.0, sent=10.0, received=11.0)  # too slow a round trip to trust
+    assert clock.to_trio(502.0) == pytest.approx(10.0)
+    assert (clock.samples, clock.dropped) == (3, 1)
+    assert clock.skew() == pytest.approx(clock.now() - 1000.0)
