@@ -29,8 +29,8 @@ from .fakes.webhook_bot import BotServer
 from .support.valkey import valkey_server
 
 PARTITIONS = 4
-TIMEOUT = 4.0
-SKEW = 3.0
+TIMEOUT = 3.0
+SKEW = 2.0
 #: How late an expiry may land after the engine's deadline: the alarm, one commit, the
 #: notice to the user (generous for a loaded machine; a skewed clock is off by SKEW).
 LATE = 0.6
