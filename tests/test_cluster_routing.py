@@ -14,12 +14,16 @@ import httpx
 import pytest
 import trio
 
+from actors.model import effects as fx
 from transport.client import Frame, connect_agent, connect_user
+from transport.cluster.codec import message_json
 from transport.cluster.keys import PartitionKeys, partition_of
+from transport.cluster.routing import Router, _Pending
 from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 
 from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
+from .test_cluster_store import node
 
 PARTITIONS = 8
 AGENT_TOKEN = "alice-token-for-cluster-routing"
@@ -149,3 +153,30 @@ async def test_a_session_through_the_node_that_does_not_own_the_conversation(
         stored = await b.services.board.store.entries_after(conversation, last_seq)
         user_side = {e.seq for e in stored if "user" in {p.value for p in e.audience}}
         assert user_side <= set(seqs) | acked
+
+
+async def test_an_answer_added_while_no_read_is_waiting_is_not_lost(valkey: Valkey) -> None:
+    """The node's answers stream is read from its start, not from ``$`` (which a blocking
+    read takes as "what arrives during this read": an answer added between two reads was
+    lost, and its client told after 10 s to send again)."""
+    async with node(valkey, "b") as store:
+        router = Router(store, valkey.addresses)
+        answered = trio.Event()
+        outcomes: list[fx.Outcome] = []
+
+        def reply(outcome: fx.Outcome) -> None:
+            outcomes.append(outcome)
+            answered.set()
+
+        router.pending["b-1"] = _Pending("c1", reply, None, trio.current_time() + 10)
+        key = "sw:out:b"
+        for request, seq in (("b-0", 3), ("b-1", 7)):  # an earlier run's answer, then ours
+            fields = ["r", request, "o", message_json(fx.Accepted(seq))]
+            await store.engine.command(["XADD", key, "*", *fields], key=key)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(router._read_answers_forever)
+            with trio.fail_after(5):
+                await answered.wait()
+            nursery.cancel_scope.cancel()
+        assert outcomes == [fx.Accepted(7)]
+        assert not router.pending

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -103,6 +104,9 @@ class Router:
         self.pending: dict[str, _Pending] = {}
         self.watchers: dict[str, Watcher] = {}
         self._ids = itertools.count(1)
+        #: Request ids differ from one run of the node to the next, so an answer left in the
+        #: node's answers stream by an earlier run is never taken for one of this run's.
+        self._run_id = secrets.token_hex(4)
         self._outgoing: list[tuple[int, list[str]]] = []
         self._outgoing_ready = trio.Event()
         self._answers: list[tuple[str, str, str, str, fx.Outcome]] = []
@@ -129,7 +133,7 @@ class Router:
         """Send an input to the owner of its conversation; ``reply`` gets its outcome."""
         if len(self.pending) >= MAX_PENDING:
             raise Overloaded(conversation_id)
-        request = f"{self.node_id}-{next(self._ids)}"
+        request = f"{self.node_id}-{self._run_id}-{next(self._ids)}"
         self.pending[request] = _Pending(
             conversation_id, reply, origin, trio.current_time() + REPLY_TIMEOUT
         )
@@ -298,8 +302,11 @@ class Router:
                     )
 
     async def _read_answers_forever(self) -> None:
+        """Every answer, from the start of the stream: not from ``$``, which each blocking
+        read takes as "what arrives during this read", so an answer added between two reads
+        would be lost (and its client told after 10 s to send its input again)."""
         engine = await connect(self.addresses, timeout_ms=_BLOCK_MS * 10)
-        key, last = _outbox(self.node_id), "$"
+        key, last = _outbox(self.node_id), "0-0"
         try:
             while True:
                 found = await engine.command(
