@@ -18,6 +18,8 @@ log = logging.getLogger("switchover.cluster")
 
 class ClusterSwitchboard(Switchboard):
     def __init__(self, *args: Any, router: Router, **options: Any) -> None:
+        # The core's clock is the engine's (transport/cluster/clock.py).
+        options.setdefault("clock", router.store.clock)
         super().__init__(*args, **options)
         self.router = router
 

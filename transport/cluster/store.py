@@ -104,7 +104,6 @@ class ValkeyStore:
         from transport.cluster.routing import Router
 
         self.router = Router(self, self.addresses)
-        options.setdefault("clock", self.clock)
         return ClusterSwitchboard(*args, router=self.router, **options)
 
     async def follow(self, board: Switchboard) -> None:
