@@ -41,9 +41,9 @@ class Leases:
         clock: EngineClock | None = None,
     ) -> None:
         self.engine = engine
-        #: Measured against the engine's clock at every round (the lease connection is
-        #: never busy with commits, so its round trips are short).
-        self.clock = clock
+        #: The engine's clock, read at every round (the lease connection is never busy with
+        #: commits, so its round trips are short): the core's clock on this node.
+        self.clock = clock if clock is not None else EngineClock()
         self.node_id = node_id
         self.partitions = partitions
         self.lease_ms = max(1, round(lease_seconds * 1000))
@@ -103,8 +103,7 @@ class Leases:
         """The engine's clock (milliseconds), and a sample of it for this node's clock."""
         sent = trio.current_time()
         now = await self.engine.now_ms(NODES)
-        if self.clock is not None:
-            self.clock.sample(now / 1000, sent, trio.current_time())
+        self.clock.sample(now / 1000, sent, trio.current_time())
         return now
 
     def _preference(self, partition: int) -> tuple[bool, int]:

@@ -22,7 +22,6 @@ from actors import SESSION_EXPIRED, Content, ConversationState, Entry, Party
 from actors.model.settings import BotSettings
 from actors.model.state import deadline
 from actors.ports import StoreUnavailable
-from transport.cluster.clock import EngineClock
 from transport.cluster.codec import entry_from_json, entry_json, state_from_json, state_json
 from transport.cluster.engine import Engine, EngineError, connect
 from transport.cluster.keys import PRESENCE, PartitionKeys, partition_of
@@ -75,7 +74,7 @@ class ValkeyStore:
         self.settings = dict(settings or {})
         self.durability = durability
         #: The core's clock on this node: the engine's (see transport/cluster/clock.py).
-        self.clock = leases.clock or EngineClock()
+        self.clock = leases.clock
         self.commits = 0
         self.fenced = 0
         self._done: list[tuple[int, str]] = []
@@ -374,7 +373,7 @@ async def open_valkey_store(
             f"cannot reach the cluster store at {', '.join(addresses)}: {exc}"
         ) from exc
     try:
-        leases = Leases(lease_engine, node_id, partitions, lease_seconds, EngineClock())
+        leases = Leases(lease_engine, node_id, partitions, lease_seconds)
         store = ValkeyStore(
             engine, leases, settings=settings, durability=durability, addresses=addresses
         )
