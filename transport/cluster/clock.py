@@ -22,8 +22,10 @@ from actors.trio.clock import Clock
 #: sample delayed on a loaded machine moves it by a fifth of its error.
 SMOOTHING = 0.2
 #: A sample whose round trip took longer than this is dropped: its error (half the round
-#: trip) would be larger than what the offset needs to be good to.
+#: trip) would be larger than what the offset needs to be good to...
 MAX_ROUND_TRIP = 0.25
+#: ...unless this many in a row were (an engine that far away is measured all the same).
+MAX_DROPPED_IN_A_ROW = 5
 #: An offset this far from the sample is set at once rather than smoothed (the engine's
 #: clock stepped, or a failover moved the engine to a machine whose clock differs).
 STEP = 1.0
@@ -42,13 +44,17 @@ class EngineClock(Clock):
         #: Samples taken and dropped, for /healthz.
         self.samples = 0
         self.dropped = 0
+        self._in_a_row = 0
 
     def sample(self, engine_seconds: float, sent: float, received: float) -> None:
         """The engine read ``engine_seconds`` between ``sent`` and ``received`` (trio's
         clock): the engine's time at the middle of that round trip."""
-        if received - sent > MAX_ROUND_TRIP and self.offset is not None:
+        slow = received - sent > MAX_ROUND_TRIP
+        if slow and self.offset is not None and self._in_a_row < MAX_DROPPED_IN_A_ROW:
             self.dropped += 1
+            self._in_a_row += 1
             return
+        self._in_a_row = 0
         measured = engine_seconds - (sent + received) / 2
         if self.offset is None or abs(measured - self.offset) > STEP:
             self.offset = measured
