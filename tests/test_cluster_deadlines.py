@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from actors import SESSION_EXPIRED, Content, ConversationState, Entry, Party
+from actors import SESSION_EXPIRED, SESSION_START, Content, ConversationState, Entry, Party
 from actors.model.state import Session
 from actors.ports import StoreUnavailable
+from transport.client import connect_user
 from transport.cluster.engine import Engine, connect
 from transport.cluster.keys import PartitionKeys, partition_of
 from transport.cluster.routing import GROUP
@@ -21,6 +22,7 @@ from transport.cluster.store import ValkeyStore
 
 from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
 from .test_cluster_store import PARTITIONS, _entry, node
+from .test_settings_api import ADMIN_TOKEN, api, serving
 
 Valkey = ValkeyServer | ValkeyCluster
 
@@ -141,5 +143,37 @@ async def test_an_expiry_past_its_deadline_with_nothing_waiting_ends_the_session
             assert [e.content for e in ended] == [Content.payload(SESSION_EXPIRED)]
             with pytest.raises(StoreUnavailable, match="SEQ"):  # never a second ending
                 await _expire(store, "c1", 2)
+    finally:
+        await engine.close()
+
+
+async def test_a_changed_session_timeout_reaches_the_engines_deadlines(valkey: Valkey) -> None:
+    config = {
+        "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
+        "store": {
+            "kind": "valkey",
+            "addresses": valkey.addresses,
+            "node_id": "n1",
+            "partitions": PARTITIONS,
+            "lease_seconds": 1.0,
+        },
+        "bots": {"demo": {"adapter": "demo", "settings": {"session_timeout": TIMEOUT}}},
+        "admins": {"root": {"name": "Root", "token": ADMIN_TOKEN}},
+    }
+    engine = await connect(valkey.addresses)
+    try:
+        async with serving(config) as node, connect_user(node.ws_url, bot_id="demo") as user:
+            await user.click(SESSION_START)
+            await user.wait_for(lambda f: f["content"].get("code") == "session_started")
+            conversation = user.conversation_id
+            async with api(node) as client:
+                changed = await client.patch(
+                    "/api/bots/demo/settings", json={"session_timeout": 30}
+                )
+                assert changed.status_code == 200
+            await user.say_text("still here")  # committed under the new timeout
+            due = await _deadline(engine, conversation)
+            assert due is not None
+            assert due - (await engine.now_ms()) / 1000 == pytest.approx(30, abs=2)
     finally:
         await engine.close()

@@ -135,6 +135,11 @@ class ValkeyStore:
                 extra={"sessions": len(states), "partitions": len(partitions)},
             )
 
+    def settings_changed(self, bot_id: str, settings: BotSettings) -> None:
+        """A bot's settings changed on this node: its next commits count the engine's
+        deadlines with them, as the core's alarms do."""
+        self.settings[bot_id] = settings
+
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` tells about this node of the cluster."""
         leases = self.leases

@@ -380,6 +380,9 @@ def _settings_changed(board: Switchboard, store: Store, bot_id: str, settings: B
     board.replace_settings(bot_id, settings)
     if isinstance(store, sqlite_store.SQLiteStore):
         store.settings[bot_id] = settings
+    settings_changed = getattr(store, "settings_changed", None)  # the clustered store
+    if settings_changed is not None:
+        settings_changed(bot_id, settings)
 
 
 def _watch_cluster(config: Config, store: Store, app: HttpApp) -> None:
