@@ -23,6 +23,7 @@ from actors import SESSION_EXPIRED, Content, ConversationState, Entry, Party
 from actors.model.settings import BotSettings
 from actors.model.state import deadline
 from actors.ports import StoreUnavailable
+from transport.cluster.attachments import ValkeyAttachments
 from transport.cluster.codec import entry_from_json, entry_json, state_from_json, state_json
 from transport.cluster.engine import Engine, EngineError, connect
 from transport.cluster.keys import PRESENCE, PartitionKeys, partition_of
@@ -103,6 +104,11 @@ class ValkeyStore:
 
         self.router = Router(self, self.addresses)
         return ClusterSwitchboard(*args, router=self.router, **options)
+
+    def attachments(self) -> ValkeyAttachments:
+        """Attachments kept in the engine, durable as the commits are, so any node serves
+        them (:mod:`transport.cluster.attachments`)."""
+        return ValkeyAttachments(self.engine, self.leases.partitions, self._durable)
 
     async def follow(self, board: Switchboard) -> None:
         """Route for the switchboard (when it is this store's), and hand it the open

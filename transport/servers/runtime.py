@@ -41,7 +41,7 @@ from transport.servers.http.serve import serve_http
 from transport.servers.websocket import serve_websockets
 from transport.store import sqlite as sqlite_store
 from transport.store.attachments import FOLDER as attachments_folder
-from transport.store.attachments import AttachmentStore
+from transport.store.attachments import AttachmentKeeper, AttachmentStore
 from transport.store.retention import keep_pruning
 from transport.version import version
 
@@ -258,6 +258,13 @@ class _Parts:
     files: AttachmentStore
 
 
+def _attachments_of(store: Store, files: AttachmentStore) -> AttachmentKeeper:
+    """The clustered store keeps attachments in the engine, so every node serves them
+    (docs/cluster.md); the others beside their data, in ``files``."""
+    in_engine = getattr(store, "attachments", None)
+    return in_engine() if in_engine is not None else files
+
+
 def _start_retention(
     config: Config, store: Store, nursery: trio.Nursery, every: float, files: AttachmentStore
 ) -> None:
@@ -326,7 +333,7 @@ async def _serve(
             backends=parts.backends,
             bot_settings=parts.bot_settings,
             admins={a.token: (a.admin_id, a.name) for a in config.admins.values()},
-            attachments=Attachments(parts.files, config.attachments),
+            attachments=Attachments(_attachments_of(store, parts.files), config.attachments),
         )
         _watch_cluster(config, store, app)
         if handle_signals:
