@@ -118,6 +118,10 @@ _REASSERT = Envelope(TimerFired())
 """Posted by :meth:`ConversationActor.reassert`: tell the backend about the open session
 again (it restarted and lost its view)."""
 
+_STOP = Envelope(TimerFired())
+"""Posted by :meth:`ConversationActor.stop`: the server stops; return once what came before
+is handled (a task that returns costs trio far less to end than one it cancels)."""
+
 _INTERNAL_ERROR = fx.Refusal("internal_error", "The message could not be handled.")
 
 _DECISIONS = frozenset({AgentAssigned, ReturnedToQueue})
@@ -299,6 +303,9 @@ class ConversationActor:
                             return
                     elif item is _REASSERT:
                         await self._reassert()
+                    elif item is _STOP:
+                        inbox.requeue(batch[after:])
+                        return
                     elif isinstance(item, Envelope):
                         # Every event waiting in a row is handled as one group: one store
                         # write (one wait for the commit) for all of them.
@@ -307,6 +314,7 @@ class ConversationActor:
                             and isinstance(batch[after], Envelope)
                             and batch[after] is not _ALARM
                             and batch[after] is not _REASSERT
+                            and batch[after] is not _STOP
                         ):
                             after += 1
                         # Usually the whole batch: no copy then.
@@ -378,6 +386,10 @@ class ConversationActor:
     def asserted(self) -> None:
         """Its backend has just been told about the open session: its first run skips that."""
         self._asserted = True
+
+    def stop(self) -> None:
+        """Return from :meth:`serve` once everything posted before is handled."""
+        self.inbox.put(_STOP)
 
     def reassert(self) -> None:
         """Ask the actor to tell its backend about its open session again."""

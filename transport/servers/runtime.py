@@ -378,6 +378,9 @@ async def _serve(
             http_stop.set()
             # Whatever the listeners still do after this bound is cut short.
             listeners.cancel_scope.deadline = trio.current_time() + listen.shutdown_timeout
+        # Conversations finish what they hold and return; whatever is left is cancelled.
+        with trio.move_on_after(listen.shutdown_timeout):
+            await board.stop_conversations()
         core.cancel_scope.cancel()
 
 
