@@ -5,6 +5,7 @@ per task (bench/README.md, "Memory under churn")."""
 from __future__ import annotations
 
 import trio
+import trio.lowlevel
 
 from actors import Accepted, BotSettings, Content, Switchboard, UserSays
 from actors.model.effects import Outcome
@@ -35,7 +36,7 @@ async def test_conversations_finish_what_they_hold_and_return() -> None:
         board.submit(ids[7], UserSays(Content.text("late")))
         with trio.fail_after(5):
             while _conversation_tasks(board):
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
 
 async def test_a_stop_with_nothing_in_memory_returns_at_once() -> None:
