@@ -1,0 +1,152 @@
+"""The desk across cluster nodes (docs/cluster.md, The desk): one node runs the desk under a
+lease, and an agent connected to any node is offered, and talks in, a session whose
+conversation another node owns, with its user on a third; nothing echoed, repeated or
+reordered. In-process nodes on a real valkey-server; the desk owner's death is in
+tests/test_cluster_desk_failover.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import trio
+
+from transport.client import Frame, connect_agent, connect_user
+from transport.cluster.keys import partition_of
+from transport.servers.runtime import RunningServer, run_server
+
+from .support.valkey import ValkeyServer
+from .test_cluster_routing import AGENT_TOKEN, PARTITIONS, _config, valkey
+
+__all__ = ["valkey"]
+
+
+@asynccontextmanager
+async def started(valkey: ValkeyServer, *ids: str) -> AsyncIterator[dict[str, RunningServer]]:
+    """Nodes started together, so they split the partitions."""
+    nodes: dict[str, RunningServer] = {}
+    async with trio.open_nursery() as nursery:
+
+        async def start(node_id: str) -> None:
+            nodes[node_id] = await nursery.start(
+                lambda task_status: run_server(
+                    _config(valkey, node_id), handle_signals=False, task_status=task_status
+                )
+            )
+
+        async with trio.open_nursery() as starting:
+            for node_id in ids:
+                starting.start_soon(start, node_id)
+        yield nodes
+        for node in nodes.values():
+            node.stop()
+
+
+def _owned(node: RunningServer) -> set[int]:
+    store: Any = node.services.board.store
+    return set(store.leases.tokens)
+
+
+def _entry(sender: str, text: str | None = None) -> Callable[[Frame], bool]:
+    def check(frame: Frame) -> bool:
+        if frame["type"] != "entry" or frame["sender"] != sender:
+            return False
+        return text is None or frame["content"].get("text") == text
+
+    return check
+
+
+async def _desk_owners(nodes: dict[str, RunningServer]) -> list[str]:
+    """The nodes whose /healthz says they run the desk, once one does (bounded wait)."""
+    async with httpx.AsyncClient() as http:
+        with trio.fail_after(10):
+            while True:
+                owners = []
+                for node_id, node in nodes.items():
+                    health = (await http.get(f"{node.http_url}/healthz")).json()["cluster"]
+                    if health["desk_owner"]:
+                        owners.append(node_id)
+                if owners:
+                    return owners
+                await trio.sleep(0.05)
+
+
+async def test_an_agent_on_one_node_takes_a_session_owned_by_another_with_its_user_on_a_third(
+    valkey: ValkeyServer,
+) -> None:
+    async with started(valkey, "a", "b", "c") as nodes:
+        owners = await _desk_owners(nodes)
+        assert len(owners) == 1
+        # c runs the desk; the agent is on a; the conversation is made on b (so b owns it),
+        # and its user then goes on through c.
+        c = nodes[owners[0]]
+        a, b = (node for node_id, node in sorted(nodes.items()) if node_id != owners[0])
+        async with connect_user(b.ws_url, bot_id="demo") as first:
+            conversation = first.conversation_id
+            await first.say_text("hello")
+            await first.wait_for(_entry("bot"))
+            token, last_seq = first.resume_token, first.last_seq
+        assert partition_of(conversation, PARTITIONS) in _owned(b)
+        assert partition_of(conversation, PARTITIONS) not in _owned(a) | _owned(c)
+        user_frames: list[Frame] = []
+        agent_frames: list[Frame] = []
+        async with (
+            connect_user(
+                c.ws_url, resume_token=token, last_seq=last_seq, frame_check=user_frames.append
+            ) as user,
+            connect_agent(a.ws_url, AGENT_TOKEN, frame_check=agent_frames.append) as agent,
+        ):
+            await user.click("LIVECHAT_SESSION_START")
+            # The desk on a (its queue of bots) shows the waiting session before anyone
+            # takes it: the agent is still offline.
+            waiting = await agent.wait_for(
+                lambda f: f["type"] == "desk"
+                and [w["conversation_id"] for w in f["queue"]] == [conversation]
+            )
+            assert waiting["chats"] == []
+            await user.say_text("is anyone there?")
+            await agent.set_presence("online")
+            transcript = await agent.wait_for(lambda f: f["type"] == "transcript")
+            assert transcript["conversation_id"] == conversation
+            assert "is anyone there?" in [e["content"].get("text") for e in transcript["entries"]]
+            held = await agent.wait_for(
+                lambda f: f["type"] == "desk"
+                and [h["conversation_id"] for h in f["chats"]] == [conversation]
+            )
+            assert held["queue"] == []
+            await user.wait_for(lambda f: _entry("system")(f) and "agent_joined" in str(f))
+            said = []
+            for n in range(5):
+                said.append(await agent.say(conversation, f"agent {n}"))
+                said.append(await user.say_text(f"user {n}"))
+            for n in range(5):
+                await user.wait_for(_entry("agent", f"agent {n}"))
+                await agent.wait_for(_entry("user", f"user {n}"))
+            await agent.sign_off(conversation)
+            await user.wait_for(lambda f: f.get("metadata", {}).get("sign_off"))
+            await user.click("LIVECHAT_SESSION_END")
+            await user.wait_for(
+                lambda f: _entry("system")(f) and f["content"].get("code") == "session_ended"
+            )
+            await agent.wait_for(
+                lambda f: _entry("system")(f) and f["content"].get("code") == "session_ended"
+            )
+            await agent.wait_for(lambda f: f["type"] == "desk" and f["chats"] == [])
+        agent_entries = [f for f in agent_frames if f["type"] == "entry"]
+        agent_seqs = [f["seq"] for f in agent_entries]
+        assert agent_seqs == sorted(set(agent_seqs))  # in order, never twice
+        assert all(f["sender"] != "agent" for f in agent_entries)  # no echo of its own
+        assert [f["content"]["text"] for f in agent_entries if f["sender"] == "user"] == [
+            f"user {n}" for n in range(5)
+        ]
+        user_entries = [f for f in user_frames if f["type"] == "entry"]
+        user_seqs = [f["seq"] for f in user_entries]
+        assert user_seqs == sorted(set(user_seqs))
+        assert all(f["sender"] != "user" for f in user_entries)
+        assert [f["content"]["text"] for f in user_entries if f["sender"] == "agent"] == [
+            f"agent {n}" for n in range(5)
+        ]
+        # Every seq of the chat was written by one side and delivered to the other.
+        assert set(said) <= set(agent_seqs) | set(user_seqs)
