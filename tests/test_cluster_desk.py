@@ -111,10 +111,11 @@ async def test_an_agent_on_one_node_takes_a_session_owned_by_another_with_its_us
             transcript = await agent.wait_for(lambda f: f["type"] == "transcript")
             assert transcript["conversation_id"] == conversation
             assert "is anyone there?" in [e["content"].get("text") for e in transcript["entries"]]
-            held = await agent.wait_for(
-                lambda f: f["type"] == "desk"
-                and [h["conversation_id"] for h in f["chats"]] == [conversation]
-            )
+            with trio.fail_after(5):
+                while not (agent.desk and agent.desk["chats"]):
+                    await agent.wait_for(lambda f: f["type"] == "desk")
+            held = agent.desk
+            assert [h["conversation_id"] for h in held["chats"]] == [conversation]
             assert held["queue"] == []
             await user.wait_for(lambda f: _entry("system")(f) and "agent_joined" in str(f))
             said = []

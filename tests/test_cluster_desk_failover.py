@@ -1,0 +1,260 @@
+"""The desk's owner dies or stops mid-session (docs/cluster.md, The desk): three Switchover
+nodes as processes on a real valkey-server, an agent on one node holding a chat whose
+conversation another node owns. The desk's owner is SIGKILLed (then, in the second test,
+stopped with SIGTERM): a surviving node takes the desk over within about a lease, the agent
+keeps the chat, messages keep flowing both ways, in order and never echoed, and a new
+session is offered to the agent."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from transport.client import AgentClient, Frame, UserClient, connect_agent, connect_user
+
+from .support.process import _READY, ROOT, SWITCHOVER
+from .support.valkey import valkey_server
+
+LEASE = 1.0
+NODES = ("n1", "n2", "n3")
+ALICE = "alice-token-for-the-desk-failover"
+
+
+@attrs.frozen
+class Node:
+    node_id: str
+    process: subprocess.Popen[str]
+    ws_url: str
+    http_url: str
+
+
+def _config(node_id: str, valkey: str) -> str:
+    return f"""
+secret = "one-secret-shared-by-every-node"
+[listeners]
+ws_port = 0
+http_port = 0
+shutdown_timeout = 2.0
+[store]
+kind = "valkey"
+addresses = ["{valkey}"]
+node_id = "{node_id}"
+partitions = 12
+lease_seconds = {LEASE}
+durability = "none"
+[bots.demo]
+adapter = "demo"
+[bots.demo.settings]
+session_timeout = 600.0
+grace_period = 60.0
+[agents.alice]
+token = "{ALICE}"
+bots = ["demo"]
+name = "Alice"
+"""
+
+
+@asynccontextmanager
+async def cluster(tmp_path: Path, valkey: str) -> AsyncIterator[dict[str, Node]]:
+    """Every node started at once; each killed on leaving."""
+    processes = {}
+    for node_id in NODES:
+        directory = tmp_path / node_id
+        directory.mkdir()
+        config = directory / "switchover.toml"
+        config.write_text(_config(node_id, valkey))
+        log = (directory / "server.log").open("w")
+        processes[node_id] = subprocess.Popen(  # noqa: ASYNC220 (read in threads below)
+            [*SWITCHOVER, "serve", "--config", str(config), "--data-dir", str(directory / "data")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    nodes: dict[str, Node] = {}
+    try:
+
+        async def ready(node_id: str) -> None:
+            process = processes[node_id]
+            assert process.stdout is not None
+            while True:
+                line = await trio.to_thread.run_sync(process.stdout.readline)
+                if not line:
+                    log = (tmp_path / node_id / "server.log").read_text()
+                    raise AssertionError(f"node {node_id} exited: {log}")
+                found = _READY.search(line)
+                if found:
+                    nodes[node_id] = Node(node_id, process, found.group(1), found.group(2))
+                    return
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for node_id in NODES:
+                    nursery.start_soon(ready, node_id)
+        yield nodes
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+async def _cluster_health(http: httpx.AsyncClient, node: Node) -> dict[str, Any]:
+    data: dict[str, Any] = (await http.get(f"{node.http_url}/healthz")).json()["cluster"]
+    return data
+
+
+async def _desk_owner(http: httpx.AsyncClient, nodes: list[Node], timeout: float) -> Node:
+    """The node that says it runs the desk, polled until one does (bounded)."""
+    with trio.fail_after(timeout):
+        while True:
+            for node in nodes:
+                if (await _cluster_health(http, node))["desk_owner"]:
+                    return node
+            await trio.sleep(0.05)
+
+
+def _entry(sender: str, text: str | None = None) -> Callable[[Frame], bool]:
+    def check(frame: Frame) -> bool:
+        if frame["type"] != "entry" or frame["sender"] != sender:
+            return False
+        return text is None or frame["content"].get("text") == text
+
+    return check
+
+
+async def _holding(agent: AgentClient, *conversations: str, timeout: float = 10) -> None:
+    """Until the agent's latest desk view lists exactly these chats (other frames that
+    arrive meanwhile are skipped)."""
+
+    def shown() -> bool:
+        view = agent.desk
+        return view is not None and {h["conversation_id"] for h in view["chats"]} == set(
+            conversations
+        )
+
+    with trio.fail_after(timeout):
+        while not shown():
+            await agent.wait_for(lambda f: f["type"] == "desk", timeout=timeout)
+
+
+@attrs.define
+class Chat:
+    user: UserClient
+    agent: AgentClient
+    conversation: str
+    user_frames: list[Frame]
+    agent_frames: list[Frame]
+
+    async def exchange(self, label: str, rounds: int = 3) -> None:
+        for n in range(rounds):
+            await self.agent.say(self.conversation, f"agent {label} {n}")
+            await self.user.say_text(f"user {label} {n}")
+        for n in range(rounds):
+            await self.user.wait_for(_entry("agent", f"agent {label} {n}"), timeout=10)
+            await self.agent.wait_for(_entry("user", f"user {label} {n}"), timeout=10)
+
+    def check(self) -> None:
+        """In order, never twice, never echoed, on both sides."""
+        agent = [
+            f
+            for f in self.agent_frames
+            if f["type"] == "entry" and f["conversation_id"] == self.conversation
+        ]
+        user = [f for f in self.user_frames if f["type"] == "entry"]
+        for frames, own in ((agent, "agent"), (user, "user")):
+            seqs = [f["seq"] for f in frames]
+            assert seqs == sorted(set(seqs))
+            assert all(f["sender"] != own for f in frames)
+
+
+async def _desk_moves_mid_session(tmp_path: Path, stop: Callable[[Node], None]) -> float:
+    """Returns how long after ``stop`` another node ran the desk."""
+    with valkey_server(tmp_path / "valkey") as valkey:
+        async with (
+            cluster(tmp_path, valkey.address) as nodes,
+            httpx.AsyncClient() as http,
+            AsyncExitStack() as stack,
+        ):
+            owner = await _desk_owner(http, list(nodes.values()), 10)
+            # The agent on one survivor, the conversation made on (owned by) the other.
+            agent_node, conversation_node = (n for n in nodes.values() if n is not owner)
+            user_frames: list[Frame] = []
+            agent_frames: list[Frame] = []
+            user = await stack.enter_async_context(
+                connect_user(conversation_node.ws_url, bot_id="demo", frame_check=user_frames.append)
+            )
+            agent = await stack.enter_async_context(
+                connect_agent(agent_node.ws_url, ALICE, frame_check=agent_frames.append)
+            )
+            chat = Chat(user, agent, user.conversation_id, user_frames, agent_frames)
+            await user.say_text("hello")
+            await user.click("LIVECHAT_SESSION_START")
+            await agent.set_presence("online")
+            await agent.wait_for(
+                lambda f: f["type"] == "transcript" and f["conversation_id"] == chat.conversation
+            )
+            await _holding(agent, chat.conversation)
+            await chat.exchange("before")
+
+            stop(owner)
+            stopped_at = time.monotonic()
+            survivors = [agent_node, conversation_node]
+            # Messages keep flowing while the desk changes hands.
+            await chat.exchange("during", rounds=1)
+            await _desk_owner(http, survivors, LEASE * 5)
+            takeover = time.monotonic() - stopped_at
+            healths = [await _cluster_health(http, n) for n in survivors]
+            assert sum(h["desk_owner"] for h in healths) == 1
+            assert sum(h["desk_takeovers"] for h in healths) == 1
+            # The agent kept the chat; the new desk shows it to the agent, and they talk on.
+            await _holding(agent, chat.conversation)
+            await chat.exchange("after")
+            # A new session is offered to the agent, through the new desk.
+            second_frames: list[Frame] = []
+            second = await stack.enter_async_context(
+                connect_user(agent_node.ws_url, bot_id="demo", frame_check=second_frames.append)
+            )
+            await second.say_text("hi")
+            await second.click("LIVECHAT_SESSION_START")
+            await agent.wait_for(
+                lambda f: f["type"] == "transcript"
+                and f["conversation_id"] == second.conversation_id,
+                timeout=10,
+            )
+            await _holding(agent, chat.conversation, second.conversation_id)
+            await agent.say(second.conversation_id, "welcome")
+            await second.wait_for(_entry("agent", "welcome"), timeout=10)
+            # The first chat ends as usual.
+            await agent.sign_off(chat.conversation)
+            await user.wait_for(lambda f: f.get("metadata", {}).get("sign_off"), timeout=10)
+            await user.click("LIVECHAT_SESSION_END")
+            await _holding(agent, second.conversation_id)
+            chat.check()
+            return takeover
+
+
+async def test_sigkill_of_the_desk_owner_mid_session(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        takeover = await _desk_moves_mid_session(tmp_path, lambda node: node.process.kill())
+    # The lease runs out, then the next round of a survivor takes it.
+    assert takeover < LEASE * 3
+
+
+async def test_a_graceful_stop_of_the_desk_owner_hands_the_desk_over_at_once(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(90):
+        takeover = await _desk_moves_mid_session(
+            tmp_path, lambda node: node.process.send_signal(signal.SIGTERM)
+        )
+    assert takeover < LEASE * 3
