@@ -102,8 +102,10 @@ async def test_an_agent_on_one_node_takes_a_session_owned_by_another_with_its_us
             # The desk on a (its queue of bots) shows the waiting session before anyone
             # takes it: the agent is still offline.
             waiting = await agent.wait_for(
-                lambda f: f["type"] == "desk"
-                and [w["conversation_id"] for w in f["queue"]] == [conversation]
+                lambda f: (
+                    f["type"] == "desk"
+                    and [w["conversation_id"] for w in f["queue"]] == [conversation]
+                )
             )
             assert waiting["chats"] == []
             await user.say_text("is anyone there?")
@@ -151,3 +153,47 @@ async def test_an_agent_on_one_node_takes_a_session_owned_by_another_with_its_us
         ]
         # Every seq of the chat was written by one side and delivered to the other.
         assert set(said) <= set(agent_seqs) | set(user_seqs)
+
+
+def test_the_desk_s_requests_and_deliveries_cross_nodes_as_they_were() -> None:
+    from actors.model.agent_request import AgentRequest
+    from actors.model.content import Content
+    from actors.model.deliveries import Colleague, DeskStatus, HeldChat, Transcript, WaitingItem
+    from actors.model.effects import Refusal
+    from actors.model.records import Entry, Party
+    from actors.model.settings import BotSettings, CannedResponse
+    from transport.cluster.codec import desk_from_json, desk_json, message_from_json
+
+    entry = Entry(
+        "c1", 3, 1.5, Party.USER, Content.text("hi"), frozenset({Party.AGENT, Party.USER}), "alice"
+    )
+    values = [
+        entry,
+        Transcript("c1", "s1", "demo", "u1", {"name": "Uma"}, (entry,), truncated=True),
+        DeskStatus(
+            "alice",
+            "Alice",
+            "online",
+            3,
+            (HeldChat("c1", "s1", "demo", None, True, 2.0),),
+            (WaitingItem("c2", "demo", 1.0, 1, "Ann", "help", 1.0),),
+            (Colleague("bob", "Bob", "offline", 2),),
+            {"demo": (CannedResponse("hi", "Hello!"),)},
+            grace_period=60.0,
+        ),
+        Refusal("cannot_claim", "taken", "c2"),
+        ["request", AgentRequest("c1", "s1", "demo", 1.0, "alice", (2, 1), "Uma")],
+        ["settings", "demo", BotSettings(grace_period=5.0)],
+    ]
+    for value in values:
+        assert desk_from_json(desk_json(value)) == value
+    # Only the desk's classes are rebuilt: a name from elsewhere is refused, and the
+    # events' reader knows none of the deliveries.
+    forged = desk_json(entry).replace("Entry", "Path")
+    for text, read in ((forged, desk_from_json), (desk_json(entry), message_from_json)):
+        try:
+            read(text)
+        except KeyError:
+            pass
+        else:
+            raise AssertionError(f"{text} was read")

@@ -191,7 +191,9 @@ async def _desk_moves_mid_session(tmp_path: Path, stop: Callable[[Node], None]) 
             user_frames: list[Frame] = []
             agent_frames: list[Frame] = []
             user = await stack.enter_async_context(
-                connect_user(conversation_node.ws_url, bot_id="demo", frame_check=user_frames.append)
+                connect_user(
+                    conversation_node.ws_url, bot_id="demo", frame_check=user_frames.append
+                )
             )
             agent = await stack.enter_async_context(
                 connect_agent(agent_node.ws_url, ALICE, frame_check=agent_frames.append)
@@ -227,8 +229,9 @@ async def _desk_moves_mid_session(tmp_path: Path, stop: Callable[[Node], None]) 
             await second.say_text("hi")
             await second.click("LIVECHAT_SESSION_START")
             await agent.wait_for(
-                lambda f: f["type"] == "transcript"
-                and f["conversation_id"] == second.conversation_id,
+                lambda f: (
+                    f["type"] == "transcript" and f["conversation_id"] == second.conversation_id
+                ),
                 timeout=10,
             )
             await _holding(agent, chat.conversation, second.conversation_id)
