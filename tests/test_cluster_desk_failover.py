@@ -37,7 +37,7 @@ class Node:
     http_url: str
 
 
-def _config(node_id: str, valkey: str) -> str:
+def _config(node_id: str, valkey: str, grace: float) -> str:
     return f"""
 secret = "one-secret-shared-by-every-node"
 [listeners]
@@ -55,7 +55,7 @@ durability = "none"
 adapter = "demo"
 [bots.demo.settings]
 session_timeout = 600.0
-grace_period = 60.0
+grace_period = {grace}
 [agents.alice]
 token = "{ALICE}"
 bots = ["demo"]
@@ -64,14 +64,16 @@ name = "Alice"
 
 
 @asynccontextmanager
-async def cluster(tmp_path: Path, valkey: str) -> AsyncIterator[dict[str, Node]]:
+async def cluster(
+    tmp_path: Path, valkey: str, grace: float = 60.0
+) -> AsyncIterator[dict[str, Node]]:
     """Every node started at once; each killed on leaving."""
     processes = {}
     for node_id in NODES:
         directory = tmp_path / node_id
         directory.mkdir()
         config = directory / "switchover.toml"
-        config.write_text(_config(node_id, valkey))
+        config.write_text(_config(node_id, valkey, grace))
         log = (directory / "server.log").open("w")
         processes[node_id] = subprocess.Popen(  # noqa: ASYNC220 (read in threads below)
             [*SWITCHOVER, "serve", "--config", str(config), "--data-dir", str(directory / "data")],
@@ -261,3 +263,76 @@ async def test_a_graceful_stop_of_the_desk_owner_hands_the_desk_over_at_once(
             tmp_path, lambda node: node.process.send_signal(signal.SIGTERM)
         )
     assert takeover < LEASE * 3
+
+
+GRACE = 3.0
+
+
+async def _agent_node_dies(tmp_path: Path, *, comes_back: bool) -> None:
+    """The agent's node (not the desk's) is SIGKILLed while the agent holds a chat; it comes
+    back on another node at once, or not at all."""
+    with valkey_server(tmp_path / "valkey") as valkey:
+        async with (
+            cluster(tmp_path, valkey.address, grace=GRACE) as nodes,
+            httpx.AsyncClient() as http,
+            AsyncExitStack() as stack,
+        ):
+            desk_node = await _desk_owner(http, list(nodes.values()), 10)
+            agent_node, conversation_node = (n for n in nodes.values() if n is not desk_node)
+            user_frames: list[Frame] = []
+            user = await stack.enter_async_context(
+                connect_user(
+                    conversation_node.ws_url, bot_id="demo", frame_check=user_frames.append
+                )
+            )
+            conversation = user.conversation_id
+            async with connect_agent(agent_node.ws_url, ALICE) as agent:
+                await user.say_text("hello")
+                await user.click("LIVECHAT_SESSION_START")
+                await agent.set_presence("online")
+                await agent.wait_for(lambda f: f["type"] == "transcript")
+                await _holding(agent, conversation)
+                agent_node.process.kill()
+                killed_at = time.monotonic()
+                agent_node.process.wait()
+            if comes_back:
+                # Back at once on another node: the chat stays with the agent, through and
+                # after the dead node's departure from the live nodes.
+                again = await stack.enter_async_context(connect_agent(desk_node.ws_url, ALICE))
+                transcript = await again.wait_for(lambda f: f["type"] == "transcript")
+                assert transcript["conversation_id"] == conversation
+                await _holding(again, conversation)
+                await trio.sleep(LEASE * 2 + GRACE)  # past the lease and the grace period
+                await again.say(conversation, "still here")
+                await user.wait_for(_entry("agent", "still here"), timeout=10)
+                assert again.desk is not None
+                assert [h["grace_until"] for h in again.desk["chats"]] == [None]
+                assert not [f for f in user_frames if "agent_left" in str(f)]
+                return
+            # Nobody comes back: once the node has left the live nodes its agent counts as
+            # disconnected, and the chat goes back to the queue when the grace period ends.
+            left = await user.wait_for(lambda f: "agent_left" in str(f), timeout=LEASE * 3 + GRACE)
+            waited = time.monotonic() - killed_at
+            assert left["content"]["reason"] == "agent_left"
+            assert GRACE <= waited < GRACE + LEASE * 3
+            # The agent signs in on another node and is given the chat again.
+            again = await stack.enter_async_context(connect_agent(desk_node.ws_url, ALICE))
+            await again.set_presence("online")
+            transcript = await again.wait_for(lambda f: f["type"] == "transcript", timeout=10)
+            assert transcript["conversation_id"] == conversation
+            await again.say(conversation, "back again")
+            await user.wait_for(_entry("agent", "back again"), timeout=10)
+
+
+async def test_an_agent_whose_node_dies_keeps_its_chat_when_it_comes_back_within_the_grace(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(90):
+        await _agent_node_dies(tmp_path, comes_back=True)
+
+
+async def test_an_agent_whose_node_dies_and_who_does_not_come_back_loses_its_chat_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(90):
+        await _agent_node_dies(tmp_path, comes_back=False)
