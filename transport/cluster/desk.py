@@ -514,6 +514,8 @@ class ClusterDesk(Desk):
             publish_interval=self.publish_interval,
             transcript_tail=self.transcript_tail,
             wait_for_ready=True,
+            # Decisions of this desk order after those of every earlier one.
+            run=int(token.rpartition(":")[2]) * 1000,
         )
         try:
             kept = await store.engine.command(["HGETALL", PRESENCE], key=PRESENCE) or {}
