@@ -109,6 +109,14 @@ async def test_an_agent_on_one_node_takes_a_session_owned_by_another_with_its_us
             )
             assert waiting["chats"] == []
             await user.say_text("is anyone there?")
+            # What the user wrote while waiting is shown in the queue, in short.
+            shown = await agent.wait_for(
+                lambda f: (
+                    f["type"] == "desk"
+                    and [w["last_message"] for w in f["queue"]] == ["is anyone there?"]
+                )
+            )
+            assert shown["queue"][0]["conversation_id"] == conversation
             await agent.set_presence("online")
             transcript = await agent.wait_for(lambda f: f["type"] == "transcript")
             assert transcript["conversation_id"] == conversation

@@ -360,7 +360,9 @@ class ClusterDesk(Desk):
 
     async def _read_deliveries_forever(self, addresses: list[str]) -> None:
         engine = await connect(addresses, timeout_ms=_BLOCK_MS * 10)
-        key, last = desk_outbox(self.node_id), "$"
+        # From the oldest: what was sent before this node's connections exist (an earlier
+        # run's) finds no connection and is dropped; nothing sent since is missed.
+        key, last = desk_outbox(self.node_id), "0-0"
         try:
             while True:
                 try:
@@ -379,12 +381,20 @@ class ClusterDesk(Desk):
                     last = stream_id
                     ids.append(stream_id)
                     self._delivered(dict(_pairs(fields)))
-                await engine.command(["XDEL", key, *ids], key=key)
+                try:
+                    await engine.command(["XDEL", key, *ids], key=key)
+                except EngineError as exc:
+                    log.warning("cannot clear the deliveries read: %s", exc)
         finally:
             with trio.CancelScope(shield=True):
                 await engine.close()
 
     def _delivered(self, values: dict[str, str]) -> None:
+        if values.get("k") == "resend":
+            # The desk forgot this node's connections (it seemed gone): send them again.
+            for known, (agent_id, _) in list(self._by_ref.items()):
+                self._request("attach", agent_id, known)
+            return
         try:
             item = desk_from_json(values["d"])
         except (KeyError, TypeError, ValueError):
@@ -643,6 +653,8 @@ class ClusterDesk(Desk):
         for node in {proxy.node for proxy in self.proxies.values()} - live:
             log.info("node %s is gone: its agents' connections are closed", node)
             self._forget_node(node)
+            # Should it be alive after all (its announcement lapsed), it sends them again.
+            self._enqueue(desk_outbox(node), ["k", "resend"])
 
 
 def _names(core: Switchboard, desk: ClusterDesk) -> set[str]:
