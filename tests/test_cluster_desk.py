@@ -79,6 +79,11 @@ async def test_an_agent_on_one_node_takes_a_session_owned_by_another_with_its_us
     async with started(valkey, "a", "b", "c") as nodes:
         owners = await _desk_owners(nodes)
         assert len(owners) == 1
+        async with httpx.AsyncClient() as http:
+            for node_id, node in nodes.items():
+                scraped = (await http.get(f"{node.http_url}/metrics")).text
+                owner = 1.0 if node_id == owners[0] else 0.0
+                assert f"switchover_cluster_desk_owner {owner}" in scraped
         # c runs the desk; the agent is on a; the conversation is made on b (so b owns it),
         # and its user then goes on through c.
         c = nodes[owners[0]]

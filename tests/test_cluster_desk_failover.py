@@ -1,9 +1,11 @@
 """The desk's owner dies or stops mid-session (docs/cluster.md, The desk): three Switchover
-nodes as processes on a real valkey-server, an agent on one node holding a chat whose
-conversation another node owns. The desk's owner is SIGKILLed (then, in the second test,
-stopped with SIGTERM): a surviving node takes the desk over within about a lease, the agent
-keeps the chat, messages keep flowing both ways, in order and never echoed, and a new
-session is offered to the agent."""
+nodes as processes on a real valkey-server, an agent on one node holding two chats, one
+whose conversation the other survivor owns, one owned by the desk's owner itself. The
+desk's owner is SIGKILLed (then, in the second test, stopped with SIGTERM): a surviving node
+takes the desk over within about a lease, the agent keeps both chats, messages keep flowing
+both ways, in order and never echoed, and a new session is offered to the agent. Then the
+agent's own node dies: it keeps its chat by coming back on another node within the grace
+period, or loses it to the queue after it."""
 
 from __future__ import annotations
 
@@ -209,6 +211,28 @@ async def _desk_moves_mid_session(tmp_path: Path, stop: Callable[[Node], None]) 
             )
             await _holding(agent, chat.conversation)
             await chat.exchange("before")
+            # A second chat, whose conversation the desk's owner owns (made there), its user
+            # resumed on the other survivor: both the desk and the conversation move.
+            async with connect_user(owner.ws_url, bot_id="demo") as first:
+                await first.say_text("hello")
+                await first.wait_for(_entry("bot"))
+                resume = (first.resume_token, first.last_seq)
+            other_frames: list[Frame] = []
+            other = await stack.enter_async_context(
+                connect_user(
+                    conversation_node.ws_url,
+                    resume_token=resume[0],
+                    last_seq=resume[1],
+                    frame_check=other_frames.append,
+                )
+            )
+            moved = Chat(other, agent, other.conversation_id, other_frames, agent_frames)
+            await other.click("LIVECHAT_SESSION_START")
+            await agent.wait_for(
+                lambda f: f["type"] == "transcript" and f["conversation_id"] == moved.conversation
+            )
+            await _holding(agent, chat.conversation, moved.conversation)
+            await moved.exchange("before")
 
             stop(owner)
             stopped_at = time.monotonic()
@@ -221,8 +245,9 @@ async def _desk_moves_mid_session(tmp_path: Path, stop: Callable[[Node], None]) 
             assert sum(h["desk_owner"] for h in healths) == 1
             assert sum(h["desk_takeovers"] for h in healths) == 1
             # The agent kept the chat; the new desk shows it to the agent, and they talk on.
-            await _holding(agent, chat.conversation)
+            await _holding(agent, chat.conversation, moved.conversation)
             await chat.exchange("after")
+            await moved.exchange("after")
             # A new session is offered to the agent, through the new desk.
             second_frames: list[Frame] = []
             second = await stack.enter_async_context(
@@ -236,15 +261,16 @@ async def _desk_moves_mid_session(tmp_path: Path, stop: Callable[[Node], None]) 
                 ),
                 timeout=10,
             )
-            await _holding(agent, chat.conversation, second.conversation_id)
+            await _holding(agent, chat.conversation, moved.conversation, second.conversation_id)
             await agent.say(second.conversation_id, "welcome")
             await second.wait_for(_entry("agent", "welcome"), timeout=10)
             # The first chat ends as usual.
             await agent.sign_off(chat.conversation)
             await user.wait_for(lambda f: f.get("metadata", {}).get("sign_off"), timeout=10)
             await user.click("LIVECHAT_SESSION_END")
-            await _holding(agent, second.conversation_id)
+            await _holding(agent, moved.conversation, second.conversation_id)
             chat.check()
+            moved.check()
             return takeover
 
 
