@@ -529,9 +529,9 @@ class ClusterDesk(Desk):
         )
         try:
             kept = await store.engine.command(["HGETALL", PRESENCE], key=PRESENCE) or {}
-            inner.restore_presences(
-                {_text(k): _text(v).partition(" ")[0] for k, v in dict(kept).items()}
-            )
+            # A map under RESP3 (glide's default), a flat list under RESP2.
+            pairs = kept.items() if isinstance(kept, Mapping) else _pairs(kept)
+            inner.restore_presences({_text(k): _text(v).partition(" ")[0] for k, v in pairs})
         except EngineError as exc:
             log.warning("agents' presence could not be read for the desk: %s", exc)
         with trio.CancelScope() as scope:
