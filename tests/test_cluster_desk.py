@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import trio
 
-from transport.client import Frame, connect_agent, connect_user
+from transport.client import Frame, RequestRefused, connect_agent, connect_user
 from transport.cluster.keys import partition_of
+from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 
 from .support.valkey import ValkeyServer
@@ -23,8 +24,35 @@ from .test_cluster_routing import AGENT_TOKEN, PARTITIONS, _config, valkey
 __all__ = ["valkey"]
 
 
+BOB_TOKEN = "bob-token-for-the-cluster-desk"
+
+
+def _with_bob(valkey: ValkeyServer, node_id: str) -> Any:
+    """The routing tests' config, with a second agent."""
+    return from_mapping(
+        {
+            "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
+            "store": {
+                "kind": "valkey",
+                "addresses": [valkey.address],
+                "node_id": node_id,
+                "partitions": PARTITIONS,
+                "lease_seconds": 1.0,
+            },
+            "secret": "one-secret-for-every-node-of-the-cluster",
+            "bots": {"demo": {"adapter": "demo", "settings": {"session_timeout": 600.0}}},
+            "agents": {
+                "alice": {"token": AGENT_TOKEN, "bots": ["demo"], "name": "Alice"},
+                "bob": {"token": BOB_TOKEN, "bots": ["demo"], "name": "Bob"},
+            },
+        }
+    )
+
+
 @asynccontextmanager
-async def started(valkey: ValkeyServer, *ids: str) -> AsyncIterator[dict[str, RunningServer]]:
+async def started(
+    valkey: ValkeyServer, *ids: str, config: Callable[[ValkeyServer, str], Any] = _config
+) -> AsyncIterator[dict[str, RunningServer]]:
     """Nodes started together, so they split the partitions."""
     nodes: dict[str, RunningServer] = {}
     async with trio.open_nursery() as nursery:
@@ -32,7 +60,7 @@ async def started(valkey: ValkeyServer, *ids: str) -> AsyncIterator[dict[str, Ru
         async def start(node_id: str) -> None:
             nodes[node_id] = await nursery.start(
                 lambda task_status: run_server(
-                    _config(valkey, node_id), handle_signals=False, task_status=task_status
+                    config(valkey, node_id), handle_signals=False, task_status=task_status
                 )
             )
 
@@ -166,6 +194,65 @@ async def test_an_agent_on_one_node_takes_a_session_owned_by_another_with_its_us
         ]
         # Every seq of the chat was written by one side and delivered to the other.
         assert set(said) <= set(agent_seqs) | set(user_seqs)
+
+
+async def test_a_transfer_between_agents_on_two_nodes_moves_the_chat_and_what_each_may_do(
+    valkey: ValkeyServer,
+) -> None:
+    async with started(valkey, "a", "b", config=_with_bob) as nodes:
+        a, b = nodes["a"], nodes["b"]
+        async with (
+            connect_user(a.ws_url, bot_id="demo") as user,
+            connect_agent(a.ws_url, AGENT_TOKEN) as alice,
+            connect_agent(b.ws_url, BOB_TOKEN) as bob,
+        ):
+            conversation = user.conversation_id
+            await alice.set_presence("online")
+            await user.say_text("hello")
+            await user.wait_for(_entry("bot"))
+            await user.click("LIVECHAT_SESSION_START")
+            await alice.wait_for(lambda f: f["type"] == "transcript")
+            await alice.say(conversation, "Alice here")
+            await user.wait_for(_entry("agent", "Alice here"))
+            await bob.set_presence("online")
+
+            def bob_online() -> bool:
+                view = alice.desk
+                return view is not None and any(
+                    c["agent_id"] == "bob" and c["presence"] == "online" for c in view["colleagues"]
+                )
+
+            # Alice's desk shows Bob online once the desk has his presence (from another node,
+            # it may come after Alice's next request).
+            with trio.fail_after(5):
+                while not bob_online():
+                    await alice.wait_for(lambda f: f["type"] == "desk")
+            # Alice, on a, hands the chat to Bob, on b: both see it move.
+            await alice.transfer(conversation, "bob")
+            transcript = await bob.wait_for(lambda f: f["type"] == "transcript")
+            assert transcript["conversation_id"] == conversation
+            assert "Alice here" in [e["content"].get("text") for e in transcript["entries"]]
+            joined = await user.wait_for(lambda f: _entry("system")(f) and "Bob" in str(f))
+            assert joined["content"]["code"] == "agent_joined"
+            told = await alice.wait_for(lambda f: _entry("system")(f) and "bob" in str(f))
+            assert told["content"]["code"] == "transferred"
+            with trio.fail_after(5):
+                while not (bob.desk and bob.desk["chats"]):
+                    await bob.wait_for(lambda f: f["type"] == "desk")
+                while alice.desk is None or alice.desk["chats"]:
+                    await alice.wait_for(lambda f: f["type"] == "desk")
+            await bob.say(conversation, "Bob here")
+            await user.wait_for(_entry("agent", "Bob here"))
+            await user.say_text("thanks Bob")
+            heard = await bob.wait_for(_entry("user"))
+            assert heard["content"]["text"] == "thanks Bob"
+            # Alice no longer holds the chat: her node refuses what she writes to it.
+            try:
+                await alice.say(conversation, "still me?")
+            except RequestRefused as refused:
+                assert refused.code == "not_assigned"
+            else:
+                raise AssertionError("alice wrote to a chat she no longer holds")
 
 
 def test_the_desk_s_requests_and_deliveries_cross_nodes_as_they_were() -> None:
