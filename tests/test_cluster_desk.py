@@ -297,3 +297,36 @@ def test_the_desk_s_requests_and_deliveries_cross_nodes_as_they_were() -> None:
             pass
         else:
             raise AssertionError(f"{text} was read")
+
+
+def test_an_input_served_by_the_node_it_came_from_is_not_sent_back_to_its_writer() -> None:
+    """A node that took a conversation over while an input of its own agent was on its way
+    to the last owner serves it with the connection's reference as origin: that connection
+    is skipped, the agent's other connection is not."""
+    from actors import AgentProfile, BotSettings
+    from actors.model.content import Content
+    from actors.model.deliveries import Delivery
+    from actors.model.records import Entry, Party
+    from transport.cluster.desk import ClusterDesk
+    from transport.cluster.routing import RemoteOrigin
+
+    class Collected:
+        def __init__(self) -> None:
+            self.items: list[Delivery] = []
+
+        def deliver(self, item: Delivery) -> None:
+            self.items.append(item)
+
+    desk = ClusterDesk(
+        {"demo": BotSettings()},
+        [AgentProfile("alice", "Alice", frozenset({"demo"}))],
+        node_id="a",
+    )
+    wrote, other = Collected(), Collected()
+    desk.attach("alice", wrote)
+    desk.attach("alice", other)
+    ref = desk._origin_ref(wrote)
+    assert ref is not None and ref != desk._origin_ref(other)
+    entry = Entry("c1", 4, 1.0, Party.AGENT, Content.text("hi"), frozenset({Party.AGENT}), "alice")
+    desk.deliver("alice", entry, skip=RemoteOrigin(ref))
+    assert (wrote.items, other.items) == ([], [entry])

@@ -273,7 +273,13 @@ class ClusterDesk(Desk):
     def deliver(self, agent_id: str, item: Delivery, *, skip: Sink | None = None) -> None:
         """To the agent's connections here but ``skip``, and to every other live node, which
         hands it to the agent's connections there but the one ``skip`` stands for."""
-        self._deliver_here(agent_id, item, None if isinstance(skip, RemoteOrigin) else skip)
+        if isinstance(skip, RemoteOrigin):
+            # One of this node's own connections when this node took the conversation over
+            # while the input was on its way to the last owner.
+            here = self._by_ref.get(skip.ref)
+            self._deliver_here(agent_id, item, here[1] if here is not None else None)
+        else:
+            self._deliver_here(agent_id, item, skip)
         store = self.store
         if store is None:
             return
