@@ -4,8 +4,9 @@ whose conversation the other survivor owns, one owned by the desk's owner itself
 desk's owner is SIGKILLed (then, in the second test, stopped with SIGTERM): a surviving node
 takes the desk over within about a lease, the agent keeps both chats, messages keep flowing
 both ways, in order and never echoed, and a new session is offered to the agent. Then the
-agent's own node dies: it keeps its chat by coming back on another node within the grace
-period, or loses it to the queue after it."""
+agent's own node dies (one that does not run the desk, then the one that does): the agent
+keeps its chat by coming back on another node within the grace period, or loses it to the
+queue after it."""
 
 from __future__ import annotations
 
@@ -294,9 +295,9 @@ async def test_a_graceful_stop_of_the_desk_owner_hands_the_desk_over_at_once(
 GRACE = 3.0
 
 
-async def _agent_node_dies(tmp_path: Path, *, comes_back: bool) -> None:
-    """The agent's node (not the desk's) is SIGKILLed while the agent holds a chat; it comes
-    back on another node at once, or not at all."""
+async def _agent_node_dies(tmp_path: Path, *, comes_back: bool, runs_desk: bool) -> None:
+    """The agent's node (``runs_desk``: the desk's too) is SIGKILLed while the agent holds a
+    chat; it comes back on another node at once, or not at all."""
     with valkey_server(tmp_path / "valkey") as valkey:
         async with (
             cluster(tmp_path, valkey.address, grace=GRACE) as nodes,
@@ -304,7 +305,11 @@ async def _agent_node_dies(tmp_path: Path, *, comes_back: bool) -> None:
             AsyncExitStack() as stack,
         ):
             desk_node = await _desk_owner(http, list(nodes.values()), 10)
-            agent_node, conversation_node = (n for n in nodes.values() if n is not desk_node)
+            others = [n for n in nodes.values() if n is not desk_node]
+            if runs_desk:
+                agent_node, conversation_node, refuge = desk_node, others[0], others[1]
+            else:
+                agent_node, conversation_node, refuge = others[0], others[1], desk_node
             user_frames: list[Frame] = []
             user = await stack.enter_async_context(
                 connect_user(
@@ -324,7 +329,7 @@ async def _agent_node_dies(tmp_path: Path, *, comes_back: bool) -> None:
             if comes_back:
                 # Back at once on another node: the chat stays with the agent, through and
                 # after the dead node's departure from the live nodes.
-                again = await stack.enter_async_context(connect_agent(desk_node.ws_url, ALICE))
+                again = await stack.enter_async_context(connect_agent(refuge.ws_url, ALICE))
                 transcript = await again.wait_for(lambda f: f["type"] == "transcript")
                 assert transcript["conversation_id"] == conversation
                 await _holding(again, conversation)
@@ -337,12 +342,15 @@ async def _agent_node_dies(tmp_path: Path, *, comes_back: bool) -> None:
                 return
             # Nobody comes back: once the node has left the live nodes its agent counts as
             # disconnected, and the chat goes back to the queue when the grace period ends.
-            left = await user.wait_for(lambda f: "agent_left" in str(f), timeout=LEASE * 3 + GRACE)
+            # A new desk gives the chat back to its agent and holds grace periods for its first
+            # lease, while the nodes send their agents again: a lease more.
+            bound = GRACE + LEASE * (4 if runs_desk else 3)
+            left = await user.wait_for(lambda f: "agent_left" in str(f), timeout=bound)
             waited = time.monotonic() - killed_at
             assert left["content"]["reason"] == "agent_left"
-            assert GRACE <= waited < GRACE + LEASE * 3
+            assert GRACE <= waited < bound
             # The agent signs in on another node and is given the chat again.
-            again = await stack.enter_async_context(connect_agent(desk_node.ws_url, ALICE))
+            again = await stack.enter_async_context(connect_agent(refuge.ws_url, ALICE))
             await again.set_presence("online")
             transcript = await again.wait_for(lambda f: f["type"] == "transcript", timeout=10)
             assert transcript["conversation_id"] == conversation
@@ -354,11 +362,25 @@ async def test_an_agent_whose_node_dies_keeps_its_chat_when_it_comes_back_within
     tmp_path: Path,
 ) -> None:
     with trio.fail_after(90):
-        await _agent_node_dies(tmp_path, comes_back=True)
+        await _agent_node_dies(tmp_path, comes_back=True, runs_desk=False)
 
 
 async def test_an_agent_whose_node_dies_and_who_does_not_come_back_loses_its_chat_after_the_grace(
     tmp_path: Path,
 ) -> None:
     with trio.fail_after(90):
-        await _agent_node_dies(tmp_path, comes_back=False)
+        await _agent_node_dies(tmp_path, comes_back=False, runs_desk=False)
+
+
+async def test_an_agent_on_the_desk_s_node_that_dies_keeps_its_chat_by_coming_back_elsewhere(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(90):
+        await _agent_node_dies(tmp_path, comes_back=True, runs_desk=True)
+
+
+async def test_an_agent_on_the_desk_s_node_that_dies_and_stays_away_loses_its_chat_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(90):
+        await _agent_node_dies(tmp_path, comes_back=False, runs_desk=True)
