@@ -27,7 +27,7 @@ from transport.client import AgentClient, Frame, UserClient, connect_agent, conn
 from .support.process import _READY, ROOT, SWITCHOVER
 from .support.valkey import valkey_server
 
-LEASE = 1.0
+LEASE = 2.0
 NODES = ("n1", "n2", "n3")
 ALICE = "alice-token-for-the-desk-failover"
 

@@ -75,10 +75,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class DeskLost(Exception):
-    """This node's desk lease passed to another node (it paused past its lease)."""
-
-
 @attrs.define(eq=False)
 class ProxySink:
     """On the desk's owner, an agent's connection on another node: what the desk hands it
@@ -500,8 +496,9 @@ class ClusterDesk(Desk):
 
     async def _send_again(self, core: CoreLink, store: ValkeyStore) -> None:
         """A new desk: it hears of this node's agents' connections and of the open sessions
-        of this node's partitions again (the path a restarted backend is re-asserted by)."""
-        self.mirror.clear()
+        of this node's partitions again (the path a restarted backend is re-asserted by).
+        What its agents hold stays as they last saw it until the new desk's views arrive, so
+        they can go on writing meanwhile (the conversation is the final word)."""
         for ref, (agent_id, _) in list(self._by_ref.items()):
             self._request("attach", agent_id, ref)
         await self._reassert(core, store)
