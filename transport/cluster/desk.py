@@ -48,7 +48,7 @@ from actors.trio.desk import AgentProfile, Desk, UnknownAgent
 from actors.trio.effect_runner import abandon
 from actors.trio.switchboard import Switchboard
 from transport.cluster.codec import desk_from_json, desk_json, entry_from_json, entry_json
-from transport.cluster.engine import Engine, EngineError, connect
+from transport.cluster.engine import Engine, EngineError, _script, connect
 from transport.cluster.keys import (
     DESK_EPOCH,
     DESK_FIGURES,
@@ -69,6 +69,8 @@ OUTBOX_BOUND = 20_000
 SEND_BOUND = 100_000
 _BLOCK_MS = 200
 _READ = ("XREAD", "COUNT", "500", "BLOCK", str(_BLOCK_MS))
+#: Takes requests read from the desk's inbound stream, under the desk's lease.
+_TAKE = _script("desk_take")
 
 
 def _text(value: Any) -> str:
@@ -572,7 +574,7 @@ class ClusterDesk(Desk):
                         continue
                     items = _stream_items(found)
                     ids = [stream_id for stream_id, _ in items]
-                    await engine.run(engine.desk_take, [DESK_LEASE, DESK_INBOX], [token, *ids])
+                    await engine.run(_TAKE, [DESK_LEASE, DESK_INBOX], [token, *ids])
                 except EngineError as exc:
                     if "FENCED" in str(exc):
                         self._lose()

@@ -44,7 +44,6 @@ class Engine:
         self.renew = _script("renew")
         self.release = _script("release")
         self.commit = _script("commit")
-        self.desk_take = _script("desk_take")
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         return await self.client.invoke_script(script, keys=list(keys), args=list(args))
