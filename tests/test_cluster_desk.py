@@ -255,6 +255,41 @@ async def test_a_transfer_between_agents_on_two_nodes_moves_the_chat_and_what_ea
                 raise AssertionError("alice wrote to a chat she no longer holds")
 
 
+async def test_a_claim_across_nodes_and_the_refusal_of_a_second_one(valkey: ValkeyServer) -> None:
+    async with started(valkey, "a", "b", config=_with_bob) as nodes:
+        a, b = nodes["a"], nodes["b"]
+        async with (
+            connect_user(b.ws_url, bot_id="demo") as user,
+            connect_agent(a.ws_url, AGENT_TOKEN) as alice,
+            connect_agent(b.ws_url, BOB_TOKEN) as bob,
+        ):
+            conversation = user.conversation_id
+            await alice.set_presence("away")
+            await bob.set_presence("away")
+            await user.say_text("hello")
+            await user.wait_for(_entry("bot"))
+            await user.click("LIVECHAT_SESSION_START")
+            for agent in (alice, bob):
+                await agent.wait_for(
+                    lambda f: (
+                        f["type"] == "desk"
+                        and [w["conversation_id"] for w in f["queue"]] == [conversation]
+                    )
+                )
+            # Away agents are offered nothing; Alice, on a, takes the chat by hand.
+            await alice.claim(conversation)
+            transcript = await alice.wait_for(lambda f: f["type"] == "transcript")
+            assert transcript["conversation_id"] == conversation
+            # Bob's claim, on b, comes too late: his own connection is told, with his
+            # claim's id.
+            frame = {"type": "claim", "conversation_id": conversation, "id": "bob-claim"}
+            await bob.request(frame)
+            refused = await bob.wait_for(lambda f: f["type"] == "error")
+            assert (refused["code"], refused["id"]) == ("not_waiting", "bob-claim")
+            await alice.say(conversation, "mine")
+            await user.wait_for(_entry("agent", "mine"))
+
+
 def test_the_desk_s_requests_and_deliveries_cross_nodes_as_they_were() -> None:
     from actors.model.agent_request import AgentRequest
     from actors.model.content import Content
