@@ -160,6 +160,8 @@ async def test_an_agent_on_one_node_takes_a_session_owned_by_another_with_its_us
             held = agent.desk
             assert [h["conversation_id"] for h in held["chats"]] == [conversation]
             assert held["queue"] == []
+            # The user left b and is on c: the desk counts its clients across nodes.
+            assert held["chats"][0]["user_connected"] is True
             await user.wait_for(lambda f: _entry("system")(f) and "agent_joined" in str(f))
             said = []
             for n in range(5):
