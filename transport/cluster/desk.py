@@ -88,7 +88,19 @@ class ProxySink:
     agent_id: str
 
     def deliver(self, item: Delivery) -> None:
-        self.desk._enqueue(desk_outbox(self.node), ["r", self.ref, "d", desk_json(item)])
+        """Never raises for what cannot be sent: the desk would take the connection for
+        closed, while it is open on its node."""
+        data = _encoded(item)
+        if data is not None:
+            self.desk._enqueue(desk_outbox(self.node), ["r", self.ref, "d", data])
+
+
+def _encoded(item: Delivery) -> str | None:
+    try:
+        return desk_json(item)
+    except (TypeError, ValueError, RecursionError):
+        log.exception("a delivery to an agent cannot be sent to its node: %r", type(item))
+        return None
 
 
 class ClusterDesk(Desk):
@@ -282,12 +294,12 @@ class ClusterDesk(Desk):
         if store is None:
             return
         skip_ref = skip.ref if isinstance(skip, RemoteOrigin) else ""
-        data: str | None = None
-        for node in store.leases.peers:
-            if node != self.node_id:
-                if data is None:
-                    data = desk_json(item)
-                self._enqueue(desk_outbox(node), ["a", agent_id, "s", skip_ref, "d", data])
+        others = [node for node in store.leases.peers if node != self.node_id]
+        data = _encoded(item) if others else None
+        if data is None:
+            return
+        for node in others:
+            self._enqueue(desk_outbox(node), ["a", agent_id, "s", skip_ref, "d", data])
 
     def deliver_waiting(self, session_id: str, entry: Entry) -> None:
         if entry.sender is not Party.USER:
