@@ -31,6 +31,7 @@ from transport.cluster.leases import Leases
 
 if TYPE_CHECKING:
     from actors.trio.switchboard import Switchboard
+    from transport.cluster.desk import ClusterDesk
     from transport.cluster.routing import Router
 
 log = logging.getLogger("switchover.cluster")
@@ -72,6 +73,8 @@ class ValkeyStore:
         self.engine = engine
         self.addresses = list(addresses)
         self.router: Router | None = None
+        #: The cluster's desk (transport/cluster/desk.py), when the runtime bound one.
+        self.desk: ClusterDesk | None = None
         self.leases = leases
         self.settings = dict(settings or {})
         self.durability = durability
@@ -156,6 +159,8 @@ class ValkeyStore:
                 "inputs_forwarded": 0 if self.router is None else self.router.forwarded,
                 "inputs_served": 0 if self.router is None else self.router.served,
                 "inputs_waiting": 0 if self.router is None else len(self.router.pending),
+                "desk_owner": self.desk is not None and self.desk.owner,
+                "desk_takeovers": 0 if self.desk is None else self.desk.takeovers,
             }
         }
 

@@ -219,7 +219,7 @@ async def run_server(
     http = make_http_client()
     connections = BotConnections()
     bindings = build_bindings(config, http, connections)
-    desk = build_desk(config)
+    desk = _cluster_desk(config) if config.store.kind == "valkey" else build_desk(config)
     data_dir = config.store.data_dir if config.store.kind == "sqlite" else None
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -306,6 +306,9 @@ async def _serve(
             limits=config.limits.for_conversations(),
             new_id=getattr(store, "new_conversation_id", None),
         )
+        bind = getattr(desk, "bind", None)  # the cluster's desk runs on one node at a time
+        if bind is not None:
+            bind(store)
         await core.start(board.run)
         follow = getattr(store, "follow", None)  # the clustered store: partitions taken over
         if follow is not None:
@@ -390,6 +393,20 @@ def _settings_changed(board: Switchboard, store: Store, bot_id: str, settings: B
     board.replace_settings(bot_id, settings)
     if isinstance(store, sqlite_store.SQLiteStore):
         store.settings[bot_id] = settings
+
+
+def _cluster_desk(config: Config) -> Desk:
+    """In the clustered mode, the desk every node shares (docs/cluster.md, The desk)."""
+    from transport.cluster.desk import ClusterDesk
+
+    plain = build_desk(config)
+    return ClusterDesk(
+        plain.settings,
+        plain.profiles.values(),
+        node_id=config.store.node_id or "",
+        lease_seconds=config.store.lease_seconds,
+        transcript_tail=plain.transcript_tail,
+    )
 
 
 def _watch_cluster(config: Config, store: Store, app: HttpApp) -> None:
