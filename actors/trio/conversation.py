@@ -23,6 +23,10 @@ Measured costs shape the loop (see bench/README.md):
 
 Client messages may carry an id (``message_id``): the last ids of each conversation are
 remembered with their outcome, so a resend is answered with the first ``ack`` and stored once.
+The id is also stored with the entry it wrote, so the log is the one owner of the fact: an
+actor that did not write the log itself (a restart, a wake from hibernation, a takeover by
+another node) reads its last ``message_ids`` entries once, on the first message whose id it
+does not know, and answers a resend from them (:meth:`ConversationActor._recall_ids`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import attrs
 import trio
 
 from actors.machines.backoff import Backoff
-from actors.machines.lifecycle import Lifecycle, Transition
+from actors.machines.lifecycle import Lifecycle, Transition, wrote
 from actors.model import effects as fx
 from actors.model.events import AgentAssigned, Event, ReturnedToQueue, TimerFired
 from actors.model.records import Entry, Party
@@ -163,6 +167,46 @@ def _stored_inputs(
     return inputs
 
 
+def _with_ids(
+    envelopes: list[Envelope],
+    plan: list[int | fx.Outcome],
+    transitions: list[Transition],
+    firsts: list[Envelope],
+    entries: list[Entry],
+) -> None:
+    """Give each entry an accepted message's ``ack`` named the sender's id for that message,
+    in ``entries`` (what the store records; deliveries need no id): a copy, since entries are
+    frozen. Seqs are gap-free, so an entry's place is its seq less the first one's."""
+    first_seq = entries[0].seq
+    for envelope, step in zip(envelopes, plan, strict=False):
+        key = envelope.message_id
+        if key is None or type(step) is not int or firsts[step] is not envelope:
+            continue
+        outcome = transitions[step].outcome
+        seq = outcome.seq if type(outcome) is fx.Accepted else None
+        if seq is None or not 0 <= seq - first_seq < len(entries):
+            continue
+        e = entries[seq - first_seq]
+        entries[seq - first_seq] = Entry(
+            e.conversation_id,
+            e.seq,
+            e.at,
+            e.sender,
+            e.content,
+            e.audience,
+            e.agent_id,
+            e.session_id,
+            e.metadata,
+            key,
+        )
+
+
+def _same(first: Event | Entry, event: Event) -> bool:
+    """Whether ``event`` repeats the message remembered as ``first``: the event itself when
+    this actor handled it, else the entry it wrote, read back from the log."""
+    return wrote(event, first) if type(first) is Entry else first == event
+
+
 def _answer(envelope: Envelope, outcome: fx.Outcome) -> None:
     """Tell a sender its outcome; a sender's callback that raises harms nobody else."""
     if envelope.reply is not None:
@@ -185,6 +229,7 @@ class ConversationActor:
         "_asserted",
         "_basis",
         "_feeder",
+        "_log_read",
         "_message_ids",
         "_store_backoff",
         "context",
@@ -219,7 +264,10 @@ class ConversationActor:
         self._feeder = feeder
         if feeder is not None:
             feeder.post = self._post
-        self._message_ids: dict[str, tuple[fx.Outcome, Event]] | None = None
+        self._message_ids: dict[str, tuple[fx.Outcome, Event | Entry]] | None = None
+        #: Whether the ids stored in the log before this actor started are known (or there
+        #: are none): a new conversation has nothing stored, so its messages never read it.
+        self._log_read = state is not None and state.next_seq == 1
         self._store_backoff: Backoff | None = None
         #: Entries stored but never answered by the bot before a restart: delivered again
         #: as soon as the state is known (set by the switchboard before the actor runs).
@@ -256,6 +304,7 @@ class ConversationActor:
                 context.retire(self)
                 self._let_go()
                 return
+            self._log_read = self.state.next_seq == 1
         lifecycle = context.lifecycle_for(self.state.bot_id)
         if lifecycle is None:
             # A bot removed from the configuration: its conversations are kept, not served.
@@ -501,6 +550,11 @@ class ConversationActor:
         current = self.context.lifecycle_for(first.bot_id) or lifecycle
         if now is None:
             now = self.context.clock.now()
+        if not self._log_read:
+            refusal = await self._recall_ids(envelopes)
+            if refusal is not None:
+                _refuse_all(envelopes, refusal)
+                return len(envelopes), None
         known = self._message_ids
         seen: dict[str, int] | None = None
         state = first
@@ -518,7 +572,7 @@ class ConversationActor:
                 # A resend is the same id with the same event; the same id with another
                 # event is a client that reused an id, and its message is taken as new.
                 earlier = known.get(key) if known is not None else None
-                if earlier is not None and earlier[1] == envelope.event:
+                if earlier is not None and _same(earlier[1], envelope.event):
                     plan.append(earlier[0])
                     continue
                 if seen is None:
@@ -549,6 +603,9 @@ class ConversationActor:
                 for effect in transition.effects
                 if isinstance(effect, fx.Emit)
             ]
+            if seen is not None and entries:
+                # The ids go with the entries they wrote: the log answers a resend later.
+                _with_ids(envelopes, plan, transitions, firsts, entries)
             # Durable before anyone hears of it. No timer can cut this write (deadlines come
             # through the inbox, not a cancel scope); only shutting down can, and then the
             # state stays as it was and nobody has been told anything.
@@ -615,6 +672,50 @@ class ConversationActor:
                 exc,
                 extra={"conversation_id": self.conversation_id},
             )
+
+    async def _recall_ids(self, envelopes: list[Envelope]) -> fx.Refusal | None:
+        """Learn the ids stored in the log before this actor started, once, when a message
+        carries an id it does not know: that may be a resend of a message stored before a
+        restart, a wake from hibernation or a takeover. One read of the last ``message_ids``
+        entries; what this actor remembers itself is newer and wins. Returns the refusal
+        for the group when the store cannot be read (nothing is stored then: a resend must
+        not be stored twice, and the client tries again)."""
+        known = self._message_ids
+        if all(
+            envelope.message_id is None or (known is not None and envelope.message_id in known)
+            for envelope in envelopes
+        ):
+            return None
+        state = self.state
+        assert state is not None
+        limit = self.context.limits.message_ids
+        try:
+            with trio.CancelScope(shield=True):
+                entries = await self.context.store.entries_after(
+                    self.conversation_id, state.next_seq - 1 - limit
+                )
+        except StoreUnavailable as exc:
+            log.warning(
+                "the log cannot be read for its message ids: %s",
+                exc,
+                extra={"conversation_id": self.conversation_id},
+            )
+            return fx.Refusal("store_unavailable", str(exc))
+        recalled: dict[str, tuple[fx.Outcome, Event | Entry]] = {}
+        for entry in entries:
+            key = entry.message_id
+            if key is not None:
+                recalled.pop(key, None)
+                recalled[key] = (fx.Accepted(entry.seq), entry)
+        if known:
+            for key, value in known.items():
+                recalled.pop(key, None)
+                recalled[key] = value
+        while len(recalled) > limit:
+            del recalled[next(iter(recalled))]
+        self._message_ids = recalled
+        self._log_read = True
+        return None
 
     def _remember_id(self, message_id: str, outcome: fx.Outcome, event: Event) -> None:
         """Keep an accepted message's outcome under its id, for the last ``message_ids``."""
