@@ -23,6 +23,7 @@ from actors import (
     AgentProfile,
     AgentSays,
     BotBinding,
+    BotSays,
     BotSettings,
     Content,
     Desk,
@@ -45,18 +46,40 @@ HIBERNATE_AFTER = 30.0
 
 
 class CountingStore(MemoryStore):
-    """The memory store, counting the reads of a conversation's log (``entries_after``)."""
+    """The memory store, counting the reads of a conversation's ids (``message_ids``) and
+    of its entries (``entries_after``)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.id_reads = 0
         self.log_reads = 0
         self.refuse_reads = False
+
+    async def message_ids(self, conversation_id: str, after_seq: int) -> list[tuple[int, str]]:
+        self.id_reads += 1
+        if self.refuse_reads:
+            raise StoreUnavailable("the disk is gone")
+        return await super().message_ids(conversation_id, after_seq)
 
     async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]:
         self.log_reads += 1
         if self.refuse_reads:
             raise StoreUnavailable("the disk is gone")
         return await super().entries_after(conversation_id, after_seq)
+
+
+class PlainStore:
+    """A store with only what :class:`actors.ports.Store` asks (no ``message_ids``), as an
+    embedding application may write: the ids are learnt from its entries."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.load = self.inner.load
+        self.record = self.inner.record
+        self.entries_after = self.inner.entries_after
+        self.open_sessions = self.inner.open_sessions
+        self.bot_done = self.inner.bot_done
+        self.bot_backlog = self.inner.bot_backlog
 
 
 @asynccontextmanager
@@ -170,18 +193,19 @@ async def test_a_resend_after_the_conversation_left_memory(autojump_clock: objec
         assert await board.ask(conv, hello, message_id="user:'m1'") == Accepted(1)
         await _said(board, conv, 2)
         # A new conversation's messages never read its log: nothing was stored before.
-        assert store.log_reads == 1  # _said's replay only
+        assert (store.id_reads, store.log_reads) == (0, 1)  # _said's replay only
         await trio.sleep(HIBERNATE_AFTER + 1)
         assert not board.is_in_memory(conv)
-        reads = store.log_reads
         assert await board.ask(conv, hello, message_id="user:'m1'") == Accepted(1)
         assert board.is_in_memory(conv)
+        # The ids of its last entries, then the entry of the one resent, to compare it.
+        assert (store.id_reads, store.log_reads) == (1, 2)
         assert await board.ask(conv, UserSays(Content.text("new")), message_id="user:'m2'") == (
             Accepted(3)
         )
         assert await board.ask(conv, hello, message_id="user:'m1'") == Accepted(1)
-        # One bounded read of the log for the whole life of the woken actor.
-        assert store.log_reads == reads + 1
+        # Nothing more for the whole life of the woken actor.
+        assert (store.id_reads, store.log_reads) == (1, 2)
         await _said(board, conv, 4)
         assert _texts(await store.entries_after(conv, 0)) == ["hello", "new"]
     assert [e.content.text_value for e in bot.events] == ["hello", "new"]
@@ -195,7 +219,11 @@ async def test_a_woken_conversation_without_ids_reads_no_log(autojump_clock: obj
         await trio.sleep(HIBERNATE_AFTER + 1)
         assert not board.is_in_memory(conv)
         assert await board.ask(conv, UserSays(Content.text("back"))) == Accepted(3)
-        assert store.log_reads == 0
+        assert (store.id_reads, store.log_reads) == (0, 0)
+        # A new message with an id reads the ids once, and no entry.
+        said = await board.ask(conv, UserSays(Content.text("id")), message_id="user:'m9'")
+        assert isinstance(said, Accepted)
+        assert (store.id_reads, store.log_reads) == (1, 0)
 
 
 async def test_a_log_that_cannot_be_read_refuses_the_message_and_stores_nothing(
@@ -217,7 +245,49 @@ async def test_a_log_that_cannot_be_read_refuses_the_message_and_stores_nothing(
         store.refuse_reads = True  # read once: never again for this actor
         assert await board.ask(conv, hello, message_id="user:'m1'") == Accepted(1)
         store.refuse_reads = False
-        assert _texts(await store.entries_after(conv, 0)) == ["hello"]
+        # Its ids known but the resent one's entry unreadable: refused as well.
+        await trio.sleep(HIBERNATE_AFTER + 1)
+        assert not board.is_in_memory(conv)
+        said = await board.ask(conv, UserSays(Content.text("b")), message_id="user:'m2'")
+        assert said == Accepted(3)
+        store.refuse_reads = True
+        refused = await board.ask(conv, hello, message_id="user:'m1'")
+        assert isinstance(refused, Refusal) and refused.code == "store_unavailable"
+        store.refuse_reads = False
+        assert await board.ask(conv, hello, message_id="user:'m1'") == Accepted(1)
+        store.refuse_reads = False
+        assert _texts(await store.entries_after(conv, 0)) == ["hello", "b"]
+
+
+async def test_a_store_without_message_ids_is_read_through_its_entries(
+    autojump_clock: object,
+) -> None:
+    store = PlainStore()
+    hello = UserSays(Content.text("hello"))
+    async with core(store, EchoBot(), HIBERNATE_AFTER) as board:
+        conv = (await board.open_conversation("demo")).conversation_id
+        assert await board.ask(conv, hello, message_id="user:'m1'") == Accepted(1)
+        await trio.sleep(HIBERNATE_AFTER + 1)
+        assert not board.is_in_memory(conv)
+        assert await board.ask(conv, hello, message_id="user:'m1'") == Accepted(1)
+        other = UserSays(Content.text("other words"))
+        assert await board.ask(conv, other, message_id="user:'m1'") == Accepted(3)
+        assert _texts(await store.entries_after(conv, 0)) == ["hello", "other words"]
+
+
+async def test_a_bots_push_resent_after_it_left_memory(autojump_clock: object) -> None:
+    """A push of two messages is answered with the seq of the last; resent, the same."""
+    store = MemoryStore()
+    push = BotSays((Content.text("one"), Content.text("two")))
+    async with core(store, EchoBot(), HIBERNATE_AFTER) as board:
+        conv = (await board.open_conversation("demo")).conversation_id
+        assert await board.ask(conv, push, message_id="push:k1") == Accepted(2)
+        await trio.sleep(HIBERNATE_AFTER + 1)
+        assert not board.is_in_memory(conv)
+        assert await board.ask(conv, push, message_id="push:k1") == Accepted(2)
+        other = BotSays((Content.text("one"), Content.text("three")))
+        assert await board.ask(conv, other, message_id="push:k1") == Accepted(4)
+        assert len(await store.entries_after(conv, 0)) == 4
 
 
 async def test_only_the_last_message_ids_entries_are_read(autojump_clock: object) -> None:

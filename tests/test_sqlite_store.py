@@ -50,6 +50,7 @@ from transport.store.readers import (
     ENTRIES_AFTER,
     ENTRIES_PAGE,
     LOAD_CONVERSATION,
+    MESSAGE_IDS_AFTER,
     OPEN_SESSIONS,
 )
 from transport.store.retention import (
@@ -718,6 +719,7 @@ def test_every_read_of_messages_goes_through_the_index() -> None:
     transcript = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY seq"
     queries = [
         (ENTRIES_AFTER, ("c", 1)),
+        (MESSAGE_IDS_AFTER, ("c", 1)),
         (ENTRIES_PAGE, ("c", 1, 10)),
         (AGENT_ENTRIES_PAGE, ("c", 1, "alice", 10)),
         (LOAD_CONVERSATION, ("c",)),
