@@ -365,3 +365,18 @@ def test_an_entrys_message_id_is_not_part_of_its_equality_nor_sent() -> None:
     with_id = attrs.evolve(entry, message_id="user:'m1'")
     assert with_id == entry
     assert "message_id" not in with_id.to_json()
+
+
+async def test_an_id_no_store_can_keep_leaves_its_message_stored(tmp_path: Path) -> None:
+    """An id that is not valid text (a lone surrogate) is kept in memory only: the message
+    is stored all the same, and a resend while the conversation is in memory is answered."""
+    hello = UserSays(Content.text("hello"))
+    async with (
+        open_sqlite_store(tmp_path / "switchover.db", settings={"demo": SETTINGS}) as store,
+        core(store, EchoBot()) as board,
+    ):
+        conv = (await board.open_conversation("demo")).conversation_id
+        assert await board.ask(conv, hello, message_id="push:\ud800") == Accepted(1)
+        assert await board.ask(conv, hello, message_id="push:\ud800") == Accepted(1)
+        (stored, *_) = await store.entries_after(conv, 0)
+        assert (stored.seq, stored.message_id) == (1, None)

@@ -182,6 +182,8 @@ def _with_ids(
         key = envelope.message_id
         if key is None or type(step) is not int or firsts[step] is not envelope:
             continue
+        if not key.isascii() and not _encodable(key):
+            continue  # no store can keep it (a lone surrogate): only memory knows it
         outcome = transitions[step].outcome
         seq = outcome.seq if type(outcome) is fx.Accepted else None
         if seq is None or not 0 <= seq - first_seq < len(entries):
@@ -201,10 +203,18 @@ def _with_ids(
         )
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _same(first: Event | Entry | None, event: Event) -> bool:
     """Whether ``event`` repeats the message remembered as ``first``: the event itself when
     this actor handled it, else the entry it wrote, read back from the log (``None``: not
-    read yet, see :meth:`ConversationActor._verify_ids`)."""
+    read yet, see :meth:`ConversationActor._read_entries`)."""
     if type(first) is Entry:
         return wrote(event, first)
     return first is not None and first == event
@@ -559,7 +569,9 @@ class ConversationActor:
         if now is None:
             now = self.context.clock.now()
         if not self._log_read or self._unread_entries:
-            refusal = None if self._log_read else await self._recall_ids(envelopes)
+            refusal = None
+            if not self._log_read and self._unknown_id(envelopes):
+                refusal = await self._recall_ids(envelopes)
             if refusal is None and self._unread_entries:
                 wanted = self._unread(envelopes)
                 if wanted:
@@ -695,11 +707,6 @@ class ConversationActor:
         be read (nothing is stored then: a resend must not be stored twice, and the client
         tries again)."""
         known = self._message_ids
-        if all(
-            envelope.message_id is None or (known is not None and envelope.message_id in known)
-            for envelope in envelopes
-        ):
-            return None
         state = self.state
         assert state is not None
         limit = self.context.limits.message_ids
@@ -729,6 +736,15 @@ class ConversationActor:
         self._message_ids = recalled
         self._log_read = True
         return None
+
+    def _unknown_id(self, envelopes: list[Envelope]) -> bool:
+        """Whether a message in ``envelopes`` carries an id this actor does not know."""
+        known = self._message_ids
+        for envelope in envelopes:
+            key = envelope.message_id
+            if key is not None and (known is None or key not in known):
+                return True
+        return False
 
     def _unread(self, envelopes: list[Envelope]) -> dict[str, int]:
         """The ids in ``envelopes`` learnt from the log without their entry, with its seq."""
