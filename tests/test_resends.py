@@ -336,24 +336,23 @@ def test_any_mix_of_sends_resends_and_restarts_stores_each_id_once(
         store = MemoryStore()
         bot = EchoBot()
         answers: dict[int, object] = {}
-        conv = ""
-        board_cm = core(store, bot)
-        board = await board_cm.__aenter__()
-        try:
+        async with core(store, bot) as board:
             conv = (await board.open_conversation("demo")).conversation_id
-            for kind, n in steps:
-                if kind == "restart":
-                    await board_cm.__aexit__(None, None, None)
-                    board_cm = core(store, bot)
-                    board = await board_cm.__aenter__()
-                    continue
-                outcome = await board.ask(
-                    conv, UserSays(Content.text(f"message {n}")), message_id=f"user:{n}"
-                )
-                assert isinstance(outcome, Accepted)
-                assert answers.setdefault(n, outcome) == outcome
-        finally:
-            await board_cm.__aexit__(None, None, None)
+        # Between two restarts: the sends of one process (a new switchboard on the store).
+        runs: list[list[int]] = [[]]
+        for kind, n in steps:
+            if kind == "restart":
+                runs.append([])
+            else:
+                runs[-1].append(n)
+        for sends in runs:
+            async with core(store, bot) as board:
+                for n in sends:
+                    outcome = await board.ask(
+                        conv, UserSays(Content.text(f"message {n}")), message_id=f"user:{n}"
+                    )
+                    assert isinstance(outcome, Accepted)
+                    assert answers.setdefault(n, outcome) == outcome
         stored = _texts(await store.entries_after(conv, 0))
         assert sorted(stored, key=str) == sorted({f"message {n}" for n in answers}, key=str)
 
