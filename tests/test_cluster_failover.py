@@ -139,7 +139,7 @@ class User:
         seq = (await self.client.request(frame, timeout=timeout))["seq"]
         assert seq is not None
         self.acked[seq] = text
-        del self.in_flight[text]
+        self.in_flight.pop(text, None)
         if self.session_at is not None:
             self.session_at = time.monotonic()  # a message moves the idle deadline
 
@@ -323,7 +323,7 @@ async def _sigkill_of_the_busiest_node(tmp_path: Path) -> None:
                     seq = (await user.client.request(frame, timeout=20.0))["seq"]
                     assert seq is not None
                     user.acked[seq] = text
-                    del user.in_flight[text]
+                    user.in_flight.pop(text, None)
                     resent += 1
             assert resent  # n1's users had a message on the way when it died
             # The log: every acknowledged message once, in order, nothing else lost.
