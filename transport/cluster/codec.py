@@ -63,6 +63,9 @@ def state_from_json(text: str | bytes) -> ConversationState:
 def entry_json(entry: Entry) -> str:
     data: dict[str, Any] = entry.to_json()
     data["audience"] = sorted(party.value for party in entry.audience)
+    if entry.message_id is not None:
+        # Never part of what clients are sent (to_json): only the log keeps it.
+        data["message_id"] = entry.message_id
     return dumps(data)
 
 
@@ -78,6 +81,7 @@ def entry_from_json(text: str | bytes) -> Entry:
         data.get("agent_id"),
         data.get("session_id"),
         data.get("metadata", {}),
+        data.get("message_id"),
     )
 
 

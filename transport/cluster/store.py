@@ -10,6 +10,7 @@ an open session, the sorted set of their deadlines, and the hash of entries owed
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -296,6 +297,21 @@ class ValkeyStore:
         rows = await self._read(["XRANGE", key, f"{max(after_seq, 0) + 1}-0", "+"], key)
         return _entries(rows)
 
+    async def message_ids(self, conversation_id: str, after_seq: int) -> list[tuple[int, str]]:
+        """``(seq, message_id)`` of the entries after ``after_seq`` kept with an id: only
+        the JSON of those that name one is parsed, and no entry is built."""
+        key = self._keys(conversation_id).log(conversation_id)
+        rows = await self._read(["XRANGE", key, f"{max(after_seq, 0) + 1}-0", "+"], key)
+        found = []
+        for value in _values(rows):
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            if '"message_id"' in text:
+                data = json.loads(text)
+                message_id = data.get("message_id")
+                if isinstance(message_id, str):
+                    found.append((int(data["seq"]), message_id))
+        return found
+
     async def open_sessions(self) -> list[ConversationState]:
         owned = sorted(self.leases.tokens)
         self._restored |= set(owned)
@@ -335,16 +351,16 @@ class ValkeyStore:
             raise StoreUnavailable(f"the cluster store cannot be read: {exc}") from exc
 
 
-def _entries(rows: Any) -> list[Entry]:
-    """The entries of an XRANGE answer: a map of stream id to fields under RESP3 (glide's
-    default, in id order), a list of [id, fields] under RESP2."""
+def _values(rows: Any) -> list[Any]:
+    """The entries' JSON of an XRANGE answer: a map of stream id to fields under RESP3
+    (glide's default, in id order), a list of [id, fields] under RESP2."""
     items = rows.items() if isinstance(rows, Mapping) else (rows or [])
-    entries = []
-    for _, fields in items:
-        # fields: [[b"e", json]] (RESP3) or [b"e", json] (RESP2)
-        value = fields[0][1] if isinstance(fields[0], list) else fields[1]
-        entries.append(entry_from_json(value))
-    return entries
+    # fields: [[b"e", json]] (RESP3) or [b"e", json] (RESP2)
+    return [fields[0][1] if isinstance(fields[0], list) else fields[1] for _, fields in items]
+
+
+def _entries(rows: Any) -> list[Entry]:
+    return [entry_from_json(value) for value in _values(rows)]
 
 
 @asynccontextmanager
