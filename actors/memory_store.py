@@ -33,6 +33,14 @@ class MemoryStore:
         # Sequence numbers start at 1 and have no gaps, so the list index is seq - 1.
         return entries[max(after_seq, 0) :]
 
+    async def message_ids(self, conversation_id: str, after_seq: int) -> list[tuple[int, str]]:
+        entries = self._entries.get(conversation_id, [])
+        return [
+            (entry.seq, entry.message_id)
+            for entry in entries[max(after_seq, 0) :]
+            if entry.message_id is not None
+        ]
+
     async def open_sessions(self) -> list[ConversationState]:
         return [state for state in self._states.values() if state.session is not None]
 

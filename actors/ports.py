@@ -8,7 +8,7 @@ WebSocket clients and SQLite, and an embedding application can implement them it
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from actors.model.agent_request import AgentRequest
 from actors.model.content import Content
@@ -152,6 +152,19 @@ class Store(Protocol):
 
     async def bot_backlog(self) -> list[Entry]:
         """Every entry still owed to a bot, by conversation and then in order."""
+        ...
+
+
+@runtime_checkable
+class MessageIdStore(Store, Protocol):
+    """A store that can list the message ids kept with a conversation's entries without
+    reading the entries whole (an optional part of a store: the core falls back on
+    ``entries_after``). A woken conversation asks it once for the ids of its last entries:
+    reading those entries whole costs twenty times more (bench/README.md)."""
+
+    async def message_ids(self, conversation_id: str, after_seq: int) -> list[tuple[int, str]]:
+        """``(seq, message_id)`` of each entry after ``after_seq`` stored with an id, in
+        order."""
         ...
 
 

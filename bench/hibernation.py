@@ -14,6 +14,11 @@ The memory a server needs is then ``active x per-conversation + constant``, what
 number of past conversations: the table extrapolates to a million past ones from the
 measured per-conversation cost (an extrapolation, said as such). Writes
 ``bench/results/hibernation.json``.
+
+``--ids``: every message carries an id, as the widget's and the clients' do, so a woken
+conversation reads the tail of its log once (its last ``message_ids`` entries) to know the
+ids stored before it left memory; the CPU per rebuilt message (process time, worker
+threads included) shows what that read costs.
 """
 
 from __future__ import annotations
@@ -111,8 +116,16 @@ def traced() -> int:
     return tracemalloc.get_traced_memory()[0]
 
 
+#: Whether messages carry ids (``--ids``), and the next one.
+IDS = {"on": False, "next": 0}
+
+
 async def say(board: Switchboard, cid: str, text: str) -> int:
-    outcome = await board.ask(cid, UserSays(Content.text(text)))
+    message_id = None
+    if IDS["on"]:
+        IDS["next"] += 1
+        message_id = f"user:{IDS['next']}"
+    outcome = await board.ask(cid, UserSays(Content.text(text)), message_id=message_id)
     assert isinstance(outcome, Accepted) and outcome.seq is not None, outcome
     return outcome.seq
 
@@ -150,11 +163,13 @@ async def measure(path: Path, active: int, woken: int, hibernate: bool) -> dict[
             # Rebuilding a hibernated conversation on its next message.
             latencies = []
             resumed_right = True
+            cpu = time.process_time()
             for cid in woken_ids[:200]:
                 started = time.perf_counter()
                 seq = await say(board, cid, "and again")
                 latencies.append(time.perf_counter() - started)
                 resumed_right &= seq == MESSAGES_PER_PAST + 2
+            cpu = time.process_time() - cpu
             hibernated = board.stats.hibernated
         tracemalloc.stop()
     latencies.sort()
@@ -166,6 +181,8 @@ async def measure(path: Path, active: int, woken: int, hibernate: bool) -> dict[
         "traced_bytes": used,
         "rebuild_ms_p50": statistics.median(latencies) * 1000 if latencies else None,
         "rebuild_ms_p99": latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else None,
+        # Process CPU (worker threads included) per message of that loop, traced.
+        "rebuild_cpu_ms": cpu * 1000 / len(latencies) if latencies else None,
         # Only meaningful in the first run (the second finds the numbers the first left).
         "resumed_with_right_seq": resumed_right if hibernate else None,
     }
@@ -188,6 +205,7 @@ async def run(past: int, active: int, woken: int) -> dict[str, Any]:
         "past_conversations": past,
         "active_conversations": active,
         "woken_then_quiet": woken,
+        "message_ids": IDS["on"],
         "hibernate_after_s": HIBERNATE_AFTER,
         "fill_seconds": fill_seconds,
         "file_bytes": file_bytes,
@@ -206,14 +224,17 @@ def print_table(r: dict[str, Any]) -> None:
         f"({r['file_bytes'] / 1e6:.0f} MB, filled in {r['fill_seconds']:.0f} s); "
         f"{r['active_conversations']:,} active; {r['woken_then_quiet']:,} woken then quiet"
     )
-    print(f"{'':<22}{'in memory':>10}{'traced MB':>11}{'next msg p50':>14}{'p99':>8}")
+    print(
+        f"{'':<22}{'in memory':>10}{'traced MB':>11}{'next msg p50':>14}{'p99':>8}{'CPU/msg':>10}"
+    )
     for name in ("with_hibernation", "without_hibernation"):
         m = r[name]
         p50 = f"{m['rebuild_ms_p50']:.2f} ms" if m["rebuild_ms_p50"] is not None else "-"
         p99 = f"{m['rebuild_ms_p99']:.2f}" if m["rebuild_ms_p99"] is not None else "-"
+        cpu = f"{m['rebuild_cpu_ms']:.2f} ms" if m["rebuild_cpu_ms"] is not None else "-"
         print(
             f"{name.replace('_', ' '):<22}{m['in_memory_after_quiet']:>10,}"
-            f"{m['traced_bytes'] / 1e6:>11.1f}{p50:>14}{p99:>8}"
+            f"{m['traced_bytes'] / 1e6:>11.1f}{p50:>14}{p99:>8}{cpu:>10}"
         )
     print(
         f"one conversation in memory: {r['bytes_per_conversation_in_memory'] / 1024:.1f} KiB; "
@@ -233,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--active", type=int, default=1_000)
     parser.add_argument("--woken", type=int, default=5_000)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--ids", action="store_true", help="messages carry ids")
     args = parser.parse_args(argv)
+    IDS["on"] = args.ids
     if args.quick:
         args.past, args.active, args.woken = 5_000, 200, 1_000
     report = trio.run(run, args.past, args.active, args.woken)

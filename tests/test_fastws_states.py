@@ -356,3 +356,18 @@ async def test_a_peer_that_never_answers_the_close_is_aborted_at_the_disconnect_
         with pytest.raises(ConnectionResetError):
             while await peer.sock.recv(1 << 16):
                 pass
+
+
+async def test_an_accepted_connection_keeps_nothing_of_its_opening_request() -> None:
+    """An idle connection may live for hours: the request's headers (4 KiB of an idle
+    user's memory) go once the handshake is answered; the path stays."""
+    async with served_connection() as (connection, peer):
+        assert connection.handshake_headers == ()
+        assert connection._request is None
+        assert connection.path == "/"
+        assert connection.local is not None and connection.local.port > 0
+        # Messages are still read in order, however they arrive.
+        for text in ("one", "two", "three"):
+            peer.protocol.send_text(text.encode())
+        await peer._send_pending()
+        assert [await connection.get_message() for _ in range(3)] == ["one", "two", "three"]

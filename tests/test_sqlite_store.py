@@ -50,6 +50,7 @@ from transport.store.readers import (
     ENTRIES_AFTER,
     ENTRIES_PAGE,
     LOAD_CONVERSATION,
+    MESSAGE_IDS_AFTER,
     OPEN_SESSIONS,
 )
 from transport.store.retention import (
@@ -68,6 +69,11 @@ from transport.store.sqlite import SQLiteStore, database_path, open_sqlite_store
 from .conftest import EchoBot, RecordingSink, StallingBot, notice
 
 SETTINGS = BotSettings(session_timeout=600, grace_period=30)
+#: The messages' columns of versions 1 to 4 (version 5 adds ``message_id``, left NULL).
+V4_MESSAGE_COLUMNS = (
+    "conversation_id, seq, at, sender, content_type, content, audience, agent_id, session_id,"
+    " metadata"
+)
 
 
 def _entry(conv: str, seq: int, text: str, **extra: object) -> Entry:
@@ -601,7 +607,7 @@ def _build_v2(path: Path) -> None:
             if conv == "live" and seq > 3:
                 continue
             db.execute(
-                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, 'user', 'text', ?,"
+                f"INSERT INTO messages ({V4_MESSAGE_COLUMNS}) VALUES (?, ?, ?, 'user', 'text', ?,"
                 " 'bot,user', NULL, NULL, NULL)",
                 (conv, seq, float(seq), json.dumps({"text": f"{conv} {seq}"})),
             )
@@ -640,7 +646,7 @@ async def test_a_version_2_file_is_upgraded_to_a_rowid_messages_table(tmp_path: 
         # The unique index still refuses a message numbered twice.
         with pytest.raises(sqlite3.IntegrityError):
             db.execute(
-                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ('quiet', 6, 0, 'user',"
+                f"INSERT INTO messages ({V4_MESSAGE_COLUMNS}) VALUES ('quiet', 6, 0, 'user',"
                 " 'text', '{}', 'user', NULL, NULL, NULL)"
             )
 
@@ -663,7 +669,29 @@ async def test_a_version_3_file_gains_an_empty_bot_outbox(tmp_path: Path) -> Non
         await store.record(attrs.evolve(quiet, next_seq=7), [])  # a commit after the note
         assert await store.bot_backlog() == []
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+async def test_a_version_4_file_keeps_its_messages_and_stores_ids_after(tmp_path: Path) -> None:
+    """The messages stored before the upgrade have no id; those stored after keep theirs."""
+    path = tmp_path / "v4.db"
+    _build_v2(path)
+    with sqlite3.connect(path, isolation_level=None) as db:
+        MIGRATIONS[2](db)
+        MIGRATIONS[3](db)
+        db.execute("UPDATE schema_version SET version = 4")
+    async with open_sqlite_store(path) as store:
+        assert store.migrated_from == 4
+        before = await store.entries_after("quiet", 0)
+        assert [(e.seq, e.message_id) for e in before] == [(n, None) for n in range(1, 6)]
+        quiet = await store.load("quiet")
+        assert quiet is not None
+        entry = attrs.evolve(_entry("quiet", 6, "with an id"), message_id="user:'m6'")
+        await store.record(attrs.evolve(quiet, next_seq=7), [entry])
+    async with open_sqlite_store(path) as store:
+        assert store.migrated_from == SCHEMA_VERSION
+        (after,) = await store.entries_after("quiet", 5)
+        assert (after.seq, after.message_id) == (6, "user:'m6'")
 
 
 async def test_a_failed_upgrade_leaves_the_version_2_file_as_it_was(tmp_path: Path) -> None:
@@ -691,6 +719,7 @@ def test_every_read_of_messages_goes_through_the_index() -> None:
     transcript = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY seq"
     queries = [
         (ENTRIES_AFTER, ("c", 1)),
+        (MESSAGE_IDS_AFTER, ("c", 1)),
         (ENTRIES_PAGE, ("c", 1, 10)),
         (AGENT_ENTRIES_PAGE, ("c", 1, "alice", 10)),
         (LOAD_CONVERSATION, ("c",)),
@@ -899,7 +928,7 @@ def _build_for_pruning(path: Path, seed: int = 7) -> float:
         for seq in range(1, count + 1):
             at = cutoff + DAY if recent and seq == count else updated - count + seq
             db.execute(
-                f"INSERT INTO messages ({MESSAGE_COLUMNS})"
+                f"INSERT INTO messages ({V4_MESSAGE_COLUMNS})"
                 " VALUES (?, ?, ?, 'user', 'text', '{}', 'bot,user', NULL, NULL, NULL)",
                 (cid, seq, at),
             )

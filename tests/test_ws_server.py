@@ -27,6 +27,7 @@ from actors.model.records import Entry
 from actors.model.state import ConversationState
 from transport.client import Closed, Frame, RequestRefused, UserClient, connect_user
 from transport.protocol import frames as wire
+from transport.protocol import peer as peer_module
 from transport.protocol.limits import Limits
 from transport.protocol.tokens import ResumeTokens
 from transport.servers.websocket import LISTENERS, serve_websockets
@@ -117,6 +118,8 @@ async def test_a_whole_session_over_sockets(harness: WsHarness) -> None:
 
     texts = [e.content.text_value for e in harness.bot.events]
     assert "anyone there?" not in texts and "my order is late" not in texts
+    # The empty dict every user's peer shares until a hello of another role stays empty.
+    assert not peer_module._NONE_YET
 
 
 # -- resume ---------------------------------------------------------------------------------

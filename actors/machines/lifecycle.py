@@ -608,3 +608,28 @@ class Lifecycle:
             metadata={"reason": reason, "session_id": session.session_id, "agent_id": agent_id},
         )
         return out.finish(None, fx.Accepted(seq))
+
+
+def wrote(event: ev.Event, entry: Entry) -> bool:
+    """Whether ``entry`` is what ``event`` wrote: the entry its ``Accepted`` seq named, as
+    the handlers above make it. A resend whose first answer is known only from the log (the
+    conversation restarted) is compared with it, so an id reused for another message is
+    still taken as new, as it is against an event remembered in memory."""
+    if isinstance(event, ev.UserSays):
+        return entry.sender is Party.USER and entry.content == event.content
+    if isinstance(event, ev.AgentSays):
+        message, signs_off = split_sign_off(event.content)
+        if signs_off:
+            return entry.agent_id == event.agent_id and bool(entry.metadata.get("sign_off"))
+        return (
+            entry.sender is Party.AGENT
+            and entry.agent_id == event.agent_id
+            and entry.content == message
+        )
+    if isinstance(event, ev.BotSays):
+        contents = event.contents
+        return entry.sender is Party.BOT and bool(contents) and entry.content == contents[-1]
+    if isinstance(event, ev.AgentSignsOff):
+        return entry.agent_id == event.agent_id and bool(entry.metadata.get("sign_off"))
+    # No other event is answered with the seq of an entry it wrote.
+    return False

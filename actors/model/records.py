@@ -35,7 +35,10 @@ class Entry:
     """One numbered message of one conversation.
 
     ``audience`` lists the parties it is delivered to. ``agent_id`` names the agent it goes to
-    (or came from) when the agent is in the audience.
+    (or came from) when the agent is in the audience. ``message_id`` is its sender's id for
+    the message that wrote it (the entry its ``ack`` named): stored with it, so a resend is
+    recognised from the log after a restart or a failover; never sent to clients, and not
+    part of what makes two entries equal.
     """
 
     conversation_id: str
@@ -47,6 +50,7 @@ class Entry:
     agent_id: str | None = None
     session_id: str | None = None
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    message_id: str | None = attrs.field(default=None, eq=False)
 
     def visible_to(self, party: Party, agent_id: str | None = None) -> bool:
         if party not in self.audience:

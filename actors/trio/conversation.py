@@ -23,6 +23,10 @@ Measured costs shape the loop (see bench/README.md):
 
 Client messages may carry an id (``message_id``): the last ids of each conversation are
 remembered with their outcome, so a resend is answered with the first ``ack`` and stored once.
+The id is also stored with the entry it wrote, so the log is the one owner of the fact: an
+actor that did not write the log itself (a restart, a wake from hibernation, a takeover by
+another node) reads the ids of its last ``message_ids`` entries once, on the first message
+whose id it does not know, and answers a resend from them (:meth:`ConversationActor._recall_ids`).
 """
 
 from __future__ import annotations
@@ -36,12 +40,12 @@ import attrs
 import trio
 
 from actors.machines.backoff import Backoff
-from actors.machines.lifecycle import Lifecycle, Transition
+from actors.machines.lifecycle import Lifecycle, Transition, wrote
 from actors.model import effects as fx
 from actors.model.events import AgentAssigned, Event, ReturnedToQueue, TimerFired
 from actors.model.records import Entry, Party
 from actors.model.state import ConversationState
-from actors.ports import InputStore, Sink, StoreUnavailable
+from actors.ports import InputStore, MessageIdStore, Sink, StoreUnavailable
 from actors.trio.bot_feeder import BotFeeder
 from actors.trio.context import ConversationContext
 from actors.trio.effect_runner import EffectRunner
@@ -118,6 +122,10 @@ _REASSERT = Envelope(TimerFired())
 """Posted by :meth:`ConversationActor.reassert`: tell the backend about the open session
 again (it restarted and lost its view)."""
 
+_STOP = Envelope(TimerFired())
+"""Posted by :meth:`ConversationActor.stop`: the server stops; return once what came before
+is handled (a task that returns costs trio far less to end than one it cancels)."""
+
 _INTERNAL_ERROR = fx.Refusal("internal_error", "The message could not be handled.")
 
 _DECISIONS = frozenset({AgentAssigned, ReturnedToQueue})
@@ -163,6 +171,59 @@ def _stored_inputs(
     return inputs
 
 
+def _with_ids(
+    envelopes: list[Envelope],
+    plan: list[int | fx.Outcome],
+    transitions: list[Transition],
+    firsts: list[Envelope],
+    entries: list[Entry],
+) -> None:
+    """Give each entry an accepted message's ``ack`` named the sender's id for that message,
+    in ``entries`` (what the store records; deliveries need no id): a copy, since entries are
+    frozen. Seqs are gap-free, so an entry's place is its seq less the first one's."""
+    first_seq = entries[0].seq
+    for envelope, step in zip(envelopes, plan, strict=False):
+        key = envelope.message_id
+        if key is None or type(step) is not int or firsts[step] is not envelope:
+            continue
+        if not key.isascii() and not _encodable(key):
+            continue  # no store can keep it (a lone surrogate): only memory knows it
+        outcome = transitions[step].outcome
+        seq = outcome.seq if type(outcome) is fx.Accepted else None
+        if seq is None or not 0 <= seq - first_seq < len(entries):
+            continue
+        e = entries[seq - first_seq]
+        entries[seq - first_seq] = Entry(
+            e.conversation_id,
+            e.seq,
+            e.at,
+            e.sender,
+            e.content,
+            e.audience,
+            e.agent_id,
+            e.session_id,
+            e.metadata,
+            key,
+        )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _same(first: Event | Entry | None, event: Event) -> bool:
+    """Whether ``event`` repeats the message remembered as ``first``: the event itself when
+    this actor handled it, else the entry it wrote, read back from the log (``None``: not
+    read yet, see :meth:`ConversationActor._read_entries`)."""
+    if type(first) is Entry:
+        return wrote(event, first)
+    return first is not None and first == event
+
+
 def _answer(envelope: Envelope, outcome: fx.Outcome) -> None:
     """Tell a sender its outcome; a sender's callback that raises harms nobody else."""
     if envelope.reply is not None:
@@ -185,8 +246,10 @@ class ConversationActor:
         "_asserted",
         "_basis",
         "_feeder",
+        "_log_read",
         "_message_ids",
         "_store_backoff",
+        "_unread_entries",
         "context",
         "conversation_id",
         "effects",
@@ -219,7 +282,14 @@ class ConversationActor:
         self._feeder = feeder
         if feeder is not None:
             feeder.post = self._post
-        self._message_ids: dict[str, tuple[fx.Outcome, Event]] | None = None
+        #: Each remembered id's outcome, with the event (this actor handled it) or the entry
+        #: it wrote (read from the log), or ``None`` (only the id was read, not its entry).
+        self._message_ids: dict[str, tuple[fx.Outcome, Event | Entry | None]] | None = None
+        #: Some remembered id's entry is not read yet: a resend of it reads it first.
+        self._unread_entries = False
+        #: Whether the ids stored in the log before this actor started are known (or there
+        #: are none): a new conversation has nothing stored, so its messages never read it.
+        self._log_read = state is not None and state.next_seq == 1
         self._store_backoff: Backoff | None = None
         #: Entries stored but never answered by the bot before a restart: delivered again
         #: as soon as the state is known (set by the switchboard before the actor runs).
@@ -256,6 +326,7 @@ class ConversationActor:
                 context.retire(self)
                 self._let_go()
                 return
+            self._log_read = self.state.next_seq == 1
         lifecycle = context.lifecycle_for(self.state.bot_id)
         if lifecycle is None:
             # A bot removed from the configuration: its conversations are kept, not served.
@@ -299,6 +370,9 @@ class ConversationActor:
                             return
                     elif item is _REASSERT:
                         await self._reassert()
+                    elif item is _STOP:
+                        inbox.requeue(batch[after:])
+                        return
                     elif isinstance(item, Envelope):
                         # Every event waiting in a row is handled as one group: one store
                         # write (one wait for the commit) for all of them.
@@ -307,6 +381,7 @@ class ConversationActor:
                             and isinstance(batch[after], Envelope)
                             and batch[after] is not _ALARM
                             and batch[after] is not _REASSERT
+                            and batch[after] is not _STOP
                         ):
                             after += 1
                         # Usually the whole batch: no copy then.
@@ -378,6 +453,10 @@ class ConversationActor:
     def asserted(self) -> None:
         """Its backend has just been told about the open session: its first run skips that."""
         self._asserted = True
+
+    def stop(self) -> None:
+        """Return from :meth:`serve` once everything posted before is handled."""
+        self.inbox.put(_STOP)
 
     def reassert(self) -> None:
         """Ask the actor to tell its backend about its open session again."""
@@ -501,6 +580,17 @@ class ConversationActor:
         current = self.context.lifecycle_for(first.bot_id) or lifecycle
         if now is None:
             now = self.context.clock.now()
+        if not self._log_read or self._unread_entries:
+            refusal = None
+            if not self._log_read and self._unknown_id(envelopes):
+                refusal = await self._recall_ids(envelopes)
+            if refusal is None and self._unread_entries:
+                wanted = self._unread(envelopes)
+                if wanted:
+                    refusal = await self._read_entries(wanted)
+            if refusal is not None:
+                _refuse_all(envelopes, refusal)
+                return len(envelopes), None
         known = self._message_ids
         seen: dict[str, int] | None = None
         state = first
@@ -518,7 +608,7 @@ class ConversationActor:
                 # A resend is the same id with the same event; the same id with another
                 # event is a client that reused an id, and its message is taken as new.
                 earlier = known.get(key) if known is not None else None
-                if earlier is not None and earlier[1] == envelope.event:
+                if earlier is not None and _same(earlier[1], envelope.event):
                     plan.append(earlier[0])
                     continue
                 if seen is None:
@@ -549,6 +639,9 @@ class ConversationActor:
                 for effect in transition.effects
                 if isinstance(effect, fx.Emit)
             ]
+            if seen is not None and entries:
+                # The ids go with the entries they wrote: the log answers a resend later.
+                _with_ids(envelopes, plan, transitions, firsts, entries)
             # Durable before anyone hears of it. No timer can cut this write (deadlines come
             # through the inbox, not a cancel scope); only shutting down can, and then the
             # state stays as it was and nobody has been told anything.
@@ -615,6 +708,101 @@ class ConversationActor:
                 exc,
                 extra={"conversation_id": self.conversation_id},
             )
+
+    async def _recall_ids(self, envelopes: list[Envelope]) -> fx.Refusal | None:
+        """Learn the ids stored in the log before this actor started, once, when a message
+        carries an id it does not know: that may be a resend of a message stored before a
+        restart, a wake from hibernation or a takeover. One read of the ids of the last
+        ``message_ids`` entries (only the ids when the store can: :class:`MessageIdStore`;
+        the entries are read for the ids actually resent). What this actor remembers
+        itself is newer and wins. Returns the refusal for the group when the store cannot
+        be read (nothing is stored then: a resend must not be stored twice, and the client
+        tries again)."""
+        known = self._message_ids
+        state = self.state
+        assert state is not None
+        limit = self.context.limits.message_ids
+        after = state.next_seq - 1 - limit
+        store = self.context.store
+        recalled: dict[str, tuple[fx.Outcome, Event | Entry | None]] = {}
+        try:
+            with trio.CancelScope(shield=True):
+                if isinstance(store, MessageIdStore):
+                    for seq, key in await store.message_ids(self.conversation_id, after):
+                        recalled.pop(key, None)
+                        recalled[key] = (fx.Accepted(seq), None)
+                        self._unread_entries = True
+                else:
+                    for entry in await store.entries_after(self.conversation_id, after):
+                        if entry.message_id is not None:
+                            recalled.pop(entry.message_id, None)
+                            recalled[entry.message_id] = (fx.Accepted(entry.seq), entry)
+        except StoreUnavailable as exc:
+            return self._unreadable(exc)
+        if known:
+            for key, value in known.items():
+                recalled.pop(key, None)
+                recalled[key] = value
+        while len(recalled) > limit:
+            del recalled[next(iter(recalled))]
+        self._message_ids = recalled
+        self._log_read = True
+        return None
+
+    def _unknown_id(self, envelopes: list[Envelope]) -> bool:
+        """Whether a message in ``envelopes`` carries an id this actor does not know."""
+        known = self._message_ids
+        for envelope in envelopes:
+            key = envelope.message_id
+            if key is not None and (known is None or key not in known):
+                return True
+        return False
+
+    def _unread(self, envelopes: list[Envelope]) -> dict[str, int]:
+        """The ids in ``envelopes`` learnt from the log without their entry, with its seq."""
+        known = self._message_ids
+        assert known is not None
+        wanted: dict[str, int] = {}
+        for envelope in envelopes:
+            key = envelope.message_id
+            if key is not None:
+                earlier = known.get(key)
+                if earlier is not None and earlier[1] is None:
+                    outcome = earlier[0]
+                    assert isinstance(outcome, fx.Accepted) and outcome.seq is not None
+                    wanted[key] = outcome.seq
+        return wanted
+
+    async def _read_entries(self, wanted: dict[str, int]) -> fx.Refusal | None:
+        """Read the entries of resent ids learnt from the log without them (``wanted``: id
+        and seq), so each resend is compared with the message as it was stored. An id whose
+        entry is gone (retention pruned it) is forgotten: its message is taken as new."""
+        known = self._message_ids
+        assert known is not None
+        try:
+            with trio.CancelScope(shield=True):
+                entries = await self.context.store.entries_after(
+                    self.conversation_id, min(wanted.values()) - 1
+                )
+        except StoreUnavailable as exc:
+            return self._unreadable(exc)
+        by_seq = {entry.seq: entry for entry in entries}
+        for key, seq in wanted.items():
+            entry = by_seq.get(seq)
+            if entry is not None and entry.message_id == key:
+                known[key] = (known[key][0], entry)
+            else:
+                del known[key]
+        self._unread_entries = any(value[1] is None for value in known.values())
+        return None
+
+    def _unreadable(self, exc: StoreUnavailable) -> fx.Refusal:
+        log.warning(
+            "the log cannot be read for its message ids: %s",
+            exc,
+            extra={"conversation_id": self.conversation_id},
+        )
+        return fx.Refusal("store_unavailable", str(exc))
 
     def _remember_id(self, message_id: str, outcome: fx.Outcome, event: Event) -> None:
         """Keep an accepted message's outcome under its id, for the last ``message_ids``."""

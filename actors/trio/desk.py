@@ -207,6 +207,9 @@ class Desk:
     ``limits.transcript_tail`` on pickup). ``wait_for_ready``: no grace period runs out before
     :meth:`ready` is called; a server calls it once its listeners accept connections, so that
     agents who held chats before a restart get the whole grace period to reconnect.
+    ``run``: where the run numbers of its decisions' stamps start; a desk that takes over
+    from another (the clustered mode's, by its lease epoch) starts above the other's, so its
+    decisions order after the other's.
     """
 
     def __init__(
@@ -217,13 +220,14 @@ class Desk:
         publish_interval: float = 0.05,
         transcript_tail: int = ConversationLimits().transcript_tail,
         wait_for_ready: bool = False,
+        run: int = 1,
     ) -> None:
         self.settings = dict(settings)
         self.publish_interval = publish_interval
         self.transcript_tail = transcript_tail
         self.profiles: dict[str, AgentProfile] = {}
         self._sinks: dict[str, list[Sink]] = {}
-        self._routing = rt.Routing([], self.settings, starting=wait_for_ready)
+        self._routing = rt.Routing([], self.settings, run=run, starting=wait_for_ready)
         self._nursery: trio.Nursery | None = None
         send, receive = trio.open_memory_channel[DeskRequest](math.inf)
         self._send = send

@@ -119,6 +119,9 @@ class Switchboard:
         self._lifecycles = {bot_id: Lifecycle(b.settings) for bot_id, b in bots.items()}
         self._actors: dict[str, ConversationActor] = {}
         self._nursery: trio.Nursery | None = None
+        self._serving = 0  # conversation tasks running
+        self._stopping = False
+        self._all_returned = trio.Event()
         self.context = ConversationContext(
             store=self.store,
             clock=self.clock,
@@ -399,7 +402,21 @@ class Switchboard:
         self._actors[conversation_id] = actor
         self.stats.started += 1
         self.nursery.start_soon(self._supervised, actor, pause)
+        self._serving += 1  # counted from here: a task started may not have run yet
+        if self._stopping:
+            actor.stop()
         return actor
+
+    async def stop_conversations(self) -> None:
+        """The server stops: every conversation in memory finishes what it was handed and
+        returns. Cancelling 10,000 waiting actors costs trio seconds (each ends in an
+        exception gathered by the nursery); returning costs a fraction. Bound the wait: an
+        actor may be waiting on a store that does not answer."""
+        self._stopping = True
+        for actor in list(self._actors.values()):
+            actor.stop()
+        if self._serving:
+            await self._all_returned.wait()
 
     async def _supervised(self, actor: ConversationActor, pause: float = 0.0) -> None:
         """Run ``actor`` under the restart policy. ``pause``: how long a successor of an
@@ -409,9 +426,9 @@ class Switchboard:
         def counted(exc: BaseException) -> None:
             self.stats.restarts += 1
 
-        if pause:
-            await trio.sleep(pause)
         try:
+            if pause:
+                await trio.sleep(pause)
             await supervise(
                 f"conversation {actor.conversation_id}", actor.serve, self.restart_policy, counted
             )
@@ -424,6 +441,10 @@ class Switchboard:
             if self._actors.get(actor.conversation_id) is None:
                 pause = min(max(_FIRST_PAUSE, pause * 2), _MAX_PAUSE)
                 self._start_actor(actor.conversation_id, None, predecessor=actor, pause=pause)
+        finally:
+            self._serving -= 1
+            if not self._serving and self._stopping:
+                self._all_returned.set()
 
 
 @asynccontextmanager

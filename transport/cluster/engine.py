@@ -47,8 +47,10 @@ class Engine:
         self.renew = _script("renew")
         self.release = _script("release")
         self.commit = _script("commit")
+        self.keep_attachment = _script("keep_attachment")
+        self.remove_attachment = _script("remove_attachment")
 
-    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
         return await self.client.invoke_script(script, keys=list(keys), args=list(args))
 
     async def command(self, args: Sequence[str], *, key: str | None = None) -> Any:

@@ -77,3 +77,20 @@ class PartitionKeys:
 
     def log(self, conversation_id: str) -> str:
         return f"{self.tag}:log:{conversation_id}"
+
+
+# -- the desk: one owner for the whole cluster (transport/cluster/desk.py) ------------------
+
+#: ``"node:epoch"``, with a TTL: which node runs the desk, and its fencing token.
+DESK_LEASE = "{swdesk}:lease"
+#: The desk's last epoch (``INCR`` at each acquisition).
+DESK_EPOCH = "{swdesk}:epoch"
+#: Requests for the desk from every node (a stream read by the desk's owner).
+DESK_INBOX = "{swdesk}:in"
+#: The desk owner's figures for the other nodes' /healthz and /metrics: "queue agents".
+DESK_FIGURES = "{swdesk}:figures"
+
+
+def desk_outbox(node_id: str) -> str:
+    """Deliveries to the agents connected to ``node_id`` (a stream that node reads)."""
+    return f"sw:desk:{node_id}"

@@ -58,6 +58,17 @@ class ClusterMetrics(Collector):
             "Inputs this node sent to other nodes and not answered yet.",
             value=0 if router is None else len(router.pending),
         )
+        desk = store.desk
+        yield GaugeMetricFamily(
+            "switchover_cluster_desk_owner",
+            "1 when this node runs the cluster's desk.",
+            value=1 if desk is not None and desk.owner else 0,
+        )
+        yield CounterMetricFamily(
+            "switchover_cluster_desk_takeovers_total",
+            "Times this node took the desk over after it started (its owner stopped or died).",
+            value=0 if desk is None else desk.takeovers,
+        )
         skew = store.clock.skew()
         if skew is not None:
             yield GaugeMetricFamily(

@@ -71,6 +71,23 @@ def _inbox(partition: int) -> str:
     return PartitionKeys(partition).inbox
 
 
+@attrs.frozen
+class RemoteOrigin:
+    """The origin of an input routed from an agent's connection on another node: the
+    conversation's actor hands it back as ``skip`` when it delivers that entry to the agent,
+    so the cluster's desk sends the entry to every connection of the agent but the one that
+    wrote it (which learns its seq from its answer, as on one node)."""
+
+    ref: str
+
+    def deliver(self, item: object) -> None:
+        """Nothing is delivered to an origin: it only names a connection to skip."""
+
+
+def _no_ref(sink: Sink | None) -> str | None:
+    return None
+
+
 @attrs.define(eq=False)
 class _Pending:
     conversation_id: str
@@ -113,6 +130,9 @@ class Router:
         self._answers_ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._board: Switchboard | None = None
+        #: The reference of an agent's connection, carried with its inputs so the entry it
+        #: wrote is not sent back to it (set by the cluster's desk).
+        self.origin_ref: Callable[[Sink | None], str | None] = _no_ref
         #: For /healthz and /metrics.
         self.forwarded = 0
         self.served = 0
@@ -143,6 +163,9 @@ class Router:
         partition = partition_of(conversation_id, self.leases.partitions)
         fields = ["n", self.node_id, "r", request, "c", conversation_id]
         fields += ["e", message_json(event), "m", message_id or ""]
+        ref = self.origin_ref(origin)
+        if ref is not None:
+            fields += ["a", ref]
         self._outgoing.append((partition, fields))
         self._outgoing_ready.set()
         self.forwarded += 1
@@ -500,11 +523,13 @@ class Router:
 
         try:
             event = message_from_json(values["e"])
+            ref = values.get("a")
             Switchboard.submit(
                 board,
                 conversation_id,
                 event,
                 reply,
+                origin=RemoteOrigin(ref) if ref else None,
                 message_id=values["m"] or None,
                 input_id=stream_id,
             )

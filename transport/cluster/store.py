@@ -10,6 +10,7 @@ an open session, the sorted set of their deadlines, and the hash of entries owed
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -22,6 +23,7 @@ from actors import SESSION_EXPIRED, Content, ConversationState, Entry, Party
 from actors.model.settings import BotSettings
 from actors.model.state import deadline
 from actors.ports import StoreUnavailable
+from transport.cluster.attachments import ValkeyAttachments
 from transport.cluster.codec import entry_from_json, entry_json, state_from_json, state_json
 from transport.cluster.engine import Engine, EngineError, connect
 from transport.cluster.keys import PRESENCE, PartitionKeys, partition_of
@@ -29,6 +31,7 @@ from transport.cluster.leases import Leases
 
 if TYPE_CHECKING:
     from actors.trio.switchboard import Switchboard
+    from transport.cluster.desk import ClusterDesk
     from transport.cluster.routing import Router
 
 log = logging.getLogger("switchover.cluster")
@@ -70,6 +73,8 @@ class ValkeyStore:
         self.engine = engine
         self.addresses = list(addresses)
         self.router: Router | None = None
+        #: The cluster's desk (transport/cluster/desk.py), when the runtime bound one.
+        self.desk: ClusterDesk | None = None
         self.leases = leases
         self.settings = dict(settings or {})
         self.durability = durability
@@ -104,6 +109,11 @@ class ValkeyStore:
 
         self.router = Router(self, self.addresses)
         return ClusterSwitchboard(*args, router=self.router, **options)
+
+    def attachments(self) -> ValkeyAttachments:
+        """Attachments kept in the engine, durable as the commits are, so any node serves
+        them (:mod:`transport.cluster.attachments`)."""
+        return ValkeyAttachments(self.engine, self.leases.partitions, self._durable)
 
     async def follow(self, board: Switchboard) -> None:
         """Route for the switchboard (when it is this store's), and hand it the open
@@ -157,6 +167,8 @@ class ValkeyStore:
                 "inputs_forwarded": 0 if self.router is None else self.router.forwarded,
                 "inputs_served": 0 if self.router is None else self.router.served,
                 "inputs_waiting": 0 if self.router is None else len(self.router.pending),
+                "desk_owner": self.desk is not None and self.desk.owner,
+                "desk_takeovers": 0 if self.desk is None else self.desk.takeovers,
                 "engine_clock_ahead": None if skew is None else round(skew, 4),
             }
         }
@@ -302,6 +314,21 @@ class ValkeyStore:
         rows = await self._read(["XRANGE", key, f"{max(after_seq, 0) + 1}-0", "+"], key)
         return _entries(rows)
 
+    async def message_ids(self, conversation_id: str, after_seq: int) -> list[tuple[int, str]]:
+        """``(seq, message_id)`` of the entries after ``after_seq`` kept with an id: only
+        the JSON of those that name one is parsed, and no entry is built."""
+        key = self._keys(conversation_id).log(conversation_id)
+        rows = await self._read(["XRANGE", key, f"{max(after_seq, 0) + 1}-0", "+"], key)
+        found = []
+        for value in _values(rows):
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            if '"message_id"' in text:
+                data = json.loads(text)
+                message_id = data.get("message_id")
+                if isinstance(message_id, str):
+                    found.append((int(data["seq"]), message_id))
+        return found
+
     async def open_sessions(self) -> list[ConversationState]:
         owned = sorted(self.leases.tokens)
         self._restored |= set(owned)
@@ -341,16 +368,16 @@ class ValkeyStore:
             raise StoreUnavailable(f"the cluster store cannot be read: {exc}") from exc
 
 
-def _entries(rows: Any) -> list[Entry]:
-    """The entries of an XRANGE answer: a map of stream id to fields under RESP3 (glide's
-    default, in id order), a list of [id, fields] under RESP2."""
+def _values(rows: Any) -> list[Any]:
+    """The entries' JSON of an XRANGE answer: a map of stream id to fields under RESP3
+    (glide's default, in id order), a list of [id, fields] under RESP2."""
     items = rows.items() if isinstance(rows, Mapping) else (rows or [])
-    entries = []
-    for _, fields in items:
-        # fields: [[b"e", json]] (RESP3) or [b"e", json] (RESP2)
-        value = fields[0][1] if isinstance(fields[0], list) else fields[1]
-        entries.append(entry_from_json(value))
-    return entries
+    # fields: [[b"e", json]] (RESP3) or [b"e", json] (RESP2)
+    return [fields[0][1] if isinstance(fields[0], list) else fields[1] for _, fields in items]
+
+
+def _entries(rows: Any) -> list[Entry]:
+    return [entry_from_json(value) for value in _values(rows)]
 
 
 @asynccontextmanager

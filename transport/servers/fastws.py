@@ -54,7 +54,6 @@ echoing the chosen one. Pings from the peer are answered whenever the connection
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import enum
 import errno
@@ -256,8 +255,14 @@ class WebSocketConnection:
         # it, and trio is asked only to wait when they would.
         self._sock = sock
         self._protocol = protocol
-        self._request = request
-        self._messages: collections.deque[str | bytes] = collections.deque()
+        # The opening request (headers and all) is needed only until the handshake is
+        # answered: an idle connection would keep 4 KiB of it (bench/README.md, Idle users).
+        self._request: Request | None = request
+        self.path = request.path
+        # Messages received and not yet taken: a list from ``_taken`` on (an empty deque
+        # costs 760 bytes per connection; a list, 56).
+        self._messages: list[str | bytes] = []
+        self._taken = 0
         self._fragments: list[bytes] = []
         self._fragment_opcode: Opcode | None = None
         #: Why the connection closes, from the moment it stops taking messages.
@@ -273,7 +278,6 @@ class WebSocketConnection:
         self._reads_without_yield = 0
         self._disconnect_timeout = disconnect_timeout
         self.subprotocol: str | None = None
-        self.local = _endpoint(self._sock, remote=False)
         self.remote = _endpoint(self._sock, remote=True)
 
     # --- what trio-websocket's WebSocketConnection offers ------------------------------
@@ -296,21 +300,30 @@ class WebSocketConnection:
         return False
 
     @property
-    def path(self) -> str:
-        return self._request.path
+    def local(self) -> Endpoint | None:
+        """This end's address (asked of the socket when needed: seldom, and never kept)."""
+        return _endpoint(self._sock, remote=False)
 
     @property
     def handshake_headers(self) -> tuple[tuple[str, str], ...]:
-        return tuple(self._request.headers.raw_items())
+        """The opening request's headers, until the handshake is answered (empty after)."""
+        request = self._request
+        return () if request is None else tuple(request.headers.raw_items())
 
     async def get_message(self) -> str | bytes:
         """The next whole message; raises :class:`ConnectionClosed` once the connection is
         closed and every message received before has been returned."""
-        while not self._messages:
+        messages = self._messages
+        while self._taken >= len(messages):
             if self._machine.state not in _TAKING_MESSAGES:
                 raise ConnectionClosed(self._close_reason)
             await self._receive_more()
-        return self._messages.popleft()
+        message = messages[self._taken]
+        self._taken += 1
+        if self._taken == len(messages):
+            messages.clear()
+            self._taken = 0
+        return message
 
     async def send_message(self, message: str | bytes) -> None:
         if self._machine.state not in _TAKING_MESSAGES:
@@ -584,7 +597,7 @@ class WebSocketRequest:
 
     def __init__(self, connection: WebSocketConnection, response: Response) -> None:
         self._connection = connection
-        self._response = response
+        self._response: Response | None = response
         self._answered = False
 
     @property
@@ -595,12 +608,13 @@ class WebSocketRequest:
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [
             (name.lower().encode(), value.encode())
-            for name, value in self._connection._request.headers.raw_items()
+            for name, value in self._connection.handshake_headers
         ]
 
     @property
     def proposed_subprotocols(self) -> tuple[str, ...]:
-        values = self._connection._request.headers.get_all("Sec-WebSocket-Protocol")
+        request = self._connection._request
+        values = [] if request is None else request.headers.get_all("Sec-WebSocket-Protocol")
         return tuple(p.strip() for value in values for p in value.split(",") if p.strip())
 
     @property
@@ -618,13 +632,22 @@ class WebSocketRequest:
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> WebSocketConnection:
         response = self._response
+        assert response is not None, "the handshake was answered already"
         if subprotocol is not None:
             response.headers["Sec-WebSocket-Protocol"] = subprotocol
             self._connection.subprotocol = subprotocol
         for name, value in extra_headers or []:
             response.headers[name.decode()] = value.decode()
         self._answered = True
-        self._connection._protocol.send_response(response)
+        connection = self._connection
+        connection._protocol.send_response(response)
+        # The request and response are not needed any more, and the connection may live for
+        # hours; websockets' parser keeps the request object itself to the end, so its
+        # headers are emptied.
+        if connection._request is not None:
+            connection._request.headers.clear()
+        response.headers.clear()
+        self._response = connection._request = None
         await self._connection._flush()
         return self._connection
 
@@ -752,6 +775,7 @@ class WebSocketServer:
                 connection._close_socket()
             return
         ws_request = WebSocketRequest(connection, response)
+        del request, response  # held by ws_request until answered, not for the whole connection
         try:
             await self.handler(ws_request)
         finally:

@@ -41,7 +41,7 @@ from transport.servers.http.serve import serve_http
 from transport.servers.websocket import serve_websockets
 from transport.store import sqlite as sqlite_store
 from transport.store.attachments import FOLDER as attachments_folder
-from transport.store.attachments import AttachmentStore
+from transport.store.attachments import AttachmentKeeper, AttachmentStore
 from transport.store.retention import keep_pruning
 from transport.version import version
 
@@ -219,7 +219,7 @@ async def run_server(
     http = make_http_client()
     connections = BotConnections()
     bindings = build_bindings(config, http, connections)
-    desk = build_desk(config)
+    desk = _cluster_desk(config) if config.store.kind == "valkey" else build_desk(config)
     data_dir = config.store.data_dir if config.store.kind == "sqlite" else None
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -256,6 +256,13 @@ class _Parts:
     prune_every: float
     bot_settings: BotSettingsBook
     files: AttachmentStore
+
+
+def _attachments_of(store: Store, files: AttachmentStore) -> AttachmentKeeper:
+    """The clustered store keeps attachments in the engine, so every node serves them
+    (docs/cluster.md); the others beside their data, in ``files``."""
+    in_engine = getattr(store, "attachments", None)
+    return in_engine() if in_engine is not None else files
 
 
 def _start_retention(
@@ -299,6 +306,9 @@ async def _serve(
             limits=config.limits.for_conversations(),
             new_id=getattr(store, "new_conversation_id", None),
         )
+        bind = getattr(desk, "bind", None)  # the cluster's desk runs on one node at a time
+        if bind is not None:
+            bind(store)
         await core.start(board.run)
         follow = getattr(store, "follow", None)  # the clustered store: partitions taken over
         if follow is not None:
@@ -326,7 +336,7 @@ async def _serve(
             backends=parts.backends,
             bot_settings=parts.bot_settings,
             admins={a.token: (a.admin_id, a.name) for a in config.admins.values()},
-            attachments=Attachments(parts.files, config.attachments),
+            attachments=Attachments(_attachments_of(store, parts.files), config.attachments),
         )
         _watch_cluster(config, store, app)
         if handle_signals:
@@ -371,6 +381,9 @@ async def _serve(
             http_stop.set()
             # Whatever the listeners still do after this bound is cut short.
             listeners.cancel_scope.deadline = trio.current_time() + listen.shutdown_timeout
+        # Conversations finish what they hold and return; whatever is left is cancelled.
+        with trio.move_on_after(listen.shutdown_timeout):
+            await board.stop_conversations()
         core.cancel_scope.cancel()
 
 
@@ -383,6 +396,20 @@ def _settings_changed(board: Switchboard, store: Store, bot_id: str, settings: B
     settings_changed = getattr(store, "settings_changed", None)  # the clustered store
     if settings_changed is not None:
         settings_changed(bot_id, settings)
+
+
+def _cluster_desk(config: Config) -> Desk:
+    """In the clustered mode, the desk every node shares (docs/cluster.md, The desk)."""
+    from transport.cluster.desk import ClusterDesk
+
+    plain = build_desk(config)
+    return ClusterDesk(
+        plain.settings,
+        plain.profiles.values(),
+        node_id=config.store.node_id or "",
+        lease_seconds=config.store.lease_seconds,
+        transcript_tail=plain.transcript_tail,
+    )
 
 
 def _watch_cluster(config: Config, store: Store, app: HttpApp) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from functools import partial
 from typing import Any, Final, Protocol
 
@@ -162,7 +161,10 @@ class Connection:
         self.hub = hub
         self.ws = ws
         self.limits = limits
-        self._buffer: deque[str] = deque()
+        # Frames queued for the writer (a list: an empty deque costs 760 bytes per idle
+        # connection, a list 56); the writer takes them all at once.
+        self._buffer: list[str] = []
+        self._dropped = False  # closed without a flush: what the writer holds is dropped
         self._max_buffered = limits.max_buffered
         # The writer task starts on first need: an idle connection, or one whose frames the
         # flusher writes, never has one. "Waiting" means no writer is at work.
@@ -230,6 +232,7 @@ class Connection:
         self._close_reason = _close_reason(reason)
         if not flush:
             self._buffer.clear()
+            self._dropped = True
         self._reader_scope.cancel()
         self._writer_scope.deadline = trio.current_time() + self.hub.close_grace
         if self._writer_started or code is not None or self._buffer:
@@ -263,10 +266,13 @@ class Connection:
 
     async def _send_queued(self) -> None:
         """Send everything in the buffer (the writer task's work)."""
-        buffer = self._buffer
         send = self.ws.send_message
-        while buffer:
-            await send(buffer.popleft())
+        while self._buffer:
+            frames, self._buffer = self._buffer, []
+            for frame in frames:
+                if self._dropped:
+                    return
+                await send(frame)
 
     def _writer_idle(self) -> None:
         """The writer sent everything and is about to wait: wake a paced replay."""
@@ -302,7 +308,7 @@ class Connection:
 
     def leave(self) -> None:
         """Drop what is queued and have the peer undo what its hello did."""
-        self._closing = True
+        self._closing = self._dropped = True
         self._buffer.clear()
         self.peer.leave()
 
@@ -403,10 +409,10 @@ class FastConnection(Connection):
         if not self._writer_waiting or self._closing:
             return  # the writer task was woken meanwhile and sends it
         fast = self.fast
-        buffer = self._buffer
+        buffer, self._buffer = self._buffer, []
         try:
-            while buffer:
-                fast.queue_message(buffer.popleft())
+            for frame in buffer:
+                fast.queue_message(frame)
         except ConnectionClosed:
             self.close(None)
             return
@@ -421,9 +427,9 @@ class FastConnection(Connection):
 
     async def _send_queued(self) -> None:
         fast = self.fast
-        buffer = self._buffer
-        while buffer:
-            fast.queue_message(buffer.popleft())
+        buffer, self._buffer = self._buffer, []
+        for frame in buffer:
+            fast.queue_message(frame)
         if fast.needs_flush:
             await fast.flush()
 

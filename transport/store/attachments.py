@@ -24,7 +24,7 @@ import shutil
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -74,6 +74,30 @@ class NoRoom(Exception):
     def __init__(self, conversation_id: str, *, everywhere: bool = False) -> None:
         super().__init__(conversation_id)
         self.everywhere = everywhere
+
+
+class AttachmentKeeper(Protocol):
+    """Where the HTTP routes keep attachments: :class:`AttachmentStore` (a folder), or the
+    clustered mode's engine (``transport.cluster.attachments``)."""
+
+    async def keep(
+        self,
+        conversation_id: str,
+        *,
+        name: str,
+        mime_type: str,
+        data: bytes,
+        sender: str,
+        max_count: int,
+        max_bytes: int,
+        max_total: int | None = None,
+    ) -> Attachment: ...
+
+    async def read(
+        self, conversation_id: str, attachment_id: str
+    ) -> tuple[Attachment, bytes] | None: ...
+
+    async def remove(self, conversation_id: str, attachment_id: str) -> None: ...
 
 
 def folder_name(conversation_id: str) -> str:
@@ -244,4 +268,12 @@ async def sweep_attachments(data_dir: Path, store: Store) -> int:
     return await AttachmentStore(data_dir / FOLDER).sweep(store)
 
 
-__all__ = ["FOLDER", "Attachment", "AttachmentStore", "NoRoom", "folder_name", "sweep_attachments"]
+__all__ = [
+    "FOLDER",
+    "Attachment",
+    "AttachmentKeeper",
+    "AttachmentStore",
+    "NoRoom",
+    "folder_name",
+    "sweep_attachments",
+]

@@ -37,6 +37,12 @@ _LATER_ACTIVITY = (
 ENTRIES_AFTER = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq"
 )
+# The ids kept with a conversation's last entries, without the entries (a woken conversation
+# learns which messages it already stored; building 256 entries costs twenty times more).
+MESSAGE_IDS_AFTER = (
+    "SELECT seq, message_id FROM messages WHERE conversation_id = ? AND seq > ?"
+    " AND message_id IS NOT NULL ORDER BY seq"
+)
 # A page of a catch-up, and a page of what one agent may see (its own entries): a replay of
 # a long conversation is read a page at a time, and an agent's skips the others' rows in SQLite.
 ENTRIES_PAGE = f"{ENTRIES_AFTER} LIMIT ?"
@@ -108,6 +114,12 @@ def load(db: sqlite3.Connection, conversation_id: str) -> ConversationState | No
 def entries_after(db: sqlite3.Connection, conversation_id: str, after_seq: int) -> list[Entry]:
     rows = db.execute(ENTRIES_AFTER, (conversation_id, after_seq)).fetchall()
     return [entry_from_row(row) for row in rows]
+
+
+def message_ids(
+    db: sqlite3.Connection, conversation_id: str, after_seq: int
+) -> list[tuple[int, str]]:
+    return db.execute(MESSAGE_IDS_AFTER, (conversation_id, after_seq)).fetchall()
 
 
 def entries_page(

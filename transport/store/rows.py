@@ -14,7 +14,7 @@ from transport.strict import bad_text, compact_encoder
 
 MESSAGE_COLUMNS = (
     "conversation_id, seq, at, sender, content_type, content, audience, agent_id, session_id,"
-    " metadata"
+    " metadata, message_id"
 )
 CONVERSATION_COLUMNS = (
     "id, bot_id, user_id, metadata, next_seq, sessions_opened, mode, session_id, started_at,"
@@ -122,6 +122,7 @@ def message_rows(
                 entry.agent_id,
                 entry.session_id,
                 dumps(entry.metadata) if entry.metadata else None,
+                entry.message_id,
             )
         )
         change = session_change(state, entry)
@@ -261,6 +262,7 @@ def entry_from_row(row: Sequence[Any]) -> Entry:
         agent_id,
         session_id,
         meta,
+        message_id,
     ) = row
     return Entry(
         conversation_id,
@@ -272,4 +274,5 @@ def entry_from_row(row: Sequence[Any]) -> Entry:
         agent_id,
         session_id,
         json.loads(meta) if meta else {},
+        message_id,
     )

@@ -21,6 +21,10 @@ Version history:
 4. ``bot_outbox``: the entries stored for a bot and not yet answered by it, so a restart hands
    them over again instead of losing them. It holds only what is owed (a row is deleted once
    the bot has answered), so it stays a few pages however long the server runs.
+5. ``messages.message_id``: the sender's id for the message that wrote the entry (the entry
+   its ``ack`` named), so a resend is answered from the log after a restart instead of being
+   stored twice. Added as a nullable column (no rewrite of the table); older messages have
+   none.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class SchemaTooNew(Exception):
@@ -152,10 +156,15 @@ CREATE TABLE bot_outbox (
 """
 
 
+_MESSAGE_IDS_V5 = """
+ALTER TABLE messages ADD COLUMN message_id TEXT;
+"""
+
+
 def _create_latest(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-    _run_script(db, _MESSAGES_V3 + _V2_TABLES + _BOT_OUTBOX_V4)
+    _run_script(db, _MESSAGES_V3 + _V2_TABLES + _BOT_OUTBOX_V4 + _MESSAGE_IDS_V5)
 
 
 def _v1_to_v2(db: sqlite3.Connection) -> None:
@@ -237,11 +246,19 @@ def _v3_to_v4(db: sqlite3.Connection) -> None:
     _run_script(db, _BOT_OUTBOX_V4)
 
 
+def _v4_to_v5(db: sqlite3.Connection) -> None:
+    """Keep each message's id beside it: the messages stored before have none, so a resend
+    of one of them (from a client that saw no answer before the upgrade) is stored again,
+    as it was before."""
+    _run_script(db, _MESSAGE_IDS_V5)
+
+
 # MIGRATIONS[n] upgrades a version-n database to version n + 1.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
     3: _v3_to_v4,
+    4: _v4_to_v5,
 }
 
 

@@ -170,6 +170,10 @@ class SQLiteStore:
     async def entries_after(self, conversation_id: str, after_seq: int) -> list[Entry]:
         return await self._read(lambda db: readers.entries_after(db, conversation_id, after_seq))
 
+    async def message_ids(self, conversation_id: str, after_seq: int) -> list[tuple[int, str]]:
+        """``(seq, message_id)`` of the entries after ``after_seq`` kept with an id."""
+        return await self._read(lambda db: readers.message_ids(db, conversation_id, after_seq))
+
     async def entries_page(
         self, conversation_id: str, after_seq: int, limit: int, agent_id: str | None = None
     ) -> list[Entry]:

@@ -64,7 +64,7 @@ class Pending:
 
 _INSERT_MESSAGE = (
     "INSERT INTO messages (conversation_id, seq, at, sender, content_type, content, audience,"
-    " agent_id, session_id, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " agent_id, session_id, metadata, message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_CONVERSATION = (
     f"INSERT OR REPLACE INTO conversations ({CONVERSATION_COLUMNS})"

@@ -47,7 +47,7 @@ from transport.protocol.credentials import find_token
 from transport.protocol.tokens import ExpiredToken, InvalidToken, ResumeTokens
 from transport.servers.http.body import read_body
 from transport.signing import bearer_token
-from transport.store.attachments import AttachmentStore, NoRoom
+from transport.store.attachments import AttachmentKeeper, NoRoom
 
 if TYPE_CHECKING:
     from transport.servers.http.app import HttpApp
@@ -80,7 +80,7 @@ Caller = _User | _Agent
 class Attachments:
     """What the routes need beside the app's services: where files live and the limits."""
 
-    store: AttachmentStore
+    store: AttachmentKeeper
     limits: AttachmentLimits = AttachmentLimits()
 
 
