@@ -18,8 +18,7 @@ from transport.cluster.keys import partition_of
 from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 
-from .support.valkey import ValkeyServer
-from .test_cluster_routing import AGENT_TOKEN, PARTITIONS, _config, valkey
+from .test_cluster_routing import AGENT_TOKEN, PARTITIONS, Valkey, _config, valkey
 
 __all__ = ["valkey"]
 
@@ -27,14 +26,14 @@ __all__ = ["valkey"]
 BOB_TOKEN = "bob-token-for-the-cluster-desk"
 
 
-def _with_bob(valkey: ValkeyServer, node_id: str) -> Any:
+def _with_bob(valkey: Valkey, node_id: str) -> Any:
     """The routing tests' config, with a second agent."""
     return from_mapping(
         {
             "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
             "store": {
                 "kind": "valkey",
-                "addresses": [valkey.address],
+                "addresses": valkey.addresses,
                 "node_id": node_id,
                 "partitions": PARTITIONS,
                 "lease_seconds": 1.0,
@@ -51,7 +50,7 @@ def _with_bob(valkey: ValkeyServer, node_id: str) -> Any:
 
 @asynccontextmanager
 async def started(
-    valkey: ValkeyServer, *ids: str, config: Callable[[ValkeyServer, str], Any] = _config
+    valkey: Valkey, *ids: str, config: Callable[[Valkey, str], Any] = _config
 ) -> AsyncIterator[dict[str, RunningServer]]:
     """Nodes started together, so they split the partitions."""
     nodes: dict[str, RunningServer] = {}
@@ -102,7 +101,7 @@ async def _desk_owners(nodes: dict[str, RunningServer]) -> list[str]:
 
 
 async def test_an_agent_on_one_node_takes_a_session_owned_by_another_with_its_user_on_a_third(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
     async with started(valkey, "a", "b", "c") as nodes:
         owners = await _desk_owners(nodes)
@@ -199,7 +198,7 @@ async def test_an_agent_on_one_node_takes_a_session_owned_by_another_with_its_us
 
 
 async def test_a_transfer_between_agents_on_two_nodes_moves_the_chat_and_what_each_may_do(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
     async with started(valkey, "a", "b", config=_with_bob) as nodes:
         a, b = nodes["a"], nodes["b"]
@@ -257,7 +256,7 @@ async def test_a_transfer_between_agents_on_two_nodes_moves_the_chat_and_what_ea
                 raise AssertionError("alice wrote to a chat she no longer holds")
 
 
-async def test_a_claim_across_nodes_and_the_refusal_of_a_second_one(valkey: ValkeyServer) -> None:
+async def test_a_claim_across_nodes_and_the_refusal_of_a_second_one(valkey: Valkey) -> None:
     async with started(valkey, "a", "b", config=_with_bob) as nodes:
         a, b = nodes["a"], nodes["b"]
         async with (
