@@ -19,25 +19,28 @@ from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 from transport.store.attachments import NoRoom
 
-from .support.valkey import ValkeyServer, valkey_server
+from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
+
+Valkey = ValkeyServer | ValkeyCluster
 
 AGENT_TOKEN = "alice-token-for-cluster-attachments"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(200))
 
 
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
-    with valkey_server(tmp_path / "valkey") as server:
-        yield server
+@pytest.fixture(params=ENGINES)
+def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey]:
+    """A single valkey-server, then a Valkey Cluster of three masters."""
+    with valkey_engine(request, tmp_path / "valkey") as engine:
+        yield engine
 
 
-def _config(valkey: ValkeyServer, node_id: str) -> Any:
+def _config(valkey: Valkey, node_id: str) -> Any:
     return from_mapping(
         {
             "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
             "store": {
                 "kind": "valkey",
-                "addresses": [valkey.address],
+                "addresses": valkey.addresses,
                 "node_id": node_id,
                 "partitions": 8,
                 "lease_seconds": 1.0,
@@ -51,7 +54,7 @@ def _config(valkey: ValkeyServer, node_id: str) -> Any:
 
 
 async def _start(
-    nursery: trio.Nursery, valkey: ValkeyServer, node_id: str, nodes: dict[str, RunningServer]
+    nursery: trio.Nursery, valkey: Valkey, node_id: str, nodes: dict[str, RunningServer]
 ) -> None:
     nodes[node_id] = await nursery.start(
         lambda task_status: run_server(
@@ -79,7 +82,7 @@ async def _download(node: RunningServer, conversation: str, attachment: str, tok
 
 
 async def test_a_file_sent_through_one_node_is_served_by_another_and_outlives_it(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
     nodes: dict[str, RunningServer] = {}
     async with trio.open_nursery() as stays:
@@ -126,8 +129,8 @@ async def _send_and_share(a: RunningServer, b: RunningServer) -> tuple[str, str]
     return conversation, attachment
 
 
-async def test_the_bound_on_all_files_is_reserved_and_given_back(valkey: ValkeyServer) -> None:
-    engine = await connect([valkey.address])
+async def test_the_bound_on_all_files_is_reserved_and_given_back(valkey: Valkey) -> None:
+    engine = await connect(valkey.addresses)
     files = ValkeyAttachments(engine, 8, lambda key: _nothing())
     bounds = {"max_count": 5, "max_bytes": 10 * len(PNG), "max_total": 3 * len(PNG)}
     try:
@@ -161,7 +164,7 @@ async def test_the_bound_on_all_files_is_reserved_and_given_back(valkey: ValkeyS
         )
         found = await files.read("c9", again.attachment_id)
         assert found is not None and found[1] == PNG and found[0].sender == "agent:alice"
-        assert int(await engine.command(["GET", TOTAL])) == 3 * len(PNG)
+        assert int(await engine.command(["GET", TOTAL], key=TOTAL)) == 3 * len(PNG)
     finally:
         await engine.close()
 

@@ -17,18 +17,21 @@ from transport.client import connect_user
 from transport.cluster.keys import partition_of
 from transport.servers.runtime import RunningServer, run_server
 
-from .support.valkey import ValkeyServer, valkey_server
+from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
 from .test_cluster_routing import PARTITIONS, _config, _entry, _owned
 
+Valkey = ValkeyServer | ValkeyCluster
 
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
-    with valkey_server(tmp_path / "valkey") as server:
-        yield server
+
+@pytest.fixture(params=ENGINES)
+def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey]:
+    """A single valkey-server, then a Valkey Cluster of three masters."""
+    with valkey_engine(request, tmp_path / "valkey") as engine:
+        yield engine
 
 
 async def test_a_routed_message_resent_after_its_owner_stopped_is_answered_once(
-    valkey: ValkeyServer,
+    valkey: Valkey,
 ) -> None:
     nodes: dict[str, RunningServer] = {}
     stopped = {"a": trio.Event(), "b": trio.Event()}
