@@ -1,11 +1,12 @@
 """Three Switchover nodes as processes on one real valkey-server, then on a Valkey Cluster of
-three masters: users spread over the nodes, bot-mode traffic and waiting sessions that
-expire, then SIGKILL of the busiest node.
+three masters: users and agents spread over the nodes, bot-mode traffic, live sessions with
+agents and waiting sessions that expire, then SIGKILL of the busiest node.
 
 The other nodes take its partitions over once their leases expire; its users resume at once
 on the other nodes, whoever owns their conversation. Asserted: no acknowledged message
 lost, none stored or delivered twice, none out of order; every session ends once, its
-expiry pushed to the bot once, late by at most the lease (docs/cluster.md). A message
+expiry pushed to the bot once, late by at most the lease (docs/cluster.md); every live
+session keeps its agent through the kill, and ends once, its end pushed to the bot once. A message
 whose answer never came (stored by the dead node or not) is resent with its id once every
 partition has an owner again: it is answered, and in the log once."""
 
@@ -25,7 +26,14 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from transport.client import Closed, RequestRefused, UserClient, connect_user
+from transport.client import (
+    AgentClient,
+    Closed,
+    RequestRefused,
+    UserClient,
+    connect_agent,
+    connect_user,
+)
 from transport.cluster.engine import connect
 from transport.cluster.keys import PartitionKeys, partition_of
 
@@ -39,6 +47,9 @@ PARTITIONS = 12
 LEASE = 2.0
 SESSION_TIMEOUT = 5.0
 NODES = ("n1", "n2", "n3")
+#: The agents of the bot "care" (the bot "shop" has none: its sessions wait and expire), each
+#: connected to a node that survives.
+AGENTS = {"alice": "n2", "bob": "n3"}
 
 
 @attrs.frozen
@@ -78,6 +89,24 @@ url = "{bot_url}/hook"
 secret = "{BOT_SECRET}"
 [bots.shop.settings]
 session_timeout = {SESSION_TIMEOUT}
+[bots.care]
+adapter = "webhook"
+[bots.care.options]
+url = "{bot_url}/hook"
+secret = "{BOT_SECRET}"
+[bots.care.settings]
+session_timeout = 120.0
+grace_period = 60.0
+[agents.alice]
+token = "alice-token-for-the-failover-test"
+bots = ["care"]
+name = "Alice"
+capacity = 4
+[agents.bob]
+token = "bob-token-for-the-failover-test"
+bots = ["care"]
+name = "Bob"
+capacity = 4
 """
 
 
@@ -141,6 +170,8 @@ class User:
     client: UserClient
     acked: dict[int, str] = attrs.field(factory=dict)
     session_at: float | None = None
+    #: The agent holding its live session (the bot "care"), if any.
+    agent: str | None = None
 
     #: A message sent whose answer never came (its node died): stored or not. Each text is
     #: its own id, so it can be resent as it was.
@@ -214,6 +245,29 @@ async def _sigkill_of_the_busiest_node(tmp_path: Path, valkey: list[str]) -> Non
             partition = partition_of(user.client.conversation_id, PARTITIONS)
             assert partition in owned[user.node]
 
+        # Live sessions with agents on the nodes that survive: two of their users on n1.
+        agents: dict[str, AgentClient] = {}
+        for agent_id, node_id in AGENTS.items():
+            agents[agent_id] = await stack.enter_async_context(
+                connect_agent(nodes[node_id].ws_url, f"{agent_id}-token-for-the-failover-test")
+            )
+            await agents[agent_id].set_presence("online")
+        chats: list[User] = []
+        for node_id in ("n1", "n1", "n2", "n3"):
+            chat = User(
+                node_id,
+                await stack.enter_async_context(connect_user(nodes[node_id].ws_url, bot_id="care")),
+            )
+            await chat.client.click("LIVECHAT_SESSION_START")
+            joined = await chat.client.wait_for(_notice("agent_joined"), timeout=10.0)
+            chat.agent = {"Alice": "alice", "Bob": "bob"}[joined["content"]["name"]]
+            await chat.say(f"{chat.client.conversation_id} hello")
+            heard = await agents[chat.agent].wait_for(
+                lambda f, c=chat: _entry_of(f, c, "user"), timeout=10.0
+            )
+            assert heard["content"]["text"] == f"{chat.client.conversation_id} hello"
+            chats.append(chat)
+
         # Bot-mode traffic, then half of the users ask for a human: nobody is there,
         # so each session waits until it expires.
         async with trio.open_nursery() as nursery:
@@ -228,7 +282,9 @@ async def _sigkill_of_the_busiest_node(tmp_path: Path, valkey: list[str]) -> Non
             await user.client.click("LIVECHAT_SESSION_START")
             user.session_at = time.monotonic()
 
-        # SIGKILL of n1 while its sessions wait and every user talks.
+        # SIGKILL of n1 while its sessions wait and every user talks (to the bot, to nobody
+        # in a waiting session, to an agent in a live one).
+        users += chats
         stop = trio.Event()
         talking = await stack.enter_async_context(trio.open_nursery())
         stack.callback(stop.set)  # whatever happens, the talking stops
@@ -302,6 +358,31 @@ async def _sigkill_of_the_busiest_node(tmp_path: Path, valkey: list[str]) -> Non
             for u in routed
         )
 
+        # Every live session kept its agent: each agent writes to each of its chats (whoever
+        # owns the conversation now, wherever its user is), the user reads it; then Alice
+        # ends hers and Bob signs off, his users clicking the button. Each ends once.
+        for chat in chats:
+            assert chat.agent is not None
+            conversation_id, text = (
+                chat.client.conversation_id,
+                f"{chat.client.conversation_id} agent after",
+            )
+            answer = await agents[chat.agent].request(
+                _agent_text(conversation_id, text), timeout=20.0
+            )
+            assert answer["seq"] is not None
+            await chat.client.wait_for(
+                lambda f, t=text: f["type"] == "entry" and f["content"].get("text") == t,
+                timeout=10.0,
+            )
+            if chat.agent == "alice":
+                await agents["alice"].end(conversation_id)
+            else:
+                await agents["bob"].sign_off(conversation_id)
+                await chat.client.wait_for(lambda f: f.get("metadata", {}).get("sign_off"))
+                await chat.client.click("LIVECHAT_SESSION_END")
+            await chat.client.wait_for(_notice("session_ended"), timeout=10.0)
+
         # Every session expires once; the bot hears each expiry.
         sessions = [u for u in users if u.session_at is not None]
 
@@ -355,14 +436,55 @@ async def _sigkill_of_the_busiest_node(tmp_path: Path, valkey: list[str]) -> Non
             endings = [
                 e
                 for e in entries
-                if e["content"].get("payload")
+                if e["sender"] == "system"  # (a user's click of the end button is not one)
+                and e["content"].get("payload")
                 in ("LIVECHAT_SESSION_EXPIRED", "LIVECHAT_SESSION_END")
             ]
-            assert len(endings) == (1 if user.session_at is not None else 0)
+            assert len(endings) == (1 if user.session_at is not None or user.agent else 0)
             # What the user's client saw since it (re)connected: in order, never twice.
             seen = [f["seq"] for f in user.client.take_all() if f["type"] == "entry"]
             assert seen == sorted(set(seen))
+        # The bot heard each live session's end once; each agent saw its chats in order,
+        # never an entry twice, never its own message back.
+        for chat in chats:
+            ends = {
+                e["event_id"]
+                for e in bot.events
+                if e["conversation_id"] == chat.client.conversation_id
+                and e["content"]["content"].get("payload") == "LIVECHAT_SESSION_END"
+            }
+            assert len(ends) == 1, chat.client.conversation_id
+        for agent in agents.values():
+            by_chat: dict[str, list[int]] = {}
+            for frame in agent.take_all():
+                if frame["type"] == "entry":
+                    assert frame["sender"] != "agent" or frame.get("agent_id") != agent.agent_id
+                    by_chat.setdefault(frame["conversation_id"], []).append(frame["seq"])
+            for seqs in by_chat.values():
+                assert seqs == sorted(set(seqs))
     await engine.close()
+
+
+def _notice(code: str) -> Any:
+    return lambda f: f["type"] == "entry" and f["content"].get("code") == code
+
+
+def _entry_of(frame: dict[str, Any], user: User, sender: str) -> bool:
+    return (
+        frame["type"] == "entry"
+        and frame["conversation_id"] == user.client.conversation_id
+        and frame["sender"] == sender
+    )
+
+
+def _agent_text(conversation_id: str, text: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": text,
+        "conversation_id": conversation_id,
+        "content_type": "text",
+        "content": {"text": text},
+    }
 
 
 async def _log(engine: Any, conversation_id: str) -> list[dict[str, Any]]:
