@@ -147,6 +147,10 @@ async def test_a_session_through_the_node_that_does_not_own_the_conversation(
             scraped = (await http.get(f"{a.http_url}/metrics")).text
             assert f"switchover_cluster_partitions_owned {float(len(_owned(a)))}" in scraped
             assert "switchover_cluster_inputs_served_total" in scraped
+            # How long the inputs a served waited in its inbound stream (here: not long).
+            lag = (await http.get(f"{a.http_url}/healthz")).json()["cluster"]["inbound_lag"]
+            assert lag == round(store_a.router.inbound_lag, 4) and 0.0 <= lag < 5.0
+            assert "switchover_cluster_inbound_lag_seconds" in scraped
         entries = [f for f in frames if f["type"] == "entry"]
         seqs = [f["seq"] for f in entries]
         assert seqs == sorted(set(seqs))  # in order, never twice

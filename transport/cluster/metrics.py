@@ -54,6 +54,11 @@ class ClusterMetrics(Collector):
             value=0 if router is None else router.served,
         )
         yield GaugeMetricFamily(
+            "switchover_cluster_inbound_lag_seconds",
+            "How long the latest input routed to this node waited in its inbound stream.",
+            value=0.0 if router is None else router.inbound_lag,
+        )
+        yield GaugeMetricFamily(
             "switchover_cluster_inputs_waiting",
             "Inputs this node sent to other nodes and not answered yet.",
             value=0 if router is None else len(router.pending),

@@ -136,6 +136,9 @@ class Router:
         #: For /healthz and /metrics.
         self.forwarded = 0
         self.served = 0
+        #: How long the latest input served waited in its inbound stream before this node
+        #: read it (seconds, by the engine's clock: the stream id is its arrival).
+        self.inbound_lag = 0.0
 
     def owns(self, conversation_id: str) -> bool:
         return partition_of(conversation_id, self.leases.partitions) in self.leases.tokens
@@ -516,6 +519,9 @@ class Router:
         origin, request = values["n"], values["r"]
         conversation_id = values["c"]
         self.served += 1
+        arrived_ms, _, _ = stream_id.partition("-")
+        if arrived_ms.isdigit():
+            self.inbound_lag = max(0.0, self.store.clock.now() - int(arrived_ms) / 1000)
 
         def reply(outcome: fx.Outcome) -> None:
             self._answers.append((origin, request, key, stream_id, outcome))

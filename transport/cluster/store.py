@@ -167,6 +167,7 @@ class ValkeyStore:
                 "inputs_forwarded": 0 if self.router is None else self.router.forwarded,
                 "inputs_served": 0 if self.router is None else self.router.served,
                 "inputs_waiting": 0 if self.router is None else len(self.router.pending),
+                "inbound_lag": 0.0 if self.router is None else round(self.router.inbound_lag, 4),
                 "desk_owner": self.desk is not None and self.desk.owner,
                 "desk_takeovers": 0 if self.desk is None else self.desk.takeovers,
                 "engine_clock_ahead": None if skew is None else round(skew, 4),
