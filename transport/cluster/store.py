@@ -28,6 +28,7 @@ from transport.cluster.codec import entry_from_json, entry_json, state_from_json
 from transport.cluster.engine import Engine, EngineError, connect
 from transport.cluster.keys import PRESENCE, PartitionKeys, partition_of
 from transport.cluster.leases import Leases
+from transport.cluster.settings import SharedSettings
 
 if TYPE_CHECKING:
     from actors.trio.switchboard import Switchboard
@@ -109,6 +110,11 @@ class ValkeyStore:
 
         self.router = Router(self, self.addresses)
         return ClusterSwitchboard(*args, router=self.router, **options)
+
+    def shared_settings(self) -> SharedSettings:
+        """Administrators' changes to bots' settings, kept in the engine and taken up by
+        every node (:mod:`transport.cluster.settings`)."""
+        return SharedSettings(self.engine, self.addresses, self._durable)
 
     def attachments(self) -> ValkeyAttachments:
         """Attachments kept in the engine, durable as the commits are, so any node serves

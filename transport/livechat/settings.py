@@ -8,7 +8,8 @@ own code (:func:`transport.config.read_bot_settings`), so a value the file would
 refused in the same words, and logged with who made it and what changed.
 
 A change reaches the core through :meth:`actors.Switchboard.replace_settings`: open sessions
-take it up from their next deadline on.
+take it up from their next deadline on. In the clustered mode the changes are kept in the
+engine instead (``keep``), and every node takes up each one (:meth:`BotSettingsBook.take`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,9 @@ class BotSettingsBook:
         self._current = dict(file_settings)
         self._lock = trio.Lock()
         self.on_change: Callable[[str, BotSettings], None] = lambda bot_id, settings: None
+        #: Where a bot's stored changes are kept besides ``path`` (the clustered mode's
+        #: engine, which hands them to every node): called with the bot's entry.
+        self.keep: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
 
     @classmethod
     def for_config(cls, config: Config) -> BotSettingsBook:
@@ -209,11 +213,13 @@ class BotSettingsBook:
         if changes:
             last[bot_id] = change
         everything = {**self._stored, bot_id: stored}
-        if self.path is not None:
-            # Shielded: a request cut short must not leave the file changed and the server
-            # not (the write itself would go on in its thread anyway).
-            with trio.CancelScope(shield=True):
+        # Shielded: a request cut short must not leave the change kept and the server
+        # without it (a file write would go on in its thread anyway).
+        with trio.CancelScope(shield=True):
+            if self.path is not None:
                 await trio.to_thread.run_sync(_write, self.path, everything, last)
+            if self.keep is not None:
+                await self.keep(bot_id, _entry(stored, last.get(bot_id)))
         self._stored = everything
         self._last = last
         self._current[bot_id] = new
@@ -260,6 +266,21 @@ class BotSettingsBook:
             if not isinstance(entry, dict):
                 continue
             self._load_bot(bot_id, entry)
+
+    def take(self, bot_id: str, entry: Mapping[str, Any]) -> None:
+        """A bot's stored changes as another node kept them (the clustered mode): in force
+        here from now on, as if changed here (``on_change`` when the settings differ)."""
+        if bot_id not in self.file_settings:
+            return
+        old = self._current[bot_id]
+        self._stored[bot_id] = {}
+        self._current[bot_id] = self.file_settings[bot_id]
+        self._last.pop(bot_id, None)
+        self._load_bot(bot_id, entry)
+        new = self._current[bot_id]
+        if new != old:
+            log.info("settings of bot %s changed on another node", bot_id)
+            self.on_change(bot_id, new)
 
     def _load_bot(self, bot_id: str, entry: Mapping[str, Any]) -> None:
         values = entry.get("values")
@@ -312,16 +333,18 @@ def _write(path: Path, stored: Mapping[str, Mapping[str, Any]], last: Mapping[st
     """The whole file, replaced at once: a crash leaves the old one or the new one."""
     data = {
         "version": 1,
-        "bots": {
-            bot_id: {
-                "values": dict(values),
-                "last_change": None if bot_id not in last else last[bot_id].to_json(),
-            }
-            for bot_id, values in stored.items()
-        },
+        "bots": {bot_id: _entry(values, last.get(bot_id)) for bot_id, values in stored.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _entry(values: Mapping[str, Any], last: Change | None) -> dict[str, Any]:
+    """One bot's stored changes, as kept (in the file, or in the clustered mode's engine)."""
+    return {
+        "values": _jsonable(values),
+        "last_change": None if last is None else last.to_json(),
+    }
 
 
 def _change_from_json(data: Mapping[str, Any]) -> Change:

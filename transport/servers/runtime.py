@@ -318,6 +318,7 @@ async def _serve(
         tune_collector()
         _start_retention(config, store, core, parts.prune_every, parts.files)
         parts.bot_settings.on_change = partial(_settings_changed, board, store)
+        await _share_settings(store, parts.bot_settings, core)
         services = Services(
             board=board,
             desk=desk,
@@ -385,6 +386,17 @@ async def _serve(
         with trio.move_on_after(listen.shutdown_timeout):
             await board.stop_conversations()
         core.cancel_scope.cancel()
+
+
+async def _share_settings(store: Store, book: BotSettingsBook, nursery: trio.Nursery) -> None:
+    """In the clustered mode, administrators' changes live in the engine: this node starts
+    under those already made and takes up each one made on any node (docs/cluster.md)."""
+    shared = getattr(store, "shared_settings", None)
+    if shared is None:
+        return
+    settings = shared()
+    book.keep = settings.keep
+    await nursery.start(settings.follow, book.take)
 
 
 def _settings_changed(board: Switchboard, store: Store, bot_id: str, settings: BotSettings) -> None:
