@@ -45,7 +45,6 @@ from actors.model.records import Entry, Party
 from actors.model.settings import BotSettings
 from actors.ports import CoreLink, Sink
 from actors.trio.desk import AgentProfile, Desk, UnknownAgent
-from actors.trio.effect_runner import abandon
 from actors.trio.switchboard import Switchboard
 from transport.cluster.codec import desk_from_json, desk_json, entry_from_json, entry_json
 from transport.cluster.engine import Engine, EngineError, _script, connect
@@ -57,8 +56,11 @@ from transport.cluster.keys import (
     PRESENCE,
     desk_outbox,
 )
-from transport.cluster.routing import RemoteOrigin, _pairs, _stream_items
+from transport.cluster.routing import RemoteOrigin
 from transport.cluster.store import ValkeyStore
+from transport.cluster.streams import BLOCK_MS as _BLOCK_MS
+from transport.cluster.streams import pairs, read_own_stream, stream_items
+from transport.cluster.streams import text as _text
 
 log = logging.getLogger("switchover.cluster")
 
@@ -67,14 +69,9 @@ INBOX_BOUND = 100_000
 OUTBOX_BOUND = 20_000
 #: Most requests and deliveries waiting to be sent: past it, new ones are dropped (logged).
 SEND_BOUND = 100_000
-_BLOCK_MS = 200
 _READ = ("XREAD", "COUNT", "500", "BLOCK", str(_BLOCK_MS))
 #: Takes requests read from the desk's inbound stream, under the desk's lease.
 _TAKE = _script("desk_take")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @attrs.define(eq=False)
@@ -313,15 +310,7 @@ class ClusterDesk(Desk):
         self._note(agent_id, item)
         for sink in list(self.local.get(agent_id, ())):
             if sink is not skip:
-                self._hand(agent_id, sink, item)
-
-    def _hand(self, agent_id: str, sink: Sink, item: Delivery) -> None:
-        try:
-            sink.deliver(item)
-        except Exception:
-            log.exception("an agent's client failed; it is closed and will resume")
-            self.detach(agent_id, sink)
-            abandon(sink)
+                self._deliver_to(agent_id, sink, item)
 
     def _note(self, agent_id: str, item: Delivery) -> None:
         """Keep what the agent holds, for :meth:`holds` on a node that does not run the
@@ -375,35 +364,10 @@ class ClusterDesk(Desk):
     # -- this node's deliveries -------------------------------------------------------------
 
     async def _read_deliveries_forever(self, addresses: list[str]) -> None:
-        engine = await connect(addresses, timeout_ms=_BLOCK_MS * 10)
         # From the oldest: what was sent before this node's connections exist (an earlier
         # run's) finds no connection and is dropped; nothing sent since is missed.
-        key, last = desk_outbox(self.node_id), "0-0"
-        try:
-            while True:
-                try:
-                    found = await engine.command(
-                        ["XREAD", "COUNT", "500", "BLOCK", str(_BLOCK_MS), "STREAMS", key, last],
-                        key=key,
-                    )
-                except EngineError as exc:
-                    log.warning("cannot read the deliveries to this node's agents: %s", exc)
-                    await trio.sleep(_BLOCK_MS / 1000)
-                    continue
-                if not found:
-                    continue
-                ids = []
-                for stream_id, fields in _stream_items(found):
-                    last = stream_id
-                    ids.append(stream_id)
-                    self._delivered(dict(_pairs(fields)))
-                try:
-                    await engine.command(["XDEL", key, *ids], key=key)
-                except EngineError as exc:
-                    log.warning("cannot clear the deliveries read: %s", exc)
-        finally:
-            with trio.CancelScope(shield=True):
-                await engine.close()
+        key = desk_outbox(self.node_id)
+        await read_own_stream(addresses, key, self._delivered, "the deliveries to its agents")
 
     def _delivered(self, values: dict[str, str]) -> None:
         if values.get("k") == "resend":
@@ -422,7 +386,7 @@ class ClusterDesk(Desk):
             if found is not None:
                 agent_id, sink = found
                 self._note(agent_id, item)
-                self._hand(agent_id, sink, item)
+                self._deliver_to(agent_id, sink, item)
             return
         agent_id, skip = values.get("a", ""), values.get("s", "")
         found = self._by_ref.get(skip) if skip else None
@@ -547,8 +511,7 @@ class ClusterDesk(Desk):
         try:
             kept = await store.engine.command(["HGETALL", PRESENCE], key=PRESENCE) or {}
             # A map under RESP3 (glide's default), a flat list under RESP2.
-            pairs = kept.items() if isinstance(kept, Mapping) else _pairs(kept)
-            inner.restore_presences({_text(k): _text(v).partition(" ")[0] for k, v in pairs})
+            inner.restore_presences({k: v.partition(" ")[0] for k, v in pairs(kept)})
         except EngineError as exc:
             log.warning("agents' presence could not be read for the desk: %s", exc)
         with trio.CancelScope() as scope:
@@ -584,7 +547,7 @@ class ClusterDesk(Desk):
                     )
                     if not found:
                         continue
-                    items = _stream_items(found)
+                    items = stream_items(found)
                     ids = [stream_id for stream_id, _ in items]
                     await engine.run(_TAKE, [DESK_LEASE, DESK_INBOX], [token, *ids])
                 except EngineError as exc:
@@ -596,7 +559,7 @@ class ClusterDesk(Desk):
                     continue
                 for stream_id, fields in items:
                     last = stream_id
-                    self._apply_request(dict(_pairs(fields)))
+                    self._apply_request(dict(pairs(fields)))
         finally:
             with trio.CancelScope(shield=True):
                 await engine.close()

@@ -38,6 +38,9 @@ from transport.cluster.codec import message_from_json, message_json
 from transport.cluster.engine import Engine, EngineError, connect, subscriber
 from transport.cluster.keys import PartitionKeys, partition_of
 from transport.cluster.store import ValkeyStore
+from transport.cluster.streams import BLOCK_MS as _BLOCK_MS
+from transport.cluster.streams import pairs, read_own_stream, stream_items, streams
+from transport.cluster.streams import text as _text
 
 log = logging.getLogger("switchover.cluster")
 
@@ -49,7 +52,6 @@ MAX_PENDING = 10_000
 REPLY_TIMEOUT = 10.0
 #: Bound of each inbound stream and of each node's answers stream (approximate trim).
 STREAM_BOUND = 100_000
-_BLOCK_MS = 200
 #: On a Valkey Cluster: how often every owned inbound stream is read even without a bell
 #: (a bell lost while the subscription reconnected is made up by it).
 _SWEEP_SECONDS = 1.0
@@ -57,10 +59,6 @@ _SWEEP_SECONDS = 1.0
 _READ_COUNT = 500
 
 Reply = Callable[[fx.Outcome], None]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _outbox(node_id: str) -> str:
@@ -328,29 +326,10 @@ class Router:
                     )
 
     async def _read_answers_forever(self) -> None:
-        """Every answer, from the start of the stream: not from ``$``, which each blocking
-        read takes as "what arrives during this read", so an answer added between two reads
-        would be lost (and its client told after 10 s to send its input again)."""
-        engine = await connect(self.addresses, timeout_ms=_BLOCK_MS * 10)
-        key, last = _outbox(self.node_id), "0-0"
-        try:
-            while True:
-                found = await engine.command(
-                    ["XREAD", "COUNT", "500", "BLOCK", str(_BLOCK_MS), "STREAMS", key, last],
-                    key=key,
-                )
-                if not found:
-                    continue
-                ids = []
-                for stream_id, fields in _stream_items(found):
-                    last = stream_id
-                    ids.append(stream_id)
-                    values = dict(_pairs(fields))
-                    self._answered(values["r"], message_from_json(values["o"]))
-                await engine.command(["XDEL", key, *ids], key=key)
-        finally:
-            with trio.CancelScope(shield=True):
-                await engine.close()
+        await read_own_stream(self.addresses, _outbox(self.node_id), self._answer, "the answers")
+
+    def _answer(self, values: dict[str, str]) -> None:
+        self._answered(values["r"], message_from_json(values["o"]))
 
     async def _read_commits_forever(self) -> None:
         engine = await subscriber(self.addresses, {COMMITS})
@@ -391,9 +370,9 @@ class Router:
                     + [">"] * len(keys)
                 )
                 if found:
-                    for key, items in _streams(found):
+                    for key, items in streams(found):
                         for stream_id, fields in items:
-                            self._serve(key, stream_id, dict(_pairs(fields)))
+                            self._serve(key, stream_id, dict(pairs(fields)))
         finally:
             with trio.CancelScope(shield=True):
                 await engine.close()
@@ -470,9 +449,9 @@ class Router:
             if isinstance(found, Exception):  # read again by the next sweep
                 log.warning("cannot read the inputs of partition %d: %s", partition, found)
                 continue
-            for key, items in _streams(found or {}):
+            for key, items in streams(found or {}):
                 for stream_id, fields in items:
-                    self._serve(key, stream_id, dict(_pairs(fields)))
+                    self._serve(key, stream_id, dict(pairs(fields)))
                 if len(items) >= _READ_COUNT:
                     more.add(partition)
         return more
@@ -492,7 +471,7 @@ class Router:
                 ["XAUTOCLAIM", key, GROUP, self.node_id, "0", start, "COUNT", "500"], key=key
             )
             start = _text(answer[0])
-            claimed = [(i, f) for i, f in _stream_items(answer[1]) if f]
+            claimed = [(i, f) for i, f in stream_items(answer[1]) if f]
             # An input already stored is answered as stored, never handed to an actor again
             # (its commit also acknowledged it, so this is only the belt to those braces).
             known = PartitionKeys(partition).inputs
@@ -502,7 +481,7 @@ class Router:
                 else []
             )
             for (stream_id, fields), seq in zip(claimed, stored, strict=True):
-                values = dict(_pairs(fields))
+                values = dict(pairs(fields))
                 if seq is None:
                     self._serve(key, stream_id, values)
                 else:
@@ -564,25 +543,3 @@ class Router:
             failed = [r for r in results if isinstance(r, Exception)]
             if failed:
                 log.warning("cannot answer %d inputs: %s", len(failed), failed[0])
-
-
-def _pairs(fields: Any) -> list[tuple[str, str]]:
-    """A stream entry's fields: [[k, v], ...] (RESP3) or [k, v, k, v] (RESP2)."""
-    if fields and isinstance(fields[0], list):
-        return [(_text(k), _text(v)) for k, v in fields]
-    return [(_text(fields[i]), _text(fields[i + 1])) for i in range(0, len(fields), 2)]
-
-
-def _stream_items(found: Any) -> list[tuple[str, Any]]:
-    """(id, fields) of one stream's entries, from XREAD's or XAUTOCLAIM's answer."""
-    if isinstance(found, dict) and len(found) == 1 and isinstance(next(iter(found.values())), dict):
-        found = next(iter(found.values()))
-    if isinstance(found, dict):
-        return [(_text(k), v) for k, v in found.items()]
-    return [(_text(k), v) for k, v in found]
-
-
-def _streams(found: Any) -> list[tuple[str, list[tuple[str, Any]]]]:
-    """(key, entries) of each stream of an XREADGROUP answer."""
-    items = found.items() if isinstance(found, dict) else found
-    return [(_text(key), _stream_items(entries)) for key, entries in items]

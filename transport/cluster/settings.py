@@ -20,6 +20,8 @@ from typing import Any
 import trio
 
 from transport.cluster.engine import Engine, EngineError, subscriber
+from transport.cluster.streams import pairs
+from transport.cluster.streams import text as _text
 
 log = logging.getLogger("switchover.cluster")
 
@@ -32,10 +34,6 @@ FIRST_PAUSE = 0.1
 MAX_PAUSE = 5.0
 
 Take = Callable[[str, Mapping[str, Any]], None]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class SharedSettings:
@@ -88,7 +86,7 @@ class SharedSettings:
 
     async def _take_all(self, take: Take) -> None:
         stored = await self.engine.command(["HGETALL", KEY], key=KEY) or {}
-        for bot_id, entry in _pairs(stored):
+        for bot_id, entry in pairs(stored):
             self._take(take, bot_id, entry)
 
     @staticmethod
@@ -100,10 +98,3 @@ class SharedSettings:
             return
         if isinstance(data, dict):
             take(_text(bot_id), data)
-
-
-def _pairs(found: Any) -> list[tuple[Any, Any]]:
-    """A hash's fields and values: a map (RESP3) or [field, value, ...] (RESP2)."""
-    if isinstance(found, dict):
-        return list(found.items())
-    return [(found[i], found[i + 1]) for i in range(0, len(found), 2)]
