@@ -11,10 +11,9 @@ queue after it."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,12 @@ import trio
 
 from transport.client import AgentClient, Frame, UserClient, connect_agent, connect_user
 
-from .support.process import _READY, ROOT, SWITCHOVER
+from .support.cluster import Node, cluster_health, node_processes
 from .support.valkey import valkey_server
 
 LEASE = 2.0
 NODES = ("n1", "n2", "n3")
 ALICE = "alice-token-for-the-desk-failover"
-
-
-@attrs.frozen
-class Node:
-    node_id: str
-    process: subprocess.Popen[str]
-    ws_url: str
-    http_url: str
 
 
 def _config(node_id: str, valkey: str, grace: float) -> str:
@@ -66,56 +57,9 @@ name = "Alice"
 """
 
 
-@asynccontextmanager
-async def cluster(
-    tmp_path: Path, valkey: str, grace: float = 60.0
-) -> AsyncIterator[dict[str, Node]]:
+def cluster(tmp_path: Path, valkey: str, grace: float = 60.0) -> Any:
     """Every node started at once; each killed on leaving."""
-    processes = {}
-    for node_id in NODES:
-        directory = tmp_path / node_id
-        directory.mkdir()
-        config = directory / "switchover.toml"
-        config.write_text(_config(node_id, valkey, grace))
-        log = (directory / "server.log").open("w")
-        processes[node_id] = subprocess.Popen(  # noqa: ASYNC220 (read in threads below)
-            [*SWITCHOVER, "serve", "--config", str(config), "--data-dir", str(directory / "data")],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-    nodes: dict[str, Node] = {}
-    try:
-
-        async def ready(node_id: str) -> None:
-            process = processes[node_id]
-            assert process.stdout is not None
-            while True:
-                line = await trio.to_thread.run_sync(process.stdout.readline)
-                if not line:
-                    log = (tmp_path / node_id / "server.log").read_text()
-                    raise AssertionError(f"node {node_id} exited: {log}")
-                found = _READY.search(line)
-                if found:
-                    nodes[node_id] = Node(node_id, process, found.group(1), found.group(2))
-                    return
-
-        with trio.fail_after(30):
-            async with trio.open_nursery() as nursery:
-                for node_id in NODES:
-                    nursery.start_soon(ready, node_id)
-        yield nodes
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-
-
-async def _cluster_health(http: httpx.AsyncClient, node: Node) -> dict[str, Any]:
-    data: dict[str, Any] = (await http.get(f"{node.http_url}/healthz")).json()["cluster"]
-    return data
+    return node_processes(tmp_path, {n: _config(n, valkey, grace) for n in NODES})
 
 
 async def _desk_owner(http: httpx.AsyncClient, nodes: list[Node], timeout: float) -> Node:
@@ -123,7 +67,7 @@ async def _desk_owner(http: httpx.AsyncClient, nodes: list[Node], timeout: float
     with trio.fail_after(timeout):
         while True:
             for node in nodes:
-                if (await _cluster_health(http, node))["desk_owner"]:
+                if (await cluster_health(http, node))["desk_owner"]:
                     return node
             await trio.sleep(0.05)
 
@@ -242,7 +186,7 @@ async def _desk_moves_mid_session(tmp_path: Path, stop: Callable[[Node], None]) 
             await chat.exchange("during", rounds=1)
             await _desk_owner(http, survivors, LEASE * 5)
             takeover = time.monotonic() - stopped_at
-            healths = [await _cluster_health(http, n) for n in survivors]
+            healths = [await cluster_health(http, n) for n in survivors]
             assert sum(h["desk_owner"] for h in healths) == 1
             assert sum(h["desk_takeovers"] for h in healths) == 1
             # The agent kept the chat; the new desk shows it to the agent, and they talk on.

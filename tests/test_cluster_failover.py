@@ -13,10 +13,9 @@ partition has an owner again: it is answered, and in the log once."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from transport.cluster.keys import PartitionKeys, partition_of
 from .fakes.asgi_server import serving
 from .fakes.webhook_bot import SECRET as BOT_SECRET
 from .fakes.webhook_bot import BotServer
-from .support.process import _READY, ROOT, SWITCHOVER
+from .support.cluster import cluster_health, node_processes
 from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
 
 PARTITIONS = 12
@@ -50,14 +49,6 @@ NODES = ("n1", "n2", "n3")
 #: The agents of the bot "care" (the bot "shop" has none: its sessions wait and expire), each
 #: connected to a node that survives.
 AGENTS = {"alice": "n2", "bob": "n3"}
-
-
-@attrs.frozen
-class Node:
-    node_id: str
-    process: subprocess.Popen[str]
-    ws_url: str
-    http_url: str
 
 
 Valkey = ValkeyServer | ValkeyCluster
@@ -110,58 +101,10 @@ capacity = 4
 """
 
 
-@asynccontextmanager
-async def cluster(
-    tmp_path: Path, valkey: list[str], bot_url: str
-) -> AsyncIterator[dict[str, Node]]:
+def cluster(tmp_path: Path, valkey: list[str], bot_url: str) -> Any:
     """Start every node at once (so they split the partitions), wait until each is ready,
     and kill them all on leaving."""
-    processes = {}
-    for node_id in NODES:
-        directory = tmp_path / node_id
-        directory.mkdir()
-        config = directory / "switchover.toml"
-        config.write_text(_config(node_id, valkey, bot_url))
-        log = (directory / "server.log").open("w")
-        processes[node_id] = subprocess.Popen(  # noqa: ASYNC220 (read in threads below)
-            [*SWITCHOVER, "serve", "--config", str(config), "--data-dir", str(directory / "data")],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-    nodes: dict[str, Node] = {}
-    try:
-
-        async def ready(node_id: str) -> None:
-            process = processes[node_id]
-            assert process.stdout is not None
-            while True:
-                line = await trio.to_thread.run_sync(process.stdout.readline)
-                if not line:
-                    log = (tmp_path / node_id / "server.log").read_text()
-                    raise AssertionError(f"node {node_id} exited: {log}")
-                found = _READY.search(line)
-                if found:
-                    nodes[node_id] = Node(node_id, process, found.group(1), found.group(2))
-                    return
-
-        with trio.fail_after(30):
-            async with trio.open_nursery() as nursery:
-                for node_id in NODES:
-                    nursery.start_soon(ready, node_id)
-        yield nodes
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-
-
-async def _health(http: httpx.AsyncClient, node: Node) -> dict[str, Any]:
-    response = await http.get(f"{node.http_url}/healthz")
-    data: dict[str, Any] = response.json()["cluster"]
-    return data
+    return node_processes(tmp_path, {n: _config(n, valkey, bot_url) for n in NODES})
 
 
 @attrs.define
@@ -227,7 +170,8 @@ async def _sigkill_of_the_busiest_node(tmp_path: Path, valkey: list[str]) -> Non
         nodes = await stack.enter_async_context(cluster(tmp_path, valkey, bot_url))
         http = await stack.enter_async_context(httpx.AsyncClient())
         owned = {
-            n: set((await _health(http, node))["partitions_owned"]) for n, node in nodes.items()
+            n: set((await cluster_health(http, node))["partitions_owned"])
+            for n, node in nodes.items()
         }
         assert sorted(p for parts in owned.values() for p in parts) == list(range(PARTITIONS))
         assert all(owned.values()), owned  # started together, they split the partitions
@@ -319,7 +263,7 @@ async def _sigkill_of_the_busiest_node(tmp_path: Path, valkey: list[str]) -> Non
         with trio.fail_after(LEASE * 5):
             while True:
                 now_owned = {
-                    n: set((await _health(http, node))["partitions_owned"])
+                    n: set((await cluster_health(http, node))["partitions_owned"])
                     for n, node in survivors.items()
                 }
                 if sorted(p for parts in now_owned.values() for p in parts) == list(
@@ -330,7 +274,7 @@ async def _sigkill_of_the_busiest_node(tmp_path: Path, valkey: list[str]) -> Non
         takeover = time.monotonic() - killed_at
         stop.set()
         assert takeover <= LEASE * 3, takeover
-        takeovers = [(await _health(http, node))["takeovers"] for node in survivors.values()]
+        takeovers = [(await cluster_health(http, node))["takeovers"] for node in survivors.values()]
         assert sum(takeovers) == len(owned["n1"])
         # Some of them talk through a node that does not own their conversation: routed.
         routed = [
