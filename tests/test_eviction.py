@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 
 import trio
+import trio.testing
 
 from actors import (
     SESSION_START,
@@ -228,3 +229,29 @@ def _actors(board: Switchboard) -> int:
     return sum(
         isinstance(o, ConversationActor) and o.context is board.context for o in gc.get_objects()
     )
+
+
+async def test_a_client_arriving_with_the_wake_up_is_not_lost(autojump_clock: object) -> None:
+    """The wake-up that lets a conversation go and a client subscribing come in the same
+    tick, the wake-up first: the client is kept and gets what follows."""
+    async with running(BotSettings(), hibernate_after=HIBERNATE_AFTER) as (board, _):
+        conv, user = await open_watched(board, "demo")
+        assert await board.ask(conv, UserSays(Content.text("hi"))) == Accepted(1)
+        await user.wait_for(lambda i: isinstance(i, Entry) and i.seq == 2)
+        await trio.testing.wait_all_tasks_blocked()
+        # The actor's own wake-up comes due in this same tick; the one posted here is first
+        # in its inbox either way, and the client second.
+        await trio.sleep(HIBERNATE_AFTER)
+        assert board.is_in_memory(conv)
+        (actor,) = (
+            o
+            for o in gc.get_objects()
+            if isinstance(o, ConversationActor) and o.context is board.context and not o.retired
+        )
+        actor.wake()
+        late = RecordingSink()
+        board.subscribe(conv, late)
+        await trio.testing.wait_all_tasks_blocked()
+        board.post(conv, BotSays((Content.text("news"),)))
+        await user.wait_for(lambda i: isinstance(i, Entry) and i.seq == 3)
+        await late.wait_for(lambda i: isinstance(i, Entry) and i.seq == 3)
