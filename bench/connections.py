@@ -9,6 +9,13 @@ and resumes per second (ours), measured in the same run with the same client con
 
     .venv/bin/python bench/connections.py                 # 10,000 connections
     .venv/bin/python bench/connections.py --count 2000    # when the fd limit is lower
+    .venv/bin/python bench/connections.py --count 2000 --idle-for 3
+
+``--idle-for SECONDS``: the users stay silent that long before the server's memory is read,
+and the server runs with ``[limits] hibernate_after`` = ``--hibernate-after`` (1 s by
+default), so their conversations have left memory by then (without it: 1 s, and the server's
+default of 30 s, so they are all still in memory). RSS rarely shrinks when objects are freed
+(the allocator keeps its arenas): ``bench/idle_memory.py`` traces the Python heap instead.
 
 Each process lifts its soft RLIMIT_NOFILE to the hard limit; if that still is too low for
 the count, the count is scaled down to fit and the table says so.
@@ -60,6 +67,18 @@ def main(argv: list[str] | None = None) -> None:
         default=servers.LISTENERS[0],
         help="the server's [listeners] websocket setting (the baseline is always trio-websocket)",
     )
+    parser.add_argument(
+        "--idle-for",
+        type=float,
+        default=None,
+        help="seconds the users stay silent before the server's memory is read",
+    )
+    parser.add_argument(
+        "--hibernate-after",
+        type=float,
+        default=1.0,
+        help="the server's [limits] hibernate_after with --idle-for, seconds",
+    )
     parser.add_argument("--out", default=str(RESULTS / "connections.json"))
     args = parser.parse_args(argv)
     count = fitting_count(args.count)
@@ -70,7 +89,13 @@ def main(argv: list[str] | None = None) -> None:
         with servers.bare_echo(workdir) as echo:
             bare = servers.load("idle", echo.url, echo.pid, "--kind", "bare", *options, timeout=600)
         print(f"-- switchover ({args.store}), {count} users", file=sys.stderr)
-        with servers.switchover(workdir, store=args.store, listener=args.listener) as deployment:
+        idle = [] if args.idle_for is None else ["--settle", str(args.idle_for)]
+        with servers.switchover(
+            workdir,
+            store=args.store,
+            listener=args.listener,
+            hibernate_after=None if args.idle_for is None else args.hibernate_after,
+        ) as deployment:
             ours = servers.load(
                 "idle",
                 deployment.server.url,
@@ -78,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                 "--kind",
                 "user",
                 *options,
+                *idle,
                 timeout=900,
             )
     handshake = bare["opens_per_s"]
@@ -98,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         "hello_ratio": ours["opens_per_s"] / handshake,
         "resume_ratio": ours["resumes_per_s"] / handshake,
     }
-    print(f"\nIdle connections, {count} each, store {args.store}, {started:%Y-%m-%d}")
+    silent = "" if args.idle_for is None else f", silent {args.idle_for:g} s"
+    print(f"\nIdle connections, {count} each, store {args.store}{silent}, {started:%Y-%m-%d}")
     print(
         "| server | KiB per idle connection | connects/s (vs bare) | server us each "
         "(vs bare) | server CPU | client CPU |"
@@ -138,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         "listener": args.listener,
         "count": count,
         "concurrency": args.concurrency,
+        "idle_for": args.idle_for,
+        "hibernate_after": None if args.idle_for is None else args.hibernate_after,
         "machine": machine(),
         "bare": bare,
         "ours": ours,

@@ -141,10 +141,11 @@ def write_config(
     ws: int,
     http: int,
     listener: str = LISTENERS[0],
+    hibernate_after: float | None = None,
 ) -> list[str]:
     """A config with one demo bot, ``agents`` agents of ``capacity`` chats each, the WebSocket
     listener named, and limits raised so that a load generator is not rate limited as an
-    abusive client would be."""
+    abusive client would be. ``hibernate_after``: the ``[limits]`` setting, when given."""
     tokens = [f"bench-agent-token-{i:04d}" for i in range(agents)]
     lines = [
         'secret = "bench-secret-not-for-production"',
@@ -163,6 +164,7 @@ def write_config(
         "max_buffered = 100000",
         "new_conversations_per_minute = 0",
         "auth_failures = 0",
+        *([] if hibernate_after is None else [f"hibernate_after = {hibernate_after}"]),
         "[logging]",
         'level = "warning"',
         "[bots.demo]",
@@ -191,9 +193,10 @@ def switchover(
     capacity: int = 10,
     store: str = "memory",
     listener: str = LISTENERS[0],
+    hibernate_after: float | None = None,
 ) -> Iterator[Deployment]:
     """``switchover serve`` with a fresh config and data dir; ``listener`` is its
-    ``[listeners] websocket`` setting."""
+    ``[listeners] websocket`` setting, ``hibernate_after`` its ``[limits]`` one (when given)."""
     ws, http = free_port(), free_port()
     data_dir = workdir / f"data-{ws}"
     data_dir.mkdir()
@@ -207,6 +210,7 @@ def switchover(
         ws=ws,
         http=http,
         listener=listener,
+        hibernate_after=hibernate_after,
     )
     command = [
         PYTHON,

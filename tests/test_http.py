@@ -99,6 +99,7 @@ async def test_healthz_reports_status_version_and_load(
     assert data["status"] == "ok"
     assert data["version"]
     assert data["active_conversations"] == 1
+    assert data["dormant_conversations"] == 0
     assert data["queue_length"] in (0, 1)  # the desk may not have seen the request yet
     served.app.stopping = True
     stopping = await client.get("/healthz")
@@ -118,6 +119,7 @@ async def test_metrics_are_prometheus_text(served: Served, client: httpx.AsyncCl
     }
     assert samples["switchover_conversations_started_total"] == 2
     assert samples["switchover_conversations_active"] == 2
+    assert samples["switchover_conversations_dormant"] == 0
     assert samples["switchover_conversation_restarts_total"] == 0
     assert samples["switchover_conversation_escalations_total"] == 0
     assert samples["switchover_queue_length"] == 0

@@ -157,6 +157,33 @@ async def test_a_resume_without_last_seq_replays_everything(harness: WsHarness) 
         assert [first["seq"], second["seq"]] == [1, 2]
 
 
+async def test_a_silent_connected_users_conversation_leaves_memory_and_comes_back(
+    listener: str,
+) -> None:
+    """Two connections of a user who says nothing: the conversation leaves memory anyway;
+    when the user writes again, the other connection gets the message and both the answer,
+    in order, once, and the writer not its own message back."""
+    async with running_ws_server(listener=listener, hibernate_after=0.2) as harness:
+        board = harness.services.board
+        async with harness.user() as phone:
+            assert await phone.say_text("one") == 1
+            assert (await phone.next_frame())["seq"] == 2
+            async with harness.user(resume_token=phone.resume_token, last_seq=2) as laptop:
+                conv = phone.conversation_id
+                with trio.fail_after(5):
+                    # Leaving memory raises no event to wait on: look until it has happened.
+                    while board.is_in_memory(conv):  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                assert board.dormant_conversations == 1
+                assert await phone.say_text("two") == 3
+                mine, answer = await laptop.next_frame(), await laptop.next_frame()
+                assert (mine["seq"], mine["content"]["text"]) == (3, "two")
+                assert (answer["seq"], answer["content"]["text"]) == (4, "echo: two")
+                answer = await phone.next_frame()
+                assert (answer["seq"], answer["content"]["text"]) == (4, "echo: two")
+                assert phone.take_all() == [] and laptop.take_all() == []
+
+
 async def test_an_agent_catches_up_on_what_it_missed(harness: WsHarness) -> None:
     async with harness.user() as user:
         async with harness.agent("alice") as alice:

@@ -366,7 +366,9 @@ class ConversationActor:
                 after = index + 1
                 try:
                     if item is _ALARM:
-                        if await self._alarm():
+                        # (Not with more taken behind it: a client that subscribed in the
+                        # same tick would be lost with the batch.)
+                        if await self._alarm(last=after == len(batch)):
                             return
                     elif item is _REASSERT:
                         await self._reassert()
@@ -478,10 +480,10 @@ class ConversationActor:
         retry = self.effects.retry_due
         return wanted if retry is None else min(wanted, retry)
 
-    async def _alarm(self) -> bool:
+    async def _alarm(self, last: bool = True) -> bool:
         """A wake-up came due: retry what failed, expire the session if its deadline really
-        passed (activity may have moved it since), or hibernate. Returns whether the actor
-        leaves memory."""
+        passed (activity may have moved it since), or hibernate (only when nothing was taken
+        behind it: ``last``). Returns whether the actor leaves memory."""
         state, lifecycle = self.state, self.lifecycle
         assert state is not None and lifecycle is not None
         now = trio.current_time()
@@ -501,7 +503,7 @@ class ConversationActor:
                 if failure is not None:
                     raise failure
             return False
-        if self._may_hibernate():
+        if last and self._may_hibernate():
             self.context.retire(self)
             self._let_go()
             return True
@@ -515,10 +517,14 @@ class ConversationActor:
             await self.effects.carry_out(request, state)
 
     def _may_hibernate(self) -> bool:
+        """Quiet for ``hibernate_after`` with nothing in flight. Connected clients do not
+        keep a conversation in bot mode: the switchboard keeps its sinks, and hands them to
+        the actor its next event starts. An open session keeps its actor (its deadline)."""
         hibernate_after = self.context.hibernate_after
+        state = self.state
         return (
             hibernate_after is not None
-            and not self.subscribers
+            and (not self.subscribers or (state is not None and state.session is None))
             and not (self._feeder is not None and self._feeder.busy)
             and not self.effects.pending
             and not self.inbox

@@ -77,9 +77,10 @@ class Stats:
 class Switchboard:
     """Routes events to conversation actors and supervises them.
 
-    Use :func:`open_switchboard` to run one. ``hibernate_after``: seconds a conversation in
-    bot mode with no connected client stays in memory before it leaves (it is rebuilt from the
-    store on its next event); ``None`` keeps every conversation in memory.
+    Use :func:`open_switchboard` to run one. ``hibernate_after``: seconds a quiet conversation
+    in bot mode stays in memory before it leaves (it is rebuilt from the store on its next
+    event; its connected clients are kept here meanwhile and handed back to it); ``None``
+    keeps every conversation in memory.
     ``inbox_limit``: how many events may wait for one conversation before :meth:`submit`
     refuses more with :class:`Overloaded`. ``expiry_batch``: how many conversations the
     alarms wake per scheduler tick when many deadlines come due at once, and how many may be
@@ -118,6 +119,9 @@ class Switchboard:
         self.alarms = Alarms(expiry_batch)
         self._lifecycles = {bot_id: Lifecycle(b.settings) for bot_id, b in bots.items()}
         self._actors: dict[str, ConversationActor] = {}
+        #: The connected clients of conversations that left memory (bot mode, silent): the
+        #: actor their next event starts takes them back. A client leaving is removed here.
+        self._dormant: dict[str, list[Sink]] = {}
         self._nursery: trio.Nursery | None = None
         self._serving = 0  # conversation tasks running
         self._stopping = False
@@ -265,6 +269,9 @@ class Switchboard:
         actor.retired = True
         if self._actors.get(actor.conversation_id) is actor:
             del self._actors[actor.conversation_id]
+            if actor.subscribers:
+                # Its clients stay connected: its successor (next event) takes them back.
+                self._dormant[actor.conversation_id] = actor.subscribers
             if actor.state is not None and actor.state.session is None:
                 self.stats.hibernated += 1
 
@@ -274,6 +281,11 @@ class Switchboard:
     @property
     def active_conversations(self) -> int:
         return len(self._actors)
+
+    @property
+    def dormant_conversations(self) -> int:
+        """Conversations out of memory whose clients are still connected."""
+        return len(self._dormant)
 
     # -- the public API ---------------------------------------------------------------------
 
@@ -358,6 +370,14 @@ class Switchboard:
     def unsubscribe(self, conversation_id: str, sink: Sink) -> None:
         if conversation_id in self._actors:
             self._post_to_actor(conversation_id, Unsubscribe(sink))
+            return
+        # Out of memory: the client is only dropped from the kept ones (no actor started).
+        kept = self._dormant.get(conversation_id)
+        if kept is not None:
+            if sink in kept:
+                kept.remove(sink)
+            if not kept:
+                del self._dormant[conversation_id]
 
     def replay(
         self,
@@ -388,8 +408,11 @@ class Switchboard:
         predecessor: ConversationActor | None = None,
         pause: float = 0.0,
     ) -> ConversationActor:
+        # The clients kept while it was out of memory are its own again (the same list an
+        # escalated predecessor hands over, when it had any).
+        kept = self._dormant.pop(conversation_id, None)
         if predecessor is None:
-            actor = ConversationActor(self.context, conversation_id, state)
+            actor = ConversationActor(self.context, conversation_id, state, subscribers=kept)
         else:
             # Its clients and its bot's queue carry over: they did nothing wrong.
             actor = ConversationActor(

@@ -136,10 +136,11 @@ async def running_ws_server(
     close_grace: float = 5.0,
     connect_wait: float = 30.0,
     ack_timeout: float = 10.0,
+    hibernate_after: float | None = 600.0,
 ) -> AsyncIterator[WsHarness]:
     """Serve the WebSocket protocol on an ephemeral port of 127.0.0.1 for the block, on the
     ``listener`` implementation named (see transport.servers.websocket.LISTENERS). ``connect_wait``
-    and ``ack_timeout`` are the connected bot ``relay``'s."""
+    and ``ack_timeout`` are the connected bot ``relay``'s; ``hibernate_after`` the switchboard's."""
     settings = settings or BotSettings(session_timeout=3600, grace_period=30)
     bot = ScriptedBot()
     registry = BotConnections()
@@ -158,7 +159,7 @@ async def running_ws_server(
         ],
     )
     async with (
-        open_switchboard(bots, {"desk": desk}, store) as board,
+        open_switchboard(bots, {"desk": desk}, store, hibernate_after=hibernate_after) as board,
         trio.open_nursery() as nursery,
     ):
         services = Services(

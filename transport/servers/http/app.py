@@ -129,6 +129,7 @@ class HttpApp(Starlette):
             "status": "stopping" if self.stopping else "ok",
             "version": version(),
             "active_conversations": board.active_conversations,
+            "dormant_conversations": board.dormant_conversations,
             "queue_length": desk.queue_length,
             "agents_available": desk.agents_available,
         }

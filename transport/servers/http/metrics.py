@@ -47,6 +47,11 @@ class CoreMetrics(Collector):
             "Conversations in memory now.",
             value=board.active_conversations,
         )
+        yield GaugeMetricFamily(
+            "switchover_conversations_dormant",
+            "Conversations out of memory whose clients are still connected.",
+            value=board.dormant_conversations,
+        )
         yield CounterMetricFamily(
             "switchover_conversations_hibernated_total",
             "Idle conversations that left memory (they come back from the store).",
