@@ -19,6 +19,7 @@ from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 from transport.store.attachments import NoRoom
 
+from .support.cluster import node_settings
 from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
 
 Valkey = ValkeyServer | ValkeyCluster
@@ -37,15 +38,7 @@ def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey]:
 def _config(valkey: Valkey, node_id: str) -> Any:
     return from_mapping(
         {
-            "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
-            "store": {
-                "kind": "valkey",
-                "addresses": valkey.addresses,
-                "node_id": node_id,
-                "partitions": 8,
-                "lease_seconds": 1.0,
-            },
-            "secret": "one-secret-for-every-node-of-the-cluster",
+            **node_settings(valkey.addresses, node_id, 8),
             "bots": {"demo": {"adapter": "demo", "settings": {"session_timeout": 600.0}}},
             "agents": {"alice": {"token": AGENT_TOKEN, "bots": ["demo"], "name": "Alice"}},
             "attachments": {"max_per_conversation": 2, "max_total_bytes": 10 * len(PNG)},

@@ -26,6 +26,7 @@ from transport.servers.runtime import RunningServer, run_server
 from .fakes.asgi_server import serving
 from .fakes.webhook_bot import SECRET as BOT_SECRET
 from .fakes.webhook_bot import BotServer
+from .support.cluster import node_settings
 from .support.valkey import valkey_server
 
 PARTITIONS = 4
@@ -39,15 +40,7 @@ LATE = 0.6
 def _config(valkey: str, node_id: str, bot_url: str) -> Any:
     return from_mapping(
         {
-            "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
-            "store": {
-                "kind": "valkey",
-                "addresses": [valkey],
-                "node_id": node_id,
-                "partitions": PARTITIONS,
-                "lease_seconds": 1.0,
-            },
-            "secret": "one-secret-for-every-node-of-the-cluster",
+            **node_settings([valkey], node_id, PARTITIONS),
             "bots": {
                 "shop": {
                     "adapter": "webhook",

@@ -25,6 +25,7 @@ from transport.servers.runtime import RunningServer, run_server
 from .fakes.asgi_server import serving
 from .fakes.webhook_bot import SECRET as BOT_SECRET
 from .fakes.webhook_bot import BotServer
+from .support.cluster import node_settings
 from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
 
 Valkey = ValkeyServer | ValkeyCluster
@@ -56,15 +57,7 @@ def _notice(code: str) -> Callable[[Frame], bool]:
 def _config(valkey: Valkey, node_id: str, bot_url: str, timeout: float) -> Any:
     return from_mapping(
         {
-            "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
-            "store": {
-                "kind": "valkey",
-                "addresses": valkey.addresses,
-                "node_id": node_id,
-                "partitions": PARTITIONS,
-                "lease_seconds": 1.0,
-            },
-            "secret": "one-secret-for-every-node-of-the-cluster",
+            **node_settings(valkey.addresses, node_id, PARTITIONS),
             "bots": {
                 "shop": {
                     "adapter": "webhook",

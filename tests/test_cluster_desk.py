@@ -18,6 +18,7 @@ from transport.cluster.keys import partition_of
 from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 
+from .support.cluster import node_settings
 from .test_cluster_routing import AGENT_TOKEN, PARTITIONS, Valkey, _config, valkey
 
 __all__ = ["valkey"]
@@ -30,15 +31,7 @@ def _with_bob(valkey: Valkey, node_id: str) -> Any:
     """The routing tests' config, with a second agent."""
     return from_mapping(
         {
-            "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
-            "store": {
-                "kind": "valkey",
-                "addresses": valkey.addresses,
-                "node_id": node_id,
-                "partitions": PARTITIONS,
-                "lease_seconds": 1.0,
-            },
-            "secret": "one-secret-for-every-node-of-the-cluster",
+            **node_settings(valkey.addresses, node_id, PARTITIONS),
             "bots": {"demo": {"adapter": "demo", "settings": {"session_timeout": 600.0}}},
             "agents": {
                 "alice": {"token": AGENT_TOKEN, "bots": ["demo"], "name": "Alice"},

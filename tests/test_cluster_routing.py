@@ -23,6 +23,7 @@ from transport.cluster.routing import Router, _Pending
 from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 
+from .support.cluster import node_settings
 from .support.valkey import ENGINES, ValkeyCluster, ValkeyServer, valkey_engine
 from .test_cluster_store import node
 
@@ -43,15 +44,7 @@ Valkey = ValkeyServer | ValkeyCluster
 def _config(valkey: Valkey, node_id: str) -> Any:
     return from_mapping(
         {
-            "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
-            "store": {
-                "kind": "valkey",
-                "addresses": valkey.addresses,
-                "node_id": node_id,
-                "partitions": PARTITIONS,
-                "lease_seconds": 1.0,
-            },
-            "secret": "one-secret-for-every-node-of-the-cluster",
+            **node_settings(valkey.addresses, node_id, PARTITIONS),
             "bots": {"demo": {"adapter": "demo", "settings": {"session_timeout": 600.0}}},
             "agents": {"alice": {"token": AGENT_TOKEN, "bots": ["demo"], "name": "Alice"}},
         }

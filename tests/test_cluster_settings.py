@@ -16,6 +16,7 @@ from actors import BotSettings
 from transport.config import from_mapping
 from transport.servers.runtime import RunningServer, run_server
 
+from .support.cluster import node_settings
 from .support.valkey import ValkeyServer, valkey_server
 
 ADMIN_TOKEN = "root-token-for-the-cluster-settings-test"
@@ -30,15 +31,7 @@ def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
 def _config(valkey: ValkeyServer, node_id: str) -> Any:
     return from_mapping(
         {
-            "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
-            "store": {
-                "kind": "valkey",
-                "addresses": [valkey.address],
-                "node_id": node_id,
-                "partitions": 8,
-                "lease_seconds": 1.0,
-            },
-            "secret": "one-secret-for-every-node-of-the-cluster",
+            **node_settings([valkey.address], node_id, 8),
             "bots": {
                 "demo": {
                     "adapter": "demo",

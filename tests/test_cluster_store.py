@@ -26,6 +26,7 @@ from transport.config import from_mapping
 from transport.errors import ConfigError
 from transport.servers.runtime import RunningServer, run_server
 
+from .support.cluster import node_settings
 from .support.valkey import (
     ENGINES,
     ValkeyCluster,
@@ -230,15 +231,7 @@ def test_the_config_names_the_engine_and_the_node() -> None:
 @asynccontextmanager
 async def serving(valkey: Valkey, node_id: str) -> AsyncIterator[RunningServer]:
     data = {
-        "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
-        "store": {
-            "kind": "valkey",
-            "addresses": valkey.addresses,
-            "node_id": node_id,
-            "partitions": PARTITIONS,
-            "lease_seconds": 1.0,
-        },
-        "secret": "one-secret-for-every-node-of-the-cluster",
+        **node_settings(valkey.addresses, node_id, PARTITIONS),
         "bots": {"demo": {"adapter": "demo"}},
         "agents": {"alice": {"token": AGENT_TOKEN, "bots": ["demo"], "name": "Alice"}},
     }

@@ -76,3 +76,22 @@ async def cluster_health(http: httpx.AsyncClient, node: Node) -> dict[str, Any]:
     """The ``cluster`` object of the node's ``/healthz``."""
     data: dict[str, Any] = (await http.get(f"{node.http_url}/healthz")).json()["cluster"]
     return data
+
+
+def node_settings(
+    addresses: list[str], node_id: str, partitions: int, lease_seconds: float = 1.0
+) -> dict[str, Any]:
+    """What every in-process cluster node of the tests shares: ephemeral ports, the
+    clustered store on ``addresses`` under ``node_id``, one secret (a client's resume token
+    is valid on every node). Spread into a config mapping beside its bots and agents."""
+    return {
+        "listeners": {"ws_port": 0, "http_port": 0, "shutdown_timeout": 2.0},
+        "store": {
+            "kind": "valkey",
+            "addresses": addresses,
+            "node_id": node_id,
+            "partitions": partitions,
+            "lease_seconds": lease_seconds,
+        },
+        "secret": "one-secret-for-every-node-of-the-cluster",
+    }
