@@ -216,25 +216,11 @@ def _tick_instrument(active: Any) -> Any:
 def write_config(
     path: Path, *, agents: int, store: str, data_dir: Path, ws: int, http: int, timeout: float
 ) -> list[str]:
-    tokens = [f"bench-agent-token-{i:04d}" for i in range(agents)]
+    agent_config, tokens = servers.agent_lines(agents, PER_AGENT, "relay")
     lines = [
-        'secret = "bench-secret-not-for-production"',
-        'default_bot = "relay"',
-        "[listeners]",
-        f'host = "{servers.HOST}"',
-        f"ws_port = {ws}",
-        f"http_port = {http}",
-        "[store]",
-        f'kind = "{store}"',
-        f"data_dir = {json.dumps(str(data_dir))}",
-        "[limits]",
-        "rate = 1000000.0",
-        "burst = 1000000",
-        "max_buffered = 100000",
-        "new_conversations_per_minute = 0",
-        "auth_failures = 0",
-        "[logging]",
-        'level = "warning"',
+        *servers.server_lines(
+            default_bot="relay", store=store, data_dir=data_dir, ws=ws, http=http
+        ),
         "[bots.relay]",
         'adapter = "connected"',
         f'token = "{BOT_TOKEN}"',
@@ -244,15 +230,8 @@ def write_config(
         "[bots.relay.settings]",
         f"agent_capacity = {PER_AGENT}",
         f"session_timeout = {timeout}",
+        *agent_config,
     ]
-    for i, token in enumerate(tokens):
-        lines += [
-            f'[agents."load-agent-{i:04d}"]',
-            f'name = "Load agent {i}"',
-            f'token = "{token}"',
-            f"capacity = {PER_AGENT}",
-            'bots = ["relay"]',
-        ]
     path.write_text("\n".join(lines) + "\n")
     return tokens
 

@@ -131,6 +131,59 @@ class Deployment:
 LISTENERS = ("fast", "trio-websocket")
 
 
+def server_lines(
+    *,
+    default_bot: str,
+    store: str,
+    data_dir: Path,
+    ws: int,
+    http: int,
+    listener: str | None = None,
+    hibernate_after: float | None = None,
+) -> list[str]:
+    """The config's lines before its bots: listeners on ``HOST``, the store, and limits
+    raised so that a load generator is not rate limited as an abusive client would be.
+    ``listener``: the ``[listeners] websocket`` setting, ``hibernate_after`` the ``[limits]``
+    one (each when given)."""
+    return [
+        'secret = "bench-secret-not-for-production"',
+        f'default_bot = "{default_bot}"',
+        "[listeners]",
+        f'host = "{HOST}"',
+        f"ws_port = {ws}",
+        f"http_port = {http}",
+        *([] if listener is None else [f'websocket = "{listener}"']),
+        "[store]",
+        f'kind = "{store}"',
+        f"data_dir = {json.dumps(str(data_dir))}",
+        "[limits]",
+        "rate = 1000000.0",
+        "burst = 1000000",
+        "max_buffered = 100000",
+        "new_conversations_per_minute = 0",
+        "auth_failures = 0",
+        *([] if hibernate_after is None else [f"hibernate_after = {hibernate_after}"]),
+        "[logging]",
+        'level = "warning"',
+    ]
+
+
+def agent_lines(agents: int, capacity: int, bot_id: str) -> tuple[list[str], list[str]]:
+    """``agents`` agents of ``bot_id`` with ``capacity`` chats each: their config lines and
+    their tokens."""
+    tokens = [f"bench-agent-token-{i:04d}" for i in range(agents)]
+    lines: list[str] = []
+    for i, token in enumerate(tokens):
+        lines += [
+            f'[agents."load-agent-{i:04d}"]',
+            f'name = "Load agent {i}"',
+            f'token = "{token}"',
+            f"capacity = {capacity}",
+            f'bots = ["{bot_id}"]',
+        ]
+    return lines, tokens
+
+
 def write_config(
     path: Path,
     *,
@@ -144,43 +197,25 @@ def write_config(
     hibernate_after: float | None = None,
 ) -> list[str]:
     """A config with one demo bot, ``agents`` agents of ``capacity`` chats each, the WebSocket
-    listener named, and limits raised so that a load generator is not rate limited as an
-    abusive client would be. ``hibernate_after``: the ``[limits]`` setting, when given."""
-    tokens = [f"bench-agent-token-{i:04d}" for i in range(agents)]
+    listener named, and the load generator's limits (:func:`server_lines`)."""
+    agent_config, tokens = agent_lines(agents, capacity, "demo")
     lines = [
-        'secret = "bench-secret-not-for-production"',
-        'default_bot = "demo"',
-        "[listeners]",
-        f'host = "{HOST}"',
-        f"ws_port = {ws}",
-        f"http_port = {http}",
-        f'websocket = "{listener}"',
-        "[store]",
-        f'kind = "{store}"',
-        f"data_dir = {json.dumps(str(data_dir))}",
-        "[limits]",
-        "rate = 1000000.0",
-        "burst = 1000000",
-        "max_buffered = 100000",
-        "new_conversations_per_minute = 0",
-        "auth_failures = 0",
-        *([] if hibernate_after is None else [f"hibernate_after = {hibernate_after}"]),
-        "[logging]",
-        'level = "warning"',
+        *server_lines(
+            default_bot="demo",
+            store=store,
+            data_dir=data_dir,
+            ws=ws,
+            http=http,
+            listener=listener,
+            hibernate_after=hibernate_after,
+        ),
         "[bots.demo]",
         'adapter = "demo"',
         "[bots.demo.settings]",
         f"agent_capacity = {capacity}",
         "session_timeout = 3600.0",
+        *agent_config,
     ]
-    for i, token in enumerate(tokens):
-        lines += [
-            f'[agents."load-agent-{i:04d}"]',
-            f'name = "Load agent {i}"',
-            f'token = "{token}"',
-            f"capacity = {capacity}",
-            'bots = ["demo"]',
-        ]
     path.write_text("\n".join(lines) + "\n")
     return tokens
 
