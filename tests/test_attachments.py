@@ -442,7 +442,10 @@ def _backdate(path: Path, conversation_id: str, days: float = 40) -> None:
     then = time.time() - days * 86400
     with sqlite3.connect(path, timeout=5) as db:
         db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (then, conversation_id))
-        db.execute("UPDATE messages SET at = ? WHERE conversation_id = ?", (then, conversation_id))
+        for table in ("messages", "recent"):  # a running server's last messages are in recent
+            db.execute(
+                f"UPDATE {table} SET at = ? WHERE conversation_id = ?", (then, conversation_id)
+            )
     db.close()
 
 

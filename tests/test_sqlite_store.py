@@ -739,6 +739,9 @@ def test_every_read_of_messages_goes_through_the_index() -> None:
         assert on_messages, (sql, plan)
         for step in on_messages:
             assert "USING" in step and "INDEX messages_by_conversation" in step, (sql, plan)
+        for step in plan:
+            if " recent " in f" {step} " or " r " in step:
+                assert "USING" in step and "INDEX recent_by_conversation" in step, (sql, plan)
         assert not any(step.startswith("USE TEMP B-TREE") for step in plan), (sql, plan)
     db.close()
 
@@ -1115,3 +1118,83 @@ async def test_retention_runs_in_a_live_server(tmp_path: Path) -> None:
                 while await store.load("old") is not None:  # noqa: ASYNC110
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
+
+
+# -- recent messages and folds ----------------------------------------------------------------
+
+
+async def test_folds_move_the_oldest_recent_messages_in_bounded_steps(tmp_path: Path) -> None:
+    path = tmp_path / "fold.db"
+    async with open_sqlite_store(path, fold_at=6, fold_rows=4) as store:
+        for seq in range(1, 6):
+            for conv in ("a", "b"):
+                await store.record(_state(conv, seq + 1), [_entry(conv, seq, f"{conv}{seq}")])
+        # The writer folds after releasing a commit, before the next one: this one's.
+        await store.record_presence("alice", "online")
+        # Ten rows written, a fold of four after each commit that left six or more.
+        assert store.folds == 2
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT count(*) FROM recent").fetchone() == (2,)
+            assert db.execute("SELECT conversation_id, seq FROM recent").fetchall() == [
+                ("a", 5),
+                ("b", 5),
+            ]
+            # Moved sorted by conversation: a conversation's messages side by side.
+            moved = db.execute("SELECT conversation_id, seq FROM messages ORDER BY rowid")
+            assert moved.fetchall()[:4] == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+        for conv in ("a", "b"):
+            entries = await store.entries_after(conv, 0)
+            assert [entry.content.content["text"] for entry in entries] == [
+                f"{conv}{seq}" for seq in range(1, 6)
+            ]
+            page = await store.entries_page(conv, 2, 2)
+            assert [entry.seq for entry in page] == [3, 4]
+            loaded = await store.load(conv)
+            assert loaded is not None and loaded.next_seq == 6
+    with sqlite3.connect(path) as db:
+        # A clean stop folds what is left.
+        assert db.execute("SELECT count(*) FROM recent").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (10,)
+
+
+async def test_recent_messages_left_by_a_crash_are_folded_on_start(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    async with open_sqlite_store(path) as store:
+        await store.record(_state("c", 2), [_entry("c", 1, "kept in messages")])
+    with sqlite3.connect(path) as db:
+        # What a killed server leaves: its last commits' messages still in ``recent``.
+        db.execute(
+            f"INSERT INTO recent ({MESSAGE_COLUMNS}) VALUES"
+            " ('c', 2, 1002.0, 'user', 'text', '{\"text\": \"in recent\"}', 'bot,user',"
+            " NULL, NULL, NULL, 'm-2')"
+        )
+    async with open_sqlite_store(path) as store:
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT count(*) FROM recent").fetchone() == (0,)
+        entries = await store.entries_after("c", 0)
+        assert [entry.content.content["text"] for entry in entries] == [
+            "kept in messages",
+            "in recent",
+        ]
+        assert await store.message_ids("c", 0) == [(2, "m-2")]
+        loaded = await store.load("c")
+        assert loaded is not None and loaded.next_seq == 3
+
+
+async def test_a_message_numbered_twice_across_the_tables_keeps_the_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "twice.db"
+    async with open_sqlite_store(path) as store:
+        await store.record(_state("c", 2), [_entry("c", 1, "first")])
+    with sqlite3.connect(path) as db:
+        # Impossible with one writer; a fold must still neither fail forever nor lose both.
+        db.execute(
+            f"INSERT INTO recent ({MESSAGE_COLUMNS}) VALUES"
+            " ('c', 1, 1001.0, 'user', 'text', '{\"text\": \"second\"}', 'bot,user',"
+            " NULL, NULL, NULL, NULL)"
+        )
+    async with open_sqlite_store(path) as store:
+        entries = await store.entries_after("c", 0)
+        assert [entry.content.content["text"] for entry in entries] == ["first"]
+    assert "already stored under the same numbers" in caplog.text

@@ -113,15 +113,28 @@ class Reopening:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._context: AbstractAsyncContextManager[SQLiteStore] | None = None
+        self.store: SQLiteStore | None = None
+        self.folds = 0
 
     async def open(self) -> SQLiteStore:
-        # NORMAL: the same code path as FULL without an fsync per commit, for speed.
-        context = open_sqlite_store(self.path, settings={"demo": SETTINGS}, synchronous="NORMAL")
+        # NORMAL: the same code path as FULL without an fsync per commit, for speed. Recent
+        # messages are folded into the big table every few rows, two at a time, so reads
+        # meet conversations split across both tables.
+        context = open_sqlite_store(
+            self.path,
+            settings={"demo": SETTINGS},
+            synchronous="NORMAL",
+            fold_at=3,
+            fold_rows=2,
+        )
         store = await context.__aenter__()
         self._context = context
+        self.store = store
         return store
 
     async def close(self) -> None:
+        if self.store is not None:
+            self.folds += self.store.folds
         context, self._context = self._context, None
         if context is not None:
             await context.__aexit__(None, None, None)
@@ -231,3 +244,9 @@ async def test_the_file_gives_back_what_the_model_holds(script: list[tuple[Any, 
             await _agree(model, store, backlog_too=True)
         finally:
             await files.close()
+        written = 0
+        for cid in CONVERSATIONS:
+            written += len(await model.entries_after(cid, 0))
+        if written > 3 * (1 + sum(action[0] == "restart" for action in script)):
+            # Some store wrote more than three messages: at least one fold happened.
+            assert files.folds > 0

@@ -25,8 +25,9 @@ import trio
 from actors import Entry, StoreUnavailable
 from transport.errors import ConfigError
 from transport.store.attachments import sweep_attachments
+from transport.store.readers import ENTRIES_AFTER
 from transport.store.retention import PrunePreview, prune_preview
-from transport.store.rows import MESSAGE_COLUMNS, entry_from_row
+from transport.store.rows import entry_from_row
 from transport.store.schema import SchemaTooNew, check_version
 from transport.store.sqlite import database_path, open_sqlite_store
 
@@ -114,10 +115,8 @@ def read_transcript(path: Path, conversation_id: str) -> list[Entry]:
         known = db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,))
         if known.fetchone() is None:
             raise _Failure(f"no conversation {conversation_id!r} in {path}")
-        rows = db.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY seq",
-            (conversation_id,),
-        ).fetchall()
+        # Both tables: the server may be running, its last messages not yet folded.
+        rows = db.execute(ENTRIES_AFTER, (conversation_id, -1)).fetchall()
     except SchemaTooNew as exc:
         raise _Failure(f"{path}: {exc}") from exc
     except sqlite3.Error as exc:

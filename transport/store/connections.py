@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 
 from actors import StoreUnavailable
+from transport.store.recent import fold
 from transport.store.schema import check_version, migrate
 
 log = logging.getLogger("switchover.store")
@@ -70,9 +71,9 @@ def connect_writer(
         if max_bytes is not None:
             page_size = db.execute("PRAGMA page_size").fetchone()[0]
             db.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
-        # Prove we can take the write lock now, rather than on the first message.
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("COMMIT")
+        # Prove we can take the write lock now, rather than on the first message, and move
+        # what the last run left in ``recent`` (a few thousand rows at most).
+        fold(db, None)
     except BaseException:
         db.close()
         raise

@@ -23,32 +23,53 @@ from transport.store.rows import (
 
 T = TypeVar("T")
 
+# Every read of a conversation's messages reads both tables: ``messages`` and ``recent``, the
+# last commits' messages not yet folded into it (transport/store/recent.py). Each side goes
+# through its table's (conversation_id, seq) index (a test checks the query plans): the
+# tables themselves are in insertion order, all conversations interleaved.
+
+
+def _both(select: str, tail: str = "") -> str:
+    """``select`` (written for ``messages``, parameters numbered) over both tables, then
+    ``tail`` (an ORDER BY, a LIMIT) over the two together."""
+    return f"{select} UNION ALL {select.replace(' FROM messages ', ' FROM recent ')}{tail}"
+
+
 # A bot-mode message does not rewrite its conversation's row: the true next_seq is one past
 # the last message when that is higher than the row's.
-_LAST_SEQ = "(SELECT max(m.seq) FROM messages m WHERE m.conversation_id = conversations.id)"
+_LAST_SEQ = (
+    "(SELECT max(seq) FROM ("
+    + _both("SELECT max(seq) AS seq FROM messages WHERE conversation_id = conversations.id")
+    + "))"
+)
 # Nor does a live-session message that only touched the session: its last_activity is the
 # time of the newest message written after the row (numbered from the row's next_seq on).
 _LATER_ACTIVITY = (
-    "(SELECT max(m.at) FROM messages m WHERE m.conversation_id = conversations.id"
-    " AND m.seq >= conversations.next_seq)"
+    "(SELECT max(at) FROM ("
+    + _both(
+        "SELECT max(at) AS at FROM messages WHERE conversation_id = conversations.id"
+        " AND seq >= conversations.next_seq"
+    )
+    + "))"
 )
-# Every read of messages goes through the (conversation_id, seq) index (a test checks the
-# query plans): the table itself is in insertion order, all conversations interleaved.
-ENTRIES_AFTER = (
-    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq"
+ENTRIES_AFTER = _both(
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq > ?2",
+    " ORDER BY seq",
 )
 # The ids kept with a conversation's last entries, without the entries (a woken conversation
 # learns which messages it already stored; building 256 entries costs twenty times more).
-MESSAGE_IDS_AFTER = (
-    "SELECT seq, message_id FROM messages WHERE conversation_id = ? AND seq > ?"
-    " AND message_id IS NOT NULL ORDER BY seq"
+MESSAGE_IDS_AFTER = _both(
+    "SELECT seq, message_id FROM messages WHERE conversation_id = ?1 AND seq > ?2"
+    " AND message_id IS NOT NULL",
+    " ORDER BY seq",
 )
 # A page of a catch-up, and a page of what one agent may see (its own entries): a replay of
 # a long conversation is read a page at a time, and an agent's skips the others' rows in SQLite.
-ENTRIES_PAGE = f"{ENTRIES_AFTER} LIMIT ?"
-AGENT_ENTRIES_PAGE = (
-    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ?"
-    " AND agent_id = ? ORDER BY seq LIMIT ?"
+ENTRIES_PAGE = f"{ENTRIES_AFTER} LIMIT ?3"
+AGENT_ENTRIES_PAGE = _both(
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq > ?2"
+    " AND agent_id = ?3",
+    " ORDER BY seq LIMIT ?4",
 )
 LOAD_CONVERSATION = (
     f"SELECT {CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations WHERE id = ?"
@@ -57,10 +78,13 @@ OPEN_SESSIONS = (
     f"SELECT {CONVERSATION_COLUMNS}, {_LAST_SEQ}, {_LATER_ACTIVITY} FROM conversations"
     " WHERE session_id IS NOT NULL ORDER BY started_at"
 )
+_OWED = ", ".join("m." + column.strip() for column in MESSAGE_COLUMNS.split(","))
+# In the outbox's order (sorted afterwards: an ORDER BY over both would walk the whole index
+# of ``messages`` to produce it).
 BOT_BACKLOG = (
-    f"SELECT {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}"
-    " FROM bot_outbox o JOIN messages m ON m.conversation_id = o.conversation_id"
-    " AND m.seq = o.seq ORDER BY o.conversation_id, o.seq"
+    f"SELECT {_OWED} FROM bot_outbox o JOIN messages m ON m.conversation_id = o.conversation_id"
+    f" AND m.seq = o.seq UNION ALL SELECT {_OWED} FROM bot_outbox o JOIN recent m"
+    " ON m.conversation_id = o.conversation_id AND m.seq = o.seq"
 )
 
 
@@ -103,7 +127,8 @@ class Readers:
 
 
 def bot_backlog(db: sqlite3.Connection) -> list[Entry]:
-    return [entry_from_row(row) for row in db.execute(BOT_BACKLOG).fetchall()]
+    rows = sorted(db.execute(BOT_BACKLOG).fetchall(), key=lambda row: (row[0], row[1]))
+    return [entry_from_row(row) for row in rows]
 
 
 def load(db: sqlite3.Connection, conversation_id: str) -> ConversationState | None:

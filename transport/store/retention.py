@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from actors import StoreUnavailable
+from transport.store.recent import fold_within
 from transport.store.writer import ROWS_PER_STATEMENT, Pending, Writer, in_chunks
 
 if TYPE_CHECKING:
@@ -24,10 +25,15 @@ log = logging.getLogger("switchover.store")
 # Retention's rule: a conversation whose row was last written before the cutoff, with no open
 # session, and whose last message (if any) is older than the cutoff too (a bot-mode message
 # does not rewrite the row).
-_PRUNABLE = (
-    "c.session_id IS NULL AND COALESCE((SELECT m.at FROM messages m WHERE m.conversation_id = c.id"
-    " ORDER BY m.seq DESC LIMIT 1), 0) < ?"
+_LAST_AT = (
+    "COALESCE((SELECT r.at FROM recent r WHERE r.conversation_id = c.id ORDER BY r.seq DESC"
+    " LIMIT 1), (SELECT m.at FROM messages m WHERE m.conversation_id = c.id ORDER BY m.seq DESC"
+    " LIMIT 1), 0)"
 )
+# (A conversation's rows in ``recent`` come after its rows in ``messages``: its last message
+# is in ``recent`` when it has any there. A prune folds ``recent`` first; a dry run beside a
+# running server reads both.)
+_PRUNABLE = f"c.session_id IS NULL AND {_LAST_AT} < ?"
 PRUNE_CANDIDATES = f"SELECT id FROM conversations c WHERE updated_at < ? AND {_PRUNABLE}"
 # The same rule over the next conversations in (updated_at, rowid) order after a cursor, the
 # order of the index on updated_at: each retention transaction takes up where the last one
@@ -44,9 +50,9 @@ PRUNE_NEXT = (
 # (its row or its last message, whichever is later).
 PRUNE_PREVIEW = (
     "SELECT count(*), COALESCE(sum(p.messages), 0), min(p.last), max(p.last) FROM (SELECT"
-    " (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS messages,"
-    " max(c.updated_at, COALESCE((SELECT m.at FROM messages m WHERE m.conversation_id = c.id"
-    " ORDER BY m.seq DESC LIMIT 1), 0)) AS last FROM conversations c WHERE c.updated_at < ?"
+    " (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id)"
+    " + (SELECT count(*) FROM recent r WHERE r.conversation_id = c.id) AS messages,"
+    f" max(c.updated_at, {_LAST_AT}) AS last FROM conversations c WHERE c.updated_at < ?"
     f" AND {_PRUNABLE}) p"
 )
 # Conversations old enough that a prune keeps because their livechat session is open.
@@ -145,6 +151,8 @@ def prune_chunk(
     ``rows`` oldest messages and is looked at again by the next chunk."""
     db.execute("BEGIN IMMEDIATE")
     try:
+        # Every message in ``messages``, where the rule and the deletions below look.
+        fold_within(db)
         found = db.execute(PRUNE_NEXT, (cutoff, cutoff, after[0], after[1], PRUNE_SCAN)).fetchall()
         doomed, cursor, piece = _choose(found, after, rows)
         if piece is not None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class SchemaTooNew(Exception):
@@ -161,10 +161,31 @@ ALTER TABLE messages ADD COLUMN message_id TEXT;
 """
 
 
+# The same columns as ``messages`` (a fold copies rows across as they are), and its own small
+# index: it guards against a message numbered twice, and keeps reads of a conversation's
+# latest messages from scanning the table.
+_RECENT_V6 = """
+CREATE TABLE recent (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    sender TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    audience TEXT NOT NULL,
+    agent_id TEXT,
+    session_id TEXT,
+    metadata TEXT,
+    message_id TEXT
+);
+CREATE UNIQUE INDEX recent_by_conversation ON recent (conversation_id, seq);
+"""
+
+
 def _create_latest(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-    _run_script(db, _MESSAGES_V3 + _V2_TABLES + _BOT_OUTBOX_V4 + _MESSAGE_IDS_V5)
+    _run_script(db, _MESSAGES_V3 + _V2_TABLES + _BOT_OUTBOX_V4 + _MESSAGE_IDS_V5 + _RECENT_V6)
 
 
 def _v1_to_v2(db: sqlite3.Connection) -> None:
@@ -253,12 +274,18 @@ def _v4_to_v5(db: sqlite3.Connection) -> None:
     _run_script(db, _MESSAGE_IDS_V5)
 
 
+def _v5_to_v6(db: sqlite3.Connection) -> None:
+    """Add ``recent``, empty: every message stored so far is in ``messages`` already."""
+    _run_script(db, _RECENT_V6)
+
+
 # MIGRATIONS[n] upgrades a version-n database to version n + 1.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
     3: _v3_to_v4,
     4: _v4_to_v5,
+    5: _v5_to_v6,
 }
 
 

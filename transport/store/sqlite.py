@@ -35,6 +35,7 @@ from transport.store import readers
 from transport.store.connections import check_directory, connect_writer, describe
 from transport.store.lock import take_lock
 from transport.store.readers import Readers
+from transport.store.recent import FOLD_AT, FOLD_ROWS
 from transport.store.retention import PRUNE_CHUNK_ROWS, Pruner
 from transport.store.row_cache import RowCache
 from transport.store.rows import Rows, writable
@@ -67,8 +68,10 @@ class SQLiteStore:
     then in force). ``synchronous``: SQLite's sync level; ``"FULL"`` (the default) survives
     power loss, ``"NORMAL"`` survives a killed process but may lose the last commits on
     power loss. ``max_bytes`` caps the file's size (the database reports itself full past
-    it). ``busy_timeout``: how long to wait for a lock held by someone else before failing.
-    ``verify``: check the file's integrity on start-up (a full read of it).
+    it). ``fold_at``, ``fold_rows``: when the writer moves recent messages into the big table,
+    and how many at a time (transport/store/recent.py). ``busy_timeout``: how long to wait
+    for a lock held by someone else before failing. ``verify``: check the file's integrity
+    on start-up (a full read of it).
     """
 
     def __init__(
@@ -82,6 +85,8 @@ class SQLiteStore:
         max_batch: int = 5000,
         verify: bool = True,
         readers: int = 4,
+        fold_at: int = FOLD_AT,
+        fold_rows: int = FOLD_ROWS,
     ) -> None:
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"unknown synchronous level {synchronous!r}")
@@ -96,7 +101,9 @@ class SQLiteStore:
         self._lock_file: int | None = None
         self._reader_pool = Readers(self.path, busy_timeout, readers)
         self._row_cache = RowCache(self.settings)
-        self._writer = Writer(self.path, max_batch, self._row_cache.remember)
+        self._writer = Writer(
+            self.path, max_batch, self._row_cache.remember, fold_at=fold_at, fold_rows=fold_rows
+        )
         self._pruner = Pruner(self._writer, self._read, self._row_cache.forget)
 
     @property
@@ -108,6 +115,11 @@ class SQLiteStore:
     def committed_calls(self) -> int:
         """Calls stored."""
         return self._writer.committed_calls
+
+    @property
+    def folds(self) -> int:
+        """Recent messages moved into the big table, in bounded steps, so far."""
+        return self._writer.folds
 
     @property
     def prune_chunks(self) -> int:

@@ -15,6 +15,7 @@ import trio
 
 from actors import StoreUnavailable
 from transport.store.connections import describe
+from transport.store.recent import FOLD_AT, FOLD_ROWS, fold, recent_rows
 from transport.store.rows import CONVERSATION_COLUMNS, Rows
 
 log = logging.getLogger("switchover.store")
@@ -62,8 +63,9 @@ class Pending:
             trio.lowlevel.reschedule(task)
 
 
+# Into the small table of recent messages, folded into ``messages`` later (recent.py).
 _INSERT_MESSAGE = (
-    "INSERT INTO messages (conversation_id, seq, at, sender, content_type, content, audience,"
+    "INSERT INTO recent (conversation_id, seq, at, sender, content_type, content, audience,"
     " agent_id, session_id, metadata, message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_CONVERSATION = (
@@ -127,12 +129,27 @@ class Writer:
     for it. ``remember`` learns of the rows of every commit, after it, in the worker thread.
     """
 
-    def __init__(self, path: Path, max_batch: int, remember: Callable[[list[Rows]], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_batch: int,
+        remember: Callable[[list[Rows]], None],
+        fold_at: int = FOLD_AT,
+        fold_rows: int = FOLD_ROWS,
+    ) -> None:
         self.path = path
         self.max_batch = max_batch
+        self.fold_at = fold_at
+        self.fold_rows = fold_rows
         self.db: sqlite3.Connection | None = None
         self.commits = 0
         self.committed_calls = 0
+        self.folds = 0
+        # Rows in ``recent``, counted from the file when the writer starts, and how many make
+        # the writer fold (pushed further after a failed fold, so a full disk is not retried
+        # and logged after every commit).
+        self.recent = 0
+        self._next_fold = fold_at
         self.running = False
         self.failure: str | None = None
         self._remember = remember
@@ -150,6 +167,8 @@ class Writer:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit batches until cancelled; then refuse whatever is still queued."""
         self.running = True
+        if self.db is not None:
+            self.recent = recent_rows(self.db)
         task_status.started()
         try:
             await self._write_forever()
@@ -189,6 +208,9 @@ class Writer:
                         if part or answered:
                             await self._commit_part(part, answered)
                             answered = []
+                if self.recent >= self._next_fold:
+                    # After the releases: nobody's acknowledgement waits for a fold.
+                    await trio.to_thread.run_sync(self._fold)
 
     async def _commit_part(self, part: list[Pending], answered: list[tuple[str, int]]) -> None:
         try:
@@ -244,6 +266,22 @@ class Writer:
                 pending.result = pending.job(db)
             except sqlite3.Error as exc:
                 pending.error = StoreUnavailable(describe(self.path, exc))
+
+    def _fold(self) -> None:
+        """Move the oldest recent messages into ``messages`` (worker thread). A failure is
+        logged and tried again once ``fold_at`` more rows have come (the rows stay readable
+        where they are)."""
+        db = self.db
+        if db is None:
+            return
+        try:
+            self.recent -= fold(db, self.fold_rows)
+        except sqlite3.Error as exc:
+            log.error("moving recent messages failed: %s", describe(self.path, exc))
+            self._next_fold = self.recent + self.fold_at
+            return
+        self._next_fold = self.fold_at
+        self.folds += 1
 
     def _write_batch(
         self, good: list[tuple[Pending, Rows]], answered: list[tuple[str, int]]
@@ -330,10 +368,14 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
+        self.recent += len(messages)
 
     def close(self) -> None:
-        """Close the writing connection (after :meth:`serve`)."""
+        """Close the writing connection (after :meth:`serve`), every recent message folded
+        first (a few milliseconds), so the file at rest keeps them all in ``messages``."""
         if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                fold(self.db, None)
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
             self.db = None
