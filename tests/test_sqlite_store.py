@@ -1198,3 +1198,37 @@ async def test_a_message_numbered_twice_across_the_tables_keeps_the_first(
         entries = await store.entries_after("c", 0)
         assert [entry.content.content["text"] for entry in entries] == ["first"]
     assert "already stored under the same numbers" in caplog.text
+
+
+async def test_a_store_kept_busy_without_a_pause_still_stops(tmp_path: Path) -> None:
+    # Calls that arrive during a commit are committed next with no scheduler pass between:
+    # the writer must still hear that it is stopped between two commits.
+    stored = [0]
+    enough = trio.Event()
+    refused = trio.Event()
+
+    async def write_once(store: SQLiteStore, conv: str) -> None:
+        try:
+            await store.record(_state(conv, 2), [_entry(conv, 1, "busy")])
+        except StoreUnavailable:
+            refused.set()
+            return
+        stored[0] += 1
+        if stored[0] >= 2_000:
+            enough.set()
+
+    async def keep_calling(store: SQLiteStore, nursery: trio.Nursery) -> None:
+        # A new call every scheduler pass: some always arrive while a commit runs.
+        count = 0
+        while not refused.is_set():
+            nursery.start_soon(write_once, store, f"c{count}")
+            count += 1
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as writers:
+            async with open_sqlite_store(tmp_path / "busy.db", synchronous="OFF") as store:
+                writers.start_soon(keep_calling, store, writers)
+                await enough.wait()
+                assert store.committed_calls >= 2_000
+            await refused.wait()
