@@ -1232,3 +1232,23 @@ async def test_a_store_kept_busy_without_a_pause_still_stops(tmp_path: Path) -> 
                 await enough.wait()
                 assert store.committed_calls >= 2_000
             await refused.wait()
+
+
+async def test_a_bug_in_a_commit_refuses_its_batch_and_the_writer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_sqlite_store(tmp_path / "bug.db") as store:
+        writer = store._writer
+        write = writer._write
+
+        def broken_once(batch: object, answered: object) -> None:
+            monkeypatch.setattr(writer, "_write", write)
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(writer, "_write", broken_once)
+        with pytest.raises(StoreUnavailable, match="the store failed"):
+            await store.record(_state("c", 2), [_entry("c", 1, "lost")])
+        await store.record(_state("c", 2), [_entry("c", 1, "kept")])
+        entries = await store.entries_after("c", 0)
+        assert [entry.content.content["text"] for entry in entries] == ["kept"]
+    assert "the store's writer failed" in caplog.text
