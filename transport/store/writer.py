@@ -92,16 +92,18 @@ class WriterThread:
         self, call: Callable[[], Any], then: Callable[[outcome.Outcome[Any]], None] | None = None
     ) -> Any:
         """``call()`` in the thread; its result or exception here. ``then`` is given the
-        outcome on trio's thread as soon as it is back, before the caller is woken (one pass
-        of the scheduler sooner). Not cancellable: the thread is working on the caller's data
-        (every caller is shielded anyway)."""
+        outcome on trio's thread as soon as it is back, as the caller is woken (one pass of
+        the scheduler sooner than the caller could). Not cancellable: the thread is working
+        on the caller's data (every caller is shielded anyway)."""
         task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()
 
         def back(result: outcome.Outcome[Any]) -> None:
+            # The caller first: the writer then starts its next commit ahead of the work its
+            # callers' answers set off (when trio runs the batch in order).
+            trio.lowlevel.reschedule(task, result)
             if then is not None:
                 then(result)
-            trio.lowlevel.reschedule(task, result)
 
         def job() -> None:
             token.run_sync_soon(back, outcome.capture(call))
