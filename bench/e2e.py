@@ -157,7 +157,9 @@ def one_run(
 
 def hello_run(args: argparse.Namespace, binary: Path, workdir: Path) -> dict[str, dict[str, Any]]:
     """Connect-close against the bare trio-websocket echo, connect-hello-close against
-    Switchover (each hello opens a conversation), the same count and concurrency."""
+    Switchover (each hello opens a conversation), then connect-resume-close (a returning
+    user's hello with its resume token, for conversations opened beforehand, untimed), the
+    same count and concurrency."""
     options = ["-count", str(args.hellos), "-concurrency", str(args.hello_concurrency)]
     budget = 600.0
     results: dict[str, dict[str, Any]] = {}
@@ -173,6 +175,10 @@ def hello_run(args: argparse.Namespace, binary: Path, workdir: Path) -> dict[str
                 binary, "connect", server.url, server.pid, "-hello", *options, timeout=budget
             )
             results[f"switchover {store} hellos"]["load_average_1m"] = os.getloadavg()[0]
+            results[f"switchover {store} resumes"] = run_loadgen(
+                binary, "connect", server.url, server.pid, "-resume", *options, timeout=budget
+            )
+            results[f"switchover {store} resumes"]["load_average_1m"] = os.getloadavg()[0]
     base = results["trio-websocket handshakes"]
     for result in results.values():
         result["ratio"] = result["per_s"] / base["per_s"]
@@ -186,8 +192,8 @@ def hello_run(args: argparse.Namespace, binary: Path, workdir: Path) -> dict[str
 
 def hello_table(runs: list[dict[str, dict[str, Any]]]) -> str:
     lines = [
-        f"\nConnections: connect-close (bare) against connect-hello-close (ours), medians of "
-        f"{len(runs)}",
+        "\nConnections: connect-close (bare) against connect-hello-close and"
+        f" connect-resume-close (ours), medians of {len(runs)}",
         "| server | per s | server CPU µs/connection | vs bare handshakes | by CPU "
         "| load generator CPU | load avg 1m |",
         "|---|---|---|---|---|---|---|",

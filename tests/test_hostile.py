@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 
 from actors import SESSION_START, BotEvent, Content, StoreUnavailable
 from transport import strict
@@ -421,11 +422,36 @@ async def test_a_store_that_cannot_be_read_refuses_the_frame_not_the_connection(
         await bot.ping()
 
 
+async def test_a_resume_that_missed_nothing_does_not_read_the_store(
+    harness: WsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with harness.user() as user:
+        assert await user.say_text("before") == 1
+        await user.wait_for(lambda f: f.get("type") == "entry" and f["sender"] == "bot")
+        token, last_seq = user.resume_token, user.last_seq
+    store = harness.services.board.store
+    reads: list[str] = []
+
+    async def unreadable(*args: object) -> Any:
+        reads.append("read")
+        raise StoreUnavailable("the disk is gone")
+
+    for read in ("entries_after", "entries_page", "load"):
+        monkeypatch.setattr(store, read, unreadable, raising=False)
+    async with open_websocket_url(harness.url) as ws:
+        await ws.send_message(hello(role="user", resume_token=token, last_seq=last_seq))
+        with trio.fail_after(5):
+            welcome = json.loads(await ws.get_message())
+    assert welcome["type"] == "welcome" and not reads
+
+
 async def test_a_store_that_cannot_be_read_at_hello_closes_with_4503(
     harness: WsHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with harness.user() as user:
         token = user.resume_token
+        # Something to catch up on: a resume that missed nothing reads nothing.
+        assert await user.say_text("before") == 1
     store = harness.services.board.store
 
     async def unreadable(*args: object) -> Any:

@@ -558,6 +558,12 @@ class ConversationActor:
             await self._replay(item.sink, item.after_seq, item.party, item.agent_id)
 
     async def _replay(self, sink: Sink, after_seq: int, party: Party, agent_id: str | None) -> None:
+        assert self.state is not None
+        if after_seq >= self.state.next_seq - 1:
+            # Nothing after it (every entry before next_seq is stored: the actor records
+            # before it attends to anyone): a returning client that missed nothing costs
+            # no read.
+            return
         with trio.CancelScope(shield=True):
             entries = await self.context.store.entries_after(self.conversation_id, after_seq)
         for entry in entries:

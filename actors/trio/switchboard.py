@@ -278,6 +278,15 @@ class Switchboard:
     def is_in_memory(self, conversation_id: str) -> bool:
         return conversation_id in self._actors
 
+    def numbered_up_to(self, conversation_id: str) -> int | None:
+        """The last ``seq`` a conversation in memory has numbered (stored, or being stored);
+        ``None`` when it is not in memory. A returning client that has seen it needs no read
+        of the store."""
+        actor = self._actors.get(conversation_id)
+        if actor is None or actor.state is None:
+            return None
+        return actor.state.next_seq - 1
+
     @property
     def active_conversations(self) -> int:
         return len(self._actors)

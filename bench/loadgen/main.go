@@ -11,7 +11,8 @@
 //	sessions  M agents (hello, presence online) and N users (hello, LIVECHAT_SESSION_START,
 //	          wait for agent_joined), then user -> agent -> user ping-pong of 100-byte texts,
 //	          each message sent with an id and acknowledged
-//	connect   K times connect, (user hello and welcome, if -hello), close; at -concurrency
+//	connect   K times connect, (user hello and welcome, if -hello; a returning user's hello
+//	          with its resume token, if -resume), close; at -concurrency
 //
 // Only ever connects to 127.0.0.1. Every loop is bounded by a duration or a count.
 //
@@ -55,6 +56,7 @@ type options struct {
 	setupTimeout time.Duration
 	count        int
 	hello        bool
+	resume       bool
 }
 
 func main() {
@@ -77,6 +79,8 @@ func main() {
 	fs.DurationVar(&o.setupTimeout, "setup-timeout", 60*time.Second, "per user: wait for pickup")
 	fs.IntVar(&o.count, "count", 2000, "connect: connections to open and close")
 	fs.BoolVar(&o.hello, "hello", false, "connect: say a user hello and wait for the welcome")
+	fs.BoolVar(&o.resume, "resume", false,
+		"connect: open -count conversations first (not timed), then time a hello with each one's resume token")
 	_ = fs.Parse(os.Args[2:])
 	if !strings.HasPrefix(o.url, "ws://127.0.0.1") && !strings.HasPrefix(o.url, "ws://localhost") {
 		fail(fmt.Errorf("refusing to send load anywhere but 127.0.0.1: %q", o.url))
@@ -368,6 +372,20 @@ func closeAll(conns []*websocket.Conn) {
 	}
 }
 
+// closeAndDrain closes normally and waits for the server's close (or EOF), so each
+// connection is whole before the next.
+func closeAndDrain(ws *websocket.Conn) {
+	_ = ws.WriteControl(websocket.CloseMessage,
+		websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""),
+		time.Now().Add(time.Second))
+	_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		if _, _, err := ws.ReadMessage(); err != nil {
+			return
+		}
+	}
+}
+
 // --- live sessions ------------------------------------------------------------------------
 
 // frame holds the fields of a server frame the load generator looks at.
@@ -570,6 +588,27 @@ func runSessions(o *options) (map[string]any, error) {
 // --- connect (handshakes and hellos) ------------------------------------------------------
 
 func runConnect(o *options) (map[string]any, error) {
+	// With -resume, the conversations to come back to are opened first, outside the timing.
+	tokens := make([]string, o.count)
+	if o.resume {
+		open := func(i int) error {
+			ws, err := dial(o.url)
+			if err != nil {
+				return err
+			}
+			defer ws.Close()
+			welcome, err := hello(ws, `"role":"user","bot_id":`+quote(o.botID))
+			if err != nil {
+				return err
+			}
+			tokens[i] = welcome.ResumeToken
+			closeAndDrain(ws)
+			return nil
+		}
+		if err := bounded(o.count, o.concurrency, open); err != nil {
+			return nil, err
+		}
+	}
 	start := sample(o.serverPid)
 	var done atomic.Int64
 	one := func(i int) error {
@@ -578,21 +617,16 @@ func runConnect(o *options) (map[string]any, error) {
 			return err
 		}
 		defer ws.Close()
-		if o.hello {
+		if o.resume {
+			if _, err := hello(ws, `"role":"user","last_seq":0,"resume_token":`+quote(tokens[i])); err != nil {
+				return err
+			}
+		} else if o.hello {
 			if _, err := hello(ws, `"role":"user","bot_id":`+quote(o.botID)); err != nil {
 				return err
 			}
 		}
-		_ = ws.WriteControl(websocket.CloseMessage,
-			websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""),
-			time.Now().Add(time.Second))
-		// Wait for the server's close (or EOF) so each connection is whole before the next.
-		_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
-		for {
-			if _, _, err := ws.ReadMessage(); err != nil {
-				break
-			}
-		}
+		closeAndDrain(ws)
 		if n := done.Add(1); n%1000 == 0 {
 			progress(map[string]any{"label": "connect", "done": n, "of": o.count})
 		}
@@ -607,6 +641,7 @@ func runConnect(o *options) (map[string]any, error) {
 		"seconds":             elapsed,
 		"count":               o.count,
 		"hello":               o.hello,
+		"resume":              o.resume,
 		"per_s":               float64(o.count) / elapsed,
 		"client_cpu_fraction": (end.own - start.own) / elapsed,
 		"load_generator":      "go",

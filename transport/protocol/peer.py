@@ -312,9 +312,11 @@ class Peer:
                 "user", conversation_id=conversation_id, resume_token=token, bot_id=bot_id
             )
         )
-        if after_seq is not None:
+        numbered = board.numbered_up_to(conversation_id)
+        if after_seq is not None and (numbered is None or after_seq < numbered):
             # The history comes from the store at the writer's pace; the conversation then
             # sends what was added meanwhile, and live traffic, with no gap or duplicate.
+            # (A client that has seen all a conversation in memory numbered skips the read.)
             after_seq = await self._catch_up(conversation_id, after_seq, Party.USER, None)
         board.subscribe(conversation_id, self, after_seq)
         # The agent holding the chat sees whether the user is there, and since when.
