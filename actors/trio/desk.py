@@ -459,12 +459,15 @@ class Desk:
             effects = self._routing.request_many(requests, now)
         except (KeyError, ValueError):
             # One bad request must not lose the others: each is taken again on its own
-            # (requests are idempotent), so only that one fails.
+            # (requests are idempotent: those already taken change nothing), so only that
+            # one fails.
             log.exception("desk: restoring %d sessions at once failed", len(requests))
-            changed = False
+            effects = []
             for request in requests:
-                changed = self._apply(Request(request)) or changed
-            return changed
+                try:
+                    effects += self._routing.request(request, now)
+                except (KeyError, ValueError):
+                    log.exception("desk: %r failed", request)
         for wanted in given_back:
             holder = self._routing.holder_of(wanted.conversation_id)
             if holder is not None and holder.agent_id == wanted.held_by:
