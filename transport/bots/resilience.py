@@ -154,9 +154,10 @@ class CircuitBreaker:
 
 
 class PoolOnFirstUse(httpx.AsyncBaseTransport):
-    """httpx's connection pool, built when the first request goes out. Building one loads
-    the CA bundle into an SSL context: 0.25-0.3 s of CPU at every start (bench/README.md,
-    restart), for a server whose bots and platforms may never call out over HTTP."""
+    """httpx's connection pool, built when the first request goes out. Building one imports
+    httpcore and loads the CA bundle into an SSL context: about 0.04 s of CPU and 2 MiB at
+    every start (bench/README.md, 2026-12-03 (evening): restart; more on a loaded machine),
+    for a server whose bots and platforms may never call out over HTTP."""
 
     def __init__(self, limits: httpx.Limits) -> None:
         self.limits = limits
