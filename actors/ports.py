@@ -113,6 +113,15 @@ class LivechatBackend(Protocol):
         on at once, to the ticket it opened for the session."""
 
 
+@runtime_checkable
+class RestoresInBulk(Protocol):
+    """A livechat backend that takes a restart's open sessions as one batch (the built-in
+    desk settles its queue once for all of them instead of once per session); the others
+    are asked :meth:`LivechatBackend.request_agent` for each, in the same order."""
+
+    def request_agents(self, requests: Sequence[AgentRequest]) -> None: ...
+
+
 class StoreUnavailable(Exception):
     """The store cannot keep what it was given (disk full, file locked or unwritable...).
 

@@ -10,10 +10,14 @@ hand: ``python bench/restart.py``).
    server's RSS (``/proc/<pid>/status``) and its CPU time, and time a graceful stop
    (SIGINT to exit).
 3. The same with an empty data directory. Repeated ``--repeat`` times, alternating; medians
-   are reported, with the machine's load average during the run.
+   are reported, with the machine's load average during the run. ``--baseline COMMIT``
+   also starts the server as it was at that commit (``git archive`` of ``actors`` and
+   ``transport``, the same virtual environment), alternating with this tree's starts on the
+   same data dirs, so a change is measured against its baseline under the same load.
 4. The desk's queue alone, in this process: the CPU time for ``--sessions`` requests one by
-   one (as a restart re-asserts them) on this tree's routing and on the list queue it
-   replaced (``actors/machines/routing.py`` at commit ``LIST_QUEUE_COMMIT``, by ``git show``).
+   one on this tree's routing and on the list queue it replaced
+   (``actors/machines/routing.py`` at commit ``LIST_QUEUE_COMMIT``, by ``git show``), and
+   as the one batch a restart now hands the desk (``Routing.request_many``).
 
 Writes ``bench/results/restart.json``.
 """
@@ -185,7 +189,12 @@ def resume(ws_port: int, token: str, deadline: float) -> None:
             time.sleep(0.01)
 
 
-def one_start(template: Path, work: Path, label: str, timeout: float) -> dict[str, Any]:
+def one_start(
+    template: Path, work: Path, label: str, timeout: float, root: Path = ROOT
+) -> dict[str, Any]:
+    """One start of the server in ``root`` (this tree, or a baseline's) on a copy of
+    ``template``; a ``full`` one also times the resuming user."""
+    label = label.replace(" ", "-")
     data_dir = work / f"data-{label}"
     shutil.rmtree(data_dir, ignore_errors=True)
     shutil.copytree(template, data_dir)
@@ -203,7 +212,7 @@ def one_start(template: Path, work: Path, label: str, timeout: float) -> dict[st
             pinned(SERVER_CPU, command),
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=root,
             preexec_fn=default_interrupt,
         )
     try:
@@ -214,7 +223,7 @@ def one_start(template: Path, work: Path, label: str, timeout: float) -> dict[st
             time.sleep(0.005)
         to_health = time.monotonic() - started
         resumed: float | None = None
-        if label == "full":
+        if label.endswith("full"):
             resume(ws, token, deadline)
             resumed = time.monotonic() - started
         cpu = cpu_seconds(process.pid)
@@ -274,38 +283,66 @@ def queue_alone(sessions: int) -> dict[str, float]:
         for request in requests:
             desk.request(request, 1.0)
         timings[name] = time.process_time() - started
+    # As a restore hands them over now: one batch, settled once.
+    agents = [routing.Agent(f"a{i}", f"A{i}", frozenset({"demo"}), 10) for i in range(10)]
+    desk = routing.Routing(agents, {"demo": BotSettings()}, starting=True)
+    started = time.process_time()
+    desk.request_many(requests, 1.0)
+    timings["batch"] = time.process_time() - started
     return timings
 
 
-def compile_bytecode() -> None:
+def compile_bytecode(root: Path = ROOT) -> None:
     """Compile the server's modules once, as an installed package is: with
     ``PYTHONDONTWRITEBYTECODE`` set (as in some shells), each start would otherwise spend
     most of a second compiling them."""
     subprocess.run(
         [PYTHON, "-m", "compileall", "-q", "actors", "transport"],
-        cwd=ROOT,
+        cwd=root,
         check=True,
         env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
     )
 
 
-def run(past: int, sessions: int, repeat: int, timeout: float) -> dict[str, Any]:
+def baseline_tree(commit: str, work: Path) -> Path:
+    """The server's code at ``commit`` (``git archive``), to start from the same virtual
+    environment: ``python -m`` in that folder imports its ``actors`` and ``transport``."""
+    tree = work / f"baseline-{commit}"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", commit, "actors", "transport"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    compile_bytecode(tree)
+    return tree
+
+
+def run(
+    past: int, sessions: int, repeat: int, timeout: float, baseline: str | None = None
+) -> dict[str, Any]:
     compile_bytecode()
     with scratch() as work:
         empty, full = work / "template-empty", work / "template-full"
         empty.mkdir()
         full.mkdir()
+        starts: list[tuple[str, Path, Path]] = [("empty", empty, ROOT), ("full", full, ROOT)]
+        if baseline is not None:
+            tree = baseline_tree(baseline, work)
+            starts += [(f"{baseline} empty", empty, tree), (f"{baseline} full", full, tree)]
         started = time.monotonic()
         trio.run(fill, full, past, sessions)
         fill_seconds = time.monotonic() - started
         print(f"filled {past:,} past + {sessions:,} open in {fill_seconds:.1f} s", file=sys.stderr)
         queue = queue_alone(sessions)
         print(f"the queue alone: {json.dumps(queue)}", file=sys.stderr)
-        runs: dict[str, list[dict[str, Any]]] = {"empty": [], "full": []}
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in starts}
         loads = [os.getloadavg()[0]]
         for n in range(repeat):
-            for label, template in (("empty", empty), ("full", full)):
-                result = one_start(template, work, label, timeout)
+            for label, template, root in starts:
+                result = one_start(template, work, label, timeout, root)
                 runs[label].append(result)
                 loads.append(os.getloadavg()[0])
                 print(f"run {n + 1} {label}: {json.dumps(result)}", file=sys.stderr)
@@ -322,6 +359,7 @@ def run(past: int, sessions: int, repeat: int, timeout: float) -> dict[str, Any]
         "open_sessions": sessions,
         "fill_seconds": fill_seconds,
         "repeat": repeat,
+        "baseline": baseline,
         "median": summary,
         "queue_alone_cpu_s": queue,
         "runs": runs,
@@ -337,22 +375,31 @@ def print_table(r: dict[str, Any]) -> None:
         f"sessions against an empty data dir; medians of {r['repeat']} starts "
         f"(load average {r['load_average_1m']['min']:.1f}-{r['load_average_1m']['max']:.1f})"
     )
-    header = f"{'data dir':<10}{'/healthz s':>12}{'resumed s':>12}{'CPU s':>8}"
+    header = f"{'data dir':<20}{'/healthz s':>12}{'resumed s':>12}{'CPU s':>8}"
     print(f"{header}{'RSS MiB':>10}{'stop s':>9}")
-    for label in ("empty", "full"):
-        m = r["median"][label]
+    for label, m in r["median"].items():
         resumed = f"{m['resumed_s']:.2f}" if m["resumed_s"] is not None else "-"
         print(
-            f"{label:<10}{m['healthz_s']:>12.2f}{resumed:>12}{m['cpu_to_ready_s']:>8.2f}"
+            f"{label:<20}{m['healthz_s']:>12.2f}{resumed:>12}{m['cpu_to_ready_s']:>8.2f}"
             f"{m['rss_mib']:>10.1f}{m['graceful_stop_s']:>9.2f}"
         )
     ratio = r["median"]["full"]["healthz_s"] / r["median"]["empty"]["healthz_s"]
     print(f"full / empty, time to /healthz: {ratio:.2f}x")
+    baseline = r.get("baseline")
+    if baseline is not None:
+        for label in ("empty", "full"):
+            now, before = r["median"][label], r["median"][f"{baseline} {label}"]
+            print(
+                f"{label}, this tree / {baseline}: CPU {now['cpu_to_ready_s']:.2f} / "
+                f"{before['cpu_to_ready_s']:.2f} s "
+                f"({now['cpu_to_ready_s'] / before['cpu_to_ready_s']:.2f}x), /healthz "
+                f"{now['healthz_s']:.2f} / {before['healthz_s']:.2f} s"
+            )
     queue = r["queue_alone_cpu_s"]
     print(
         f"the desk's queue alone, {r['open_sessions']:,} requests: {queue['now']:.3f} s CPU, "
         f"the list queue of {LIST_QUEUE_COMMIT} {queue['list_queue']:.2f} s "
-        f"({queue['list_queue'] / queue['now']:.0f}x)"
+        f"({queue['list_queue'] / queue['now']:.0f}x); as one batch {queue['batch']:.3f} s"
     )
 
 
@@ -363,10 +410,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--quick", action="store_true", help="10,000 past, 1,000 open, 1 run")
+    parser.add_argument(
+        "--baseline",
+        metavar="COMMIT",
+        help="also start the server as it was at COMMIT, alternating, on the same data dirs",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.past, args.sessions, args.repeat = 10_000, 1_000, 1
-    report = run(args.past, args.sessions, args.repeat, args.timeout)
+    report = run(args.past, args.sessions, args.repeat, args.timeout, args.baseline)
     print_table(report)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,20 +1,28 @@
-"""The retry policy and circuit breaker on their own, with time moved by hand."""
+"""The retry policy and circuit breaker on their own, with time moved by hand; the bots' HTTP
+client's pool."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 import trio
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
 
 from transport.bots.resilience import (
     BotCircuitOpen,
     BotRefused,
     BreakerState,
     CircuitBreaker,
+    PoolOnFirstUse,
     Resilience,
     RetryableFailure,
     RetryPolicy,
+    make_http_client,
 )
 from transport.bots.webhook import signed_headers, verify_signature
+
+from .fakes.asgi_server import serving
 
 
 class HandClock:
@@ -116,3 +124,26 @@ def test_odd_signature_headers_are_refused_not_crashed_on() -> None:
     ]
     for headers in odd:
         assert not verify_signature("a-secret-of-enough-length", headers, body, now=100)
+
+
+async def test_the_http_pool_is_built_on_the_first_request_only() -> None:
+    async def hello(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse("hello")(scope, receive, send)
+
+    pool = PoolOnFirstUse(httpx.Limits(max_connections=2))
+    async with httpx.AsyncClient(transport=pool) as client:
+        assert pool.pool is None  # nothing built, no CA bundle read
+        async with serving(hello) as url:
+            response = await client.get(f"{url}/")
+        assert response.text == "hello"
+        assert pool.pool is not None
+
+
+def test_a_proxy_in_the_environment_is_still_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = make_http_client()
+    assert isinstance(client._transport, PoolOnFirstUse)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    proxied = make_http_client()
+    # httpx builds the pools itself, one per proxy in the environment, as without the lazy pool.
+    assert not isinstance(proxied._transport, PoolOnFirstUse)
+    assert any(mount is not None for mount in proxied._mounts.values())

@@ -227,20 +227,49 @@ class Routing:
 
     def request(self, request: AgentRequest, now: float) -> list[RoutingEffect]:
         """A session asks for a human, or re-asserts that it is open (idempotent)."""
+        effects, settle = self._admit(request, now)
+        return [*effects, *self._settle(now)] if settle else effects
+
+    def request_many(self, requests: Iterable[AgentRequest], now: float) -> list[RoutingEffect]:
+        """Many sessions re-assert themselves at once (a restart restores thousands), in
+        this order. While nobody is available, settling after each request could hand out
+        nothing, so the desk takes them all and settles once: the same queue, places and
+        chats as :meth:`request` one by one, and each position reported once (its final
+        value), not once per request behind it. With an agent available, where each request
+        lands depends on what the previous ones were handed: they are taken one by one."""
+        if any(agent.available for agent in self.agents.values()):
+            return [effect for request in requests for effect in self.request(request, now)]
+        effects: list[RoutingEffect] = []
+        settle = changed = False
+        for request in requests:
+            admitted, settles = self._admit(request, now)
+            effects.extend(effect for effect in admitted if effect is not _CHANGED)
+            settle = settle or settles
+            changed = changed or bool(admitted)
+        if settle:
+            effects.extend(self._settle(now))
+        elif changed:
+            effects.append(_CHANGED)
+        return effects
+
+    def _admit(self, request: AgentRequest, now: float) -> tuple[list[RoutingEffect], bool]:
+        """Take ``request`` into the queue or the chats: what it gives, and whether the
+        desk must settle after it (:meth:`request` and :meth:`request_many`)."""
         conversation_id = request.conversation_id
         current = self._session_of(conversation_id)
         if current == request.session_id:
             return self._reconcile(request, now)
         if current is not None:
-            # What is left of an older session of the same conversation: the new one wins.
+            # What is left of an older session of the same conversation: the new one wins
+            # (the places behind it moved, as on a withdrawal).
             self._forget(conversation_id, current)
         holder = self.agents.get(request.held_by) if request.held_by else None
         if holder is not None:
-            return self._give_back(holder, request, now)
+            return self._give_back(holder, request, now), current is not None
         self._enqueue(
             Waiting(conversation_id, request.session_id, request.bot_id, request.queued_at)
         )
-        return self._settle(now)
+        return [], True
 
     def _give_back(self, holder: Agent, request: AgentRequest, now: float) -> list[RoutingEffect]:
         """A restarted server (or desk) gives the session back to the agent the conversation
@@ -252,7 +281,7 @@ class Routing:
         self._update_grace(holder, now)
         return [_CHANGED]
 
-    def _reconcile(self, request: AgentRequest, now: float) -> list[RoutingEffect]:
+    def _reconcile(self, request: AgentRequest, now: float) -> tuple[list[RoutingEffect], bool]:
         """A re-assertion of a session the desk has. If the desk decided about it since the
         decision the conversation last applied, its word is on the way: nothing changes.
         Otherwise the conversation's view wins: the desk moves the session to where the
@@ -260,21 +289,21 @@ class Routing:
         conversation_id, session_id = request.conversation_id, request.session_id
         decided = self._decided.get(session_id)
         if decided is not None and decided > request.as_of:
-            return []
+            return [], False
         holder = self._held.get(conversation_id)
         wanted = self.agents.get(request.held_by) if request.held_by else None
         if wanted is None:
             if holder is None:
-                return []
+                return [], False
             # The conversation waits: the desk's chat is a stale one.
             chat = holder.chats[conversation_id]
             self._unhold(holder, conversation_id)
             self._enqueue(Waiting(conversation_id, session_id, chat.bot_id, now), first=True)
-            return self._settle(now)
+            return [], True
         if holder is wanted:
-            return []
+            return [], False
         self._forget(conversation_id, session_id)
-        return [*self._give_back(wanted, request, now), *self._settle(now)]
+        return self._give_back(wanted, request, now), True
 
     def withdraw(self, conversation_id: str, session_id: str, now: float) -> list[RoutingEffect]:
         """The session is no longer current: forget it, waiting or held."""

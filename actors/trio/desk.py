@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 import trio
@@ -87,6 +87,13 @@ class Request:
 
 
 @attrs.frozen
+class Restore:
+    """Open sessions re-asserted all at once, in the order they opened (a restart)."""
+
+    requests: tuple[AgentRequest, ...]
+
+
+@attrs.frozen
 class Withdraw:
     conversation_id: str
     session_id: str
@@ -149,6 +156,7 @@ DeskRequest = (
     | SetPresence
     | Claim
     | Request
+    | Restore
     | Withdraw
     | Release
     | Transfer
@@ -335,6 +343,12 @@ class Desk:
     def request_agent(self, request: AgentRequest) -> None:
         self._send.send_nowait(Request(request))
 
+    def request_agents(self, requests: Sequence[AgentRequest]) -> None:
+        """Many open sessions re-asserted at once (a restart's restore), in this order:
+        taken as one request each, settled once (:meth:`Routing.request_many`)."""
+        if requests:
+            self._send.send_nowait(Restore(tuple(requests)))
+
     def withdraw(self, conversation_id: str, session_id: str) -> None:
         self._send.send_nowait(Withdraw(conversation_id, session_id))
 
@@ -415,6 +429,8 @@ class Desk:
         assert self._core is not None
         if isinstance(request, UserCame | UserWent | UserWrote):
             return self._note_user(request, self._core.clock.now())
+        if isinstance(request, Restore):
+            return self._restore(request.requests, self._core.clock.now())
         if isinstance(request, Request) and request.request.user_name:
             self._user(request.request.conversation_id).name = request.request.user_name
         given_back = self._given_back_to(request)
@@ -431,6 +447,31 @@ class Desk:
             holder = self._routing.holder_of(given_back.conversation_id)
             if holder is not None and holder.agent_id == given_back.held_by:
                 self._share_held(holder.agent_id, None, given_back.conversation_id)
+        return self._carry_out(effects)
+
+    def _restore(self, requests: tuple[AgentRequest, ...], now: float) -> bool:
+        """What :meth:`_apply` does for each request, with the routing settled once."""
+        for request in requests:
+            if request.user_name:
+                self._user(request.conversation_id).name = request.user_name
+        given_back = [r for r in requests if self._given_back_to(Request(r)) is not None]
+        try:
+            effects = self._routing.request_many(requests, now)
+        except (KeyError, ValueError):
+            # One bad request must not lose the others: each is taken again on its own
+            # (requests are idempotent: those already taken change nothing), so only that
+            # one fails.
+            log.exception("desk: restoring %d sessions at once failed", len(requests))
+            effects = []
+            for request in requests:
+                try:
+                    effects += self._routing.request(request, now)
+                except (KeyError, ValueError):
+                    log.exception("desk: %r failed", request)
+        for wanted in given_back:
+            holder = self._routing.holder_of(wanted.conversation_id)
+            if holder is not None and holder.agent_id == wanted.held_by:
+                self._share_held(holder.agent_id, None, wanted.conversation_id)
         return self._carry_out(effects)
 
     def _user(self, conversation_id: str) -> _User:

@@ -27,7 +27,7 @@ from actors.model.limits import ConversationLimits
 from actors.model.records import Entry, Party
 from actors.model.settings import BotSettings
 from actors.model.state import ConversationState
-from actors.ports import Bot, LivechatBackend, Sink, Store
+from actors.ports import Bot, LivechatBackend, RestoresInBulk, Sink, Store
 from actors.trio.alarms import Alarms
 from actors.trio.clock import Clock
 from actors.trio.context import ConversationContext
@@ -218,13 +218,11 @@ class Switchboard:
             owed.setdefault(entry.conversation_id, []).append(entry)
         # No checkpoint from here on: no actor runs before it knows what its bot is owed.
         states.sort(key=lambda s: s.session.started_at if s.session else 0.0)
+        restored: list[tuple[ConversationState, AgentRequest]] = []
         for state in states:
             session = state.session
             if session is None or state.bot_id not in self.bots:
                 continue
-            # Each actor re-asserts its session when it starts; asking here too, in the
-            # order the sessions opened, keeps the queue in that order.
-            # (A backend that raises here is asked again by the actor, with backoff.)
             queued_at = session.queued_at if session.queued_at is not None else session.started_at
             request = AgentRequest(
                 state.conversation_id,
@@ -234,18 +232,16 @@ class Switchboard:
                 held_by=session.agent_id,
                 user_name=user_name(state.user_metadata),
             )
-            try:
-                self._backend_for(state.bot_id).request_agent(request)
-            except Exception:
-                log.exception("restoring session %s", session.session_id)
-                asserted = False
-            else:
-                asserted = True
+            restored.append((state, request))
+        # Each actor re-asserts its session when it starts; asking here first, in the order
+        # the sessions opened, keeps the queue in that order.
+        asserted = self._assert_restored([request for _, request in restored])
+        for state, _ in restored:
             if state.conversation_id not in self._actors:
                 # (A backend that spoke to it already started its actor, which loads the
                 # same state: a second one would number its messages twice.)
                 actor = self._start_actor(state.conversation_id, state)
-                if asserted:
+                if state.conversation_id in asserted:
                     actor.asserted()
         for conversation_id, entries in owed.items():
             actor = self._actor(conversation_id)
@@ -253,6 +249,34 @@ class Switchboard:
                 actor.owed_to_bot = entries
         if owed:
             log.info("handing %d conversations' unanswered events to their bots again", len(owed))
+
+    def _assert_restored(self, requests: list[AgentRequest]) -> set[str]:
+        """Tell each backend about its restored sessions, in order: as one batch to a backend
+        that takes one (the desk then settles its queue once, not once per session). Returns
+        the conversations asserted; a backend that raises is asked again by each actor, with
+        backoff."""
+        by_backend: dict[str, list[AgentRequest]] = {}
+        for request in requests:
+            by_backend.setdefault(self.bots[request.bot_id].backend, []).append(request)
+        asserted: set[str] = set()
+        for name, wanted in by_backend.items():
+            backend = self.backends[name]
+            if isinstance(backend, RestoresInBulk):
+                try:
+                    backend.request_agents(wanted)
+                except Exception:
+                    log.exception("restoring %d sessions to %s", len(wanted), name)
+                else:
+                    asserted.update(request.conversation_id for request in wanted)
+                continue
+            for request in wanted:
+                try:
+                    backend.request_agent(request)
+                except Exception:
+                    log.exception("restoring session %s", request.session_id)
+                else:
+                    asserted.add(request.conversation_id)
+        return asserted
 
     # -- what actors are given (their context) --------------------------------------------
 

@@ -19,6 +19,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+from urllib.request import getproxies
 
 import attrs
 import httpx
@@ -152,15 +153,40 @@ class CircuitBreaker:
 # -- the HTTP client ----------------------------------------------------------------------
 
 
+class PoolOnFirstUse(httpx.AsyncBaseTransport):
+    """httpx's connection pool, built when the first request goes out. Building one imports
+    httpcore and loads the CA bundle into an SSL context: about 0.04 s of CPU and 2 MiB at
+    every start (bench/README.md, 2026-12-03 (evening): restart; more on a loaded machine),
+    for a server whose bots and platforms may never call out over HTTP."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self.limits = limits
+        self.pool: httpx.AsyncHTTPTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.pool is None:
+            self.pool = httpx.AsyncHTTPTransport(limits=self.limits)
+        return await self.pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self.pool is not None:
+            await self.pool.aclose()
+
+
 def make_http_client(
     *, timeout: float = 10.0, max_connections: int = 100, keepalive: int = 20
 ) -> httpx.AsyncClient:
     """One pooled client for all the bots of a server: connections to a bot are reused
-    between events instead of being opened per message."""
+    between events instead of being opened per message. Its pool is built on first use
+    (:class:`PoolOnFirstUse`), unless the environment names a proxy: httpx then builds a
+    pool per proxy, as it always did."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=keepalive)
+    proxied = any(scheme in getproxies() for scheme in ("http", "https", "all"))
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=keepalive),
+        limits=limits,
         follow_redirects=False,
+        transport=None if proxied else PoolOnFirstUse(limits),
     )
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -256,6 +256,15 @@ class ClusterDesk(Desk):
             self.inner.request_agent(request)
         else:
             self._request("request", request)
+
+    def request_agents(self, requests: Sequence[AgentRequest]) -> None:
+        """A restore's sessions: one batch for the desk on this node, else one request
+        each through the engine (the owner's desk takes them as they come)."""
+        if self.inner is not None:
+            self.inner.request_agents(requests)
+        else:
+            for request in requests:
+                self._request("request", request)
 
     def withdraw(self, conversation_id: str, session_id: str) -> None:
         if self.inner is not None:
