@@ -1157,17 +1157,22 @@ async def test_folds_move_the_oldest_recent_messages_in_bounded_steps(tmp_path: 
         assert db.execute("SELECT count(*) FROM messages").fetchone() == (10,)
 
 
+def _left_in_recent(path: Path, seq: int, text: str, message_id: str | None) -> None:
+    """A message of conversation ``c`` in ``recent``, as a killed server leaves its last
+    commits' messages."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            f"INSERT INTO recent ({MESSAGE_COLUMNS}) VALUES"
+            " ('c', ?, 1000.0 + ?, 'user', 'text', ?, 'bot,user', NULL, NULL, NULL, ?)",
+            (seq, seq, json.dumps({"text": text}), message_id),
+        )
+
+
 async def test_recent_messages_left_by_a_crash_are_folded_on_start(tmp_path: Path) -> None:
     path = tmp_path / "crash.db"
     async with open_sqlite_store(path) as store:
         await store.record(_state("c", 2), [_entry("c", 1, "kept in messages")])
-    with sqlite3.connect(path) as db:
-        # What a killed server leaves: its last commits' messages still in ``recent``.
-        db.execute(
-            f"INSERT INTO recent ({MESSAGE_COLUMNS}) VALUES"
-            " ('c', 2, 1002.0, 'user', 'text', '{\"text\": \"in recent\"}', 'bot,user',"
-            " NULL, NULL, NULL, 'm-2')"
-        )
+    _left_in_recent(path, 2, "in recent", "m-2")
     async with open_sqlite_store(path) as store:
         with sqlite3.connect(path) as db:
             assert db.execute("SELECT count(*) FROM recent").fetchone() == (0,)
@@ -1187,13 +1192,8 @@ async def test_a_message_numbered_twice_across_the_tables_keeps_the_first(
     path = tmp_path / "twice.db"
     async with open_sqlite_store(path) as store:
         await store.record(_state("c", 2), [_entry("c", 1, "first")])
-    with sqlite3.connect(path) as db:
-        # Impossible with one writer; a fold must still neither fail forever nor lose both.
-        db.execute(
-            f"INSERT INTO recent ({MESSAGE_COLUMNS}) VALUES"
-            " ('c', 1, 1001.0, 'user', 'text', '{\"text\": \"second\"}', 'bot,user',"
-            " NULL, NULL, NULL, NULL)"
-        )
+    # Impossible with one writer; a fold must still neither fail forever nor lose both.
+    _left_in_recent(path, 1, "second", None)
     async with open_sqlite_store(path) as store:
         entries = await store.entries_after("c", 0)
         assert [entry.content.content["text"] for entry in entries] == ["first"]
