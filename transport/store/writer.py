@@ -88,25 +88,15 @@ class WriterThread:
             self._jobs.put(None)
             self._thread = None
 
-    async def run(
-        self, call: Callable[[], Any], then: Callable[[outcome.Outcome[Any]], None] | None = None
-    ) -> Any:
-        """``call()`` in the thread; its result or exception here. ``then`` is given the
-        outcome on trio's thread as soon as it is back, as the caller is woken (one pass of
-        the scheduler sooner than the caller could). Not cancellable: the thread is working
-        on the caller's data (every caller is shielded anyway)."""
+    async def run(self, call: Callable[[], Any]) -> Any:
+        """``call()`` in the thread; its result or exception here. Not cancellable: the
+        thread is working on the caller's data (every caller is shielded anyway)."""
         task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()
 
-        def back(result: outcome.Outcome[Any]) -> None:
-            # The caller first: the writer then starts its next commit ahead of the work its
-            # callers' answers set off (when trio runs the batch in order).
-            trio.lowlevel.reschedule(task, result)
-            if then is not None:
-                then(result)
-
         def job() -> None:
-            token.run_sync_soon(back, outcome.capture(call))
+            result = outcome.capture(call)
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
 
         self._jobs.put(job)
         return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
@@ -274,24 +264,24 @@ class Writer:
                     await self._thread.run(self._fold)
 
     async def _commit_part(self, part: list[Pending], answered: list[tuple[str, int]]) -> None:
-        def answer_callers(result: outcome.Outcome[Any]) -> None:
-            # The callers go on as soon as their part is durable: their work on trio's thread
-            # overlaps the next commit in the writer's thread.
-            if isinstance(result, outcome.Error):
-                # A bug, not a disk problem: nobody in the batch may hear "stored", and
-                # nobody hears what the others wrote (it is in the log).
-                for pending in part:
-                    if pending.error is None:
-                        pending.error = StoreUnavailable("the store failed")
-            for pending in part:
-                pending.release()
-
         try:
             # The answers ride with the first part (or alone, when no call is waiting); lost
             # with a failed commit, they are redelivered later.
-            await self._thread.run(lambda: self._commit(part, answered), then=answer_callers)
+            await self._thread.run(lambda: self._commit(part, answered))
         except Exception:
+            # A bug, not a disk problem: nobody in the batch may hear "stored", and nobody
+            # hears what the others wrote (it is in the log).
             log.exception("the store's writer failed")
+            for pending in part:
+                if pending.error is None:
+                    pending.error = StoreUnavailable("the store failed")
+        # The callers go on as soon as their part is durable: their work on trio's thread
+        # overlaps the next commit in the writer's thread. Released here, by the writer (not
+        # as the outcome comes back): the writer then hands over the calls that came
+        # meanwhile before any caller runs, so the next commit never waits behind them (that
+        # wait was 3-5 ms a commit at 100 live sessions, against 0.2 ms).
+        for pending in part:
+            pending.release()
 
     def answer(self, conversation_id: str, seq: int) -> None:
         """Take entry ``seq`` out of the bot's outbox with the next commit, without waiting."""
