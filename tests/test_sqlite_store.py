@@ -1115,3 +1115,18 @@ async def test_retention_runs_in_a_live_server(tmp_path: Path) -> None:
                 while await store.load("old") is not None:  # noqa: ASYNC110
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
+
+
+def test_writable_finds_a_lone_surrogate_in_any_row_and_passes_other_text() -> None:
+    from transport.store.rows import Rows, writable
+
+    def rows(text: str, where: str) -> Rows:
+        conversation = ("c1", "demo", text if where == "conversation" else "u1", "{}")
+        message = ("c1", 1, 1.0, "user", "text", text if where == "message" else "{}")
+        change = ("UPDATE", (1.0, text if where == "session" else "idle", "c1/1"))
+        return Rows(conversation, [message], [change], None)
+
+    for where in ("conversation", "message", "session"):
+        assert not writable(rows("secret \ud800 words", where)), where
+        assert writable(rows("Grüße, 你好 🙂", where)), where
+        assert writable(rows("plain", where)), where
