@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import jsonschema
 import pytest
 from hypothesis import given, settings
@@ -25,7 +26,8 @@ from actors import (
     Transcript,
     Typing,
 )
-from actors.model.deliveries import HeldChat, WaitingItem
+from actors.model.deliveries import Colleague, HeldChat, WaitingItem
+from actors.model.settings import CannedResponse
 from transport.protocol import frames as wire
 from transport.protocol.frames import FrameRefused, parse_frame, parse_hello, strict
 from transport.protocol.tokens import ExpiredToken, InvalidToken, ResumeTokens
@@ -443,6 +445,40 @@ def entry(seq: int = 1, **extra: Any) -> Entry:
 def test_deliveries_encode_to_valid_frames(delivery: Any) -> None:
     encoded = json.loads(wire.encode(delivery))
     assert list(wire.server_frame_errors(encoded)) == []
+
+
+def test_the_desk_frame_has_every_field_of_the_view_in_order() -> None:
+    """The desk frame is built field by field for speed: it must say what ``attrs.asdict``
+    of the view says, key for key and in the same order."""
+    status = DeskStatus(
+        "alice",
+        "Alice",
+        "away",
+        3,
+        (
+            HeldChat("conv", "conv/1", "demo", 1700000030.25, True, 1700000000.5),
+            HeldChat("c3", "c3/2", "other", None),
+        ),
+        (WaitingItem("c2", "demo", 1700000000.0, 1, "Uma", "my parcel", 1700000001.5),),
+        (Colleague("bob", "Bob", "online", 2), Colleague("carol", "Carol", "offline", 0)),
+        {"demo": (CannedResponse("hello", "Hi!"),), "other": ()},
+        grace_period=30.0,
+    )
+    built = wire.desk_frame(status)
+    view = attrs.asdict(status)
+    expected = {
+        "type": "desk",
+        **{key: view[key] for key in ("agent_id", "name", "presence", "capacity", "chats")},
+        "queue": view["queue"],
+        "colleagues": view["colleagues"],
+        "canned_responses": {
+            bot: [attrs.asdict(r) for r in responses]
+            for bot, responses in status.canned_responses.items()
+        },
+        "grace_period": 30.0,
+    }
+    assert built == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
+    assert list(wire.server_frame_errors(json.loads(built))) == []
 
 
 def test_built_frames_are_valid() -> None:

@@ -361,3 +361,24 @@ def test_a_chat_given_back_may_exceed_capacity_but_no_offer_does() -> None:
     assert sorted(alice.chats) == ["c1", "c2"]
     ask(routing, "c3", 1.0)
     assert routing.waiting("c3") is not None  # Alice is offered nothing more
+
+
+def test_chats_ending_with_nobody_waiting_only_change_the_views() -> None:
+    routing = rt.Routing([agent("alice", 3), agent("bob", 3)], SETTINGS)
+    online(routing, "alice", "bob")
+    for conv in ("c1", "c2", "c3"):
+        ask(routing, conv)
+    routing.take_changes()
+    holder = routing.holder_of("c1")
+    assert holder is not None
+    assert routing.release("c1", "c1/1", holder.agent_id, 1.0) == [rt.DeskChanged()]
+    assert routing.take_changes() == ["alice", "bob"]
+    # The queue's bookkeeping still holds once a line forms again: with nobody online the
+    # next session waits, told so, and it is handed out as soon as an agent is back.
+    routing.set_presence("alice", Presence.OFFLINE, 2.0)
+    routing.set_presence("bob", Presence.OFFLINE, 2.0)
+    waiting = [e for e in ask(routing, "c4", 3.0) if isinstance(e, rt.Position)]
+    assert [(e.conversation_id, e.position, e.agents_available) for e in waiting] == [
+        ("c4", 1, False)
+    ]
+    assert assigned(routing.set_presence("bob", Presence.ONLINE, 4.0)) == [("c4", "bob")]

@@ -3,6 +3,7 @@ by one does: the same queue, places, chats and grace periods, each position repo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -226,13 +227,20 @@ async def test_a_restart_hands_the_desk_its_sessions_in_the_order_they_opened(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = MemoryStore()
+    # Opened moments ago (by the wall clock the switchboard reads), so none of them is past
+    # its deadline while the test looks at the queue.
+    now = time.time()
     # Stored out of order; one chat of a bot the desk has no settings for (a config changed
     # under it), given back to Alice: the batch fails on it, and the desk takes the requests
     # again one by one, so the others still wait in the order they opened.
-    for state in (_waiting(2, 20.0), _waiting(0, 0.0), _waiting(9, 5.0, "other", "alice")):
+    for state in (
+        _waiting(2, now - 10.0),
+        _waiting(0, now - 30.0),
+        _waiting(9, now - 25.0, "other", "alice"),
+    ):
         await store.record(state, [])
     for n in (3, 1):
-        await store.record(_waiting(n, 10.0 * n), [])
+        await store.record(_waiting(n, now - 30.0 + 10.0 * n), [])
     desk = Desk({"demo": BotSettings()}, [AgentProfile("alice", "Alice", frozenset({"demo"}))])
     bots = {bot: BotBinding(EchoBot()) for bot in ("demo", "other")}
     async with open_switchboard(bots, {"desk": desk}, store) as board:

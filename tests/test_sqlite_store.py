@@ -62,7 +62,7 @@ from transport.store.retention import (
     keep_pruning,
     prune_connection,
 )
-from transport.store.rows import MESSAGE_COLUMNS
+from transport.store.rows import MESSAGE_COLUMNS, Rows
 from transport.store.schema import MIGRATIONS, SCHEMA_VERSION, V1_SCHEMA, V2_SCHEMA, migrate
 from transport.store.sqlite import SQLiteStore, database_path, open_sqlite_store
 
@@ -1200,27 +1200,36 @@ async def test_a_message_numbered_twice_across_the_tables_keeps_the_first(
     assert "already stored under the same numbers" in caplog.text
 
 
-async def test_a_store_kept_busy_without_a_pause_still_stops(tmp_path: Path) -> None:
+async def test_a_store_kept_busy_without_a_pause_still_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Calls that arrive during a commit are committed next with no scheduler pass between:
-    # the writer must still hear that it is stopped between two commits.
+    # the writer must still hear that it is stopped between two commits. Each commit takes
+    # a few milliseconds in the writer's thread (as an fsync does), so the callers of the
+    # last one always call again while it runs.
     stored = [0]
     enough = trio.Event()
     refused = trio.Event()
+    in_flight = trio.CapacityLimiter(64)
 
     async def write_once(store: SQLiteStore, conv: str) -> None:
-        try:
-            await store.record(_state(conv, 2), [_entry(conv, 1, "busy")])
-        except StoreUnavailable:
-            refused.set()
-            return
+        async with in_flight:
+            try:
+                await store.record(_state(conv, 2), [_entry(conv, 1, "busy")])
+            except StoreUnavailable:
+                refused.set()
+                return
         stored[0] += 1
-        if stored[0] >= 2_000:
+        if stored[0] >= 1_000:
             enough.set()
 
     async def keep_calling(store: SQLiteStore, nursery: trio.Nursery) -> None:
-        # A new call every scheduler pass: some always arrive while a commit runs.
+        # A new call as soon as one is answered: while a commit runs, the callers of the
+        # last one are answered and call again, so every commit has a next one waiting.
         count = 0
         while not refused.is_set():
+            await in_flight.acquire()
+            in_flight.release()
             nursery.start_soon(write_once, store, f"c{count}")
             count += 1
             await trio.lowlevel.checkpoint()
@@ -1228,9 +1237,16 @@ async def test_a_store_kept_busy_without_a_pause_still_stops(tmp_path: Path) -> 
     with trio.fail_after(30):
         async with trio.open_nursery() as writers:
             async with open_sqlite_store(tmp_path / "busy.db", synchronous="OFF") as store:
+                write = store._writer._write
+
+                def slow_write(batch: list[Rows], answered: list[tuple[str, int]]) -> None:
+                    time.sleep(0.003)
+                    write(batch, answered)
+
+                monkeypatch.setattr(store._writer, "_write", slow_write)
                 writers.start_soon(keep_calling, store, writers)
                 await enough.wait()
-                assert store.committed_calls >= 2_000
+                assert store.committed_calls >= 1_000
             await refused.wait()
 
 
@@ -1252,3 +1268,18 @@ async def test_a_bug_in_a_commit_refuses_its_batch_and_the_writer_goes_on(
         entries = await store.entries_after("c", 0)
         assert [entry.content.content["text"] for entry in entries] == ["kept"]
     assert "the store's writer failed" in caplog.text
+
+
+def test_writable_finds_a_lone_surrogate_in_any_row_and_passes_other_text() -> None:
+    from transport.store.rows import Rows, writable
+
+    def rows(text: str, where: str) -> Rows:
+        conversation = ("c1", "demo", text if where == "conversation" else "u1", "{}")
+        message = ("c1", 1, 1.0, "user", "text", text if where == "message" else "{}")
+        change = ("UPDATE", (1.0, text if where == "session" else "idle", "c1/1"))
+        return Rows(conversation, [message], [change], None)
+
+    for where in ("conversation", "message", "session"):
+        assert not writable(rows("secret \ud800 words", where)), where
+        assert writable(rows("Grüße, 你好 🙂", where)), where
+        assert writable(rows("plain", where)), where

@@ -588,11 +588,16 @@ class Routing:
     def _settle(self, now: float) -> list[RoutingEffect]:
         """Hand out what can be handed out, first come first served, then report the
         positions that changed: only the places from the first one that moved in each
-        bot's line are walked (all of a line when its bot became staffed or unstaffed)."""
+        bot's line are walked (all of a line when its bot became staffed or unstaffed).
+        With nobody waiting there is nothing to hand out or report, so the agent pool is not
+        walked: a crowd of chats ending at once comes here once per chat."""
+        queue = self.queue
+        if not queue:
+            self._moved.clear()
+            return [_CHANGED]
         online = [agent for agent in self.agents.values() if agent.available]
         # Nobody online (a server restoring its sessions): nothing to hand out.
         effects = self._hand_out(now) if online else []
-        queue = self.queue
         if queue:
             staffed = {bot for agent in online for bot in agent.bots}
             for bot in queue.bots():

@@ -209,7 +209,8 @@ class Desk:
     in between are gathered into the next one. A view lists every chat and the whole queue, so
     rebuilding views after every change would cost the desk more than the changes themselves when
     thousands of sessions move at once. Messages, assignments and problems are never delayed, only
-    the views.
+    the views. While changes keep coming faster than that, the interval doubles after each
+    publish, up to ``publish_interval_max``, and falls back once the desk is quiet again.
 
     ``transcript_tail``: entries of a chat sent to an agent who connects while holding it (as
     ``limits.transcript_tail`` on pickup). ``wait_for_ready``: no grace period runs out before
@@ -226,12 +227,14 @@ class Desk:
         agents: Iterable[AgentProfile] = (),
         *,
         publish_interval: float = 0.05,
+        publish_interval_max: float = 0.4,
         transcript_tail: int = ConversationLimits().transcript_tail,
         wait_for_ready: bool = False,
         run: int = 1,
     ) -> None:
         self.settings = dict(settings)
         self.publish_interval = publish_interval
+        self.publish_interval_max = max(publish_interval, publish_interval_max)
         self.transcript_tail = transcript_tail
         self.profiles: dict[str, AgentProfile] = {}
         self._sinks: dict[str, list[Sink]] = {}
@@ -402,11 +405,15 @@ class Desk:
         clock = core.clock
         unpublished = False
         published_at = -math.inf
+        # When the views were first changed since the last publish, and how long the views
+        # wait between two publishes now (see ``_next_interval``).
+        changed_at = -math.inf
+        interval = self.publish_interval
         while True:
             grace = routing.next_deadline()
             armed = clock.to_trio(grace) if grace is not None else math.inf
             if unpublished:
-                armed = min(armed, published_at + self.publish_interval)
+                armed = min(armed, published_at + interval)
             changed = False
             with trio.move_on_at(armed):
                 request = await self._receive.receive()
@@ -419,11 +426,26 @@ class Desk:
                     changed = self._apply(request) or changed
             if grace is not None and clock.now() >= grace:
                 changed = self._carry_out(routing.expire_grace(clock.now())) or changed
-            unpublished = unpublished or changed
-            if unpublished and trio.current_time() >= published_at + self.publish_interval:
+            if changed and not unpublished:
+                unpublished = True
+                changed_at = trio.current_time()
+            if unpublished and trio.current_time() >= published_at + interval:
+                interval = self._next_interval(interval, changed_at < published_at + interval)
                 await self._publish()
                 unpublished = False
                 published_at = trio.current_time()
+
+    def _next_interval(self, interval: float, waited: bool) -> float:
+        """The wait before the next publish. While the views change faster than they are sent
+        (``waited``: this publish's first change came before the interval was up), the wait
+        doubles, up to ``publish_interval_max``; a publish whose change came after a quiet
+        interval starts again from ``publish_interval``. A crowd of sessions ending at once
+        changes every view of a bot for seconds, and each view lists all of an agent's chats:
+        re-sent every 50 ms, they were a fifth of the server's work (bench/README.md, 2026-12-03
+        (evening))."""
+        if not waited:
+            return self.publish_interval
+        return min(max(interval * 2, self.publish_interval), self.publish_interval_max)
 
     def _apply(self, request: DeskRequest) -> bool:
         assert self._core is not None
