@@ -71,8 +71,3 @@ def fold_within(db: sqlite3.Connection, rows: int | None = None) -> int:
         db.execute(_MOVE.format(verb="OR IGNORE "), (bound,))
     db.execute("RELEASE fold")
     return int(db.execute(_FORGET, (bound,)).rowcount)
-
-
-def recent_rows(db: sqlite3.Connection) -> int:
-    """How many rows ``recent`` holds."""
-    return int(db.execute("SELECT count(*) FROM recent").fetchone()[0])

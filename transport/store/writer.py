@@ -1,6 +1,6 @@
 """The store's one writer: a task that commits every call queued so far as one transaction in
-a worker thread (group commit), so under load many acknowledgements share one commit and its
-fsync, and under light load a message waits for exactly one small commit."""
+a thread of its own (group commit), so under load many acknowledgements share one commit and
+its fsync, and under light load a message waits for exactly one small commit."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import trio
 
 from actors import StoreUnavailable
 from transport.store.connections import describe
-from transport.store.recent import FOLD_AT, FOLD_ROWS, fold, recent_rows
+from transport.store.recent import FOLD_AT, FOLD_ROWS, fold
 from transport.store.rows import CONVERSATION_COLUMNS, Rows
 
 log = logging.getLogger("switchover.store")
@@ -66,7 +66,6 @@ class Pending:
             trio.lowlevel.reschedule(task)
 
 
-# Into the small table of recent messages, folded into ``messages`` later (recent.py).
 class WriterThread:
     """The writer's own thread. A commit is handed to it at once, with no pass of trio's
     scheduler first (``trio.to_thread.run_sync`` takes one): so the next commit's SQL and
@@ -106,6 +105,7 @@ class WriterThread:
             job()
 
 
+# Into the small table of recent messages, folded into ``messages`` later (recent.py).
 _INSERT_MESSAGE = (
     "INSERT INTO recent (conversation_id, seq, at, sender, content_type, content, audience,"
     " agent_id, session_id, metadata, message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -168,7 +168,7 @@ _DATA_ERRORS = (
 
 class Writer:
     """The only writing connection (``db``, set once the file is open) and the calls queued
-    for it. ``remember`` learns of the rows of every commit, after it, in the worker thread.
+    for it. ``remember`` learns of the rows of every commit, after it, in the writer's thread.
     """
 
     def __init__(
@@ -187,9 +187,9 @@ class Writer:
         self.commits = 0
         self.committed_calls = 0
         self.folds = 0
-        # Rows in ``recent``, counted from the file when the writer starts, and how many make
-        # the writer fold (pushed further after a failed fold, so a full disk is not retried
-        # and logged after every commit).
+        # Rows in ``recent`` (none when the writer starts: opening the file folds them all),
+        # and how many make the writer fold (pushed further after a failed fold, so a full
+        # disk is not retried and logged after every commit).
         self.recent = 0
         self._next_fold = fold_at
         self.running = False
@@ -210,8 +210,6 @@ class Writer:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit batches until cancelled; then refuse whatever is still queued."""
         self.running = True
-        if self.db is not None:
-            self.recent = recent_rows(self.db)
         self._thread.start()
         task_status.started()
         try:
@@ -304,7 +302,7 @@ class Writer:
             raise pending.error
 
     def _commit(self, batch: list[Pending], answered: list[tuple[str, int]]) -> None:
-        """Write one batch in one transaction (worker thread), and take the ``answered`` bot
+        """Write one batch in one transaction (writer's thread), and take the ``answered`` bot
         events out of the outbox. Sets ``error`` on the calls that were not stored; the
         others are durable when this returns."""
         good = [(pending, pending.rows) for pending in batch if pending.rows is not None]
@@ -322,7 +320,7 @@ class Writer:
                 pending.error = StoreUnavailable(describe(self.path, exc))
 
     def _fold(self) -> None:
-        """Move the oldest recent messages into ``messages`` (worker thread). A failure is
+        """Move the oldest recent messages into ``messages`` (writer's thread). A failure is
         logged and tried again once ``fold_at`` more rows have come (the rows stay readable
         where they are)."""
         db = self.db
