@@ -88,13 +88,10 @@ def writable(rows: Rows) -> bool:
     before the rows join a batch, so one call's text cannot fail everyone's commit. An ASCII
     string (nearly all of them) is passed over without a call: three times faster for a
     session's end, whose rows hold some thirty strings."""
-    for row in (rows.conversation, *rows.messages):
-        if row is not None:
-            for value in row:
-                if type(value) is str and not value.isascii() and bad_text(value):
-                    return False
-    for _, parameters in rows.session_changes:
-        for value in parameters:
+    rows_written = [row for row in (rows.conversation, *rows.messages) if row is not None]
+    rows_written.extend(parameters for _, parameters in rows.session_changes)
+    for row in rows_written:
+        for value in row:
             if type(value) is str and not value.isascii() and bad_text(value):
                 return False
     return True
