@@ -453,9 +453,11 @@ class Desk:
             return self._note_user(request, self._core.clock.now())
         if isinstance(request, Restore):
             return self._restore(request.requests, self._core.clock.now())
-        if isinstance(request, Request) and request.request.user_name:
-            self._user(request.request.conversation_id).name = request.request.user_name
-        given_back = self._given_back_to(request)
+        given_back = None
+        if isinstance(request, Request):
+            self._note_name(request.request)
+            if self._gives_back(request.request):
+                given_back = request.request
         try:
             effects = self._route(request, self._core.clock.now())
         except (KeyError, ValueError):
@@ -466,17 +468,14 @@ class Desk:
         if isinstance(request, Connected):
             self._share_held(request.agent_id, request.sink)
         elif given_back is not None:
-            holder = self._routing.holder_of(given_back.conversation_id)
-            if holder is not None and holder.agent_id == given_back.held_by:
-                self._share_held(holder.agent_id, None, given_back.conversation_id)
+            self._share_given_back(given_back)
         return self._carry_out(effects)
 
     def _restore(self, requests: tuple[AgentRequest, ...], now: float) -> bool:
         """What :meth:`_apply` does for each request, with the routing settled once."""
         for request in requests:
-            if request.user_name:
-                self._user(request.conversation_id).name = request.user_name
-        given_back = [r for r in requests if self._given_back_to(Request(r)) is not None]
+            self._note_name(request)
+        given_back = [request for request in requests if self._gives_back(request)]
         try:
             effects = self._routing.request_many(requests, now)
         except (KeyError, ValueError):
@@ -491,10 +490,12 @@ class Desk:
                 except (KeyError, ValueError):
                     log.exception("desk: %r failed", request)
         for wanted in given_back:
-            holder = self._routing.holder_of(wanted.conversation_id)
-            if holder is not None and holder.agent_id == wanted.held_by:
-                self._share_held(holder.agent_id, None, wanted.conversation_id)
+            self._share_given_back(wanted)
         return self._carry_out(effects)
+
+    def _note_name(self, request: AgentRequest) -> None:
+        if request.user_name:
+            self._user(request.conversation_id).name = request.user_name
 
     def _user(self, conversation_id: str) -> _User:
         users = self._users
@@ -536,17 +537,21 @@ class Desk:
             return True
         return False
 
-    def _given_back_to(self, request: DeskRequest) -> AgentRequest | None:
+    def _gives_back(self, wanted: AgentRequest) -> bool:
         """A re-assertion that may give a chat back to an agent who does not hold it yet (a
         restart of the desk while the agent stays connected): that agent is then sent the
-        chat's transcript, as if it had reconnected."""
-        if not isinstance(request, Request) or request.request.held_by is None:
-            return None
-        wanted = request.request
+        chat's transcript, as if it had reconnected (:meth:`_share_given_back`)."""
+        if wanted.held_by is None:
+            return False
+        holder = self._routing.holder_of(wanted.conversation_id)
+        return holder is None or holder.agent_id != wanted.held_by
+
+    def _share_given_back(self, wanted: AgentRequest) -> None:
+        """After the routing took ``wanted``: the chat's transcript to the agent it went
+        back to (if it did)."""
         holder = self._routing.holder_of(wanted.conversation_id)
         if holder is not None and holder.agent_id == wanted.held_by:
-            return None
-        return wanted
+            self._share_held(holder.agent_id, None, wanted.conversation_id)
 
     def _share_held(self, agent_id: str, sink: Sink | None, only: str | None = None) -> None:
         """Send the transcript of each chat the agent holds (or of ``only``) to ``sink``, or
